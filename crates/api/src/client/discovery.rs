@@ -1,0 +1,95 @@
+//! `/versions`, `/capabilities` and `/.well-known/matrix/*`.
+
+use std::collections::BTreeMap;
+
+use estuary_core::Error;
+use ruma::{
+    RoomVersionId,
+    api::{
+        client::discovery::{
+            discover_homeserver::{self, HomeserverInfo},
+            get_capabilities::{
+                self,
+                v3::{Capabilities, ProfileFieldsCapability, RoomVersionStability, RoomVersionsCapability},
+            },
+            get_supported_versions,
+        },
+        federation::discovery::discover_homeserver as discover_server,
+    },
+};
+
+use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+
+/// Spec versions whose client API Estuary serves. Clients pick endpoints
+/// and behaviour from this list.
+pub const SUPPORTED_VERSIONS: &[&str] = &[
+    "r0.0.1", "r0.1.0", "r0.2.0", "r0.3.0", "r0.4.0", "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3",
+    "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
+];
+
+/// Room versions Estuary can read and join.
+pub const ROOM_VERSIONS: &[RoomVersionId] = &[
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
+
+pub async fn versions(
+    _: AppState,
+    _: Ruma<get_supported_versions::Request>,
+) -> ApiResult<get_supported_versions::Response> {
+    let mut response =
+        get_supported_versions::Response::new(SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect());
+    // Only what is implemented: clients switch behaviour on these flags.
+    response.unstable_features = BTreeMap::new();
+    Ok(response)
+}
+
+pub async fn capabilities(
+    services: AppState,
+    _: Ruma<get_capabilities::v3::Request>,
+) -> ApiResult<get_capabilities::v3::Response> {
+    let available = ROOM_VERSIONS.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect();
+    let mut capabilities = Capabilities::new();
+    capabilities.room_versions =
+        RoomVersionsCapability::new(services.config.default_room_version.clone(), available);
+    capabilities.change_password.enabled = true;
+    // Deprecated since v1.16 in favour of `m.profile_fields`, still read by older clients.
+    #[allow(deprecated)]
+    {
+        capabilities.set_displayname.enabled = true;
+        capabilities.set_avatar_url.enabled = true;
+    }
+    capabilities.thirdparty_id_changes.enabled = false;
+    capabilities.get_login_token.enabled = true;
+    capabilities.profile_fields = Some(ProfileFieldsCapability::new(true));
+    Ok(get_capabilities::v3::Response::new(capabilities))
+}
+
+pub async fn well_known_client(
+    services: AppState,
+    _: Ruma<discover_homeserver::Request>,
+) -> ApiResult<discover_homeserver::Response> {
+    Ok(discover_homeserver::Response::new(HomeserverInfo::new(services.config.client_base_url())))
+}
+
+pub async fn well_known_server(
+    services: AppState,
+    _: Ruma<discover_server::Request>,
+) -> ApiResult<discover_server::Response> {
+    let delegated = services
+        .config
+        .well_known_server
+        .clone()
+        .ok_or_else(|| Error::not_found("No server delegation is configured"))?;
+    Ok(discover_server::Response::new(delegated))
+}

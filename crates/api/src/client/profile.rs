@@ -1,0 +1,41 @@
+//! `/profile/{userId}` and its fields (displayname, avatar_url, extended).
+
+use ruma::api::client::profile::{delete_profile_field, get_profile, get_profile_field, set_profile_field};
+
+use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+
+pub async fn get_profile(
+    services: AppState,
+    request: Ruma<get_profile::v3::Request>,
+) -> ApiResult<get_profile::v3::Response> {
+    let profile = services.profile.get_profile(&request.body.user_id)?;
+    let mut response = get_profile::v3::Response::new();
+    response.data = profile;
+    Ok(response)
+}
+
+pub async fn get_field(
+    services: AppState,
+    request: Ruma<get_profile_field::v3::Request>,
+) -> ApiResult<get_profile_field::v3::Response> {
+    let value = services.profile.get_field(&request.body.user_id, &request.body.field)?;
+    Ok(get_profile_field::v3::Response::new(value))
+}
+
+pub async fn set_field(
+    services: AppState,
+    request: Ruma<set_profile_field::v3::Request>,
+) -> ApiResult<set_profile_field::v3::Response> {
+    let sender = request.user()?;
+    services.profile.set_field(sender, &request.body.user_id, request.body.value.clone())?;
+    Ok(set_profile_field::v3::Response::new())
+}
+
+pub async fn delete_field(
+    services: AppState,
+    request: Ruma<delete_profile_field::v3::Request>,
+) -> ApiResult<delete_profile_field::v3::Response> {
+    let sender = request.user()?;
+    services.profile.delete_field(sender, &request.body.user_id, &request.body.field)?;
+    Ok(delete_profile_field::v3::Response::new())
+}

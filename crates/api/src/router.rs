@@ -1,0 +1,61 @@
+//! The router: every Matrix endpoint is registered from ruma's metadata (its
+//! method and every historical path), so no path is written by hand.
+
+use std::future::Future;
+
+use axum::{
+    Router,
+    extract::State,
+    routing::{MethodFilter, get, on},
+};
+use ruma::api::{IncomingRequest, path_builder::PathBuilder};
+
+use crate::{
+    AppState, client,
+    error::ApiResult,
+    middleware, pages,
+    ruma_wrapper::{Auth, Ruma, RumaResponse},
+};
+
+pub fn build(services: AppState) -> Router {
+    let router = client::routes(Router::new())
+        .route("/", get(pages::root))
+        .fallback(pages::not_found)
+        .method_not_allowed_fallback(pages::method_not_allowed)
+        .with_state(services);
+    middleware::wrap(router)
+}
+
+/// Registration of handlers by ruma request type.
+pub trait RumaRouter {
+    fn ruma<R, H, F>(self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: Auth,
+        R::OutgoingResponse: Send + 'static,
+        H: Fn(AppState, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ApiResult<R::OutgoingResponse>> + Send + 'static;
+}
+
+impl RumaRouter for Router<AppState> {
+    fn ruma<R, H, F>(mut self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: Auth,
+        R::OutgoingResponse: Send + 'static,
+        H: Fn(AppState, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ApiResult<R::OutgoingResponse>> + Send + 'static,
+    {
+        let method = MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
+        for path in R::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            self = self.route(
+                path,
+                on(method, move |State(state): State<AppState>, request: Ruma<R>| async move {
+                    handler(state, request).await.map(RumaResponse)
+                }),
+            );
+        }
+        self
+    }
+}

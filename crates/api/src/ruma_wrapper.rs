@@ -1,0 +1,257 @@
+//! `Ruma<Req>`: parse an HTTP request into ruma's request type and resolve
+//! who is calling, according to the endpoint's declared authentication.
+
+use axum::{
+    body::Body,
+    extract::{FromRequest, RawPathParams, Request},
+    response::{IntoResponse, Response},
+};
+use bytes::BytesMut;
+use estuary_core::Error;
+use http::{Method, request::Parts};
+use ruma::{
+    OwnedDeviceId, OwnedUserId, UserId,
+    api::{
+        IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
+            NoAuthentication,
+        },
+        error::{DeserializationError, FromHttpRequestError},
+    },
+};
+
+use crate::{AppState, error::ApiError};
+
+/// How an endpoint authenticates its caller (from ruma's metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthKind {
+    None,
+    AccessToken,
+    AccessTokenOptional,
+    AppserviceToken,
+    AppserviceTokenOptional,
+    ServerSignatures,
+}
+
+/// Maps ruma's authentication scheme types to [`AuthKind`].
+pub trait Auth {
+    const KIND: AuthKind;
+}
+impl Auth for NoAuthentication {
+    const KIND: AuthKind = AuthKind::None;
+}
+impl Auth for NoAccessToken {
+    const KIND: AuthKind = AuthKind::None;
+}
+impl Auth for AccessToken {
+    const KIND: AuthKind = AuthKind::AccessToken;
+}
+impl Auth for AccessTokenOptional {
+    const KIND: AuthKind = AuthKind::AccessTokenOptional;
+}
+impl Auth for AppserviceToken {
+    const KIND: AuthKind = AuthKind::AppserviceToken;
+}
+impl Auth for AppserviceTokenOptional {
+    const KIND: AuthKind = AuthKind::AppserviceTokenOptional;
+}
+impl Auth for ruma::api::federation::authentication::ServerSignatures {
+    const KIND: AuthKind = AuthKind::ServerSignatures;
+}
+
+/// A parsed, authenticated request.
+pub struct Ruma<R> {
+    pub body: R,
+    pub sender_user: Option<OwnedUserId>,
+    pub sender_device: Option<OwnedDeviceId>,
+    /// The access token the request carried, if any.
+    pub access_token: Option<String>,
+}
+
+impl<R> Ruma<R> {
+    /// The authenticated user; endpoints with `AccessToken` always have one.
+    pub fn user(&self) -> Result<&UserId, ApiError> {
+        self.sender_user.as_deref().ok_or_else(|| Error::missing_token().into())
+    }
+
+    pub fn device(&self) -> Result<&ruma::DeviceId, ApiError> {
+        self.sender_device.as_deref().ok_or_else(|| Error::missing_token().into())
+    }
+}
+
+impl<R> FromRequest<AppState> for Ruma<R>
+where
+    R: IncomingRequest + Send,
+    R::Authentication: Auth,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let path_args = path_args(&mut parts, state).await?;
+        let access_token = access_token(&parts);
+        let (sender_user, sender_device) =
+            authenticate(state, <R::Authentication as Auth>::KIND, access_token.as_deref())?;
+        let bytes = read_body(body, &parts, state.config.max_request_size).await?;
+        let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let http_request = http::Request::from_parts(parts, bytes.as_ref());
+        let body = R::try_from_http_request(http_request, &path_refs).map_err(parse_error)?;
+        Ok(Self { body, sender_user, sender_device, access_token })
+    }
+}
+
+async fn path_args(parts: &mut Parts, state: &AppState) -> Result<Vec<String>, ApiError> {
+    use axum::extract::FromRequestParts;
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|e| Error::invalid_param(format!("Invalid path parameter: {e}")))?;
+    Ok(params.iter().map(|(_, value)| value.to_owned()).collect())
+}
+
+/// The token from `Authorization: Bearer …`, or the deprecated `access_token` query parameter.
+fn access_token(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        return value.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == "access_token").then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| Some((hex(bytes[i + 1])?, hex(bytes[i + 2])?)))
+            .flatten();
+        match (escaped, bytes[i]) {
+            (Some((high, low)), _) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn authenticate(
+    state: &AppState,
+    kind: AuthKind,
+    token: Option<&str>,
+) -> Result<(Option<OwnedUserId>, Option<OwnedDeviceId>), ApiError> {
+    let required = match kind {
+        AuthKind::AccessToken => true,
+        AuthKind::AccessTokenOptional => false,
+        // Appservices and federation arrive in later issues; until then no
+        // caller can hold their credentials.
+        AuthKind::AppserviceToken => {
+            return Err(match token {
+                None => Error::missing_token(),
+                Some(_) => Error::unknown_token(false),
+            }
+            .into());
+        }
+        AuthKind::ServerSignatures => {
+            return Err(Error::forbidden("Federation is not enabled on this server").into());
+        }
+        AuthKind::None | AuthKind::AppserviceTokenOptional => return Ok((None, None)),
+    };
+    match token {
+        Some(token) => {
+            let session = state.accounts.authenticate(token)?;
+            Ok((Some(session.user_id), Some(session.device_id)))
+        }
+        None if required => Err(Error::missing_token().into()),
+        None => Ok((None, None)),
+    }
+}
+
+async fn read_body(body: Body, parts: &Parts, limit: u64) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || Error::too_large(format!("Request body is larger than {limit} bytes"));
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large().into());
+    }
+    let bytes = axum::body::to_bytes(body, limit as usize).await.map_err(|_| too_large())?;
+    if !bytes.is_empty() && parts.method != Method::GET && looks_like_json_body(parts) {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| Error::not_json(format!("Request body is not valid JSON: {e}")))?;
+    }
+    Ok(bytes)
+}
+
+/// Client API bodies are JSON unless the client declares another type (media uploads).
+fn looks_like_json_body(parts: &Parts) -> bool {
+    match parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(ct) => {
+            let ct = ct.to_ascii_lowercase();
+            ct.starts_with("application/json")
+                || ct.starts_with("text/plain")
+                || ct.starts_with("application/x-www-form-urlencoded")
+        }
+    }
+}
+
+fn parse_error(err: FromHttpRequestError) -> ApiError {
+    match err {
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::unrecognized(405, "Method not allowed for this endpoint")
+        }
+        FromHttpRequestError::Deserialization(err) => match err {
+            DeserializationError::Json(e) => Error::bad_json(format!("Invalid request body: {e}")),
+            DeserializationError::Query(e) => {
+                let text = e.to_string();
+                if text.contains("missing field") {
+                    Error::missing_param(format!("Missing query parameter: {text}"))
+                } else {
+                    Error::invalid_param(format!("Invalid query parameter: {text}"))
+                }
+            }
+            DeserializationError::Ident(e) => Error::invalid_param(format!("Invalid identifier: {e}")),
+            other => Error::bad_json(format!("Invalid request: {other}")),
+        },
+        other => Error::bad_json(format!("Invalid request: {other}")),
+    }
+    .into()
+}
+
+/// A ruma response on its way out.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(response) => response.map(|body| Body::from(body.freeze())).into_response(),
+            Err(err) => ApiError(Error::internal(format!("serialising response: {err}"))).into_response(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        assert_eq!(percent_decode("abc"), "abc");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(percent_decode("end%4"), "end%4");
+    }
+}

@@ -1,0 +1,306 @@
+//! Estuary's configuration: one struct, its defaults, and the loader that
+//! merges a TOML file with `ESTUARY_<KEY>` environment overrides.
+//!
+//! Every option is documented in `conf/estuary.toml`; a unit test keeps that
+//! file and this struct in step.
+
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+
+use ruma::{OwnedServerName, RoomVersionId};
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "ESTUARY_";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name: the part after `:` in user IDs. Cannot change later.
+    pub server_name: OwnedServerName,
+    /// Address to listen on.
+    pub address: IpAddr,
+    /// Port to listen on (client and, later, federation API).
+    pub port: u16,
+    /// Where RocksDB keeps its files.
+    pub database_path: PathBuf,
+    /// fsync the write-ahead log on every write. Off: acknowledged writes
+    /// survive a crash of the process (`kill -9`) but not of the machine.
+    pub database_sync_writes: bool,
+    /// RocksDB block cache size in MiB.
+    pub database_cache_mb: u64,
+    /// Anyone may register an account.
+    pub allow_registration: bool,
+    /// When set, registration also requires this token (`m.login.registration_token`).
+    pub registration_token: Option<String>,
+    /// Allow guest accounts (`/register?kind=guest`).
+    pub allow_guest_access: bool,
+    /// Largest request body accepted, in bytes (413 `M_TOO_LARGE` above).
+    pub max_request_size: u64,
+    /// Lifetime of access tokens issued to clients that asked for a refresh
+    /// token, in seconds. Tokens issued without refresh never expire.
+    pub refreshable_access_token_lifetime: u64,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `estuary=debug`.
+    pub log: String,
+    /// Log format: `pretty` (human) or `json` (one object per line).
+    pub log_format: LogFormat,
+    /// Base URL advertised in `/.well-known/matrix/client`. Defaults to
+    /// `http(s)://<server_name>:<port>`.
+    pub well_known_client: Option<String>,
+    /// Delegated `host:port` advertised in `/.well-known/matrix/server`. Unset: 404.
+    pub well_known_server: Option<OwnedServerName>,
+    /// Room version for new rooms.
+    pub default_room_version: RoomVersionId,
+    /// PEM certificate chain; with `tls_private_key_path`, the listener speaks HTTPS.
+    pub tls_certificate_path: Option<PathBuf>,
+    /// PEM private key for `tls_certificate_path`.
+    pub tls_private_key_path: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".try_into().expect("valid server name"),
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 8008,
+            database_path: PathBuf::from("./estuary-data"),
+            database_sync_writes: false,
+            database_cache_mb: 256,
+            allow_registration: false,
+            registration_token: None,
+            allow_guest_access: false,
+            max_request_size: 20 * 1024 * 1024,
+            refreshable_access_token_lifetime: 300,
+            log: "info".to_owned(),
+            log_format: LogFormat::Pretty,
+            well_known_client: None,
+            well_known_server: None,
+            default_room_version: RoomVersionId::V12,
+            tls_certificate_path: None,
+            tls_private_key_path: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Load from an optional TOML file, then apply `ESTUARY_*` variables from `env`.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (mut table, origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                    origin: format!(" in {}", path.display()),
+                    message: e.to_string(),
+                })?;
+                (table, format!(" in {}", path.display()))
+            }
+            None => (toml::Table::new(), String::new()),
+        };
+        let overrides = apply_env_overrides(&mut table, env)?;
+        let origin = if overrides.is_empty() {
+            origin
+        } else {
+            format!("{origin} (environment overrides: {})", overrides.join(", "))
+        };
+        // Re-serialise so the deserialiser reports the offending key and line.
+        let merged = toml::to_string(&table)
+            .map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+        let config: Config = toml::from_str(&merged)
+            .map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+        config.validate().map_err(|message| ConfigError::Invalid { origin, message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.tls_certificate_path.is_some() != self.tls_private_key_path.is_some() {
+            return Err("`tls_certificate_path` and `tls_private_key_path` must be set together".into());
+        }
+        if self.registration_token.as_deref() == Some("") {
+            return Err("`registration_token` must not be empty".into());
+        }
+        if self.max_request_size < 1024 {
+            return Err("`max_request_size` must be at least 1024 bytes".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the listener serves HTTPS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_certificate_path.is_some()
+    }
+
+    /// The client base URL clients should use.
+    pub fn client_base_url(&self) -> String {
+        match &self.well_known_client {
+            Some(url) => url.clone(),
+            None => {
+                let scheme = if self.tls_enabled() { "https" } else { "http" };
+                let host = self.server_name.host();
+                format!("{scheme}://{host}:{}", self.port)
+            }
+        }
+    }
+}
+
+/// Apply `ESTUARY_<KEY>` variables (nested keys joined with `__`) onto `table`.
+/// Values parse as TOML literals (`8008`, `true`, `["a"]`) and fall back to strings.
+/// Returns the names of the variables applied.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, ConfigError> {
+    let vars: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    let mut applied = Vec::new();
+    for (name, raw) in vars {
+        let path: Vec<String> =
+            name[ENV_PREFIX.len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Invalid {
+                origin: String::new(),
+                message: format!("environment variable {name} does not name a key"),
+            });
+        }
+        let value = parse_env_value(&raw);
+        let mut cursor = &mut *table;
+        for segment in &path[..path.len() - 1] {
+            let entry =
+                cursor.entry(segment.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cursor = entry.as_table_mut().ok_or_else(|| ConfigError::Invalid {
+                origin: String::new(),
+                message: format!("environment variable {name}: `{segment}` is not a table"),
+            })?;
+        }
+        cursor.insert(path[path.len() - 1].clone(), value);
+        applied.push(name);
+    }
+    Ok(applied)
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        v: toml::Value,
+    }
+    toml::from_str::<Wrapper>(&format!("v = {raw}"))
+        .map(|w| w.v)
+        .unwrap_or_else(|_| toml::Value::String(raw.to_owned()))
+}
+
+impl Config {
+    /// Every top-level key, including optional ones that serialise to nothing.
+    pub fn documented_keys() -> &'static [&'static str] {
+        &[
+            "server_name",
+            "address",
+            "port",
+            "database_path",
+            "database_sync_writes",
+            "database_cache_mb",
+            "allow_registration",
+            "registration_token",
+            "allow_guest_access",
+            "max_request_size",
+            "refreshable_access_token_lifetime",
+            "log",
+            "log_format",
+            "well_known_client",
+            "well_known_server",
+            "default_room_version",
+            "tls_certificate_path",
+            "tls_private_key_path",
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn embedded_default_needs_no_file() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config.server_name.as_str(), "localhost");
+        assert_eq!(config.port, 8008);
+        assert!(!config.allow_registration);
+        assert_eq!(config.client_base_url(), "http://localhost:8008");
+    }
+
+    #[test]
+    fn env_overrides_typed_values() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("ESTUARY_PORT", "9000"),
+                ("ESTUARY_ALLOW_REGISTRATION", "true"),
+                ("ESTUARY_SERVER_NAME", "example.org"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.port, 9000);
+        assert!(config.allow_registration);
+        assert_eq!(config.server_name.as_str(), "example.org");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let err = Config::load(None, env(&[("ESTUARY_NO_SUCH_KEY", "1")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("no_such_key"), "{text}");
+        assert!(text.contains("ESTUARY_NO_SUCH_KEY"), "{text}");
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let dir = std::env::temp_dir().join(format!("estuary-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "port = \"eighty\"\n").unwrap();
+        let text = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(text.contains("port"), "{text}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// `conf/estuary.toml` documents every option: it must parse, and every
+    /// key of the struct must appear in it.
+    #[test]
+    fn example_config_documents_every_key() {
+        let example = include_str!("../../../conf/estuary.toml");
+        let _: Config = toml::from_str(example).expect("conf/estuary.toml parses");
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let uncommented: String =
+            example.lines().map(|l| l.trim_start_matches('#').trim_start()).collect::<Vec<_>>().join("\n");
+        for key in Config::documented_keys() {
+            assert!(
+                uncommented.lines().any(|l| l.starts_with(&format!("{key} ="))),
+                "conf/estuary.toml does not document `{key}`"
+            );
+        }
+        for key in defaults.keys() {
+            assert!(Config::documented_keys().contains(&key.as_str()), "{key} missing from list");
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! What the accounts tables store.
+
+use ruma::{OwnedDeviceId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+
+/// `userid_account`: one per user ID ever registered (deactivated ones stay,
+/// so their IDs are never reused).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Account {
+    /// argon2id PHC string; none for accounts without a password.
+    pub password_hash: Option<String>,
+    pub admin: bool,
+    pub guest: bool,
+    pub deactivated: bool,
+    pub created_ts: u64,
+}
+
+/// `token_session` and `refreshtoken_session`: who a token authenticates.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    /// Expiry of an access token (ms since epoch); none for tokens that
+    /// never expire. Unused on refresh tokens.
+    pub expires_at: Option<u64>,
+}
+
+/// `userdeviceid_device`: a device and the tokens currently issued to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Device {
+    pub display_name: Option<String>,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_ts: Option<u64>,
+}
+
+/// `logintoken_user`: a one-time `m.login.token`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginToken {
+    pub user_id: OwnedUserId,
+    pub expires_at: u64,
+}

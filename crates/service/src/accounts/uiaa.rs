@@ -1,0 +1,193 @@
+//! User-Interactive Authentication (UIA): sessions that remember which stages
+//! of which flows a client has completed.
+//!
+//! Sessions are short-lived and kept in memory: a restart only makes a
+//! client start its UIA round again.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use estuary_core::{Error, Result, error::ErrorKind};
+use ruma::{
+    OwnedUserId,
+    api::{
+        client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo},
+        error::StandardErrorBody,
+    },
+};
+
+/// How long an unfinished UIA session is kept.
+const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// What a UIA stage needs to know to check a client's answer.
+pub trait StageVerifier {
+    /// Check an `m.login.password` stage; `Ok(false)` for a wrong password.
+    fn verify_password(&self, user: &str, password: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Whether `token` is a valid registration token right now.
+    fn registration_token_valid(&self, token: &str) -> Result<bool>;
+}
+
+struct Session {
+    /// The operation the session authorises, so a session started for one
+    /// endpoint cannot complete another.
+    purpose: String,
+    completed: Vec<AuthType>,
+    created: Instant,
+}
+
+#[derive(Default)]
+pub struct UiaaSessions {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+/// One UIA check: which flows satisfy it and what it authorises.
+pub struct UiaaRequest<'a> {
+    pub flows: Vec<AuthFlow>,
+    /// A stable description of the operation (endpoint and user).
+    pub purpose: String,
+    /// The user the password stage must match (none for registration).
+    pub user_id: Option<&'a OwnedUserId>,
+}
+
+impl UiaaSessions {
+    /// Run one UIA step. `Ok(())` once a flow is complete; otherwise the 401
+    /// response telling the client what is left, with an `errcode` when the
+    /// stage it just tried failed.
+    pub async fn check(
+        &self,
+        request: UiaaRequest<'_>,
+        auth: Option<&AuthData>,
+        verifier: &impl StageVerifier,
+    ) -> Result<()> {
+        let Some(auth) = auth else {
+            let session = self.start(&request.purpose);
+            return Err(self.pending(&request.flows, Vec::new(), session, None));
+        };
+        let session_id = match auth.session() {
+            Some(id) => {
+                self.ensure_session(id, &request.purpose)?;
+                id.to_owned()
+            }
+            // A first call that already carries a stage (clients and SyTest
+            // send `m.login.dummy` straight away) starts a session implicitly.
+            None => self.start(&request.purpose),
+        };
+
+        let completed = match self.run_stage(&request, auth, verifier).await {
+            Ok(stage) => self.complete_stage(&session_id, stage),
+            Err(failure) => {
+                let completed = self.completed(&session_id);
+                return Err(self.pending(&request.flows, completed, session_id, Some(failure)));
+            }
+        };
+        let done = request.flows.iter().any(|flow| flow.stages.iter().all(|s| completed.contains(s)));
+        if done {
+            self.sessions.lock().expect("uiaa lock").remove(&session_id);
+            return Ok(());
+        }
+        Err(self.pending(&request.flows, completed, session_id, None))
+    }
+
+    async fn run_stage(
+        &self,
+        request: &UiaaRequest<'_>,
+        auth: &AuthData,
+        verifier: &impl StageVerifier,
+    ) -> std::result::Result<AuthType, StandardErrorBody> {
+        let stage = auth.auth_type().ok_or_else(|| {
+            StandardErrorBody::new(ErrorKind::Unrecognized, "Unknown authentication type".into())
+        })?;
+        let offered = request.flows.iter().any(|f| f.stages.contains(&stage));
+        if !offered {
+            return Err(StandardErrorBody::new(
+                ErrorKind::Forbidden,
+                format!("Stage {stage} is not offered here"),
+            ));
+        }
+        let forbidden = |msg: &str| StandardErrorBody::new(ErrorKind::Forbidden, msg.to_owned());
+        let internal = |e: Error| StandardErrorBody::new(ErrorKind::Unknown, e.to_string());
+        match auth {
+            AuthData::Dummy(_) => {}
+            AuthData::Password(password) => {
+                let user = match &password.identifier {
+                    ruma::api::client::uiaa::UserIdentifier::Matrix(id) => id.user.clone(),
+                    _ => return Err(forbidden("Only m.id.user identifiers are supported")),
+                };
+                let expected = request.user_id.ok_or_else(|| forbidden("No user to check"))?;
+                let matches_user = user == expected.as_str() || user == expected.localpart();
+                let ok = matches_user
+                    && verifier
+                        .verify_password(expected.as_str(), &password.password)
+                        .await
+                        .map_err(internal)?;
+                if !ok {
+                    return Err(forbidden("Invalid password"));
+                }
+            }
+            AuthData::RegistrationToken(token) => {
+                if !verifier.registration_token_valid(&token.token).map_err(internal)? {
+                    return Err(StandardErrorBody::new(
+                        ErrorKind::Unauthorized,
+                        "Invalid registration token".into(),
+                    ));
+                }
+            }
+            _ => return Err(forbidden("This authentication type is not supported")),
+        }
+        Ok(stage)
+    }
+
+    fn start(&self, purpose: &str) -> String {
+        let id = super::tokens::random_token(24);
+        let mut sessions = self.sessions.lock().expect("uiaa lock");
+        sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
+        sessions.insert(
+            id.clone(),
+            Session { purpose: purpose.to_owned(), completed: Vec::new(), created: Instant::now() },
+        );
+        id
+    }
+
+    fn ensure_session(&self, id: &str, purpose: &str) -> Result<()> {
+        let sessions = self.sessions.lock().expect("uiaa lock");
+        match sessions.get(id) {
+            Some(s) if s.created.elapsed() < SESSION_LIFETIME && s.purpose == purpose => Ok(()),
+            Some(s) if s.purpose != purpose => {
+                Err(Error::forbidden("This UIA session was started for another request"))
+            }
+            _ => Err(Error::matrix(400, ErrorKind::Unknown, "Unknown or expired UIA session")),
+        }
+    }
+
+    fn complete_stage(&self, id: &str, stage: AuthType) -> Vec<AuthType> {
+        let mut sessions = self.sessions.lock().expect("uiaa lock");
+        let Some(session) = sessions.get_mut(id) else { return vec![stage] };
+        if !session.completed.contains(&stage) {
+            session.completed.push(stage);
+        }
+        session.completed.clone()
+    }
+
+    fn completed(&self, id: &str) -> Vec<AuthType> {
+        let sessions = self.sessions.lock().expect("uiaa lock");
+        sessions.get(id).map(|s| s.completed.clone()).unwrap_or_default()
+    }
+
+    fn pending(
+        &self,
+        flows: &[AuthFlow],
+        completed: Vec<AuthType>,
+        session: String,
+        failure: Option<StandardErrorBody>,
+    ) -> Error {
+        let mut info = UiaaInfo::new(flows.to_vec());
+        info.completed = completed;
+        info.session = Some(session);
+        info.params = Some(serde_json::value::to_raw_value(&serde_json::json!({})).expect("{}"));
+        info.auth_error = failure.map(Box::new);
+        Error::Uiaa(Box::new(info))
+    }
+}

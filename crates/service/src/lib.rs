@@ -1,0 +1,49 @@
+//! The homeserver's logic, one module per concern. Handlers in the API crate
+//! call these services; services own their tables and talk to storage.
+//!
+//! Dependencies between services are passed explicitly when a service is
+//! built, so the graph stays visible (see `Services::build`).
+
+pub mod account_data;
+pub mod accounts;
+pub mod filters;
+pub mod profile;
+mod storage_error;
+
+use std::sync::Arc;
+
+use estuary_core::{Config, Result};
+use estuary_storage::Db;
+
+pub use accounts::Accounts;
+
+/// Every service of a running server. Built once at startup and shared
+/// (behind an `Arc`) with the request handlers; there is no global state.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub accounts: Arc<Accounts>,
+    pub profile: profile::Profiles,
+    pub filters: filters::Filters,
+    pub account_data: account_data::AccountData,
+}
+
+impl Services {
+    pub fn build(config: Arc<Config>, db: Db) -> Result<Self> {
+        let accounts = Arc::new(Accounts::new(config.clone(), &db)?);
+        Ok(Self {
+            profile: profile::Profiles::new(&db, accounts.clone())?,
+            filters: filters::Filters::new(&db)?,
+            account_data: account_data::AccountData::new(&db)?,
+            accounts,
+            config,
+            db,
+        })
+    }
+
+    /// Work to do once at startup, before serving: announce the first-run
+    /// registration token when the server has no account yet.
+    pub fn on_startup(&self) -> Result<()> {
+        self.accounts.announce_first_run_token()
+    }
+}

@@ -1,0 +1,167 @@
+//! The database handle, opening, and atomic batches.
+
+use std::{path::Path, sync::Arc};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, WriteOptions,
+};
+
+use crate::{Key, Table, Value, catalog::TABLES, codec::CodecError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("the database at {path} is in use by another process (is another Estuary running?)")]
+    Locked { path: String },
+    #[error("cannot create the database directory {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error("cannot open the database at {path}: {source}")]
+    Open { path: String, source: rocksdb::Error },
+    #[error("database error in table `{table}`: {source}")]
+    Rocks { table: &'static str, source: rocksdb::Error },
+    #[error("corrupt row in table `{table}`: {source}")]
+    Codec { table: &'static str, source: CodecError },
+    #[error("unknown table `{0}`: add it to storage::catalog::TABLES")]
+    UnknownTable(&'static str),
+}
+
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// fsync the WAL on each write (survives machine crashes, not just process crashes).
+    pub sync_writes: bool,
+    /// Block cache size in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self { sync_writes: false, cache_bytes: 64 << 20 }
+    }
+}
+
+struct Inner {
+    rocks: rocksdb::DB,
+    write_options: WriteOptions,
+}
+
+/// A handle to the open database. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl Db {
+    /// Open (or create) the database at `path` with every table of the catalog.
+    pub fn open(path: &Path, options: &OpenOptions) -> Result<Self, StorageError> {
+        let display = path.display().to_string();
+        std::fs::create_dir_all(path)
+            .map_err(|source| StorageError::CreateDir { path: display.clone(), source })?;
+        let cache = Cache::new_lru_cache(options.cache_bytes);
+        let mut table_options = BlockBasedOptions::default();
+        table_options.set_block_cache(&cache);
+        table_options.set_bloom_filter(10.0, false);
+        table_options.set_cache_index_and_filter_blocks(true);
+
+        let mut cf_options = Options::default();
+        cf_options.set_block_based_table_factory(&table_options);
+        cf_options.set_compression_type(DBCompressionType::Lz4);
+        cf_options.set_bottommost_compression_type(DBCompressionType::Zstd);
+
+        let mut db_options = cf_options.clone();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_background_jobs(2);
+        db_options.set_keep_log_file_num(4);
+
+        let descriptors = TABLES.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options.clone()));
+        let rocks = rocksdb::DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|source| {
+            let text = source.to_string();
+            if text.contains("lock") || text.contains("LOCK") {
+                StorageError::Locked { path: display.clone() }
+            } else {
+                StorageError::Open { path: display.clone(), source }
+            }
+        })?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(options.sync_writes);
+        Ok(Self { inner: Arc::new(Inner { rocks, write_options }) })
+    }
+
+    /// A typed view of table `name` (which must be in the catalog).
+    pub fn table<K: Key, V: Value>(&self, name: &'static str) -> Result<Table<K, V>, StorageError> {
+        if self.inner.rocks.cf_handle(name).is_none() {
+            return Err(StorageError::UnknownTable(name));
+        }
+        Ok(Table::new(self.clone(), name))
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
+        // Tables are checked against the catalog when created, and every
+        // catalog entry is opened, so the handle always exists.
+        self.inner.rocks.cf_handle(name).expect("table opened from the catalog")
+    }
+
+    pub(crate) fn rocks(&self) -> &rocksdb::DB {
+        &self.inner.rocks
+    }
+
+    /// Start a batch of writes that become visible together or not at all.
+    pub fn batch(&self) -> Batch {
+        Batch { db: self.clone(), inner: WriteBatch::default(), tables: Vec::new() }
+    }
+
+    /// Flush memtables to disk (used at shutdown to shorten the next start).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        for name in TABLES {
+            self.inner
+                .rocks
+                .flush_cf(self.cf(name))
+                .map_err(|source| StorageError::Rocks { table: name, source })?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes to one or more tables, applied atomically by [`Batch::commit`].
+pub struct Batch {
+    db: Db,
+    inner: WriteBatch,
+    tables: Vec<&'static str>,
+}
+
+impl Batch {
+    pub fn put<K: Key, V: Value>(&mut self, table: &Table<K, V>, key: &K, value: &V) {
+        self.inner.put_cf(self.db.cf(table.name()), key.encode(), value.encode_value());
+        self.note(table.name());
+    }
+
+    pub fn delete<K: Key, V: Value>(&mut self, table: &Table<K, V>, key: &K) {
+        self.inner.delete_cf(self.db.cf(table.name()), key.encode());
+        self.note(table.name());
+    }
+
+    fn note(&mut self, table: &'static str) {
+        if !self.tables.contains(&table) {
+            self.tables.push(table);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Apply every write of the batch atomically (and durably, see [`OpenOptions`]).
+    pub fn commit(self) -> Result<(), StorageError> {
+        let table = self.tables.first().copied().unwrap_or("batch");
+        self.db
+            .inner
+            .rocks
+            .write_opt(self.inner, &self.db.inner.write_options)
+            .map_err(|source| StorageError::Rocks { table, source })
+    }
+}
+
+impl Db {
+    pub(crate) fn write_options(&self) -> &WriteOptions {
+        &self.inner.write_options
+    }
+}

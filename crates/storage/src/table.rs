@@ -1,0 +1,156 @@
+//! A typed view of one column family.
+
+use std::marker::PhantomData;
+
+use rocksdb::{Direction, IteratorMode};
+
+use crate::{Db, Key, StorageError, Value};
+
+pub struct Table<K, V> {
+    db: Db,
+    name: &'static str,
+    _types: PhantomData<fn(K) -> V>,
+}
+
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        Self { db: self.db.clone(), name: self.name, _types: PhantomData }
+    }
+}
+
+impl<K: Key, V: Value> Table<K, V> {
+    pub(crate) fn new(db: Db, name: &'static str) -> Self {
+        Self { db, name, _types: PhantomData }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn rocks_err(&self, source: rocksdb::Error) -> StorageError {
+        StorageError::Rocks { table: self.name, source }
+    }
+
+    pub fn get(&self, key: &K) -> Result<Option<V>, StorageError> {
+        let raw = self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(self.name), key.encode())
+            .map_err(|e| self.rocks_err(e))?;
+        raw.map(|bytes| V::decode_value(&bytes))
+            .transpose()
+            .map_err(|source| StorageError::Codec { table: self.name, source })
+    }
+
+    pub fn contains(&self, key: &K) -> Result<bool, StorageError> {
+        Ok(self
+            .db
+            .rocks()
+            .get_pinned_cf(self.db.cf(self.name), key.encode())
+            .map_err(|e| self.rocks_err(e))?
+            .is_some())
+    }
+
+    /// Write one row on its own. Writes that touch several rows or tables
+    /// belong in a [`crate::Batch`].
+    pub fn put(&self, key: &K, value: &V) -> Result<(), StorageError> {
+        self.db
+            .rocks()
+            .put_cf_opt(self.db.cf(self.name), key.encode(), value.encode_value(), self.db.write_options())
+            .map_err(|e| self.rocks_err(e))
+    }
+
+    pub fn delete(&self, key: &K) -> Result<(), StorageError> {
+        self.db
+            .rocks()
+            .delete_cf_opt(self.db.cf(self.name), key.encode(), self.db.write_options())
+            .map_err(|e| self.rocks_err(e))
+    }
+
+    /// All rows whose key starts with the encoding of `prefix` (a leading
+    /// part of the key tuple), in key order.
+    pub fn scan_prefix<P: Key>(&self, prefix: &P) -> Result<Vec<(K, V)>, StorageError> {
+        self.scan_raw_prefix(&prefix.encode(), usize::MAX)
+    }
+
+    /// Up to `limit` rows under a raw byte prefix, in key order.
+    pub fn scan_raw_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(K, V)>, StorageError> {
+        let iter = self
+            .db
+            .rocks()
+            .iterator_cf(self.db.cf(self.name), IteratorMode::From(prefix, Direction::Forward));
+        let mut rows = Vec::new();
+        for item in iter {
+            if rows.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(|e| self.rocks_err(e))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let codec = |source| StorageError::Codec { table: self.name, source };
+            rows.push((K::decode(&key).map_err(codec)?, V::decode_value(&value).map_err(codec)?));
+        }
+        Ok(rows)
+    }
+
+    /// Whether the table has any row at all.
+    pub fn is_empty(&self) -> Result<bool, StorageError> {
+        Ok(self.scan_raw_prefix(&[], 1)?.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Db, OpenOptions, codec::Json};
+
+    fn open(dir: &tempfile::TempDir) -> Db {
+        Db::open(dir.path(), &OpenOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn put_get_delete_and_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let t = db.table::<(String, String), Json<u32>>("userdeviceid_device").unwrap();
+        t.put(&("@a:x".into(), "D1".into()), &Json(1)).unwrap();
+        t.put(&("@a:x".into(), "D2".into()), &Json(2)).unwrap();
+        t.put(&("@ab:x".into(), "D3".into()), &Json(3)).unwrap();
+        assert_eq!(t.get(&("@a:x".into(), "D2".into())).unwrap(), Some(Json(2)));
+        let rows = t.scan_prefix(&("@a:x".to_owned(),)).unwrap();
+        assert_eq!(rows.len(), 2);
+        t.delete(&("@a:x".into(), "D1".into())).unwrap();
+        assert_eq!(t.scan_prefix(&("@a:x".to_owned(),)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn batches_span_tables_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open(&dir);
+            let a = db.table::<String, String>("global").unwrap();
+            let b = db.table::<String, u64>("userid_account").unwrap();
+            let mut batch = db.batch();
+            batch.put(&a, &"k".into(), &"v".into());
+            batch.put(&b, &"u".into(), &7);
+            assert!(a.get(&"k".into()).unwrap().is_none(), "nothing visible before commit");
+            batch.commit().unwrap();
+        }
+        let db = open(&dir);
+        assert_eq!(db.table::<String, u64>("userid_account").unwrap().get(&"u".into()).unwrap(), Some(7));
+    }
+
+    #[test]
+    fn second_open_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let _db = open(&dir);
+        let err = Db::open(dir.path(), &OpenOptions::default()).err().expect("locked");
+        assert!(err.to_string().contains("in use by another process"), "{err}");
+    }
+
+    #[test]
+    fn unknown_tables_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(open(&dir).table::<String, String>("nope").is_err());
+    }
+}

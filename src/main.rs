@@ -1,0 +1,109 @@
+//! The `estuary` binary: command line, configuration, logging, the listener
+//! (plain or TLS), signals, and wiring the crates together. No Matrix logic.
+
+mod listener;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use estuary_core::{Config, config::LogFormat};
+use estuary_service::Services;
+use estuary_storage::{Db, OpenOptions};
+
+/// Estuary, a Matrix homeserver.
+///
+/// With no arguments it runs on an embedded default configuration: server
+/// name `localhost`, listening on 127.0.0.1:8008, data in ./estuary-data.
+#[derive(Parser, Debug)]
+#[command(name = "estuary", version, about, long_about)]
+struct Args {
+    /// Read configuration from this TOML file (see conf/estuary.toml).
+    /// ESTUARY_<KEY> environment variables override its keys.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref(), std::env::vars()) {
+        Ok(config) => Arc::new(config),
+        Err(err) => {
+            eprintln!("estuary: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("estuary: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("estuary: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Arc<Config>) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        server_name = %config.server_name,
+        database = %config.database_path.display(),
+        "starting Estuary"
+    );
+    let options = OpenOptions {
+        sync_writes: config.database_sync_writes,
+        cache_bytes: (config.database_cache_mb as usize) << 20,
+    };
+    let db = Db::open(&config.database_path, &options)?;
+    let services = Arc::new(Services::build(config.clone(), db.clone())?);
+    services.on_startup()?;
+    let app = estuary_api::app(services);
+    listener::serve(&config, app, shutdown_signal()).await?;
+    tracing::info!("shutting down");
+    db.flush()?;
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.log).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => {
+            use std::io::IsTerminal;
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+}

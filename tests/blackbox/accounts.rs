@@ -1,0 +1,101 @@
+use serde_json::json;
+
+use crate::harness::{PASSWORD, TestServer, assert_error, password_auth};
+
+#[tokio::test]
+async fn change_password_logs_out_other_devices() {
+    let server = TestServer::start().await;
+    let user = server.register("olga").await;
+    let (_, other) = server.login("olga", PASSWORD).await;
+    let other_token = other["access_token"].as_str().unwrap().to_owned();
+
+    let path = "/_matrix/client/v3/account/password";
+    let (status, body) = server.post(path, Some(&user.token), json!({"new_password": "new-pass"})).await;
+    assert_eq!(status, 401, "{body}");
+    let request =
+        json!({"new_password": "new-pass", "auth": password_auth("olga", body["session"].as_str())});
+    let (status, body) = server.post(path, Some(&user.token), request).await;
+    assert_eq!(status, 200, "{body}");
+
+    assert_eq!(
+        server.get("/_matrix/client/v3/account/whoami", Some(&user.token)).await.0,
+        200,
+        "current device stays"
+    );
+    assert_error(
+        &server.get("/_matrix/client/v3/account/whoami", Some(&other_token)).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+    assert_error(&server.login("olga", PASSWORD).await, 403, "M_FORBIDDEN");
+    assert_eq!(server.login("olga", "new-pass").await.0, 200);
+}
+
+#[tokio::test]
+async fn change_password_can_keep_other_devices() {
+    let server = TestServer::start().await;
+    let user = server.register("pia").await;
+    let (_, other) = server.login("pia", PASSWORD).await;
+    let other_token = other["access_token"].as_str().unwrap().to_owned();
+    let request =
+        json!({"new_password": "next", "logout_devices": false, "auth": password_auth("pia", None)});
+    let (status, body) = server.post("/_matrix/client/v3/account/password", Some(&user.token), request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.get("/_matrix/client/v3/account/whoami", Some(&other_token)).await.0, 200);
+}
+
+#[tokio::test]
+async fn deactivated_accounts_cannot_log_in() {
+    let server = TestServer::start().await;
+    let user = server.register("quinn").await;
+    server
+        .put(
+            "/_matrix/client/v3/profile/@quinn:localhost/displayname",
+            Some(&user.token),
+            json!({"displayname": "Q"}),
+        )
+        .await;
+    let path = "/_matrix/client/v3/account/deactivate";
+    let (status, body) = server.post(path, Some(&user.token), json!({})).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = server
+        .post(path, Some(&user.token), json!({"auth": password_auth("quinn", body["session"].as_str())}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id_server_unbind_result"], "no-support");
+
+    assert_error(
+        &server.get("/_matrix/client/v3/account/whoami", Some(&user.token)).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+    assert_error(&server.login("quinn", PASSWORD).await, 403, "M_USER_DEACTIVATED");
+    let again = server
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "quinn", "password": PASSWORD, "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+    assert_error(&again, 400, "M_USER_IN_USE");
+    let (_, profile) = server.get("/_matrix/client/v3/profile/@quinn:localhost", None).await;
+    assert!(profile.get("displayname").is_none(), "{profile}");
+}
+
+#[tokio::test]
+async fn uia_sessions_are_bound_to_their_request() {
+    let server = TestServer::start().await;
+    let user = server.register("ruth").await;
+    let (_, body) = server.post("/_matrix/client/v3/account/deactivate", Some(&user.token), json!({})).await;
+    let session = body["session"].as_str().unwrap();
+    // A session started for deactivation cannot authorise a password change.
+    let request = json!({"new_password": "x", "auth": password_auth("ruth", Some(session))});
+    let result = server.post("/_matrix/client/v3/account/password", Some(&user.token), request).await;
+    assert_error(&result, 403, "M_FORBIDDEN");
+    // Someone else's password does not satisfy the stage.
+    server.register("sam").await;
+    let request = json!({"new_password": "x", "auth": password_auth("sam", None)});
+    let (status, body) = server.post("/_matrix/client/v3/account/password", Some(&user.token), request).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+}

@@ -1,0 +1,82 @@
+use serde_json::json;
+
+use crate::harness::{TestServer, assert_error};
+
+#[tokio::test]
+async fn versions_lists_spec_versions() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get("/_matrix/client/versions", None).await;
+    assert_eq!(status, 200);
+    let versions: Vec<&str> =
+        body["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(versions.contains(&"v1.1") && versions.contains(&"r0.6.1"), "{versions:?}");
+}
+
+#[tokio::test]
+async fn well_known_client_and_server() {
+    let server = TestServer::start_with("well_known_server = \"matrix.example.org:443\"\nwell_known_client = \"https://matrix.example.org\"\n").await;
+    let (status, body) = server.get("/.well-known/matrix/client", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["m.homeserver"]["base_url"], "https://matrix.example.org");
+    let (status, body) = server.get("/.well-known/matrix/server", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["m.server"], "matrix.example.org:443");
+
+    let plain = TestServer::start().await;
+    let (_, body) = plain.get("/.well-known/matrix/client", None).await;
+    assert_eq!(body["m.homeserver"]["base_url"], "http://localhost:0", "derived from server name and port");
+    assert_error(&plain.get("/.well-known/matrix/server", None).await, 404, "M_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn capabilities_describe_the_server() {
+    let server = TestServer::start().await;
+    assert_error(&server.get("/_matrix/client/v3/capabilities", None).await, 401, "M_MISSING_TOKEN");
+    let user = server.register("cap").await;
+    let (status, body) = server.get("/_matrix/client/v3/capabilities", Some(&user.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let caps = &body["capabilities"];
+    assert_eq!(caps["m.room_versions"]["default"], "12");
+    assert_eq!(caps["m.room_versions"]["available"]["1"], "stable");
+    assert_eq!(caps["m.room_versions"]["available"]["12"], "stable");
+    // ruma omits capabilities at their spec default (change_password: enabled).
+    assert_ne!(caps["m.change_password"]["enabled"], false, "{caps}");
+    assert_eq!(caps["m.get_login_token"]["enabled"], true);
+    assert_eq!(caps["m.3pid_changes"]["enabled"], false);
+}
+
+#[tokio::test]
+async fn root_page_says_estuary_runs() {
+    let server = TestServer::start().await;
+    let response = server.http().get(format!("{}/", server.base)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let text = response.text().await.unwrap();
+    assert!(text.contains("Estuary is running") && text.contains("localhost"), "{text}");
+    assert!(text.contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn cors_preflight_without_token_and_headers_everywhere() {
+    let server = TestServer::start().await;
+    let response = server
+        .http()
+        .request(reqwest::Method::OPTIONS, format!("{}/_matrix/client/v3/account/whoami", server.base))
+        .header("Origin", "https://app.element.io")
+        .header("Access-Control-Request-Method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let headers = response.headers();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    for h in ["Authorization", "Content-Type", "X-Requested-With"] {
+        assert!(allowed.contains(h), "{allowed}");
+    }
+    assert!(headers["access-control-allow-methods"].to_str().unwrap().contains("PUT"));
+    // Error responses carry CORS headers too.
+    let response = server.http().get(format!("{}/_matrix/client/v3/nope", server.base)).send().await.unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let _ = json!({});
+}

@@ -1,0 +1,12 @@
+//! Black-box tests: each test starts the real `estuary` binary on a loopback
+//! port with a temporary database and speaks HTTP to it.
+
+mod accounts;
+mod devices;
+mod discovery;
+mod errors;
+mod harness;
+mod login;
+mod process;
+mod register;
+mod user_data;
