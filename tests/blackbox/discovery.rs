@@ -39,8 +39,8 @@ async fn capabilities_describe_the_server() {
     assert_eq!(caps["m.room_versions"]["default"], "12");
     assert_eq!(caps["m.room_versions"]["available"]["1"], "stable");
     assert_eq!(caps["m.room_versions"]["available"]["12"], "stable");
-    // ruma omits capabilities at their spec default (change_password: enabled).
-    assert_ne!(caps["m.change_password"]["enabled"], false, "{caps}");
+    assert_eq!(caps["m.change_password"]["enabled"], true, "{caps}");
+    assert_eq!(caps["m.set_displayname"]["enabled"], true, "{caps}");
     assert_eq!(caps["m.get_login_token"]["enabled"], true);
     assert_eq!(caps["m.3pid_changes"]["enabled"], false);
 }

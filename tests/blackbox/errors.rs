@@ -22,6 +22,9 @@ async fn body_that_is_not_json() {
     let server = TestServer::start().await;
     let result = server.raw(Method::POST, "/_matrix/client/v3/register", None, b"{not json".to_vec()).await;
     assert_error(&result, 400, "M_NOT_JSON");
+    let invalid_utf8 = b"{\"username\": \"a\x81\"}".to_vec();
+    let result = server.raw(Method::POST, "/_matrix/client/v3/register", None, invalid_utf8).await;
+    assert_error(&result, 400, "M_NOT_JSON");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use std::future::Future;
 use axum::{
     Router,
     extract::State,
+    response::IntoResponse,
     routing::{MethodFilter, get, on},
 };
 use ruma::api::{IncomingRequest, path_builder::PathBuilder};
@@ -28,6 +29,7 @@ pub fn build(services: AppState) -> Router {
 
 /// Registration of handlers by ruma request type.
 pub trait RumaRouter {
+    /// A handler returning the endpoint's ruma response type.
     fn ruma<R, H, F>(self, handler: H) -> Self
     where
         R: IncomingRequest + Send + 'static,
@@ -35,10 +37,20 @@ pub trait RumaRouter {
         R::OutgoingResponse: Send + 'static,
         H: Fn(AppState, Ruma<R>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ApiResult<R::OutgoingResponse>> + Send + 'static;
+
+    /// A handler shaping its own response (where ruma's serialisation
+    /// differs from what clients expect).
+    fn ruma_custom<R, H, F, T>(self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: Auth,
+        H: Fn(AppState, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ApiResult<T>> + Send + 'static,
+        T: IntoResponse + 'static;
 }
 
 impl RumaRouter for Router<AppState> {
-    fn ruma<R, H, F>(mut self, handler: H) -> Self
+    fn ruma<R, H, F>(self, handler: H) -> Self
     where
         R: IncomingRequest + Send + 'static,
         R::Authentication: Auth,
@@ -46,13 +58,27 @@ impl RumaRouter for Router<AppState> {
         H: Fn(AppState, Ruma<R>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ApiResult<R::OutgoingResponse>> + Send + 'static,
     {
+        self.ruma_custom(move |state, request: Ruma<R>| {
+            let response = handler(state, request);
+            async move { response.await.map(RumaResponse) }
+        })
+    }
+
+    fn ruma_custom<R, H, F, T>(mut self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: Auth,
+        H: Fn(AppState, Ruma<R>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ApiResult<T>> + Send + 'static,
+        T: IntoResponse + 'static,
+    {
         let method = MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
         for path in R::PATH_BUILDER.all_paths() {
             let handler = handler.clone();
             self = self.route(
                 path,
                 on(method, move |State(state): State<AppState>, request: Ruma<R>| async move {
-                    handler(state, request).await.map(RumaResponse)
+                    handler(state, request).await
                 }),
             );
         }

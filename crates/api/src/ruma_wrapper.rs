@@ -189,6 +189,8 @@ async fn read_body(body: Body, parts: &Parts, limit: u64) -> Result<bytes::Bytes
     }
     let bytes = axum::body::to_bytes(body, limit as usize).await.map_err(|_| too_large())?;
     if !bytes.is_empty() && parts.method != Method::GET && looks_like_json_body(parts) {
+        // serde skips string contents it ignores, so check UTF-8 explicitly.
+        std::str::from_utf8(&bytes).map_err(|_| Error::not_json("Request body is not valid UTF-8"))?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
             .map_err(|e| Error::not_json(format!("Request body is not valid JSON: {e}")))?;
     }

@@ -18,7 +18,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router
         // Discovery
         .ruma(discovery::versions)
-        .ruma(discovery::capabilities)
+        .ruma_custom(discovery::capabilities)
         .ruma(discovery::well_known_client)
         .ruma(discovery::well_known_server)
         // Registration

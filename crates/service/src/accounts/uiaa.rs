@@ -14,10 +14,18 @@ use estuary_core::{Error, Result, error::ErrorKind};
 use ruma::{
     OwnedUserId,
     api::{
-        client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo},
+        client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo, UserIdentifier},
         error::StandardErrorBody,
     },
 };
+
+/// Whether a UIA identifier names `user_id` (full ID or localpart).
+fn identifies(identifier: &UserIdentifier, user_id: &OwnedUserId) -> bool {
+    match identifier {
+        UserIdentifier::Matrix(id) => id.user == user_id.as_str() || id.user == user_id.localpart(),
+        _ => false,
+    }
+}
 
 /// How long an unfinished UIA session is kept.
 const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -76,6 +84,12 @@ impl UiaaSessions {
             None => self.start(&request.purpose),
         };
 
+        // Credentials of another user are no retry: the request is refused.
+        if let (AuthData::Password(password), Some(expected)) = (auth, request.user_id) {
+            if !identifies(&password.identifier, expected) {
+                return Err(Error::forbidden("The authentication is not for the requesting user"));
+            }
+        }
         let completed = match self.run_stage(&request, auth, verifier).await {
             Ok(stage) => self.complete_stage(&session_id, stage),
             Err(failure) => {
@@ -112,13 +126,8 @@ impl UiaaSessions {
         match auth {
             AuthData::Dummy(_) => {}
             AuthData::Password(password) => {
-                let user = match &password.identifier {
-                    ruma::api::client::uiaa::UserIdentifier::Matrix(id) => id.user.clone(),
-                    _ => return Err(forbidden("Only m.id.user identifiers are supported")),
-                };
                 let expected = request.user_id.ok_or_else(|| forbidden("No user to check"))?;
-                let matches_user = user == expected.as_str() || user == expected.localpart();
-                let ok = matches_user
+                let ok = identifies(&password.identifier, expected)
                     && verifier
                         .verify_password(expected.as_str(), &password.password)
                         .await

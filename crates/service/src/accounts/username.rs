@@ -14,16 +14,18 @@ fn invalid(message: &str) -> Error {
 /// Validate a requested localpart (or full user ID of this server) and turn it
 /// into a user ID. Accepts only the spec's current grammar: `a-z 0-9 . _ = - / +`.
 pub fn user_id_for_registration(requested: &str, server_name: &ServerName) -> Result<OwnedUserId> {
+    // Clients and Synapse treat usernames case-insensitively: store them lowercased.
+    let requested = requested.to_lowercase();
     let localpart = match requested.strip_prefix('@') {
         Some(full) => {
             let (localpart, server) =
                 full.split_once(':').ok_or_else(|| invalid("User ID must be @localpart:server"))?;
-            if server != server_name.as_str() {
+            if !server.eq_ignore_ascii_case(server_name.as_str()) {
                 return Err(invalid("User ID is not on this server"));
             }
             localpart
         }
-        None => requested,
+        None => requested.as_str(),
     };
     if localpart.is_empty() {
         return Err(invalid("Username must not be empty"));
@@ -73,7 +75,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["", "Alice", "al ice", "al:ice", "12345", "@bob:other.org", "é"] {
+        assert_eq!(user_id_for_registration("Alice", server()).unwrap().localpart(), "alice");
+        for bad in ["", "al ice", "al:ice", "12345", "@bob:other.org", "é"] {
             let err = user_id_for_registration(bad, server()).unwrap_err();
             assert_eq!(err.errcode(), "M_INVALID_USERNAME", "{bad}");
         }
