@@ -94,3 +94,39 @@ async fn acknowledged_writes_survive_kill_9() {
     let (status, body) = server.get(&path, Some(&user.token)).await;
     assert_eq!((status.as_u16(), body), (200, serde_json::json!({"v": 1})));
 }
+
+#[test]
+fn sigterm_shuts_down_gracefully_and_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("estuary.toml");
+    std::fs::write(
+        &config,
+        format!("port = 0\nlog_format = \"json\"\ndatabase_path = \"{}\"\n", dir.path().join("db").display()),
+    )
+    .unwrap();
+    let mut child =
+        estuary().arg("--config").arg(&config).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30)).expect("server started");
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful exit, got {exit:?}");
+    let lines = reader.join().unwrap();
+    assert!(lines.iter().any(|l| l.contains("shutting down")), "{lines:?}");
+    for line in &lines {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+    }
+}

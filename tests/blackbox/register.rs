@@ -191,3 +191,46 @@ async fn guests_refused_unless_enabled() {
     let (_, whoami) = server.get("/_matrix/client/v3/account/whoami", Some(token)).await;
     assert_eq!(whoami["is_guest"], true);
 }
+
+#[tokio::test]
+async fn appservice_namespaces_are_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let registration = dir.path().join("bridge.yaml");
+    std::fs::write(
+        &registration,
+        "id: bridge\nurl: null\nas_token: as_secret\nhs_token: hs_secret\nsender_localpart: bridgebot\n\
+         namespaces:\n  users:\n    - exclusive: true\n      regex: \"@bridge_.*:localhost\"\n  aliases: []\n  rooms: []\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(&format!(
+        "allow_registration = true\nappservice_registrations = [\"{}\"]\n",
+        registration.display()
+    ))
+    .await;
+    let result = server
+        .post(
+            REGISTER,
+            None,
+            json!({"username": "bridge_alice", "password": PASSWORD, "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+    assert_error(&result, 400, "M_EXCLUSIVE");
+
+    let as_register = |username: &'static str, token: &'static str| {
+        server.post(
+            REGISTER,
+            Some(token),
+            json!({"username": username, "type": "m.login.application_service"}),
+        )
+    };
+    let (status, body) = as_register("bridge_alice", "as_secret").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "@bridge_alice:localhost");
+    assert_error(&as_register("outsider", "as_secret").await, 400, "M_EXCLUSIVE");
+    assert_error(&as_register("bridge_bob", "wrong").await, 401, "M_UNKNOWN_TOKEN");
+
+    let login = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "bridge_alice"}});
+    let (status, body) = server.post("/_matrix/client/v3/login", Some("as_secret"), login.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_error(&server.post("/_matrix/client/v3/login", None, login).await, 401, "M_MISSING_TOKEN");
+}

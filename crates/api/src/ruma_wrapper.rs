@@ -1,6 +1,8 @@
 //! `Ruma<Req>`: parse an HTTP request into ruma's request type and resolve
 //! who is calling, according to the endpoint's declared authentication.
 
+use std::sync::Arc;
+
 use axum::{
     body::Body,
     extract::{FromRequest, RawPathParams, Request},
@@ -8,6 +10,7 @@ use axum::{
 };
 use bytes::BytesMut;
 use estuary_core::Error;
+use estuary_service::appservices::Appservice;
 use http::{Method, request::Parts};
 use ruma::{
     OwnedDeviceId, OwnedUserId, UserId,
@@ -65,8 +68,9 @@ pub struct Ruma<R> {
     pub body: R,
     pub sender_user: Option<OwnedUserId>,
     pub sender_device: Option<OwnedDeviceId>,
-    /// The access token the request carried, if any.
-    pub access_token: Option<String>,
+    /// The appservice that authenticated with its `as_token`, on endpoints
+    /// that accept appservice tokens.
+    pub appservice: Option<Arc<Appservice>>,
 }
 
 impl<R> Ruma<R> {
@@ -91,13 +95,17 @@ where
         let (mut parts, body) = request.into_parts();
         let path_args = path_args(&mut parts, state).await?;
         let access_token = access_token(&parts);
-        let (sender_user, sender_device) =
-            authenticate(state, <R::Authentication as Auth>::KIND, access_token.as_deref())?;
+        let caller = authenticate(state, <R::Authentication as Auth>::KIND, access_token.as_deref())?;
         let bytes = read_body(body, &parts, state.config.max_request_size).await?;
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let http_request = http::Request::from_parts(parts, bytes.as_ref());
         let body = R::try_from_http_request(http_request, &path_refs).map_err(parse_error)?;
-        Ok(Self { body, sender_user, sender_device, access_token })
+        Ok(Self {
+            body,
+            sender_user: caller.user,
+            sender_device: caller.device,
+            appservice: caller.appservice,
+        })
     }
 }
 
@@ -145,35 +153,32 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn authenticate(
-    state: &AppState,
-    kind: AuthKind,
-    token: Option<&str>,
-) -> Result<(Option<OwnedUserId>, Option<OwnedDeviceId>), ApiError> {
-    let required = match kind {
-        AuthKind::AccessToken => true,
-        AuthKind::AccessTokenOptional => false,
-        // Appservices and federation arrive in later issues; until then no
-        // caller can hold their credentials.
-        AuthKind::AppserviceToken => {
-            return Err(match token {
-                None => Error::missing_token(),
-                Some(_) => Error::unknown_token(false),
-            }
-            .into());
+/// Who is calling.
+#[derive(Default)]
+struct Caller {
+    user: Option<OwnedUserId>,
+    device: Option<OwnedDeviceId>,
+    appservice: Option<Arc<Appservice>>,
+}
+
+fn authenticate(state: &AppState, kind: AuthKind, token: Option<&str>) -> Result<Caller, ApiError> {
+    match (kind, token) {
+        (AuthKind::None, _) | (AuthKind::AccessTokenOptional | AuthKind::AppserviceTokenOptional, None) => {
+            Ok(Caller::default())
         }
-        AuthKind::ServerSignatures => {
-            return Err(Error::forbidden("Federation is not enabled on this server").into());
-        }
-        AuthKind::None | AuthKind::AppserviceTokenOptional => return Ok((None, None)),
-    };
-    match token {
-        Some(token) => {
+        (AuthKind::AccessToken | AuthKind::AppserviceToken, None) => Err(Error::missing_token().into()),
+        (AuthKind::AccessToken | AuthKind::AccessTokenOptional, Some(token)) => {
             let session = state.accounts.authenticate(token)?;
-            Ok((Some(session.user_id), Some(session.device_id)))
+            Ok(Caller { user: Some(session.user_id), device: Some(session.device_id), appservice: None })
         }
-        None if required => Err(Error::missing_token().into()),
-        None => Ok((None, None)),
+        (AuthKind::AppserviceToken | AuthKind::AppserviceTokenOptional, Some(token)) => {
+            let appservice = state.appservices.by_token(token).ok_or_else(|| Error::unknown_token(false))?;
+            Ok(Caller { appservice: Some(appservice), ..Caller::default() })
+        }
+        // Federation arrives in a later issue; until then no server can sign requests.
+        (AuthKind::ServerSignatures, _) => {
+            Err(Error::forbidden("Federation is not enabled on this server").into())
+        }
     }
 }
 

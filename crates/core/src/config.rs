@@ -54,6 +54,8 @@ pub struct Config {
     pub tls_certificate_path: Option<PathBuf>,
     /// PEM private key for `tls_certificate_path`.
     pub tls_private_key_path: Option<PathBuf>,
+    /// Application service registration files (YAML), loaded at startup.
+    pub appservice_registrations: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -85,6 +87,7 @@ impl Default for Config {
             default_room_version: RoomVersionId::V12,
             tls_certificate_path: None,
             tls_private_key_path: None,
+            appservice_registrations: Vec::new(),
         }
     }
 }
@@ -227,6 +230,7 @@ impl Config {
             "default_room_version",
             "tls_certificate_path",
             "tls_private_key_path",
+            "appservice_registrations",
         ]
     }
 }

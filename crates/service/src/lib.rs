@@ -6,6 +6,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod appservices;
 pub mod filters;
 pub mod profile;
 mod storage_error;
@@ -23,6 +24,7 @@ pub struct Services {
     pub config: Arc<Config>,
     pub db: Db,
     pub accounts: Arc<Accounts>,
+    pub appservices: appservices::Appservices,
     pub profile: profile::Profiles,
     pub filters: filters::Filters,
     pub account_data: account_data::AccountData,
@@ -32,6 +34,7 @@ impl Services {
     pub fn build(config: Arc<Config>, db: Db) -> Result<Self> {
         let accounts = Arc::new(Accounts::new(config.clone(), &db)?);
         Ok(Self {
+            appservices: appservices::Appservices::load(&config.appservice_registrations)?,
             profile: profile::Profiles::new(&db, accounts.clone())?,
             filters: filters::Filters::new(&db)?,
             account_data: account_data::AccountData::new(&db)?,

@@ -15,7 +15,7 @@ pub async fn register(
     services: AppState,
     request: Ruma<register::v3::Request>,
 ) -> ApiResult<register::v3::Response> {
-    let body = request.body;
+    let body = &request.body;
     let accounts = &services.accounts;
     let guest = body.kind == RegistrationKind::Guest;
     let user_id = if guest {
@@ -28,12 +28,27 @@ pub async fn register(
             .into());
         }
         accounts.next_guest_user_id()?
+    } else if let Some(appservice) = &request.appservice {
+        // An appservice registers users in its namespace, without UIA.
+        let requested = body.username.clone().ok_or_else(|| Error::missing_param("Missing `username`"))?;
+        let user_id = username::user_id_for_registration(&requested, accounts.server_name())?;
+        if !appservice.is_user_in_namespace(&user_id) {
+            return Err(Error::matrix(
+                400,
+                ErrorKind::Exclusive,
+                "User ID is not in the appservice's namespace",
+            )
+            .into());
+        }
+        accounts.check_available(&user_id)?;
+        user_id
     } else {
         // Check the name first so clients learn of a taken name before UIA.
         let flows = accounts.registration_flows()?;
         let requested = body.username.clone().unwrap_or_else(username::random_localpart);
         let user_id = username::user_id_for_registration(&requested, accounts.server_name())?;
         accounts.check_available(&user_id)?;
+        services.appservices.check_not_exclusive(&user_id, None)?;
         let uiaa = UiaaRequest { flows, purpose: "register".to_owned(), user_id: None };
         accounts.uiaa.check(uiaa, body.auth.as_ref(), accounts.as_ref()).await?;
         user_id

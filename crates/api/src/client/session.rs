@@ -45,12 +45,14 @@ pub async fn login(services: AppState, request: Ruma<login::v3::Request>) -> Api
             user_id
         }
         LoginInfo::Token(token) => accounts.consume_login_token(&token.token)?,
-        LoginInfo::ApplicationService(_) => {
-            return Err(match request.access_token {
-                None => Error::missing_token(),
-                Some(_) => Error::unknown_token(false),
+        LoginInfo::ApplicationService(login) => {
+            let appservice = request.appservice.as_ref().ok_or_else(Error::missing_token)?;
+            #[allow(deprecated)]
+            let user_id = password_login_user(&services, login.identifier.as_ref(), login.user.as_deref())?;
+            if !appservice.is_user_in_namespace(&user_id) || !accounts.exists(&user_id)? {
+                return Err(Error::forbidden("User is not in the appservice's namespace").into());
             }
-            .into());
+            user_id
         }
         _ => return Err(Error::matrix(400, ErrorKind::Unknown, "Unsupported login type").into()),
     };
