@@ -85,10 +85,10 @@ impl UiaaSessions {
         };
 
         // Credentials of another user are no retry: the request is refused.
-        if let (AuthData::Password(password), Some(expected)) = (auth, request.user_id) {
-            if !identifies(&password.identifier, expected) {
-                return Err(Error::forbidden("The authentication is not for the requesting user"));
-            }
+        if let (AuthData::Password(password), Some(expected)) = (auth, request.user_id)
+            && !identifies(&password.identifier, expected)
+        {
+            return Err(Error::forbidden("The authentication is not for the requesting user"));
         }
         let completed = match self.run_stage(&request, auth, verifier).await {
             Ok(stage) => self.complete_stage(&session_id, stage),
