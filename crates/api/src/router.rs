@@ -73,15 +73,24 @@ impl RumaRouter for Router<AppState> {
         T: IntoResponse + 'static,
     {
         let method = MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
-        for path in R::PATH_BUILDER.all_paths() {
+        for path in R::PATH_BUILDER.all_paths().flat_map(with_empty_state_key) {
             let handler = handler.clone();
             self = self.route(
-                path,
+                &path,
                 on(method, move |State(state): State<AppState>, request: Ruma<R>| async move {
                     handler(state, request).await
                 }),
             );
         }
         self
+    }
+}
+
+/// A path ending in `/{state_key}` also serves the empty state key, which
+/// clients send as `…/state/m.room.name` or `…/state/m.room.name/`.
+fn with_empty_state_key(path: &'static str) -> Vec<String> {
+    match path.strip_suffix("/{state_key}") {
+        Some(base) => vec![path.to_owned(), base.to_owned(), format!("{base}/")],
+        None => vec![path.to_owned()],
     }
 }

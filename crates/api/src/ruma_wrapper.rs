@@ -21,6 +21,7 @@ use ruma::{
             NoAuthentication,
         },
         error::{DeserializationError, FromHttpRequestError},
+        path_builder::PathBuilder,
     },
 };
 
@@ -93,7 +94,10 @@ where
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = request.into_parts();
-        let path_args = path_args(&mut parts, state).await?;
+        let mut path_args = path_args(&mut parts, state).await?;
+        // Routes for an empty trailing parameter (the state key) omit it.
+        let expected = R::PATH_BUILDER.all_paths().next().map_or(0, |p| p.matches('{').count());
+        path_args.resize(expected.max(path_args.len()), String::new());
         let access_token = access_token(&parts);
         let caller = authenticate(state, <R::Authentication as Auth>::KIND, access_token.as_deref())?;
         let bytes = read_body(body, &parts, state.config.max_request_size).await?;

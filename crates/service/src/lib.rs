@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod appservices;
 pub mod filters;
 pub mod profile;
+pub mod rooms;
 mod storage_error;
 
 use std::sync::Arc;
@@ -25,7 +26,8 @@ pub struct Services {
     pub db: Db,
     pub accounts: Arc<Accounts>,
     pub appservices: appservices::Appservices,
-    pub profile: profile::Profiles,
+    pub profile: Arc<profile::Profiles>,
+    pub rooms: Arc<rooms::Rooms>,
     pub filters: filters::Filters,
     pub account_data: account_data::AccountData,
 }
@@ -33,9 +35,12 @@ pub struct Services {
 impl Services {
     pub fn build(config: Arc<Config>, db: Db) -> Result<Self> {
         let accounts = Arc::new(Accounts::new(config.clone(), &db)?);
+        let profile = Arc::new(profile::Profiles::new(&db, accounts.clone())?);
+        let rooms = Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone())?);
         Ok(Self {
             appservices: appservices::Appservices::load(&config.appservice_registrations)?,
-            profile: profile::Profiles::new(&db, accounts.clone())?,
+            profile,
+            rooms,
             filters: filters::Filters::new(&db)?,
             account_data: account_data::AccountData::new(&db)?,
             accounts,

@@ -21,4 +21,31 @@ pub const TABLES: &[&str] = &[
     "useridfilterid_filter",
     // (user ID, room ID or "", event type) → account data content (JSON).
     "useridroomidtype_accountdata",
+    // Rooms. Event IDs and (type, state_key) pairs are interned to u64 short IDs.
+    "eventid_short",
+    "short_eventid",
+    "statekey_short",
+    "short_statekey",
+    // Event ID → stored PDU (JSON with its room, stream position and state snapshots).
+    "eventid_pdu",
+    // (room ID, stream position) → event ID: the room timeline in order.
+    "roomidstream_eventid",
+    // Stream position → (room ID, event ID): everything, in order (for sync).
+    "stream_roomideventid",
+    // State snapshot ID → layer (parent snapshot + entries changed).
+    "shortstatehash_statelayer",
+    // Room ID → room record (version, current state, forward extremities, depth).
+    "roomid_room",
+    // (user ID, room ID) → membership, and the reverse index.
+    "useridroomid_membership",
+    "roomiduserid_membership",
+    // (user ID, room ID) → () for rooms the user forgot.
+    "useridroomid_forgotten",
+    // (user ID, device ID, transaction ID) → event ID (idempotent sends).
+    "useriddevicetxn_eventid",
+    // Room alias → room ID, and (room ID, alias) for listing.
+    "alias_roomid",
+    "roomidalias_creator",
+    // Room ID → () for rooms published in the room directory.
+    "publicroomid",
 ];

@@ -94,15 +94,72 @@ impl<K: Key, V: Value> Table<K, V> {
         Ok(rows)
     }
 
+    /// Rows under `prefix` starting at `from` (inclusive; the start or end of
+    /// the prefix when `None`), forwards or backwards, up to `limit`.
+    pub fn scan_from(
+        &self,
+        prefix: &[u8],
+        from: Option<&[u8]>,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<(K, V)>, StorageError> {
+        let end_of_prefix = prefix_successor(prefix);
+        let start: Vec<u8> = match (from, backwards) {
+            (Some(from), _) => from.to_vec(),
+            (None, false) => prefix.to_vec(),
+            (None, true) => end_of_prefix.clone().unwrap_or_default(),
+        };
+        let mode = match (backwards, from, &end_of_prefix) {
+            (true, None, None) => IteratorMode::End,
+            (true, _, _) => IteratorMode::From(&start, Direction::Reverse),
+            (false, _, _) => IteratorMode::From(&start, Direction::Forward),
+        };
+        let iter = self.db.rocks().iterator_cf(self.db.cf(self.name), mode);
+        let codec = |source| StorageError::Codec { table: self.name, source };
+        let mut rows = Vec::new();
+        for item in iter {
+            if rows.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(|e| self.rocks_err(e))?;
+            if !key.starts_with(prefix) {
+                // Seeking backwards from the prefix's successor lands on it first.
+                if backwards && from.is_none() && end_of_prefix.as_deref() == Some(&key[..]) {
+                    continue;
+                }
+                break;
+            }
+            rows.push((K::decode(&key).map_err(codec)?, V::decode_value(&value).map_err(codec)?));
+        }
+        Ok(rows)
+    }
+
+    /// The row with the greatest key.
+    pub fn last(&self) -> Result<Option<(K, V)>, StorageError> {
+        Ok(self.scan_from(&[], None, true, 1)?.pop())
+    }
+
     /// Whether the table has any row at all.
     pub fn is_empty(&self) -> Result<bool, StorageError> {
         Ok(self.scan_raw_prefix(&[], 1)?.is_empty())
     }
 }
 
+/// The smallest byte string greater than every string starting with `prefix`.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < 0xFF {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
-    use crate::{Db, OpenOptions, codec::Json};
+    use crate::{Db, Key, OpenOptions, codec::Json};
 
     fn open(dir: &tempfile::TempDir) -> Db {
         Db::open(dir.path(), &OpenOptions::default()).unwrap()
@@ -121,6 +178,25 @@ mod tests {
         assert_eq!(rows.len(), 2);
         t.delete(&("@a:x".into(), "D1".into())).unwrap();
         assert_eq!(t.scan_prefix(&("@a:x".to_owned(),)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ranges_forwards_and_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let t = db.table::<(String, u64), String>("roomidstream_eventid").unwrap();
+        for (room, n) in [("!a", 1u64), ("!a", 2), ("!a", 3), ("!b", 1)] {
+            t.put(&(room.into(), n), &format!("{room}{n}")).unwrap();
+        }
+        let prefix = ("!a".to_owned(),).encode();
+        let values =
+            |rows: Vec<((String, u64), String)>| rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>();
+        assert_eq!(values(t.scan_from(&prefix, None, false, 10).unwrap()), ["!a1", "!a2", "!a3"]);
+        assert_eq!(values(t.scan_from(&prefix, None, true, 2).unwrap()), ["!a3", "!a2"]);
+        let from = ("!a".to_owned(), 2u64).encode();
+        assert_eq!(values(t.scan_from(&prefix, Some(&from), true, 10).unwrap()), ["!a2", "!a1"]);
+        assert_eq!(values(t.scan_from(&prefix, Some(&from), false, 10).unwrap()), ["!a2", "!a3"]);
+        assert_eq!(t.last().unwrap().unwrap().1, "!b1");
     }
 
     #[test]

@@ -4,10 +4,14 @@
 mod account;
 mod account_data;
 mod device;
+mod directory;
 mod discovery;
 mod filter;
+mod membership;
+mod messages;
 mod profile;
 mod register;
+mod room;
 mod session;
 
 use axum::Router;
@@ -55,4 +59,34 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(account_data::get_global)
         .ruma(account_data::set_room)
         .ruma(account_data::get_room)
+        // Rooms
+        .ruma(room::create)
+        .ruma(room::send_message)
+        .ruma(room::send_state)
+        .ruma(room::get_state_event)
+        .ruma(room::get_state)
+        .ruma(room::get_event)
+        .ruma(room::redact)
+        .ruma(messages::messages)
+        // Membership
+        .ruma(membership::join_by_id)
+        .ruma(membership::join_by_id_or_alias)
+        .ruma(membership::invite)
+        .ruma(membership::leave)
+        .ruma(membership::kick)
+        .ruma(membership::ban)
+        .ruma(membership::unban)
+        .ruma(membership::forget)
+        .ruma(membership::joined)
+        .ruma(membership::members)
+        .ruma(membership::joined_members)
+        // Aliases and the room directory
+        .ruma(directory::create)
+        .ruma(directory::get)
+        .ruma(directory::delete)
+        .ruma(directory::room_aliases)
+        .ruma(directory::public_rooms)
+        .ruma(directory::public_rooms_filtered)
+        .ruma(directory::get_visibility)
+        .ruma(directory::set_visibility)
 }

@@ -1,0 +1,122 @@
+//! Room aliases and the public room directory.
+
+use estuary_core::Error;
+use ruma::{
+    UInt,
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
+        room::{Visibility, aliases},
+    },
+    directory::PublicRoomsChunk,
+    events::StateEventType,
+};
+
+use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+
+pub async fn create(
+    services: AppState,
+    request: Ruma<create_alias::v3::Request>,
+) -> ApiResult<create_alias::v3::Response> {
+    let body = &request.body;
+    services.rooms.put_alias(&body.room_alias, &body.room_id, request.user()?)?;
+    Ok(create_alias::v3::Response::new())
+}
+
+pub async fn get(
+    services: AppState,
+    request: Ruma<get_alias::v3::Request>,
+) -> ApiResult<get_alias::v3::Response> {
+    let room_id = services
+        .rooms
+        .resolve_alias(&request.body.room_alias)?
+        .ok_or_else(|| Error::not_found("Unknown room alias"))?;
+    Ok(get_alias::v3::Response::new(room_id, vec![services.config.server_name.clone()]))
+}
+
+pub async fn delete(
+    services: AppState,
+    request: Ruma<delete_alias::v3::Request>,
+) -> ApiResult<delete_alias::v3::Response> {
+    let user = request.user()?;
+    let admin = services.accounts.account(user)?.is_some_and(|a| a.admin);
+    services.rooms.delete_alias(&request.body.room_alias, user, admin)?;
+    Ok(delete_alias::v3::Response::new())
+}
+
+pub async fn room_aliases(
+    services: AppState,
+    request: Ruma<aliases::v3::Request>,
+) -> ApiResult<aliases::v3::Response> {
+    let room_id = &request.body.room_id;
+    services.rooms.require_readable(request.user()?, room_id)?;
+    Ok(aliases::v3::Response::new(services.rooms.room_aliases(room_id)?))
+}
+
+fn chunks(page: &estuary_service::rooms::PublicRoomsPage) -> Result<Vec<PublicRoomsChunk>, Error> {
+    page.chunk
+        .iter()
+        .map(|summary| serde_json::from_value(summary.clone()).map_err(Error::internal))
+        .collect()
+}
+
+pub async fn public_rooms(
+    services: AppState,
+    request: Ruma<get_public_rooms::v3::Request>,
+) -> ApiResult<get_public_rooms::v3::Response> {
+    let body = &request.body;
+    let limit = body.limit.map(|l| u64::from(l) as usize);
+    let page = services.rooms.public_rooms(limit, body.since.as_deref(), None)?;
+    let mut response = get_public_rooms::v3::Response::new(chunks(&page)?);
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.total_room_count_estimate = UInt::new(page.total as u64);
+    Ok(response)
+}
+
+pub async fn public_rooms_filtered(
+    services: AppState,
+    request: Ruma<get_public_rooms_filtered::v3::Request>,
+) -> ApiResult<get_public_rooms_filtered::v3::Response> {
+    let body = &request.body;
+    let limit = body.limit.map(|l| u64::from(l) as usize);
+    let term = body.filter.generic_search_term.as_deref();
+    let page = services.rooms.public_rooms(limit, body.since.as_deref(), term)?;
+    let mut response = get_public_rooms_filtered::v3::Response::new();
+    response.chunk = chunks(&page)?;
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.total_room_count_estimate = UInt::new(page.total as u64);
+    Ok(response)
+}
+
+pub async fn get_visibility(
+    services: AppState,
+    request: Ruma<get_room_visibility::v3::Request>,
+) -> ApiResult<get_room_visibility::v3::Response> {
+    let room_id = &request.body.room_id;
+    services.rooms.require_room(room_id)?;
+    let visibility =
+        if services.rooms.is_public(room_id)? { Visibility::Public } else { Visibility::Private };
+    Ok(get_room_visibility::v3::Response::new(visibility))
+}
+
+pub async fn set_visibility(
+    services: AppState,
+    request: Ruma<set_room_visibility::v3::Request>,
+) -> ApiResult<set_room_visibility::v3::Response> {
+    let user = request.user()?;
+    let room_id = &request.body.room_id;
+    let rooms = &services.rooms;
+    let room = rooms.require_room(room_id)?;
+    let state = rooms.current_state(&room)?;
+    let allowed = rooms.is_joined(user, room_id)?
+        && rooms
+            .power_levels(&state, &room.room_version)?
+            .user_can_send_state(user, StateEventType::RoomCanonicalAlias);
+    if !allowed {
+        return Err(Error::forbidden("You may not change this room's directory visibility").into());
+    }
+    rooms.set_public(room_id, request.body.visibility == Visibility::Public)?;
+    Ok(set_room_visibility::v3::Response::new())
+}

@@ -1,0 +1,137 @@
+//! Joining, inviting, leaving, kicking, banning, forgetting; member lists.
+
+use std::collections::BTreeMap;
+
+use estuary_core::Error;
+use ruma::{
+    OwnedRoomId, RoomId, RoomOrAliasId,
+    api::client::membership::{
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+        joined_members, joined_rooms, kick_user, leave_room, unban_user,
+    },
+};
+
+use super::room::raw;
+use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+
+fn resolve(services: &AppState, room: &RoomOrAliasId) -> Result<OwnedRoomId, Error> {
+    match <&RoomId>::try_from(room) {
+        Ok(room_id) => Ok(room_id.to_owned()),
+        Err(alias) => {
+            services.rooms.resolve_alias(alias)?.ok_or_else(|| Error::not_found("Unknown room alias"))
+        }
+    }
+}
+
+pub async fn join_by_id(
+    services: AppState,
+    request: Ruma<join_room_by_id::v3::Request>,
+) -> ApiResult<join_room_by_id::v3::Response> {
+    let body = &request.body;
+    services.rooms.join(&body.room_id, request.user()?, body.reason.clone()).await?;
+    Ok(join_room_by_id::v3::Response::new(body.room_id.clone()))
+}
+
+pub async fn join_by_id_or_alias(
+    services: AppState,
+    request: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
+    let room_id = resolve(&services, &request.body.room_id_or_alias)?;
+    services.rooms.join(&room_id, request.user()?, request.body.reason.clone()).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+pub async fn invite(
+    services: AppState,
+    request: Ruma<invite_user::v3::Request>,
+) -> ApiResult<invite_user::v3::Response> {
+    use invite_user::v3::InvitationRecipient;
+    let InvitationRecipient::UserId(recipient) = &request.body.recipient else {
+        return Err(Error::forbidden("Third-party invites are not supported").into());
+    };
+    let reason = recipient.reason.clone();
+    services.rooms.invite(&request.body.room_id, request.user()?, &recipient.user_id, reason, false).await?;
+    Ok(invite_user::v3::Response::new())
+}
+
+pub async fn leave(
+    services: AppState,
+    request: Ruma<leave_room::v3::Request>,
+) -> ApiResult<leave_room::v3::Response> {
+    services.rooms.leave(&request.body.room_id, request.user()?, request.body.reason.clone()).await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+pub async fn kick(
+    services: AppState,
+    request: Ruma<kick_user::v3::Request>,
+) -> ApiResult<kick_user::v3::Response> {
+    let body = &request.body;
+    services.rooms.kick(&body.room_id, request.user()?, &body.user_id, body.reason.clone()).await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+pub async fn ban(
+    services: AppState,
+    request: Ruma<ban_user::v3::Request>,
+) -> ApiResult<ban_user::v3::Response> {
+    let body = &request.body;
+    services
+        .rooms
+        .set_membership(&body.room_id, request.user()?, &body.user_id, "ban", body.reason.clone())
+        .await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+pub async fn unban(
+    services: AppState,
+    request: Ruma<unban_user::v3::Request>,
+) -> ApiResult<unban_user::v3::Response> {
+    let body = &request.body;
+    services.rooms.unban(&body.room_id, request.user()?, &body.user_id, body.reason.clone()).await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+pub async fn forget(
+    services: AppState,
+    request: Ruma<forget_room::v3::Request>,
+) -> ApiResult<forget_room::v3::Response> {
+    services.rooms.forget(&request.body.room_id, request.user()?)?;
+    Ok(forget_room::v3::Response::new())
+}
+
+pub async fn joined(
+    services: AppState,
+    request: Ruma<joined_rooms::v3::Request>,
+) -> ApiResult<joined_rooms::v3::Response> {
+    Ok(joined_rooms::v3::Response::new(services.rooms.rooms_with_membership(request.user()?, "join")?))
+}
+
+pub async fn members(
+    services: AppState,
+    request: Ruma<get_member_events::v3::Request>,
+) -> ApiResult<get_member_events::v3::Response> {
+    let body = &request.body;
+    let events = services.rooms.room_members(
+        request.user()?,
+        &body.room_id,
+        body.at.as_deref(),
+        body.membership.as_ref().map(|m| m.as_str()),
+        body.not_membership.as_ref().map(|m| m.as_str()),
+    )?;
+    Ok(get_member_events::v3::Response::new(events.iter().map(raw).collect()))
+}
+
+pub async fn joined_members(
+    services: AppState,
+    request: Ruma<joined_members::v3::Request>,
+) -> ApiResult<joined_members::v3::Response> {
+    let mut joined = BTreeMap::new();
+    for (user, profile) in services.rooms.joined_members(request.user()?, &request.body.room_id)? {
+        let mut member = joined_members::v3::RoomMember::new();
+        member.display_name = profile["display_name"].as_str().map(str::to_owned);
+        member.avatar_url = profile["avatar_url"].as_str().map(Into::into);
+        joined.insert(user.try_into().map_err(Error::internal)?, member);
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}

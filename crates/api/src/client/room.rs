@@ -1,0 +1,199 @@
+//! `createRoom`, sending events, state, single events and redaction.
+
+use estuary_core::{Error, error::ErrorKind};
+use estuary_events::PduTemplate;
+use estuary_service::rooms::{CreateRoom, Preset, Txn};
+use ruma::{
+    RoomAliasId, RoomId,
+    api::client::{
+        message::send_message_event,
+        redact::redact_event,
+        room::{Visibility, create_room, get_room_event},
+        state::{get_state_event_for_key, get_state_events, send_state_event},
+    },
+    events::StateEventType,
+    serde::Raw,
+};
+use serde_json::{Map, Value as JsonValue};
+
+use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+
+/// A JSON value as ruma's raw event type.
+pub(super) fn raw<T>(value: &JsonValue) -> Raw<T> {
+    Raw::from_json(serde_json::value::to_raw_value(value).expect("JSON values serialise"))
+}
+
+fn raw_object<T>(raw: &Raw<T>, what: &str) -> Result<Map<String, JsonValue>, Error> {
+    serde_json::from_str(raw.json().get())
+        .map_err(|_| Error::bad_json(format!("`{what}` must be a JSON object")))
+}
+
+fn raw_content<T>(raw: &Raw<T>) -> Result<JsonValue, Error> {
+    let content: JsonValue =
+        serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    if !content.is_object() {
+        return Err(Error::bad_json("Event content must be a JSON object"));
+    }
+    Ok(content)
+}
+
+pub async fn create(
+    services: AppState,
+    request: Ruma<create_room::v3::Request>,
+) -> ApiResult<create_room::v3::Response> {
+    let body = &request.body;
+    let preset = body.preset.as_ref().map(|p| match p.as_str() {
+        "public_chat" => Ok(Preset::PublicChat),
+        "trusted_private_chat" => Ok(Preset::TrustedPrivateChat),
+        "private_chat" => Ok(Preset::PrivateChat),
+        other => Err(Error::bad_json(format!("Unknown preset {other}"))),
+    });
+    let mut initial_state = Vec::new();
+    for event in &body.initial_state {
+        let event = raw_object(event, "initial_state")?;
+        let kind = event
+            .get("type")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| Error::bad_json("initial_state needs `type`"))?;
+        let state_key = event.get("state_key").and_then(|k| k.as_str()).unwrap_or_default();
+        let content = event.get("content").cloned().unwrap_or_else(|| JsonValue::Object(Map::new()));
+        initial_state.push(PduTemplate::state(kind, state_key, content));
+    }
+    let create = CreateRoom {
+        preset: preset.transpose()?,
+        public: body.visibility == Visibility::Public,
+        room_alias_name: body.room_alias_name.clone(),
+        name: body.name.clone(),
+        topic: body.topic.clone(),
+        invite: body.invite.clone(),
+        initial_state,
+        creation_content: body
+            .creation_content
+            .as_ref()
+            .map(|c| raw_object(c, "creation_content"))
+            .transpose()?,
+        power_level_content_override: body
+            .power_level_content_override
+            .as_ref()
+            .map(|c| raw_object(c, "power_level_content_override"))
+            .transpose()?,
+        is_direct: body.is_direct,
+        room_version: body.room_version.clone(),
+    };
+    let room_id = services.rooms.create_room(request.user()?, create).await?;
+    Ok(create_room::v3::Response::new(room_id))
+}
+
+fn txn(request_device: Option<&ruma::DeviceId>, txn_id: &str) -> Option<Txn> {
+    request_device.map(|device| Txn { device_id: device.to_owned(), txn_id: txn_id.to_owned() })
+}
+
+pub async fn send_message(
+    services: AppState,
+    request: Ruma<send_message_event::v3::Request>,
+) -> ApiResult<send_message_event::v3::Response> {
+    let body = &request.body;
+    let template = PduTemplate::message(body.event_type.to_string(), raw_content(&body.body)?);
+    let txn = txn(request.sender_device.as_deref(), body.txn_id.as_str());
+    let pdu = services.rooms.send(&body.room_id, request.user()?, template, txn).await?;
+    Ok(send_message_event::v3::Response::new(pdu.event_id))
+}
+
+pub async fn send_state(
+    services: AppState,
+    request: Ruma<send_state_event::v3::Request>,
+) -> ApiResult<send_state_event::v3::Response> {
+    let body = &request.body;
+    let content = raw_content(&body.body)?;
+    if body.event_type == StateEventType::RoomCanonicalAlias {
+        check_canonical_alias(&services, &body.room_id, &content)?;
+    }
+    let template = PduTemplate::state(body.event_type.to_string(), body.state_key.clone(), content);
+    let pdu = services.rooms.send(&body.room_id, request.user()?, template, None).await?;
+    Ok(send_state_event::v3::Response::new(pdu.event_id))
+}
+
+/// Every alias a canonical alias event names must point to this room.
+fn check_canonical_alias(services: &AppState, room_id: &RoomId, content: &JsonValue) -> Result<(), Error> {
+    let bad = |message: &str| Error::matrix(400, ErrorKind::BadAlias, message);
+    let aliases = content["alias"]
+        .as_str()
+        .into_iter()
+        .chain(content["alt_aliases"].as_array().into_iter().flatten().filter_map(|a| a.as_str()));
+    for alias in aliases {
+        let alias = RoomAliasId::parse(alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
+        if alias.server_name() == services.config.server_name
+            && services.rooms.resolve_alias(&alias)?.as_deref() != Some(room_id)
+        {
+            return Err(bad("An alias does not point to this room"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn get_state_event(
+    services: AppState,
+    request: Ruma<get_state_event_for_key::v3::Request>,
+) -> ApiResult<get_state_event_for_key::v3::Response> {
+    use get_state_event_for_key::v3::StateEventFormat;
+    let body = &request.body;
+    let event =
+        services.rooms.room_state_event(request.user()?, &body.room_id, &body.event_type, &body.state_key)?;
+    let value = match body.format {
+        StateEventFormat::Event => event,
+        _ => event["content"].clone(),
+    };
+    Ok(get_state_event_for_key::v3::Response::new(
+        serde_json::value::to_raw_value(&value).map_err(Error::from)?,
+    ))
+}
+
+pub async fn get_state(
+    services: AppState,
+    request: Ruma<get_state_events::v3::Request>,
+) -> ApiResult<get_state_events::v3::Response> {
+    let events = services.rooms.room_state(request.user()?, &request.body.room_id)?;
+    Ok(get_state_events::v3::Response::new(events.iter().map(raw).collect()))
+}
+
+pub async fn get_event(
+    services: AppState,
+    request: Ruma<get_room_event::v3::Request>,
+) -> ApiResult<get_room_event::v3::Response> {
+    let body = &request.body;
+    let event = services.rooms.get_event(
+        request.user()?,
+        request.sender_device.as_deref(),
+        &body.room_id,
+        &body.event_id,
+    )?;
+    Ok(get_room_event::v3::Response::new(raw(&event)))
+}
+
+pub async fn redact(
+    services: AppState,
+    request: Ruma<redact_event::v3::Request>,
+) -> ApiResult<redact_event::v3::Response> {
+    let body = &request.body;
+    let user = request.user()?;
+    let rooms = &services.rooms;
+    let target = rooms
+        .stored(&body.event_id)?
+        .filter(|s| s.room_id == body.room_id)
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let room = rooms.require_room(&body.room_id)?;
+    let own = target.pdu()?.sender == user;
+    let state = rooms.current_state(&room)?;
+    if !own && !rooms.power_levels(&state, &room.room_version)?.user_can_redact_event_of_other(user) {
+        return Err(Error::forbidden("You may not redact other users' events").into());
+    }
+    let mut content = serde_json::json!({});
+    if let Some(reason) = &body.reason {
+        content["reason"] = reason.clone().into();
+    }
+    let mut template = PduTemplate::message("m.room.redaction", content);
+    template.redacts = Some(body.event_id.clone());
+    let txn = txn(request.sender_device.as_deref(), body.txn_id.as_str());
+    let pdu = rooms.send(&body.room_id, user, template, txn).await?;
+    Ok(redact_event::v3::Response::new(pdu.event_id))
+}

@@ -1,0 +1,330 @@
+//! The append path. Every event, local or (later) remote, goes through it:
+//! build (for local events), authorise against the room version's rules,
+//! persist the event, its state snapshot and every index in one batch, in
+//! stream order.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use estuary_core::{Error, Result, error::ErrorKind, time::now_millis};
+use estuary_events::{
+    Pdu, PduTemplate, auth,
+    builder::{BuildContext, BuildError, EventRef, build_pdu, reference_hash},
+};
+use estuary_storage::codec::Json;
+use ruma::{
+    CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, RoomId, RoomVersionId, UInt,
+    UserId,
+    events::{
+        StateEventType, TimelineEventType,
+        room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+    },
+};
+
+use super::{RoomRecord, Rooms, StoredPdu, state::StateMap};
+use crate::storage_error::StorageResultExt;
+
+/// A client transaction: sends with the same one are idempotent.
+#[derive(Clone, Debug)]
+pub struct Txn {
+    pub device_id: OwnedDeviceId,
+    pub txn_id: String,
+}
+
+impl Rooms {
+    fn txn_key(sender: &UserId, txn: &Txn) -> (String, String, String) {
+        (sender.to_string(), txn.device_id.to_string(), txn.txn_id.clone())
+    }
+
+    /// The event an earlier request with this transaction created.
+    pub fn txn_event(&self, sender: &UserId, txn: &Txn) -> Result<Option<OwnedEventId>> {
+        Ok(self
+            .useriddevicetxn_eventid
+            .get(&Self::txn_key(sender, txn))
+            .db()?
+            .and_then(|id| ruma::EventId::parse(id).ok()))
+    }
+
+    /// Send a new event from a local user into an existing room.
+    pub async fn send(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: PduTemplate,
+        txn: Option<Txn>,
+    ) -> Result<Pdu> {
+        if let Some(txn) = &txn
+            && let Some(existing) = self.txn_event(sender, txn)?
+        {
+            return self
+                .pdu(&existing)?
+                .ok_or_else(|| Error::internal("transaction points to a missing event"));
+        }
+        validate_content(&template)?;
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let room = self.require_room(room_id)?;
+        let state = self.state.load(room.state)?;
+        let pdu = self.build_local(room_id, &room, &state, sender, template)?;
+        self.authorize(&pdu, &room.room_version, &state)?;
+        self.persist(pdu.clone(), Some(&room), &room.room_version, state, txn)?;
+        Ok(pdu)
+    }
+
+    fn build_local(
+        &self,
+        room_id: &RoomId,
+        room: &RoomRecord,
+        state: &StateMap,
+        sender: &UserId,
+        template: PduTemplate,
+    ) -> Result<Pdu> {
+        let rules = room.room_version.rules().ok_or_else(unsupported_version)?;
+        let content = serde_json::value::to_raw_value(&template.content)?;
+        let keys = auth::auth_types(
+            &template.kind,
+            sender,
+            template.state_key.as_deref(),
+            &content,
+            &rules.authorization,
+        )
+        .map_err(Error::bad_json)?;
+        let mut auth_ids = Vec::new();
+        for (event_type, state_key) in &keys {
+            if let Some(id) = self.state_event_id(state, event_type, state_key)? {
+                auth_ids.push(id);
+            }
+        }
+        auth_ids.sort();
+        let ctx = BuildContext {
+            room_id: Some(room_id),
+            room_version: &room.room_version,
+            sender: sender.to_owned(),
+            prev_events: self.event_refs(&room.extremities, &room.room_version)?,
+            auth_events: self.event_refs(&auth_ids, &room.room_version)?,
+            depth: room.depth + 1,
+            origin_server_ts: now_ts(),
+            server_name: &self.config.server_name,
+            key: &self.key,
+        };
+        build_pdu(template, ctx).map_err(build_error)
+    }
+
+    /// References to events; rooms v1 and v2 also carry their hashes.
+    pub(super) fn event_refs(&self, ids: &[OwnedEventId], version: &RoomVersionId) -> Result<Vec<EventRef>> {
+        let needs_hash = matches!(version, RoomVersionId::V1 | RoomVersionId::V2);
+        ids.iter()
+            .map(|id| {
+                let sha256 = match needs_hash {
+                    true => self.pdu(id)?.and_then(|pdu| reference_hash(&pdu, version)),
+                    false => None,
+                };
+                Ok(EventRef { event_id: id.clone(), sha256 })
+            })
+            .collect()
+    }
+
+    /// The authorization rules against `state` (the state before the event).
+    pub(super) fn authorize(&self, pdu: &Pdu, version: &RoomVersionId, state: &StateMap) -> Result<()> {
+        let rules = version.rules().ok_or_else(unsupported_version)?;
+        let fetch_event = |id: &ruma::EventId| self.pdu(id).ok().flatten();
+        let fetch_state = |t: &StateEventType, k: &str| self.state_pdu(state, t, k).ok().flatten();
+        auth::check(pdu, &rules.authorization, fetch_event, fetch_state)
+            .map_err(|reason| Error::forbidden(format!("Event is not allowed: {reason}")))
+    }
+
+    /// Write the event and everything derived from it in one batch.
+    pub(super) fn persist(
+        &self,
+        mut pdu: Pdu,
+        room: Option<&RoomRecord>,
+        version: &RoomVersionId,
+        state_before: Arc<StateMap>,
+        txn: Option<Txn>,
+    ) -> Result<StoredPdu> {
+        let mut batch = self.db.batch();
+        let event_short = self.short.event_short_or_create(&pdu.event_id, &mut batch)?;
+        let state_before_id = room.map(|r| r.state);
+        let state_after_id = match &pdu.state_key {
+            None => state_before_id.ok_or_else(|| Error::internal("a room's first event must be state"))?,
+            Some(state_key) => {
+                let event_type = StateEventType::from(pdu.kind.to_string());
+                let key = self.short.state_key_short_or_create(&event_type, state_key, &mut batch)?;
+                if let Some(previous) =
+                    state_before.get(&key).and_then(|s| self.short.event_id(*s).transpose())
+                {
+                    self.add_replaces_state(&mut pdu, &previous?)?;
+                }
+                let id = self.short.allocate();
+                self.state.store(id, state_before_id, vec![(key, event_short)], Vec::new(), &mut batch)?;
+                id
+            }
+        };
+        if pdu.kind == TimelineEventType::RoomMember {
+            self.index_membership(&pdu, &mut batch)?;
+        }
+        if pdu.kind == TimelineEventType::RoomRedaction {
+            self.apply_redaction(&pdu, version, &state_before, &mut batch)?;
+        }
+        if let Some(txn) = &txn {
+            batch.put(
+                &self.useriddevicetxn_eventid,
+                &Self::txn_key(&pdu.sender, txn),
+                &pdu.event_id.to_string(),
+            );
+        }
+        let record = RoomRecord {
+            room_version: version.clone(),
+            state: state_after_id,
+            extremities: vec![pdu.event_id.clone()],
+            depth: pdu.depth.max(room.map_or(0, |r| r.depth)),
+        };
+        batch.put(&self.roomid_room, &pdu.room_id.to_string(), &Json(record));
+
+        // Stream positions are handed out and committed in order.
+        let _commit = self.commit_lock.lock().expect("commit lock");
+        let stream = self.next_stream.fetch_add(1, Ordering::SeqCst);
+        let stored = StoredPdu {
+            event_id: pdu.event_id.clone(),
+            room_id: pdu.room_id.clone(),
+            json: pdu.json.clone(),
+            stream,
+            state_before: state_before_id.unwrap_or(state_after_id),
+            state_after: state_after_id,
+            txn: txn.map(|t| (t.device_id, t.txn_id)),
+        };
+        let room_key = pdu.room_id.to_string();
+        batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored.clone()));
+        batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &pdu.event_id.to_string());
+        batch.put(&self.stream_roomideventid, &stream, &Json((room_key, pdu.event_id.to_string())));
+        batch.commit().db()?;
+        Ok(stored)
+    }
+
+    /// `unsigned.replaces_state` and `prev_content` for clients.
+    fn add_replaces_state(&self, pdu: &mut Pdu, previous: &OwnedEventId) -> Result<()> {
+        let prev = self.pdu(previous)?;
+        let unsigned = match pdu
+            .json
+            .entry("unsigned".to_owned())
+            .or_insert_with(|| CanonicalJsonValue::Object(Default::default()))
+        {
+            CanonicalJsonValue::Object(map) => map,
+            _ => return Ok(()),
+        };
+        unsigned.insert("replaces_state".into(), previous.to_string().into());
+        if let Some(prev) = prev {
+            if let Some(content) = prev.json.get("content") {
+                unsigned.insert("prev_content".into(), content.clone());
+            }
+            unsigned.insert("prev_sender".into(), prev.sender.to_string().into());
+        }
+        Ok(())
+    }
+
+    fn index_membership(&self, pdu: &Pdu, batch: &mut estuary_storage::Batch) -> Result<()> {
+        let Some(target) = pdu.state_key.as_deref() else { return Ok(()) };
+        let membership = pdu.content_value()["membership"].as_str().unwrap_or("leave").to_owned();
+        let room = pdu.room_id.to_string();
+        batch.put(&self.useridroomid_membership, &(target.to_owned(), room.clone()), &membership);
+        batch.put(&self.roomiduserid_membership, &(room.clone(), target.to_owned()), &membership);
+        if membership == "join" || membership == "invite" || membership == "knock" {
+            batch.delete(&self.useridroomid_forgotten, &(target.to_owned(), room));
+        }
+        Ok(())
+    }
+
+    /// A redaction that passed auth strips its target in storage, when the
+    /// sender may redact it (their own event, or enough power).
+    fn apply_redaction(
+        &self,
+        redaction: &Pdu,
+        version: &RoomVersionId,
+        state: &StateMap,
+        batch: &mut estuary_storage::Batch,
+    ) -> Result<()> {
+        let Some(target_id) = &redaction.redacts else { return Ok(()) };
+        let Some(mut target) = self.stored(target_id)? else { return Ok(()) };
+        if target.room_id != redaction.room_id {
+            return Ok(());
+        }
+        let target_pdu = target.pdu()?;
+        let allowed = target_pdu.sender == redaction.sender
+            || self.power_levels(state, version)?.user_can_redact_event_of_other(&redaction.sender);
+        if !allowed {
+            return Ok(());
+        }
+        let redacted = target_pdu.redact(version, redaction).map_err(Error::internal)?;
+        target.json = redacted.json;
+        batch.put(&self.eventid_pdu, &target_id.to_string(), &Json(target));
+        Ok(())
+    }
+
+    /// Power levels of a state snapshot, with the creators as v12 defines them.
+    pub fn power_levels(&self, state: &StateMap, version: &RoomVersionId) -> Result<RoomPowerLevels> {
+        let rules = version.rules().ok_or_else(unsupported_version)?;
+        let content = self
+            .state_pdu(state, &StateEventType::RoomPowerLevels, "")?
+            .map(|pdu| serde_json::from_str::<RoomPowerLevelsEventContent>(pdu.content.get()))
+            .transpose()
+            .map_err(Error::internal)?;
+        let mut creators = Vec::new();
+        if let Some(create) = self.state_pdu(state, &StateEventType::RoomCreate, "")? {
+            creators.push(create.sender.clone());
+            if let Some(extra) = create.content_value()["additional_creators"].as_array() {
+                creators
+                    .extend(extra.iter().filter_map(|u| u.as_str()).filter_map(|u| UserId::parse(u).ok()));
+            }
+        }
+        Ok(RoomPowerLevels::new(RoomPowerLevelsSource::from(content), &rules.authorization, creators))
+    }
+}
+
+pub(super) fn now_ts() -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch(UInt::new(now_millis()).unwrap_or_default())
+}
+
+pub(super) fn unsupported_version() -> Error {
+    Error::matrix(400, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
+}
+
+pub(super) fn build_error(err: BuildError) -> Error {
+    match err {
+        BuildError::TooLarge => Error::too_large("Event is larger than 65536 bytes"),
+        BuildError::UnsupportedRoomVersion => unsupported_version(),
+        BuildError::Invalid(e) => Error::bad_json(format!("Invalid event: {e}")),
+    }
+}
+
+/// Content of the state types clients commonly send must have the right shape.
+fn validate_content(template: &PduTemplate) -> Result<()> {
+    use ruma::events::room::{
+        canonical_alias::RoomCanonicalAliasEventContent, guest_access::RoomGuestAccessEventContent,
+        history_visibility::RoomHistoryVisibilityEventContent, join_rules::RoomJoinRulesEventContent,
+        member::RoomMemberEventContent, name::RoomNameEventContent, topic::RoomTopicEventContent,
+    };
+    if !template.content.is_object() {
+        return Err(Error::bad_json("Event content must be a JSON object"));
+    }
+    if template.state_key.is_none() {
+        return Ok(());
+    }
+    fn check<T: serde::de::DeserializeOwned>(content: &serde_json::Value, what: &str) -> Result<()> {
+        serde_json::from_value::<T>(content.clone())
+            .map(|_| ())
+            .map_err(|e| Error::bad_json(format!("Invalid {what} content: {e}")))
+    }
+    let content = &template.content;
+    match template.kind.to_string().as_str() {
+        "m.room.power_levels" => check::<RoomPowerLevelsEventContent>(content, "power levels"),
+        "m.room.join_rules" => check::<RoomJoinRulesEventContent>(content, "join rules"),
+        "m.room.history_visibility" => {
+            check::<RoomHistoryVisibilityEventContent>(content, "history visibility")
+        }
+        "m.room.member" => check::<RoomMemberEventContent>(content, "membership"),
+        "m.room.name" => check::<RoomNameEventContent>(content, "room name"),
+        "m.room.topic" => check::<RoomTopicEventContent>(content, "topic"),
+        "m.room.canonical_alias" => check::<RoomCanonicalAliasEventContent>(content, "canonical alias"),
+        "m.room.guest_access" => check::<RoomGuestAccessEventContent>(content, "guest access"),
+        _ => Ok(()),
+    }
+}

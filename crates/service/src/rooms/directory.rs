@@ -1,0 +1,156 @@
+//! Room aliases and the public room directory.
+
+use estuary_core::{Error, Result, error::ErrorKind};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId, events::StateEventType};
+use serde_json::{Value as JsonValue, json};
+
+use super::Rooms;
+use crate::storage_error::StorageResultExt;
+
+/// One page of the public room directory.
+pub struct PublicRoomsPage {
+    pub chunk: Vec<JsonValue>,
+    pub next_batch: Option<String>,
+    pub prev_batch: Option<String>,
+    pub total: usize,
+}
+
+impl Rooms {
+    pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
+        Ok(self.alias_roomid.get(&alias.to_string()).db()?.and_then(|id| RoomId::parse(id).ok()))
+    }
+
+    pub fn put_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+        if alias.server_name() != self.config.server_name {
+            return Err(Error::invalid_param("Aliases must be on this server"));
+        }
+        self.require_room(room_id)?;
+        if self.resolve_alias(alias)?.is_some() {
+            return Err(Error::matrix(409, ErrorKind::Unknown, "Room alias already exists"));
+        }
+        let mut batch = self.db.batch();
+        batch.put(&self.alias_roomid, &alias.to_string(), &room_id.to_string());
+        batch.put(&self.roomidalias_creator, &(room_id.to_string(), alias.to_string()), &creator.to_string());
+        batch.commit().db()
+    }
+
+    /// Delete an alias: its creator, a room moderator (who may change the
+    /// canonical alias) or a server admin may.
+    pub fn delete_alias(&self, alias: &RoomAliasId, user: &UserId, is_admin: bool) -> Result<()> {
+        let room_id = self.resolve_alias(alias)?.ok_or_else(|| Error::not_found("Unknown room alias"))?;
+        let key = (room_id.to_string(), alias.to_string());
+        let creator = self.roomidalias_creator.get(&key).db()?;
+        let allowed = is_admin || creator.as_deref() == Some(user.as_str()) || {
+            let room = self.require_room(&room_id)?;
+            let state = self.state.load(room.state)?;
+            self.is_joined(user, &room_id)?
+                && self
+                    .power_levels(&state, &room.room_version)?
+                    .user_can_send_state(user, StateEventType::RoomCanonicalAlias)
+        };
+        if !allowed {
+            return Err(Error::forbidden("You may not delete this alias"));
+        }
+        let mut batch = self.db.batch();
+        batch.delete(&self.alias_roomid, &alias.to_string());
+        batch.delete(&self.roomidalias_creator, &key);
+        batch.commit().db()
+    }
+
+    pub fn room_aliases(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+        Ok(self
+            .roomidalias_creator
+            .scan_prefix(&(room_id.to_string(),))
+            .db()?
+            .into_iter()
+            .filter_map(|((_, alias), _)| RoomAliasId::parse(alias).ok())
+            .collect())
+    }
+
+    pub fn set_public(&self, room_id: &RoomId, public: bool) -> Result<()> {
+        self.require_room(room_id)?;
+        match public {
+            true => self.publicroomid.put(&room_id.to_string(), &String::new()).db(),
+            false => self.publicroomid.delete(&room_id.to_string()).db(),
+        }
+    }
+
+    pub fn is_public(&self, room_id: &RoomId) -> Result<bool> {
+        self.publicroomid.contains(&room_id.to_string()).db()
+    }
+
+    /// The directory entry of a room, from its current state.
+    pub fn room_summary(&self, room_id: &RoomId) -> Result<JsonValue> {
+        let room = self.require_room(room_id)?;
+        let state = self.state.load(room.state)?;
+        let content = |kind: StateEventType| -> Result<JsonValue> {
+            Ok(self.state_pdu(&state, &kind, "")?.map(|p| p.content_value()).unwrap_or_default())
+        };
+        let mut summary = json!({
+            "room_id": room_id,
+            "num_joined_members": self.members_with_membership(room_id, "join")?.len(),
+            "world_readable": content(StateEventType::RoomHistoryVisibility)?["history_visibility"] == "world_readable",
+            "guest_can_join": content(StateEventType::RoomGuestAccess)?["guest_access"] == "can_join",
+            "join_rule": content(StateEventType::RoomJoinRules)?["join_rule"].as_str().unwrap_or("invite"),
+        });
+        let fields = [
+            (StateEventType::RoomName, "name", "name"),
+            (StateEventType::RoomTopic, "topic", "topic"),
+            (StateEventType::RoomCanonicalAlias, "alias", "canonical_alias"),
+            (StateEventType::RoomAvatar, "url", "avatar_url"),
+            (StateEventType::RoomCreate, "type", "room_type"),
+        ];
+        for (kind, field, key) in fields {
+            if let Some(value) = content(kind)?.get(field).filter(|v| v.is_string()) {
+                summary[key] = value.clone();
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Published rooms, most members first, filtered by a search term.
+    pub fn public_rooms(
+        &self,
+        limit: Option<usize>,
+        since: Option<&str>,
+        term: Option<&str>,
+    ) -> Result<PublicRoomsPage> {
+        let offset = match since {
+            Some(token) => token
+                .strip_prefix('p')
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| Error::invalid_param("Invalid `since` token"))?,
+            None => 0,
+        };
+        let term = term.map(str::to_lowercase).filter(|t| !t.is_empty());
+        let mut rooms = Vec::new();
+        for (room_id, _) in self.publicroomid.scan_raw_prefix(&[], usize::MAX).db()? {
+            let Ok(room_id) = RoomId::parse(room_id) else { continue };
+            let summary = self.room_summary(&room_id)?;
+            let matches = term.as_ref().is_none_or(|term| {
+                ["name", "topic", "canonical_alias"]
+                    .iter()
+                    .any(|k| summary[*k].as_str().is_some_and(|v| v.to_lowercase().contains(term)))
+            });
+            if matches {
+                rooms.push(summary);
+            }
+        }
+        rooms.sort_by(|a, b| {
+            b["num_joined_members"]
+                .as_u64()
+                .cmp(&a["num_joined_members"].as_u64())
+                .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+        });
+        let total = rooms.len();
+        let limit = limit.unwrap_or(total.max(1)).max(1);
+        let chunk: Vec<JsonValue> = rooms.into_iter().skip(offset).take(limit).collect();
+        let next = offset + chunk.len();
+        Ok(PublicRoomsPage {
+            next_batch: (next < total).then(|| format!("p{next}")),
+            prev_batch: (offset > 0).then(|| format!("p{}", offset.saturating_sub(limit))),
+            chunk,
+            total,
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! Membership changes and the membership index.
+
+use estuary_core::{Error, Result};
+use estuary_events::PduTemplate;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, api::client::profile::ProfileFieldName};
+use serde_json::{Value as JsonValue, json};
+
+use super::Rooms;
+use crate::storage_error::StorageResultExt;
+
+impl Rooms {
+    /// The user's membership in a room (`join`, `invite`, `leave`, `ban`, `knock`).
+    pub fn membership(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<String>> {
+        self.useridroomid_membership.get(&(user_id.to_string(), room_id.to_string())).db()
+    }
+
+    pub fn is_joined(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
+        Ok(self.membership(user_id, room_id)?.as_deref() == Some("join"))
+    }
+
+    /// Rooms where the user has `membership`.
+    pub fn rooms_with_membership(&self, user_id: &UserId, membership: &str) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .useridroomid_membership
+            .scan_prefix(&(user_id.to_string(),))
+            .db()?
+            .into_iter()
+            .filter(|(_, m)| m == membership)
+            .filter_map(|((_, room), _)| RoomId::parse(room).ok())
+            .collect())
+    }
+
+    /// Users of a room with `membership`.
+    pub fn members_with_membership(&self, room_id: &RoomId, membership: &str) -> Result<Vec<OwnedUserId>> {
+        Ok(self
+            .roomiduserid_membership
+            .scan_prefix(&(room_id.to_string(),))
+            .db()?
+            .into_iter()
+            .filter(|(_, m)| m == membership)
+            .filter_map(|((_, user), _)| UserId::parse(user).ok())
+            .collect())
+    }
+
+    /// A join event's content: the user's current display name and avatar.
+    pub(super) fn join_template(&self, user_id: &UserId, reason: Option<String>) -> Result<PduTemplate> {
+        let mut content = json!({"membership": "join"});
+        self.add_profile(&mut content, user_id)?;
+        if let Some(reason) = reason {
+            content["reason"] = reason.into();
+        }
+        Ok(PduTemplate::state("m.room.member", user_id.as_str(), content))
+    }
+
+    fn add_profile(&self, content: &mut JsonValue, user_id: &UserId) -> Result<()> {
+        for (field, key) in
+            [(ProfileFieldName::DisplayName, "displayname"), (ProfileFieldName::AvatarUrl, "avatar_url")]
+        {
+            if let Ok(value) = self.profiles.get_field(user_id, &field) {
+                content[key] = value.value().into_owned();
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn join(&self, room_id: &RoomId, user_id: &UserId, reason: Option<String>) -> Result<()> {
+        if self.room(room_id)?.is_none() {
+            return Err(Error::not_found("Unknown room (joining rooms on other servers needs federation)"));
+        }
+        if self.is_joined(user_id, room_id)? {
+            return Ok(());
+        }
+        self.send(room_id, user_id, self.join_template(user_id, reason)?, None).await?;
+        Ok(())
+    }
+
+    pub async fn invite(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        invitee: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+    ) -> Result<()> {
+        self.require_room(room_id)?;
+        if matches!(self.membership(invitee, room_id)?.as_deref(), Some("join")) {
+            return Err(Error::forbidden("The user is already in the room"));
+        }
+        let mut content = json!({"membership": "invite"});
+        self.add_profile(&mut content, invitee)?;
+        if is_direct {
+            content["is_direct"] = true.into();
+        }
+        if let Some(reason) = reason {
+            content["reason"] = reason.into();
+        }
+        self.send(room_id, sender, PduTemplate::state("m.room.member", invitee.as_str(), content), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Leave, reject an invite, or (for another user) kick / unban.
+    pub async fn set_membership(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<String>,
+    ) -> Result<()> {
+        self.require_room(room_id)?;
+        let mut content = json!({"membership": membership});
+        if let Some(reason) = reason {
+            content["reason"] = reason.into();
+        }
+        self.send(room_id, sender, PduTemplate::state("m.room.member", target.as_str(), content), None)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn leave(&self, room_id: &RoomId, user_id: &UserId, reason: Option<String>) -> Result<()> {
+        match self.membership(user_id, room_id)?.as_deref() {
+            Some("join" | "invite" | "knock") => {
+                self.set_membership(room_id, user_id, user_id, "leave", reason).await
+            }
+            Some("leave") => Ok(()),
+            _ => Err(Error::forbidden("You are not in this room")),
+        }
+    }
+
+    pub async fn kick(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
+        match self.membership(target, room_id)?.as_deref() {
+            Some("join" | "invite" | "knock") => {
+                self.set_membership(room_id, sender, target, "leave", reason).await
+            }
+            _ => Err(Error::forbidden("The user is not in the room")),
+        }
+    }
+
+    pub async fn unban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
+        match self.membership(target, room_id)?.as_deref() {
+            Some("ban") => self.set_membership(room_id, sender, target, "leave", reason).await,
+            _ => Err(Error::forbidden("The user is not banned")),
+        }
+    }
+
+    /// Hide a room the user has left from their lists.
+    pub fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        match self.membership(user_id, room_id)?.as_deref() {
+            Some("join") => {
+                Err(Error::matrix(400, estuary_core::error::ErrorKind::Unknown, "You are still in the room"))
+            }
+            None => Err(Error::not_found("You were never in this room")),
+            _ => self
+                .useridroomid_forgotten
+                .put(&(user_id.to_string(), room_id.to_string()), &String::new())
+                .db(),
+        }
+    }
+
+    pub fn is_forgotten(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
+        self.useridroomid_forgotten.contains(&(user_id.to_string(), room_id.to_string())).db()
+    }
+}

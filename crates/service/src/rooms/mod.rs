@@ -1,0 +1,218 @@
+//! Rooms: the event DAG of every room, its state, memberships, and the one
+//! append path every event goes through (`append.rs`).
+//!
+//! - `short`: event IDs and state keys interned to u64.
+//! - `state`: state snapshots as shallow layers.
+//! - `append`: build (local) → authorise → persist in one batch → (fan out).
+//! - `create`, `membership`, `read`, `directory`: what the client API needs.
+
+mod append;
+mod create;
+mod directory;
+mod membership;
+mod read;
+mod short;
+mod state;
+mod visibility;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+};
+
+use estuary_core::{Config, Error, Result};
+use estuary_events::{Pdu, ServerSigningKey};
+use estuary_storage::{Db, Table, codec::Json};
+use ruma::{
+    CanonicalJsonObject, EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
+    events::StateEventType,
+};
+use serde::{Deserialize, Serialize};
+
+pub use append::Txn;
+pub use create::{CreateRoom, Preset, supported_room_version};
+pub use directory::PublicRoomsPage;
+pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
+
+use crate::{profile::Profiles, storage_error::StorageResultExt};
+
+/// `eventid_pdu`: an event as stored, with where it sits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredPdu {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    /// The signed PDU (after redaction, if it was redacted).
+    pub json: CanonicalJsonObject,
+    /// Global stream position (orders all events of this server).
+    pub stream: u64,
+    pub state_before: u64,
+    pub state_after: u64,
+    /// The sending device and its transaction ID, echoed to that device only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<(OwnedDeviceId, String)>,
+}
+
+impl StoredPdu {
+    pub fn pdu(&self) -> Result<Pdu> {
+        Pdu::from_json(self.event_id.clone(), Some(self.room_id.clone()), self.json.clone())
+            .map_err(|e| Error::internal(format!("stored event {} is corrupt: {e}", self.event_id)))
+    }
+}
+
+/// `roomid_room`: what the server knows of a room right now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub room_version: RoomVersionId,
+    /// Current state snapshot.
+    pub state: u64,
+    pub extremities: Vec<OwnedEventId>,
+    pub depth: u64,
+}
+
+/// `global` keys of the server signing key.
+const SIGNING_KEY: &str = "signing_key_pkcs8";
+const SIGNING_KEY_VERSION: &str = "signing_key_version";
+
+pub struct Rooms {
+    config: Arc<Config>,
+    db: Db,
+    key: ServerSigningKey,
+    short: short::ShortIds,
+    state: state::StateStore,
+    profiles: Arc<Profiles>,
+    eventid_pdu: Table<String, Json<StoredPdu>>,
+    roomidstream_eventid: Table<(String, u64), String>,
+    stream_roomideventid: Table<u64, Json<(String, String)>>,
+    roomid_room: Table<String, Json<RoomRecord>>,
+    useridroomid_membership: Table<(String, String), String>,
+    roomiduserid_membership: Table<(String, String), String>,
+    useridroomid_forgotten: Table<(String, String), String>,
+    useriddevicetxn_eventid: Table<(String, String, String), String>,
+    alias_roomid: Table<String, String>,
+    roomidalias_creator: Table<(String, String), String>,
+    publicroomid: Table<String, String>,
+    /// One writer per room at a time: prev_events and state stay consistent.
+    room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Stream positions are allocated and committed in order under this lock.
+    commit_lock: Mutex<()>,
+    next_stream: AtomicU64,
+}
+
+impl Rooms {
+    pub fn new(config: Arc<Config>, db: &Db, profiles: Arc<Profiles>) -> Result<Self> {
+        let stream_roomideventid: Table<u64, Json<(String, String)>> =
+            db.table("stream_roomideventid").db()?;
+        let next_stream = stream_roomideventid.last().db()?.map(|(k, _)| k + 1).unwrap_or(1);
+        Ok(Self {
+            key: load_or_create_signing_key(db)?,
+            short: short::ShortIds::new(db)?,
+            state: state::StateStore::new(db)?,
+            profiles,
+            eventid_pdu: db.table("eventid_pdu").db()?,
+            roomidstream_eventid: db.table("roomidstream_eventid").db()?,
+            stream_roomideventid,
+            roomid_room: db.table("roomid_room").db()?,
+            useridroomid_membership: db.table("useridroomid_membership").db()?,
+            roomiduserid_membership: db.table("roomiduserid_membership").db()?,
+            useridroomid_forgotten: db.table("useridroomid_forgotten").db()?,
+            useriddevicetxn_eventid: db.table("useriddevicetxn_eventid").db()?,
+            alias_roomid: db.table("alias_roomid").db()?,
+            roomidalias_creator: db.table("roomidalias_creator").db()?,
+            publicroomid: db.table("publicroomid").db()?,
+            room_locks: Mutex::new(HashMap::new()),
+            commit_lock: Mutex::new(()),
+            next_stream: AtomicU64::new(next_stream),
+            config,
+            db: db.clone(),
+        })
+    }
+
+    pub fn signing_key(&self) -> &ServerSigningKey {
+        &self.key
+    }
+
+    fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.room_locks.lock().expect("room locks").entry(room_id.to_owned()).or_default().clone()
+    }
+
+    pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        Ok(self.roomid_room.get(&room_id.to_string()).db()?.map(|Json(r)| r))
+    }
+
+    pub fn require_room(&self, room_id: &RoomId) -> Result<RoomRecord> {
+        self.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))
+    }
+
+    pub fn stored(&self, event_id: &EventId) -> Result<Option<StoredPdu>> {
+        Ok(self.eventid_pdu.get(&event_id.to_string()).db()?.map(|Json(p)| p))
+    }
+
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        self.stored(event_id)?.map(|s| s.pdu()).transpose()
+    }
+
+    /// The event of `(event_type, state_key)` in snapshot `state`.
+    pub fn state_event_id(
+        &self,
+        state: &state::StateMap,
+        event_type: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        let Some(key) = self.short.state_key_short(event_type, state_key)? else { return Ok(None) };
+        match state.get(&key) {
+            Some(short) => self.short.event_id(*short),
+            None => Ok(None),
+        }
+    }
+
+    pub fn state_pdu(
+        &self,
+        state: &state::StateMap,
+        event_type: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Pdu>> {
+        match self.state_event_id(state, event_type, state_key)? {
+            Some(id) => self.pdu(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// The current state of a room.
+    pub fn current_state(&self, room: &RoomRecord) -> Result<Arc<state::StateMap>> {
+        self.state.load(room.state)
+    }
+
+    /// Every event of a state snapshot.
+    pub fn state_pdus(&self, state: &state::StateMap) -> Result<Vec<Pdu>> {
+        let mut pdus = Vec::with_capacity(state.len());
+        for short in state.values() {
+            if let Some(id) = self.short.event_id(*short)?
+                && let Some(pdu) = self.pdu(&id)?
+            {
+                pdus.push(pdu);
+            }
+        }
+        pdus.sort_by(|a, b| (&a.kind, &a.state_key).cmp(&(&b.kind, &b.state_key)));
+        Ok(pdus)
+    }
+}
+
+fn load_or_create_signing_key(db: &Db) -> Result<ServerSigningKey> {
+    use base64::Engine;
+    let global: Table<String, String> = db.table("global").db()?;
+    let engine = base64::engine::general_purpose::STANDARD;
+    if let (Some(pkcs8), Some(version)) =
+        (global.get(&SIGNING_KEY.to_owned()).db()?, global.get(&SIGNING_KEY_VERSION.to_owned()).db()?)
+    {
+        let bytes = engine.decode(pkcs8).map_err(|e| Error::internal(format!("stored signing key: {e}")))?;
+        return ServerSigningKey::from_pkcs8(bytes, &version).map_err(Error::internal);
+    }
+    let version = format!("a_{}", crate::accounts::tokens::random_token(4));
+    let key = ServerSigningKey::generate(&version).map_err(Error::internal)?;
+    let mut batch = db.batch();
+    batch.put(&global, &SIGNING_KEY.to_owned(), &engine.encode(key.pkcs8()));
+    batch.put(&global, &SIGNING_KEY_VERSION.to_owned(), &version);
+    batch.commit().db()?;
+    tracing::info!(key_id = %key.key_id(), "generated the server signing key");
+    Ok(key)
+}

@@ -1,0 +1,333 @@
+//! Reading rooms: events, state, members and the timeline (`/messages`).
+
+use estuary_core::{Error, Result, time::now_millis};
+use ruma::{
+    DeviceId, EventId, RoomId, UserId,
+    api::client::filter::{LazyLoadOptions, RoomEventFilter, UrlFilter},
+    events::StateEventType,
+};
+use serde_json::{Value as JsonValue, json};
+
+use super::{Rooms, StoredPdu};
+use crate::storage_error::StorageResultExt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+pub struct MessagesQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub dir: Direction,
+    pub limit: usize,
+    pub filter: RoomEventFilter,
+}
+
+pub struct MessagesPage {
+    pub chunk: Vec<JsonValue>,
+    pub start: String,
+    pub end: Option<String>,
+    pub state: Vec<JsonValue>,
+}
+
+/// Pagination tokens are stream positions: `s<N>` is the point just before
+/// the event at position N.
+pub fn parse_token(token: &str) -> Result<u64> {
+    token
+        .strip_prefix('s')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::invalid_param("Invalid pagination token"))
+}
+
+fn token(position: u64) -> String {
+    format!("s{position}")
+}
+
+/// A `*` glob as event type filters use.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            text.starts_with(head) && {
+                let rest = &text[head.len()..];
+                (0..=rest.len()).any(|i| rest.is_char_boundary(i) && glob_match(tail, &rest[i..]))
+            }
+        }
+    }
+}
+
+fn passes(filter: &RoomEventFilter, event: &JsonValue) -> bool {
+    let kind = event["type"].as_str().unwrap_or_default();
+    let sender = event["sender"].as_str().unwrap_or_default();
+    if filter.not_types.iter().any(|p| glob_match(p, kind)) {
+        return false;
+    }
+    if let Some(types) = &filter.types
+        && !types.iter().any(|p| glob_match(p, kind))
+    {
+        return false;
+    }
+    if filter.not_senders.iter().any(|s| s.as_str() == sender) {
+        return false;
+    }
+    if let Some(senders) = &filter.senders
+        && !senders.iter().any(|s| s.as_str() == sender)
+    {
+        return false;
+    }
+    let has_url = event["content"]["url"].is_string();
+    match filter.url_filter {
+        Some(UrlFilter::EventsWithUrl) => has_url,
+        Some(UrlFilter::EventsWithoutUrl) => !has_url,
+        _ => true,
+    }
+}
+
+impl Rooms {
+    /// An event as a client sees it: `age`, and the transaction ID for the
+    /// device that sent it.
+    pub fn client_event(
+        &self,
+        stored: &StoredPdu,
+        viewer: Option<(&UserId, Option<&DeviceId>)>,
+    ) -> Result<JsonValue> {
+        let pdu = stored.pdu()?;
+        let mut event = pdu.to_client_json();
+        let age = now_millis().saturating_sub(u64::from(pdu.origin_server_ts.0));
+        let unsigned = event.as_object_mut().expect("object").entry("unsigned").or_insert_with(|| json!({}));
+        unsigned["age"] = age.into();
+        if let (Some((device, txn_id)), Some((user, Some(viewer_device)))) = (&stored.txn, viewer)
+            && user == pdu.sender
+            && device.as_str() == viewer_device.as_str()
+        {
+            unsigned["transaction_id"] = txn_id.clone().into();
+        }
+        Ok(event)
+    }
+
+    /// `/rooms/{roomId}/event/{eventId}`: 404 for events the viewer cannot see.
+    pub fn get_event(
+        &self,
+        viewer: &UserId,
+        device: Option<&DeviceId>,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<JsonValue> {
+        let not_found = || Error::not_found("Event not found");
+        let stored = self.stored(event_id)?.ok_or_else(not_found)?;
+        if stored.room_id != room_id || !self.can_see_event(Some(viewer), &stored)? {
+            return Err(not_found());
+        }
+        self.client_event(&stored, Some((viewer, device)))
+    }
+
+    fn stored_client_events(&self, pdus: Vec<estuary_events::Pdu>) -> Result<Vec<JsonValue>> {
+        pdus.iter()
+            .filter_map(|pdu| self.stored(&pdu.event_id).transpose())
+            .map(|stored| self.client_event(&stored?, None))
+            .collect()
+    }
+
+    /// The whole visible state of a room, as client events.
+    pub fn room_state(&self, viewer: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
+        let state = self.visible_state(viewer, room_id)?;
+        self.stored_client_events(self.state_pdus(&state)?)
+    }
+
+    /// One state event, as a client event.
+    pub fn room_state_event(
+        &self,
+        viewer: &UserId,
+        room_id: &RoomId,
+        event_type: &StateEventType,
+        state_key: &str,
+    ) -> Result<JsonValue> {
+        let state = self.visible_state(viewer, room_id)?;
+        let pdu = self
+            .state_pdu(&state, event_type, state_key)?
+            .ok_or_else(|| Error::not_found("No such state event"))?;
+        let stored = self.stored(&pdu.event_id)?.ok_or_else(|| Error::internal("state event not stored"))?;
+        self.client_event(&stored, None)
+    }
+
+    /// Member events of the visible state (or the state at token `at`), filtered.
+    pub fn room_members(
+        &self,
+        viewer: &UserId,
+        room_id: &RoomId,
+        at: Option<&str>,
+        membership: Option<&str>,
+        not_membership: Option<&str>,
+    ) -> Result<Vec<JsonValue>> {
+        let mut state = self.visible_state(viewer, room_id)?;
+        if let Some(at) = at {
+            let position = parse_token(at)?;
+            let prefix = (room_id.to_string(),);
+            let from = (room_id.to_string(), position).encode_key();
+            let before = self
+                .roomidstream_eventid
+                .scan_from(&estuary_storage::Key::encode(&prefix), Some(&from), true, 2)
+                .db()?;
+            if let Some(((_, _), event_id)) = before.into_iter().find(|((_, s), _)| *s < position)
+                && let Some(stored) = self.stored(&EventId::parse(&event_id).map_err(Error::internal)?)?
+                && self.can_see_event(Some(viewer), &stored)?
+            {
+                state = self.state.load(stored.state_after)?;
+            }
+        }
+        let members = self
+            .state_pdus(&state)?
+            .into_iter()
+            .filter(|pdu| pdu.kind.to_string() == "m.room.member")
+            .filter(|pdu| {
+                let m = pdu.content_value()["membership"].as_str().unwrap_or_default().to_owned();
+                membership.is_none_or(|want| want == m) && not_membership.is_none_or(|not| not != m)
+            })
+            .collect();
+        self.stored_client_events(members)
+    }
+
+    /// `/joined_members`: user ID → display name and avatar.
+    pub fn joined_members(&self, viewer: &UserId, room_id: &RoomId) -> Result<Vec<(String, JsonValue)>> {
+        let room = self.require_room(room_id)?;
+        if !self.is_joined(viewer, room_id)? && !self.is_world_readable(&room)? {
+            return Err(Error::forbidden("You are not in this room"));
+        }
+        let state = self.state.load(room.state)?;
+        let mut members = Vec::new();
+        for user in self.members_with_membership(room_id, "join")? {
+            let content = self
+                .state_pdu(&state, &StateEventType::RoomMember, user.as_str())?
+                .map(|pdu| pdu.content_value())
+                .unwrap_or_default();
+            members.push((
+                user.to_string(),
+                json!({"display_name": content["displayname"], "avatar_url": content["avatar_url"]}),
+            ));
+        }
+        Ok(members)
+    }
+
+    /// `/messages`: a page of the timeline in either direction.
+    pub fn messages(
+        &self,
+        viewer: &UserId,
+        device: Option<&DeviceId>,
+        room_id: &RoomId,
+        query: MessagesQuery,
+    ) -> Result<MessagesPage> {
+        self.require_readable(viewer, room_id)?;
+        let limit = query.limit.clamp(1, 1000);
+        let backwards = query.dir == Direction::Backward;
+        let from = query.from.as_deref().map(parse_token).transpose()?;
+        let to = query.to.as_deref().map(parse_token).transpose()?;
+        let start = from.unwrap_or(if backwards {
+            self.next_stream.load(std::sync::atomic::Ordering::SeqCst)
+        } else {
+            0
+        });
+        let prefix = estuary_storage::Key::encode(&(room_id.to_string(),));
+
+        let mut chunk = Vec::new();
+        let mut cursor = start;
+        let mut exhausted = false;
+        // Bounded: at most 20 batches of candidates per page.
+        for _ in 0..20 {
+            let seek = if backwards { cursor.checked_sub(1) } else { Some(cursor) };
+            let Some(seek) = seek else {
+                exhausted = true;
+                break;
+            };
+            let from_key = (room_id.to_string(), seek).encode_key();
+            let rows =
+                self.roomidstream_eventid.scan_from(&prefix, Some(&from_key), backwards, limit * 2).db()?;
+            if rows.is_empty() {
+                exhausted = true;
+                break;
+            }
+            for ((_, position), event_id) in rows {
+                let beyond = match (to, backwards) {
+                    (Some(to), true) => position < to,
+                    (Some(to), false) => position >= to,
+                    _ => false,
+                };
+                if beyond {
+                    exhausted = true;
+                    break;
+                }
+                cursor = if backwards { position } else { position + 1 };
+                let Some(stored) = self.stored(&EventId::parse(&event_id).map_err(Error::internal)?)? else {
+                    continue;
+                };
+                if !self.can_see_event(Some(viewer), &stored)? {
+                    continue;
+                }
+                let event = self.client_event(&stored, Some((viewer, device)))?;
+                if passes(&query.filter, &event) {
+                    chunk.push(event);
+                    if chunk.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            if chunk.len() >= limit || exhausted {
+                break;
+            }
+        }
+        let state = self.lazy_members(viewer, room_id, &query.filter, &chunk)?;
+        Ok(MessagesPage { chunk, start: token(start), end: (!exhausted).then(|| token(cursor)), state })
+    }
+
+    /// With lazy loading, the member events of the senders on the page.
+    fn lazy_members(
+        &self,
+        viewer: &UserId,
+        room_id: &RoomId,
+        filter: &RoomEventFilter,
+        chunk: &[JsonValue],
+    ) -> Result<Vec<JsonValue>> {
+        if matches!(filter.lazy_load_options, LazyLoadOptions::Disabled) {
+            return Ok(Vec::new());
+        }
+        let state = self.visible_state(viewer, room_id)?;
+        let mut senders: Vec<&str> = chunk.iter().filter_map(|e| e["sender"].as_str()).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let mut members = Vec::new();
+        for sender in senders {
+            if let Some(pdu) = self.state_pdu(&state, &StateEventType::RoomMember, sender)?
+                && let Some(stored) = self.stored(&pdu.event_id)?
+            {
+                members.push(self.client_event(&stored, None)?);
+            }
+        }
+        Ok(members)
+    }
+}
+
+trait EncodeKey {
+    fn encode_key(&self) -> Vec<u8>;
+}
+
+impl EncodeKey for (String, u64) {
+    fn encode_key(&self) -> Vec<u8> {
+        estuary_storage::Key::encode(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn type_globs() {
+        assert!(glob_match("m.room.*", "m.room.message"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("m.*.message", "m.room.message"));
+        assert!(!glob_match("m.room.*", "m.reaction"));
+        assert!(glob_match("m.room.message", "m.room.message"));
+        assert!(!glob_match("m.room.message", "m.room.messages"));
+    }
+}

@@ -1,0 +1,192 @@
+//! State snapshots, stored as layers: a snapshot is its parent plus the
+//! entries that changed. Chains are at most `MAX_DEPTH` layers deep; deeper
+//! changes are merged into one layer over the base, and a new full base is
+//! written only when that merged layer grows past half the base. A message
+//! shares its snapshot with the event before it, so a room with 10,000
+//! members copies nothing per message and little per state change.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use estuary_core::{Error, Result};
+use estuary_storage::{Batch, Db, Table, codec::Json};
+use serde::{Deserialize, Serialize};
+
+use crate::storage_error::StorageResultExt;
+
+/// shortstatekey → shorteventid.
+pub type StateMap = HashMap<u64, u64>;
+
+const MAX_DEPTH: u8 = 8;
+const CACHE_ENTRIES: usize = 512;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Layer {
+    parent: Option<u64>,
+    depth: u8,
+    /// Entries set in this layer over the parent.
+    set: Vec<(u64, u64)>,
+    /// Keys removed relative to the parent (only after state resolution).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<u64>,
+}
+
+pub struct StateStore {
+    layers: Table<u64, Json<Layer>>,
+    cache: Mutex<HashMap<u64, Arc<StateMap>>>,
+}
+
+impl StateStore {
+    pub fn new(db: &Db) -> Result<Self> {
+        Ok(Self { layers: db.table("shortstatehash_statelayer").db()?, cache: Mutex::new(HashMap::new()) })
+    }
+
+    fn layer(&self, id: u64) -> Result<Layer> {
+        self.layers
+            .get(&id)
+            .db()?
+            .map(|Json(l)| l)
+            .ok_or_else(|| Error::internal(format!("missing state layer {id}")))
+    }
+
+    /// The full state of snapshot `id`.
+    pub fn load(&self, id: u64) -> Result<Arc<StateMap>> {
+        if let Some(hit) = self.cache.lock().expect("state cache").get(&id) {
+            return Ok(hit.clone());
+        }
+        let mut chain = vec![self.layer(id)?];
+        while let Some(parent) = chain.last().and_then(|l| l.parent) {
+            if let Some(hit) = self.cache.lock().expect("state cache").get(&parent).cloned() {
+                return Ok(self.remember(id, apply(hit.as_ref().clone(), chain.iter().rev())));
+            }
+            chain.push(self.layer(parent)?);
+        }
+        Ok(self.remember(id, apply(StateMap::new(), chain.iter().rev())))
+    }
+
+    fn remember(&self, id: u64, state: StateMap) -> Arc<StateMap> {
+        let state = Arc::new(state);
+        let mut cache = self.cache.lock().expect("state cache");
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id, state.clone());
+        state
+    }
+
+    /// Store a snapshot: `parent` (if any) with `changes` applied (and
+    /// `removed` keys dropped). Returns the new snapshot's ID, written in `batch`.
+    pub fn store(
+        &self,
+        new_id: u64,
+        parent: Option<u64>,
+        changes: Vec<(u64, u64)>,
+        removed: Vec<u64>,
+        batch: &mut Batch,
+    ) -> Result<Arc<StateMap>> {
+        let parent_state = match parent {
+            Some(p) => self.load(p)?,
+            None => Arc::new(StateMap::new()),
+        };
+        let mut full = parent_state.as_ref().clone();
+        for key in &removed {
+            full.remove(key);
+        }
+        full.extend(changes.iter().copied());
+        let layer = match parent {
+            None => Layer { parent: None, depth: 0, set: sorted(&full), removed: Vec::new() },
+            Some(p) => self.layer_over(p, &full, changes, removed)?,
+        };
+        batch.put(&self.layers, &new_id, &Json(layer));
+        Ok(self.remember(new_id, full))
+    }
+
+    fn layer_over(
+        &self,
+        parent: u64,
+        full: &StateMap,
+        changes: Vec<(u64, u64)>,
+        removed: Vec<u64>,
+    ) -> Result<Layer> {
+        let parent_layer = self.layer(parent)?;
+        if parent_layer.depth + 1 < MAX_DEPTH {
+            return Ok(Layer { parent: Some(parent), depth: parent_layer.depth + 1, set: changes, removed });
+        }
+        // Too deep: diff against the chain's base instead.
+        let mut base = parent;
+        let mut base_layer = parent_layer;
+        while let Some(p) = base_layer.parent {
+            base = p;
+            base_layer = self.layer(p)?;
+        }
+        let base_state = self.load(base)?;
+        let set: Vec<(u64, u64)> =
+            sorted(full).into_iter().filter(|(k, v)| base_state.get(k) != Some(v)).collect();
+        let removed: Vec<u64> = base_state.keys().filter(|k| !full.contains_key(k)).copied().collect();
+        if set.len() + removed.len() > base_state.len() / 2 {
+            return Ok(Layer { parent: None, depth: 0, set: sorted(full), removed: Vec::new() });
+        }
+        Ok(Layer { parent: Some(base), depth: 1, set, removed })
+    }
+}
+
+fn sorted(state: &StateMap) -> Vec<(u64, u64)> {
+    let mut entries: Vec<(u64, u64)> = state.iter().map(|(k, v)| (*k, *v)).collect();
+    entries.sort_unstable();
+    entries
+}
+
+fn apply<'a>(mut state: StateMap, layers: impl Iterator<Item = &'a Layer>) -> StateMap {
+    for layer in layers {
+        for key in &layer.removed {
+            state.remove(key);
+        }
+        state.extend(layer.set.iter().copied());
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_round_trip_and_stay_shallow() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &Default::default()).unwrap();
+        let store = StateStore::new(&db).unwrap();
+        let mut batch = db.batch();
+        let initial: Vec<(u64, u64)> = (0..100).map(|k| (k, k + 1000)).collect();
+        store.store(1, None, initial, vec![], &mut batch).unwrap();
+        batch.commit().unwrap();
+        let mut parent = 1;
+        for i in 0..40u64 {
+            let mut batch = db.batch();
+            store.store(2 + i, Some(parent), vec![(i % 10, 5000 + i)], vec![], &mut batch).unwrap();
+            batch.commit().unwrap();
+            parent = 2 + i;
+        }
+        store.cache.lock().unwrap().clear();
+        let state = store.load(parent).unwrap();
+        assert_eq!(state.len(), 100);
+        assert_eq!(state[&9], 5039);
+        assert_eq!(state[&50], 1050);
+        // No layer is deeper than MAX_DEPTH and none but bases copy the state.
+        for id in 1..=parent {
+            let layer = store.layer(id).unwrap();
+            assert!(layer.depth < MAX_DEPTH);
+            if layer.parent.is_some() {
+                assert!(layer.set.len() <= 50, "layer {id} has {} entries", layer.set.len());
+            }
+        }
+        let mut batch = db.batch();
+        let after_removal = store.store(100, Some(parent), vec![], vec![3], &mut batch).unwrap();
+        batch.commit().unwrap();
+        assert!(!after_removal.contains_key(&3));
+        store.cache.lock().unwrap().clear();
+        assert_eq!(store.load(100).unwrap().len(), 99);
+        assert_eq!(store.load(parent).unwrap().len(), 100, "older snapshots are unchanged");
+    }
+}

@@ -1,0 +1,70 @@
+//! History visibility: which events and which state a user may read.
+
+use std::sync::Arc;
+
+use estuary_core::{Error, Result};
+use ruma::{RoomId, UserId, events::StateEventType};
+
+use super::{RoomRecord, Rooms, StoredPdu, state::StateMap};
+
+impl Rooms {
+    fn history_visibility(&self, state: &StateMap) -> Result<String> {
+        Ok(self
+            .state_pdu(state, &StateEventType::RoomHistoryVisibility, "")?
+            .and_then(|pdu| pdu.content_value()["history_visibility"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned()))
+    }
+
+    fn membership_in(&self, state: &StateMap, user_id: &UserId) -> Result<Option<String>> {
+        Ok(self
+            .state_pdu(state, &StateEventType::RoomMember, user_id.as_str())?
+            .and_then(|pdu| pdu.content_value()["membership"].as_str().map(str::to_owned)))
+    }
+
+    pub fn is_world_readable(&self, room: &RoomRecord) -> Result<bool> {
+        Ok(self.history_visibility(&*self.state.load(room.state)?)? == "world_readable")
+    }
+
+    /// Whether `viewer` may see `event`, per the history visibility in force
+    /// when it was sent and the viewer's membership then (and now, for `shared`).
+    pub fn can_see_event(&self, viewer: Option<&UserId>, event: &StoredPdu) -> Result<bool> {
+        let before = self.state.load(event.state_before)?;
+        let visibility = self.history_visibility(&before)?;
+        if visibility == "world_readable" {
+            return Ok(true);
+        }
+        let Some(viewer) = viewer else { return Ok(false) };
+        // The state after the event, so a user sees their own join.
+        let after = self.state.load(event.state_after)?;
+        let then = self.membership_in(&after, viewer)?;
+        Ok(match visibility.as_str() {
+            "joined" => then.as_deref() == Some("join"),
+            "invited" => matches!(then.as_deref(), Some("join" | "invite")),
+            _ => then.as_deref() == Some("join") || self.is_joined(viewer, &event.room_id)?,
+        })
+    }
+
+    /// The state `viewer` may read: the current state while joined (or when
+    /// the room is world-readable), the state when they left otherwise.
+    pub fn visible_state(&self, viewer: &UserId, room_id: &RoomId) -> Result<Arc<StateMap>> {
+        let room = self.require_room(room_id)?;
+        let current = self.state.load(room.state)?;
+        let membership = self.membership(viewer, room_id)?;
+        if membership.as_deref() == Some("join") || self.history_visibility(&current)? == "world_readable" {
+            return Ok(current);
+        }
+        if matches!(membership.as_deref(), Some("leave" | "ban"))
+            && let Some(event_id) =
+                self.state_event_id(&current, &StateEventType::RoomMember, viewer.as_str())?
+            && let Some(stored) = self.stored(&event_id)?
+        {
+            return self.state.load(stored.state_after);
+        }
+        Err(Error::forbidden("You are not in this room"))
+    }
+
+    /// Whether `viewer` may read the room's timeline at all.
+    pub fn require_readable(&self, viewer: &UserId, room_id: &RoomId) -> Result<()> {
+        self.visible_state(viewer, room_id).map(|_| ())
+    }
+}
