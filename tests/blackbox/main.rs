@@ -9,4 +9,5 @@ mod harness;
 mod login;
 mod process;
 mod register;
+mod rooms;
 mod user_data;

@@ -39,6 +39,8 @@ pub const TABLES: &[&str] = &[
     // (user ID, room ID) → membership, and the reverse index.
     "useridroomid_membership",
     "roomiduserid_membership",
+    // (user ID, room ID) → stream position of the user's latest join (history visibility).
+    "useridroomid_joinstream",
     // (user ID, room ID) → () for rooms the user forgot.
     "useridroomid_forgotten",
     // (user ID, device ID, transaction ID) → event ID (idempotent sends).

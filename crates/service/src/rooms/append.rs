@@ -195,7 +195,11 @@ impl Rooms {
         let room_key = pdu.room_id.to_string();
         batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored.clone()));
         batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &pdu.event_id.to_string());
-        batch.put(&self.stream_roomideventid, &stream, &Json((room_key, pdu.event_id.to_string())));
+        batch.put(&self.stream_roomideventid, &stream, &Json((room_key.clone(), pdu.event_id.to_string())));
+        if pdu.kind == TimelineEventType::RoomMember && pdu.content_value()["membership"] == "join" {
+            let target = pdu.state_key.clone().unwrap_or_default();
+            batch.put(&self.useridroomid_joinstream, &(target, room_key), &stream);
+        }
         batch.commit().db()?;
         Ok(stored)
     }

@@ -6,6 +6,7 @@ use estuary_core::{Error, Result};
 use ruma::{RoomId, UserId, events::StateEventType};
 
 use super::{RoomRecord, Rooms, StoredPdu, state::StateMap};
+use crate::storage_error::StorageResultExt;
 
 impl Rooms {
     fn history_visibility(&self, state: &StateMap) -> Result<String> {
@@ -40,8 +41,14 @@ impl Rooms {
         Ok(match visibility.as_str() {
             "joined" => then.as_deref() == Some("join"),
             "invited" => matches!(then.as_deref(), Some("join" | "invite")),
-            _ => then.as_deref() == Some("join") || self.is_joined(viewer, &event.room_id)?,
+            // shared: also every event from before the user's latest join.
+            _ => then.as_deref() == Some("join") || self.joined_after(viewer, event)?,
         })
+    }
+
+    fn joined_after(&self, viewer: &UserId, event: &StoredPdu) -> Result<bool> {
+        let key = (viewer.to_string(), event.room_id.to_string());
+        Ok(self.useridroomid_joinstream.get(&key).db()?.is_some_and(|joined| joined > event.stream))
     }
 
     /// The state `viewer` may read: the current state while joined (or when
