@@ -9,5 +9,6 @@ mod harness;
 mod login;
 mod process;
 mod register;
+mod relations;
 mod rooms;
 mod user_data;

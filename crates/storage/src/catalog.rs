@@ -45,6 +45,14 @@ pub const TABLES: &[&str] = &[
     "useridroomid_forgotten",
     // (user ID, device ID, transaction ID) → event ID (idempotent sends).
     "useriddevicetxn_eventid",
+    // (parent event ID, child stream position) → (rel_type, event type, child event ID, sender).
+    "eventidstream_relation",
+    // (room ID, thread root event ID) → stream position of the thread's latest event.
+    "roomidthreadroot_latest",
+    // (room ID, origin_server_ts, stream) → event ID, for /timestamp_to_event.
+    "roomidts_eventid",
+    // Report ID (stream-ordered) → the report (room, event, reporter, reason, score).
+    "reportid_report",
     // Room alias → room ID, and (room ID, alias) for listing.
     "alias_roomid",
     "roomidalias_creator",

@@ -11,6 +11,7 @@ mod membership;
 mod messages;
 mod profile;
 mod register;
+mod relations;
 mod room;
 mod session;
 
@@ -68,6 +69,14 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(room::get_event)
         .ruma(room::redact)
         .ruma(messages::messages)
+        .ruma(relations::all)
+        .ruma(relations::by_rel_type)
+        .ruma(relations::by_rel_and_event_type)
+        .ruma(relations::threads)
+        .ruma(relations::context)
+        .ruma(relations::timestamp_to_event)
+        .ruma(relations::report_event)
+        .ruma(relations::report_a_room)
         // Membership
         .ruma(membership::join_by_id)
         .ruma(membership::join_by_id_or_alias)

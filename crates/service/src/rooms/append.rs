@@ -196,6 +196,9 @@ impl Rooms {
         batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored.clone()));
         batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &pdu.event_id.to_string());
         batch.put(&self.stream_roomideventid, &stream, &Json((room_key.clone(), pdu.event_id.to_string())));
+        self.index_relation(&pdu, stream, &mut batch);
+        let ts = u64::from(pdu.origin_server_ts.0);
+        batch.put(&self.roomidts_eventid, &(pdu.room_id.to_string(), ts, stream), &pdu.event_id.to_string());
         if pdu.kind == TimelineEventType::RoomMember && pdu.content_value()["membership"] == "join" {
             let target = pdu.state_key.clone().unwrap_or_default();
             batch.put(&self.useridroomid_joinstream, &(target, room_key), &stream);
@@ -257,6 +260,7 @@ impl Rooms {
         if !allowed {
             return Ok(());
         }
+        self.unindex_relation(&target, batch)?;
         let redacted = target_pdu.redact(version, redaction).map_err(Error::internal)?;
         target.json = redacted.json;
         batch.put(&self.eventid_pdu, &target_id.to_string(), &Json(target));

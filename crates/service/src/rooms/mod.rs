@@ -7,10 +7,12 @@
 //! - `create`, `membership`, `read`, `directory`: what the client API needs.
 
 mod append;
+mod context;
 mod create;
 mod directory;
 mod membership;
 mod read;
+mod relations;
 mod short;
 mod state;
 mod visibility;
@@ -30,9 +32,11 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 
 pub use append::Txn;
+pub use context::Context;
 pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::PublicRoomsPage;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
+pub use relations::{RelationsPage, RelationsQuery};
 
 use crate::{profile::Profiles, storage_error::StorageResultExt};
 
@@ -89,6 +93,10 @@ pub struct Rooms {
     useridroomid_forgotten: Table<(String, String), String>,
     useridroomid_joinstream: Table<(String, String), u64>,
     useriddevicetxn_eventid: Table<(String, String, String), String>,
+    eventidstream_relation: Table<(String, u64), Json<relations::RelationRow>>,
+    roomidthreadroot_latest: Table<(String, String), u64>,
+    roomidts_eventid: Table<(String, u64, u64), String>,
+    reportid_report: Table<u64, Json<serde_json::Value>>,
     alias_roomid: Table<String, String>,
     roomidalias_creator: Table<(String, String), String>,
     publicroomid: Table<String, String>,
@@ -118,6 +126,10 @@ impl Rooms {
             useridroomid_forgotten: db.table("useridroomid_forgotten").db()?,
             useridroomid_joinstream: db.table("useridroomid_joinstream").db()?,
             useriddevicetxn_eventid: db.table("useriddevicetxn_eventid").db()?,
+            eventidstream_relation: db.table("eventidstream_relation").db()?,
+            roomidthreadroot_latest: db.table("roomidthreadroot_latest").db()?,
+            roomidts_eventid: db.table("roomidts_eventid").db()?,
+            reportid_report: db.table("reportid_report").db()?,
             alias_roomid: db.table("alias_roomid").db()?,
             roomidalias_creator: db.table("roomidalias_creator").db()?,
             publicroomid: db.table("publicroomid").db()?,

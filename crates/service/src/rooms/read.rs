@@ -120,7 +120,9 @@ impl Rooms {
         if stored.room_id != room_id || !self.can_see_event(Some(viewer), &stored)? {
             return Err(not_found());
         }
-        self.client_event(&stored, Some((viewer, device)))
+        let mut event = self.client_event(&stored, Some((viewer, device)))?;
+        self.bundle_aggregations(viewer, &mut event)?;
+        Ok(event)
     }
 
     fn stored_client_events(&self, pdus: Vec<estuary_events::Pdu>) -> Result<Vec<JsonValue>> {
@@ -264,8 +266,9 @@ impl Rooms {
                 if !self.can_see_event(Some(viewer), &stored)? {
                     continue;
                 }
-                let event = self.client_event(&stored, Some((viewer, device)))?;
+                let mut event = self.client_event(&stored, Some((viewer, device)))?;
                 if passes(&query.filter, &event) {
+                    self.bundle_aggregations(viewer, &mut event)?;
                     chunk.push(event);
                     if chunk.len() >= limit {
                         break;

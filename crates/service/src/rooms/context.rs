@@ -1,0 +1,145 @@
+//! `/context`, `/timestamp_to_event` and reporting content.
+
+use estuary_core::{Error, Result, time::now_millis};
+use estuary_storage::{Key, codec::Json};
+use ruma::{DeviceId, EventId, OwnedEventId, RoomId, UserId, api::client::filter::RoomEventFilter};
+use serde_json::{Value as JsonValue, json};
+
+use super::{Direction, MessagesQuery, Rooms};
+use crate::storage_error::StorageResultExt;
+
+pub struct Context {
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub events_before: Vec<JsonValue>,
+    pub event: JsonValue,
+    pub events_after: Vec<JsonValue>,
+    pub state: Vec<JsonValue>,
+}
+
+impl Rooms {
+    /// Events around `event_id`; `limit` is shared by both sides.
+    pub fn context(
+        &self,
+        viewer: &UserId,
+        device: Option<&DeviceId>,
+        room_id: &RoomId,
+        event_id: &EventId,
+        limit: usize,
+        filter: RoomEventFilter,
+    ) -> Result<Context> {
+        let not_found = || Error::not_found("Event not found");
+        let stored = self.stored(event_id)?.filter(|s| s.room_id == room_id).ok_or_else(not_found)?;
+        if !self.can_see_event(Some(viewer), &stored)? {
+            return Err(not_found());
+        }
+        let limit = limit.min(200);
+        let before_limit = limit / 2;
+        let after_limit = limit - before_limit;
+        let page = |dir, from: u64, limit| -> Result<super::MessagesPage> {
+            if limit == 0 {
+                return Ok(super::MessagesPage {
+                    chunk: vec![],
+                    start: format!("s{from}"),
+                    end: None,
+                    state: vec![],
+                });
+            }
+            let query = MessagesQuery {
+                from: Some(format!("s{from}")),
+                to: None,
+                dir,
+                limit,
+                filter: filter.clone(),
+            };
+            self.messages(viewer, device, room_id, query)
+        };
+        let before = page(Direction::Backward, stored.stream, before_limit)?;
+        let after = page(Direction::Forward, stored.stream + 1, after_limit)?;
+        let mut event = self.client_event(&stored, Some((viewer, device)))?;
+        self.bundle_aggregations(viewer, &mut event)?;
+        let state = self.state.load(stored.state_after)?;
+        let state = self
+            .state_pdus(&state)?
+            .iter()
+            .filter_map(|pdu| self.stored(&pdu.event_id).transpose())
+            .map(|s| self.client_event(&s?, None))
+            .collect::<Result<_>>()?;
+        Ok(Context {
+            start: Some(before.end.unwrap_or_else(|| format!("s{}", stored.stream))),
+            end: Some(after.end.unwrap_or_else(|| format!("s{}", stored.stream + 1))),
+            events_before: before.chunk,
+            event,
+            events_after: after.chunk,
+            state,
+        })
+    }
+
+    /// The visible event closest to `ts` in direction `dir`.
+    pub fn event_at_timestamp(
+        &self,
+        viewer: &UserId,
+        room_id: &RoomId,
+        ts: u64,
+        dir: Direction,
+    ) -> Result<(OwnedEventId, u64)> {
+        self.require_readable(viewer, room_id)?;
+        let prefix = (room_id.to_string(),).encode();
+        let backwards = dir == Direction::Backward;
+        let from = if backwards {
+            (room_id.to_string(), ts, u64::MAX).encode()
+        } else {
+            (room_id.to_string(), ts, 0).encode()
+        };
+        let rows = self.roomidts_eventid.scan_from(&prefix, Some(&from), backwards, 100).db()?;
+        for ((_, event_ts, _), event_id) in rows {
+            let Ok(event_id) = EventId::parse(&event_id) else { continue };
+            if let Some(stored) = self.stored(&event_id)?
+                && self.can_see_event(Some(viewer), &stored)?
+            {
+                return Ok((event_id, event_ts));
+            }
+        }
+        Err(Error::not_found("No event found in that direction"))
+    }
+
+    /// Store a report of an event (or, without an event, of the room) for the admins.
+    pub fn report(
+        &self,
+        reporter: &UserId,
+        room_id: &RoomId,
+        event_id: Option<&EventId>,
+        reason: Option<String>,
+        score: Option<i64>,
+    ) -> Result<()> {
+        self.require_room(room_id)?;
+        if let Some(event_id) = event_id {
+            let visible = match self.stored(event_id)?.filter(|s| s.room_id == room_id) {
+                Some(stored) => self.can_see_event(Some(reporter), &stored)?,
+                None => false,
+            };
+            if !visible {
+                return Err(Error::not_found("Event not found"));
+            }
+        }
+        let report = json!({
+            "room_id": room_id, "event_id": event_id, "reporter": reporter,
+            "reason": reason, "score": score, "received_ts": now_millis(),
+        });
+        let id = self.short.allocate();
+        self.reportid_report.put(&id, &Json(report)).db()?;
+        tracing::info!(%reporter, %room_id, event_id = ?event_id, "content reported");
+        Ok(())
+    }
+
+    /// Every stored report, oldest first (for admins).
+    pub fn reports(&self) -> Result<Vec<JsonValue>> {
+        Ok(self
+            .reportid_report
+            .scan_raw_prefix(&[], 10_000)
+            .db()?
+            .into_iter()
+            .map(|(_, Json(r))| r)
+            .collect())
+    }
+}
