@@ -10,5 +10,6 @@ mod login;
 mod process;
 mod register;
 mod relations;
+mod room_features;
 mod rooms;
 mod user_data;

@@ -135,3 +135,12 @@ pub async fn joined_members(
     }
     Ok(joined_members::v3::Response::new(joined))
 }
+
+pub async fn knock(
+    services: AppState,
+    request: Ruma<ruma::api::client::knock::knock_room::v3::Request>,
+) -> ApiResult<ruma::api::client::knock::knock_room::v3::Response> {
+    let room_id = resolve(&services, &request.body.room_id_or_alias)?;
+    services.rooms.knock(&room_id, request.user()?, request.body.reason.clone()).await?;
+    Ok(ruma::api::client::knock::knock_room::v3::Response::new(room_id))
+}

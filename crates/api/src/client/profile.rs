@@ -27,7 +27,12 @@ pub async fn set_field(
     request: Ruma<set_profile_field::v3::Request>,
 ) -> ApiResult<set_profile_field::v3::Response> {
     let sender = request.user()?;
-    services.profile.set_field(sender, &request.body.user_id, request.body.value.clone())?;
+    let value = request.body.value.clone();
+    let in_member_events = matches!(value.field_name().as_str(), "displayname" | "avatar_url");
+    services.profile.set_field(sender, &request.body.user_id, value)?;
+    if in_member_events {
+        services.rooms.propagate_profile(sender).await?;
+    }
     Ok(set_profile_field::v3::Response::new())
 }
 
@@ -37,5 +42,8 @@ pub async fn delete_field(
 ) -> ApiResult<delete_profile_field::v3::Response> {
     let sender = request.user()?;
     services.profile.delete_field(sender, &request.body.user_id, &request.body.field)?;
+    if matches!(request.body.field.as_str(), "displayname" | "avatar_url") {
+        services.rooms.propagate_profile(sender).await?;
+    }
     Ok(delete_profile_field::v3::Response::new())
 }

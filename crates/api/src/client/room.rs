@@ -197,3 +197,43 @@ pub async fn redact(
     let pdu = rooms.send(&body.room_id, user, template, txn).await?;
     Ok(redact_event::v3::Response::new(pdu.event_id))
 }
+
+pub async fn upgrade(
+    services: AppState,
+    request: Ruma<ruma::api::client::room::upgrade_room::v3::Request>,
+) -> ApiResult<ruma::api::client::room::upgrade_room::v3::Response> {
+    let body = &request.body;
+    let new_room = services
+        .rooms
+        .upgrade_room(
+            request.user()?,
+            &body.room_id,
+            body.new_version.clone(),
+            body.additional_creators.clone(),
+        )
+        .await?;
+    Ok(ruma::api::client::room::upgrade_room::v3::Response::new(new_room))
+}
+
+pub async fn hierarchy(
+    services: AppState,
+    request: Ruma<ruma::api::client::space::get_hierarchy::v1::Request>,
+) -> ApiResult<ruma::api::client::space::get_hierarchy::v1::Response> {
+    use ruma::api::client::space::get_hierarchy::v1::Response;
+    let body = &request.body;
+    let (rooms, next) = services.rooms.hierarchy(
+        request.user()?,
+        &body.room_id,
+        body.suggested_only,
+        body.max_depth.map(|d| u64::from(d) as usize),
+        body.from.as_deref(),
+        body.limit.map_or(50, |l| u64::from(l) as usize),
+    )?;
+    let mut response = Response::new();
+    response.rooms = rooms
+        .into_iter()
+        .map(|room| serde_json::from_value(room).map_err(Error::internal))
+        .collect::<Result<_, _>>()?;
+    response.next_batch = next;
+    Ok(response)
+}

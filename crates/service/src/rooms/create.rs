@@ -171,6 +171,10 @@ fn power_levels_content(
             content[key] = value.clone();
         }
     }
+    if !creators_are_privileged && let Some(users) = content["users"].as_object_mut() {
+        // An override's user map still leaves the creator in charge.
+        users.entry(creator.to_string()).or_insert(json!(100));
+    }
     serde_json::from_value::<RoomPowerLevelsEventContent>(content.clone())
         .map_err(|e| Error::bad_json(format!("Invalid power_level_content_override: {e}")))?;
     if creators_are_privileged && let Some(users) = content["users"].as_object_mut() {

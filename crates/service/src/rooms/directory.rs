@@ -57,6 +57,18 @@ impl Rooms {
         batch.commit().db()
     }
 
+    /// Point an existing alias at another room (room upgrades).
+    pub(super) fn move_alias(&self, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+        let Some(old) = self.resolve_alias(alias)? else { return Ok(()) };
+        let old_key = (old.to_string(), alias.to_string());
+        let creator = self.roomidalias_creator.get(&old_key).db()?.unwrap_or_default();
+        let mut batch = self.db.batch();
+        batch.delete(&self.roomidalias_creator, &old_key);
+        batch.put(&self.alias_roomid, &alias.to_string(), &room_id.to_string());
+        batch.put(&self.roomidalias_creator, &(room_id.to_string(), alias.to_string()), &creator);
+        batch.commit().db()
+    }
+
     pub fn room_aliases(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
         Ok(self
             .roomidalias_creator

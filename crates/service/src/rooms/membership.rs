@@ -70,7 +70,60 @@ impl Rooms {
         if self.is_joined(user_id, room_id)? {
             return Ok(());
         }
-        self.send(room_id, user_id, self.join_template(user_id, reason)?, None).await?;
+        let mut template = self.join_template(user_id, reason)?;
+        if let Some(authoriser) = self.restricted_join_authoriser(room_id, user_id)? {
+            template.content["join_authorised_via_users_server"] = authoriser.to_string().into();
+        }
+        self.send(room_id, user_id, template, None).await?;
+        Ok(())
+    }
+
+    /// For a restricted room (v8+) that the user may join through membership
+    /// of an allowed room: a local member who may invite, to vouch for the join.
+    fn restricted_join_authoriser(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<OwnedUserId>> {
+        let room = self.require_room(room_id)?;
+        let state = self.state.load(room.state)?;
+        let Some(rules) = self.state_pdu(&state, &ruma::events::StateEventType::RoomJoinRules, "")? else {
+            return Ok(None);
+        };
+        let rules = rules.content_value();
+        let restricted = matches!(rules["join_rule"].as_str(), Some("restricted" | "knock_restricted"));
+        if !restricted || matches!(self.membership(user_id, room_id)?.as_deref(), Some("invite")) {
+            return Ok(None);
+        }
+        let allowed = rules["allow"].as_array().into_iter().flatten().any(|rule| {
+            rule["type"] == "m.room_membership"
+                && rule["room_id"]
+                    .as_str()
+                    .and_then(|r| RoomId::parse(r).ok())
+                    .is_some_and(|r| self.is_joined(user_id, &r).unwrap_or(false))
+        });
+        if !allowed {
+            return Ok(None);
+        }
+        let power = self.power_levels(&state, &room.room_version)?;
+        Ok(self
+            .members_with_membership(room_id, "join")?
+            .into_iter()
+            .find(|member| member.server_name() == self.config.server_name && power.user_can_invite(member)))
+    }
+
+    /// Ask to join (room versions 7+ with a `knock` join rule).
+    pub async fn knock(&self, room_id: &RoomId, user_id: &UserId, reason: Option<String>) -> Result<()> {
+        if matches!(self.membership(user_id, room_id)?.as_deref(), Some("join")) {
+            return Err(Error::forbidden("You are already in the room"));
+        }
+        self.set_membership(room_id, user_id, user_id, "knock", reason).await
+    }
+
+    /// After a profile change, refresh the user's member event in every joined room.
+    pub async fn propagate_profile(&self, user_id: &UserId) -> Result<()> {
+        for room_id in self.rooms_with_membership(user_id, "join")? {
+            let template = self.join_template(user_id, None)?;
+            if let Err(err) = self.send(&room_id, user_id, template, None).await {
+                tracing::debug!(%room_id, %user_id, "profile not propagated: {err}");
+            }
+        }
         Ok(())
     }
 

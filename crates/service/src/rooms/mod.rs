@@ -15,6 +15,7 @@ mod read;
 mod relations;
 mod short;
 mod state;
+mod upgrade;
 mod visibility;
 
 use std::{

@@ -227,7 +227,7 @@ impl Rooms {
             .map(|((_, root), latest)| (latest, root))
             .filter(|(latest, _)| before.is_none_or(|b| *latest < b))
             .collect();
-        roots.sort_by(|a, b| b.0.cmp(&a.0));
+        roots.sort_by_key(|r| std::cmp::Reverse(r.0));
         let mut chunk = Vec::new();
         let mut next = None;
         for (latest, root) in roots {

@@ -1,0 +1,196 @@
+//! Room upgrades and space hierarchies.
+
+use std::collections::{HashSet, VecDeque};
+
+use estuary_core::{Error, Result};
+use estuary_events::PduTemplate;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::StateEventType};
+use serde_json::{Map, Value as JsonValue, json};
+
+use super::{CreateRoom, Rooms, append::unsupported_version, create::supported_room_version};
+
+/// State the spec recommends carrying into the replacement room (power levels separately).
+const TRANSFERABLE: &[&str] = &[
+    "m.room.server_acl",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.join_rules",
+];
+
+impl Rooms {
+    /// Upgrade `old` to `new_version`: new room, transferred state, moved
+    /// aliases, a tombstone, and the old room locked down.
+    pub async fn upgrade_room(
+        &self,
+        user: &UserId,
+        old: &RoomId,
+        new_version: RoomVersionId,
+        additional_creators: Vec<OwnedUserId>,
+    ) -> Result<OwnedRoomId> {
+        if !supported_room_version(&new_version) {
+            return Err(unsupported_version());
+        }
+        let room = self.require_room(old)?;
+        let state = self.state.load(room.state)?;
+        if !self.is_joined(user, old)?
+            || !self
+                .power_levels(&state, &room.room_version)?
+                .user_can_send_state(user, StateEventType::RoomTombstone)
+        {
+            return Err(Error::forbidden("You may not upgrade this room"));
+        }
+        let content = |kind: &str| -> Result<Option<JsonValue>> {
+            Ok(self.state_pdu(&state, &StateEventType::from(kind), "")?.map(|p| p.content_value()))
+        };
+        let old_create = content("m.room.create")?.unwrap_or_default();
+        let mut creation = Map::new();
+        let mut predecessor = json!({"room_id": old});
+        if new_version != RoomVersionId::V12 {
+            // The last event of the old room, for versions that still want it.
+            if let Some(last) = room.extremities.first() {
+                predecessor["event_id"] = last.to_string().into();
+            }
+        }
+        creation.insert("predecessor".into(), predecessor);
+        if let Some(room_type) = old_create.get("type") {
+            creation.insert("type".into(), room_type.clone());
+        }
+        if !additional_creators.is_empty() {
+            creation.insert("additional_creators".into(), json!(additional_creators));
+        }
+        let mut initial_state = Vec::new();
+        for kind in TRANSFERABLE {
+            if let Some(content) = content(kind)? {
+                initial_state.push(PduTemplate::state(*kind, "", content));
+            }
+        }
+        let old_power = content("m.room.power_levels")?.unwrap_or_default();
+        let request = CreateRoom {
+            initial_state,
+            creation_content: Some(creation),
+            power_level_content_override: old_power.as_object().cloned(),
+            room_version: Some(new_version),
+            ..CreateRoom::default()
+        };
+        let new_room = self.create_room(user, request).await?;
+
+        for alias in self.room_aliases(old)? {
+            self.move_alias(&alias, &new_room)?;
+        }
+        if let Some(mut canonical) = content("m.room.canonical_alias")? {
+            self.send(
+                &new_room,
+                user,
+                PduTemplate::state("m.room.canonical_alias", "", canonical.clone()),
+                None,
+            )
+            .await?;
+            canonical = json!({});
+            self.send(old, user, PduTemplate::state("m.room.canonical_alias", "", canonical), None).await?;
+        }
+        if self.is_public(old)? {
+            self.set_public(old, false)?;
+            self.set_public(&new_room, true)?;
+        }
+        let tombstone = json!({"body": "This room has been replaced", "replacement_room": new_room});
+        self.send(old, user, PduTemplate::state("m.room.tombstone", "", tombstone), None).await?;
+        self.lock_down(old, user, old_power).await?;
+        Ok(new_room)
+    }
+
+    /// Raise `events_default` and `invite` so the old room goes quiet.
+    async fn lock_down(&self, room: &RoomId, user: &UserId, mut power: JsonValue) -> Result<()> {
+        let users_default = power["users_default"].as_i64().unwrap_or(0);
+        let level = (users_default + 1).max(50);
+        power["events_default"] = level.into();
+        power["invite"] = level.into();
+        if let Err(err) =
+            self.send(room, user, PduTemplate::state("m.room.power_levels", "", power), None).await
+        {
+            tracing::debug!(%room, "could not restrict the old room's power levels: {err}");
+        }
+        Ok(())
+    }
+
+    /// A space and the rooms below it, breadth first (local rooms only, for now).
+    pub fn hierarchy(
+        &self,
+        viewer: &UserId,
+        root: &RoomId,
+        suggested_only: bool,
+        max_depth: Option<usize>,
+        from: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<JsonValue>, Option<String>)> {
+        if !self.can_preview(viewer, root)? {
+            return Err(Error::forbidden("You cannot see this space"));
+        }
+        let offset = match from {
+            Some(token) => token
+                .strip_prefix('p')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| Error::invalid_param("Invalid `from` token"))?,
+            None => 0usize,
+        };
+        let mut seen = HashSet::new();
+        let mut queue = VecDeque::from([(root.to_owned(), 0usize)]);
+        let mut rooms = Vec::new();
+        while let Some((room_id, depth)) = queue.pop_front() {
+            if rooms.len() >= 1_000 || !seen.insert(room_id.clone()) {
+                continue;
+            }
+            if self.room(&room_id)?.is_none() || !self.can_preview(viewer, &room_id)? {
+                continue;
+            }
+            let children = self.space_children(&room_id, suggested_only)?;
+            if max_depth.is_none_or(|max| depth < max) {
+                queue.extend(
+                    children
+                        .iter()
+                        .filter_map(|c| c["state_key"].as_str())
+                        .filter_map(|id| RoomId::parse(id).ok())
+                        .map(|id| (id, depth + 1)),
+                );
+            }
+            let mut chunk = self.room_summary(&room_id)?;
+            chunk["children_state"] = JsonValue::Array(children);
+            rooms.push(chunk);
+        }
+        let limit = limit.clamp(1, 100);
+        let next = (offset + limit < rooms.len()).then(|| format!("p{}", offset + limit));
+        Ok((rooms.into_iter().skip(offset).take(limit).collect(), next))
+    }
+
+    /// Joined, world-readable or publicly joinable rooms can be previewed.
+    fn can_preview(&self, viewer: &UserId, room_id: &RoomId) -> Result<bool> {
+        if self.is_joined(viewer, room_id)? {
+            return Ok(true);
+        }
+        let summary = self.room_summary(room_id)?;
+        Ok(summary["world_readable"] == true || summary["join_rule"] == "public")
+    }
+
+    /// The `m.space.child` events of a room (stripped), valid ones only.
+    fn space_children(&self, room_id: &RoomId, suggested_only: bool) -> Result<Vec<JsonValue>> {
+        let room = self.require_room(room_id)?;
+        let state = self.state.load(room.state)?;
+        Ok(self
+            .state_pdus(&state)?
+            .into_iter()
+            .filter(|pdu| pdu.kind.to_string() == "m.space.child")
+            .filter_map(|pdu| {
+                let content = pdu.content_value();
+                let valid = content["via"].as_array().is_some_and(|v| !v.is_empty());
+                let suggested = content["suggested"] == true;
+                (valid && (!suggested_only || suggested)).then(|| {
+                    json!({"type": "m.space.child", "state_key": pdu.state_key, "content": content,
+                           "sender": pdu.sender, "origin_server_ts": pdu.origin_server_ts})
+                })
+            })
+            .collect())
+    }
+}
