@@ -63,6 +63,9 @@ impl Db {
 
         let mut cf_options = Options::default();
         cf_options.set_block_based_table_factory(&table_options);
+        // Many small tables: keep each memtable small; the total is capped below.
+        cf_options.set_write_buffer_size(8 << 20);
+        cf_options.set_max_write_buffer_number(2);
         cf_options.set_compression_type(DBCompressionType::Lz4);
         cf_options.set_bottommost_compression_type(DBCompressionType::Zstd);
 
@@ -71,6 +74,8 @@ impl Db {
         db_options.create_missing_column_families(true);
         db_options.set_max_background_jobs(2);
         db_options.set_keep_log_file_num(4);
+        // All memtables together stay under this, whatever the number of tables.
+        db_options.set_db_write_buffer_size(64 << 20);
 
         let descriptors = TABLES.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options.clone()));
         let rocks = rocksdb::DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|source| {

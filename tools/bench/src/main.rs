@@ -1,0 +1,254 @@
+//! `estuary-bench`: start a real Estuary on loopback with a temporary
+//! database and measure it from the outside, as clients see it.
+//!
+//! - send: N clients, each in its own room, send messages concurrently;
+//!   throughput and send latency percentiles.
+//! - messages: one room filled with many events; `/messages` latency from
+//!   the newest event and from deep in the history.
+//!
+//! Also reports the server's peak resident memory (VmHWM).
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark a real Estuary over HTTP")]
+struct Args {
+    /// The estuary binary to start.
+    #[arg(long)]
+    server: std::path::PathBuf,
+    /// Concurrent clients (each with its own room) for the send benchmark.
+    #[arg(long, default_value_t = 20)]
+    clients: usize,
+    /// Messages each client sends.
+    #[arg(long, default_value_t = 250)]
+    messages_per_client: usize,
+    /// Events in the room the /messages benchmark reads.
+    #[arg(long, default_value_t = 100_000)]
+    history: usize,
+    /// /messages requests to time.
+    #[arg(long, default_value_t = 300)]
+    reads: usize,
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(binary: &std::path::Path) -> Result<Server> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("estuary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "port = 0\nallow_registration = true\nlog = \"warn,estuary=info\"\ndatabase_path = \"{}\"\n",
+            dir.path().join("db").display()
+        ),
+    )?;
+    let mut child = Command::new(binary)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting estuary")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(pos) = line.find("listening on http://") {
+                let _ = tx.send(line[pos + 20..].trim().to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).context("server did not start")?;
+    Ok(Server { child, base: format!("http://{addr}"), _dir: dir })
+}
+
+fn peak_memory_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> Result<Value> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    async fn register(&self, name: &str) -> Result<String> {
+        let body = json!({"username": name, "password": "bench-password", "auth": {"type": "m.login.dummy"}});
+        let response = self.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(body)).await?;
+        Ok(response["access_token"].as_str().context("token")?.to_owned())
+    }
+
+    async fn create_room(&self, token: &str) -> Result<String> {
+        let response = self.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(token), Some(json!({}))).await?;
+        Ok(response["room_id"].as_str().context("room_id")?.to_owned())
+    }
+
+    async fn send(&self, token: &str, room: &str, txn: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
+        let body = json!({"msgtype": "m.text", "body": format!("benchmark message {txn}")});
+        self.call(reqwest::Method::PUT, &path, Some(token), Some(body)).await.map(|_| ())
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+fn summary(name: &str, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    println!(
+        "{name}: n={} p50={:.2} ms p90={:.2} ms p99={:.2} ms max={:.2} ms",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+}
+
+async fn send_benchmark(client: &Client, args: &Args) -> Result<()> {
+    let mut users = Vec::new();
+    for i in 0..args.clients {
+        let token = client.register(&format!("sender{i}")).await?;
+        let room = client.create_room(&token).await?;
+        users.push((token, room));
+    }
+    let started = Instant::now();
+    let tasks = users.into_iter().enumerate().map(|(i, (token, room))| {
+        let client = Client { http: client.http.clone(), base: client.base.clone() };
+        let count = args.messages_per_client;
+        tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            for n in 0..count {
+                let t = Instant::now();
+                client.send(&token, &room, &format!("c{i}m{n}")).await?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        })
+    });
+    let mut all = Vec::new();
+    for result in futures::future::join_all(tasks).await {
+        all.extend(result??);
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "send: {} messages by {} clients into {} rooms in {:.2} s = {:.0} messages/s",
+        all.len(),
+        args.clients,
+        args.clients,
+        elapsed.as_secs_f64(),
+        all.len() as f64 / elapsed.as_secs_f64()
+    );
+    summary("send latency", all);
+    Ok(())
+}
+
+async fn messages_benchmark(client: &Client, args: &Args) -> Result<()> {
+    let token = client.register("historian").await?;
+    let room = client.create_room(&token).await?;
+    let started = Instant::now();
+    // Fill with concurrent senders (they serialise on the room, as in real life).
+    let writers = 8;
+    let tasks = (0..writers).map(|w| {
+        let client = Client { http: client.http.clone(), base: client.base.clone() };
+        let (token, room) = (token.clone(), room.clone());
+        let count = args.history / writers;
+        tokio::spawn(async move {
+            for n in 0..count {
+                client.send(&token, &room, &format!("h{w}-{n}")).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    });
+    for result in futures::future::join_all(tasks).await {
+        result??;
+    }
+    println!(
+        "history: {} events into one room in {:.1} s",
+        args.history / writers * writers,
+        started.elapsed().as_secs_f64()
+    );
+    // Newest page, repeatedly.
+    let newest = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50");
+    let mut latencies = Vec::new();
+    for _ in 0..args.reads {
+        let t = Instant::now();
+        client.call(reqwest::Method::GET, &newest, Some(&token), None).await?;
+        latencies.push(t.elapsed());
+    }
+    summary("/messages newest page (limit 50)", latencies);
+    // Deep pages: walk back through the history with the `end` tokens.
+    let mut latencies = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..args.reads {
+        let path = match &from {
+            Some(token) => format!("{newest}&from={token}"),
+            None => newest.clone(),
+        };
+        let t = Instant::now();
+        let page = client.call(reqwest::Method::GET, &path, Some(&token), None).await?;
+        latencies.push(t.elapsed());
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    summary("/messages paginating back (limit 50)", latencies);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let server = start(&args.server)?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let client = Client { http, base: server.base.clone() };
+    send_benchmark(&client, &args).await?;
+    messages_benchmark(&client, &args).await?;
+    if let Some(kib) = peak_memory_kib(server.child.id()) {
+        println!("server peak memory (VmHWM): {:.1} MiB", kib as f64 / 1024.0);
+    }
+    Ok(())
+}
