@@ -512,3 +512,157 @@ async fn rooms_survive_kill_9_and_keep_working() {
     let second = create_room(&server, &alice, json!({})).await;
     assert_ne!(second, room);
 }
+
+#[tokio::test]
+async fn every_room_version_works() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    for version in 1..=12 {
+        let room = create_room(
+            &server,
+            &alice,
+            json!({"room_version": version.to_string(), "preset": "public_chat"}),
+        )
+        .await;
+        assert_eq!(
+            server.post(&room_path(&room, "join"), Some(&bob.token), json!({})).await.0,
+            200,
+            "v{version}"
+        );
+        let (status, sent) = send_text(&server, &bob, &room, &format!("v{version}"), "hi").await;
+        assert_eq!(status, 200, "v{version}: {sent}");
+        let event_id = sent["event_id"].as_str().unwrap();
+        if version <= 2 {
+            assert!(event_id.ends_with(":localhost"), "v{version} event IDs name the server: {event_id}");
+        } else {
+            assert!(!event_id.contains(':'), "v{version} event IDs are hashes: {event_id}");
+        }
+        let put = server
+            .put(
+                &room_path(&room, "state/m.room.topic"),
+                Some(&alice.token),
+                json!({"topic": format!("v{version}")}),
+            )
+            .await;
+        assert_eq!(put.0, 200, "v{version}: {}", put.1);
+        let (_, create) = server.get(&room_path(&room, "state/m.room.create"), Some(&alice.token)).await;
+        assert_eq!(create["room_version"], version.to_string());
+    }
+}
+
+#[tokio::test]
+async fn create_room_sends_events_in_the_spec_order() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    server.register("bob").await;
+    let room = create_room(
+        &server,
+        &alice,
+        json!({"preset": "private_chat", "room_alias_name": "ordered", "name": "N", "topic": "T",
+        "invite": ["@bob:localhost"], "is_direct": true,
+        "initial_state": [{"type": "m.room.encryption", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]}),
+    )
+    .await;
+    let (_, page) = server.get(&room_path(&room, "messages?dir=f&limit=20"), Some(&alice.token)).await;
+    let types: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "m.room.create",
+            "m.room.member",
+            "m.room.power_levels",
+            "m.room.canonical_alias",
+            "m.room.join_rules",
+            "m.room.history_visibility",
+            "m.room.guest_access",
+            "m.room.encryption",
+            "m.room.name",
+            "m.room.topic",
+            "m.room.member"
+        ]
+    );
+    let invite = &page["chunk"][10];
+    assert_eq!(
+        (invite["state_key"].as_str(), invite["content"]["membership"].as_str()),
+        (Some("@bob:localhost"), Some("invite"))
+    );
+    assert_eq!(invite["content"]["is_direct"], true);
+}
+
+#[tokio::test]
+async fn transactions_are_per_device_and_filters_and_tokens() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let (_, first) = send_text(&server, &alice, &room, "same", "one").await;
+    let (_, login) = server.login("alice", crate::harness::PASSWORD).await;
+    let laptop = User {
+        user_id: alice.user_id.clone(),
+        token: login["access_token"].as_str().unwrap().to_owned(),
+        device_id: String::new(),
+    };
+    let (_, second) = send_text(&server, &laptop, &room, "same", "two").await;
+    assert_ne!(first["event_id"], second["event_id"], "another device's transaction is another event");
+    let (_, event) = server
+        .get(
+            &room_path(&room, &format!("event/{}", first["event_id"].as_str().unwrap())),
+            Some(&laptop.token),
+        )
+        .await;
+    assert!(
+        event["unsigned"].get("transaction_id").is_none(),
+        "transaction IDs are only echoed to their device"
+    );
+
+    let image = json!({"msgtype": "m.image", "body": "pic", "url": "mxc://localhost/abc"});
+    server.put(&room_path(&room, "send/m.room.message/img"), Some(&alice.token), image).await;
+    server.put(&room_path(&room, "send/m.reaction/r"), Some(&alice.token), json!({})).await;
+    macro_rules! get {
+        ($filter:expr) => {
+            server
+                .get(
+                    &room_path(&room, &format!("messages?dir=b&limit=50&filter={}", $filter)),
+                    Some(&alice.token),
+                )
+                .await
+        };
+    }
+    let (_, with_url) = get!("%7B%22contains_url%22%3Atrue%7D");
+    assert_eq!(with_url["chunk"].as_array().unwrap().len(), 1);
+    assert_eq!(with_url["chunk"][0]["content"]["body"], "pic");
+    let (_, no_state) = get!("%7B%22not_types%22%3A%5B%22m.room.*%22%5D%7D");
+    let types: Vec<&str> =
+        no_state["chunk"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["m.reaction"]);
+
+    // `to` bounds a page; `at` gives the member list as it was.
+    let (_, newest) = server.get(&room_path(&room, "messages?dir=b&limit=2"), Some(&alice.token)).await;
+    let stop = newest["end"].as_str().unwrap();
+    let (_, bounded) = server
+        .get(&room_path(&room, &format!("messages?dir=b&limit=50&to={stop}")), Some(&alice.token))
+        .await;
+    assert_eq!(bounded["chunk"].as_array().unwrap().len(), 2);
+    assert!(bounded.get("end").is_none_or(|e| e.is_null()), "{bounded}");
+    server.register("bob").await;
+    server.post(&room_path(&room, "invite"), Some(&alice.token), json!({"user_id": "@bob:localhost"})).await;
+    let (_, now) = server.get(&room_path(&room, "members"), Some(&alice.token)).await;
+    assert_eq!(now["chunk"].as_array().unwrap().len(), 2);
+    let (_, then) = server.get(&room_path(&room, &format!("members?at={stop}")), Some(&alice.token)).await;
+    assert_eq!(then["chunk"].as_array().unwrap().len(), 1, "{then}");
+}
+
+#[tokio::test]
+async fn invited_history_visibility() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&server, &alice, json!({"initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "invited"}}]})).await;
+    send_text(&server, &alice, &room, "1", "before invite").await;
+    server.post(&room_path(&room, "invite"), Some(&alice.token), json!({"user_id": "@bob:localhost"})).await;
+    send_text(&server, &alice, &room, "2", "while invited").await;
+    server.post(&room_path(&room, "join"), Some(&bob.token), json!({})).await;
+    send_text(&server, &alice, &room, "3", "after join").await;
+    assert_eq!(timeline_bodies(&server, &bob, &room).await, ["after join", "while invited"]);
+}

@@ -92,7 +92,13 @@ struct Client {
 }
 
 impl Client {
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -111,12 +117,15 @@ impl Client {
 
     async fn register(&self, name: &str) -> Result<String> {
         let body = json!({"username": name, "password": "bench-password", "auth": {"type": "m.login.dummy"}});
-        let response = self.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(body)).await?;
+        let response =
+            self.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(body)).await?;
         Ok(response["access_token"].as_str().context("token")?.to_owned())
     }
 
     async fn create_room(&self, token: &str) -> Result<String> {
-        let response = self.call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(token), Some(json!({}))).await?;
+        let response = self
+            .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(token), Some(json!({})))
+            .await?;
         Ok(response["room_id"].as_str().context("room_id")?.to_owned())
     }
 
