@@ -192,7 +192,9 @@ async fn membership_transitions() {
         server.get(&room_path(&room, "state/m.room.member/@carol:localhost"), Some(&alice.token)).await;
     assert_eq!((member["membership"].as_str(), member["reason"].as_str()), (Some("leave"), Some("bye")));
 
+    assert_error(&post!(bob, "ban", json!({"user_id": "@carol:localhost"})), 403, "M_FORBIDDEN");
     assert_eq!(post!(alice, "ban", json!({"user_id": "@carol:localhost"})).0, 200);
+    assert_error(&post!(carol, "join", json!({})), 403, "M_FORBIDDEN");
     assert_eq!(
         post!(alice, "invite", json!({"user_id": "@carol:localhost"})).0,
         403,
