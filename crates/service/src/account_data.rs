@@ -1,23 +1,68 @@
 //! Account data: global and per-room JSON documents a client stores for its
 //! user. Stored now; `/sync` delivers changes once it exists.
 
+use std::sync::Arc;
+
 use estuary_core::{Error, Result};
 use estuary_storage::{Db, Table, codec::Json};
 use ruma::{RoomId, UserId};
 use serde_json::value::RawValue;
 
-use crate::storage_error::StorageResultExt;
+use crate::{storage_error::StorageResultExt, streams::Streams};
 
 /// Types the server controls; clients may not write them through this API.
 const SERVER_CONTROLLED: &[&str] = &["m.fully_read", "m.push_rules"];
 
 pub struct AccountData {
+    db: Db,
+    streams: Arc<Streams>,
     useridroomidtype_accountdata: Table<(String, String, String), Json<Box<RawValue>>>,
+    stream_accountdata: Table<u64, Json<(String, String, String)>>,
 }
 
 impl AccountData {
-    pub fn new(db: &Db) -> Result<Self> {
-        Ok(Self { useridroomidtype_accountdata: db.table("useridroomidtype_accountdata").db()? })
+    pub fn new(db: &Db, streams: Arc<Streams>) -> Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            streams,
+            useridroomidtype_accountdata: db.table("useridroomidtype_accountdata").db()?,
+            stream_accountdata: db.table("stream_accountdata").db()?,
+        })
+    }
+
+    /// The highest stream position of an account data change.
+    pub fn highest_stream(db: &Db) -> Result<u64> {
+        let table: Table<u64, Json<(String, String, String)>> = db.table("stream_accountdata").db()?;
+        Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
+    }
+
+    /// Changes with positions in `from..=to`: (room ID or "", type, content), latest per key.
+    pub fn changes(
+        &self,
+        user_id: &UserId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(String, String, Box<RawValue>)>> {
+        let start = estuary_storage::Key::encode(&from);
+        let mut seen = std::collections::BTreeSet::new();
+        for (position, Json((user, room, kind))) in
+            self.stream_accountdata.scan_from(&[], Some(&start), false, usize::MAX).db()?
+        {
+            if position > to {
+                break;
+            }
+            if user == user_id.as_str() {
+                seen.insert((room, kind));
+            }
+        }
+        let mut out = Vec::new();
+        for (room, kind) in seen {
+            let key = (user_id.to_string(), room.clone(), kind.clone());
+            if let Some(Json(content)) = self.useridroomidtype_accountdata.get(&key).db()? {
+                out.push((room, kind, content));
+            }
+        }
+        Ok(out)
     }
 
     fn key(user_id: &UserId, room_id: Option<&RoomId>, event_type: &str) -> (String, String, String) {
@@ -42,7 +87,14 @@ impl AccountData {
         if !content.get().trim_start().starts_with('{') {
             return Err(Error::bad_json("Account data content must be a JSON object"));
         }
-        self.useridroomidtype_accountdata.put(&Self::key(user_id, room_id, event_type), &Json(content)).db()
+        let key = Self::key(user_id, room_id, event_type);
+        let mut batch = self.db.batch();
+        batch.put(&self.useridroomidtype_accountdata, &key, &Json(content));
+        self.streams.commit(batch, |position, batch| {
+            batch.put(&self.stream_accountdata, &position, &Json(key.clone()))
+        })?;
+        self.streams.notify([user_id]);
+        Ok(())
     }
 
     pub fn get(&self, user_id: &UserId, room_id: Option<&RoomId>, event_type: &str) -> Result<Box<RawValue>> {

@@ -11,6 +11,8 @@ pub mod filters;
 pub mod profile;
 pub mod rooms;
 mod storage_error;
+pub mod streams;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -29,20 +31,28 @@ pub struct Services {
     pub profile: Arc<profile::Profiles>,
     pub rooms: Arc<rooms::Rooms>,
     pub filters: filters::Filters,
-    pub account_data: account_data::AccountData,
+    pub account_data: Arc<account_data::AccountData>,
+    pub streams: Arc<streams::Streams>,
+    pub sync: sync::Sync,
 }
 
 impl Services {
     pub fn build(config: Arc<Config>, db: Db) -> Result<Self> {
         let accounts = Arc::new(Accounts::new(config.clone(), &db)?);
         let profile = Arc::new(profile::Profiles::new(&db, accounts.clone())?);
-        let rooms = Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone())?);
+        let highest = rooms::Rooms::highest_stream(&db)?.max(account_data::AccountData::highest_stream(&db)?);
+        let streams = Arc::new(streams::Streams::new(highest));
+        let rooms = Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone(), streams.clone())?);
+        let account_data = Arc::new(account_data::AccountData::new(&db, streams.clone())?);
+        let sync = sync::Sync::new(rooms.clone(), account_data.clone(), streams.clone());
         Ok(Self {
+            sync,
             appservices: appservices::Appservices::load(&config.appservice_registrations)?,
             profile,
             rooms,
             filters: filters::Filters::new(&db)?,
-            account_data: account_data::AccountData::new(&db)?,
+            account_data,
+            streams,
             accounts,
             config,
             db,

@@ -21,6 +21,8 @@ pub const TABLES: &[&str] = &[
     "useridfilterid_filter",
     // (user ID, room ID or "", event type) → account data content (JSON).
     "useridroomidtype_accountdata",
+    // Stream position → (user ID, room ID or "", event type): account data changes, for sync.
+    "stream_accountdata",
     // Rooms. Event IDs and (type, state_key) pairs are interned to u64 short IDs.
     "eventid_short",
     "short_eventid",

@@ -14,6 +14,7 @@ mod register;
 mod relations;
 mod room;
 mod session;
+mod sync;
 
 use axum::Router;
 
@@ -60,6 +61,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(account_data::get_global)
         .ruma(account_data::set_room)
         .ruma(account_data::get_room)
+        // Sync
+        .ruma_custom(sync::sync)
         // Rooms
         .ruma(room::create)
         .ruma(room::send_message)

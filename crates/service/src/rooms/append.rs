@@ -3,7 +3,7 @@
 //! persist the event, its state snapshot and every index in one batch, in
 //! stream order.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::Arc;
 
 use estuary_core::{Error, Result, error::ErrorKind, time::now_millis};
 use estuary_events::{
@@ -181,30 +181,50 @@ impl Rooms {
         batch.put(&self.roomid_room, &pdu.room_id.to_string(), &Json(record));
 
         // Stream positions are handed out and committed in order.
-        let _commit = self.commit_lock.lock().expect("commit lock");
-        let stream = self.next_stream.fetch_add(1, Ordering::SeqCst);
-        let stored = StoredPdu {
+        let mut stored = StoredPdu {
             event_id: pdu.event_id.clone(),
             room_id: pdu.room_id.clone(),
             json: pdu.json.clone(),
-            stream,
+            stream: 0,
             state_before: state_before_id.unwrap_or(state_after_id),
             state_after: state_after_id,
             txn: txn.map(|t| (t.device_id, t.txn_id)),
         };
         let room_key = pdu.room_id.to_string();
-        batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored.clone()));
-        batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &pdu.event_id.to_string());
-        batch.put(&self.stream_roomideventid, &stream, &Json((room_key.clone(), pdu.event_id.to_string())));
-        self.index_relation(&pdu, stream, &mut batch);
-        let ts = u64::from(pdu.origin_server_ts.0);
-        batch.put(&self.roomidts_eventid, &(pdu.room_id.to_string(), ts, stream), &pdu.event_id.to_string());
-        if pdu.kind == TimelineEventType::RoomMember && pdu.content_value()["membership"] == "join" {
-            let target = pdu.state_key.clone().unwrap_or_default();
-            batch.put(&self.useridroomid_joinstream, &(target, room_key), &stream);
-        }
-        batch.commit().db()?;
+        let joined_user = (pdu.kind == TimelineEventType::RoomMember
+            && pdu.content_value()["membership"] == "join")
+            .then(|| pdu.state_key.clone().unwrap_or_default());
+        let stream = self.streams.commit(batch, |stream, batch| {
+            stored.stream = stream;
+            batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored.clone()));
+            batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &pdu.event_id.to_string());
+            batch.put(
+                &self.stream_roomideventid,
+                &stream,
+                &Json((room_key.clone(), pdu.event_id.to_string())),
+            );
+            self.index_relation(&pdu, stream, batch);
+            let ts = u64::from(pdu.origin_server_ts.0);
+            batch.put(&self.roomidts_eventid, &(room_key.clone(), ts, stream), &pdu.event_id.to_string());
+            if let Some(target) = joined_user {
+                batch.put(&self.useridroomid_joinstream, &(target, room_key.clone()), &stream);
+            }
+        })?;
+        stored.stream = stream;
+        self.wake_room(&pdu)?;
         Ok(stored)
+    }
+
+    /// Wake the syncs of everyone in the room (and a membership event's target).
+    fn wake_room(&self, pdu: &Pdu) -> Result<()> {
+        let mut users = self.members_with_membership(&pdu.room_id, "join")?;
+        if let Some(target) = pdu.state_key.as_deref().filter(|_| pdu.kind == TimelineEventType::RoomMember)
+            && let Ok(target) = UserId::parse(target)
+        {
+            users.push(target);
+        }
+        self.streams.notify(users.iter().map(|u| &**u));
+        Ok(())
     }
 
     /// `unsigned.replaces_state` and `prev_content` for clients.

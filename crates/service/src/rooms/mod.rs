@@ -14,13 +14,14 @@ mod membership;
 mod read;
 mod relations;
 mod short;
-mod state;
+pub mod state;
+mod timeline;
 mod upgrade;
 mod visibility;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{Arc, Mutex},
 };
 
 use estuary_core::{Config, Error, Result};
@@ -37,9 +38,11 @@ pub use context::Context;
 pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::PublicRoomsPage;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
+pub(crate) use read::{glob_match, passes};
 pub use relations::{RelationsPage, RelationsQuery};
+pub use state::StateMap;
 
-use crate::{profile::Profiles, storage_error::StorageResultExt};
+use crate::{profile::Profiles, storage_error::StorageResultExt, streams::Streams};
 
 /// `eventid_pdu`: an event as stored, with where it sits.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,16 +106,13 @@ pub struct Rooms {
     publicroomid: Table<String, String>,
     /// One writer per room at a time: prev_events and state stay consistent.
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
-    /// Stream positions are allocated and committed in order under this lock.
-    commit_lock: Mutex<()>,
-    next_stream: AtomicU64,
+    pub(crate) streams: Arc<Streams>,
 }
 
 impl Rooms {
-    pub fn new(config: Arc<Config>, db: &Db, profiles: Arc<Profiles>) -> Result<Self> {
+    pub fn new(config: Arc<Config>, db: &Db, profiles: Arc<Profiles>, streams: Arc<Streams>) -> Result<Self> {
         let stream_roomideventid: Table<u64, Json<(String, String)>> =
             db.table("stream_roomideventid").db()?;
-        let next_stream = stream_roomideventid.last().db()?.map(|(k, _)| k + 1).unwrap_or(1);
         Ok(Self {
             key: load_or_create_signing_key(db)?,
             short: short::ShortIds::new(db)?,
@@ -135,11 +135,16 @@ impl Rooms {
             roomidalias_creator: db.table("roomidalias_creator").db()?,
             publicroomid: db.table("publicroomid").db()?,
             room_locks: Mutex::new(HashMap::new()),
-            commit_lock: Mutex::new(()),
-            next_stream: AtomicU64::new(next_stream),
+            streams,
             config,
             db: db.clone(),
         })
+    }
+
+    /// The highest stream position stored in the room tables.
+    pub fn highest_stream(db: &Db) -> Result<u64> {
+        let table: Table<u64, Json<(String, String)>> = db.table("stream_roomideventid").db()?;
+        Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
     }
 
     pub fn signing_key(&self) -> &ServerSigningKey {

@@ -46,7 +46,7 @@ fn token(position: u64) -> String {
 }
 
 /// A `*` glob as event type filters use.
-fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,
         Some((head, tail)) => {
@@ -58,7 +58,7 @@ fn glob_match(pattern: &str, text: &str) -> bool {
     }
 }
 
-fn passes(filter: &RoomEventFilter, event: &JsonValue) -> bool {
+pub(crate) fn passes(filter: &RoomEventFilter, event: &JsonValue) -> bool {
     let kind = event["type"].as_str().unwrap_or_default();
     let sender = event["sender"].as_str().unwrap_or_default();
     if filter.not_types.iter().any(|p| glob_match(p, kind)) {
@@ -225,11 +225,7 @@ impl Rooms {
         let backwards = query.dir == Direction::Backward;
         let from = query.from.as_deref().map(parse_token).transpose()?;
         let to = query.to.as_deref().map(parse_token).transpose()?;
-        let start = from.unwrap_or(if backwards {
-            self.next_stream.load(std::sync::atomic::Ordering::SeqCst)
-        } else {
-            0
-        });
+        let start = from.unwrap_or(if backwards { self.streams.current() + 1 } else { 0 });
         let prefix = estuary_storage::Key::encode(&(room_id.to_string(),));
 
         let mut chunk = Vec::new();

@@ -1,0 +1,32 @@
+//! `/sync`.
+
+use std::time::Duration;
+
+use axum::Json;
+use estuary_service::sync::SyncRequest;
+use ruma::api::client::{filter::FilterDefinition, sync::sync_events};
+
+use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+
+pub async fn sync(
+    services: AppState,
+    request: Ruma<sync_events::v3::Request>,
+) -> ApiResult<Json<serde_json::Value>> {
+    use sync_events::v3::Filter;
+    let user = request.user()?;
+    let body = &request.body;
+    let filter = match &body.filter {
+        Some(Filter::FilterDefinition(definition)) => definition.clone(),
+        Some(Filter::FilterId(id)) => services.filters.get(user, id)?,
+        Some(_) | None => FilterDefinition::default(),
+    };
+    let sync_request = SyncRequest {
+        since: body.since.clone(),
+        filter,
+        full_state: body.full_state,
+        timeout: body.timeout.unwrap_or(Duration::ZERO),
+        use_state_after: body.use_state_after,
+    };
+    let response = services.sync.sync(user, request.sender_device.as_deref(), sync_request).await?;
+    Ok(Json(response))
+}

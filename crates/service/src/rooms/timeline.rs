@@ -1,0 +1,100 @@
+//! Timeline ranges by stream position, for sync.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use estuary_core::{Error, Result};
+use estuary_storage::{Key, codec::Json};
+use ruma::{EventId, OwnedRoomId, RoomId, UserId};
+
+use super::{Rooms, StoredPdu, state::StateMap};
+use crate::storage_error::StorageResultExt;
+
+impl Rooms {
+    /// Rooms with events at positions `from..=to`.
+    pub(crate) fn rooms_changed(&self, from: u64, to: u64) -> Result<BTreeSet<OwnedRoomId>> {
+        let start = from.encode();
+        let mut rooms = BTreeSet::new();
+        for (position, Json((room, _))) in
+            self.stream_roomideventid.scan_from(&[], Some(&start), false, usize::MAX).db()?
+        {
+            if position > to {
+                break;
+            }
+            if let Ok(room) = RoomId::parse(room) {
+                rooms.insert(room);
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// A room's events at positions `from..=to`, newest first, at most
+    /// `limit`; and whether older ones in the range were left out.
+    pub(crate) fn room_events_between(
+        &self,
+        room_id: &RoomId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredPdu>, bool)> {
+        let prefix = (room_id.to_string(),).encode();
+        let start = (room_id.to_string(), to).encode();
+        let rows = self.roomidstream_eventid.scan_from(&prefix, Some(&start), true, limit + 1).db()?;
+        let mut events = Vec::new();
+        let mut more = false;
+        for ((_, position), event_id) in rows {
+            if position < from {
+                break;
+            }
+            if events.len() == limit {
+                more = true;
+                break;
+            }
+            let event_id = EventId::parse(&event_id).map_err(Error::internal)?;
+            if let Some(stored) = self.stored(&event_id)? {
+                events.push(stored);
+            }
+        }
+        Ok((events, more))
+    }
+
+    /// The room's state after its last event at or before `position`.
+    pub(crate) fn state_at_position(&self, room_id: &RoomId, position: u64) -> Result<Option<Arc<StateMap>>> {
+        match self.room_events_between(room_id, 0, position, 1)?.0.pop() {
+            Some(stored) => Ok(Some(self.state.load(stored.state_after)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn load_state(&self, id: u64) -> Result<Arc<StateMap>> {
+        self.state.load(id)
+    }
+
+    /// Position of the user's current membership event in the room.
+    pub(crate) fn membership_position(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<u64>> {
+        let room = self.require_room(room_id)?;
+        let state = self.state.load(room.state)?;
+        let Some(id) =
+            self.state_event_id(&state, &ruma::events::StateEventType::RoomMember, user_id.as_str())?
+        else {
+            return Ok(None);
+        };
+        Ok(self.stored(&id)?.map(|s| s.stream))
+    }
+
+    /// Events of a snapshot that differ from `base` (all of them without one).
+    pub(crate) fn state_delta(&self, state: &StateMap, base: Option<&StateMap>) -> Result<Vec<StoredPdu>> {
+        let mut out = Vec::new();
+        for (key, short) in state {
+            if base.is_some_and(|b| b.get(key) == Some(short)) {
+                continue;
+            }
+            if let Some(id) = self.short.event_id(*short)?
+                && let Some(stored) = self.stored(&id)?
+            {
+                out.push(stored);
+            }
+        }
+        out.sort_by_key(|s| s.stream);
+        Ok(out)
+    }
+}

@@ -1,0 +1,71 @@
+//! The server's one stream of changes and the wake-ups of waiting syncs.
+//!
+//! Every change a client syncs (events, account data, later receipts and
+//! to-device messages) gets a position from one counter. Positions are
+//! allocated and committed in order under a short lock, so a sync that
+//! reads up to the committed position never skips a change committed later
+//! with a smaller position.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use estuary_core::Result;
+use estuary_storage::Batch;
+use ruma::{OwnedUserId, UserId};
+use tokio::sync::Notify;
+
+use crate::storage_error::StorageResultExt;
+
+pub struct Streams {
+    next: AtomicU64,
+    committed: AtomicU64,
+    commit_lock: Mutex<()>,
+    waiters: Mutex<HashMap<OwnedUserId, Arc<Notify>>>,
+}
+
+impl Streams {
+    /// `highest` is the greatest position found in storage.
+    pub fn new(highest: u64) -> Self {
+        Self {
+            next: AtomicU64::new(highest + 1),
+            committed: AtomicU64::new(highest),
+            commit_lock: Mutex::new(()),
+            waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The greatest position whose change is committed.
+    pub fn current(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Allocate a position, let `fill` add its rows to `batch`, and commit.
+    pub fn commit(&self, mut batch: Batch, fill: impl FnOnce(u64, &mut Batch)) -> Result<u64> {
+        let _guard = self.commit_lock.lock().expect("commit lock");
+        let position = self.next.fetch_add(1, Ordering::SeqCst);
+        fill(position, &mut batch);
+        batch.commit().db()?;
+        self.committed.store(position, Ordering::SeqCst);
+        Ok(position)
+    }
+
+    /// The wake-up handle of a user's waiting syncs.
+    pub fn waiter(&self, user_id: &UserId) -> Arc<Notify> {
+        self.waiters.lock().expect("waiters").entry(user_id.to_owned()).or_default().clone()
+    }
+
+    /// Wake the syncs of these users.
+    pub fn notify<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
+        let waiters = self.waiters.lock().expect("waiters");
+        for user in users {
+            if let Some(notify) = waiters.get(user) {
+                notify.notify_waiters();
+            }
+        }
+    }
+}

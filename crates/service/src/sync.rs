@@ -1,0 +1,344 @@
+//! `/sync` (v3): what changed for a user since a token, waiting for the next
+//! change when nothing did.
+//!
+//! Tokens are `s<N>`: the point just before stream position N, so they are
+//! also valid `/messages` tokens. Every change of the server has a position
+//! (`streams.rs`); an incremental sync reads positions `since..=current`,
+//! touching only rooms that changed.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use estuary_core::{Error, Result};
+use ruma::{
+    DeviceId, RoomId, UserId,
+    api::client::filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
+    events::StateEventType,
+};
+use serde_json::{Map, Value as JsonValue, json};
+
+use crate::{
+    account_data::AccountData,
+    rooms::{Rooms, StateMap, StoredPdu, glob_match, parse_token, passes},
+    streams::Streams,
+};
+
+pub struct SyncRequest {
+    pub since: Option<String>,
+    pub filter: FilterDefinition,
+    pub full_state: bool,
+    pub timeout: Duration,
+    pub use_state_after: bool,
+}
+
+pub struct Sync {
+    rooms: Arc<Rooms>,
+    account_data: Arc<AccountData>,
+    streams: Arc<Streams>,
+}
+
+/// Default timeline length when the filter does not set one.
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+/// State types shown to invitees (stripped).
+const INVITE_STATE: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
+struct Window<'a> {
+    user: &'a UserId,
+    device: Option<&'a DeviceId>,
+    /// First new position (None: initial sync).
+    since: Option<u64>,
+    to: u64,
+    filter: &'a FilterDefinition,
+    full_state: bool,
+    use_state_after: bool,
+}
+
+impl Sync {
+    pub fn new(rooms: Arc<Rooms>, account_data: Arc<AccountData>, streams: Arc<Streams>) -> Self {
+        Self { rooms, account_data, streams }
+    }
+
+    pub async fn sync(
+        &self,
+        user: &UserId,
+        device: Option<&DeviceId>,
+        request: SyncRequest,
+    ) -> Result<JsonValue> {
+        let since = request.since.as_deref().map(parse_token).transpose()?;
+        let deadline = tokio::time::Instant::now() + request.timeout.min(Duration::from_secs(300));
+        let waiter = self.streams.waiter(user);
+        loop {
+            // Register for wake-ups before reading, so no change slips between.
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let window = Window {
+                user,
+                device,
+                since,
+                to: self.streams.current(),
+                filter: &request.filter,
+                full_state: request.full_state,
+                use_state_after: request.use_state_after,
+            };
+            let response = self.build(&window)?;
+            if since.is_none() || request.full_state || !is_empty(&response) {
+                return Ok(response);
+            }
+            tokio::select! {
+                _ = &mut notified => continue,
+                _ = tokio::time::sleep_until(deadline) => return Ok(response),
+            }
+        }
+    }
+
+    fn build(&self, w: &Window<'_>) -> Result<JsonValue> {
+        let from = w.since.unwrap_or(0);
+        let candidates: BTreeSet<_> = match w.since {
+            Some(since) if !w.full_state => {
+                let mut rooms = self.rooms.rooms_changed(since, w.to)?;
+                rooms.extend(
+                    self.account_data
+                        .changes(w.user, since, w.to)?
+                        .into_iter()
+                        .filter_map(|(r, _, _)| RoomId::parse(r).ok()),
+                );
+                rooms
+            }
+            _ => ["join", "invite", "leave", "ban", "knock"]
+                .iter()
+                .map(|m| self.rooms.rooms_with_membership(w.user, m))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
+        let room_filter = &w.filter.room;
+        let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
+        for room_id in candidates {
+            let excluded = room_filter.not_rooms.contains(&room_id)
+                || room_filter.rooms.as_ref().is_some_and(|only| !only.contains(&room_id));
+            if excluded || self.rooms.is_forgotten(w.user, &room_id)? {
+                continue;
+            }
+            let Some(membership) = self.rooms.membership(w.user, &room_id)? else { continue };
+            let changed_here =
+                self.rooms.membership_position(w.user, &room_id)?.is_some_and(|p| p >= from && p <= w.to);
+            match membership.as_str() {
+                "join" => {
+                    let entry = self.joined_room(w, &room_id, changed_here)?;
+                    if let Some(entry) = entry {
+                        join.insert(room_id.to_string(), entry);
+                    }
+                }
+                "invite" if w.since.is_none() || changed_here => {
+                    invite.insert(
+                        room_id.to_string(),
+                        json!({"invite_state": {"events": self.stripped_state(w.user, &room_id)?}}),
+                    );
+                }
+                "knock" if w.since.is_none() || changed_here => {
+                    knock.insert(
+                        room_id.to_string(),
+                        json!({"knock_state": {"events": self.stripped_state(w.user, &room_id)?}}),
+                    );
+                }
+                "leave" | "ban"
+                    if (w.since.is_some() && changed_here)
+                        || (w.since.is_none() && room_filter.include_leave) =>
+                {
+                    if let Some(entry) = self.joined_room(w, &room_id, true)? {
+                        leave.insert(room_id.to_string(), entry);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let account_data: Vec<JsonValue> = self.account_data_events(w, None)?;
+        Ok(json!({
+            "next_batch": format!("s{}", w.to + 1),
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
+            "account_data": {"events": account_data},
+            "presence": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+            "device_unused_fallback_key_types": [],
+        }))
+    }
+
+    fn account_data_events(&self, w: &Window<'_>, room: Option<&RoomId>) -> Result<Vec<JsonValue>> {
+        let want = room.map(|r| r.to_string()).unwrap_or_default();
+        let (types, not_types) = match room {
+            Some(_) => (&w.filter.room.account_data.types, &w.filter.room.account_data.not_types),
+            None => (&w.filter.account_data.types, &w.filter.account_data.not_types),
+        };
+        let from = if w.full_state { 0 } else { w.since.unwrap_or(0) };
+        Ok(self
+            .account_data
+            .changes(w.user, from, w.to)?
+            .into_iter()
+            .filter(|(r, kind, _)| {
+                *r == want
+                    && !not_types.iter().any(|p| glob_match(p, kind))
+                    && types.as_ref().is_none_or(|t| t.iter().any(|p| glob_match(p, kind)))
+            })
+            .map(|(_, kind, content)| {
+                json!({"type": kind, "content": serde_json::from_str::<JsonValue>(content.get()).unwrap_or_default()})
+            })
+            .collect())
+    }
+
+    /// A joined (or, with `membership_changed`, newly left) room's section.
+    fn joined_room(
+        &self,
+        w: &Window<'_>,
+        room_id: &RoomId,
+        membership_changed: bool,
+    ) -> Result<Option<JsonValue>> {
+        let timeline_filter: &RoomEventFilter = &w.filter.room.timeline;
+        let limit =
+            timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
+        let from = w.since.unwrap_or(0);
+        // Scan a little past the limit so filtered-out events do not starve the page.
+        let (candidates, more) = self.rooms.room_events_between(room_id, from, w.to, limit * 4)?;
+        let mut timeline = Vec::new();
+        let mut limited = more;
+        for stored in &candidates {
+            if !self.rooms.can_see_event(Some(w.user), stored)? {
+                continue;
+            }
+            let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
+            if !passes(timeline_filter, &event) {
+                continue;
+            }
+            if timeline.len() == limit {
+                limited = true;
+                break;
+            }
+            self.rooms.bundle_aggregations(w.user, &mut event)?;
+            timeline.push((stored.clone(), event));
+        }
+        timeline.reverse();
+        let account_data = self.account_data_events(w, Some(room_id))?;
+        if w.since.is_some()
+            && timeline.is_empty()
+            && account_data.is_empty()
+            && !membership_changed
+            && !w.full_state
+        {
+            return Ok(None);
+        }
+        let room = self.rooms.require_room(room_id)?;
+        let start_state: Arc<StateMap> = match timeline.first() {
+            Some((first, _)) => self.rooms.load_state(first.state_before)?,
+            None => self.rooms.state_at_position(room_id, w.to)?.unwrap_or(self.rooms.current_state(&room)?),
+        };
+        let full = w.since.is_none() || membership_changed || w.full_state;
+        let base = match (full, w.since) {
+            (false, Some(since)) => self.rooms.state_at_position(room_id, since.saturating_sub(1))?,
+            _ => None,
+        };
+        let state_events =
+            if full || limited { self.rooms.state_delta(&start_state, base.as_deref())? } else { Vec::new() };
+        let senders: BTreeSet<String> =
+            timeline.iter().filter_map(|(_, e)| e["sender"].as_str().map(str::to_owned)).collect();
+        let state = self.state_json(w, &state_events, &senders)?;
+        let prev_batch = timeline.first().map_or(from, |(s, _)| s.stream);
+        let mut entry = json!({
+            "timeline": {"events": timeline.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(), "limited": limited, "prev_batch": format!("s{prev_batch}")},
+            "account_data": {"events": account_data},
+            "ephemeral": {"events": []},
+            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+            "unread_thread_notifications": {},
+            "summary": self.summary(w.user, room_id)?,
+        });
+        if w.use_state_after {
+            let end_state = match timeline.last() {
+                Some((last, _)) => self.rooms.load_state(last.state_after)?,
+                None => start_state.clone(),
+            };
+            let after = self.rooms.state_delta(&end_state, if full { None } else { base.as_deref() })?;
+            entry["state_after"] = json!({"events": self.state_json(w, &after, &senders)?});
+        } else {
+            entry["state"] = json!({"events": state});
+        }
+        Ok(Some(entry))
+    }
+
+    /// State events as client events, with lazy-loaded members trimmed to
+    /// the timeline's senders (and the user).
+    fn state_json(
+        &self,
+        w: &Window<'_>,
+        events: &[StoredPdu],
+        senders: &BTreeSet<String>,
+    ) -> Result<Vec<JsonValue>> {
+        let lazy = !matches!(w.filter.room.state.lazy_load_options, LazyLoadOptions::Disabled);
+        let state_filter = &w.filter.room.state;
+        let mut out = Vec::new();
+        for stored in events {
+            let event = self.rooms.client_event(stored, None)?;
+            if lazy && event["type"] == "m.room.member" {
+                let key = event["state_key"].as_str().unwrap_or_default();
+                if key != w.user.as_str() && !senders.contains(key) {
+                    continue;
+                }
+            }
+            if passes(state_filter, &event) {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Heroes and member counts.
+    fn summary(&self, user: &UserId, room_id: &RoomId) -> Result<JsonValue> {
+        let joined = self.rooms.members_with_membership(room_id, "join")?;
+        let invited = self.rooms.members_with_membership(room_id, "invite")?;
+        let heroes: Vec<String> = joined
+            .iter()
+            .chain(invited.iter())
+            .filter(|u| *u != user)
+            .take(5)
+            .map(|u| u.to_string())
+            .collect();
+        Ok(
+            json!({"m.heroes": heroes, "m.joined_member_count": joined.len(), "m.invited_member_count": invited.len()}),
+        )
+    }
+
+    /// Stripped state for an invite or knock: the room's key state and the user's membership.
+    fn stripped_state(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
+        let room = self.rooms.require_room(room_id)?;
+        let state = self.rooms.current_state(&room)?;
+        let mut events = Vec::new();
+        let keys = INVITE_STATE
+            .iter()
+            .map(|t| (StateEventType::from(*t), String::new()))
+            .chain([(StateEventType::RoomMember, user.to_string())]);
+        for (kind, key) in keys {
+            if let Some(pdu) = self.rooms.state_pdu(&state, &kind, &key)? {
+                events.push(json!({"type": pdu.kind.to_string(), "state_key": pdu.state_key, "content": pdu.content_value(), "sender": pdu.sender}));
+            }
+        }
+        Ok(events)
+    }
+}
+
+fn is_empty(response: &JsonValue) -> bool {
+    let rooms = &response["rooms"];
+    ["join", "invite", "leave", "knock"].iter().all(|k| rooms[k].as_object().is_none_or(|m| m.is_empty()))
+        && response["account_data"]["events"].as_array().is_none_or(|e| e.is_empty())
+}
+
+/// A filter ID or inline definition, resolved.
+pub fn unknown_filter() -> Error {
+    Error::not_found("Unknown filter")
+}
