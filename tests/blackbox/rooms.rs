@@ -646,7 +646,15 @@ async fn transactions_are_per_device_and_filters_and_tokens() {
         .get(&room_path(&room, &format!("messages?dir=b&limit=50&to={stop}")), Some(&alice.token))
         .await;
     assert_eq!(bounded["chunk"].as_array().unwrap().len(), 2);
-    assert!(bounded.get("end").is_none_or(|e| e.is_null()), "{bounded}");
+    let beyond = bounded["end"].as_str().unwrap();
+    let (_, past) = server
+        .get(
+            &room_path(&room, &format!("messages?dir=b&limit=50&from={beyond}&to={stop}")),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(past["chunk"], json!([]), "nothing beyond `to`");
+    assert!(past.get("end").is_none_or(|e| e.is_null()), "{past}");
     server.register("bob").await;
     server.post(&room_path(&room, "invite"), Some(&alice.token), json!({"user_id": "@bob:localhost"})).await;
     let (_, now) = server.get(&room_path(&room, "members"), Some(&alice.token)).await;

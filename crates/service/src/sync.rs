@@ -206,24 +206,34 @@ impl Sync {
         let limit =
             timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
         let from = w.since.unwrap_or(0);
-        // Scan a little past the limit so filtered-out events do not starve the page.
-        let (candidates, more) = self.rooms.room_events_between(room_id, from, w.to, limit * 4)?;
         let mut timeline = Vec::new();
-        let mut limited = more;
-        for stored in &candidates {
-            if !self.rooms.can_see_event(Some(w.user), stored)? {
-                continue;
+        let mut limited = false;
+        let mut upper = w.to;
+        // Bounded: at most 50 pages of candidates; a longer gap counts as limited.
+        for page in 0..50 {
+            let (candidates, more) = self.rooms.room_events_between(room_id, from, upper, 100)?;
+            for stored in &candidates {
+                upper = stored.stream.saturating_sub(1);
+                if !self.rooms.can_see_event(Some(w.user), stored)? {
+                    continue;
+                }
+                let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
+                if !passes(timeline_filter, &event) {
+                    continue;
+                }
+                if timeline.len() == limit {
+                    limited = true;
+                    break;
+                }
+                self.rooms.bundle_aggregations(w.user, &mut event)?;
+                timeline.push((stored.clone(), event));
             }
-            let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
-            if !passes(timeline_filter, &event) {
-                continue;
-            }
-            if timeline.len() == limit {
-                limited = true;
+            if limited || !more || candidates.is_empty() || upper < from {
                 break;
             }
-            self.rooms.bundle_aggregations(w.user, &mut event)?;
-            timeline.push((stored.clone(), event));
+            if page == 49 {
+                limited = true;
+            }
         }
         timeline.reverse();
         let account_data = self.account_data_events(w, Some(room_id))?;

@@ -40,7 +40,12 @@ pub async fn delete(
 ) -> ApiResult<delete_alias::v3::Response> {
     let user = request.user()?;
     let admin = services.accounts.account(user)?.is_some_and(|a| a.admin);
-    services.rooms.delete_alias(&request.body.room_alias, user, admin)?;
+    let alias = &request.body.room_alias;
+    let room_id = services.rooms.resolve_alias(alias)?;
+    services.rooms.delete_alias(alias, user, admin)?;
+    if let Some(room_id) = room_id {
+        services.rooms.drop_from_canonical_alias(&room_id, alias, user).await?;
+    }
     Ok(delete_alias::v3::Response::new())
 }
 

@@ -94,7 +94,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(membership::knock)
         .ruma(membership::joined)
         .ruma(membership::members)
-        .ruma(membership::joined_members)
+        .ruma_custom(membership::joined_members)
         // Aliases and the room directory
         .ruma(directory::create)
         .ruma(directory::get)

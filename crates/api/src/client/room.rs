@@ -177,10 +177,10 @@ pub async fn redact(
     let body = &request.body;
     let user = request.user()?;
     let rooms = &services.rooms;
-    let target = rooms
-        .stored(&body.event_id)?
-        .filter(|s| s.room_id == body.room_id)
-        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let target = rooms.stored(&body.event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
+    if target.room_id != body.room_id {
+        return Err(Error::invalid_param("The event belongs to another room").into());
+    }
     let room = rooms.require_room(&body.room_id)?;
     let own = target.pdu()?.sender == user;
     let state = rooms.current_state(&room)?;

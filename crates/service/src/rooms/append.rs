@@ -64,10 +64,20 @@ impl Rooms {
         let _guard = lock.lock().await;
         let room = self.require_room(room_id)?;
         let state = self.state.load(room.state)?;
+        if let Some(existing) = self.same_state(&state, sender, &template)? {
+            return Ok(existing);
+        }
         let pdu = self.build_local(room_id, &room, &state, sender, template)?;
         self.authorize(&pdu, &room.room_version, &state)?;
         self.persist(pdu.clone(), Some(&room), &room.room_version, state, txn)?;
         Ok(pdu)
+    }
+
+    /// Setting state to what it already is (same sender, same content) is a no-op.
+    fn same_state(&self, state: &StateMap, sender: &UserId, template: &PduTemplate) -> Result<Option<Pdu>> {
+        let Some(state_key) = &template.state_key else { return Ok(None) };
+        let current = self.state_pdu(state, &StateEventType::from(template.kind.to_string()), state_key)?;
+        Ok(current.filter(|pdu| pdu.sender == sender && pdu.content_value() == template.content))
     }
 
     fn build_local(
@@ -186,7 +196,8 @@ impl Rooms {
             room_id: pdu.room_id.clone(),
             json: pdu.json.clone(),
             stream: 0,
-            state_before: state_before_id.unwrap_or(state_after_id),
+            // 0 is the empty snapshot: what a room's first event sees.
+            state_before: state_before_id.unwrap_or(0),
             state_after: state_after_id,
             txn: txn.map(|t| (t.device_id, t.txn_id)),
         };

@@ -153,7 +153,29 @@ fn power_levels_content(
     preset: Preset,
 ) -> Result<JsonValue> {
     let rules = version.rules().ok_or_else(unsupported_version)?;
+    // Every field spelled out: clients read them without knowing the defaults.
     let mut content = serde_json::to_value(RoomPowerLevelsEventContent::new(&rules.authorization))?;
+    for (key, default) in [
+        ("ban", 50),
+        ("kick", 50),
+        ("redact", 50),
+        ("invite", 0),
+        ("events_default", 0),
+        ("state_default", 50),
+        ("users_default", 0),
+    ] {
+        if content.get(key).is_none() {
+            content[key] = json!(default);
+        }
+    }
+    for key in ["events", "users"] {
+        if content.get(key).is_none() {
+            content[key] = json!({});
+        }
+    }
+    if content.get("notifications").is_none() {
+        content["notifications"] = json!({"room": 50});
+    }
     let creators_are_privileged = rules.authorization.explicitly_privilege_room_creators;
     let users = content["users"].as_object_mut().map(std::mem::take).unwrap_or_default();
     let mut users = users;

@@ -69,6 +69,39 @@ impl Rooms {
         batch.commit().db()
     }
 
+    /// After an alias is deleted, remove it from the room's canonical alias
+    /// event (best effort: the user may lack the power to change it).
+    pub async fn drop_from_canonical_alias(
+        &self,
+        room_id: &RoomId,
+        alias: &RoomAliasId,
+        user: &UserId,
+    ) -> Result<()> {
+        let room = self.require_room(room_id)?;
+        let state = self.state.load(room.state)?;
+        let Some(pdu) = self.state_pdu(&state, &StateEventType::RoomCanonicalAlias, "")? else {
+            return Ok(());
+        };
+        let mut content = pdu.content_value();
+        let mut changed = false;
+        if content["alias"] == alias.as_str() {
+            content.as_object_mut().map(|c| c.remove("alias"));
+            changed = true;
+        }
+        if let Some(alt) = content["alt_aliases"].as_array_mut() {
+            let before = alt.len();
+            alt.retain(|a| a != alias.as_str());
+            changed |= alt.len() != before;
+        }
+        if changed {
+            let template = estuary_events::PduTemplate::state("m.room.canonical_alias", "", content);
+            if let Err(err) = self.send(room_id, user, template, None).await {
+                tracing::debug!(%room_id, "canonical alias not updated after alias deletion: {err}");
+            }
+        }
+        Ok(())
+    }
+
     pub fn room_aliases(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
         Ok(self
             .roomidalias_creator

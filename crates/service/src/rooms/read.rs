@@ -276,7 +276,8 @@ impl Rooms {
             }
         }
         let state = self.lazy_members(viewer, room_id, &query.filter, &chunk)?;
-        Ok(MessagesPage { chunk, start: token(start), end: (!exhausted).then(|| token(cursor)), state })
+        let end = (!exhausted || !chunk.is_empty()).then(|| token(cursor));
+        Ok(MessagesPage { chunk, start: token(start), end, state })
     }
 
     /// With lazy loading, the member events of the senders on the page.

@@ -20,6 +20,8 @@ use crate::storage_error::StorageResultExt;
 pub type StateMap = HashMap<u64, u64>;
 
 const MAX_DEPTH: u8 = 8;
+/// The empty snapshot (short IDs start at 1).
+pub const EMPTY: u64 = 0;
 const CACHE_ENTRIES: usize = 512;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,6 +55,9 @@ impl StateStore {
 
     /// The full state of snapshot `id`.
     pub fn load(&self, id: u64) -> Result<Arc<StateMap>> {
+        if id == EMPTY {
+            return Ok(Arc::new(StateMap::new()));
+        }
         if let Some(hit) = self.cache.lock().expect("state cache").get(&id) {
             return Ok(hit.clone());
         }
