@@ -9,7 +9,9 @@ async fn profile_fields() {
     let server = TestServer::start().await;
     let user = server.register("tara").await;
     let base = "/_matrix/client/v3/profile/@tara:localhost";
-    assert_error(&server.get(&format!("{base}/displayname"), None).await, 404, "M_NOT_FOUND");
+    let (_, initial) = server.get(&format!("{base}/displayname"), None).await;
+    assert_eq!(initial, json!({"displayname": "tara"}), "registration starts with the localpart");
+    assert_error(&server.get(&format!("{base}/m.tz"), None).await, 404, "M_NOT_FOUND");
     let (status, _) =
         server.put(&format!("{base}/displayname"), Some(&user.token), json!({"displayname": "Tara"})).await;
     assert_eq!(status, 200);

@@ -132,7 +132,7 @@ impl Sync {
                 self.rooms.membership_position(w.user, &room_id)?.is_some_and(|p| p >= from && p <= w.to);
             match membership.as_str() {
                 "join" => {
-                    let entry = self.joined_room(w, &room_id, changed_here)?;
+                    let entry = self.joined_room(w, &room_id, changed_here, changed_here)?;
                     if let Some(entry) = entry {
                         join.insert(room_id.to_string(), entry);
                     }
@@ -153,7 +153,7 @@ impl Sync {
                     if (w.since.is_some() && changed_here)
                         || (w.since.is_none() && room_filter.include_leave) =>
                 {
-                    if let Some(entry) = self.joined_room(w, &room_id, true)? {
+                    if let Some(entry) = self.joined_room(w, &room_id, true, w.since.is_none())? {
                         leave.insert(room_id.to_string(), entry);
                     }
                 }
@@ -195,17 +195,19 @@ impl Sync {
             .collect())
     }
 
-    /// A joined (or, with `membership_changed`, newly left) room's section.
+    /// A joined (or newly left) room's section. A room the user just joined
+    /// is synced like an initial sync: the latest events and the state before them.
     fn joined_room(
         &self,
         w: &Window<'_>,
         room_id: &RoomId,
         membership_changed: bool,
+        from_start: bool,
     ) -> Result<Option<JsonValue>> {
         let timeline_filter: &RoomEventFilter = &w.filter.room.timeline;
         let limit =
             timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
-        let from = w.since.unwrap_or(0);
+        let from = if from_start { 0 } else { w.since.unwrap_or(0) };
         let mut timeline = Vec::new();
         let mut limited = false;
         let mut upper = w.to;
@@ -250,13 +252,14 @@ impl Sync {
             Some((first, _)) => self.rooms.load_state(first.state_before)?,
             None => self.rooms.state_at_position(room_id, w.to)?.unwrap_or(self.rooms.current_state(&room)?),
         };
-        let full = w.since.is_none() || membership_changed || w.full_state;
+        let full = w.since.is_none() || from_start || w.full_state;
         let base = match (full, w.since) {
             (false, Some(since)) => self.rooms.state_at_position(room_id, since.saturating_sub(1))?,
             _ => None,
         };
         let state_events =
             if full || limited { self.rooms.state_delta(&start_state, base.as_deref())? } else { Vec::new() };
+        let state_events = self.with_lazy_members(w, state_events, &start_state, &timeline)?;
         let senders: BTreeSet<String> =
             timeline.iter().filter_map(|(_, e)| e["sender"].as_str().map(str::to_owned)).collect();
         let state = self.state_json(w, &state_events, &senders)?;
@@ -280,6 +283,36 @@ impl Sync {
             entry["state"] = json!({"events": state});
         }
         Ok(Some(entry))
+    }
+
+    /// With lazy loading, the member events of the timeline's senders (as of
+    /// the timeline's start) are part of the state, even without a gap.
+    fn with_lazy_members(
+        &self,
+        w: &Window<'_>,
+        mut events: Vec<StoredPdu>,
+        start_state: &StateMap,
+        timeline: &[(StoredPdu, JsonValue)],
+    ) -> Result<Vec<StoredPdu>> {
+        if matches!(w.filter.room.state.lazy_load_options, LazyLoadOptions::Disabled) {
+            return Ok(events);
+        }
+        let in_timeline: BTreeSet<&str> =
+            timeline.iter().filter_map(|(_, e)| e["event_id"].as_str()).collect();
+        let senders: BTreeSet<&str> = timeline.iter().filter_map(|(_, e)| e["sender"].as_str()).collect();
+        for sender in senders {
+            let Some(pdu) = self.rooms.state_pdu(start_state, &StateEventType::RoomMember, sender)? else {
+                continue;
+            };
+            let known = events.iter().any(|s| s.event_id == pdu.event_id);
+            if !known
+                && !in_timeline.contains(pdu.event_id.as_str())
+                && let Some(stored) = self.rooms.stored(&pdu.event_id)?
+            {
+                events.push(stored);
+            }
+        }
+        Ok(events)
     }
 
     /// State events as client events, with lazy-loaded members trimmed to

@@ -55,6 +55,10 @@ pub async fn register(
     };
 
     accounts.create_account(&user_id, body.password.clone(), guest).await?;
+    // Like Synapse, start with the localpart as display name.
+    let display_name =
+        ruma::api::client::profile::ProfileFieldValue::DisplayName(user_id.localpart().to_owned());
+    services.profile.set_field(&user_id, &user_id, display_name)?;
     let mut response = register::v3::Response::new(user_id.clone());
     if body.inhibit_login {
         return Ok(response);

@@ -28,6 +28,7 @@ impl Rooms {
         limit: usize,
         filter: RoomEventFilter,
     ) -> Result<Context> {
+        self.require_readable(viewer, room_id)?;
         let not_found = || Error::not_found("Event not found");
         let stored = self.stored(event_id)?.filter(|s| s.room_id == room_id).ok_or_else(not_found)?;
         if !self.can_see_event(Some(viewer), &stored)? {
