@@ -12,4 +12,5 @@ mod register;
 mod relations;
 mod room_features;
 mod rooms;
+mod sync;
 mod user_data;

@@ -17,6 +17,10 @@ pub async fn sync(
     let body = &request.body;
     let filter = match &body.filter {
         Some(Filter::FilterDefinition(definition)) => definition.clone(),
+        // ruma reads anything that is not a valid definition as an ID.
+        Some(Filter::FilterId(id)) if id.trim_start().starts_with('{') => {
+            return Err(estuary_core::Error::bad_json("The filter is not a valid filter definition").into());
+        }
         Some(Filter::FilterId(id)) => services.filters.get(user, id)?,
         Some(_) | None => FilterDefinition::default(),
     };

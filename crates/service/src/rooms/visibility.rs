@@ -35,6 +35,12 @@ impl Rooms {
             return Ok(true);
         }
         let Some(viewer) = viewer else { return Ok(false) };
+        // Users always see their own membership changes (their leave, their kick).
+        if event.json.get("type").and_then(|t| t.as_str()) == Some("m.room.member")
+            && event.json.get("state_key").and_then(|k| k.as_str()) == Some(viewer.as_str())
+        {
+            return Ok(true);
+        }
         // The state after the event, so a user sees their own join.
         let after = self.state.load(event.state_after)?;
         let then = self.membership_in(&after, viewer)?;

@@ -1,0 +1,277 @@
+//! `/sync`: initial and incremental, long-polling, gaps, lazy members,
+//! invites and leaves, account data, bad input.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{TestServer, User, assert_error},
+    rooms::{create_room, send_text},
+};
+
+async fn sync(server: &TestServer, user: &User, query: &str) -> Value {
+    let (status, body) = server.get(&format!("/_matrix/client/v3/sync{query}"), Some(&user.token)).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn bodies(room: &Value) -> Vec<&str> {
+    room["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn initial_and_incremental_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({"name": "Sync room"})).await;
+    send_text(&server, &alice, &room, "1", "first").await;
+    let initial = sync(&server, &alice, "").await;
+    let joined = &initial["rooms"]["join"][&room];
+    assert_eq!(bodies(joined), ["first"]);
+    let types: Vec<&str> = joined["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types[0], "m.room.create", "the whole short history fits in the timeline: {types:?}");
+    assert_eq!(joined["timeline"]["limited"], false);
+    assert_eq!(joined["state"]["events"], json!([]), "state before the timeline start is empty");
+    assert_eq!(joined["summary"]["m.joined_member_count"], 1);
+    for key in ["to_device", "device_lists", "device_one_time_keys_count", "account_data", "presence"] {
+        assert!(initial.get(key).is_some(), "{key} missing");
+    }
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    send_text(&server, &alice, &room, "2", "second").await;
+    let incremental = sync(&server, &alice, &format!("?since={since}")).await;
+    assert_eq!(bodies(&incremental["rooms"]["join"][&room]), ["second"]);
+    let next = incremental["next_batch"].as_str().unwrap();
+    let nothing = sync(&server, &alice, &format!("?since={next}&timeout=0")).await;
+    assert_eq!(nothing["rooms"]["join"], json!({}), "nothing new");
+
+    // The `next_batch` token works as a /messages token.
+    let (_, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1&from={next}"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(page["chunk"][0]["content"]["body"], "second");
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_a_message() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let since = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    let url = format!("{}/_matrix/client/v3/sync?since={since}&timeout=20000", server.base);
+    let http = server.http().clone();
+    let token = bob.token.clone();
+    let waiting = tokio::spawn(async move {
+        let response = http.get(url).bearer_auth(token).send().await.unwrap();
+        (Instant::now(), response.json::<Value>().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the sync waits while nothing happens");
+    let (status, _) = send_text(&server, &alice, &room, "wake", "wake up").await;
+    let sent = Instant::now();
+    assert_eq!(status, 200);
+    let (arrived, body) = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    let delay = arrived.saturating_duration_since(sent);
+    assert!(delay < Duration::from_millis(500), "woke after {delay:?}");
+    assert_eq!(bodies(&body["rooms"]["join"][&room]), ["wake up"]);
+
+    // With nothing to report, the timeout is honoured.
+    let next = body["next_batch"].as_str().unwrap();
+    let started = Instant::now();
+    let empty = sync(&server, &bob, &format!("?since={next}&timeout=300")).await;
+    assert!(started.elapsed() >= Duration::from_millis(290), "returned early: {:?}", started.elapsed());
+    assert_eq!(empty["rooms"]["join"], json!({}));
+}
+
+#[tokio::test]
+async fn gappy_sync_is_limited_with_the_state_in_the_gap() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let since = sync(&server, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    send_text(&server, &alice, &room, "a", "early").await;
+    server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic"),
+            Some(&alice.token),
+            json!({"topic": "changed in the gap"}),
+        )
+        .await;
+    for i in 0..8 {
+        send_text(&server, &alice, &room, &format!("m{i}"), &format!("late {i}")).await;
+    }
+    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A3%7D%7D%7D";
+    let body = sync(&server, &alice, &format!("?since={since}&filter={filter}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true);
+    assert_eq!(bodies(joined), ["late 5", "late 6", "late 7"]);
+    let state: Vec<&str> =
+        joined["state"]["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(state, ["m.room.topic"], "only what changed in the gap");
+    // prev_batch continues the timeline backwards.
+    let prev = joined["timeline"]["prev_batch"].as_str().unwrap();
+    let (_, page) = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1&from={prev}"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(page["chunk"][0]["content"]["body"], "late 4");
+}
+
+#[tokio::test]
+async fn lazy_loaded_members() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let mut users = Vec::new();
+    for name in ["bob", "carol", "dan"] {
+        let user = server.register(name).await;
+        server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&user.token), json!({})).await;
+        users.push(user);
+    }
+    for i in 0..12 {
+        send_text(&server, &alice, &room, &format!("x{i}"), "filler").await;
+    }
+    send_text(&server, &users[1], &room, "c", "carol speaks").await;
+    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A2%7D%2C%22state%22%3A%7B%22lazy_load_members%22%3Atrue%7D%7D%7D";
+    let body = sync(&server, &users[2], &format!("?filter={filter}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    let mut members: Vec<&str> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        ["@alice:localhost", "@carol:localhost", "@dan:localhost"],
+        "senders and the user only"
+    );
+    assert_eq!(joined["summary"]["m.joined_member_count"], 4);
+}
+
+#[tokio::test]
+async fn invites_leaves_and_account_data() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&server, &alice, json!({"name": "Secret"})).await;
+    let since = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+    server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&alice.token),
+            json!({"user_id": "@bob:localhost"}),
+        )
+        .await;
+    let body = sync(&server, &bob, &format!("?since={since}")).await;
+    let invite_state = &body["rooms"]["invite"][&room]["invite_state"]["events"];
+    let types: Vec<&str> =
+        invite_state.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(types.contains(&"m.room.name") && types.contains(&"m.room.member"), "{types:?}");
+    assert!(invite_state[0].get("event_id").is_none(), "stripped state");
+
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let next = body["next_batch"].as_str().unwrap();
+    let body = sync(&server, &bob, &format!("?since={next}")).await;
+    assert!(
+        body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().len() > 3,
+        "joined rooms come with their history"
+    );
+
+    let next = body["next_batch"].as_str().unwrap().to_owned();
+    server
+        .put(
+            "/_matrix/client/v3/user/@bob:localhost/account_data/org.example.theme",
+            Some(&bob.token),
+            json!({"dark": true}),
+        )
+        .await;
+    server
+        .put(
+            &format!("/_matrix/client/v3/user/@bob:localhost/rooms/{room}/account_data/org.example.note"),
+            Some(&bob.token),
+            json!({"n": 1}),
+        )
+        .await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    let body = sync(&server, &bob, &format!("?since={next}")).await;
+    assert_eq!(
+        body["account_data"]["events"],
+        json!([{"type": "org.example.theme", "content": {"dark": true}}])
+    );
+    let left = &body["rooms"]["leave"][&room];
+    let last = left["timeline"]["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["type"].as_str(), last["content"]["membership"].as_str()),
+        (Some("m.room.member"), Some("leave"))
+    );
+    assert_eq!(left["account_data"]["events"][0]["type"], "org.example.note");
+    assert!(body["rooms"]["join"].get(&room).is_none());
+}
+
+#[tokio::test]
+async fn bad_tokens_and_filters() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    assert_error(
+        &server.get("/_matrix/client/v3/sync?since=garbage", Some(&alice.token)).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &server.get("/_matrix/client/v3/sync?filter=12345", Some(&alice.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &server.get("/_matrix/client/v3/sync?filter=%7Bbroken", Some(&alice.token)).await,
+        400,
+        "M_BAD_JSON",
+    );
+    assert_error(&server.get("/_matrix/client/v3/sync", None).await, 401, "M_MISSING_TOKEN");
+    let (_, created) = server
+        .post(
+            "/_matrix/client/v3/user/@alice:localhost/filter",
+            Some(&alice.token),
+            json!({"room": {"timeline": {"limit": 1}}}),
+        )
+        .await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let body = sync(&server, &alice, &format!("?filter={}", created["filter_id"].as_str().unwrap())).await;
+    assert_eq!(body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().len(), 1);
+    assert_eq!(body["rooms"]["join"][&room]["timeline"]["limited"], true);
+}
+
+#[tokio::test]
+async fn sync_tokens_survive_restarts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let since = sync(&server, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    let dir = server.kill();
+    let server = TestServer::start_in(dir, "allow_registration = true\n");
+    send_text(&server, &alice, &room, "after", "after restart").await;
+    let body = sync(&server, &alice, &format!("?since={since}")).await;
+    assert_eq!(bodies(&body["rooms"]["join"][&room]), ["after restart"]);
+}
