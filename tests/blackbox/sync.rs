@@ -275,3 +275,94 @@ async fn sync_tokens_survive_restarts() {
     let body = sync(&server, &alice, &format!("?since={since}")).await;
     assert_eq!(bodies(&body["rooms"]["join"][&room]), ["after restart"]);
 }
+
+fn ephemeral<'a>(body: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    body["rooms"]["join"][room]["ephemeral"]["events"].as_array()?.iter().find(|e| e["type"] == kind)
+}
+
+#[tokio::test]
+async fn typing_receipts_read_markers_and_tags() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let since = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    let typing = format!("/_matrix/client/v3/rooms/{room}/typing/@alice:localhost");
+    assert_eq!(server.put(&typing, Some(&alice.token), json!({"typing": true, "timeout": 400})).await.0, 200);
+    let body = sync(&server, &bob, &format!("?since={since}")).await;
+    assert_eq!(
+        ephemeral(&body, &room, "m.typing").unwrap()["content"]["user_ids"],
+        json!(["@alice:localhost"])
+    );
+    // The timeout ends typing, and the waiting sync hears about it.
+    let next = body["next_batch"].as_str().unwrap();
+    let body = sync(&server, &bob, &format!("?since={next}&timeout=5000")).await;
+    assert_eq!(ephemeral(&body, &room, "m.typing").unwrap()["content"]["user_ids"], json!([]));
+    assert_error(
+        &server.put(&typing, Some(&bob.token), json!({"typing": true, "timeout": 1000})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let carol_typing = format!("/_matrix/client/v3/rooms/{room}/typing/@carol:localhost");
+    assert_error(
+        &server.put(&carol_typing, Some(&carol.token), json!({"typing": true, "timeout": 1000})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+
+    let (_, sent) = send_text(&server, &alice, &room, "r", "read me").await;
+    let event_id = sent["event_id"].as_str().unwrap();
+    let next = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+    let receipt = |kind: &str| format!("/_matrix/client/v3/rooms/{room}/receipt/{kind}/{event_id}");
+    assert_eq!(server.post(&receipt("m.read"), Some(&alice.token), json!({})).await.0, 200);
+    assert_eq!(server.post(&receipt("m.read.private"), Some(&bob.token), json!({})).await.0, 200);
+    assert_eq!(server.post(&receipt("m.read"), Some(&bob.token), json!({"thread_id": "main"})).await.0, 200);
+    assert_error(&server.post(&receipt("m.read"), Some(&carol.token), json!({})).await, 403, "M_FORBIDDEN");
+    let bob_view = sync(&server, &bob, &format!("?since={next}")).await;
+    let receipts = &ephemeral(&bob_view, &room, "m.receipt").unwrap()["content"][event_id];
+    assert!(receipts["m.read"]["@alice:localhost"]["ts"].is_u64());
+    assert!(
+        receipts["m.read.private"]["@bob:localhost"].is_object(),
+        "own private receipt visible: {receipts}"
+    );
+    assert_eq!(receipts["m.read"]["@bob:localhost"]["thread_id"], "main");
+    let alice_view = sync(&server, &alice, "").await;
+    let receipts = &ephemeral(&alice_view, &room, "m.receipt").unwrap()["content"][event_id];
+    assert!(receipts.get("m.read.private").is_none(), "others' private receipts are hidden: {receipts}");
+
+    let markers = format!("/_matrix/client/v3/rooms/{room}/read_markers");
+    assert_eq!(
+        server
+            .post(&markers, Some(&bob.token), json!({"m.fully_read": event_id, "m.read": event_id}))
+            .await
+            .0,
+        200
+    );
+    let (_, fully_read) = server
+        .get(
+            &format!("/_matrix/client/v3/user/@bob:localhost/rooms/{room}/account_data/m.fully_read"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(fully_read["event_id"], event_id);
+
+    let tags = format!("/_matrix/client/v3/user/@bob:localhost/rooms/{room}/tags");
+    let before = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        server.put(&format!("{tags}/m.favourite"), Some(&bob.token), json!({"order": 0.5})).await.0,
+        200
+    );
+    assert_eq!(server.put(&format!("{tags}/u.work"), Some(&bob.token), json!({})).await.0, 200);
+    let (_, listed) = server.get(&tags, Some(&bob.token)).await;
+    assert_eq!(listed["tags"]["m.favourite"]["order"], 0.5);
+    assert!(listed["tags"]["u.work"].is_object());
+    assert_eq!(server.delete(&format!("{tags}/u.work"), Some(&bob.token)).await.0, 200);
+    let body = sync(&server, &bob, &format!("?since={before}")).await;
+    let account_data = &body["rooms"]["join"][&room]["account_data"]["events"];
+    let tag_event = account_data.as_array().unwrap().iter().find(|e| e["type"] == "m.tag").unwrap();
+    assert_eq!(tag_event["content"]["tags"], json!({"m.favourite": {"order": 0.5}}));
+    assert_error(&server.get(&tags, Some(&alice.token)).await, 403, "M_FORBIDDEN");
+}

@@ -84,6 +84,17 @@ impl AccountData {
                 format!("Cannot set {event_type} through this API"),
             ));
         }
+        self.set_internal(user_id, room_id, event_type, content)
+    }
+
+    /// Store account data, including the server-controlled types (`m.fully_read`).
+    pub fn set_internal(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        event_type: &str,
+        content: Box<RawValue>,
+    ) -> Result<()> {
         if !content.get().trim_start().starts_with('{') {
             return Err(Error::bad_json("Account data content must be a JSON object"));
         }

@@ -7,6 +7,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod appservices;
+pub mod ephemeral;
 pub mod filters;
 pub mod profile;
 pub mod rooms;
@@ -34,19 +35,30 @@ pub struct Services {
     pub account_data: Arc<account_data::AccountData>,
     pub streams: Arc<streams::Streams>,
     pub sync: sync::Sync,
+    pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
 
 impl Services {
     pub fn build(config: Arc<Config>, db: Db) -> Result<Self> {
         let accounts = Arc::new(Accounts::new(config.clone(), &db)?);
         let profile = Arc::new(profile::Profiles::new(&db, accounts.clone())?);
-        let highest = rooms::Rooms::highest_stream(&db)?.max(account_data::AccountData::highest_stream(&db)?);
+        let highest = [
+            rooms::Rooms::highest_stream(&db)?,
+            account_data::AccountData::highest_stream(&db)?,
+            ephemeral::Ephemeral::highest_stream(&db)?,
+            streams::Streams::stored_high_water(&db)?,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
         let streams = Arc::new(streams::Streams::new(highest));
         let rooms = Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone(), streams.clone())?);
         let account_data = Arc::new(account_data::AccountData::new(&db, streams.clone())?);
-        let sync = sync::Sync::new(rooms.clone(), account_data.clone(), streams.clone());
+        let ephemeral = Arc::new(ephemeral::Ephemeral::new(&db, streams.clone(), rooms.clone())?);
+        let sync = sync::Sync::new(rooms.clone(), account_data.clone(), ephemeral.clone(), streams.clone());
         Ok(Self {
             sync,
+            ephemeral,
             appservices: appservices::Appservices::load(&config.appservice_registrations)?,
             profile,
             rooms,

@@ -21,6 +21,9 @@ use tokio::sync::Notify;
 
 use crate::storage_error::StorageResultExt;
 
+/// `global` key of the highest position handed out for unstored changes.
+const HIGH_WATER: &str = "stream_high_water";
+
 pub struct Streams {
     next: AtomicU64,
     committed: AtomicU64,
@@ -52,6 +55,19 @@ impl Streams {
         batch.commit().db()?;
         self.committed.store(position, Ordering::SeqCst);
         Ok(position)
+    }
+
+    /// A position for a change that is not stored (typing): the high-water
+    /// mark is written, so positions are never reused after a restart.
+    pub fn bump(&self, db: &estuary_storage::Db) -> Result<u64> {
+        let global: estuary_storage::Table<String, u64> = db.table("global").db()?;
+        self.commit(db.batch(), |position, batch| batch.put(&global, &HIGH_WATER.to_owned(), &position))
+    }
+
+    /// The high-water mark stored by `bump`.
+    pub fn stored_high_water(db: &estuary_storage::Db) -> Result<u64> {
+        let global: estuary_storage::Table<String, u64> = db.table("global").db()?;
+        Ok(global.get(&HIGH_WATER.to_owned()).db()?.unwrap_or(0))
     }
 
     /// The wake-up handle of a user's waiting syncs.

@@ -18,6 +18,7 @@ use serde_json::{Map, Value as JsonValue, json};
 
 use crate::{
     account_data::AccountData,
+    ephemeral::Ephemeral,
     rooms::{Rooms, StateMap, StoredPdu, glob_match, parse_token, passes},
     streams::Streams,
 };
@@ -33,6 +34,7 @@ pub struct SyncRequest {
 pub struct Sync {
     rooms: Arc<Rooms>,
     account_data: Arc<AccountData>,
+    ephemeral: Arc<Ephemeral>,
     streams: Arc<Streams>,
 }
 
@@ -60,8 +62,13 @@ struct Window<'a> {
 }
 
 impl Sync {
-    pub fn new(rooms: Arc<Rooms>, account_data: Arc<AccountData>, streams: Arc<Streams>) -> Self {
-        Self { rooms, account_data, streams }
+    pub fn new(
+        rooms: Arc<Rooms>,
+        account_data: Arc<AccountData>,
+        ephemeral: Arc<Ephemeral>,
+        streams: Arc<Streams>,
+    ) -> Self {
+        Self { rooms, account_data, ephemeral, streams }
     }
 
     pub async fn sync(
@@ -103,6 +110,7 @@ impl Sync {
         let candidates: BTreeSet<_> = match w.since {
             Some(since) if !w.full_state => {
                 let mut rooms = self.rooms.rooms_changed(since, w.to)?;
+                rooms.extend(self.ephemeral.rooms_changed(since, w.to)?);
                 rooms.extend(
                     self.account_data
                         .changes(w.user, since, w.to)?
@@ -239,9 +247,18 @@ impl Sync {
         }
         timeline.reverse();
         let account_data = self.account_data_events(w, Some(room_id))?;
+        let since_for_ephemeral = if w.full_state { None } else { w.since };
+        let ephemeral: Vec<JsonValue> = [
+            self.ephemeral.typing_event(room_id, since_for_ephemeral, w.to),
+            self.ephemeral.receipt_event(w.user, room_id, since_for_ephemeral, w.to)?,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         if w.since.is_some()
             && timeline.is_empty()
             && account_data.is_empty()
+            && ephemeral.is_empty()
             && !membership_changed
             && !w.full_state
         {
@@ -267,7 +284,7 @@ impl Sync {
         let mut entry = json!({
             "timeline": {"events": timeline.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(), "limited": limited, "prev_batch": format!("s{prev_batch}")},
             "account_data": {"events": account_data},
-            "ephemeral": {"events": []},
+            "ephemeral": {"events": ephemeral},
             "unread_notifications": {"notification_count": 0, "highlight_count": 0},
             "unread_thread_notifications": {},
             "summary": self.summary(w.user, room_id)?,

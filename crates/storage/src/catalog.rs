@@ -23,6 +23,10 @@ pub const TABLES: &[&str] = &[
     "useridroomidtype_accountdata",
     // Stream position → (user ID, room ID or "", event type): account data changes, for sync.
     "stream_accountdata",
+    // (room ID, user ID, receipt type, thread ID or "") → receipt (event ID, ts).
+    "roomiduserreceipt_receipt",
+    // Stream position → (room ID, user ID, receipt type, thread ID): receipt changes, for sync.
+    "stream_receipt",
     // Rooms. Event IDs and (type, state_key) pairs are interned to u64 short IDs.
     "eventid_short",
     "short_eventid",

@@ -6,6 +6,7 @@ mod account_data;
 mod device;
 mod directory;
 mod discovery;
+mod ephemeral;
 mod filter;
 mod membership;
 mod messages;
@@ -63,6 +64,13 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(account_data::get_room)
         // Sync
         .ruma_custom(sync::sync)
+        // Ephemeral data and tags
+        .ruma(ephemeral::typing)
+        .ruma(ephemeral::receipt)
+        .ruma(ephemeral::read_markers)
+        .ruma(ephemeral::get)
+        .ruma(ephemeral::put)
+        .ruma(ephemeral::delete)
         // Rooms
         .ruma(room::create)
         .ruma(room::send_message)

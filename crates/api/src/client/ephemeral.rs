@@ -1,0 +1,147 @@
+//! Typing, receipts, read markers and room tags.
+
+use estuary_core::Error;
+use ruma::{
+    RoomId, UserId,
+    api::client::{
+        read_marker::set_read_marker,
+        receipt::create_receipt::{self, v3::ReceiptType},
+        tag::{create_tag, delete_tag, get_tags},
+        typing::create_typing_event::{self, v3::Typing},
+    },
+    events::tag::Tags,
+};
+use serde_json::{Value as JsonValue, json};
+
+use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+
+pub async fn typing(
+    services: AppState,
+    request: Ruma<create_typing_event::v3::Request>,
+) -> ApiResult<create_typing_event::v3::Response> {
+    let body = &request.body;
+    if request.user()? != body.user_id {
+        return Err(Error::forbidden("You can only set your own typing state").into());
+    }
+    let timeout = match &body.state {
+        Typing::Yes(info) => Some(info.timeout),
+        _ => None,
+    };
+    services.ephemeral.set_typing(&body.room_id, &body.user_id, timeout)?;
+    Ok(create_typing_event::v3::Response::new())
+}
+
+fn set_fully_read(
+    services: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+) -> Result<(), Error> {
+    match services.rooms.stored(event_id)? {
+        Some(stored) if stored.room_id == room_id => {}
+        _ => return Err(Error::not_found("Event not found in this room")),
+    }
+    let content = serde_json::value::to_raw_value(&json!({"event_id": event_id}))?;
+    services.account_data.set_internal(user, Some(room_id), "m.fully_read", content)
+}
+
+pub async fn receipt(
+    services: AppState,
+    request: Ruma<create_receipt::v3::Request>,
+) -> ApiResult<create_receipt::v3::Response> {
+    let body = &request.body;
+    let user = request.user()?;
+    match &body.receipt_type {
+        ReceiptType::FullyRead => set_fully_read(&services, user, &body.room_id, &body.event_id)?,
+        kind => {
+            let kind = kind.to_string();
+            services.ephemeral.set_receipt(
+                &body.room_id,
+                user,
+                &kind,
+                &body.event_id,
+                body.thread.as_str(),
+            )?
+        }
+    }
+    Ok(create_receipt::v3::Response::new())
+}
+
+pub async fn read_markers(
+    services: AppState,
+    request: Ruma<set_read_marker::v3::Request>,
+) -> ApiResult<set_read_marker::v3::Response> {
+    let body = &request.body;
+    let user = request.user()?;
+    if let Some(event_id) = &body.fully_read {
+        set_fully_read(&services, user, &body.room_id, event_id)?;
+    }
+    if let Some(event_id) = &body.read_receipt {
+        services.ephemeral.set_receipt(&body.room_id, user, "m.read", event_id, None)?;
+    }
+    if let Some(event_id) = &body.private_read_receipt {
+        services.ephemeral.set_receipt(&body.room_id, user, "m.read.private", event_id, None)?;
+    }
+    Ok(set_read_marker::v3::Response::new())
+}
+
+fn require_self(sender: &UserId, user_id: &UserId) -> Result<(), Error> {
+    if sender != user_id {
+        return Err(Error::forbidden("You cannot access another user's tags"));
+    }
+    Ok(())
+}
+
+/// Tags live in the room account data `m.tag`.
+fn load_tags(services: &AppState, user: &UserId, room_id: &RoomId) -> Result<JsonValue, Error> {
+    match services.account_data.get(user, Some(room_id), "m.tag") {
+        Ok(raw) => Ok(serde_json::from_str::<JsonValue>(raw.get())?["tags"].clone()),
+        Err(Error::Matrix { status: 404, .. }) => Ok(json!({})),
+        Err(err) => Err(err),
+    }
+}
+
+fn store_tags(services: &AppState, user: &UserId, room_id: &RoomId, tags: JsonValue) -> Result<(), Error> {
+    let content = serde_json::value::to_raw_value(&json!({"tags": tags}))?;
+    services.account_data.set(user, Some(room_id), "m.tag", content)
+}
+
+pub async fn get(
+    services: AppState,
+    request: Ruma<get_tags::v3::Request>,
+) -> ApiResult<get_tags::v3::Response> {
+    let body = &request.body;
+    require_self(request.user()?, &body.user_id)?;
+    let tags = load_tags(&services, &body.user_id, &body.room_id)?;
+    let tags: Tags = serde_json::from_value(tags).unwrap_or_default();
+    Ok(get_tags::v3::Response::new(tags))
+}
+
+pub async fn put(
+    services: AppState,
+    request: Ruma<create_tag::v3::Request>,
+) -> ApiResult<create_tag::v3::Response> {
+    let body = &request.body;
+    require_self(request.user()?, &body.user_id)?;
+    let mut tags = load_tags(&services, &body.user_id, &body.room_id)?;
+    if !tags.is_object() {
+        tags = json!({});
+    }
+    tags[&body.tag] = serde_json::to_value(&body.tag_info).map_err(Error::from)?;
+    store_tags(&services, &body.user_id, &body.room_id, tags)?;
+    Ok(create_tag::v3::Response::new())
+}
+
+pub async fn delete(
+    services: AppState,
+    request: Ruma<delete_tag::v3::Request>,
+) -> ApiResult<delete_tag::v3::Response> {
+    let body = &request.body;
+    require_self(request.user()?, &body.user_id)?;
+    let mut tags = load_tags(&services, &body.user_id, &body.room_id)?;
+    if let Some(map) = tags.as_object_mut() {
+        map.remove(&body.tag);
+    }
+    store_tags(&services, &body.user_id, &body.room_id, tags)?;
+    Ok(delete_tag::v3::Response::new())
+}

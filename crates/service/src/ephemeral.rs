@@ -1,0 +1,214 @@
+//! Ephemeral room data: typing notifications (in memory, with timeouts) and
+//! read receipts (stored, public or private, threaded).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use estuary_core::{Error, Result, time::now_millis};
+use estuary_storage::{Db, Key, Table, codec::Json};
+use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::{Map, Value as JsonValue, json};
+use tokio::time::Instant;
+
+use crate::{rooms::Rooms, storage_error::StorageResultExt, streams::Streams};
+
+/// The longest typing timeout a client may ask for.
+const MAX_TYPING: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct RoomTyping {
+    users: HashMap<OwnedUserId, Instant>,
+    /// Stream position of the last change.
+    position: u64,
+}
+
+pub struct Ephemeral {
+    db: Db,
+    streams: Arc<Streams>,
+    rooms: Arc<Rooms>,
+    typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+    receipts: Table<(String, String, String, String), Json<(String, u64)>>,
+    stream_receipt: Table<u64, Json<(String, String, String, String)>>,
+}
+
+impl Ephemeral {
+    pub fn new(db: &Db, streams: Arc<Streams>, rooms: Arc<Rooms>) -> Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            streams,
+            rooms,
+            typing: Mutex::new(HashMap::new()),
+            receipts: db.table("roomiduserreceipt_receipt").db()?,
+            stream_receipt: db.table("stream_receipt").db()?,
+        })
+    }
+
+    pub fn highest_stream(db: &Db) -> Result<u64> {
+        let table: Table<u64, Json<(String, String, String, String)>> = db.table("stream_receipt").db()?;
+        Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
+    }
+
+    fn wake_room(&self, room_id: &RoomId) -> Result<()> {
+        let members = self.rooms.members_with_membership(room_id, "join")?;
+        self.streams.notify(members.iter().map(|u| &**u));
+        Ok(())
+    }
+
+    /// Start or stop typing; a start expires after `timeout`.
+    pub fn set_typing(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        user_id: &UserId,
+        typing: Option<Duration>,
+    ) -> Result<()> {
+        if !self.rooms.is_joined(user_id, room_id)? {
+            return Err(Error::forbidden("You are not in this room"));
+        }
+        let expiry = typing.map(|t| Instant::now() + t.min(MAX_TYPING));
+        let position = self.streams.bump(&self.db)?;
+        {
+            let mut typing_map = self.typing.lock().expect("typing");
+            let room = typing_map.entry(room_id.to_owned()).or_default();
+            match expiry {
+                Some(at) => room.users.insert(user_id.to_owned(), at),
+                None => room.users.remove(user_id),
+            };
+            room.position = position;
+        }
+        self.wake_room(room_id)?;
+        if let Some(at) = expiry {
+            let this = self.clone();
+            let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let _ = this.expire(&room_id, &user_id, at);
+            });
+        }
+        Ok(())
+    }
+
+    fn expire(&self, room_id: &RoomId, user_id: &UserId, at: Instant) -> Result<()> {
+        let still_typing = {
+            let typing = self.typing.lock().expect("typing");
+            typing.get(room_id).and_then(|r| r.users.get(user_id)).is_some_and(|t| *t == at)
+        };
+        if still_typing {
+            let position = self.streams.bump(&self.db)?;
+            let mut typing = self.typing.lock().expect("typing");
+            if let Some(room) = typing.get_mut(room_id) {
+                room.users.remove(user_id);
+                room.position = position;
+            }
+            drop(typing);
+            self.wake_room(room_id)?;
+        }
+        Ok(())
+    }
+
+    /// The `m.typing` event of a room if it changed in `from..=to` (or always, initially).
+    pub fn typing_event(&self, room_id: &RoomId, from: Option<u64>, to: u64) -> Option<JsonValue> {
+        let typing = self.typing.lock().expect("typing");
+        let room = typing.get(room_id)?;
+        let changed = from.is_none_or(|f| room.position >= f && room.position <= to);
+        let now = Instant::now();
+        let users: Vec<&OwnedUserId> =
+            room.users.iter().filter(|(_, at)| **at > now).map(|(u, _)| u).collect();
+        (changed && (from.is_some() || !users.is_empty()))
+            .then(|| json!({"type": "m.typing", "content": {"user_ids": users}}))
+    }
+
+    /// Rooms whose typing or receipts changed in `from..=to`.
+    pub fn rooms_changed(&self, from: u64, to: u64) -> Result<Vec<OwnedRoomId>> {
+        let mut rooms: Vec<OwnedRoomId> = {
+            let typing = self.typing.lock().expect("typing");
+            typing
+                .iter()
+                .filter(|(_, r)| r.position >= from && r.position <= to)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for (position, Json((room, ..))) in
+            self.stream_receipt.scan_from(&[], Some(&from.encode()), false, usize::MAX).db()?
+        {
+            if position > to {
+                break;
+            }
+            if let Ok(room) = RoomId::parse(room) {
+                rooms.push(room);
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// Store a receipt (`m.read` or `m.read.private`), optionally for a thread.
+    pub fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread_id: Option<&str>,
+    ) -> Result<()> {
+        if !self.rooms.is_joined(user_id, room_id)? {
+            return Err(Error::forbidden("You are not in this room"));
+        }
+        match self.rooms.stored(event_id)? {
+            Some(stored) if stored.room_id == room_id => {}
+            _ => return Err(Error::not_found("Event not found in this room")),
+        }
+        let key = (
+            room_id.to_string(),
+            user_id.to_string(),
+            receipt_type.to_owned(),
+            thread_id.unwrap_or_default().to_owned(),
+        );
+        let mut batch = self.db.batch();
+        batch.put(&self.receipts, &key, &Json((event_id.to_string(), now_millis())));
+        self.streams.commit(batch, |position, batch| {
+            batch.put(&self.stream_receipt, &position, &Json(key.clone()))
+        })?;
+        self.wake_room(room_id)
+    }
+
+    /// The `m.receipt` event for a room: receipts changed in `from..=to`
+    /// (all of them initially). Private receipts only reach their owner.
+    pub fn receipt_event(
+        &self,
+        viewer: &UserId,
+        room_id: &RoomId,
+        from: Option<u64>,
+        to: u64,
+    ) -> Result<Option<JsonValue>> {
+        let keys: Vec<(String, String, String, String)> = match from {
+            None => {
+                self.receipts.scan_prefix(&(room_id.to_string(),)).db()?.into_iter().map(|(k, _)| k).collect()
+            }
+            Some(from) => self
+                .stream_receipt
+                .scan_from(&[], Some(&from.encode()), false, usize::MAX)
+                .db()?
+                .into_iter()
+                .take_while(|(position, _)| *position <= to)
+                .map(|(_, Json(key))| key)
+                .filter(|key| key.0 == room_id.as_str())
+                .collect(),
+        };
+        let mut content: Map<String, JsonValue> = Map::new();
+        for key in keys {
+            if key.2 == "m.read.private" && key.1 != viewer.as_str() {
+                continue;
+            }
+            let Some(Json((event_id, ts))) = self.receipts.get(&key).db()? else { continue };
+            let mut receipt = json!({"ts": ts});
+            if !key.3.is_empty() {
+                receipt["thread_id"] = key.3.clone().into();
+            }
+            let by_type = content.entry(event_id).or_insert_with(|| json!({}));
+            by_type[&key.2][&key.1] = receipt;
+        }
+        Ok((!content.is_empty()).then(|| json!({"type": "m.receipt", "content": content})))
+    }
+}
