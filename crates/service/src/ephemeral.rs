@@ -18,6 +18,9 @@ use crate::{rooms::Rooms, storage_error::StorageResultExt, streams::Streams};
 /// The longest typing timeout a client may ask for.
 const MAX_TYPING: Duration = Duration::from_secs(120);
 
+/// (room ID, user ID, receipt type, thread ID or "").
+type ReceiptKey = (String, String, String, String);
+
 #[derive(Default)]
 struct RoomTyping {
     users: HashMap<OwnedUserId, Instant>,
@@ -30,8 +33,8 @@ pub struct Ephemeral {
     streams: Arc<Streams>,
     rooms: Arc<Rooms>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
-    receipts: Table<(String, String, String, String), Json<(String, u64)>>,
-    stream_receipt: Table<u64, Json<(String, String, String, String)>>,
+    receipts: Table<ReceiptKey, Json<(String, u64)>>,
+    stream_receipt: Table<u64, Json<ReceiptKey>>,
 }
 
 impl Ephemeral {
@@ -47,7 +50,7 @@ impl Ephemeral {
     }
 
     pub fn highest_stream(db: &Db) -> Result<u64> {
-        let table: Table<u64, Json<(String, String, String, String)>> = db.table("stream_receipt").db()?;
+        let table: Table<u64, Json<ReceiptKey>> = db.table("stream_receipt").db()?;
         Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
     }
 
@@ -182,7 +185,7 @@ impl Ephemeral {
         from: Option<u64>,
         to: u64,
     ) -> Result<Option<JsonValue>> {
-        let keys: Vec<(String, String, String, String)> = match from {
+        let keys: Vec<ReceiptKey> = match from {
             None => {
                 self.receipts.scan_prefix(&(room_id.to_string(),)).db()?.into_iter().map(|(k, _)| k).collect()
             }
