@@ -8,6 +8,7 @@ mod errors;
 mod harness;
 mod login;
 mod process;
+mod push;
 mod register;
 mod relations;
 mod room_features;

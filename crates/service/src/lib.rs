@@ -10,6 +10,7 @@ pub mod appservices;
 pub mod ephemeral;
 pub mod filters;
 pub mod profile;
+pub mod push;
 pub mod rooms;
 mod storage_error;
 pub mod streams;
@@ -35,6 +36,7 @@ pub struct Services {
     pub account_data: Arc<account_data::AccountData>,
     pub streams: Arc<streams::Streams>,
     pub sync: sync::Sync,
+    pub push: Arc<push::PushRules>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
 
@@ -52,11 +54,20 @@ impl Services {
         .max()
         .unwrap_or(0);
         let streams = Arc::new(streams::Streams::new(highest));
-        let rooms = Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone(), streams.clone())?);
         let account_data = Arc::new(account_data::AccountData::new(&db, streams.clone())?);
+        let push = Arc::new(push::PushRules::new(account_data.clone()));
+        let rooms =
+            Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone(), streams.clone(), push.clone())?);
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(&db, streams.clone(), rooms.clone())?);
-        let sync = sync::Sync::new(rooms.clone(), account_data.clone(), ephemeral.clone(), streams.clone());
+        let sync = sync::Sync::new(
+            rooms.clone(),
+            account_data.clone(),
+            ephemeral.clone(),
+            streams.clone(),
+            push.clone(),
+        );
         Ok(Self {
+            push,
             sync,
             ephemeral,
             appservices: appservices::Appservices::load(&config.appservice_registrations)?,

@@ -19,6 +19,7 @@ use serde_json::{Map, Value as JsonValue, json};
 use crate::{
     account_data::AccountData,
     ephemeral::Ephemeral,
+    push::PushRules,
     rooms::{Rooms, StateMap, StoredPdu, glob_match, parse_token, passes},
     streams::Streams,
 };
@@ -32,6 +33,7 @@ pub struct SyncRequest {
 }
 
 pub struct Sync {
+    push: Arc<PushRules>,
     rooms: Arc<Rooms>,
     account_data: Arc<AccountData>,
     ephemeral: Arc<Ephemeral>,
@@ -67,8 +69,9 @@ impl Sync {
         account_data: Arc<AccountData>,
         ephemeral: Arc<Ephemeral>,
         streams: Arc<Streams>,
+        push: Arc<PushRules>,
     ) -> Self {
-        Self { rooms, account_data, ephemeral, streams }
+        Self { push, rooms, account_data, ephemeral, streams }
     }
 
     pub async fn sync(
@@ -168,7 +171,10 @@ impl Sync {
                 _ => {}
             }
         }
-        let account_data: Vec<JsonValue> = self.account_data_events(w, None)?;
+        let mut account_data: Vec<JsonValue> = self.account_data_events(w, None)?;
+        if w.since.is_none() && !account_data.iter().any(|e| e["type"] == "m.push_rules") {
+            account_data.push(json!({"type": "m.push_rules", "content": self.push.content(w.user)?}));
+        }
         Ok(json!({
             "next_batch": format!("s{}", w.to + 1),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
@@ -281,12 +287,13 @@ impl Sync {
             timeline.iter().filter_map(|(_, e)| e["sender"].as_str().map(str::to_owned)).collect();
         let state = self.state_json(w, &state_events, &senders)?;
         let prev_batch = timeline.first().map_or(from, |(s, _)| s.stream);
+        let (unread, unread_threads) = self.unread(w, room_id)?;
         let mut entry = json!({
             "timeline": {"events": timeline.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(), "limited": limited, "prev_batch": format!("s{prev_batch}")},
             "account_data": {"events": account_data},
             "ephemeral": {"events": ephemeral},
-            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
-            "unread_thread_notifications": {},
+            "unread_notifications": unread,
+            "unread_thread_notifications": unread_threads,
             "summary": self.summary(w.user, room_id)?,
         });
         if w.use_state_after {
@@ -356,6 +363,35 @@ impl Sync {
             }
         }
         Ok(out)
+    }
+
+    /// Notification and highlight counts since the user's read receipt,
+    /// split by thread when the filter asks for it.
+    fn unread(&self, w: &Window<'_>, room_id: &RoomId) -> Result<(JsonValue, JsonValue)> {
+        let read = self.ephemeral.read_position(w.user, room_id)?;
+        let split = w.filter.room.timeline.unread_thread_notifications;
+        let mut main = (0u64, 0u64);
+        let mut threads: Map<String, JsonValue> = Map::new();
+        for (thread, highlight) in self.rooms.unread_counts(w.user, room_id, read)? {
+            match thread.filter(|_| split) {
+                Some(root) => {
+                    let entry = threads
+                        .entry(root)
+                        .or_insert_with(|| json!({"notification_count": 0, "highlight_count": 0}));
+                    entry["notification_count"] =
+                        (entry["notification_count"].as_u64().unwrap_or(0) + 1).into();
+                    if highlight {
+                        entry["highlight_count"] =
+                            (entry["highlight_count"].as_u64().unwrap_or(0) + 1).into();
+                    }
+                }
+                None => {
+                    main.0 += 1;
+                    main.1 += u64::from(highlight);
+                }
+            }
+        }
+        Ok((json!({"notification_count": main.0, "highlight_count": main.1}), JsonValue::Object(threads)))
     }
 
     /// Heroes and member counts.

@@ -27,6 +27,10 @@ pub const TABLES: &[&str] = &[
     "roomiduserreceipt_receipt",
     // Stream position → (room ID, user ID, receipt type, thread ID): receipt changes, for sync.
     "stream_receipt",
+    // (user ID, room ID, stream) → notification (highlight, thread): unread counts.
+    "useridroomidstream_notification",
+    // (user ID, stream) → notification (room, event, actions): /notifications.
+    "useridstream_notification",
     // Rooms. Event IDs and (type, state_key) pairs are interned to u64 short IDs.
     "eventid_short",
     "short_eventid",

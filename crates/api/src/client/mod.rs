@@ -11,6 +11,7 @@ mod filter;
 mod membership;
 mod messages;
 mod profile;
+mod push;
 mod register;
 mod relations;
 mod room;
@@ -71,6 +72,17 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(ephemeral::get)
         .ruma(ephemeral::put)
         .ruma(ephemeral::delete)
+        // Push rules and notifications
+        .ruma(push::all)
+        .ruma(push::global)
+        .ruma(push::get)
+        .ruma(push::set)
+        .ruma(push::delete)
+        .ruma(push::get_enabled)
+        .ruma(push::set_enabled)
+        .ruma(push::get_actions)
+        .ruma(push::set_actions)
+        .ruma_custom(push::notifications)
         // Rooms
         .ruma(room::create)
         .ruma(room::send_message)

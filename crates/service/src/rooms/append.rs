@@ -69,7 +69,10 @@ impl Rooms {
         }
         let pdu = self.build_local(room_id, &room, &state, sender, template)?;
         self.authorize(&pdu, &room.room_version, &state)?;
-        self.persist(pdu.clone(), Some(&room), &room.room_version, state, txn)?;
+        let stored = self.persist(pdu.clone(), Some(&room), &room.room_version, state, txn)?;
+        if let Err(err) = self.notify_members(&stored).await {
+            tracing::warn!(event_id = %pdu.event_id, "push rule evaluation failed: {err}");
+        }
         Ok(pdu)
     }
 

@@ -11,6 +11,7 @@ mod context;
 mod create;
 mod directory;
 mod membership;
+mod notify;
 mod read;
 mod relations;
 mod short;
@@ -37,6 +38,7 @@ pub use append::Txn;
 pub use context::Context;
 pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::PublicRoomsPage;
+pub use notify::NotificationRow;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{glob_match, passes};
 pub use relations::{RelationsPage, RelationsQuery};
@@ -98,6 +100,9 @@ pub struct Rooms {
     useridroomid_joinstream: Table<(String, String), u64>,
     useriddevicetxn_eventid: Table<(String, String, String), String>,
     eventidstream_relation: Table<(String, u64), Json<relations::RelationRow>>,
+    useridroomidstream_notification: Table<(String, String, u64), Json<notify::NotificationRow>>,
+    useridstream_notification: Table<(String, u64), Json<notify::NotificationRow>>,
+    push: Arc<crate::push::PushRules>,
     roomidthreadroot_latest: Table<(String, String), u64>,
     roomidts_eventid: Table<(String, u64, u64), String>,
     reportid_report: Table<u64, Json<serde_json::Value>>,
@@ -110,7 +115,13 @@ pub struct Rooms {
 }
 
 impl Rooms {
-    pub fn new(config: Arc<Config>, db: &Db, profiles: Arc<Profiles>, streams: Arc<Streams>) -> Result<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        db: &Db,
+        profiles: Arc<Profiles>,
+        streams: Arc<Streams>,
+        push: Arc<crate::push::PushRules>,
+    ) -> Result<Self> {
         let stream_roomideventid: Table<u64, Json<(String, String)>> =
             db.table("stream_roomideventid").db()?;
         Ok(Self {
@@ -128,6 +139,9 @@ impl Rooms {
             useridroomid_joinstream: db.table("useridroomid_joinstream").db()?,
             useriddevicetxn_eventid: db.table("useriddevicetxn_eventid").db()?,
             eventidstream_relation: db.table("eventidstream_relation").db()?,
+            useridroomidstream_notification: db.table("useridroomidstream_notification").db()?,
+            useridstream_notification: db.table("useridstream_notification").db()?,
+            push,
             roomidthreadroot_latest: db.table("roomidthreadroot_latest").db()?,
             roomidts_eventid: db.table("roomidts_eventid").db()?,
             reportid_report: db.table("reportid_report").db()?,

@@ -1,0 +1,123 @@
+//! Push rule evaluation of new events for local members: what becomes a
+//! notification and a highlight (for unread counts and `/notifications`).
+
+use estuary_core::Result;
+use estuary_storage::codec::Json;
+use ruma::{
+    UInt, UserId,
+    api::client::profile::ProfileFieldName,
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    serde::Raw,
+};
+use serde_json::json;
+
+use super::{Rooms, StoredPdu};
+use crate::storage_error::StorageResultExt;
+
+/// A notification row: (room ID, event ID, highlight, thread root, actions).
+pub type NotificationRow = (String, String, bool, Option<String>, serde_json::Value);
+
+impl Rooms {
+    /// Evaluate `event` against every other local joined member's rules.
+    pub(super) async fn notify_members(&self, stored: &StoredPdu) -> Result<()> {
+        let pdu = stored.pdu()?;
+        let room = self.require_room(&pdu.room_id)?;
+        let state = self.state.load(stored.state_after)?;
+        let members = self.members_with_membership(&pdu.room_id, "join")?;
+        let member_count = UInt::new(members.len() as u64).unwrap_or_default();
+        let power = PushConditionPowerLevelsCtx::from(self.power_levels(&state, &room.room_version)?);
+        let event_json = self.client_event(stored, None)?;
+        let raw: Raw<serde_json::Value> = Raw::from_json(serde_json::value::to_raw_value(&event_json)?);
+        let thread = event_json["content"]["m.relates_to"]
+            .as_object()
+            .filter(|r| r.get("rel_type").and_then(|t| t.as_str()) == Some("m.thread"))
+            .and_then(|r| r.get("event_id"))
+            .and_then(|e| e.as_str())
+            .map(str::to_owned);
+        let mut batch = self.db.batch();
+        let mut notified = Vec::new();
+        for member in
+            members.iter().filter(|m| **m != pdu.sender && m.server_name() == self.config.server_name)
+        {
+            let display_name = self
+                .profiles
+                .get_field(member, &ProfileFieldName::DisplayName)
+                .ok()
+                .and_then(|v| v.value().as_str().map(str::to_owned))
+                .unwrap_or_else(|| member.localpart().to_owned());
+            let mut ctx =
+                PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, member.clone(), display_name);
+            ctx.power_levels = Some(power.clone());
+            let ruleset = self.push.ruleset(member)?;
+            let actions = ruleset.get_actions(&raw, &ctx).await;
+            if !actions.iter().any(Action::should_notify) {
+                continue;
+            }
+            let highlight = actions.iter().any(Action::is_highlight);
+            let row: NotificationRow = (
+                pdu.room_id.to_string(),
+                pdu.event_id.to_string(),
+                highlight,
+                thread.clone(),
+                json!(actions),
+            );
+            batch.put(
+                &self.useridroomidstream_notification,
+                &(member.to_string(), pdu.room_id.to_string(), stored.stream),
+                &Json(row.clone()),
+            );
+            batch.put(&self.useridstream_notification, &(member.to_string(), stored.stream), &Json(row));
+            notified.push(member.clone());
+        }
+        if !batch.is_empty() {
+            batch.commit().db()?;
+            self.streams.notify(notified.iter().map(|u| &**u));
+        }
+        Ok(())
+    }
+
+    /// Notifications in a room after stream position `after`: (count, highlights) overall and per thread.
+    pub fn unread_counts(
+        &self,
+        user: &UserId,
+        room_id: &ruma::RoomId,
+        after: u64,
+    ) -> Result<Vec<(Option<String>, bool)>> {
+        let prefix = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string()));
+        let from = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string(), after + 1));
+        Ok(self
+            .useridroomidstream_notification
+            .scan_from(&prefix, Some(&from), false, 10_000)
+            .db()?
+            .into_iter()
+            .map(|(_, Json((_, _, highlight, thread, _)))| (thread, highlight))
+            .collect())
+    }
+
+    /// `/notifications`: newest first, before stream position `before`.
+    pub fn notifications(
+        &self,
+        user: &UserId,
+        before: Option<u64>,
+        limit: usize,
+        only_highlight: bool,
+    ) -> Result<(Vec<(u64, NotificationRow)>, Option<u64>)> {
+        let prefix = estuary_storage::Key::encode(&(user.to_string(),));
+        let from = before.map(|b| estuary_storage::Key::encode(&(user.to_string(), b.saturating_sub(1))));
+        let mut rows = Vec::new();
+        let mut next = None;
+        for ((_, stream), Json(row)) in
+            self.useridstream_notification.scan_from(&prefix, from.as_deref(), true, 5_000).db()?
+        {
+            if only_highlight && !row.2 {
+                continue;
+            }
+            if rows.len() == limit {
+                next = Some(stream + 1);
+                break;
+            }
+            rows.push((stream, row));
+        }
+        Ok((rows, next))
+    }
+}

@@ -1,0 +1,154 @@
+//! Push rules, notification counts and `/notifications`.
+
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{TestServer, User, assert_error},
+    rooms::{create_room, send_text},
+};
+
+async fn counts(server: &TestServer, user: &User, room: &str) -> (u64, u64) {
+    let (_, body) = server.get("/_matrix/client/v3/sync", Some(&user.token)).await;
+    let unread = &body["rooms"]["join"][room]["unread_notifications"];
+    (unread["notification_count"].as_u64().unwrap(), unread["highlight_count"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn push_rule_management() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let (status, all) = server.get("/_matrix/client/v3/pushrules/", Some(&alice.token)).await;
+    assert_eq!(status, 200, "{all}");
+    let overrides: Vec<&str> = all["global"]["override"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        overrides.contains(&".m.rule.master") && overrides.contains(&".m.rule.is_user_mention"),
+        "{overrides:?}"
+    );
+    let (_, sync) = server.get("/_matrix/client/v3/sync", Some(&alice.token)).await;
+    assert!(sync["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.push_rules"));
+
+    let base = "/_matrix/client/v3/pushrules/global";
+    let rule = json!({"pattern": "cake", "actions": ["notify"]});
+    assert_eq!(server.put(&format!("{base}/content/cake"), Some(&alice.token), rule).await.0, 200);
+    let rule = json!({"pattern": "pie", "actions": ["notify"]});
+    assert_eq!(server.put(&format!("{base}/content/pie?before=cake"), Some(&alice.token), rule).await.0, 200);
+    let (_, content) = server.get(&format!("{base}/content/"), Some(&alice.token)).await;
+    let ids: Vec<&str> = content
+        .as_array()
+        .map(|a| a.iter().map(|r| r["rule_id"].as_str().unwrap()).collect())
+        .unwrap_or_default();
+    let (_, global) = server.get(&format!("{base}/"), Some(&alice.token)).await;
+    let order: Vec<&str> =
+        global["content"].as_array().unwrap().iter().map(|r| r["rule_id"].as_str().unwrap()).collect();
+    assert!(
+        order.iter().position(|r| *r == "pie") < order.iter().position(|r| *r == "cake"),
+        "{order:?} {ids:?}"
+    );
+    let (_, cake) = server.get(&format!("{base}/content/cake"), Some(&alice.token)).await;
+    assert_eq!(cake["pattern"], "cake");
+
+    assert_eq!(
+        server
+            .put(&format!("{base}/content/cake/enabled"), Some(&alice.token), json!({"enabled": false}))
+            .await
+            .0,
+        200
+    );
+    let (_, enabled) = server.get(&format!("{base}/content/cake/enabled"), Some(&alice.token)).await;
+    assert_eq!(enabled["enabled"], false);
+    let actions = json!({"actions": ["notify", {"set_tweak": "highlight"}]});
+    assert_eq!(server.put(&format!("{base}/content/cake/actions"), Some(&alice.token), actions).await.0, 200);
+    let (_, actions) = server.get(&format!("{base}/content/cake/actions"), Some(&alice.token)).await;
+    assert_eq!(actions["actions"][1]["set_tweak"], "highlight");
+    assert_eq!(server.delete(&format!("{base}/content/cake"), Some(&alice.token)).await.0, 200);
+    assert_error(&server.get(&format!("{base}/content/cake"), Some(&alice.token)).await, 404, "M_NOT_FOUND");
+    assert_error(
+        &server.delete(&format!("{base}/override/.m.rule.master"), Some(&alice.token)).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let bad = server
+        .put(
+            &format!("{base}/content/tart?before=nonexistent"),
+            Some(&alice.token),
+            json!({"pattern": "t", "actions": []}),
+        )
+        .await;
+    assert_error(&bad, 404, "M_NOT_FOUND");
+    // Disabling the master rule is allowed and reflected.
+    assert_eq!(
+        server
+            .put(
+                &format!("{base}/override/.m.rule.master/enabled"),
+                Some(&alice.token),
+                json!({"enabled": true})
+            )
+            .await
+            .0,
+        200
+    );
+    let (_, master) = server.get(&format!("{base}/override/.m.rule.master"), Some(&alice.token)).await;
+    assert_eq!(master["enabled"], true);
+}
+
+#[tokio::test]
+async fn notification_counts_for_dms_mentions_and_receipts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let dm = create_room(
+        &server,
+        &alice,
+        json!({"preset": "trusted_private_chat", "invite": ["@bob:localhost"], "is_direct": true}),
+    )
+    .await;
+    server.post(&format!("/_matrix/client/v3/rooms/{dm}/join"), Some(&bob.token), json!({})).await;
+    send_text(&server, &alice, &dm, "1", "hello bob").await;
+    send_text(&server, &alice, &dm, "2", "are you there").await;
+    assert_eq!(counts(&server, &bob, &dm).await, (2, 0), "one-to-one messages notify");
+    assert_eq!(counts(&server, &alice, &dm).await, (0, 0), "own messages do not");
+
+    let group = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    for user in [&bob, &carol] {
+        server.post(&format!("/_matrix/client/v3/rooms/{group}/join"), Some(&user.token), json!({})).await;
+    }
+    send_text(&server, &alice, &group, "g1", "general chatter").await;
+    let mention =
+        json!({"msgtype": "m.text", "body": "bob: look", "m.mentions": {"user_ids": ["@bob:localhost"]}});
+    let (_, mentioned) = server
+        .put(&format!("/_matrix/client/v3/rooms/{group}/send/m.room.message/g2"), Some(&alice.token), mention)
+        .await;
+    assert_eq!(counts(&server, &bob, &group).await, (2, 1), "the mention highlights");
+    assert_eq!(counts(&server, &carol, &group).await, (2, 0));
+
+    let (_, notifications) = server.get("/_matrix/client/v3/notifications", Some(&bob.token)).await;
+    let list = notifications["notifications"].as_array().unwrap();
+    assert_eq!(list.len(), 4, "{notifications}");
+    assert_eq!(list[0]["event"]["event_id"], mentioned["event_id"], "newest first");
+    assert_eq!(list[0]["read"], false);
+    let (_, highlights) =
+        server.get("/_matrix/client/v3/notifications?only=highlight", Some(&bob.token)).await;
+    assert_eq!(highlights["notifications"].as_array().unwrap().len(), 1);
+    let (_, page) = server.get("/_matrix/client/v3/notifications?limit=3", Some(&bob.token)).await;
+    let next = page["next_token"].as_str().unwrap();
+    let (_, rest) =
+        server.get(&format!("/_matrix/client/v3/notifications?from={next}"), Some(&bob.token)).await;
+    assert_eq!(rest["notifications"].as_array().unwrap().len(), 1);
+
+    // Reading up to the newest event clears the counts.
+    let receipt = format!(
+        "/_matrix/client/v3/rooms/{group}/receipt/m.read/{}",
+        mentioned["event_id"].as_str().unwrap()
+    );
+    server.post(&receipt, Some(&bob.token), json!({})).await;
+    assert_eq!(counts(&server, &bob, &group).await, (0, 0));
+    send_text(&server, &alice, &group, "g3", "one more").await;
+    assert_eq!(counts(&server, &bob, &group).await, (1, 0));
+    let _: Value = json!({});
+}
