@@ -366,3 +366,62 @@ async fn typing_receipts_read_markers_and_tags() {
     assert_eq!(tag_event["content"]["tags"], json!({"m.favourite": {"order": 0.5}}));
     assert_error(&server.get(&tags, Some(&alice.token)).await, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn presence_reaches_room_mates_only() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let bob_since =
+        sync(&server, &bob, "?set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
+    let carol_since =
+        sync(&server, &carol, "?set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
+
+    let status = "/_matrix/client/v3/presence/@alice:localhost/status";
+    assert_eq!(
+        server.put(status, Some(&alice.token), json!({"presence": "online", "status_msg": "coding"})).await.0,
+        200
+    );
+    assert_error(
+        &server.put(status, Some(&bob.token), json!({"presence": "online"})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let (status_code, body) = server.get(status, Some(&bob.token)).await;
+    assert_eq!(status_code, 200);
+    assert_eq!((body["presence"].as_str(), body["status_msg"].as_str()), (Some("online"), Some("coding")));
+    assert_eq!(body["currently_active"], true);
+    assert!(body["last_active_ago"].as_u64().unwrap() < 10_000);
+
+    let body = sync(&server, &bob, &format!("?since={bob_since}&set_presence=offline")).await;
+    let events = body["presence"]["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["sender"] == "@alice:localhost" && e["content"]["status_msg"] == "coding"),
+        "{events:?}"
+    );
+    let body = sync(&server, &carol, &format!("?since={carol_since}&set_presence=offline&timeout=0")).await;
+    assert!(
+        body["presence"]["events"].as_array().unwrap().iter().all(|e| e["sender"] != "@alice:localhost"),
+        "no shared room"
+    );
+    assert_error(
+        &server.get("/_matrix/client/v3/presence/@nobody:localhost/status", Some(&bob.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    let quiet = TestServer::start_with("allow_registration = true\npresence = false\n").await;
+    let dave = quiet.register("dave").await;
+    quiet
+        .put(
+            "/_matrix/client/v3/presence/@dave:localhost/status",
+            Some(&dave.token),
+            json!({"presence": "online"}),
+        )
+        .await;
+    let (_, body) = quiet.get("/_matrix/client/v3/presence/@dave:localhost/status", Some(&dave.token)).await;
+    assert_eq!(body["presence"], "offline", "presence disabled");
+}

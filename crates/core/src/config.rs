@@ -54,6 +54,9 @@ pub struct Config {
     pub tls_certificate_path: Option<PathBuf>,
     /// PEM private key for `tls_certificate_path`.
     pub tls_private_key_path: Option<PathBuf>,
+    /// Track and share presence (online/unavailable/offline). Off: presence
+    /// updates are accepted and ignored, everyone appears offline.
+    pub presence: bool,
     /// Application service registration files (YAML), loaded at startup.
     pub appservice_registrations: Vec<PathBuf>,
 }
@@ -87,6 +90,7 @@ impl Default for Config {
             default_room_version: RoomVersionId::V12,
             tls_certificate_path: None,
             tls_private_key_path: None,
+            presence: true,
             appservice_registrations: Vec::new(),
         }
     }
@@ -230,6 +234,7 @@ impl Config {
             "default_room_version",
             "tls_certificate_path",
             "tls_private_key_path",
+            "presence",
             "appservice_registrations",
         ]
     }

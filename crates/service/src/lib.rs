@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod appservices;
 pub mod ephemeral;
 pub mod filters;
+pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod rooms;
@@ -37,6 +38,7 @@ pub struct Services {
     pub streams: Arc<streams::Streams>,
     pub sync: sync::Sync,
     pub push: Arc<push::PushRules>,
+    pub presence: Arc<presence::Presence>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
 
@@ -48,6 +50,7 @@ impl Services {
             rooms::Rooms::highest_stream(&db)?,
             account_data::AccountData::highest_stream(&db)?,
             ephemeral::Ephemeral::highest_stream(&db)?,
+            presence::Presence::highest_stream(&db)?,
             streams::Streams::stored_high_water(&db)?,
         ]
         .into_iter()
@@ -59,14 +62,18 @@ impl Services {
         let rooms =
             Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone(), streams.clone(), push.clone())?);
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(&db, streams.clone(), rooms.clone())?);
+        let presence =
+            Arc::new(presence::Presence::new(config.clone(), &db, streams.clone(), rooms.clone())?);
         let sync = sync::Sync::new(
             rooms.clone(),
             account_data.clone(),
             ephemeral.clone(),
             streams.clone(),
             push.clone(),
+            presence.clone(),
         );
         Ok(Self {
+            presence,
             push,
             sync,
             ephemeral,

@@ -19,6 +19,7 @@ use serde_json::{Map, Value as JsonValue, json};
 use crate::{
     account_data::AccountData,
     ephemeral::Ephemeral,
+    presence::Presence,
     push::PushRules,
     rooms::{Rooms, StateMap, StoredPdu, glob_match, parse_token, passes},
     streams::Streams,
@@ -30,10 +31,13 @@ pub struct SyncRequest {
     pub full_state: bool,
     pub timeout: Duration,
     pub use_state_after: bool,
+    /// `set_presence`: `online` (default), `unavailable` or `offline`.
+    pub set_presence: String,
 }
 
 pub struct Sync {
     push: Arc<PushRules>,
+    presence: Arc<Presence>,
     rooms: Arc<Rooms>,
     account_data: Arc<AccountData>,
     ephemeral: Arc<Ephemeral>,
@@ -70,8 +74,9 @@ impl Sync {
         ephemeral: Arc<Ephemeral>,
         streams: Arc<Streams>,
         push: Arc<PushRules>,
+        presence: Arc<Presence>,
     ) -> Self {
-        Self { push, rooms, account_data, ephemeral, streams }
+        Self { push, presence, rooms, account_data, ephemeral, streams }
     }
 
     pub async fn sync(
@@ -81,6 +86,7 @@ impl Sync {
         request: SyncRequest,
     ) -> Result<JsonValue> {
         let since = request.since.as_deref().map(parse_token).transpose()?;
+        self.presence.touch(user, &request.set_presence)?;
         let deadline = tokio::time::Instant::now() + request.timeout.min(Duration::from_secs(300));
         let waiter = self.streams.waiter(user);
         loop {
@@ -171,6 +177,7 @@ impl Sync {
                 _ => {}
             }
         }
+        let presence = self.presence.events(w.user, w.since, w.to)?;
         let mut account_data: Vec<JsonValue> = self.account_data_events(w, None)?;
         if w.since.is_none() && !account_data.iter().any(|e| e["type"] == "m.push_rules") {
             account_data.push(json!({"type": "m.push_rules", "content": self.push.content(w.user)?}));
@@ -179,7 +186,7 @@ impl Sync {
             "next_batch": format!("s{}", w.to + 1),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "account_data": {"events": account_data},
-            "presence": {"events": []},
+            "presence": {"events": presence},
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
@@ -432,6 +439,7 @@ fn is_empty(response: &JsonValue) -> bool {
     let rooms = &response["rooms"];
     ["join", "invite", "leave", "knock"].iter().all(|k| rooms[k].as_object().is_none_or(|m| m.is_empty()))
         && response["account_data"]["events"].as_array().is_none_or(|e| e.is_empty())
+        && response["presence"]["events"].as_array().is_none_or(|e| e.is_empty())
 }
 
 /// A filter ID or inline definition, resolved.

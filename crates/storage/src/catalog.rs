@@ -27,6 +27,10 @@ pub const TABLES: &[&str] = &[
     "roomiduserreceipt_receipt",
     // Stream position → (room ID, user ID, receipt type, thread ID): receipt changes, for sync.
     "stream_receipt",
+    // User ID → presence (state, status message, last active).
+    "userid_presence",
+    // Stream position → user ID: presence changes, for sync.
+    "stream_presence",
     // (user ID, room ID, stream) → notification (highlight, thread): unread counts.
     "useridroomidstream_notification",
     // (user ID, stream) → notification (room, event, actions): /notifications.

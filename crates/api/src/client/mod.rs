@@ -10,6 +10,7 @@ mod ephemeral;
 mod filter;
 mod membership;
 mod messages;
+mod presence;
 mod profile;
 mod push;
 mod register;
@@ -72,6 +73,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(ephemeral::get)
         .ruma(ephemeral::put)
         .ruma(ephemeral::delete)
+        // Presence
+        .ruma(presence::set)
+        .ruma_custom(presence::get)
         // Push rules and notifications
         .ruma(push::all)
         .ruma(push::global)

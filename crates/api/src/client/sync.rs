@@ -30,6 +30,7 @@ pub async fn sync(
         full_state: body.full_state,
         timeout: body.timeout.unwrap_or(Duration::ZERO),
         use_state_after: body.use_state_after,
+        set_presence: body.set_presence.as_str().to_owned(),
     };
     let response = services.sync.sync(user, request.sender_device.as_deref(), sync_request).await?;
     Ok(Json(response))

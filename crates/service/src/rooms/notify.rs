@@ -16,6 +16,8 @@ use crate::storage_error::StorageResultExt;
 
 /// A notification row: (room ID, event ID, highlight, thread root, actions).
 pub type NotificationRow = (String, String, bool, Option<String>, serde_json::Value);
+/// A page of `/notifications`: rows with their stream positions, and the next `from`.
+pub type NotificationPage = (Vec<(u64, NotificationRow)>, Option<u64>);
 
 impl Rooms {
     /// Evaluate `event` against every other local joined member's rules.
@@ -101,7 +103,7 @@ impl Rooms {
         before: Option<u64>,
         limit: usize,
         only_highlight: bool,
-    ) -> Result<(Vec<(u64, NotificationRow)>, Option<u64>)> {
+    ) -> Result<NotificationPage> {
         let prefix = estuary_storage::Key::encode(&(user.to_string(),));
         let from = before.map(|b| estuary_storage::Key::encode(&(user.to_string(), b.saturating_sub(1))));
         let mut rows = Vec::new();

@@ -1,0 +1,158 @@
+//! Presence: a user's online state and status message, shared with the
+//! users they share a room with.
+
+use std::sync::Arc;
+
+use estuary_core::{Config, Error, Result, time::now_millis};
+use estuary_storage::{Db, Key, Table, codec::Json};
+use ruma::{OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as JsonValue, json};
+
+use crate::{rooms::Rooms, storage_error::StorageResultExt, streams::Streams};
+
+/// Online users idle for longer than this show as `unavailable`.
+const IDLE_AFTER_MS: u64 = 5 * 60 * 1000;
+/// Activity this recent counts as `currently_active`.
+const ACTIVE_WITHIN_MS: u64 = 60 * 1000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    presence: String,
+    status_msg: Option<String>,
+    last_active_ts: u64,
+}
+
+pub struct Presence {
+    config: Arc<Config>,
+    db: Db,
+    streams: Arc<Streams>,
+    rooms: Arc<Rooms>,
+    userid_presence: Table<String, Json<Record>>,
+    stream_presence: Table<u64, String>,
+}
+
+impl Presence {
+    pub fn new(config: Arc<Config>, db: &Db, streams: Arc<Streams>, rooms: Arc<Rooms>) -> Result<Self> {
+        Ok(Self {
+            config,
+            db: db.clone(),
+            streams,
+            rooms,
+            userid_presence: db.table("userid_presence").db()?,
+            stream_presence: db.table("stream_presence").db()?,
+        })
+    }
+
+    pub fn highest_stream(db: &Db) -> Result<u64> {
+        let table: Table<u64, String> = db.table("stream_presence").db()?;
+        Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
+    }
+
+    /// Set a user's presence (`online`, `unavailable`, `offline`) and status message.
+    pub fn set(&self, user_id: &UserId, presence: &str, status_msg: Option<String>) -> Result<()> {
+        if !matches!(presence, "online" | "unavailable" | "offline") {
+            return Err(Error::invalid_param("presence must be online, unavailable or offline"));
+        }
+        if !self.config.presence {
+            return Ok(());
+        }
+        let record = Record { presence: presence.to_owned(), status_msg, last_active_ts: now_millis() };
+        self.store(user_id, record)
+    }
+
+    fn store(&self, user_id: &UserId, record: Record) -> Result<()> {
+        let mut batch = self.db.batch();
+        batch.put(&self.userid_presence, &user_id.to_string(), &Json(record));
+        self.streams.commit(batch, |position, batch| {
+            batch.put(&self.stream_presence, &position, &user_id.to_string())
+        })?;
+        let mut audience = self.audience(user_id)?;
+        audience.push(user_id.to_owned());
+        self.streams.notify(audience.iter().map(|u| &**u));
+        Ok(())
+    }
+
+    /// A sync with `set_presence`: mark the user active, announcing only changes of state.
+    pub fn touch(&self, user_id: &UserId, presence: &str) -> Result<()> {
+        if !self.config.presence || presence == "offline" {
+            return Ok(());
+        }
+        let current = self.userid_presence.get(&user_id.to_string()).db()?.map(|Json(r)| r);
+        let stale = current.as_ref().is_none_or(|r| {
+            r.presence != presence || now_millis().saturating_sub(r.last_active_ts) > ACTIVE_WITHIN_MS
+        });
+        if stale {
+            let status_msg = current.and_then(|r| r.status_msg);
+            self.store(
+                user_id,
+                Record { presence: presence.to_owned(), status_msg, last_active_ts: now_millis() },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The presence content of a user, as clients see it.
+    pub fn content(&self, user_id: &UserId) -> Result<JsonValue> {
+        let Some(Json(record)) =
+            self.userid_presence.get(&user_id.to_string()).db()?.filter(|_| self.config.presence)
+        else {
+            return Ok(json!({"presence": "offline"}));
+        };
+        let ago = now_millis().saturating_sub(record.last_active_ts);
+        let presence =
+            if record.presence == "online" && ago > IDLE_AFTER_MS { "unavailable" } else { &record.presence };
+        let mut content = json!({
+            "presence": presence,
+            "last_active_ago": ago,
+            "currently_active": presence == "online" && ago < ACTIVE_WITHIN_MS,
+        });
+        if let Some(msg) = record.status_msg {
+            content["status_msg"] = msg.into();
+        }
+        Ok(content)
+    }
+
+    /// Users who share a room with `user_id`.
+    fn audience(&self, user_id: &UserId) -> Result<Vec<OwnedUserId>> {
+        let mut users = Vec::new();
+        for room in self.rooms.rooms_with_membership(user_id, "join")? {
+            users.extend(self.rooms.members_with_membership(&room, "join")?);
+        }
+        users.sort();
+        users.dedup();
+        Ok(users)
+    }
+
+    /// `m.presence` events for `viewer`: changes in `from..=to` (or, initially, everyone known) of
+    /// users sharing a room with them, and their own.
+    pub fn events(&self, viewer: &UserId, from: Option<u64>, to: u64) -> Result<Vec<JsonValue>> {
+        if !self.config.presence {
+            return Ok(Vec::new());
+        }
+        let mut shared = self.audience(viewer)?;
+        shared.push(viewer.to_owned());
+        let changed: Vec<String> = match from {
+            None => shared.iter().map(|u| u.to_string()).collect(),
+            Some(from) => {
+                let rows =
+                    self.stream_presence.scan_from(&[], Some(&from.encode()), false, usize::MAX).db()?;
+                let mut users: Vec<String> =
+                    rows.into_iter().take_while(|(p, _)| *p <= to).map(|(_, u)| u).collect();
+                users.sort();
+                users.dedup();
+                users.retain(|u| shared.iter().any(|s| s.as_str() == u));
+                users
+            }
+        };
+        let mut events = Vec::new();
+        for user in changed {
+            let Ok(user_id) = UserId::parse(&user) else { continue };
+            if self.userid_presence.contains(&user).db()? {
+                events
+                    .push(json!({"type": "m.presence", "sender": user, "content": self.content(&user_id)?}));
+            }
+        }
+        Ok(events)
+    }
+}
