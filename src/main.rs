@@ -64,9 +64,13 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let db = Db::open(&config.database_path, &options)?;
     let services = Arc::new(Services::build(config.clone(), db.clone())?);
     services.on_startup()?;
+    let workers = services.start_workers();
     let app = estuary_api::app(services);
     listener::serve(&config, app, shutdown_signal()).await?;
     tracing::info!("shutting down");
+    for worker in workers {
+        worker.abort();
+    }
     db.flush()?;
     Ok(())
 }

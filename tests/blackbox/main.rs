@@ -9,6 +9,7 @@ mod harness;
 mod login;
 mod process;
 mod push;
+mod pushers;
 mod register;
 mod relations;
 mod room_features;

@@ -123,22 +123,9 @@ impl Ephemeral {
             .then(|| json!({"type": "m.typing", "content": {"user_ids": users}}))
     }
 
-    /// The stream position of the latest event the user has read in a room
-    /// (their `m.read` or `m.read.private` receipt, main timeline).
+    /// The stream position of the latest event the user has read in a room.
     pub fn read_position(&self, user_id: &UserId, room_id: &RoomId) -> Result<u64> {
-        let mut position = 0;
-        for kind in ["m.read", "m.read.private"] {
-            for thread in ["", "main"] {
-                let key = (room_id.to_string(), user_id.to_string(), kind.to_owned(), thread.to_owned());
-                if let Some(Json((event_id, _))) = self.receipts.get(&key).db()?
-                    && let Ok(event_id) = EventId::parse(&event_id)
-                    && let Some(stored) = self.rooms.stored(&event_id)?
-                {
-                    position = position.max(stored.stream);
-                }
-            }
-        }
-        Ok(position)
+        self.rooms.read_position(user_id, room_id)
     }
 
     /// Rooms whose typing or receipts changed in `from..=to`.

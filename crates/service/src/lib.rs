@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod appservices;
 pub mod ephemeral;
 pub mod filters;
+pub mod outgoing;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -39,6 +40,7 @@ pub struct Services {
     pub sync: sync::Sync,
     pub push: Arc<push::PushRules>,
     pub presence: Arc<presence::Presence>,
+    pub outgoing: Arc<outgoing::Outgoing>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
 
@@ -58,7 +60,8 @@ impl Services {
         .unwrap_or(0);
         let streams = Arc::new(streams::Streams::new(highest));
         let account_data = Arc::new(account_data::AccountData::new(&db, streams.clone())?);
-        let push = Arc::new(push::PushRules::new(account_data.clone()));
+        let outgoing = Arc::new(outgoing::Outgoing::new(&db)?);
+        let push = Arc::new(push::PushRules::new(account_data.clone(), &db, outgoing.clone())?);
         let rooms =
             Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone(), streams.clone(), push.clone())?);
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(&db, streams.clone(), rooms.clone())?);
@@ -73,6 +76,7 @@ impl Services {
             presence.clone(),
         );
         Ok(Self {
+            outgoing,
             presence,
             push,
             sync,
@@ -93,5 +97,10 @@ impl Services {
     /// registration token when the server has no account yet.
     pub fn on_startup(&self) -> Result<()> {
         self.accounts.announce_first_run_token()
+    }
+
+    /// Start the background workers (the outgoing queue). Needs a tokio runtime.
+    pub fn start_workers(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![self.outgoing.spawn_worker()]
     }
 }

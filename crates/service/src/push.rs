@@ -3,19 +3,115 @@
 
 use std::sync::Arc;
 
-use estuary_core::{Error, Result};
+use estuary_core::{Error, Result, time::now_millis};
+use estuary_storage::{Db, Table, codec::Json};
 use ruma::{UserId, push::Ruleset};
-use serde_json::json;
+use serde_json::{Value as JsonValue, json};
 
-use crate::account_data::AccountData;
+use crate::{
+    account_data::AccountData,
+    outgoing::{Outgoing, PushJob},
+    storage_error::StorageResultExt,
+};
+
+/// The path every HTTP pusher URL must have (Push Gateway API).
+const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 
 pub struct PushRules {
     account_data: Arc<AccountData>,
+    pushers: Table<(String, String, String), Json<JsonValue>>,
+    outgoing: Arc<Outgoing>,
 }
 
 impl PushRules {
-    pub fn new(account_data: Arc<AccountData>) -> Self {
-        Self { account_data }
+    pub fn new(account_data: Arc<AccountData>, db: &Db, outgoing: Arc<Outgoing>) -> Result<Self> {
+        Ok(Self { account_data, pushers: db.table("useridappidpushkey_pusher").db()?, outgoing })
+    }
+
+    /// The user's pushers, as clients set them.
+    pub fn pushers(&self, user_id: &UserId) -> Result<Vec<JsonValue>> {
+        Ok(self
+            .pushers
+            .scan_prefix(&(user_id.to_string(),))
+            .db()?
+            .into_iter()
+            .map(|(_, Json(p))| p)
+            .collect())
+    }
+
+    /// Add or replace a pusher. Without `append`, the same app ID and pushkey
+    /// registered by other users is removed.
+    pub fn set_pusher(&self, user_id: &UserId, mut pusher: JsonValue, append: bool) -> Result<()> {
+        let app_id = pusher["app_id"].as_str().unwrap_or_default().to_owned();
+        let pushkey = pusher["pushkey"].as_str().unwrap_or_default().to_owned();
+        if pusher["kind"] == "http" {
+            let url = pusher["data"]["url"].as_str().unwrap_or_default();
+            let valid = reqwest::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == NOTIFY_PATH);
+            if !valid {
+                return Err(Error::invalid_param(format!(
+                    "data.url must be an http(s) URL ending in {NOTIFY_PATH}"
+                )));
+            }
+        }
+        pusher["pushkey_ts"] = now_millis().into();
+        if !append {
+            for ((user, app, key), _) in self.pushers.scan_raw_prefix(&[], usize::MAX).db()? {
+                if app == app_id && key == pushkey && user != user_id.as_str() {
+                    self.pushers.delete(&(user, app, key)).db()?;
+                }
+            }
+        }
+        self.pushers.put(&(user_id.to_string(), app_id, pushkey), &Json(pusher)).db()
+    }
+
+    pub fn delete_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
+        self.pushers.delete(&(user_id.to_string(), app_id.to_owned(), pushkey.to_owned())).db()
+    }
+
+    /// Queue a notification to each of the user's HTTP pushers.
+    pub fn push(&self, user_id: &UserId, event: &JsonValue, notification: &PushNotification) -> Result<()> {
+        for pusher in self.pushers(user_id)? {
+            if pusher["kind"] != "http" {
+                continue;
+            }
+            let Some(url) = pusher["data"]["url"].as_str() else { continue };
+            let mut data = pusher["data"].clone();
+            data.as_object_mut().map(|d| d.remove("url"));
+            let device = json!({
+                "app_id": pusher["app_id"], "pushkey": pusher["pushkey"], "pushkey_ts": pusher["pushkey_ts"],
+                "data": data, "tweaks": notification.tweaks,
+            });
+            let mut body = json!({
+                "event_id": event["event_id"], "room_id": event["room_id"],
+                "counts": {"unread": notification.unread},
+                "prio": if notification.highlight { "high" } else { "low" },
+                "devices": [device],
+            });
+            if pusher["data"]["format"] != "event_id_only" {
+                body["type"] = event["type"].clone();
+                body["sender"] = event["sender"].clone();
+                body["content"] = event["content"].clone();
+                if let Some(name) = &notification.sender_display_name {
+                    body["sender_display_name"] = name.clone().into();
+                }
+                if let Some(name) = &notification.room_name {
+                    body["room_name"] = name.clone().into();
+                }
+                if event["type"] == "m.room.member" {
+                    body["user_is_target"] = (event["state_key"] == user_id.as_str()).into();
+                }
+            }
+            let job = PushJob {
+                url: url.to_owned(),
+                body: json!({"notification": body}),
+                user_id: user_id.to_string(),
+                app_id: pusher["app_id"].as_str().unwrap_or_default().to_owned(),
+                pushkey: pusher["pushkey"].as_str().unwrap_or_default().to_owned(),
+            };
+            self.outgoing.enqueue(&format!("push {url}"), job)?;
+        }
+        Ok(())
     }
 
     /// The user's ruleset: stored, or the server default.
@@ -40,4 +136,13 @@ impl PushRules {
     pub fn content(&self, user_id: &UserId) -> Result<serde_json::Value> {
         Ok(json!({"global": self.ruleset(user_id)?}))
     }
+}
+
+/// What a push carries besides the event.
+pub struct PushNotification {
+    pub unread: u64,
+    pub highlight: bool,
+    pub tweaks: JsonValue,
+    pub sender_display_name: Option<String>,
+    pub room_name: Option<String>,
 }

@@ -27,6 +27,11 @@ pub const TABLES: &[&str] = &[
     "roomiduserreceipt_receipt",
     // Stream position → (room ID, user ID, receipt type, thread ID): receipt changes, for sync.
     "stream_receipt",
+    // (user ID, app ID, pushkey) → pusher (JSON, as the client set it).
+    "useridappidpushkey_pusher",
+    // (destination, sequence) → job: the durable outgoing queue (push gateways now;
+    // federation and appservices later).
+    "destinationseq_job",
     // User ID → presence (state, status message, last active).
     "userid_presence",
     // Stream position → user ID: presence changes, for sync.

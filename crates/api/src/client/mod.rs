@@ -87,6 +87,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(push::get_actions)
         .ruma(push::set_actions)
         .ruma_custom(push::notifications)
+        .ruma(push::get_pushers)
+        .ruma(push::set_pusher)
         // Rooms
         .ruma(room::create)
         .ruma(room::send_message)

@@ -154,3 +154,33 @@ pub async fn notifications(
     }
     Ok(axum::Json(response))
 }
+
+pub async fn get_pushers(
+    services: AppState,
+    request: Ruma<ruma::api::client::push::get_pushers::v3::Request>,
+) -> ApiResult<ruma::api::client::push::get_pushers::v3::Response> {
+    let pushers = services
+        .push
+        .pushers(request.user()?)?
+        .into_iter()
+        .filter_map(|p| serde_json::from_value(p).ok())
+        .collect();
+    Ok(ruma::api::client::push::get_pushers::v3::Response::new(pushers))
+}
+
+pub async fn set_pusher(
+    services: AppState,
+    request: Ruma<ruma::api::client::push::set_pusher::v3::Request>,
+) -> ApiResult<ruma::api::client::push::set_pusher::v3::Response> {
+    use ruma::api::client::push::set_pusher::v3::PusherAction;
+    let user = request.user()?;
+    match &request.body.action {
+        PusherAction::Post(post) => {
+            let pusher = serde_json::to_value(&post.pusher).map_err(Error::from)?;
+            services.push.set_pusher(user, pusher, post.append)?;
+        }
+        PusherAction::Delete(ids) => services.push.delete_pusher(user, &ids.app_id, &ids.pushkey)?,
+        _ => return Err(Error::bad_json("Unknown pusher action").into()),
+    }
+    Ok(ruma::api::client::push::set_pusher::v3::Response::new())
+}

@@ -56,6 +56,7 @@ impl Rooms {
                 continue;
             }
             let highlight = actions.iter().any(Action::is_highlight);
+            self.push_to_gateways(member, &event_json, &pdu.room_id, &actions, highlight)?;
             let row: NotificationRow = (
                 pdu.room_id.to_string(),
                 pdu.event_id.to_string(),
@@ -76,6 +77,67 @@ impl Rooms {
             self.streams.notify(notified.iter().map(|u| &**u));
         }
         Ok(())
+    }
+
+    /// Queue the notification for the member's pushers.
+    fn push_to_gateways(
+        &self,
+        member: &UserId,
+        event: &serde_json::Value,
+        room_id: &ruma::RoomId,
+        actions: &[Action],
+        highlight: bool,
+    ) -> Result<()> {
+        if self.push.pushers(member)?.is_empty() {
+            return Ok(());
+        }
+        let mut tweaks = serde_json::Map::new();
+        for action in actions {
+            if let Action::SetTweak(tweak) = action
+                && let Ok(serde_json::Value::Object(map)) = serde_json::to_value(tweak)
+                && let (Some(name), value) = (map.get("set_tweak").and_then(|n| n.as_str()), map.get("value"))
+            {
+                tweaks.insert(name.to_owned(), value.cloned().unwrap_or(serde_json::Value::Bool(true)));
+            }
+        }
+        let unread =
+            self.unread_counts(member, room_id, self.read_position(member, room_id)?)?.len() as u64 + 1;
+        let summary = self.room_summary(room_id)?;
+        let sender = event["sender"].as_str().and_then(|s| UserId::parse(s).ok());
+        let sender_display_name = sender.and_then(|s| {
+            self.profiles
+                .get_field(&s, &ProfileFieldName::DisplayName)
+                .ok()
+                .and_then(|v| v.value().as_str().map(str::to_owned))
+        });
+        let notification = crate::push::PushNotification {
+            unread,
+            highlight,
+            tweaks: serde_json::Value::Object(tweaks),
+            sender_display_name,
+            room_name: summary["name"].as_str().map(str::to_owned),
+        };
+        self.push.push(member, event, &notification)
+    }
+
+    /// The stream position of the latest event the user has read in a room
+    /// (their `m.read` or `m.read.private` receipt on the main timeline).
+    pub fn read_position(&self, user_id: &UserId, room_id: &ruma::RoomId) -> Result<u64> {
+        let receipts: estuary_storage::Table<(String, String, String, String), Json<(String, u64)>> =
+            self.db.table("roomiduserreceipt_receipt").db()?;
+        let mut position = 0;
+        for kind in ["m.read", "m.read.private"] {
+            for thread in ["", "main"] {
+                let key = (room_id.to_string(), user_id.to_string(), kind.to_owned(), thread.to_owned());
+                if let Some(Json((event_id, _))) = receipts.get(&key).db()?
+                    && let Ok(event_id) = ruma::EventId::parse(&event_id)
+                    && let Some(stored) = self.stored(&event_id)?
+                {
+                    position = position.max(stored.stream);
+                }
+            }
+        }
+        Ok(position)
     }
 
     /// Notifications in a room after stream position `after`: (count, highlights) overall and per thread.
