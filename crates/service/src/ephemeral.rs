@@ -19,7 +19,7 @@ use crate::{rooms::Rooms, storage_error::StorageResultExt, streams::Streams};
 const MAX_TYPING: Duration = Duration::from_secs(120);
 
 /// (room ID, user ID, receipt type, thread ID or "").
-type ReceiptKey = (String, String, String, String);
+pub type ReceiptKey = (String, String, String, String);
 
 #[derive(Default)]
 struct RoomTyping {

@@ -56,7 +56,7 @@ impl Rooms {
                 continue;
             }
             let highlight = actions.iter().any(Action::is_highlight);
-            self.push_to_gateways(member, &event_json, &pdu.room_id, &actions, highlight)?;
+            self.push_to_gateways(member, &event_json, &pdu.room_id, actions, highlight)?;
             let row: NotificationRow = (
                 pdu.room_id.to_string(),
                 pdu.event_id.to_string(),
@@ -123,7 +123,7 @@ impl Rooms {
     /// The stream position of the latest event the user has read in a room
     /// (their `m.read` or `m.read.private` receipt on the main timeline).
     pub fn read_position(&self, user_id: &UserId, room_id: &ruma::RoomId) -> Result<u64> {
-        let receipts: estuary_storage::Table<(String, String, String, String), Json<(String, u64)>> =
+        let receipts: estuary_storage::Table<crate::ephemeral::ReceiptKey, Json<(String, u64)>> =
             self.db.table("roomiduserreceipt_receipt").db()?;
         let mut position = 0;
         for kind in ["m.read", "m.read.private"] {
