@@ -19,13 +19,20 @@ const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 
 pub struct PushRules {
     account_data: Arc<AccountData>,
+    /// Parsed rulesets: every event is evaluated against every member's rules.
+    cache: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, Arc<Ruleset>>>,
     pushers: Table<(String, String, String), Json<JsonValue>>,
     outgoing: Arc<Outgoing>,
 }
 
 impl PushRules {
     pub fn new(account_data: Arc<AccountData>, db: &Db, outgoing: Arc<Outgoing>) -> Result<Self> {
-        Ok(Self { account_data, pushers: db.table("useridappidpushkey_pusher").db()?, outgoing })
+        Ok(Self {
+            account_data,
+            cache: Default::default(),
+            pushers: db.table("useridappidpushkey_pusher").db()?,
+            outgoing,
+        })
     }
 
     /// The user's pushers, as clients set them.
@@ -114,6 +121,20 @@ impl PushRules {
         Ok(())
     }
 
+    /// The user's ruleset, cached.
+    pub fn cached_ruleset(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+        if let Some(hit) = self.cache.lock().expect("ruleset cache").get(user_id) {
+            return Ok(hit.clone());
+        }
+        let ruleset = Arc::new(self.ruleset(user_id)?);
+        let mut cache = self.cache.lock().expect("ruleset cache");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(user_id.to_owned(), ruleset.clone());
+        Ok(ruleset)
+    }
+
     /// The user's ruleset: stored, or the server default.
     pub fn ruleset(&self, user_id: &UserId) -> Result<Ruleset> {
         match self.account_data.get(user_id, None, "m.push_rules") {
@@ -129,7 +150,9 @@ impl PushRules {
     /// Store a changed ruleset (and so deliver it through sync).
     pub fn save(&self, user_id: &UserId, ruleset: &Ruleset) -> Result<()> {
         let content = serde_json::value::to_raw_value(&json!({"global": ruleset}))?;
-        self.account_data.set_internal(user_id, None, "m.push_rules", content)
+        self.account_data.set_internal(user_id, None, "m.push_rules", content)?;
+        self.cache.lock().expect("ruleset cache").remove(user_id);
+        Ok(())
     }
 
     /// `m.push_rules` as account data content, for an initial sync.

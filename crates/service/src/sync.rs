@@ -233,8 +233,11 @@ impl Sync {
         let mut limited = false;
         let mut upper = w.to;
         // Bounded: at most 50 pages of candidates; a longer gap counts as limited.
+        let mut page_size = limit + 1;
         for page in 0..50 {
-            let (candidates, more) = self.rooms.room_events_between(room_id, from, upper, 100)?;
+            // Start with just enough events; grow the pages when a filter drops many.
+            let (candidates, more) = self.rooms.room_events_between(room_id, from, upper, page_size)?;
+            page_size = (page_size * 2).min(200);
             for stored in &candidates {
                 upper = stored.stream.saturating_sub(1);
                 if !self.rooms.can_see_event(Some(w.user), stored)? {

@@ -35,6 +35,14 @@ struct Args {
     /// /messages requests to time.
     #[arg(long, default_value_t = 300)]
     reads: usize,
+    /// Messages whose delivery to a waiting /sync is timed.
+    #[arg(long, default_value_t = 1000)]
+    deliveries: usize,
+    /// Rooms (with `--messages-per-room` each) for the initial sync benchmark.
+    #[arg(long, default_value_t = 200)]
+    sync_rooms: usize,
+    #[arg(long, default_value_t = 50)]
+    messages_per_room: usize,
 }
 
 struct Server {
@@ -248,6 +256,102 @@ async fn messages_benchmark(client: &Client, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Send → arrival in another user's waiting `/sync`, one message at a time.
+async fn delivery_benchmark(client: &Client, args: &Args) -> Result<()> {
+    let sender = client.register("courier").await?;
+    let receiver = client.register("recipient").await?;
+    let room = client.create_room(&sender).await?;
+    let invite = json!({"user_id": format!("@recipient:localhost")});
+    client
+        .call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&sender),
+            Some(invite),
+        )
+        .await?;
+    client
+        .call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/join"),
+            Some(&receiver),
+            Some(json!({})),
+        )
+        .await?;
+    let initial = client.call(reqwest::Method::GET, "/_matrix/client/v3/sync", Some(&receiver), None).await?;
+    let mut since = initial["next_batch"].as_str().context("next_batch")?.to_owned();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let watcher = {
+        let client = Client { http: client.http.clone(), base: client.base.clone() };
+        let room = room.clone();
+        tokio::spawn(async move {
+            loop {
+                let path = format!("/_matrix/client/v3/sync?since={since}&timeout=30000");
+                let Ok(body) = client.call(reqwest::Method::GET, &path, Some(&receiver), None).await else {
+                    return;
+                };
+                let arrived = Instant::now();
+                for event in
+                    body["rooms"]["join"][&room]["timeline"]["events"].as_array().into_iter().flatten()
+                {
+                    if let Some(text) = event["content"]["body"].as_str() {
+                        let _ = tx.send((text.to_owned(), arrived));
+                    }
+                }
+                since = body["next_batch"].as_str().unwrap_or_default().to_owned();
+            }
+        })
+    };
+    let mut latencies = Vec::with_capacity(args.deliveries);
+    for n in 0..args.deliveries {
+        let started = Instant::now();
+        let txn = format!("d{n}");
+        client.send(&sender, &room, &txn).await?;
+        let expected = format!("benchmark message {txn}");
+        loop {
+            let (text, arrived) =
+                tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?.context("watcher ended")?;
+            if text == expected {
+                latencies.push(arrived - started);
+                break;
+            }
+        }
+    }
+    watcher.abort();
+    summary("delivery send → waiting /sync", latencies);
+    Ok(())
+}
+
+/// Initial sync of a user in many rooms with history.
+async fn initial_sync_benchmark(client: &Client, args: &Args) -> Result<()> {
+    let token = client.register("member").await?;
+    let started = Instant::now();
+    for r in 0..args.sync_rooms {
+        let room = client.create_room(&token).await?;
+        for m in 0..args.messages_per_room {
+            client.send(&token, &room, &format!("r{r}m{m}")).await?;
+        }
+    }
+    println!(
+        "initial sync setup: {} rooms × {} messages in {:.1} s",
+        args.sync_rooms,
+        args.messages_per_room,
+        started.elapsed().as_secs_f64()
+    );
+    let mut latencies = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let body = client.call(reqwest::Method::GET, "/_matrix/client/v3/sync", Some(&token), None).await?;
+        latencies.push(t.elapsed());
+        let rooms = body["rooms"]["join"].as_object().map_or(0, |r| r.len());
+        if rooms != args.sync_rooms {
+            bail!("initial sync returned {rooms} rooms");
+        }
+    }
+    summary("initial sync", latencies);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -256,6 +360,8 @@ async fn main() -> Result<()> {
     let client = Client { http, base: server.base.clone() };
     send_benchmark(&client, &args).await?;
     messages_benchmark(&client, &args).await?;
+    delivery_benchmark(&client, &args).await?;
+    initial_sync_benchmark(&client, &args).await?;
     if let Some(kib) = peak_memory_kib(server.child.id()) {
         println!("server peak memory (VmHWM): {:.1} MiB", kib as f64 / 1024.0);
     }

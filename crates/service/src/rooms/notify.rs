@@ -23,9 +23,13 @@ impl Rooms {
     /// Evaluate `event` against every other local joined member's rules.
     pub(super) async fn notify_members(&self, stored: &StoredPdu) -> Result<()> {
         let pdu = stored.pdu()?;
+        let members = self.members_with_membership(&pdu.room_id, "join")?;
+        let local = |m: &&ruma::OwnedUserId| **m != pdu.sender && m.server_name() == self.config.server_name;
+        if !members.iter().any(|m| local(&m)) {
+            return Ok(());
+        }
         let room = self.require_room(&pdu.room_id)?;
         let state = self.state.load(stored.state_after)?;
-        let members = self.members_with_membership(&pdu.room_id, "join")?;
         let member_count = UInt::new(members.len() as u64).unwrap_or_default();
         let power = PushConditionPowerLevelsCtx::from(self.power_levels(&state, &room.room_version)?);
         let event_json = self.client_event(stored, None)?;
@@ -50,7 +54,7 @@ impl Rooms {
             let mut ctx =
                 PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, member.clone(), display_name);
             ctx.power_levels = Some(power.clone());
-            let ruleset = self.push.ruleset(member)?;
+            let ruleset = self.push.cached_ruleset(member)?;
             let actions = ruleset.get_actions(&raw, &ctx).await;
             if !actions.iter().any(Action::should_notify) {
                 continue;

@@ -29,6 +29,12 @@ impl Rooms {
     /// Whether `viewer` may see `event`, per the history visibility in force
     /// when it was sent and the viewer's membership then (and now, for `shared`).
     pub fn can_see_event(&self, viewer: Option<&UserId>, event: &StoredPdu) -> Result<bool> {
+        // Fast path: a member who is still joined sees everything since their latest join.
+        if let Some(viewer) = viewer
+            && self.joined_at_or_before(viewer, event)?
+        {
+            return Ok(true);
+        }
         let before = self.state.load(event.state_before)?;
         let visibility = self.history_visibility(&before)?;
         if visibility == "world_readable" {
@@ -50,6 +56,16 @@ impl Rooms {
             // shared: also every event from before the user's latest join.
             _ => then.as_deref() == Some("join") || self.joined_after(viewer, event)?,
         })
+    }
+
+    /// Currently joined, with the latest join at or before the event: the
+    /// viewer's membership at the event was `join`.
+    fn joined_at_or_before(&self, viewer: &UserId, event: &StoredPdu) -> Result<bool> {
+        let key = (viewer.to_string(), event.room_id.to_string());
+        match self.useridroomid_joinstream.get(&key).db()? {
+            Some(joined) if joined <= event.stream => self.is_joined(viewer, &event.room_id),
+            _ => Ok(false),
+        }
     }
 
     fn joined_after(&self, viewer: &UserId, event: &StoredPdu) -> Result<bool> {
