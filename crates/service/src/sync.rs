@@ -177,7 +177,22 @@ impl Sync {
                 _ => {}
             }
         }
-        let presence = self.presence.events(w.user, w.since, w.to)?;
+        let presence_filter = &w.filter.presence;
+        let presence: Vec<JsonValue> = self
+            .presence
+            .events(w.user, w.since, w.to)?
+            .into_iter()
+            .filter(|e| {
+                let sender = e["sender"].as_str().unwrap_or_default();
+                !presence_filter.not_types.iter().any(|p| glob_match(p, "m.presence"))
+                    && presence_filter
+                        .types
+                        .as_ref()
+                        .is_none_or(|t| t.iter().any(|p| glob_match(p, "m.presence")))
+                    && !presence_filter.not_senders.iter().any(|s| s.as_str() == sender)
+                    && presence_filter.senders.as_ref().is_none_or(|s| s.iter().any(|u| u.as_str() == sender))
+            })
+            .collect();
         let mut account_data: Vec<JsonValue> = self.account_data_events(w, None)?;
         if w.since.is_none() && !account_data.iter().any(|e| e["type"] == "m.push_rules") {
             account_data.push(json!({"type": "m.push_rules", "content": self.push.content(w.user)?}));
