@@ -425,3 +425,22 @@ async fn presence_reaches_room_mates_only() {
     let (_, body) = quiet.get("/_matrix/client/v3/presence/@dave:localhost/status", Some(&dave.token)).await;
     assert_eq!(body["presence"], "offline", "presence disabled");
 }
+
+#[tokio::test]
+async fn a_profile_change_is_not_a_new_join() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({}));
+    let room = room.await;
+    for i in 0..5 {
+        send_text(&server, &alice, &room, &format!("m{i}"), "chatter").await;
+    }
+    let since = sync(&server, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    server.put("/_matrix/client/v3/profile/@alice:localhost/displayname", Some(&alice.token), json!({"displayname": "Alice"})).await;
+    let body = sync(&server, &alice, &format!("?since={since}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    let events = joined["timeline"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "only the new member event: {events:?}");
+    assert_eq!(events[0]["content"]["displayname"], "Alice");
+    assert_eq!(joined["state"]["events"], json!([]), "no full state");
+}

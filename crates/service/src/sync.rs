@@ -146,7 +146,7 @@ impl Sync {
             }
             let Some(membership) = self.rooms.membership(w.user, &room_id)? else { continue };
             let changed_here =
-                self.rooms.membership_position(w.user, &room_id)?.is_some_and(|p| p >= from && p <= w.to);
+                self.rooms.membership_change_position(w.user, &room_id)?.is_some_and(|p| p >= from && p <= w.to);
             match membership.as_str() {
                 "join" => {
                     let entry = self.joined_room(w, &room_id, changed_here, changed_here)?;

@@ -69,16 +69,25 @@ impl Rooms {
         self.state.load(id)
     }
 
-    /// Position of the user's current membership event in the room.
-    pub(crate) fn membership_position(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<u64>> {
+    /// Position of the user's current membership event, if it changed the
+    /// membership (a profile change of a joined member is not a new join).
+    pub(crate) fn membership_change_position(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<u64>> {
         let room = self.require_room(room_id)?;
         let state = self.state.load(room.state)?;
-        let Some(id) =
-            self.state_event_id(&state, &ruma::events::StateEventType::RoomMember, user_id.as_str())?
-        else {
+        let Some(id) = self.state_event_id(&state, &ruma::events::StateEventType::RoomMember, user_id.as_str())? else {
             return Ok(None);
         };
-        Ok(self.stored(&id)?.map(|s| s.stream))
+        let Some(stored) = self.stored(&id)? else { return Ok(None) };
+        let membership = |v: Option<&ruma::CanonicalJsonValue>| {
+            v.and_then(|c| c.as_object()).and_then(|c| c.get("membership")).and_then(|m| m.as_str()).map(str::to_owned)
+        };
+        let now = membership(stored.json.get("content"));
+        let before = stored
+            .json
+            .get("unsigned")
+            .and_then(|u| u.as_object())
+            .and_then(|u| membership(u.get("prev_content")));
+        Ok((now != before).then_some(stored.stream))
     }
 
     /// Events of a snapshot that differ from `base` (all of them without one).
