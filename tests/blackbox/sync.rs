@@ -436,11 +436,59 @@ async fn a_profile_change_is_not_a_new_join() {
         send_text(&server, &alice, &room, &format!("m{i}"), "chatter").await;
     }
     let since = sync(&server, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
-    server.put("/_matrix/client/v3/profile/@alice:localhost/displayname", Some(&alice.token), json!({"displayname": "Alice"})).await;
+    server
+        .put(
+            "/_matrix/client/v3/profile/@alice:localhost/displayname",
+            Some(&alice.token),
+            json!({"displayname": "Alice"}),
+        )
+        .await;
     let body = sync(&server, &alice, &format!("?since={since}")).await;
     let joined = &body["rooms"]["join"][&room];
     let events = joined["timeline"]["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "only the new member event: {events:?}");
     assert_eq!(events[0]["content"]["displayname"], "Alice");
     assert_eq!(joined["state"]["events"], json!([]), "no full state");
+}
+
+#[tokio::test]
+async fn redundant_members_only_when_asked() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let members_in = |body: &Value| -> Vec<String> {
+        body["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e["type"] == "m.room.member")
+                    .map(|e| e["state_key"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (filter, redundant) in [
+        (
+            "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A1%7D%2C%22state%22%3A%7B%22lazy_load_members%22%3Atrue%7D%7D%7D",
+            false,
+        ),
+        (
+            "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A1%7D%2C%22state%22%3A%7B%22lazy_load_members%22%3Atrue%2C%22include_redundant_members%22%3Atrue%7D%7D%7D",
+            true,
+        ),
+    ] {
+        send_text(&server, &alice, &room, &format!("a{redundant}"), "first").await;
+        let body = sync(&server, &bob, &format!("?filter={filter}")).await;
+        assert!(members_in(&body).contains(&"@alice:localhost".to_owned()), "{body}");
+        let since = body["next_batch"].as_str().unwrap().to_owned();
+        send_text(&server, &alice, &room, &format!("b{redundant}"), "second").await;
+        let body = sync(&server, &bob, &format!("?filter={filter}&since={since}")).await;
+        assert_eq!(
+            members_in(&body).contains(&"@alice:localhost".to_owned()),
+            redundant,
+            "redundant={redundant}: {body}"
+        );
+    }
 }

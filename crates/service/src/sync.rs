@@ -6,11 +6,15 @@
 //! (`streams.rs`); an incremental sync reads positions `since..=current`,
 //! touching only rooms that changed.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use estuary_core::{Error, Result};
 use ruma::{
-    DeviceId, RoomId, UserId,
+    DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId,
     api::client::filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
     events::StateEventType,
 };
@@ -35,7 +39,12 @@ pub struct SyncRequest {
     pub set_presence: String,
 }
 
+/// Member events each device has been sent, per room (lazy loading without
+/// redundant members). In memory: after a restart members are sent again.
+type SentMembers = HashMap<(OwnedUserId, Option<OwnedDeviceId>), HashMap<String, HashSet<String>>>;
+
 pub struct Sync {
+    sent_members: Mutex<SentMembers>,
     push: Arc<PushRules>,
     presence: Arc<Presence>,
     rooms: Arc<Rooms>,
@@ -76,7 +85,15 @@ impl Sync {
         push: Arc<PushRules>,
         presence: Arc<Presence>,
     ) -> Self {
-        Self { push, presence, rooms, account_data, ephemeral, streams }
+        Self {
+            sent_members: Mutex::new(HashMap::new()),
+            push,
+            presence,
+            rooms,
+            account_data,
+            ephemeral,
+            streams,
+        }
     }
 
     pub async fn sync(
@@ -145,8 +162,10 @@ impl Sync {
                 continue;
             }
             let Some(membership) = self.rooms.membership(w.user, &room_id)? else { continue };
-            let changed_here =
-                self.rooms.membership_change_position(w.user, &room_id)?.is_some_and(|p| p >= from && p <= w.to);
+            let changed_here = self
+                .rooms
+                .membership_change_position(w.user, &room_id)?
+                .is_some_and(|p| p >= from && p <= w.to);
             match membership.as_str() {
                 "join" => {
                     let entry = self.joined_room(w, &room_id, changed_here, changed_here)?;
@@ -307,7 +326,7 @@ impl Sync {
         };
         let state_events =
             if full || limited { self.rooms.state_delta(&start_state, base.as_deref())? } else { Vec::new() };
-        let state_events = self.with_lazy_members(w, state_events, &start_state, &timeline)?;
+        let state_events = self.with_lazy_members(w, room_id, state_events, &start_state, &timeline)?;
         let senders: BTreeSet<String> =
             timeline.iter().filter_map(|(_, e)| e["sender"].as_str().map(str::to_owned)).collect();
         let state = self.state_json(w, &state_events, &senders)?;
@@ -339,25 +358,47 @@ impl Sync {
     fn with_lazy_members(
         &self,
         w: &Window<'_>,
+        room_id: &RoomId,
         mut events: Vec<StoredPdu>,
         start_state: &StateMap,
         timeline: &[(StoredPdu, JsonValue)],
     ) -> Result<Vec<StoredPdu>> {
-        if matches!(w.filter.room.state.lazy_load_options, LazyLoadOptions::Disabled) {
-            return Ok(events);
-        }
+        let redundant = match w.filter.room.state.lazy_load_options {
+            LazyLoadOptions::Disabled => return Ok(events),
+            LazyLoadOptions::Enabled { include_redundant_members } => include_redundant_members,
+        };
         let in_timeline: BTreeSet<&str> =
             timeline.iter().filter_map(|(_, e)| e["event_id"].as_str()).collect();
+        let device_key = (w.user.to_owned(), w.device.map(|d| d.to_owned()));
+        let mut sent = self.sent_members.lock().expect("sent members");
+        if w.since.is_none() {
+            sent.remove(&device_key);
+        }
+        if sent.len() > 10_000 {
+            sent.clear();
+        }
+        let already = sent.entry(device_key).or_default();
+        let known_here = already.entry(room_id.to_string()).or_default();
+        for stored in &events {
+            known_here.insert(stored.event_id.to_string());
+        }
+        for id in &in_timeline {
+            known_here.insert((*id).to_owned());
+        }
         let senders: BTreeSet<&str> = timeline.iter().filter_map(|(_, e)| e["sender"].as_str()).collect();
         for sender in senders {
             let Some(pdu) = self.rooms.state_pdu(start_state, &StateEventType::RoomMember, sender)? else {
                 continue;
             };
             let known = events.iter().any(|s| s.event_id == pdu.event_id);
+            // Without `include_redundant_members`, each device gets a member event once.
+            let sent_before = !redundant && known_here.contains(pdu.event_id.as_str());
             if !known
+                && !sent_before
                 && !in_timeline.contains(pdu.event_id.as_str())
                 && let Some(stored) = self.rooms.stored(&pdu.event_id)?
             {
+                known_here.insert(stored.event_id.to_string());
                 events.push(stored);
             }
         }

@@ -71,15 +71,24 @@ impl Rooms {
 
     /// Position of the user's current membership event, if it changed the
     /// membership (a profile change of a joined member is not a new join).
-    pub(crate) fn membership_change_position(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<u64>> {
+    pub(crate) fn membership_change_position(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<u64>> {
         let room = self.require_room(room_id)?;
         let state = self.state.load(room.state)?;
-        let Some(id) = self.state_event_id(&state, &ruma::events::StateEventType::RoomMember, user_id.as_str())? else {
+        let Some(id) =
+            self.state_event_id(&state, &ruma::events::StateEventType::RoomMember, user_id.as_str())?
+        else {
             return Ok(None);
         };
         let Some(stored) = self.stored(&id)? else { return Ok(None) };
         let membership = |v: Option<&ruma::CanonicalJsonValue>| {
-            v.and_then(|c| c.as_object()).and_then(|c| c.get("membership")).and_then(|m| m.as_str()).map(str::to_owned)
+            v.and_then(|c| c.as_object())
+                .and_then(|c| c.get("membership"))
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
         };
         let now = membership(stored.json.get("content"));
         let before = stored
