@@ -492,3 +492,57 @@ async fn redundant_members_only_when_asked() {
         );
     }
 }
+
+#[tokio::test]
+async fn to_device_messages_are_delivered_once() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (_, second) = server.login("bob", crate::harness::PASSWORD).await;
+    let bob_laptop = User {
+        user_id: bob.user_id.clone(),
+        token: second["access_token"].as_str().unwrap().to_owned(),
+        device_id: second["device_id"].as_str().unwrap().to_owned(),
+    };
+    let since = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    let path = "/_matrix/client/v3/sendToDevice/m.room_key_request/t1";
+    let body = json!({"messages": {"@bob:localhost": {bob.device_id.clone(): {"n": 1}}}});
+    assert_eq!(server.put(path, Some(&alice.token), body.clone()).await.0, 200);
+    assert_eq!(
+        server.put(path, Some(&alice.token), body).await.0,
+        200,
+        "same transaction: no second message"
+    );
+    let first = sync(&server, &bob, &format!("?since={since}")).await;
+    let events = first["to_device"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{first}");
+    assert_eq!(
+        events[0],
+        json!({"type": "m.room_key_request", "sender": "@alice:localhost", "content": {"n": 1}})
+    );
+    // Not acknowledged yet (same since): delivered again; acknowledged (next since): gone.
+    let again = sync(&server, &bob, &format!("?since={since}")).await;
+    assert_eq!(again["to_device"]["events"].as_array().unwrap().len(), 1);
+    let next = first["next_batch"].as_str().unwrap();
+    let after = sync(&server, &bob, &format!("?since={next}&timeout=0")).await;
+    assert_eq!(after["to_device"]["events"], json!([]));
+    let laptop_view = sync(&server, &bob_laptop, "").await;
+    assert_eq!(laptop_view["to_device"]["events"], json!([]), "other devices get nothing");
+
+    // `*` reaches every device, and wakes a waiting sync.
+    let next = after["next_batch"].as_str().unwrap().to_owned();
+    let url = format!("{}/_matrix/client/v3/sync?since={next}&timeout=10000", server.base);
+    let http = server.http().clone();
+    let token = bob_laptop.token.clone();
+    let waiting = tokio::spawn(async move {
+        http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let all = json!({"messages": {"@bob:localhost": {"*": {"n": 2}}}});
+    server.put("/_matrix/client/v3/sendToDevice/m.test/t2", Some(&alice.token), all).await;
+    let woken = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert_eq!(woken["to_device"]["events"][0]["content"]["n"], 2);
+    let phone = sync(&server, &bob, &format!("?since={next}")).await;
+    assert_eq!(phone["to_device"]["events"][0]["content"]["n"], 2);
+}

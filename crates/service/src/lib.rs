@@ -17,6 +17,7 @@ pub mod rooms;
 mod storage_error;
 pub mod streams;
 pub mod sync;
+pub mod to_device;
 
 use std::sync::Arc;
 
@@ -41,6 +42,7 @@ pub struct Services {
     pub push: Arc<push::PushRules>,
     pub presence: Arc<presence::Presence>,
     pub outgoing: Arc<outgoing::Outgoing>,
+    pub to_device: Arc<to_device::ToDevice>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
 
@@ -53,6 +55,7 @@ impl Services {
             account_data::AccountData::highest_stream(&db)?,
             ephemeral::Ephemeral::highest_stream(&db)?,
             presence::Presence::highest_stream(&db)?,
+            to_device::ToDevice::highest_stream(&db)?,
             streams::Streams::stored_high_water(&db)?,
         ]
         .into_iter()
@@ -67,6 +70,7 @@ impl Services {
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(&db, streams.clone(), rooms.clone())?);
         let presence =
             Arc::new(presence::Presence::new(config.clone(), &db, streams.clone(), rooms.clone())?);
+        let to_device = Arc::new(to_device::ToDevice::new(&db, streams.clone(), accounts.clone())?);
         let sync = sync::Sync::new(
             rooms.clone(),
             account_data.clone(),
@@ -74,8 +78,10 @@ impl Services {
             streams.clone(),
             push.clone(),
             presence.clone(),
+            to_device.clone(),
         );
         Ok(Self {
+            to_device,
             outgoing,
             presence,
             push,

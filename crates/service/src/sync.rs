@@ -27,6 +27,7 @@ use crate::{
     push::PushRules,
     rooms::{Rooms, StateMap, StoredPdu, glob_match, parse_token, passes},
     streams::Streams,
+    to_device::ToDevice,
 };
 
 pub struct SyncRequest {
@@ -44,6 +45,7 @@ pub struct SyncRequest {
 type SentMembers = HashMap<(OwnedUserId, Option<OwnedDeviceId>), HashMap<String, HashSet<String>>>;
 
 pub struct Sync {
+    to_device: Arc<ToDevice>,
     sent_members: Mutex<SentMembers>,
     push: Arc<PushRules>,
     presence: Arc<Presence>,
@@ -84,8 +86,10 @@ impl Sync {
         streams: Arc<Streams>,
         push: Arc<PushRules>,
         presence: Arc<Presence>,
+        to_device: Arc<ToDevice>,
     ) -> Self {
         Self {
+            to_device,
             sent_members: Mutex::new(HashMap::new()),
             push,
             presence,
@@ -196,6 +200,10 @@ impl Sync {
                 _ => {}
             }
         }
+        let to_device = match w.device {
+            Some(device) => self.to_device.take(w.user, device, w.since, w.to)?,
+            None => Vec::new(),
+        };
         let presence_filter = &w.filter.presence;
         let presence: Vec<JsonValue> = self
             .presence
@@ -221,7 +229,7 @@ impl Sync {
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "account_data": {"events": account_data},
             "presence": {"events": presence},
-            "to_device": {"events": []},
+            "to_device": {"events": to_device},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
             "device_unused_fallback_key_types": [],
@@ -499,6 +507,7 @@ fn is_empty(response: &JsonValue) -> bool {
     ["join", "invite", "leave", "knock"].iter().all(|k| rooms[k].as_object().is_none_or(|m| m.is_empty()))
         && response["account_data"]["events"].as_array().is_none_or(|e| e.is_empty())
         && response["presence"]["events"].as_array().is_none_or(|e| e.is_empty())
+        && response["to_device"]["events"].as_array().is_none_or(|e| e.is_empty())
 }
 
 /// A filter ID or inline definition, resolved.

@@ -32,6 +32,10 @@ pub const TABLES: &[&str] = &[
     // (destination, sequence) → job: the durable outgoing queue (push gateways now;
     // federation and appservices later).
     "destinationseq_job",
+    // (user ID, device ID, stream) → to-device message (type, sender, content), until acknowledged.
+    "useriddevicestream_todevice",
+    // (sender, device, transaction ID) → () for idempotent /sendToDevice.
+    "useriddevicetxn_todevice",
     // User ID → presence (state, status message, last active).
     "userid_presence",
     // Stream position → user ID: presence changes, for sync.

@@ -18,6 +18,7 @@ mod relations;
 mod room;
 mod session;
 mod sync;
+mod to_device;
 
 use axum::Router;
 
@@ -66,6 +67,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(account_data::get_room)
         // Sync
         .ruma_custom(sync::sync)
+        .ruma(to_device::send)
         // Ephemeral data and tags
         .ruma(ephemeral::typing)
         .ruma(ephemeral::receipt)

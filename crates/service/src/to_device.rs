@@ -1,0 +1,111 @@
+//! To-device messages: queued per device, delivered by sync, removed once
+//! the device acknowledges them by syncing with a later `since`.
+
+use std::sync::Arc;
+
+use estuary_core::Result;
+use estuary_storage::{Db, Key, Table, codec::Json};
+use ruma::{DeviceId, UserId};
+use serde_json::{Value as JsonValue, json};
+
+use crate::{accounts::Accounts, storage_error::StorageResultExt, streams::Streams};
+
+/// The most messages one sync delivers; the rest follow in the next.
+const PER_SYNC: usize = 100;
+
+pub struct ToDevice {
+    db: Db,
+    streams: Arc<Streams>,
+    accounts: Arc<Accounts>,
+    queue: Table<(String, String, u64), Json<(String, String, JsonValue)>>,
+    txns: Table<(String, String, String), String>,
+}
+
+impl ToDevice {
+    pub fn new(db: &Db, streams: Arc<Streams>, accounts: Arc<Accounts>) -> Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            streams,
+            accounts,
+            queue: db.table("useriddevicestream_todevice").db()?,
+            txns: db.table("useriddevicetxn_todevice").db()?,
+        })
+    }
+
+    /// Queue messages: `targets` are (user, device or `*`, content).
+    pub fn send(
+        &self,
+        sender: &UserId,
+        sender_device: &DeviceId,
+        txn_id: &str,
+        event_type: &str,
+        targets: Vec<(ruma::OwnedUserId, Option<ruma::OwnedDeviceId>, JsonValue)>,
+    ) -> Result<()> {
+        let txn_key = (sender.to_string(), sender_device.to_string(), txn_id.to_owned());
+        if self.txns.contains(&txn_key).db()? {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for (user, device, content) in targets {
+            if !self.accounts.is_local(&user) {
+                continue; // Remote devices arrive with federation.
+            }
+            let devices = match device {
+                Some(device) => vec![device],
+                None => self.accounts.devices(&user)?.into_iter().map(|(id, _)| id).collect(),
+            };
+            for device in devices {
+                rows.push((user.to_string(), device.to_string(), content.clone()));
+            }
+        }
+        let mut batch = self.db.batch();
+        batch.put(&self.txns, &txn_key, &String::new());
+        let payload = (event_type.to_owned(), sender.to_string());
+        self.streams.commit(batch, |position, batch| {
+            for (user, device, content) in &rows {
+                let message = (payload.0.clone(), payload.1.clone(), content.clone());
+                batch.put(&self.queue, &(user.clone(), device.clone(), position), &Json(message));
+            }
+        })?;
+        let users: Vec<ruma::OwnedUserId> =
+            rows.iter().filter_map(|(u, _, _)| UserId::parse(u.as_str()).ok()).collect();
+        self.streams.notify(users.iter().map(|u| &**u));
+        Ok(())
+    }
+
+    /// Drop what the device has acknowledged (positions before `since`) and
+    /// return what is pending up to `to`.
+    pub fn take(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        since: Option<u64>,
+        to: u64,
+    ) -> Result<Vec<JsonValue>> {
+        let prefix = (user.to_string(), device.to_string()).encode();
+        let rows = self.queue.scan_from(&prefix, None, false, usize::MAX).db()?;
+        let mut batch = self.db.batch();
+        let mut pending = Vec::new();
+        for ((u, d, position), Json((kind, sender, content))) in rows {
+            if since.is_some_and(|s| position < s) {
+                batch.delete(&self.queue, &(u, d, position));
+            } else if position <= to && pending.len() < PER_SYNC {
+                pending.push(json!({"type": kind, "sender": sender, "content": content}));
+            }
+        }
+        if !batch.is_empty() {
+            batch.commit().db()?;
+        }
+        Ok(pending)
+    }
+
+    pub fn highest_stream(db: &Db) -> Result<u64> {
+        let table: Table<(String, String, u64), Json<(String, String, JsonValue)>> =
+            db.table("useriddevicestream_todevice").db()?;
+        let mut highest = 0;
+        for ((_, _, position), _) in table.scan_raw_prefix(&[], usize::MAX).db()? {
+            highest = highest.max(position);
+        }
+        Ok(highest)
+    }
+}
