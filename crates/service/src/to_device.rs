@@ -10,6 +10,9 @@ use serde_json::{Value as JsonValue, json};
 
 use crate::{accounts::Accounts, storage_error::StorageResultExt, streams::Streams};
 
+/// (type, sender, content) of a queued message, keyed by (user, device, stream).
+type QueueTable = Table<(String, String, u64), Json<(String, String, JsonValue)>>;
+
 /// The most messages one sync delivers; the rest follow in the next.
 const PER_SYNC: usize = 100;
 
@@ -17,7 +20,7 @@ pub struct ToDevice {
     db: Db,
     streams: Arc<Streams>,
     accounts: Arc<Accounts>,
-    queue: Table<(String, String, u64), Json<(String, String, JsonValue)>>,
+    queue: QueueTable,
     txns: Table<(String, String, String), String>,
 }
 
@@ -100,8 +103,7 @@ impl ToDevice {
     }
 
     pub fn highest_stream(db: &Db) -> Result<u64> {
-        let table: Table<(String, String, u64), Json<(String, String, JsonValue)>> =
-            db.table("useriddevicestream_todevice").db()?;
+        let table: QueueTable = db.table("useriddevicestream_todevice").db()?;
         let mut highest = 0;
         for ((_, _, position), _) in table.scan_raw_prefix(&[], usize::MAX).db()? {
             highest = highest.max(position);

@@ -1,8 +1,6 @@
 //! `/user/{userId}/account_data/{type}` and its per-room twin.
 
-use estuary_core::Error;
 use ruma::{
-    UserId,
     api::client::config::{
         get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
     },
@@ -11,19 +9,12 @@ use ruma::{
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
-fn require_self(sender: &UserId, user_id: &UserId) -> Result<(), Error> {
-    if sender != user_id {
-        return Err(Error::forbidden("You cannot access another user's account data"));
-    }
-    Ok(())
-}
-
 pub async fn set_global(
     services: AppState,
     request: Ruma<set_global_account_data::v3::Request>,
 ) -> ApiResult<set_global_account_data::v3::Response> {
     let body = &request.body;
-    require_self(request.user()?, &body.user_id)?;
+    super::require_self(request.user()?, &body.user_id, "account data")?;
     let content = body.data.json().to_owned();
     services.account_data.set(&body.user_id, None, &body.event_type.to_string(), content)?;
     Ok(set_global_account_data::v3::Response::new())
@@ -34,7 +25,7 @@ pub async fn get_global(
     request: Ruma<get_global_account_data::v3::Request>,
 ) -> ApiResult<get_global_account_data::v3::Response> {
     let body = &request.body;
-    require_self(request.user()?, &body.user_id)?;
+    super::require_self(request.user()?, &body.user_id, "account data")?;
     let content = services.account_data.get(&body.user_id, None, &body.event_type.to_string())?;
     Ok(get_global_account_data::v3::Response::new(Raw::from_json(content)))
 }
@@ -44,7 +35,7 @@ pub async fn set_room(
     request: Ruma<set_room_account_data::v3::Request>,
 ) -> ApiResult<set_room_account_data::v3::Response> {
     let body = &request.body;
-    require_self(request.user()?, &body.user_id)?;
+    super::require_self(request.user()?, &body.user_id, "account data")?;
     let content = body.data.json().to_owned();
     services.account_data.set(&body.user_id, Some(&body.room_id), &body.event_type.to_string(), content)?;
     Ok(set_room_account_data::v3::Response::new())
@@ -55,7 +46,7 @@ pub async fn get_room(
     request: Ruma<get_room_account_data::v3::Request>,
 ) -> ApiResult<get_room_account_data::v3::Response> {
     let body = &request.body;
-    require_self(request.user()?, &body.user_id)?;
+    super::require_self(request.user()?, &body.user_id, "account data")?;
     let content =
         services.account_data.get(&body.user_id, Some(&body.room_id), &body.event_type.to_string())?;
     Ok(get_room_account_data::v3::Response::new(Raw::from_json(content)))

@@ -85,13 +85,6 @@ pub async fn read_markers(
     Ok(set_read_marker::v3::Response::new())
 }
 
-fn require_self(sender: &UserId, user_id: &UserId) -> Result<(), Error> {
-    if sender != user_id {
-        return Err(Error::forbidden("You cannot access another user's tags"));
-    }
-    Ok(())
-}
-
 /// Tags live in the room account data `m.tag`.
 fn load_tags(services: &AppState, user: &UserId, room_id: &RoomId) -> Result<JsonValue, Error> {
     match services.account_data.get(user, Some(room_id), "m.tag") {
@@ -111,7 +104,7 @@ pub async fn get(
     request: Ruma<get_tags::v3::Request>,
 ) -> ApiResult<get_tags::v3::Response> {
     let body = &request.body;
-    require_self(request.user()?, &body.user_id)?;
+    super::require_self(request.user()?, &body.user_id, "tags")?;
     let tags = load_tags(&services, &body.user_id, &body.room_id)?;
     let tags: Tags = serde_json::from_value(tags).unwrap_or_default();
     Ok(get_tags::v3::Response::new(tags))
@@ -122,7 +115,7 @@ pub async fn put(
     request: Ruma<create_tag::v3::Request>,
 ) -> ApiResult<create_tag::v3::Response> {
     let body = &request.body;
-    require_self(request.user()?, &body.user_id)?;
+    super::require_self(request.user()?, &body.user_id, "tags")?;
     let mut tags = load_tags(&services, &body.user_id, &body.room_id)?;
     if !tags.is_object() {
         tags = json!({});
@@ -137,7 +130,7 @@ pub async fn delete(
     request: Ruma<delete_tag::v3::Request>,
 ) -> ApiResult<delete_tag::v3::Response> {
     let body = &request.body;
-    require_self(request.user()?, &body.user_id)?;
+    super::require_self(request.user()?, &body.user_id, "tags")?;
     let mut tags = load_tags(&services, &body.user_id, &body.room_id)?;
     if let Some(map) = tags.as_object_mut() {
         map.remove(&body.tag);

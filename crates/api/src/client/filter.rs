@@ -1,25 +1,14 @@
 //! `/user/{userId}/filter`.
 
-use estuary_core::Error;
-use ruma::{
-    UserId,
-    api::client::filter::{create_filter, get_filter},
-};
+use ruma::api::client::filter::{create_filter, get_filter};
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
-
-fn require_self(sender: &UserId, user_id: &UserId) -> Result<(), Error> {
-    if sender != user_id {
-        return Err(Error::forbidden("You cannot access another user's filters"));
-    }
-    Ok(())
-}
 
 pub async fn create(
     services: AppState,
     request: Ruma<create_filter::v3::Request>,
 ) -> ApiResult<create_filter::v3::Response> {
-    require_self(request.user()?, &request.body.user_id)?;
+    super::require_self(request.user()?, &request.body.user_id, "filters")?;
     let filter_id = services.filters.create(&request.body.user_id, request.body.filter.clone())?;
     Ok(create_filter::v3::Response::new(filter_id))
 }
@@ -28,7 +17,7 @@ pub async fn get(
     services: AppState,
     request: Ruma<get_filter::v3::Request>,
 ) -> ApiResult<get_filter::v3::Response> {
-    require_self(request.user()?, &request.body.user_id)?;
+    super::require_self(request.user()?, &request.body.user_id, "filters")?;
     let filter = services.filters.get(&request.body.user_id, &request.body.filter_id)?;
     Ok(get_filter::v3::Response::new(filter))
 }

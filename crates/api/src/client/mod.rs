@@ -21,8 +21,18 @@ mod sync;
 mod to_device;
 
 use axum::Router;
+use estuary_core::Error;
+use ruma::UserId;
 
 use crate::{AppState, router::RumaRouter};
+
+/// Per-user resources (filters, account data, tags) belong to their user alone.
+pub(crate) fn require_self(sender: &UserId, user_id: &UserId, what: &str) -> Result<(), Error> {
+    if sender != user_id {
+        return Err(Error::forbidden(format!("You cannot access another user's {what}")));
+    }
+    Ok(())
+}
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router
