@@ -7,6 +7,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod appservices;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod filters;
 pub mod outgoing;
@@ -43,6 +44,7 @@ pub struct Services {
     pub presence: Arc<presence::Presence>,
     pub outgoing: Arc<outgoing::Outgoing>,
     pub to_device: Arc<to_device::ToDevice>,
+    pub e2ee: Arc<e2ee::E2ee>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
 
@@ -56,6 +58,7 @@ impl Services {
             ephemeral::Ephemeral::highest_stream(&db)?,
             presence::Presence::highest_stream(&db)?,
             to_device::ToDevice::highest_stream(&db)?,
+            e2ee::E2ee::highest_stream(&db)?,
             streams::Streams::stored_high_water(&db)?,
         ]
         .into_iter()
@@ -71,6 +74,7 @@ impl Services {
         let presence =
             Arc::new(presence::Presence::new(config.clone(), &db, streams.clone(), rooms.clone())?);
         let to_device = Arc::new(to_device::ToDevice::new(&db, streams.clone(), accounts.clone())?);
+        let e2ee = Arc::new(e2ee::E2ee::new(&db, streams.clone(), accounts.clone(), rooms.clone())?);
         let sync = sync::Sync::new(
             rooms.clone(),
             account_data.clone(),
@@ -79,8 +83,10 @@ impl Services {
             push.clone(),
             presence.clone(),
             to_device.clone(),
+            e2ee.clone(),
         );
         Ok(Self {
+            e2ee,
             to_device,
             outgoing,
             presence,

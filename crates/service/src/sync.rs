@@ -22,6 +22,7 @@ use serde_json::{Map, Value as JsonValue, json};
 
 use crate::{
     account_data::AccountData,
+    e2ee::E2ee,
     ephemeral::Ephemeral,
     presence::Presence,
     push::PushRules,
@@ -45,6 +46,7 @@ pub struct SyncRequest {
 type SentMembers = HashMap<(OwnedUserId, Option<OwnedDeviceId>), HashMap<String, HashSet<String>>>;
 
 pub struct Sync {
+    e2ee: Arc<E2ee>,
     to_device: Arc<ToDevice>,
     sent_members: Mutex<SentMembers>,
     push: Arc<PushRules>,
@@ -87,8 +89,10 @@ impl Sync {
         push: Arc<PushRules>,
         presence: Arc<Presence>,
         to_device: Arc<ToDevice>,
+        e2ee: Arc<E2ee>,
     ) -> Self {
         Self {
+            e2ee,
             to_device,
             sent_members: Mutex::new(HashMap::new()),
             push,
@@ -200,6 +204,17 @@ impl Sync {
                 _ => {}
             }
         }
+        let (otk_counts, fallback_types) = match w.device {
+            Some(device) => (
+                json!(self.e2ee.one_time_key_counts(w.user, device)?),
+                json!(self.e2ee.unused_fallback_key_types(w.user, device)?),
+            ),
+            None => (json!({}), json!([])),
+        };
+        let device_changes = match w.since {
+            Some(since) => self.e2ee.changed_users(w.user, since, w.to)?,
+            None => Vec::new(),
+        };
         let to_device = match w.device {
             Some(device) => self.to_device.take(w.user, device, w.since, w.to)?,
             None => Vec::new(),
@@ -230,9 +245,9 @@ impl Sync {
             "account_data": {"events": account_data},
             "presence": {"events": presence},
             "to_device": {"events": to_device},
-            "device_lists": {"changed": [], "left": []},
-            "device_one_time_keys_count": {},
-            "device_unused_fallback_key_types": [],
+            "device_lists": {"changed": device_changes, "left": []},
+            "device_one_time_keys_count": otk_counts,
+            "device_unused_fallback_key_types": fallback_types,
         }))
     }
 
@@ -508,6 +523,7 @@ fn is_empty(response: &JsonValue) -> bool {
         && response["account_data"]["events"].as_array().is_none_or(|e| e.is_empty())
         && response["presence"]["events"].as_array().is_none_or(|e| e.is_empty())
         && response["to_device"]["events"].as_array().is_none_or(|e| e.is_empty())
+        && response["device_lists"]["changed"].as_array().is_none_or(|e| e.is_empty())
 }
 
 /// A filter ID or inline definition, resolved.

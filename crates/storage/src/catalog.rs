@@ -36,6 +36,14 @@ pub const TABLES: &[&str] = &[
     "useriddevicestream_todevice",
     // (sender, device, transaction ID) → () for idempotent /sendToDevice.
     "useriddevicetxn_todevice",
+    // (user ID, device ID) → the device's identity keys (JSON as uploaded).
+    "useriddeviceid_devicekeys",
+    // (user ID, device ID, "algorithm:key_id") → one-time key (JSON).
+    "useriddevicekeyid_onetimekey",
+    // (user ID, device ID, algorithm) → fallback key (key ID, key, used).
+    "useriddevicealgorithm_fallbackkey",
+    // Stream position → user ID whose devices or keys changed (device_lists).
+    "stream_keychange",
     // User ID → presence (state, status message, last active).
     "userid_presence",
     // Stream position → user ID: presence changes, for sync.

@@ -44,10 +44,20 @@ pub async fn change_password(
     let user_id = request.user()?.to_owned();
     require_password(&services, "change_password", &user_id, request.body.auth.as_ref()).await?;
     let body = request.body;
-    services
+    let current = request.sender_device.as_deref();
+    let others: Vec<_> = services
         .accounts
-        .set_password(&user_id, body.new_password, body.logout_devices, request.sender_device.as_deref())
-        .await?;
+        .devices(&user_id)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| Some(&**id) != current)
+        .collect();
+    services.accounts.set_password(&user_id, body.new_password, body.logout_devices, current).await?;
+    if body.logout_devices {
+        for device_id in others {
+            services.e2ee.delete_device_keys(&user_id, &device_id)?;
+        }
+    }
     Ok(change_password::v3::Response::new())
 }
 
@@ -57,7 +67,11 @@ pub async fn deactivate(
 ) -> ApiResult<deactivate::v3::Response> {
     let user_id = request.user()?.to_owned();
     require_password(&services, "deactivate", &user_id, request.body.auth.as_ref()).await?;
+    let devices = services.accounts.devices(&user_id)?;
     services.accounts.deactivate(&user_id)?;
+    for (device_id, _) in devices {
+        services.e2ee.delete_device_keys(&user_id, &device_id)?;
+    }
     services.profile.clear(&user_id)?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport))
 }

@@ -58,7 +58,8 @@ pub async fn delete(
     }
     require_password(&services, &format!("delete_device:{device_id}"), &user_id, request.body.auth.as_ref())
         .await?;
-    services.accounts.delete_devices(&user_id, &[device_id])?;
+    services.accounts.delete_devices(&user_id, std::slice::from_ref(&device_id))?;
+    services.e2ee.delete_device_keys(&user_id, &device_id)?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -69,5 +70,8 @@ pub async fn delete_many(
     let user_id = request.user()?.to_owned();
     require_password(&services, "delete_devices", &user_id, request.body.auth.as_ref()).await?;
     services.accounts.delete_devices(&user_id, &request.body.devices)?;
+    for device_id in &request.body.devices {
+        services.e2ee.delete_device_keys(&user_id, device_id)?;
+    }
     Ok(delete_devices::v3::Response::new())
 }

@@ -8,6 +8,7 @@ mod directory;
 mod discovery;
 mod ephemeral;
 mod filter;
+mod keys;
 mod membership;
 mod messages;
 mod presence;
@@ -78,6 +79,11 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         // Sync
         .ruma_custom(sync::sync)
         .ruma(to_device::send)
+        // End-to-end encryption keys
+        .ruma_custom(keys::upload)
+        .ruma_custom(keys::query)
+        .ruma_custom(keys::claim)
+        .ruma(keys::changes)
         // Ephemeral data and tags
         .ruma(ephemeral::typing)
         .ruma(ephemeral::receipt)

@@ -151,7 +151,9 @@ pub async fn logout(
     services: AppState,
     request: Ruma<logout::v3::Request>,
 ) -> ApiResult<logout::v3::Response> {
-    services.accounts.delete_devices(request.user()?, &[request.device()?.to_owned()])?;
+    let (user, device) = (request.user()?, request.device()?);
+    services.accounts.delete_devices(user, &[device.to_owned()])?;
+    services.e2ee.delete_device_keys(user, device)?;
     Ok(logout::v3::Response::new())
 }
 
@@ -159,6 +161,11 @@ pub async fn logout_all(
     services: AppState,
     request: Ruma<logout_all::v3::Request>,
 ) -> ApiResult<logout_all::v3::Response> {
-    services.accounts.delete_all_devices(request.user()?)?;
+    let user = request.user()?;
+    let devices = services.accounts.devices(user)?;
+    services.accounts.delete_all_devices(user)?;
+    for (device_id, _) in devices {
+        services.e2ee.delete_device_keys(user, &device_id)?;
+    }
     Ok(logout_all::v3::Response::new())
 }

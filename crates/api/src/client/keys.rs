@@ -1,0 +1,73 @@
+//! `/keys/upload`, `/keys/query`, `/keys/claim`, `/keys/changes`.
+
+use axum::Json;
+use estuary_core::Error;
+use estuary_service::rooms::parse_token;
+use ruma::api::client::keys::{claim_keys, get_key_changes, get_keys, upload_keys};
+use serde_json::{Value as JsonValue, json};
+
+use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+
+fn parsed<T>(raw: &ruma::serde::Raw<T>) -> Result<JsonValue, Error> {
+    serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))
+}
+
+pub async fn upload(
+    services: AppState,
+    request: Ruma<upload_keys::v3::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let body = &request.body;
+    let device_keys = body.device_keys.as_ref().map(parsed).transpose()?;
+    let collect = |keys: &std::collections::BTreeMap<
+        ruma::OwnedOneTimeKeyId,
+        ruma::serde::Raw<ruma::encryption::OneTimeKey>,
+    >| {
+        keys.iter().map(|(id, key)| Ok((id.to_string(), parsed(key)?))).collect::<Result<Vec<_>, Error>>()
+    };
+    let counts = services.e2ee.upload(
+        request.user()?,
+        request.device()?,
+        device_keys,
+        collect(&body.one_time_keys)?,
+        collect(&body.fallback_keys)?,
+    )?;
+    Ok(Json(json!({"one_time_key_counts": counts})))
+}
+
+pub async fn query(services: AppState, request: Ruma<get_keys::v3::Request>) -> ApiResult<Json<JsonValue>> {
+    request.user()?;
+    let requests = request
+        .body
+        .device_keys
+        .iter()
+        .map(|(user, devices)| (user.clone(), devices.iter().map(|d| d.to_string()).collect()))
+        .collect();
+    Ok(Json(services.e2ee.query(requests)?))
+}
+
+pub async fn claim(services: AppState, request: Ruma<claim_keys::v3::Request>) -> ApiResult<Json<JsonValue>> {
+    request.user()?;
+    let mut requests = Vec::new();
+    for (user, devices) in &request.body.one_time_keys {
+        for (device, algorithm) in devices {
+            requests.push((user.clone(), device.to_string(), algorithm.to_string()));
+        }
+    }
+    Ok(Json(services.e2ee.claim(requests)?))
+}
+
+pub async fn changes(
+    services: AppState,
+    request: Ruma<get_key_changes::v3::Request>,
+) -> ApiResult<get_key_changes::v3::Response> {
+    let body = &request.body;
+    let from = parse_token(&body.from)?;
+    let to = parse_token(&body.to)?.saturating_sub(1);
+    let changed = services
+        .e2ee
+        .changed_users(request.user()?, from, to)?
+        .into_iter()
+        .filter_map(|u| ruma::UserId::parse(u).ok())
+        .collect();
+    Ok(get_key_changes::v3::Response::new(changed, Vec::new()))
+}

@@ -1,0 +1,224 @@
+//! End-to-end encryption support: device keys, one-time and fallback keys,
+//! and device-list changes. The server only stores and relays; it never
+//! sees plaintext.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use estuary_core::{Error, Result};
+use estuary_storage::{Db, Key, Table, codec::Json};
+use ruma::{DeviceId, OwnedUserId, UserId};
+use serde_json::{Map, Value as JsonValue, json};
+
+use crate::{accounts::Accounts, rooms::Rooms, storage_error::StorageResultExt, streams::Streams};
+
+pub struct E2ee {
+    db: Db,
+    streams: Arc<Streams>,
+    accounts: Arc<Accounts>,
+    rooms: Arc<Rooms>,
+    device_keys: Table<(String, String), Json<JsonValue>>,
+    one_time_keys: Table<(String, String, String), Json<JsonValue>>,
+    fallback_keys: Table<(String, String, String), Json<(String, JsonValue, bool)>>,
+    stream_keychange: Table<u64, String>,
+}
+
+impl E2ee {
+    pub fn new(db: &Db, streams: Arc<Streams>, accounts: Arc<Accounts>, rooms: Arc<Rooms>) -> Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            streams,
+            accounts,
+            rooms,
+            device_keys: db.table("useriddeviceid_devicekeys").db()?,
+            one_time_keys: db.table("useriddevicekeyid_onetimekey").db()?,
+            fallback_keys: db.table("useriddevicealgorithm_fallbackkey").db()?,
+            stream_keychange: db.table("stream_keychange").db()?,
+        })
+    }
+
+    pub fn highest_stream(db: &Db) -> Result<u64> {
+        let table: Table<u64, String> = db.table("stream_keychange").db()?;
+        Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
+    }
+
+    /// Users who share a room with `user_id` (and so track its devices).
+    fn room_mates(&self, user_id: &UserId) -> Result<Vec<OwnedUserId>> {
+        let mut users = vec![user_id.to_owned()];
+        for room in self.rooms.rooms_with_membership(user_id, "join")? {
+            users.extend(self.rooms.members_with_membership(&room, "join")?);
+        }
+        users.sort();
+        users.dedup();
+        Ok(users)
+    }
+
+    /// Record that a user's devices or keys changed, and wake those who care.
+    pub fn device_list_changed(&self, user_id: &UserId) -> Result<()> {
+        let table = &self.stream_keychange;
+        self.streams
+            .commit(self.db.batch(), |position, batch| batch.put(table, &position, &user_id.to_string()))?;
+        let mates = self.room_mates(user_id)?;
+        self.streams.notify(mates.iter().map(|u| &**u));
+        Ok(())
+    }
+
+    /// `/keys/upload`. Returns the one-time key counts of the device.
+    pub fn upload(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        device_keys: Option<JsonValue>,
+        one_time_keys: Vec<(String, JsonValue)>,
+        fallback_keys: Vec<(String, JsonValue)>,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut batch = self.db.batch();
+        let mut changed = false;
+        if let Some(keys) = device_keys {
+            if keys["user_id"] != user_id.as_str() || keys["device_id"] != device_id.as_str() {
+                return Err(Error::invalid_param(
+                    "device_keys must be for the authenticated user and device",
+                ));
+            }
+            if !keys["keys"].is_object() || !keys["algorithms"].is_array() || !keys["signatures"].is_object()
+            {
+                return Err(Error::bad_json("device_keys needs algorithms, keys and signatures"));
+            }
+            let key = (user_id.to_string(), device_id.to_string());
+            changed = self.device_keys.get(&key).db()?.is_none_or(|Json(old)| old != keys);
+            batch.put(&self.device_keys, &key, &Json(keys));
+        }
+        for (key_id, key) in one_time_keys {
+            let row = (user_id.to_string(), device_id.to_string(), key_id);
+            // A key ID already uploaded keeps its first value (the spec forbids reuse).
+            if !self.one_time_keys.contains(&row).db()? {
+                batch.put(&self.one_time_keys, &row, &Json(key));
+            }
+        }
+        for (key_id, key) in fallback_keys {
+            let algorithm = key_id.split(':').next().unwrap_or_default().to_owned();
+            let row = (user_id.to_string(), device_id.to_string(), algorithm);
+            batch.put(&self.fallback_keys, &row, &Json((key_id, key, false)));
+        }
+        batch.commit().db()?;
+        if changed {
+            self.device_list_changed(user_id)?;
+        }
+        self.one_time_key_counts(user_id, device_id)
+    }
+
+    pub fn one_time_key_counts(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::new();
+        for ((_, _, key_id), _) in
+            self.one_time_keys.scan_prefix(&(user_id.to_string(), device_id.to_string())).db()?
+        {
+            let algorithm = key_id.split(':').next().unwrap_or_default().to_owned();
+            *counts.entry(algorithm).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Algorithms with a fallback key the device has not had used yet.
+    pub fn unused_fallback_key_types(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Vec<String>> {
+        Ok(self
+            .fallback_keys
+            .scan_prefix(&(user_id.to_string(), device_id.to_string()))
+            .db()?
+            .into_iter()
+            .filter(|(_, Json((_, _, used)))| !used)
+            .map(|((_, _, algorithm), _)| algorithm)
+            .collect())
+    }
+
+    /// `/keys/query` for local users: device keys with their display names.
+    pub fn query(&self, requests: Vec<(OwnedUserId, Vec<String>)>) -> Result<JsonValue> {
+        let mut device_keys = Map::new();
+        let mut failures = Map::new();
+        for (user, devices) in requests {
+            if !self.accounts.is_local(&user) {
+                failures.insert(
+                    user.server_name().to_string(),
+                    json!({"errcode": "M_UNAVAILABLE", "error": "Federation is not enabled"}),
+                );
+                continue;
+            }
+            let mut per_device = Map::new();
+            for ((_, device), Json(mut keys)) in self.device_keys.scan_prefix(&(user.to_string(),)).db()? {
+                if !devices.is_empty() && !devices.contains(&device) {
+                    continue;
+                }
+                let device_id: &DeviceId = device.as_str().into();
+                let Some(stored) = self.accounts.device(&user, device_id)? else { continue };
+                if let Some(name) = stored.display_name {
+                    keys["unsigned"] = json!({"device_display_name": name});
+                }
+                per_device.insert(device, keys);
+            }
+            device_keys.insert(user.to_string(), JsonValue::Object(per_device));
+        }
+        Ok(json!({"device_keys": device_keys, "failures": failures}))
+    }
+
+    /// `/keys/claim`: a one-time key per requested device, else its fallback key.
+    pub fn claim(&self, requests: Vec<(OwnedUserId, String, String)>) -> Result<JsonValue> {
+        let mut claimed: Map<String, JsonValue> = Map::new();
+        for (user, device, algorithm) in requests {
+            let prefix = (user.to_string(), device.clone()).encode();
+            let mut found = None;
+            for ((u, d, key_id), Json(key)) in self.one_time_keys.scan_raw_prefix(&prefix, usize::MAX).db()? {
+                if key_id.starts_with(&format!("{algorithm}:")) {
+                    self.one_time_keys.delete(&(u, d, key_id.clone())).db()?;
+                    found = Some((key_id, key));
+                    break;
+                }
+            }
+            if found.is_none() {
+                let row = (user.to_string(), device.clone(), algorithm.clone());
+                if let Some(Json((key_id, key, _))) = self.fallback_keys.get(&row).db()? {
+                    self.fallback_keys.put(&row, &Json((key_id.clone(), key.clone(), true))).db()?;
+                    found = Some((key_id, key));
+                }
+            }
+            if let Some((key_id, key)) = found {
+                let user_entry = claimed.entry(user.to_string()).or_insert_with(|| json!({}));
+                user_entry[&device][&key_id] = key;
+            }
+        }
+        Ok(json!({"one_time_keys": claimed, "failures": {}}))
+    }
+
+    /// Users sharing a room with `viewer` whose keys changed in `from..=to`.
+    pub fn changed_users(&self, viewer: &UserId, from: u64, to: u64) -> Result<Vec<String>> {
+        let mates: Vec<String> = self.room_mates(viewer)?.into_iter().map(|u| u.to_string()).collect();
+        let mut changed: Vec<String> = self
+            .stream_keychange
+            .scan_from(&[], Some(&from.encode()), false, usize::MAX)
+            .db()?
+            .into_iter()
+            .take_while(|(position, _)| *position <= to)
+            .map(|(_, user)| user)
+            .filter(|user| mates.contains(user))
+            .collect();
+        changed.sort();
+        changed.dedup();
+        Ok(changed)
+    }
+
+    /// Forget a deleted device's keys.
+    pub fn delete_device_keys(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+        let mut batch = self.db.batch();
+        let prefix = (user_id.to_string(), device_id.to_string());
+        batch.delete(&self.device_keys, &prefix);
+        for (key, _) in self.one_time_keys.scan_prefix(&prefix).db()? {
+            batch.delete(&self.one_time_keys, &key);
+        }
+        for (key, _) in self.fallback_keys.scan_prefix(&prefix).db()? {
+            batch.delete(&self.fallback_keys, &key);
+        }
+        batch.commit().db()?;
+        self.device_list_changed(user_id)
+    }
+}

@@ -1,0 +1,125 @@
+//! Device keys, one-time and fallback keys, device-list changes.
+
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{TestServer, User, assert_error},
+    rooms::create_room,
+};
+
+fn device_keys(user: &User) -> Value {
+    json!({
+        "user_id": user.user_id, "device_id": user.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {format!("curve25519:{}", user.device_id): "curvekey", format!("ed25519:{}", user.device_id): "edkey"},
+        "signatures": {user.user_id.clone(): {format!("ed25519:{}", user.device_id): "sig"}}
+    })
+}
+
+async fn sync(server: &TestServer, user: &User, query: &str) -> Value {
+    server.get(&format!("/_matrix/client/v3/sync{query}"), Some(&user.token)).await.1
+}
+
+#[tokio::test]
+async fn upload_query_and_claim() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let upload = json!({
+        "device_keys": device_keys(&alice),
+        "one_time_keys": {"signed_curve25519:AAA": {"key": "otk1"}, "signed_curve25519:AAB": {"key": "otk2"}},
+        "fallback_keys": {"signed_curve25519:FFF": {"key": "fallback", "fallback": true}},
+    });
+    let (status, body) = server.post("/_matrix/client/v3/keys/upload", Some(&alice.token), upload).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 2);
+    let mine = sync(&server, &alice, "").await;
+    assert_eq!(mine["device_one_time_keys_count"]["signed_curve25519"], 2);
+    assert_eq!(mine["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
+
+    let mut wrong = device_keys(&alice);
+    wrong["device_id"] = json!("OTHER");
+    assert_error(
+        &server
+            .post("/_matrix/client/v3/keys/upload", Some(&alice.token), json!({"device_keys": wrong}))
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+
+    let query = json!({"device_keys": {"@alice:localhost": []}});
+    let (_, queried) = server.post("/_matrix/client/v3/keys/query", Some(&bob.token), query).await;
+    let keys = &queried["device_keys"]["@alice:localhost"][&alice.device_id];
+    assert_eq!(keys["keys"][format!("ed25519:{}", alice.device_id)], "edkey");
+    assert!(
+        keys["unsigned"]["device_display_name"].is_null()
+            || keys["unsigned"]["device_display_name"].is_string()
+    );
+
+    let claim =
+        json!({"one_time_keys": {"@alice:localhost": {alice.device_id.clone(): "signed_curve25519"}}});
+    let mut claimed = Vec::new();
+    for _ in 0..4 {
+        let (_, body) = server.post("/_matrix/client/v3/keys/claim", Some(&bob.token), claim.clone()).await;
+        let keys = body["one_time_keys"]["@alice:localhost"][&alice.device_id].as_object().unwrap().clone();
+        claimed.push(keys.keys().next().unwrap().clone());
+    }
+    assert_eq!(
+        claimed[0..2].iter().collect::<std::collections::BTreeSet<_>>().len(),
+        2,
+        "each one-time key once: {claimed:?}"
+    );
+    assert_eq!(claimed[2], "signed_curve25519:FFF", "then the fallback key");
+    assert_eq!(claimed[3], "signed_curve25519:FFF", "the fallback key is reused");
+    let mine = sync(&server, &alice, "").await;
+    assert_eq!(mine["device_one_time_keys_count"], json!({}));
+    assert_eq!(
+        mine["device_unused_fallback_key_types"],
+        json!([]),
+        "a used fallback key is no longer unused"
+    );
+}
+
+#[tokio::test]
+async fn device_list_changes_reach_room_mates_only() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let stranger = server.register("carol").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let bob_since = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+    let carol_since = sync(&server, &stranger, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    server
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            Some(&alice.token),
+            json!({"device_keys": device_keys(&alice)}),
+        )
+        .await;
+    let body = sync(&server, &bob, &format!("?since={bob_since}")).await;
+    assert_eq!(body["device_lists"]["changed"], json!(["@alice:localhost"]), "{body}");
+    let body = sync(&server, &stranger, &format!("?since={carol_since}&timeout=0")).await;
+    assert_eq!(body["device_lists"]["changed"], json!([]));
+    let next = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+    let (status, changes) = server
+        .get(&format!("/_matrix/client/v3/keys/changes?from={bob_since}&to={next}"), Some(&bob.token))
+        .await;
+    assert_eq!(status, 200, "{changes}");
+    assert_eq!(changes["changed"], json!(["@alice:localhost"]));
+
+    // Logging out a device removes its keys and is a device-list change too.
+    let since = next;
+    server.post("/_matrix/client/v3/logout", Some(&alice.token), json!({})).await;
+    let body = sync(&server, &bob, &format!("?since={since}")).await;
+    assert_eq!(body["device_lists"]["changed"], json!(["@alice:localhost"]));
+    let (_, queried) = server
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&bob.token),
+            json!({"device_keys": {"@alice:localhost": []}}),
+        )
+        .await;
+    assert_eq!(queried["device_keys"]["@alice:localhost"], json!({}));
+}
