@@ -11,6 +11,9 @@ use serde_json::{Map, Value as JsonValue, json};
 
 use crate::{accounts::Accounts, rooms::Rooms, storage_error::StorageResultExt, streams::Streams};
 
+/// (key ID, key, used) of a device's fallback key per algorithm.
+type FallbackTable = Table<(String, String, String), Json<(String, JsonValue, bool)>>;
+
 pub struct E2ee {
     db: Db,
     streams: Arc<Streams>,
@@ -18,7 +21,7 @@ pub struct E2ee {
     rooms: Arc<Rooms>,
     device_keys: Table<(String, String), Json<JsonValue>>,
     one_time_keys: Table<(String, String, String), Json<JsonValue>>,
-    fallback_keys: Table<(String, String, String), Json<(String, JsonValue, bool)>>,
+    fallback_keys: FallbackTable,
     stream_keychange: Table<u64, String>,
 }
 

@@ -75,16 +75,16 @@ impl Services {
             Arc::new(presence::Presence::new(config.clone(), &db, streams.clone(), rooms.clone())?);
         let to_device = Arc::new(to_device::ToDevice::new(&db, streams.clone(), accounts.clone())?);
         let e2ee = Arc::new(e2ee::E2ee::new(&db, streams.clone(), accounts.clone(), rooms.clone())?);
-        let sync = sync::Sync::new(
-            rooms.clone(),
-            account_data.clone(),
-            ephemeral.clone(),
-            streams.clone(),
-            push.clone(),
-            presence.clone(),
-            to_device.clone(),
-            e2ee.clone(),
-        );
+        let sync = sync::Sync::new(sync::SyncSources {
+            rooms: rooms.clone(),
+            account_data: account_data.clone(),
+            ephemeral: ephemeral.clone(),
+            streams: streams.clone(),
+            push: push.clone(),
+            presence: presence.clone(),
+            to_device: to_device.clone(),
+            e2ee: e2ee.clone(),
+        });
         Ok(Self {
             e2ee,
             to_device,

@@ -80,27 +80,30 @@ struct Window<'a> {
     use_state_after: bool,
 }
 
+/// The services sync reads from.
+pub struct SyncSources {
+    pub rooms: Arc<Rooms>,
+    pub account_data: Arc<AccountData>,
+    pub ephemeral: Arc<Ephemeral>,
+    pub streams: Arc<Streams>,
+    pub push: Arc<PushRules>,
+    pub presence: Arc<Presence>,
+    pub to_device: Arc<ToDevice>,
+    pub e2ee: Arc<E2ee>,
+}
+
 impl Sync {
-    pub fn new(
-        rooms: Arc<Rooms>,
-        account_data: Arc<AccountData>,
-        ephemeral: Arc<Ephemeral>,
-        streams: Arc<Streams>,
-        push: Arc<PushRules>,
-        presence: Arc<Presence>,
-        to_device: Arc<ToDevice>,
-        e2ee: Arc<E2ee>,
-    ) -> Self {
+    pub fn new(sources: SyncSources) -> Self {
         Self {
-            e2ee,
-            to_device,
+            e2ee: sources.e2ee,
+            to_device: sources.to_device,
             sent_members: Mutex::new(HashMap::new()),
-            push,
-            presence,
-            rooms,
-            account_data,
-            ephemeral,
-            streams,
+            push: sources.push,
+            presence: sources.presence,
+            rooms: sources.rooms,
+            account_data: sources.account_data,
+            ephemeral: sources.ephemeral,
+            streams: sources.streams,
         }
     }
 
