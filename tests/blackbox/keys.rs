@@ -123,3 +123,68 @@ async fn device_list_changes_reach_room_mates_only() {
         .await;
     assert_eq!(queried["device_keys"]["@alice:localhost"], json!({}));
 }
+
+fn cross_key(user: &User, usage: &str, name: &str) -> Value {
+    json!({"user_id": user.user_id, "usage": [usage], "keys": {format!("ed25519:{name}"): name}})
+}
+
+#[tokio::test]
+async fn cross_signing_and_signatures() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    server
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            Some(&alice.token),
+            json!({"device_keys": device_keys(&alice)}),
+        )
+        .await;
+    let path = "/_matrix/client/v3/keys/device_signing/upload";
+    let first = json!({"master_key": cross_key(&alice, "master", "MASTER"), "self_signing_key": cross_key(&alice, "self_signing", "SELF"),
+                       "user_signing_key": cross_key(&alice, "user_signing", "USER")});
+    let (status, body) = server.post(path, Some(&alice.token), first.clone()).await;
+    assert_eq!(status, 200, "the first upload needs no UIA: {body}");
+    assert_eq!(
+        server.post(path, Some(&alice.token), first).await.0,
+        200,
+        "an identical upload needs none either"
+    );
+    let replace = json!({"master_key": cross_key(&alice, "master", "MASTER2")});
+    let (status, body) = server.post(path, Some(&alice.token), replace.clone()).await;
+    assert_eq!(status, 401, "replacing keys needs UIA: {body}");
+    let mut with_auth = replace;
+    with_auth["auth"] = crate::harness::password_auth("alice", body["session"].as_str());
+    assert_eq!(server.post(path, Some(&alice.token), with_auth).await.0, 200);
+    // Element still calls the unstable path.
+    let (status, _) = server
+        .post("/_matrix/client/unstable/keys/device_signing/upload", Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(status, 200);
+
+    let query = json!({"device_keys": {"@alice:localhost": []}});
+    let (_, theirs) = server.post("/_matrix/client/v3/keys/query", Some(&bob.token), query.clone()).await;
+    assert_eq!(theirs["master_keys"]["@alice:localhost"]["keys"]["ed25519:MASTER2"], "MASTER2");
+    assert!(theirs["self_signing_keys"]["@alice:localhost"].is_object());
+    assert!(theirs["user_signing_keys"].get("@alice:localhost").is_none(), "user-signing keys are private");
+    let (_, mine) = server.post("/_matrix/client/v3/keys/query", Some(&alice.token), query.clone()).await;
+    assert!(mine["user_signing_keys"]["@alice:localhost"].is_object());
+
+    let mut signed = device_keys(&alice);
+    signed["signatures"] = json!({"@alice:localhost": {"ed25519:SELF": "self-signature"}});
+    let upload = json!({"@alice:localhost": {alice.device_id.clone(): signed}});
+    let (status, body) =
+        server.post("/_matrix/client/v3/keys/signatures/upload", Some(&alice.token), upload).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failures"], json!({}));
+    let (_, after) = server.post("/_matrix/client/v3/keys/query", Some(&bob.token), query).await;
+    let signatures =
+        &after["device_keys"]["@alice:localhost"][&alice.device_id]["signatures"]["@alice:localhost"];
+    assert_eq!(signatures["ed25519:SELF"], "self-signature");
+    assert_eq!(signatures[format!("ed25519:{}", alice.device_id)], "sig", "existing signatures are kept");
+    let unknown =
+        json!({"@alice:localhost": {"NOPE": {"signatures": {"@alice:localhost": {"ed25519:SELF": "x"}}}}});
+    let (_, body) =
+        server.post("/_matrix/client/v3/keys/signatures/upload", Some(&alice.token), unknown).await;
+    assert!(body["failures"]["@alice:localhost"]["NOPE"].is_object(), "{body}");
+}

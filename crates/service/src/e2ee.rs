@@ -23,7 +23,11 @@ pub struct E2ee {
     one_time_keys: Table<(String, String, String), Json<JsonValue>>,
     fallback_keys: FallbackTable,
     stream_keychange: Table<u64, String>,
+    cross_signing: Table<(String, String), Json<JsonValue>>,
 }
+
+/// The kinds of cross-signing key, as stored.
+pub const CROSS_SIGNING_KINDS: [&str; 3] = ["master", "self_signing", "user_signing"];
 
 impl E2ee {
     pub fn new(db: &Db, streams: Arc<Streams>, accounts: Arc<Accounts>, rooms: Arc<Rooms>) -> Result<Self> {
@@ -36,6 +40,7 @@ impl E2ee {
             one_time_keys: db.table("useriddevicekeyid_onetimekey").db()?,
             fallback_keys: db.table("useriddevicealgorithm_fallbackkey").db()?,
             stream_keychange: db.table("stream_keychange").db()?,
+            cross_signing: db.table("useridkind_crosssigningkey").db()?,
         })
     }
 
@@ -136,10 +141,12 @@ impl E2ee {
             .collect())
     }
 
-    /// `/keys/query` for local users: device keys with their display names.
-    pub fn query(&self, requests: Vec<(OwnedUserId, Vec<String>)>) -> Result<JsonValue> {
+    /// `/keys/query` for local users: device keys with their display names,
+    /// and cross-signing keys (a user-signing key only for its owner).
+    pub fn query(&self, requester: &UserId, requests: Vec<(OwnedUserId, Vec<String>)>) -> Result<JsonValue> {
         let mut device_keys = Map::new();
         let mut failures = Map::new();
+        let mut cross: [Map<String, JsonValue>; 3] = Default::default();
         for (user, devices) in requests {
             if !self.accounts.is_local(&user) {
                 failures.insert(
@@ -161,8 +168,123 @@ impl E2ee {
                 per_device.insert(device, keys);
             }
             device_keys.insert(user.to_string(), JsonValue::Object(per_device));
+            for (i, kind) in CROSS_SIGNING_KINDS.iter().enumerate() {
+                if *kind == "user_signing" && user != requester {
+                    continue;
+                }
+                if let Some(Json(key)) =
+                    self.cross_signing.get(&(user.to_string(), (*kind).to_owned())).db()?
+                {
+                    cross[i].insert(user.to_string(), key);
+                }
+            }
         }
-        Ok(json!({"device_keys": device_keys, "failures": failures}))
+        let [master, self_signing, user_signing] = cross;
+        Ok(json!({
+            "device_keys": device_keys, "failures": failures, "master_keys": master,
+            "self_signing_keys": self_signing, "user_signing_keys": user_signing,
+        }))
+    }
+
+    /// Whether the user has a master cross-signing key (later uploads need UIA).
+    pub fn has_cross_signing(&self, user_id: &UserId) -> Result<bool> {
+        self.cross_signing.contains(&(user_id.to_string(), "master".to_owned())).db()
+    }
+
+    /// Whether uploading these keys changes nothing (then no UIA is needed).
+    pub fn cross_signing_unchanged(&self, user_id: &UserId, keys: &[(&str, JsonValue)]) -> Result<bool> {
+        for (kind, key) in keys {
+            let stored = self.cross_signing.get(&(user_id.to_string(), (*kind).to_owned())).db()?;
+            if stored.map(|Json(k)| k).as_ref() != Some(key) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Store cross-signing keys (`kind`, key JSON) after checking their shape.
+    pub fn upload_cross_signing(&self, user_id: &UserId, keys: Vec<(&str, JsonValue)>) -> Result<()> {
+        let mut batch = self.db.batch();
+        for (kind, key) in keys {
+            if key["user_id"] != user_id.as_str() || !key["keys"].is_object() || !key["usage"].is_array() {
+                return Err(Error::bad_json(format!("Invalid {kind} key")));
+            }
+            batch.put(&self.cross_signing, &(user_id.to_string(), kind.to_owned()), &Json(key));
+        }
+        batch.commit().db()?;
+        self.device_list_changed(user_id)
+    }
+
+    /// `/keys/signatures/upload`: merge signatures into the signed device or
+    /// cross-signing keys. Returns failures per user and key.
+    pub fn upload_signatures(
+        &self,
+        signer: &UserId,
+        signed: Vec<(OwnedUserId, String, JsonValue)>,
+    ) -> Result<JsonValue> {
+        let mut failures: Map<String, JsonValue> = Map::new();
+        let mut changed = Vec::new();
+        for (user, key_id, object) in signed {
+            let fail = |failures: &mut Map<String, JsonValue>, message: &str| {
+                let entry = failures.entry(user.to_string()).or_insert_with(|| json!({}));
+                entry[&key_id] = json!({"errcode": "M_INVALID_SIGNATURE", "error": message});
+            };
+            let Some(new_signatures) = object["signatures"][signer.as_str()].as_object().cloned() else {
+                fail(&mut failures, "No signatures by the uploader");
+                continue;
+            };
+            let device_key = (user.to_string(), key_id.clone());
+            let target = match self.device_keys.get(&device_key).db()? {
+                Some(Json(keys)) => Some((keys, true)),
+                None => CROSS_SIGNING_KINDS
+                    .iter()
+                    .filter_map(|kind| {
+                        self.cross_signing.get(&(user.to_string(), (*kind).to_owned())).ok().flatten()
+                    })
+                    .map(|Json(k)| k)
+                    .find(|k| {
+                        k["keys"]
+                            .as_object()
+                            .is_some_and(|m| m.keys().any(|id| id.ends_with(&format!(":{key_id}"))))
+                    })
+                    .map(|k| (k, false)),
+            };
+            let Some((mut keys, is_device)) = target else {
+                fail(&mut failures, "Unknown key");
+                continue;
+            };
+            let entry = keys["signatures"]
+                .as_object_mut()
+                .map(|s| s.entry(signer.to_string()).or_insert_with(|| json!({})));
+            if let Some(JsonValue::Object(existing)) = entry {
+                existing.extend(new_signatures);
+            } else {
+                keys["signatures"] = json!({signer.as_str(): new_signatures});
+            }
+            if is_device {
+                self.device_keys.put(&device_key, &Json(keys)).db()?;
+            } else {
+                let kind = CROSS_SIGNING_KINDS
+                    .iter()
+                    .find(|kind| {
+                        self.cross_signing
+                            .get(&(user.to_string(), (**kind).to_owned()))
+                            .ok()
+                            .flatten()
+                            .is_some_and(|Json(k)| k["keys"] == keys["keys"])
+                    })
+                    .copied()
+                    .unwrap_or("master");
+                self.cross_signing.put(&(user.to_string(), kind.to_owned()), &Json(keys)).db()?;
+            }
+            changed.push(user);
+        }
+        changed.sort();
+        changed.dedup();
+        for user in changed {
+            self.device_list_changed(&user)?;
+        }
+        Ok(json!({"failures": failures}))
     }
 
     /// `/keys/claim`: a one-time key per requested device, else its fallback key.

@@ -42,6 +42,8 @@ pub const TABLES: &[&str] = &[
     "useriddevicekeyid_onetimekey",
     // (user ID, device ID, algorithm) → fallback key (key ID, key, used).
     "useriddevicealgorithm_fallbackkey",
+    // (user ID, "master" | "self_signing" | "user_signing") → cross-signing key (JSON).
+    "useridkind_crosssigningkey",
     // Stream position → user ID whose devices or keys changed (device_lists).
     "stream_keychange",
     // User ID → presence (state, status message, last active).

@@ -35,14 +35,14 @@ pub async fn upload(
 }
 
 pub async fn query(services: AppState, request: Ruma<get_keys::v3::Request>) -> ApiResult<Json<JsonValue>> {
-    request.user()?;
+    let requester = request.user()?.to_owned();
     let requests = request
         .body
         .device_keys
         .iter()
         .map(|(user, devices)| (user.clone(), devices.iter().map(|d| d.to_string()).collect()))
         .collect();
-    Ok(Json(services.e2ee.query(requests)?))
+    Ok(Json(services.e2ee.query(&requester, requests)?))
 }
 
 pub async fn claim(services: AppState, request: Ruma<claim_keys::v3::Request>) -> ApiResult<Json<JsonValue>> {
@@ -70,4 +70,45 @@ pub async fn changes(
         .filter_map(|u| ruma::UserId::parse(u).ok())
         .collect();
     Ok(get_key_changes::v3::Response::new(changed, Vec::new()))
+}
+
+/// `/keys/device_signing/upload`: UIA unless it is the first upload or changes nothing.
+pub async fn upload_signing_keys(
+    services: AppState,
+    request: Ruma<ruma::api::client::keys::upload_signing_keys::v3::Request>,
+) -> ApiResult<ruma::api::client::keys::upload_signing_keys::v3::Response> {
+    let body = &request.body;
+    let user = request.user()?.to_owned();
+    let mut keys = Vec::new();
+    for (kind, key) in [
+        ("master", &body.master_key),
+        ("self_signing", &body.self_signing_key),
+        ("user_signing", &body.user_signing_key),
+    ] {
+        if let Some(key) = key {
+            keys.push((kind, parsed(key)?));
+        }
+    }
+    let e2ee = &services.e2ee;
+    if e2ee.has_cross_signing(&user)? && !e2ee.cross_signing_unchanged(&user, &keys)? {
+        super::account::require_password(&services, "device_signing_upload", &user, body.auth.as_ref())
+            .await?;
+    }
+    e2ee.upload_cross_signing(&user, keys)?;
+    Ok(ruma::api::client::keys::upload_signing_keys::v3::Response::new())
+}
+
+pub async fn upload_signatures(
+    services: AppState,
+    request: Ruma<ruma::api::client::keys::upload_signatures::v3::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    let mut signed = Vec::new();
+    for (user, keys) in &request.body.signed_keys {
+        for (key_id, object) in keys.iter() {
+            let object: JsonValue =
+                serde_json::from_str(object.get()).map_err(|e| Error::bad_json(e.to_string()))?;
+            signed.push((user.clone(), key_id.to_string(), object));
+        }
+    }
+    Ok(Json(services.e2ee.upload_signatures(request.user()?, signed)?))
 }

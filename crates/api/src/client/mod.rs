@@ -84,6 +84,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma_custom(keys::query)
         .ruma_custom(keys::claim)
         .ruma(keys::changes)
+        .ruma(keys::upload_signing_keys)
+        .ruma_custom(keys::upload_signatures)
         // Ephemeral data and tags
         .ruma(ephemeral::typing)
         .ruma(ephemeral::receipt)
