@@ -188,3 +188,77 @@ async fn cross_signing_and_signatures() {
         server.post("/_matrix/client/v3/keys/signatures/upload", Some(&alice.token), unknown).await;
     assert!(body["failures"]["@alice:localhost"]["NOPE"].is_object(), "{body}");
 }
+
+#[tokio::test]
+async fn key_backup() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let token = Some(alice.token.as_str());
+    assert_error(&server.get("/_matrix/client/v3/room_keys/version", token).await, 404, "M_NOT_FOUND");
+    let algorithm =
+        json!({"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {"public_key": "abc"}});
+    let (status, created) =
+        server.post("/_matrix/client/v3/room_keys/version", token, algorithm.clone()).await;
+    assert_eq!(status, 200, "{created}");
+    let version = created["version"].as_str().unwrap().to_owned();
+    let (_, info) = server.get("/_matrix/client/v3/room_keys/version", token).await;
+    assert_eq!((info["version"].as_str(), info["count"].as_u64()), (Some(version.as_str()), Some(0)));
+    assert_eq!(info["auth_data"]["public_key"], "abc");
+    let etag0 = info["etag"].as_str().unwrap().to_owned();
+
+    let key = |index: u64, verified: bool, tag: &str| json!({"first_message_index": index, "forwarded_count": 0, "is_verified": verified, "session_data": {"tag": tag}});
+    let session = format!("/_matrix/client/v3/room_keys/keys/!room:localhost/sess1?version={version}");
+    let (status, body) = server.put(&session, token, key(5, false, "first")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 1);
+    assert_ne!(body["etag"].as_str().unwrap(), etag0, "the etag changes");
+    server.put(&session, token, key(9, false, "worse")).await;
+    let (_, stored) = server.get(&session, token).await;
+    assert_eq!(stored["session_data"]["tag"], "first", "a worse key does not replace");
+    server.put(&session, token, key(9, true, "verified")).await;
+    let (_, stored) = server.get(&session, token).await;
+    assert_eq!(stored["session_data"]["tag"], "verified", "a verified key does");
+
+    let all = json!({"rooms": {"!other:localhost": {"sessions": {"s2": key(0, false, "x"), "s3": key(0, false, "y")}}}});
+    let (_, body) =
+        server.put(&format!("/_matrix/client/v3/room_keys/keys?version={version}"), token, all).await;
+    assert_eq!(body["count"], 3);
+    let (_, everything) =
+        server.get(&format!("/_matrix/client/v3/room_keys/keys?version={version}"), token).await;
+    assert_eq!(everything["rooms"]["!other:localhost"]["sessions"].as_object().unwrap().len(), 2);
+    let (_, room) = server
+        .get(&format!("/_matrix/client/v3/room_keys/keys/!other:localhost?version={version}"), token)
+        .await;
+    assert!(room["sessions"]["s3"].is_object());
+    let (_, body) = server
+        .delete(&format!("/_matrix/client/v3/room_keys/keys/!other:localhost?version={version}"), token)
+        .await;
+    assert_eq!(body["count"], 1);
+    assert_error(
+        &server
+            .get(&format!("/_matrix/client/v3/room_keys/keys/!other:localhost/s2?version={version}"), token)
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    let update = json!({"algorithm": "m.other", "auth_data": {}});
+    assert_error(
+        &server.put(&format!("/_matrix/client/v3/room_keys/version/{version}"), token, update).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let (_, newer) = server.post("/_matrix/client/v3/room_keys/version", token, algorithm).await;
+    let newer = newer["version"].as_str().unwrap().to_owned();
+    let stale = server.put(&session, token, key(0, true, "late")).await;
+    assert_error(&stale, 403, "M_WRONG_ROOM_KEYS_VERSION");
+    assert_eq!(stale.1["current_version"], newer.as_str());
+    assert_eq!(server.delete(&format!("/_matrix/client/v3/room_keys/version/{version}"), token).await.0, 200);
+    assert_error(
+        &server.get(&format!("/_matrix/client/v3/room_keys/version/{version}"), token).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let (_, latest) = server.get("/_matrix/client/v3/room_keys/version", token).await;
+    assert_eq!(latest["version"], newer.as_str());
+}

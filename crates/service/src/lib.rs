@@ -7,6 +7,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod appservices;
+pub mod backup;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod filters;
@@ -45,6 +46,7 @@ pub struct Services {
     pub outgoing: Arc<outgoing::Outgoing>,
     pub to_device: Arc<to_device::ToDevice>,
     pub e2ee: Arc<e2ee::E2ee>,
+    pub backup: Arc<backup::Backup>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
 
@@ -86,6 +88,7 @@ impl Services {
             e2ee: e2ee.clone(),
         });
         Ok(Self {
+            backup: Arc::new(backup::Backup::new(&db)?),
             e2ee,
             to_device,
             outgoing,

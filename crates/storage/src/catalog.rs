@@ -44,6 +44,10 @@ pub const TABLES: &[&str] = &[
     "useriddevicealgorithm_fallbackkey",
     // (user ID, "master" | "self_signing" | "user_signing") → cross-signing key (JSON).
     "useridkind_crosssigningkey",
+    // (user ID, backup version) → backup version (algorithm, auth data, etag, deleted).
+    "useridversion_backup",
+    // (user ID, backup version, room ID, session ID) → backed-up room key (JSON).
+    "useridversionroomsession_backupkey",
     // Stream position → user ID whose devices or keys changed (device_lists).
     "stream_keychange",
     // User ID → presence (state, status message, last active).

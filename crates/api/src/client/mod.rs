@@ -3,6 +3,7 @@
 
 mod account;
 mod account_data;
+mod backup;
 mod device;
 mod directory;
 mod discovery;
@@ -86,6 +87,21 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(keys::changes)
         .ruma(keys::upload_signing_keys)
         .ruma_custom(keys::upload_signatures)
+        // Key backup
+        .ruma_custom(backup::create)
+        .ruma_custom(backup::latest)
+        .ruma_custom(backup::info)
+        .ruma_custom(backup::update)
+        .ruma_custom(backup::delete_version)
+        .ruma_custom(backup::put_all)
+        .ruma_custom(backup::put_room)
+        .ruma_custom(backup::put_session)
+        .ruma_custom(backup::get_all)
+        .ruma_custom(backup::get_room)
+        .ruma_custom(backup::get_session)
+        .ruma_custom(backup::delete_all)
+        .ruma_custom(backup::delete_room)
+        .ruma_custom(backup::delete_session)
         // Ephemeral data and tags
         .ruma(ephemeral::typing)
         .ruma(ephemeral::receipt)
