@@ -16,6 +16,8 @@ pub struct ShortIds {
     short_statekey: Table<u64, Json<(String, String)>>,
     /// Next free short ID (shared by events, state keys and state snapshots).
     next: AtomicU64,
+    /// (type, state_key) → short ID: every key ever seen (a bounded vocabulary).
+    statekeys: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
 }
 
 impl ShortIds {
@@ -39,6 +41,7 @@ impl ShortIds {
             statekey_short: db.table("statekey_short").db()?,
             short_statekey,
             next: AtomicU64::new(highest + 1),
+            statekeys: Default::default(),
         })
     }
 
@@ -67,22 +70,60 @@ impl ShortIds {
     }
 
     pub fn state_key_short(&self, event_type: &StateEventType, state_key: &str) -> Result<Option<u64>> {
-        self.statekey_short.get(&(event_type.to_string(), state_key.to_owned())).db()
+        let key = (event_type.to_string(), state_key.to_owned());
+        if let Some(short) = self.statekeys.lock().expect("state key cache").get(&key) {
+            return Ok(Some(*short));
+        }
+        self.statekey_short.get(&key).db()
     }
 
+    /// The short ID of a state key, created if new. Two rooms may meet the
+    /// same new key at once, so allocation happens under a lock and the
+    /// mapping is remembered in memory until (and after) its batch commits;
+    /// every batch that uses it writes it again, so it is never lost.
     pub fn state_key_short_or_create(
         &self,
         event_type: &StateEventType,
         state_key: &str,
         batch: &mut Batch,
     ) -> Result<u64> {
-        if let Some(short) = self.state_key_short(event_type, state_key)? {
-            return Ok(short);
-        }
-        let short = self.allocate();
         let key = (event_type.to_string(), state_key.to_owned());
+        let mut cache = self.statekeys.lock().expect("state key cache");
+        let short = match cache.get(&key) {
+            Some(short) => *short,
+            None => {
+                let short = match self.statekey_short.get(&key).db()? {
+                    Some(short) => short,
+                    None => self.allocate(),
+                };
+                cache.insert(key.clone(), short);
+                short
+            }
+        };
         batch.put(&self.statekey_short, &key, &short);
         batch.put(&self.short_statekey, &short, &Json(key));
         Ok(short)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_state_key_gets_one_short_id_even_before_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &Default::default()).unwrap();
+        let shorts = ShortIds::new(&db).unwrap();
+        let kind = StateEventType::RoomPowerLevels;
+        // Two rooms meet the same new key before either batch commits.
+        let (mut first, mut second) = (db.batch(), db.batch());
+        let a = shorts.state_key_short_or_create(&kind, "", &mut first).unwrap();
+        let b = shorts.state_key_short_or_create(&kind, "", &mut second).unwrap();
+        assert_eq!(a, b);
+        second.commit().unwrap();
+        first.commit().unwrap();
+        let reopened = ShortIds::new(&db).unwrap();
+        assert_eq!(reopened.state_key_short(&kind, "").unwrap(), Some(a));
     }
 }
