@@ -125,7 +125,7 @@ impl Backup {
         keys: Vec<(String, String, JsonValue)>,
     ) -> Result<JsonValue> {
         let number = parse_version(version)?;
-        let (current, mut record) = self.current(user)?.ok_or_else(not_found)?;
+        let (current, record) = self.current(user)?.ok_or_else(not_found)?;
         if current != number {
             self.version(user, version)?;
             return Err(Error::matrix(
@@ -144,6 +144,17 @@ impl Backup {
                 batch.put(&self.keys, &key, &Json(data));
             }
         }
+        self.commit_changed_keys(user, number, record, batch)
+    }
+
+    /// Commit key changes with a new etag; returns the version's `count` and `etag`.
+    fn commit_changed_keys(
+        &self,
+        user: &UserId,
+        number: u64,
+        mut record: Version,
+        mut batch: estuary_storage::Batch,
+    ) -> Result<JsonValue> {
         record.etag += 1;
         batch.put(&self.versions, &(user.to_string(), number), &Json(record.clone()));
         batch.commit().db()?;
@@ -190,7 +201,7 @@ impl Backup {
         session: Option<&str>,
     ) -> Result<JsonValue> {
         let number = parse_version(version)?;
-        let mut record = self.version(user, version)?;
+        let record = self.version(user, version)?;
         let mut batch = self.db.batch();
         for (key, _) in self.keys.scan_prefix(&(user.to_string(), number)).db()? {
             if room.is_some_and(|r| r != key.2) || session.is_some_and(|s| s != key.3) {
@@ -198,10 +209,7 @@ impl Backup {
             }
             batch.delete(&self.keys, &key);
         }
-        record.etag += 1;
-        batch.put(&self.versions, &(user.to_string(), number), &Json(record.clone()));
-        batch.commit().db()?;
-        Ok(json!({"count": self.count(user, number)?, "etag": record.etag.to_string()}))
+        self.commit_changed_keys(user, number, record, batch)
     }
 }
 

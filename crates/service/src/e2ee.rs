@@ -49,23 +49,12 @@ impl E2ee {
         Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
     }
 
-    /// Users who share a room with `user_id` (and so track its devices).
-    fn room_mates(&self, user_id: &UserId) -> Result<Vec<OwnedUserId>> {
-        let mut users = vec![user_id.to_owned()];
-        for room in self.rooms.rooms_with_membership(user_id, "join")? {
-            users.extend(self.rooms.members_with_membership(&room, "join")?);
-        }
-        users.sort();
-        users.dedup();
-        Ok(users)
-    }
-
     /// Record that a user's devices or keys changed, and wake those who care.
     pub fn device_list_changed(&self, user_id: &UserId) -> Result<()> {
         let table = &self.stream_keychange;
         self.streams
             .commit(self.db.batch(), |position, batch| batch.put(table, &position, &user_id.to_string()))?;
-        let mates = self.room_mates(user_id)?;
+        let mates = self.rooms.room_mates(user_id)?;
         self.streams.notify(mates.iter().map(|u| &**u));
         Ok(())
     }
@@ -317,7 +306,7 @@ impl E2ee {
 
     /// Users sharing a room with `viewer` whose keys changed in `from..=to`.
     pub fn changed_users(&self, viewer: &UserId, from: u64, to: u64) -> Result<Vec<String>> {
-        let mates: Vec<String> = self.room_mates(viewer)?.into_iter().map(|u| u.to_string()).collect();
+        let mates: Vec<String> = self.rooms.room_mates(viewer)?.into_iter().map(|u| u.to_string()).collect();
         let mut changed: Vec<String> = self
             .stream_keychange
             .scan_from(&[], Some(&from.encode()), false, usize::MAX)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use estuary_core::{Config, Error, Result, time::now_millis};
 use estuary_storage::{Db, Key, Table, codec::Json};
-use ruma::{OwnedUserId, UserId};
+use ruma::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
 
@@ -67,8 +67,7 @@ impl Presence {
         self.streams.commit(batch, |position, batch| {
             batch.put(&self.stream_presence, &position, &user_id.to_string())
         })?;
-        let mut audience = self.audience(user_id)?;
-        audience.push(user_id.to_owned());
+        let audience = self.rooms.room_mates(user_id)?;
         self.streams.notify(audience.iter().map(|u| &**u));
         Ok(())
     }
@@ -113,25 +112,13 @@ impl Presence {
         Ok(content)
     }
 
-    /// Users who share a room with `user_id`.
-    fn audience(&self, user_id: &UserId) -> Result<Vec<OwnedUserId>> {
-        let mut users = Vec::new();
-        for room in self.rooms.rooms_with_membership(user_id, "join")? {
-            users.extend(self.rooms.members_with_membership(&room, "join")?);
-        }
-        users.sort();
-        users.dedup();
-        Ok(users)
-    }
-
     /// `m.presence` events for `viewer`: changes in `from..=to` (or, initially, everyone known) of
     /// users sharing a room with them, and their own.
     pub fn events(&self, viewer: &UserId, from: Option<u64>, to: u64) -> Result<Vec<JsonValue>> {
         if !self.config.presence {
             return Ok(Vec::new());
         }
-        let mut shared = self.audience(viewer)?;
-        shared.push(viewer.to_owned());
+        let shared = self.rooms.room_mates(viewer)?;
         let changed: Vec<String> = match from {
             None => shared.iter().map(|u| u.to_string()).collect(),
             Some(from) => {

@@ -75,23 +75,7 @@ impl<K: Key, V: Value> Table<K, V> {
 
     /// Up to `limit` rows under a raw byte prefix, in key order.
     pub fn scan_raw_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(K, V)>, StorageError> {
-        let iter = self
-            .db
-            .rocks()
-            .iterator_cf(self.db.cf(self.name), IteratorMode::From(prefix, Direction::Forward));
-        let mut rows = Vec::new();
-        for item in iter {
-            if rows.len() >= limit {
-                break;
-            }
-            let (key, value) = item.map_err(|e| self.rocks_err(e))?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            let codec = |source| StorageError::Codec { table: self.name, source };
-            rows.push((K::decode(&key).map_err(codec)?, V::decode_value(&value).map_err(codec)?));
-        }
-        Ok(rows)
+        self.scan_from(prefix, None, false, limit)
     }
 
     /// Rows under `prefix` starting at `from` (inclusive; the start or end of

@@ -42,6 +42,17 @@ impl Rooms {
             .collect())
     }
 
+    /// The user and everyone who shares a joined room with them, sorted.
+    pub fn room_mates(&self, user_id: &UserId) -> Result<Vec<OwnedUserId>> {
+        let mut users = vec![user_id.to_owned()];
+        for room in self.rooms_with_membership(user_id, "join")? {
+            users.extend(self.members_with_membership(&room, "join")?);
+        }
+        users.sort();
+        users.dedup();
+        Ok(users)
+    }
+
     /// A join event's content: the user's current display name and avatar.
     pub(super) fn join_template(&self, user_id: &UserId, reason: Option<String>) -> Result<PduTemplate> {
         let mut content = json!({"membership": "join"});
