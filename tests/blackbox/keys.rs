@@ -124,6 +124,45 @@ async fn device_list_changes_reach_room_mates_only() {
     assert_eq!(queried["device_keys"]["@alice:localhost"], json!({}));
 }
 
+#[tokio::test]
+async fn device_lists_follow_joins_and_leaves() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let other = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{other}/join"), Some(&carol.token), json!({})).await;
+    let since = sync(&server, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    let carol_since = sync(&server, &carol, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    // A new room-mate is a change: the client must now track their devices.
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&carol.token), json!({})).await;
+    let body = sync(&server, &alice, &format!("?since={since}")).await;
+    assert_eq!(body["device_lists"]["changed"], json!(["@carol:localhost"]), "{body}");
+    let body = sync(&server, &carol, &format!("?since={carol_since}")).await;
+    let changed = body["device_lists"]["changed"].as_array().unwrap();
+    assert!(changed.contains(&json!("@bob:localhost")), "carol now shares a room with bob: {body}");
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob leaving his only shared room with carol puts him in `left`.
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    let body = sync(&server, &carol, &format!("?since={since}")).await;
+    assert_eq!(body["device_lists"]["left"], json!(["@bob:localhost"]), "{body}");
+    assert_eq!(body["device_lists"]["changed"], json!([]));
+    let next = body["next_batch"].as_str().unwrap().to_owned();
+    let (_, changes) = server
+        .get(&format!("/_matrix/client/v3/keys/changes?from={since}&to={next}"), Some(&carol.token))
+        .await;
+    assert_eq!(changes["left"], json!(["@bob:localhost"]), "{changes}");
+
+    // Carol leaving one room still shares the other with alice: not `left`.
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&carol.token), json!({})).await;
+    let body = sync(&server, &carol, &format!("?since={next}")).await;
+    assert_eq!(body["device_lists"]["left"], json!([]), "alice still shares a room: {body}");
+}
+
 fn cross_key(user: &User, usage: &str, name: &str) -> Value {
     json!({"user_id": user.user_id, "usage": [usage], "keys": {format!("ed25519:{name}"): name}})
 }

@@ -14,7 +14,7 @@ use std::{
 
 use estuary_core::{Error, Result};
 use ruma::{
-    DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId,
+    DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId,
     api::client::filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
     events::StateEventType,
 };
@@ -166,7 +166,7 @@ impl Sync {
         };
         let room_filter = &w.filter.room;
         let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
-        for room_id in candidates {
+        for room_id in candidates.iter().cloned() {
             let excluded = room_filter.not_rooms.contains(&room_id)
                 || room_filter.rooms.as_ref().is_some_and(|only| !only.contains(&room_id));
             if excluded || self.rooms.is_forgotten(w.user, &room_id)? {
@@ -214,9 +214,9 @@ impl Sync {
             ),
             None => (json!({}), json!([])),
         };
-        let device_changes = match w.since {
-            Some(since) => self.e2ee.changed_users(w.user, since, w.to)?,
-            None => Vec::new(),
+        let (device_changes, device_left) = match w.since {
+            Some(since) => self.device_lists(w.user, since, w.to, &candidates)?,
+            None => (Vec::new(), Vec::new()),
         };
         let to_device = match w.device {
             Some(device) => self.to_device.take(w.user, device, w.since, w.to)?,
@@ -248,10 +248,46 @@ impl Sync {
             "account_data": {"events": account_data},
             "presence": {"events": presence},
             "to_device": {"events": to_device},
-            "device_lists": {"changed": device_changes, "left": []},
+            "device_lists": {"changed": device_changes, "left": device_left},
             "device_one_time_keys_count": otk_counts,
             "device_unused_fallback_key_types": fallback_types,
         }))
+    }
+
+    /// `/keys/changes`: the device-list changes between two sync positions.
+    pub fn key_changes(&self, user: &UserId, from: u64, to: u64) -> Result<(Vec<String>, Vec<String>)> {
+        let rooms = self.rooms.rooms_changed(from, to)?;
+        self.device_lists(user, from, to, &rooms)
+    }
+
+    /// `device_lists`: users whose keys changed or who now share a room with
+    /// the syncing user (`changed`), and users who no longer share any (`left`).
+    /// `rooms` are those with events in the window.
+    fn device_lists(
+        &self,
+        user: &UserId,
+        since: u64,
+        to: u64,
+        rooms: &BTreeSet<OwnedRoomId>,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let mut changed: BTreeSet<String> = self.e2ee.changed_users(user, since, to)?.into_iter().collect();
+        let mut parted = BTreeSet::new();
+        for room_id in rooms {
+            for change in self.rooms.member_changes(room_id, since, to)? {
+                let affected = if change.user_id == user {
+                    self.rooms.members_with_membership(room_id, "join")?
+                } else {
+                    vec![change.user_id]
+                };
+                let target = if change.is_joined { &mut changed } else { &mut parted };
+                target.extend(affected.into_iter().map(|u| u.to_string()));
+            }
+        }
+        let mates: BTreeSet<String> =
+            self.rooms.room_mates(user)?.into_iter().map(|u| u.to_string()).collect();
+        let left: Vec<String> = parted.into_iter().filter(|u| !mates.contains(u)).collect();
+        let changed = changed.into_iter().filter(|u| mates.contains(u) && !left.contains(u)).collect();
+        Ok((changed, left))
     }
 
     fn account_data_events(&self, w: &Window<'_>, room: Option<&RoomId>) -> Result<Vec<JsonValue>> {
@@ -527,6 +563,7 @@ fn is_empty(response: &JsonValue) -> bool {
         && response["presence"]["events"].as_array().is_none_or(|e| e.is_empty())
         && response["to_device"]["events"].as_array().is_none_or(|e| e.is_empty())
         && response["device_lists"]["changed"].as_array().is_none_or(|e| e.is_empty())
+        && response["device_lists"]["left"].as_array().is_none_or(|e| e.is_empty())
 }
 
 /// A filter ID or inline definition, resolved.

@@ -63,13 +63,9 @@ pub async fn changes(
     let body = &request.body;
     let from = parse_token(&body.from)?;
     let to = parse_token(&body.to)?.saturating_sub(1);
-    let changed = services
-        .e2ee
-        .changed_users(request.user()?, from, to)?
-        .into_iter()
-        .filter_map(|u| ruma::UserId::parse(u).ok())
-        .collect();
-    Ok(get_key_changes::v3::Response::new(changed, Vec::new()))
+    let (changed, left) = services.sync.key_changes(request.user()?, from, to)?;
+    let parse = |users: Vec<String>| users.into_iter().filter_map(|u| ruma::UserId::parse(u).ok()).collect();
+    Ok(get_key_changes::v3::Response::new(parse(changed), parse(left)))
 }
 
 /// `/keys/device_signing/upload`: UIA unless it is the first upload or changes nothing.

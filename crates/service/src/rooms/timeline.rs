@@ -116,3 +116,40 @@ impl Rooms {
         Ok(out)
     }
 }
+
+/// A user whose membership of a room changed in a sync window.
+pub struct MemberChange {
+    pub user_id: ruma::OwnedUserId,
+    pub is_joined: bool,
+}
+
+impl Rooms {
+    /// Members whose joined-ness changed between the state before position
+    /// `from` and the state at `to` (device lists follow joins and leaves).
+    pub(crate) fn member_changes(&self, room_id: &RoomId, from: u64, to: u64) -> Result<Vec<MemberChange>> {
+        let Some(now) = self.state_at_position(room_id, to)? else { return Ok(Vec::new()) };
+        let base = self.state_at_position(room_id, from.saturating_sub(1))?;
+        let joined = |pdu: &estuary_events::Pdu| pdu.content_value()["membership"] == "join";
+        let mut changes = Vec::new();
+        for stored in self.state_delta(&now, base.as_deref())? {
+            let pdu = stored.pdu()?;
+            if pdu.kind != ruma::events::TimelineEventType::RoomMember {
+                continue;
+            }
+            let Some(user_id) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
+                continue;
+            };
+            let was_joined = match &base {
+                Some(base) => self
+                    .state_pdu(base, &ruma::events::StateEventType::RoomMember, user_id.as_str())?
+                    .is_some_and(|p| joined(&p)),
+                None => false,
+            };
+            let is_joined = joined(&pdu);
+            if was_joined != is_joined {
+                changes.push(MemberChange { user_id, is_joined });
+            }
+        }
+        Ok(changes)
+    }
+}
