@@ -166,20 +166,20 @@ impl Sync {
         };
         let room_filter = &w.filter.room;
         let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
-        for room_id in candidates.iter().cloned() {
-            let excluded = room_filter.not_rooms.contains(&room_id)
-                || room_filter.rooms.as_ref().is_some_and(|only| !only.contains(&room_id));
-            if excluded || self.rooms.is_forgotten(w.user, &room_id)? {
+        for room_id in candidates.iter() {
+            let excluded = room_filter.not_rooms.contains(room_id)
+                || room_filter.rooms.as_ref().is_some_and(|only| !only.contains(room_id));
+            if excluded || self.rooms.is_forgotten(w.user, room_id)? {
                 continue;
             }
-            let Some(membership) = self.rooms.membership(w.user, &room_id)? else { continue };
+            let Some(membership) = self.rooms.membership(w.user, room_id)? else { continue };
             let changed_here = self
                 .rooms
-                .membership_change_position(w.user, &room_id)?
+                .membership_change_position(w.user, room_id)?
                 .is_some_and(|p| p >= from && p <= w.to);
             match membership.as_str() {
                 "join" => {
-                    let entry = self.joined_room(w, &room_id, changed_here, changed_here)?;
+                    let entry = self.joined_room(w, room_id, changed_here, changed_here)?;
                     if let Some(entry) = entry {
                         join.insert(room_id.to_string(), entry);
                     }
@@ -187,20 +187,20 @@ impl Sync {
                 "invite" if w.since.is_none() || changed_here => {
                     invite.insert(
                         room_id.to_string(),
-                        json!({"invite_state": {"events": self.stripped_state(w.user, &room_id)?}}),
+                        json!({"invite_state": {"events": self.stripped_state(w.user, room_id)?}}),
                     );
                 }
                 "knock" if w.since.is_none() || changed_here => {
                     knock.insert(
                         room_id.to_string(),
-                        json!({"knock_state": {"events": self.stripped_state(w.user, &room_id)?}}),
+                        json!({"knock_state": {"events": self.stripped_state(w.user, room_id)?}}),
                     );
                 }
                 "leave" | "ban"
                     if (w.since.is_some() && changed_here)
                         || (w.since.is_none() && room_filter.include_leave) =>
                 {
-                    if let Some(entry) = self.joined_room(w, &room_id, true, w.since.is_none())? {
+                    if let Some(entry) = self.joined_room(w, room_id, true, w.since.is_none())? {
                         leave.insert(room_id.to_string(), entry);
                     }
                 }
