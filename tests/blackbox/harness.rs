@@ -41,7 +41,14 @@ impl TestServer {
             dir.path().join("db").display()
         );
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_estuary"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_estuary"));
+        // The config file alone decides: no ESTUARY_* overrides from the caller.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("ESTUARY_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .env_remove("RUST_LOG")

@@ -143,3 +143,24 @@ async fn logout_and_logout_all() {
         );
     }
 }
+
+/// matrix-nio logs in while still sending the token `/register` gave it, and
+/// joins with no body at all; both are accepted as Synapse accepts them.
+#[tokio::test]
+async fn login_ignores_a_user_token_and_empty_bodies_read_as_empty_objects() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": PASSWORD});
+    let (status, login) = server.post("/_matrix/client/v3/login", Some(&alice.token), body).await;
+    assert_eq!(status, 200, "{login}");
+    let bob = server.register("bob").await;
+    let (_, created) = server
+        .post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({"preset": "public_chat"}))
+        .await;
+    let room = created["room_id"].as_str().unwrap();
+    let (status, joined) = server
+        .request(reqwest::Method::POST, &format!("/_matrix/client/v3/join/{room}"), Some(&bob.token), None)
+        .await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["room_id"], room);
+}

@@ -6,6 +6,7 @@ mod devices;
 mod discovery;
 mod errors;
 mod harness;
+mod interop;
 mod keys;
 mod login;
 mod process;
