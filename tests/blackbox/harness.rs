@@ -199,6 +199,7 @@ impl Drop for TestServer {
     }
 }
 
+#[derive(Clone)]
 pub struct User {
     pub user_id: String,
     pub token: String,

@@ -301,3 +301,88 @@ async fn key_backup() {
     let (_, latest) = server.get("/_matrix/client/v3/room_keys/version", token).await;
     assert_eq!(latest["version"], newer.as_str());
 }
+
+const DEHYDRATED: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+
+fn dehydrated_upload(user: &User, device_id: &str, pickle: &str) -> Value {
+    let owner = User { device_id: device_id.to_owned(), ..user.clone() };
+    let mut keys = device_keys(&owner);
+    keys["dehydrated"] = json!(true);
+    json!({
+        "device_id": device_id,
+        "initial_device_display_name": "Dehydrated device",
+        "device_data": {"algorithm": "m.dehydration.v1.olm", "device_pickle": pickle, "nonce": "n"},
+        "device_keys": keys,
+        "one_time_keys": {"signed_curve25519:D1": {"key": "dotk"}},
+        "fallback_keys": {"signed_curve25519:DF": {"key": "dfallback", "fallback": true}},
+    })
+}
+
+#[tokio::test]
+async fn dehydrated_device_lifecycle_and_its_messages() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (status, body) = server.get(DEHYDRATED, Some(&alice.token)).await;
+    assert_error(&(status, body.clone()), 404, "M_NOT_FOUND");
+
+    let (status, body) =
+        server.put(DEHYDRATED, Some(&alice.token), dehydrated_upload(&alice, "DEHYD1", "p1")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["device_id"], "DEHYD1");
+    let (status, body) = server.get(DEHYDRATED, Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["device_id"], "DEHYD1");
+    assert_eq!(body["device_data"]["device_pickle"], "p1");
+
+    // Others see its keys and can claim its one-time key.
+    let query = json!({"device_keys": {"@alice:localhost": []}});
+    let (_, keys) = server.post("/_matrix/client/v3/keys/query", Some(&bob.token), query).await;
+    assert_eq!(keys["device_keys"]["@alice:localhost"]["DEHYD1"]["dehydrated"], true, "{keys}");
+    let claim = json!({"one_time_keys": {"@alice:localhost": {"DEHYD1": "signed_curve25519"}}});
+    let (_, claimed) = server.post("/_matrix/client/v3/keys/claim", Some(&bob.token), claim).await;
+    assert_eq!(claimed["one_time_keys"]["@alice:localhost"]["DEHYD1"]["signed_curve25519:D1"]["key"], "dotk");
+
+    // Messages sent to it wait until the client rehydrates it and acknowledges them.
+    for (txn, n) in [("t1", 1), ("t2", 2)] {
+        let messages = json!({"messages": {"@alice:localhost": {"DEHYD1": {"n": n}}}});
+        let path = format!("/_matrix/client/v3/sendToDevice/m.room.encrypted/{txn}");
+        let (status, _) = server.put(&path, Some(&bob.token), messages).await;
+        assert_eq!(status, 200);
+    }
+    let events_path = format!("{DEHYDRATED}/DEHYD1/events");
+    let (status, page) = server.post(&events_path, Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200, "{page}");
+    let contents: Vec<&Value> =
+        page["events"].as_array().unwrap().iter().map(|e| &e["content"]["n"]).collect();
+    assert_eq!(contents, [&json!(1), &json!(2)], "{page}");
+    assert_eq!(page["events"][0]["sender"], "@bob:localhost");
+    let next = page["next_batch"].as_str().expect("next_batch").to_owned();
+    let (_, page) = server.post(&events_path, Some(&alice.token), json!({"next_batch": next})).await;
+    assert_eq!(page["events"], json!([]), "acknowledged messages are gone: {page}");
+    let (status, body) =
+        server.post(&format!("{DEHYDRATED}/{}/events", alice.device_id), Some(&alice.token), json!({})).await;
+    assert_error(&(status, body.clone()), 403, "M_FORBIDDEN");
+
+    // A new dehydrated device replaces the old one, which is deleted.
+    let (status, _) =
+        server.put(DEHYDRATED, Some(&alice.token), dehydrated_upload(&alice, "DEHYD2", "p2")).await;
+    assert_eq!(status, 200);
+    let (_, devices) = server.get("/_matrix/client/v3/devices", Some(&alice.token)).await;
+    let ids: Vec<&str> =
+        devices["devices"].as_array().unwrap().iter().filter_map(|d| d["device_id"].as_str()).collect();
+    assert!(ids.contains(&"DEHYD2") && !ids.contains(&"DEHYD1"), "{devices}");
+    let (status, body) = server.delete(DEHYDRATED, Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["device_id"], "DEHYD2");
+    let (status, body) = server.get(DEHYDRATED, Some(&alice.token)).await;
+    assert_error(&(status, body.clone()), 404, "M_NOT_FOUND");
+    let (_, keys) = server
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&bob.token),
+            json!({"device_keys": {"@alice:localhost": []}}),
+        )
+        .await;
+    assert!(keys["device_keys"]["@alice:localhost"].get("DEHYD2").is_none(), "{keys}");
+}

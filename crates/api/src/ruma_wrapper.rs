@@ -72,9 +72,20 @@ pub struct Ruma<R> {
     /// The appservice that authenticated with its `as_token`, on endpoints
     /// that accept appservice tokens.
     pub appservice: Option<Arc<Appservice>>,
+    /// Whether the request carried an access token at all.
+    pub token_sent: bool,
 }
 
 impl<R> Ruma<R> {
+    /// The calling appservice, for requests that must come from one.
+    pub fn require_appservice(&self) -> Result<&Arc<Appservice>, ApiError> {
+        match (&self.appservice, self.token_sent) {
+            (Some(appservice), _) => Ok(appservice),
+            (None, true) => Err(Error::unknown_token(false).into()),
+            (None, false) => Err(Error::missing_token().into()),
+        }
+    }
+
     /// The authenticated user; endpoints with `AccessToken` always have one.
     pub fn user(&self) -> Result<&UserId, ApiError> {
         self.sender_user.as_deref().ok_or_else(|| Error::missing_token().into())
@@ -109,6 +120,7 @@ where
             sender_user: caller.user,
             sender_device: caller.device,
             appservice: caller.appservice,
+            token_sent: access_token.is_some(),
         })
     }
 }

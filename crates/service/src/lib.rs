@@ -8,6 +8,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod appservices;
 pub mod backup;
+pub mod devices;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod filters;
@@ -46,6 +47,7 @@ pub struct Services {
     pub outgoing: Arc<outgoing::Outgoing>,
     pub to_device: Arc<to_device::ToDevice>,
     pub e2ee: Arc<e2ee::E2ee>,
+    pub devices: devices::Devices,
     pub backup: Arc<backup::Backup>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
@@ -87,7 +89,9 @@ impl Services {
             to_device: to_device.clone(),
             e2ee: e2ee.clone(),
         });
+        let devices = devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone())?;
         Ok(Self {
+            devices,
             backup: Arc::new(backup::Backup::new(&db)?),
             e2ee,
             to_device,

@@ -102,6 +102,47 @@ impl ToDevice {
         Ok(pending)
     }
 
+    /// Messages of a device after position `after`, oldest first, at most
+    /// `PER_SYNC`, having first dropped those up to `after` (acknowledged).
+    /// Returns the messages and the position of the last one.
+    pub fn page_after(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        after: Option<u64>,
+    ) -> Result<(Vec<JsonValue>, Option<u64>)> {
+        let prefix = (user.to_string(), device.to_string()).encode();
+        let mut batch = self.db.batch();
+        let mut pending = Vec::new();
+        let mut last = None;
+        for ((u, d, position), Json((kind, sender, content))) in
+            self.queue.scan_from(&prefix, None, false, usize::MAX).db()?
+        {
+            if after.is_some_and(|a| position <= a) {
+                batch.delete(&self.queue, &(u, d, position));
+            } else if pending.len() < PER_SYNC {
+                pending.push(json!({"type": kind, "sender": sender, "content": content}));
+                last = Some(position);
+            } else {
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            batch.commit().db()?;
+        }
+        Ok((pending, last))
+    }
+
+    /// Drop every message queued for a device (it was deleted).
+    pub fn purge_device(&self, user: &UserId, device: &DeviceId) -> Result<()> {
+        let prefix = (user.to_string(), device.to_string()).encode();
+        let mut batch = self.db.batch();
+        for (key, _) in self.queue.scan_from(&prefix, None, false, usize::MAX).db()? {
+            batch.delete(&self.queue, &key);
+        }
+        batch.commit().db()
+    }
+
     pub fn highest_stream(db: &Db) -> Result<u64> {
         let table: QueueTable = db.table("useriddevicestream_todevice").db()?;
         let mut highest = 0;

@@ -50,6 +50,8 @@ pub const TABLES: &[&str] = &[
     "useridversionroomsession_backupkey",
     // Stream position → user ID whose devices or keys changed (device_lists).
     "stream_keychange",
+    // User ID → (device ID, device data): the user's dehydrated device (MSC3814).
+    "userid_dehydrateddevice",
     // User ID → presence (state, status message, last active).
     "userid_presence",
     // Stream position → user ID: presence changes, for sync.

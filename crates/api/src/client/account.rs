@@ -54,9 +54,7 @@ pub async fn change_password(
         .collect();
     services.accounts.set_password(&user_id, body.new_password, body.logout_devices, current).await?;
     if body.logout_devices {
-        for device_id in others {
-            services.e2ee.delete_device_keys(&user_id, &device_id)?;
-        }
+        services.devices.delete(&user_id, &others)?;
     }
     Ok(change_password::v3::Response::new())
 }
@@ -67,11 +65,8 @@ pub async fn deactivate(
 ) -> ApiResult<deactivate::v3::Response> {
     let user_id = request.user()?.to_owned();
     require_password(&services, "deactivate", &user_id, request.body.auth.as_ref()).await?;
-    let devices = services.accounts.devices(&user_id)?;
+    services.devices.delete_all(&user_id)?;
     services.accounts.deactivate(&user_id)?;
-    for (device_id, _) in devices {
-        services.e2ee.delete_device_keys(&user_id, &device_id)?;
-    }
     services.profile.clear(&user_id)?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport))
 }

@@ -58,8 +58,7 @@ pub async fn delete(
     }
     require_password(&services, &format!("delete_device:{device_id}"), &user_id, request.body.auth.as_ref())
         .await?;
-    services.accounts.delete_devices(&user_id, std::slice::from_ref(&device_id))?;
-    services.e2ee.delete_device_keys(&user_id, &device_id)?;
+    services.devices.delete(&user_id, std::slice::from_ref(&device_id))?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -69,9 +68,6 @@ pub async fn delete_many(
 ) -> ApiResult<delete_devices::v3::Response> {
     let user_id = request.user()?.to_owned();
     require_password(&services, "delete_devices", &user_id, request.body.auth.as_ref()).await?;
-    services.accounts.delete_devices(&user_id, &request.body.devices)?;
-    for device_id in &request.body.devices {
-        services.e2ee.delete_device_keys(&user_id, device_id)?;
-    }
+    services.devices.delete(&user_id, &request.body.devices)?;
     Ok(delete_devices::v3::Response::new())
 }

@@ -1,7 +1,5 @@
 //! `/versions`, `/capabilities` and `/.well-known/matrix/*`.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use estuary_core::Error;
 use ruma::{
@@ -44,6 +42,12 @@ pub const ROOM_VERSIONS: &[RoomVersionId] = &[
     RoomVersionId::V12,
 ];
 
+/// Unstable features (MSCs) Estuary implements, as `/versions` advertises them.
+const UNSTABLE_FEATURES: &[&str] = &[
+    // Dehydrated devices.
+    "org.matrix.msc3814",
+];
+
 pub async fn versions(
     _: AppState,
     _: Ruma<get_supported_versions::Request>,
@@ -51,7 +55,7 @@ pub async fn versions(
     let mut response =
         get_supported_versions::Response::new(SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect());
     // Only what is implemented: clients switch behaviour on these flags.
-    response.unstable_features = BTreeMap::new();
+    response.unstable_features = UNSTABLE_FEATURES.iter().map(|f| (f.to_string(), true)).collect();
     Ok(response)
 }
 

@@ -8,8 +8,18 @@ use serde_json::{Value as JsonValue, json};
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
-fn parsed<T>(raw: &ruma::serde::Raw<T>) -> Result<JsonValue, Error> {
+pub(super) fn parsed<T>(raw: &ruma::serde::Raw<T>) -> Result<JsonValue, Error> {
     serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))
+}
+
+/// One-time or fallback keys as (key ID, key) pairs.
+pub(super) fn key_list(
+    keys: &std::collections::BTreeMap<
+        ruma::OwnedOneTimeKeyId,
+        ruma::serde::Raw<ruma::encryption::OneTimeKey>,
+    >,
+) -> Result<Vec<(String, JsonValue)>, Error> {
+    keys.iter().map(|(id, key)| Ok((id.to_string(), parsed(key)?))).collect()
 }
 
 pub async fn upload(
@@ -18,18 +28,12 @@ pub async fn upload(
 ) -> ApiResult<Json<JsonValue>> {
     let body = &request.body;
     let device_keys = body.device_keys.as_ref().map(parsed).transpose()?;
-    let collect = |keys: &std::collections::BTreeMap<
-        ruma::OwnedOneTimeKeyId,
-        ruma::serde::Raw<ruma::encryption::OneTimeKey>,
-    >| {
-        keys.iter().map(|(id, key)| Ok((id.to_string(), parsed(key)?))).collect::<Result<Vec<_>, Error>>()
-    };
     let counts = services.e2ee.upload(
         request.user()?,
         request.device()?,
         device_keys,
-        collect(&body.one_time_keys)?,
-        collect(&body.fallback_keys)?,
+        key_list(&body.one_time_keys)?,
+        key_list(&body.fallback_keys)?,
     )?;
     Ok(Json(json!({"one_time_key_counts": counts})))
 }

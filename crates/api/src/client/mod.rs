@@ -4,6 +4,7 @@
 mod account;
 mod account_data;
 mod backup;
+mod dehydrated;
 mod device;
 mod directory;
 mod discovery;
@@ -86,6 +87,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma_custom(keys::claim)
         .ruma(keys::changes)
         .ruma(keys::upload_signing_keys)
+        .ruma_custom(dehydrated::put)
+        .ruma_custom(dehydrated::get)
+        .ruma_custom(dehydrated::delete)
+        .ruma_custom(dehydrated::events)
         .ruma_custom(keys::upload_signatures)
         // Key backup
         .ruma_custom(backup::create)

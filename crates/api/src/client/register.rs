@@ -6,7 +6,7 @@ use estuary_core::{Error, error::ErrorKind};
 use estuary_service::accounts::{UiaaRequest, username};
 use ruma::api::client::account::{
     check_registration_token_validity, get_username_availability,
-    register::{self, RegistrationKind},
+    register::{self, LoginType, RegistrationKind},
 };
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
@@ -28,7 +28,8 @@ pub async fn register(
             .into());
         }
         accounts.next_guest_user_id()?
-    } else if let Some(appservice) = &request.appservice {
+    } else if request.appservice.is_some() || body.login_type == Some(LoginType::ApplicationService) {
+        let appservice = request.require_appservice()?;
         // An appservice registers users in its namespace, without UIA.
         let requested = body.username.clone().ok_or_else(|| Error::missing_param("Missing `username`"))?;
         let user_id = username::user_id_for_registration(&requested, accounts.server_name())?;

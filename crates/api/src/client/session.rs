@@ -33,6 +33,7 @@ pub async fn login_types(
 
 pub async fn login(services: AppState, request: Ruma<login::v3::Request>) -> ApiResult<login::v3::Response> {
     let accounts = &services.accounts;
+    let appservice = request.require_appservice().cloned();
     let body = request.body;
     let user_id = match &body.login_info {
         LoginInfo::Password(password) => {
@@ -46,7 +47,7 @@ pub async fn login(services: AppState, request: Ruma<login::v3::Request>) -> Api
         }
         LoginInfo::Token(token) => accounts.consume_login_token(&token.token)?,
         LoginInfo::ApplicationService(login) => {
-            let appservice = request.appservice.as_ref().ok_or_else(Error::missing_token)?;
+            let appservice = appservice?;
             #[allow(deprecated)]
             let user_id = password_login_user(&services, login.identifier.as_ref(), login.user.as_deref())?;
             if !appservice.is_user_in_namespace(&user_id) || !accounts.exists(&user_id)? {
@@ -152,8 +153,7 @@ pub async fn logout(
     request: Ruma<logout::v3::Request>,
 ) -> ApiResult<logout::v3::Response> {
     let (user, device) = (request.user()?, request.device()?);
-    services.accounts.delete_devices(user, &[device.to_owned()])?;
-    services.e2ee.delete_device_keys(user, device)?;
+    services.devices.delete(user, &[device.to_owned()])?;
     Ok(logout::v3::Response::new())
 }
 
@@ -162,10 +162,6 @@ pub async fn logout_all(
     request: Ruma<logout_all::v3::Request>,
 ) -> ApiResult<logout_all::v3::Response> {
     let user = request.user()?;
-    let devices = services.accounts.devices(user)?;
-    services.accounts.delete_all_devices(user)?;
-    for (device_id, _) in devices {
-        services.e2ee.delete_device_keys(user, &device_id)?;
-    }
+    services.devices.delete_all(user)?;
     Ok(logout_all::v3::Response::new())
 }

@@ -268,7 +268,7 @@ impl Accounts {
         };
         let device = Device {
             display_name: display_name.or_else(|| existing.and_then(|d| d.display_name)),
-            access_token: access_token.clone(),
+            access_token: Some(access_token.clone()),
             refresh_token: refresh_token.clone(),
             last_seen_ip: None,
             last_seen_ts: Some(now_millis()),
@@ -280,6 +280,29 @@ impl Accounts {
         batch.put(&self.userdeviceid_device, &device_key(user_id, &device_id), &Json(device));
         batch.commit().db()?;
         Ok(IssuedTokens { device_id, access_token, refresh_token, expires_in_ms })
+    }
+
+    /// Create (or replace) a device that has no session, such as a
+    /// dehydrated device, which clients use through its keys only.
+    pub fn create_device_without_session(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let mut batch = self.db.batch();
+        if let Some(old) = self.device(user_id, device_id)? {
+            self.revoke_tokens_into(&mut batch, &old);
+        }
+        let device = Device {
+            display_name,
+            access_token: None,
+            refresh_token: None,
+            last_seen_ip: None,
+            last_seen_ts: Some(now_millis()),
+        };
+        batch.put(&self.userdeviceid_device, &device_key(user_id, device_id), &Json(device));
+        batch.commit().db()
     }
 
     /// Resolve an access token: one point lookup.
@@ -346,12 +369,6 @@ impl Accounts {
         batch.commit().db()
     }
 
-    /// `/logout/all`: every device of the user.
-    pub fn delete_all_devices(&self, user_id: &UserId) -> Result<()> {
-        let ids: Vec<_> = self.devices(user_id)?.into_iter().map(|(id, _)| id).collect();
-        self.delete_devices(user_id, &ids)
-    }
-
     fn remove_device_into(
         &self,
         batch: &mut estuary_storage::Batch,
@@ -364,7 +381,9 @@ impl Accounts {
     }
 
     fn revoke_tokens_into(&self, batch: &mut estuary_storage::Batch, device: &Device) {
-        batch.delete(&self.token_session, &device.access_token);
+        if let Some(access) = &device.access_token {
+            batch.delete(&self.token_session, access);
+        }
         if let Some(refresh) = &device.refresh_token {
             batch.delete(&self.refreshtoken_session, refresh);
         }

@@ -29,7 +29,8 @@ pub struct Session {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Device {
     pub display_name: Option<String>,
-    pub access_token: String,
+    /// None for a device no one logs in to (a dehydrated device).
+    pub access_token: Option<String>,
     pub refresh_token: Option<String>,
     pub last_seen_ip: Option<String>,
     pub last_seen_ts: Option<u64>,
