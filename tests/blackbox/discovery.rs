@@ -80,3 +80,43 @@ async fn cors_preflight_without_token_and_headers_everywhere() {
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
     let _ = json!({});
 }
+
+#[tokio::test]
+async fn unstable_features_list_exactly_what_is_implemented() {
+    let server = TestServer::start().await;
+    let (_, body) = server.get("/_matrix/client/versions", None).await;
+    let mut features: Vec<&String> = body["unstable_features"].as_object().unwrap().keys().collect();
+    features.sort();
+    assert_eq!(features, ["org.matrix.msc3814"], "{body}");
+    assert!(body["unstable_features"].as_object().unwrap().values().all(|v| v == true));
+}
+
+/// Element accepts only 404 M_UNRECOGNIZED as "no OAuth, use password login".
+#[tokio::test]
+async fn oauth_discovery_is_unrecognized_and_thirdparty_protocols_empty() {
+    let server = TestServer::start().await;
+    for path in
+        ["/_matrix/client/v1/auth_metadata", "/_matrix/client/unstable/org.matrix.msc2965/auth_issuer"]
+    {
+        assert_error(&server.get(path, None).await, 404, "M_UNRECOGNIZED");
+    }
+    let alice = server.register("alice").await;
+    let (status, body) = server.get("/_matrix/client/v3/thirdparty/protocols", Some(&alice.token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({}));
+}
+
+/// Historical path prefixes that ruma lists are served too.
+#[tokio::test]
+async fn r0_and_unstable_aliases_are_routed() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let (status, body) = server.get("/_matrix/client/r0/account/whoami", Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], alice.user_id);
+    let keys =
+        json!({"master_key": {"user_id": alice.user_id, "usage": ["master"], "keys": {"ed25519:m": "m"}}});
+    let (status, body) =
+        server.post("/_matrix/client/unstable/keys/device_signing/upload", Some(&alice.token), keys).await;
+    assert_eq!(status, 200, "{body}");
+}

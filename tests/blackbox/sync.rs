@@ -546,3 +546,24 @@ async fn to_device_messages_are_delivered_once() {
     let phone = sync(&server, &bob, &format!("?since={next}")).await;
     assert_eq!(phone["to_device"]["events"][0]["content"]["n"], 2);
 }
+
+/// `use_state_after` (v1.16) and its MSC4222 name: `state_after` holds the
+/// state at the end of the timeline, including changes within it.
+#[tokio::test]
+async fn use_state_after_under_both_names() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let since = sync(&server, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/");
+    server.put(&path, Some(&alice.token), json!({"topic": "after"})).await;
+    for param in ["use_state_after", "org.matrix.msc4222.use_state_after"] {
+        let body = sync(&server, &alice, &format!("?since={since}&{param}=true")).await;
+        let entry = &body["rooms"]["join"][&room];
+        assert!(entry.get("state").is_none(), "{param}: {entry}");
+        let after = entry["state_after"]["events"].as_array().expect("state_after");
+        assert!(after.iter().any(|e| e["content"]["topic"] == "after"), "{param}: {entry}");
+    }
+    let body = sync(&server, &alice, &format!("?since={since}")).await;
+    assert!(body["rooms"]["join"][&room].get("state_after").is_none());
+}

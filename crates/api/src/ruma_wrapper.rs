@@ -74,9 +74,17 @@ pub struct Ruma<R> {
     pub appservice: Option<Arc<Appservice>>,
     /// Whether the request carried an access token at all.
     pub token_sent: bool,
+    /// The raw query string, for unstable parameters ruma does not model.
+    pub raw_query: Option<String>,
 }
 
 impl<R> Ruma<R> {
+    /// A query parameter by name, decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.raw_query.as_deref()?;
+        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, v)| v.into_owned())
+    }
+
     /// The calling appservice, for requests that must come from one.
     pub fn require_appservice(&self) -> Result<&Arc<Appservice>, ApiError> {
         match (&self.appservice, self.token_sent) {
@@ -113,6 +121,7 @@ where
         let caller = authenticate(state, <R::Authentication as Auth>::KIND, access_token.as_deref())?;
         let bytes = read_body(body, &parts, state.config.max_request_size).await?;
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let raw_query = parts.uri.query().map(str::to_owned);
         let http_request = http::Request::from_parts(parts, bytes.as_ref());
         let body = R::try_from_http_request(http_request, &path_refs).map_err(parse_error)?;
         Ok(Self {
@@ -121,6 +130,7 @@ where
             sender_device: caller.device,
             appservice: caller.appservice,
             token_sent: access_token.is_some(),
+            raw_query,
         })
     }
 }

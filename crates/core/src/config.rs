@@ -59,6 +59,35 @@ pub struct Config {
     pub presence: bool,
     /// Application service registration files (YAML), loaded at startup.
     pub appservice_registrations: Vec<PathBuf>,
+    /// TURN server URIs handed to clients for calls (`/voip/turnServer`).
+    /// Empty: no TURN, and the endpoint answers `{}`.
+    pub turn_uris: Vec<String>,
+    /// Shared secret of the TURN server's REST-API mode (coturn
+    /// `static-auth-secret`): credentials are minted per user and expire.
+    pub turn_shared_secret: Option<String>,
+    /// Static TURN credentials, when the TURN server has no shared secret.
+    pub turn_username: Option<String>,
+    pub turn_password: Option<String>,
+    /// Lifetime of minted TURN credentials, in seconds (returned as `ttl`).
+    pub turn_user_lifetime: u64,
+    /// Whether guests get TURN credentials.
+    pub turn_allow_guests: bool,
+    /// MatrixRTC foci (MSC4143), e.g. a LiveKit service, advertised in
+    /// `/.well-known/matrix/client` and `/rtc/transports`.
+    pub rtc_foci: Vec<RtcFocus>,
+    /// Most delayed events (MSC4140) one user may have scheduled at once.
+    pub max_delayed_events_per_user: u64,
+    /// Longest delay a delayed event may ask for, in seconds.
+    pub max_event_delay: u64,
+}
+
+/// One MatrixRTC focus: its type (`livekit`) and service URL.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RtcFocus {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub livekit_service_url: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -92,6 +121,15 @@ impl Default for Config {
             tls_private_key_path: None,
             presence: true,
             appservice_registrations: Vec::new(),
+            turn_uris: Vec::new(),
+            turn_shared_secret: None,
+            turn_username: None,
+            turn_password: None,
+            turn_user_lifetime: 3600,
+            turn_allow_guests: true,
+            rtc_foci: Vec::new(),
+            max_delayed_events_per_user: 100,
+            max_event_delay: 24 * 3600,
         }
     }
 }
@@ -143,6 +181,13 @@ impl Config {
         }
         if self.registration_token.as_deref() == Some("") {
             return Err("`registration_token` must not be empty".into());
+        }
+        if self.turn_shared_secret.is_some() && (self.turn_username.is_some() || self.turn_password.is_some())
+        {
+            return Err("set either `turn_shared_secret` or `turn_username`/`turn_password`, not both".into());
+        }
+        if self.turn_username.is_some() != self.turn_password.is_some() {
+            return Err("`turn_username` and `turn_password` must be set together".into());
         }
         if self.max_request_size < 1024 {
             return Err("`max_request_size` must be at least 1024 bytes".into());
@@ -236,6 +281,15 @@ impl Config {
             "tls_private_key_path",
             "presence",
             "appservice_registrations",
+            "turn_uris",
+            "turn_shared_secret",
+            "turn_username",
+            "turn_password",
+            "turn_user_lifetime",
+            "turn_allow_guests",
+            "rtc_foci",
+            "max_delayed_events_per_user",
+            "max_event_delay",
         ]
     }
 }

@@ -21,6 +21,7 @@ mod storage_error;
 pub mod streams;
 pub mod sync;
 pub mod to_device;
+pub mod voip;
 
 use std::sync::Arc;
 

@@ -90,7 +90,10 @@ pub async fn well_known_client(
     services: AppState,
     _: Ruma<discover_homeserver::Request>,
 ) -> ApiResult<discover_homeserver::Response> {
-    Ok(discover_homeserver::Response::new(HomeserverInfo::new(services.config.client_base_url())))
+    let mut response =
+        discover_homeserver::Response::new(HomeserverInfo::new(services.config.client_base_url()));
+    response.rtc_foci = super::calls::rtc_transports(&services.config);
+    Ok(response)
 }
 
 pub async fn well_known_server(
@@ -103,4 +106,13 @@ pub async fn well_known_server(
         .clone()
         .ok_or_else(|| Error::not_found("No server delegation is configured"))?;
     Ok(discover_server::Response::new(delegated))
+}
+
+/// `/thirdparty/protocols`: none until appservices register protocols.
+/// Element calls it at every start and retries on errors.
+pub async fn thirdparty_protocols(
+    _: AppState,
+    _: Ruma<ruma::api::client::thirdparty::get_protocols::v3::Request>,
+) -> ApiResult<ruma::api::client::thirdparty::get_protocols::v3::Response> {
+    Ok(ruma::api::client::thirdparty::get_protocols::v3::Response::new(Default::default()))
 }

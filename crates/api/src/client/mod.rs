@@ -4,6 +4,7 @@
 mod account;
 mod account_data;
 mod backup;
+mod calls;
 mod dehydrated;
 mod device;
 mod directory;
@@ -44,6 +45,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma_custom(discovery::capabilities)
         .ruma(discovery::well_known_client)
         .ruma(discovery::well_known_server)
+        .ruma(discovery::thirdparty_protocols)
+        .ruma_custom(calls::turn_server)
+        .ruma(calls::transports)
         // Registration
         .ruma(register::register)
         .ruma(register::available)

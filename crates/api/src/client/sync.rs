@@ -29,7 +29,9 @@ pub async fn sync(
         filter,
         full_state: body.full_state,
         timeout: body.timeout.unwrap_or(Duration::ZERO),
-        use_state_after: body.use_state_after,
+        // matrix-js-sdk sends the MSC4222 name on every sync.
+        use_state_after: body.use_state_after
+            || request.query_param("org.matrix.msc4222.use_state_after").is_some_and(|v| v == "true"),
         set_presence: body.set_presence.as_str().to_owned(),
     };
     let response = services.sync.sync(user, request.sender_device.as_deref(), sync_request).await?;
