@@ -10,6 +10,7 @@ mod harness;
 mod interop;
 mod keys;
 mod login;
+mod peek;
 mod process;
 mod push;
 mod pushers;

@@ -43,6 +43,10 @@ impl AccountData {
         from: u64,
         to: u64,
     ) -> Result<Vec<(String, String, Box<RawValue>)>> {
+        if from == 0 && to >= self.streams.current() {
+            // Everything: read the user's rows, not the whole server's stream.
+            return self.of_user(user_id, None);
+        }
         let start = estuary_storage::Key::encode(&from);
         let mut seen = std::collections::BTreeSet::new();
         for (position, Json((user, room, kind))) in
@@ -63,6 +67,21 @@ impl AccountData {
             }
         }
         Ok(out)
+    }
+
+    /// All of a user's account data (or one room's): (room ID or "", type, content).
+    pub fn of_user(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+    ) -> Result<Vec<(String, String, Box<RawValue>)>> {
+        let rows = match room_id {
+            Some(room) => {
+                self.useridroomidtype_accountdata.scan_prefix(&(user_id.to_string(), room.to_string()))
+            }
+            None => self.useridroomidtype_accountdata.scan_prefix(&(user_id.to_string(),)),
+        };
+        Ok(rows.db()?.into_iter().map(|((_, room, kind), Json(content))| (room, kind, content)).collect())
     }
 
     fn key(user_id: &UserId, room_id: Option<&RoomId>, event_type: &str) -> (String, String, String) {

@@ -13,6 +13,7 @@ pub mod e2ee;
 pub mod ephemeral;
 pub mod filters;
 pub mod outgoing;
+pub mod peek;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -49,6 +50,7 @@ pub struct Services {
     pub to_device: Arc<to_device::ToDevice>,
     pub e2ee: Arc<e2ee::E2ee>,
     pub devices: devices::Devices,
+    pub peek: peek::Peek,
     pub backup: Arc<backup::Backup>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
@@ -91,7 +93,9 @@ impl Services {
             e2ee: e2ee.clone(),
         });
         let devices = devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone())?;
+        let peek = peek::Peek::new(rooms.clone(), streams.clone(), account_data.clone());
         Ok(Self {
+            peek,
             devices,
             backup: Arc::new(backup::Backup::new(&db)?),
             e2ee,

@@ -29,6 +29,9 @@ pub struct Streams {
     committed: AtomicU64,
     commit_lock: Mutex<()>,
     waiters: Mutex<HashMap<OwnedUserId, Arc<Notify>>>,
+    /// Woken on every commit: for waiters not tied to a user's rooms
+    /// (peeking at a room one is not in).
+    any_change: Notify,
 }
 
 impl Streams {
@@ -39,6 +42,7 @@ impl Streams {
             committed: AtomicU64::new(highest),
             commit_lock: Mutex::new(()),
             waiters: Mutex::new(HashMap::new()),
+            any_change: Notify::new(),
         }
     }
 
@@ -54,6 +58,7 @@ impl Streams {
         fill(position, &mut batch);
         batch.commit().db()?;
         self.committed.store(position, Ordering::SeqCst);
+        self.any_change.notify_waiters();
         Ok(position)
     }
 
@@ -68,6 +73,11 @@ impl Streams {
     pub fn stored_high_water(db: &estuary_storage::Db) -> Result<u64> {
         let global: estuary_storage::Table<String, u64> = db.table("global").db()?;
         Ok(global.get(&HIGH_WATER.to_owned()).db()?.unwrap_or(0))
+    }
+
+    /// Wakes on the next commit of any change.
+    pub fn any_change(&self) -> &Notify {
+        &self.any_change
     }
 
     /// The wake-up handle of a user's waiting syncs.

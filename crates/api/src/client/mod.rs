@@ -14,6 +14,7 @@ mod filter;
 mod keys;
 mod membership;
 mod messages;
+mod peek;
 mod presence;
 mod profile;
 mod push;
@@ -141,6 +142,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(room::get_state_event)
         .ruma(room::get_state)
         .ruma(room::get_event)
+        .ruma_custom(peek::initial_sync)
+        .ruma_custom(peek::events)
         .ruma(room::redact)
         .ruma(room::upgrade)
         .ruma(room::hierarchy)
