@@ -6,17 +6,46 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use crate::harness::TestServer;
 
-/// The interpreter of the venv with matrix-nio, if installed.
-fn python() -> Option<PathBuf> {
-    let found = std::env::var_os("INTEROP_PYTHON").map(PathBuf::from).filter(|p| p.exists());
+/// `found`, or a skip note; under `.ci/run` (INTEROP_REQUIRED) a panic.
+fn required<T>(found: Option<T>, what: &str) -> Option<T> {
     if found.is_none() {
         assert!(
             std::env::var_os("INTEROP_REQUIRED").is_none(),
-            "interop tests are required but INTEROP_PYTHON is not set up (run scripts/setup-interop)"
+            "interop tests are required but {what} is missing (run scripts/setup-interop)"
         );
-        eprintln!("skipping interop test: run it through .ci/run");
+        eprintln!("skipping interop test without {what}: run it through .ci/run");
     }
     found
+}
+
+/// The interpreter of the venv with matrix-nio, if installed.
+fn python() -> Option<PathBuf> {
+    let found = std::env::var_os("INTEROP_PYTHON").map(PathBuf::from).filter(|p| p.exists());
+    required(found, "INTEROP_PYTHON")
+}
+
+/// A program on PATH, if installed.
+fn program(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file()));
+    required(found, name)
+}
+
+/// Run a command to completion (bounded), returning success and its output.
+async fn run(command: &mut tokio::process::Command) -> (bool, String) {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start command");
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("command timed out")
+        .expect("command output");
+    let text =
+        format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
 }
 
 /// Run `tests/interop/<script>` against the server; panics with its output on failure.
@@ -47,4 +76,115 @@ async fn matrix_nio_users_exchange_encrypted_messages() {
     let Some(python) = python() else { return };
     let server = TestServer::start().await;
     run_script(&python, "nio_e2ee.py", &server).await;
+}
+
+/// coturn in shared-secret mode on a loopback port; killed when dropped.
+struct Coturn {
+    port: u16,
+    _child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Coturn {
+    async fn start(turnserver: &PathBuf, secret: &str) -> Self {
+        let dir = tempfile::tempdir().expect("coturn dir");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::write(dir.path().join("empty.conf"), "").unwrap();
+        let log = std::fs::File::create(dir.path().join("turn.log")).unwrap();
+        let child = tokio::process::Command::new(turnserver)
+            .arg("-c")
+            .arg(dir.path().join("empty.conf"))
+            .args([
+                "-n",
+                "--listening-ip=127.0.0.1",
+                &format!("--listening-port={port}"),
+                "--realm=localhost",
+            ])
+            .args(["--use-auth-secret", &format!("--static-auth-secret={secret}")])
+            .args(["--no-tls", "--no-dtls", "--no-cli", "--no-multicast-peers", "--allow-loopback-peers"])
+            .arg(format!("--userdb={}", dir.path().join("turndb").display()))
+            .arg(format!("--pidfile={}", dir.path().join("turn.pid").display()))
+            .args(["--log-file=stdout", "--simple-log", "--verbose"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start turnserver");
+        let coturn = Self { port, _child: child, dir };
+        for _ in 0..100 {
+            if coturn.log().contains("UDP listener opened") {
+                return coturn;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("turnserver did not start:\n{}", coturn.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("turn.log")).unwrap_or_default()
+    }
+
+    /// An allocation plus relayed data between two clients, as a caller makes.
+    async fn allocate(&self, uclient: &PathBuf, username: &str, password: &str) -> (bool, String) {
+        let port = self.port.to_string();
+        run(tokio::process::Command::new(uclient).args([
+            "-p",
+            &port,
+            "-u",
+            username,
+            "-w",
+            password,
+            "-y",
+            "-c",
+            "-n",
+            "1",
+            "-m",
+            "1",
+            "127.0.0.1",
+        ]))
+        .await
+    }
+}
+
+async fn turn_credentials(secret: &str, port: u16, lifetime: u64) -> (String, String) {
+    let config = format!(
+        "allow_registration = true\nturn_uris = [\"turn:127.0.0.1:{port}?transport=udp\"]\n\
+         turn_shared_secret = \"{secret}\"\nturn_user_lifetime = {lifetime}\n"
+    );
+    let server = TestServer::start_with(&config).await;
+    let alice = server.register("alice").await;
+    let (status, body) = server.get("/_matrix/client/v3/voip/turnServer", Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    (body["username"].as_str().unwrap().to_owned(), body["password"].as_str().unwrap().to_owned())
+}
+
+/// coturn, in the shared-secret mode Estuary's credentials are made for,
+/// accepts an allocation with them and refuses them once expired.
+#[tokio::test]
+async fn coturn_accepts_issued_turn_credentials_and_refuses_expired_ones() {
+    let (Some(turnserver), Some(uclient)) = (program("turnserver"), program("turnutils_uclient")) else {
+        return;
+    };
+    let secret = "interop-turn-secret";
+    let coturn = Coturn::start(&turnserver, secret).await;
+
+    let (username, password) = turn_credentials(secret, coturn.port, 3600).await;
+    let (success, output) = coturn.allocate(&uclient, &username, &password).await;
+    let last_tally = output.lines().rfind(|l| l.contains("tot_recv_msgs=")).unwrap_or_default();
+    assert!(
+        success && !last_tally.is_empty() && !last_tally.contains("tot_recv_msgs=0,"),
+        "valid credentials must allocate and relay:\n{output}\ncoturn:\n{}",
+        coturn.log()
+    );
+
+    let (username, password) = turn_credentials(secret, coturn.port, 1).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (success, output) = coturn.allocate(&uclient, &username, &password).await;
+    assert!(
+        !success && output.contains("Cannot complete Allocation"),
+        "expired credentials allocated:\n{output}"
+    );
+    assert!(
+        coturn.log().contains(&format!("user <{username}>: incoming packet message processed, error 401"))
+    );
 }
