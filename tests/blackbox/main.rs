@@ -3,6 +3,7 @@
 
 mod accounts;
 mod calls;
+mod delayed;
 mod devices;
 mod discovery;
 mod errors;

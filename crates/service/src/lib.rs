@@ -8,6 +8,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod appservices;
 pub mod backup;
+pub mod delayed;
 pub mod devices;
 pub mod e2ee;
 pub mod ephemeral;
@@ -51,6 +52,7 @@ pub struct Services {
     pub e2ee: Arc<e2ee::E2ee>,
     pub devices: devices::Devices,
     pub peek: peek::Peek,
+    pub delayed: Arc<delayed::DelayedEvents>,
     pub backup: Arc<backup::Backup>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
@@ -94,7 +96,9 @@ impl Services {
         });
         let devices = devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone())?;
         let peek = peek::Peek::new(rooms.clone(), streams.clone(), account_data.clone());
+        let delayed = Arc::new(delayed::DelayedEvents::new(config.clone(), &db, rooms.clone())?);
         Ok(Self {
+            delayed,
             peek,
             devices,
             backup: Arc::new(backup::Backup::new(&db)?),
@@ -125,6 +129,6 @@ impl Services {
 
     /// Start the background workers (the outgoing queue). Needs a tokio runtime.
     pub fn start_workers(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![self.outgoing.spawn_worker()]
+        vec![self.outgoing.spawn_worker(), self.delayed.spawn_worker()]
     }
 }

@@ -52,6 +52,14 @@ pub const TABLES: &[&str] = &[
     "stream_keychange",
     // User ID → (device ID, device data): the user's dehydrated device (MSC3814).
     "userid_dehydrateddevice",
+    // Delay ID → delayed event (MSC4140): what to send, for whom, when.
+    "delayid_delayedevent",
+    // (due time ms, delay ID) → "": the timers, soonest first.
+    "dueatdelayid",
+    // (user ID, delay ID) → "": a user's delayed events.
+    "useriddelayid",
+    // (user ID, device ID, transaction ID) → delay ID: idempotent scheduling.
+    "useriddevicetxn_delayid",
     // User ID → presence (state, status message, last active).
     "userid_presence",
     // Stream position → user ID: presence changes, for sync.

@@ -46,6 +46,8 @@ pub const ROOM_VERSIONS: &[RoomVersionId] = &[
 const UNSTABLE_FEATURES: &[&str] = &[
     // Dehydrated devices.
     "org.matrix.msc3814",
+    // Delayed events.
+    "org.matrix.msc4140",
 ];
 
 pub async fn versions(
@@ -83,6 +85,10 @@ pub async fn capabilities(
     for name in ["m.change_password", "m.set_displayname", "m.set_avatar_url"] {
         json[name] = serde_json::json!({ "enabled": true });
     }
+    json["org.matrix.msc4140.delayed_events"] = serde_json::json!({
+        "max_delay_ms": services.config.max_event_delay.saturating_mul(1000),
+        "max_scheduled": services.config.max_delayed_events_per_user,
+    });
     Ok(Json(serde_json::json!({ "capabilities": json })))
 }
 

@@ -6,6 +6,7 @@ mod account_data;
 mod backup;
 mod calls;
 mod dehydrated;
+mod delayed;
 mod device;
 mod directory;
 mod discovery;
@@ -137,8 +138,12 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(push::set_pusher)
         // Rooms
         .ruma(room::create)
-        .ruma(room::send_message)
-        .ruma(room::send_state)
+        .ruma_custom(room::send_message)
+        .ruma_custom(room::send_state)
+        .ruma_custom(delayed::list)
+        .ruma_custom(delayed::get)
+        .ruma_custom(delayed::update_with_body)
+        .ruma_custom(delayed::update_in_path)
         .ruma(room::get_state_event)
         .ruma(room::get_state)
         .ruma(room::get_event)

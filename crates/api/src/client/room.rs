@@ -1,8 +1,12 @@
 //! `createRoom`, sending events, state, single events and redaction.
 
+use axum::Json;
 use estuary_core::{Error, error::ErrorKind};
 use estuary_events::PduTemplate;
-use estuary_service::rooms::{CreateRoom, Preset, Txn};
+use estuary_service::{
+    delayed::ScheduleRequest,
+    rooms::{CreateRoom, Preset, Txn},
+};
 use ruma::{
     RoomAliasId, RoomId,
     api::client::{
@@ -14,7 +18,7 @@ use ruma::{
     events::StateEventType,
     serde::Raw,
 };
-use serde_json::{Map, Value as JsonValue};
+use serde_json::{Map, Value as JsonValue, json};
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
@@ -88,29 +92,67 @@ fn txn(request_device: Option<&ruma::DeviceId>, txn_id: &str) -> Option<Txn> {
     request_device.map(|device| Txn { device_id: device.to_owned(), txn_id: txn_id.to_owned() })
 }
 
+/// The `org.matrix.msc4140.delay` query parameter (milliseconds) that makes
+/// a send a delayed event.
+fn requested_delay<R>(request: &Ruma<R>) -> Result<Option<u64>, Error> {
+    request
+        .query_param("org.matrix.msc4140.delay")
+        .map(|raw| raw.parse::<u64>().map_err(|_| Error::invalid_param("Delay must be a whole number of ms")))
+        .transpose()
+}
+
+/// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`, delayed with `org.matrix.msc4140.delay`.
 pub async fn send_message(
     services: AppState,
     request: Ruma<send_message_event::v3::Request>,
-) -> ApiResult<send_message_event::v3::Response> {
+) -> ApiResult<Json<JsonValue>> {
     let body = &request.body;
-    let template = PduTemplate::message(body.event_type.to_string(), raw_content(&body.body)?);
+    let content = raw_content(&body.body)?;
+    if let Some(delay_ms) = requested_delay(&request)? {
+        let delay_id = services.delayed.schedule(ScheduleRequest {
+            user_id: request.user()?,
+            device_id: request.sender_device.as_deref(),
+            txn_id: Some(body.txn_id.as_str()),
+            room_id: &body.room_id,
+            event_type: body.event_type.to_string(),
+            state_key: None,
+            content,
+            delay_ms,
+        })?;
+        return Ok(Json(json!({"delay_id": delay_id})));
+    }
+    let template = PduTemplate::message(body.event_type.to_string(), content);
     let txn = txn(request.sender_device.as_deref(), body.txn_id.as_str());
     let pdu = services.rooms.send(&body.room_id, request.user()?, template, txn).await?;
-    Ok(send_message_event::v3::Response::new(pdu.event_id))
+    Ok(Json(json!({"event_id": pdu.event_id})))
 }
 
+/// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`, delayed with `org.matrix.msc4140.delay`.
 pub async fn send_state(
     services: AppState,
     request: Ruma<send_state_event::v3::Request>,
-) -> ApiResult<send_state_event::v3::Response> {
+) -> ApiResult<Json<JsonValue>> {
     let body = &request.body;
     let content = raw_content(&body.body)?;
     if body.event_type == StateEventType::RoomCanonicalAlias {
         check_canonical_alias(&services, &body.room_id, &content)?;
     }
+    if let Some(delay_ms) = requested_delay(&request)? {
+        let delay_id = services.delayed.schedule(ScheduleRequest {
+            user_id: request.user()?,
+            device_id: None,
+            txn_id: None,
+            room_id: &body.room_id,
+            event_type: body.event_type.to_string(),
+            state_key: Some(body.state_key.clone()),
+            content,
+            delay_ms,
+        })?;
+        return Ok(Json(json!({"delay_id": delay_id})));
+    }
     let template = PduTemplate::state(body.event_type.to_string(), body.state_key.clone(), content);
     let pdu = services.rooms.send(&body.room_id, request.user()?, template, None).await?;
-    Ok(send_state_event::v3::Response::new(pdu.event_id))
+    Ok(Json(json!({"event_id": pdu.event_id})))
 }
 
 /// Every alias a canonical alias event names must point to this room.
