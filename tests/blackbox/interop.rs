@@ -24,6 +24,12 @@ fn python() -> Option<PathBuf> {
     required(found, "INTEROP_PYTHON")
 }
 
+/// The node_modules with matrix-js-sdk, if installed.
+fn node_modules() -> Option<PathBuf> {
+    let found = std::env::var_os("INTEROP_NODE_MODULES").map(PathBuf::from).filter(|p| p.exists());
+    required(found, "INTEROP_NODE_MODULES")
+}
+
 /// A program on PATH, if installed.
 fn program(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
@@ -76,6 +82,22 @@ async fn matrix_nio_users_exchange_encrypted_messages() {
     let Some(python) = python() else { return };
     let server = TestServer::start().await;
     run_script(&python, "nio_e2ee.py", &server).await;
+}
+
+/// matrix-js-sdk schedules a delayed message (MSC4140) and gets it through
+/// its own sync when Estuary sends it.
+#[tokio::test]
+async fn matrix_js_sdk_receives_its_delayed_message_through_sync() {
+    let (Some(node), Some(modules)) = (program("node"), node_modules()) else { return };
+    let server = TestServer::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/js_delayed_events.mjs");
+    let (success, output) =
+        run(tokio::process::Command::new(node).arg(script).arg(&server.base).arg(modules)).await;
+    assert!(
+        success && output.contains("interop ok"),
+        "matrix-js-sdk script failed:\n{output}\nserver log:\n{}",
+        server.log()
+    );
 }
 
 /// coturn in shared-secret mode on a loopback port; killed when dropped.
