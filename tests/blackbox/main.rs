@@ -11,6 +11,7 @@ mod harness;
 mod interop;
 mod keys;
 mod login;
+mod media;
 mod peek;
 mod process;
 mod push;

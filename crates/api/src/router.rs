@@ -47,6 +47,14 @@ pub trait RumaRouter {
         H: Fn(AppState, Ruma<R>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ApiResult<T>> + Send + 'static,
         T: IntoResponse + 'static;
+
+    /// A plain axum handler on every path of ruma endpoint `R`, for
+    /// endpoints whose bodies are streamed rather than parsed (uploads).
+    fn ruma_raw<R, H, T>(self, handler: H) -> Self
+    where
+        R: IncomingRequest,
+        H: axum::handler::Handler<T, AppState>,
+        T: 'static;
 }
 
 impl RumaRouter for Router<AppState> {
@@ -81,6 +89,19 @@ impl RumaRouter for Router<AppState> {
                     handler(state, request).await
                 }),
             );
+        }
+        self
+    }
+
+    fn ruma_raw<R, H, T>(mut self, handler: H) -> Self
+    where
+        R: IncomingRequest,
+        H: axum::handler::Handler<T, AppState>,
+        T: 'static,
+    {
+        let method = MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
+        for path in R::PATH_BUILDER.all_paths() {
+            self = self.route(path, on(method, handler.clone()));
         }
         self
     }

@@ -286,6 +286,20 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     }
 }
 
+/// The user behind an access token, for plain handlers that stream their
+/// bodies instead of going through [`Ruma`] (media uploads).
+pub struct AuthedUser(pub OwnedUserId);
+
+impl axum::extract::FromRequestParts<AppState> for AuthedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = access_token(parts);
+        let caller = authenticate(state, AuthKind::AccessToken, token.as_deref())?;
+        caller.user.map(Self).ok_or_else(|| Error::missing_token().into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::percent_decode;

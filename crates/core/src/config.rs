@@ -79,6 +79,20 @@ pub struct Config {
     pub max_delayed_events_per_user: u64,
     /// Longest delay a delayed event may ask for, in seconds.
     pub max_event_delay: u64,
+    /// Where uploaded files live (by content hash). Unset: a `media` folder
+    /// beside the database folder.
+    pub media_path: Option<PathBuf>,
+    /// Largest upload accepted, in bytes (413 `M_TOO_LARGE` above).
+    pub max_upload_size: u64,
+    /// Media uploaded before this time (unix seconds) stays available on the
+    /// legacy unauthenticated `/_matrix/media/v3/download|thumbnail`
+    /// endpoints. Unset: those endpoints serve no local media (spec v1.11).
+    pub legacy_media_before: Option<u64>,
+    /// Serve URL previews (`/media/preview_url`).
+    pub url_preview: bool,
+    /// Addresses URL previews may reach even though they are private,
+    /// loopback or link-local (CIDR or single IP), e.g. `["10.0.0.5/32"]`.
+    pub url_preview_ip_allowlist: Vec<String>,
 }
 
 /// One MatrixRTC focus: its type (`livekit`) and service URL.
@@ -130,6 +144,11 @@ impl Default for Config {
             rtc_foci: Vec::new(),
             max_delayed_events_per_user: 100,
             max_event_delay: 24 * 3600,
+            media_path: None,
+            max_upload_size: 50 * 1024 * 1024,
+            legacy_media_before: None,
+            url_preview: true,
+            url_preview_ip_allowlist: Vec::new(),
         }
     }
 }
@@ -193,6 +212,11 @@ impl Config {
             return Err("`max_request_size` must be at least 1024 bytes".into());
         }
         Ok(())
+    }
+
+    /// The media folder: `media_path`, or `media` beside the database folder.
+    pub fn media_dir(&self) -> PathBuf {
+        self.media_path.clone().unwrap_or_else(|| self.database_path.with_file_name("media"))
     }
 
     /// Whether the listener serves HTTPS.
@@ -290,6 +314,11 @@ impl Config {
             "rtc_foci",
             "max_delayed_events_per_user",
             "max_event_delay",
+            "media_path",
+            "max_upload_size",
+            "legacy_media_before",
+            "url_preview",
+            "url_preview_ip_allowlist",
         ]
     }
 }

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod filters;
+pub mod media;
 pub mod outgoing;
 pub mod peek;
 pub mod presence;
@@ -53,6 +54,7 @@ pub struct Services {
     pub devices: devices::Devices,
     pub peek: peek::Peek,
     pub delayed: Arc<delayed::DelayedEvents>,
+    pub media: media::Media,
     pub backup: Arc<backup::Backup>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
@@ -97,7 +99,9 @@ impl Services {
         let devices = devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone())?;
         let peek = peek::Peek::new(rooms.clone(), streams.clone(), account_data.clone());
         let delayed = Arc::new(delayed::DelayedEvents::new(config.clone(), &db, rooms.clone())?);
+        let media = media::Media::new(config.clone(), &db)?;
         Ok(Self {
+            media,
             delayed,
             peek,
             devices,

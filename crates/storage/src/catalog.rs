@@ -52,6 +52,8 @@ pub const TABLES: &[&str] = &[
     "stream_keychange",
     // User ID → (device ID, device data): the user's dehydrated device (MSC3814).
     "userid_dehydrateddevice",
+    // (server name, media ID) → media record (content hash, type, name, size, uploader, time).
+    "servermediaid_media",
     // Delay ID → delayed event (MSC4140): what to send, for whom, when.
     "delayid_delayedevent",
     // (due time ms, delay ID) → "": the timers, soonest first.

@@ -13,6 +13,7 @@ mod discovery;
 mod ephemeral;
 mod filter;
 mod keys;
+mod media;
 mod membership;
 mod messages;
 mod peek;
@@ -138,6 +139,17 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(push::set_pusher)
         // Rooms
         .ruma(room::create)
+        .ruma_raw::<ruma::api::client::media::create_content::v3::Request, _, _>(media::upload)
+        .ruma_raw::<ruma::api::client::media::create_content_async::v3::Request, _, _>(media::upload_pending)
+        .ruma_custom(media::create)
+        .ruma_custom(media::config)
+        .ruma_custom(media::legacy::config)
+        .ruma_custom(media::download)
+        .ruma_custom(media::download_as)
+        .ruma_custom(media::thumbnail)
+        .ruma_custom(media::legacy::download)
+        .ruma_custom(media::legacy::download_as)
+        .ruma_custom(media::legacy::thumbnail)
         .ruma_custom(room::send_message)
         .ruma_custom(room::send_state)
         .ruma_custom(delayed::list)
