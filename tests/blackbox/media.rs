@@ -253,3 +253,28 @@ async fn legacy_endpoints_serve_only_media_from_before_the_cutover() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.bytes().await.unwrap().as_ref(), b"new media");
 }
+
+#[tokio::test]
+async fn admins_delete_media_and_purge_the_remote_cache() {
+    let server = TestServer::start().await;
+    let admin = server.register("admin").await; // the first account is an admin
+    let alice = server.register("alice").await;
+    let (_, body) = upload(&server, &alice, b"delete me".to_vec(), "text/plain", "d.txt").await;
+    let path = media_path(body["content_uri"].as_str().unwrap());
+    let url = format!("/_synapse/admin/v1/media/{path}");
+    assert_error(&server.delete(&url, Some(&alice.token)).await, 403, "M_FORBIDDEN");
+    let (status, deleted) = server.delete(&url, Some(&admin.token)).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["total"], 1);
+    assert_eq!(
+        download(&server, Some(&alice), &format!("/_matrix/client/v1/media/download/{path}")).await.status(),
+        404
+    );
+    assert_eq!(stored_files(&server), 0, "the file went with its only media item");
+    assert_error(&server.delete(&url, Some(&admin.token)).await, 404, "M_NOT_FOUND");
+    let (status, purged) = server
+        .post("/_synapse/admin/v1/purge_media_cache?before_ts=99999999999999", Some(&admin.token), json!({}))
+        .await;
+    assert_eq!(status, 200, "{purged}");
+    assert_eq!(purged["deleted"], 0, "no remote media is cached before federation");
+}

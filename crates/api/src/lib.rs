@@ -2,6 +2,7 @@
 //! metadata, the `Ruma<Req>` extractor that parses and authenticates, the
 //! error mapping, middleware (CORS, panics, request logs), and thin handlers.
 
+mod admin;
 mod client;
 mod error;
 mod middleware;

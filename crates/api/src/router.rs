@@ -12,7 +12,7 @@ use axum::{
 use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 
 use crate::{
-    AppState, client,
+    AppState, admin, client,
     error::ApiResult,
     middleware, pages,
     ruma_wrapper::{Auth, Ruma, RumaResponse},
@@ -20,6 +20,11 @@ use crate::{
 
 pub fn build(services: AppState) -> Router {
     let router = client::routes(Router::new())
+        .route(
+            "/_synapse/admin/v1/media/{server_name}/{media_id}",
+            axum::routing::delete(admin::delete_media),
+        )
+        .route("/_synapse/admin/v1/purge_media_cache", axum::routing::post(admin::purge_media_cache))
         .route("/", get(pages::root))
         .fallback(pages::not_found)
         .method_not_allowed_fallback(pages::method_not_allowed)

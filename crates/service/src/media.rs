@@ -200,10 +200,11 @@ impl Media {
         Ok(true)
     }
 
-    /// Admin: forget cached remote media older than `days`; returns how many
-    /// items went. Remote media is cached once federation fetches it.
-    pub fn purge_remote(&self, days: u64) -> Result<usize> {
-        let cutoff = now_ms().saturating_sub(days * 24 * 3600 * 1000);
+    /// Admin: forget cached remote media fetched before `before_ts` (ms);
+    /// returns how many items went. Remote media is cached once federation
+    /// fetches it.
+    pub fn purge_remote(&self, before_ts: u64) -> Result<usize> {
+        let cutoff = before_ts;
         let local = self.config.server_name.to_string();
         let mut purged = 0;
         for ((server, media_id), Json(record)) in self.records.scan_raw_prefix(&[], usize::MAX).db()? {

@@ -1,0 +1,48 @@
+//! Server admin endpoints, at Synapse's paths so existing admin tools work.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
+use estuary_core::Error;
+use serde::Deserialize;
+use serde_json::{Value as JsonValue, json};
+
+use crate::{AppState, error::ApiResult, ruma_wrapper::AuthedUser};
+
+fn require_admin(services: &AppState, user: &ruma::UserId) -> Result<(), Error> {
+    match services.accounts.account(user)? {
+        Some(account) if account.admin => Ok(()),
+        _ => Err(Error::forbidden("You are not a server admin")),
+    }
+}
+
+/// `DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}`.
+pub async fn delete_media(
+    State(services): State<AppState>,
+    AuthedUser(user): AuthedUser,
+    Path((server_name, media_id)): Path<(String, String)>,
+) -> ApiResult<Json<JsonValue>> {
+    require_admin(&services, &user)?;
+    if !services.media.delete(&server_name, &media_id)? {
+        return Err(Error::not_found("Media not found").into());
+    }
+    tracing::info!(%user, %server_name, %media_id, "admin deleted media");
+    Ok(Json(json!({"deleted_media": [media_id], "total": 1})))
+}
+
+#[derive(Deserialize)]
+pub struct PurgeQuery {
+    before_ts: u64,
+}
+
+/// `POST /_synapse/admin/v1/purge_media_cache?before_ts=<ms>`: remote media only.
+pub async fn purge_media_cache(
+    State(services): State<AppState>,
+    AuthedUser(user): AuthedUser,
+    Query(query): Query<PurgeQuery>,
+) -> ApiResult<Json<JsonValue>> {
+    require_admin(&services, &user)?;
+    let deleted = services.media.purge_remote(query.before_ts)?;
+    Ok(Json(json!({"deleted": deleted})))
+}
