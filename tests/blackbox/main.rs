@@ -20,5 +20,6 @@ mod register;
 mod relations;
 mod room_features;
 mod rooms;
+mod search;
 mod sync;
 mod user_data;

@@ -90,6 +90,13 @@ pub struct Config {
     pub legacy_media_before: Option<u64>,
     /// Serve URL previews (`/media/preview_url`).
     pub url_preview: bool,
+    /// Language of the full-text search stemmer (Snowball: english, french,
+    /// german, spanish, …; `none` to index words as they are).
+    pub search_language: String,
+    /// Who `/user_directory/search` finds: `false` (the default) users who
+    /// share a room with the searcher or are in a public room; `true` every
+    /// local user.
+    pub user_directory_search_all_users: bool,
     /// Addresses URL previews may reach even though they are private,
     /// loopback or link-local (CIDR or single IP), e.g. `["10.0.0.5/32"]`.
     pub url_preview_ip_allowlist: Vec<String>,
@@ -148,6 +155,8 @@ impl Default for Config {
             max_upload_size: 50 * 1024 * 1024,
             legacy_media_before: None,
             url_preview: true,
+            search_language: "english".to_owned(),
+            user_directory_search_all_users: false,
             url_preview_ip_allowlist: Vec::new(),
         }
     }
@@ -319,6 +328,8 @@ impl Config {
             "legacy_media_before",
             "url_preview",
             "url_preview_ip_allowlist",
+            "search_language",
+            "user_directory_search_all_users",
         ]
     }
 }

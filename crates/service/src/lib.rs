@@ -20,10 +20,12 @@ pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod rooms;
+pub mod search;
 mod storage_error;
 pub mod streams;
 pub mod sync;
 pub mod to_device;
+pub mod user_directory;
 pub mod voip;
 
 use std::sync::Arc;
@@ -55,6 +57,8 @@ pub struct Services {
     pub peek: peek::Peek,
     pub delayed: Arc<delayed::DelayedEvents>,
     pub media: media::Media,
+    pub search: search::Search,
+    pub user_directory: user_directory::UserDirectory,
     pub backup: Arc<backup::Backup>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
@@ -100,7 +104,16 @@ impl Services {
         let peek = peek::Peek::new(rooms.clone(), streams.clone(), account_data.clone());
         let delayed = Arc::new(delayed::DelayedEvents::new(config.clone(), &db, rooms.clone())?);
         let media = media::Media::new(config.clone(), &db)?;
+        let search = search::Search::new(rooms.clone());
+        let user_directory = user_directory::UserDirectory::new(
+            config.clone(),
+            accounts.clone(),
+            profile.clone(),
+            rooms.clone(),
+        );
         Ok(Self {
+            user_directory,
+            search,
             media,
             delayed,
             peek,

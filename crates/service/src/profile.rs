@@ -49,6 +49,12 @@ impl Profiles {
         ProfileFieldValue::new(field.as_str(), value.0).map_err(Error::internal)
     }
 
+    /// A profile field as a string, when set (display name, avatar URL).
+    pub fn field_string(&self, user_id: &UserId, field: &ProfileFieldName) -> Result<Option<String>> {
+        let value = self.useridfield_profile.get(&(user_id.to_string(), field.as_str().to_owned())).db()?;
+        Ok(value.and_then(|Json(v)| v.as_str().map(str::to_owned)))
+    }
+
     /// Set one field of `user_id`'s profile, which only that user may do.
     pub fn set_field(&self, sender: &UserId, user_id: &UserId, value: ProfileFieldValue) -> Result<()> {
         self.require_self(sender, user_id)?;

@@ -52,6 +52,8 @@ pub const TABLES: &[&str] = &[
     "stream_keychange",
     // User ID → (device ID, device data): the user's dehydrated device (MSC3814).
     "userid_dehydrateddevice",
+    // (room ID, "<field>:<term>", stream) → occurrences: the full-text search index.
+    "roomidtermstream_count",
     // (server name, media ID) → media record (content hash, type, name, size, uploader, time).
     "servermediaid_media",
     // Delay ID → delayed event (MSC4140): what to send, for whom, when.

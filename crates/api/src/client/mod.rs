@@ -23,6 +23,7 @@ mod push;
 mod register;
 mod relations;
 mod room;
+mod search;
 mod session;
 mod sync;
 mod to_device;
@@ -150,6 +151,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma_custom(media::legacy::download)
         .ruma_custom(media::legacy::download_as)
         .ruma_custom(media::legacy::thumbnail)
+        .ruma_custom(search::search)
+        .ruma_custom(search::user_directory)
         .ruma_custom(room::send_message)
         .ruma_custom(room::send_state)
         .ruma_custom(delayed::list)

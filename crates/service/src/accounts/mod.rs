@@ -78,6 +78,19 @@ impl Accounts {
         Ok(self.userid_account.get(&user_id.to_string()).db()?.map(|Json(a)| a))
     }
 
+    /// Active local accounts, at most `limit` (the user directory's
+    /// search-all-users mode).
+    pub fn active_user_ids(&self, limit: usize) -> Result<Vec<OwnedUserId>> {
+        Ok(self
+            .userid_account
+            .scan_raw_prefix(&[], limit)
+            .db()?
+            .into_iter()
+            .filter(|(_, Json(account))| !account.deactivated)
+            .filter_map(|(user_id, _)| UserId::parse(user_id).ok())
+            .collect())
+    }
+
     pub fn exists(&self, user_id: &UserId) -> Result<bool> {
         self.userid_account.contains(&user_id.to_string()).db()
     }

@@ -218,6 +218,7 @@ impl Rooms {
                 &Json((room_key.clone(), pdu.event_id.to_string())),
             );
             self.index_relation(&pdu, stream, batch);
+            self.index_search(&pdu, stream, batch);
             let ts = u64::from(pdu.origin_server_ts.0);
             batch.put(&self.roomidts_eventid, &(room_key.clone(), ts, stream), &pdu.event_id.to_string());
             if let Some(target) = joined_user {
@@ -295,6 +296,7 @@ impl Rooms {
             return Ok(());
         }
         self.unindex_relation(&target, batch)?;
+        self.unindex_search(&target, batch)?;
         let redacted = target_pdu.redact(version, redaction).map_err(Error::internal)?;
         target.json = redacted.json;
         batch.put(&self.eventid_pdu, &target_id.to_string(), &Json(target));

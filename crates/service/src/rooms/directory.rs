@@ -120,6 +120,17 @@ impl Rooms {
         }
     }
 
+    /// Rooms published in the room directory.
+    pub fn published_rooms(&self) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .publicroomid
+            .scan_raw_prefix(&[], usize::MAX)
+            .db()?
+            .into_iter()
+            .filter_map(|(room_id, _)| RoomId::parse(room_id).ok())
+            .collect())
+    }
+
     pub fn is_public(&self, room_id: &RoomId) -> Result<bool> {
         self.publicroomid.contains(&room_id.to_string()).db()
     }

@@ -14,6 +14,7 @@ mod membership;
 mod notify;
 mod read;
 mod relations;
+mod search_index;
 mod short;
 pub mod state;
 mod timeline;
@@ -42,6 +43,7 @@ pub use notify::NotificationRow;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{glob_match, passes};
 pub use relations::{RelationsPage, RelationsQuery};
+pub use search_index::SEARCH_KEYS;
 pub use state::StateMap;
 
 use crate::{profile::Profiles, storage_error::StorageResultExt, streams::Streams};
@@ -109,6 +111,8 @@ pub struct Rooms {
     alias_roomid: Table<String, String>,
     roomidalias_creator: Table<(String, String), String>,
     publicroomid: Table<String, String>,
+    roomidtermstream_count: Table<(String, String, u64), u64>,
+    tokenizer: crate::search::tokenize::Tokenizer,
     /// One writer per room at a time: prev_events and state stay consistent.
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) streams: Arc<Streams>,
@@ -148,6 +152,8 @@ impl Rooms {
             alias_roomid: db.table("alias_roomid").db()?,
             roomidalias_creator: db.table("roomidalias_creator").db()?,
             publicroomid: db.table("publicroomid").db()?,
+            roomidtermstream_count: db.table("roomidtermstream_count").db()?,
+            tokenizer: crate::search::tokenize::Tokenizer::new(&config.search_language),
             room_locks: Mutex::new(HashMap::new()),
             streams,
             config,
