@@ -278,3 +278,54 @@ async fn admins_delete_media_and_purge_the_remote_cache() {
     assert_eq!(status, 200, "{purged}");
     assert_eq!(purged["deleted"], 0, "no remote media is cached before federation");
 }
+
+/// A one-page HTTP server on loopback; returns its base URL.
+async fn serve_page(html: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buffer = [0u8; 4096];
+            let _ = socket.read(&mut buffer).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                html.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn url_previews_of_allowed_pages_and_refusal_of_private_addresses() {
+    let page = serve_page(
+        "<html><head><title>Fallback</title><meta property=\"og:title\" content=\"Estuary news\">\
+         <meta property=\"og:description\" content=\"Bridges &amp; more\"></head></html>",
+    )
+    .await;
+    let allowing =
+        TestServer::start_with("allow_registration = true\nurl_preview_ip_allowlist = [\"127.0.0.1/32\"]\n")
+            .await;
+    let alice = allowing.register("alice").await;
+    let (status, data) = preview(&allowing, &alice, &format!("{page}/article")).await;
+    assert_eq!(status, 200, "{data}");
+    assert_eq!(data["og:title"], "Estuary news");
+    assert_eq!(data["og:description"], "Bridges & more");
+
+    let strict = TestServer::start().await;
+    let bob = strict.register("bob").await;
+    for url in [format!("{page}/article"), "http://10.0.0.1/".to_owned(), "http://localhost:9/".to_owned()] {
+        assert_error(&preview(&strict, &bob, &url).await, 403, "M_FORBIDDEN");
+    }
+    assert_error(&preview(&strict, &bob, "file:///etc/passwd").await, 400, "M_INVALID_PARAM");
+}
+
+async fn preview(server: &TestServer, user: &User, url: &str) -> (StatusCode, Value) {
+    let encoded: String = url
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    server.get(&format!("/_matrix/client/v1/media/preview_url?url={encoded}"), Some(&user.token)).await
+}

@@ -5,6 +5,7 @@
 //! local disk, so an S3-compatible store can replace it later.
 
 mod blobs;
+mod preview;
 mod thumbnail;
 
 use std::{path::PathBuf, sync::Arc};
@@ -47,6 +48,7 @@ pub struct MediaFile {
 pub struct Media {
     config: Arc<Config>,
     blobs: BlobStore,
+    previewer: preview::Previewer,
     records: Table<(String, String), Json<MediaRecord>>,
 }
 
@@ -60,7 +62,8 @@ fn now_ms() -> u64 {
 impl Media {
     pub fn new(config: Arc<Config>, db: &Db) -> Result<Self> {
         let blobs = BlobStore::open(config.media_dir())?;
-        Ok(Self { config, blobs, records: db.table("servermediaid_media").db()? })
+        let previewer = preview::Previewer::new(&config.url_preview_ip_allowlist)?;
+        Ok(Self { config, blobs, previewer, records: db.table("servermediaid_media").db()? })
     }
 
     fn key(&self, media_id: &str) -> (String, String) {
@@ -179,6 +182,14 @@ impl Media {
         let spec = thumbnail::snap(requested);
         let target = self.blobs.thumbnail_path(&sha256, &spec);
         thumbnail::ensure(file.path, target, spec).await
+    }
+
+    /// `GET /media/preview_url`: the page's OpenGraph data.
+    pub async fn preview_url(&self, url: &str) -> Result<serde_json::Value> {
+        if !self.config.url_preview {
+            return Err(Error::unrecognized(404, "URL previews are disabled on this server"));
+        }
+        self.previewer.preview(url).await
     }
 
     /// Admin: delete a media item (and its file, unless other items share it).

@@ -137,6 +137,15 @@ pub async fn config(
     Ok(Json(json!({"m.upload.size": services.config.max_upload_size})))
 }
 
+/// `GET /_matrix/client/v1/media/preview_url`.
+pub async fn preview_url(
+    services: AppState,
+    request: Ruma<authenticated_media::get_media_preview::v1::Request>,
+) -> ApiResult<Json<JsonValue>> {
+    request.user()?;
+    Ok(Json(services.media.preview_url(&request.body.url).await?))
+}
+
 /// `Content-Disposition`: inline only for the safe types, with the name.
 fn disposition(content_type: &str, filename: Option<&str>) -> String {
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -275,6 +284,14 @@ pub mod legacy {
             return Err(Error::not_found("Media not found (use the authenticated media endpoints)").into());
         }
         Ok(file)
+    }
+
+    pub async fn preview_url(
+        services: AppState,
+        request: Ruma<media::get_media_preview::v3::Request>,
+    ) -> ApiResult<Json<JsonValue>> {
+        request.user()?;
+        Ok(Json(services.media.preview_url(&request.body.url).await?))
     }
 
     pub async fn download(

@@ -148,6 +148,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma_custom(media::download)
         .ruma_custom(media::download_as)
         .ruma_custom(media::thumbnail)
+        .ruma_custom(media::preview_url)
+        .ruma_custom(media::legacy::preview_url)
         .ruma_custom(media::legacy::download)
         .ruma_custom(media::legacy::download_as)
         .ruma_custom(media::legacy::thumbnail)

@@ -1,0 +1,313 @@
+//! URL previews: Estuary fetches a page and reads its OpenGraph tags.
+//!
+//! The fetch is an SSRF risk, so every hop is vetted: only http(s); the host
+//! is resolved here and every address checked (private, loopback,
+//! link-local, multicast and similar ranges are refused unless the
+//! allowlist names them); the connection is pinned to the vetted address so
+//! a second DNS answer cannot swap it; redirects are followed by hand, each
+//! vetted again; time and size are bounded. Results are cached for an hour.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use estuary_core::{Error, Result};
+use futures::StreamExt;
+use regex::Regex;
+use serde_json::{Map, Value as JsonValue};
+
+const MAX_BYTES: usize = 4 * 1024 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_REDIRECTS: usize = 5;
+const CACHE_TTL: Duration = Duration::from_secs(3600);
+const CACHE_ENTRIES: usize = 1000;
+
+/// An address range: network address and prefix length.
+#[derive(Clone, Copy, Debug)]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// `10.0.0.0/8`, `fd00::/8` or a single address.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let address = text.parse::<IpAddr>().ok()?;
+                (address, if address.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Self { network: address, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u8) {
+            match ip {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let (ip, ip_len) = bits(ip);
+        let (net, net_len) = bits(self.network);
+        if ip_len != net_len {
+            return false;
+        }
+        // IPv4 sits in the top 32 bits, so the prefix counts from the top for both.
+        let prefix = u32::from(self.prefix);
+        let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+        ip & mask == net & mask
+    }
+}
+
+/// Addresses a preview must never reach by default.
+fn is_blocked(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_blocked_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_blocked_v4(v4),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80 // link-local
+                    || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0)
+            }
+        },
+    }
+}
+
+fn is_blocked_v4(v4: Ipv4Addr) -> bool {
+    let [a, b, ..] = v4.octets();
+    v4.is_private()
+        || v4.is_loopback()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || v4.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+        || (a == 198 && (18..20).contains(&b)) // benchmarking
+        || a >= 240
+}
+
+pub struct Previewer {
+    allowlist: Vec<IpRange>,
+    cache: Mutex<HashMap<String, (Instant, JsonValue)>>,
+}
+
+fn refused(reason: &str) -> Error {
+    Error::forbidden(format!("Cannot preview this URL: {reason}"))
+}
+
+impl Previewer {
+    pub fn new(allowlist: &[String]) -> Result<Self> {
+        let allowlist = allowlist
+            .iter()
+            .map(|text| {
+                IpRange::parse(text)
+                    .ok_or_else(|| Error::internal(format!("url_preview_ip_allowlist: bad entry {text}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { allowlist, cache: Mutex::new(HashMap::new()) })
+    }
+
+    fn allowed(&self, ip: IpAddr) -> bool {
+        !is_blocked(ip) || self.allowlist.iter().any(|range| range.contains(ip))
+    }
+
+    /// OpenGraph data of a page (`og:title`, `og:description`, …).
+    pub async fn preview(&self, url: &str) -> Result<JsonValue> {
+        if let Some((at, cached)) = self.cache.lock().expect("preview cache").get(url)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(cached.clone());
+        }
+        let (body, final_url) = self.fetch(url).await?;
+        let data = opengraph(&String::from_utf8_lossy(&body), &final_url);
+        let mut cache = self.cache.lock().expect("preview cache");
+        if cache.len() >= CACHE_ENTRIES {
+            cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(url.to_owned(), (Instant::now(), data.clone()));
+        Ok(data)
+    }
+
+    /// A vetted address for a URL's host.
+    async fn vet(&self, url: &reqwest::Url) -> Result<SocketAddr> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::invalid_param("Only http and https URLs can be previewed"));
+        }
+        let host = url.host_str().ok_or_else(|| Error::invalid_param("URL has no host"))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| {
+                Error::matrix(502, ruma::api::error::ErrorKind::Unknown, "Cannot resolve the URL's host")
+            })?
+            .collect();
+        if addresses.is_empty() {
+            return Err(refused("the host has no address"));
+        }
+        // Every address must pass, or DNS could hand the client another one.
+        if let Some(bad) = addresses.iter().find(|a| !self.allowed(a.ip())) {
+            tracing::debug!(%url, ip = %bad.ip(), "URL preview refused a blocked address");
+            return Err(refused("its address is private or reserved"));
+        }
+        Ok(addresses[0])
+    }
+
+    /// Fetch following up to `MAX_REDIRECTS` redirects, each hop vetted.
+    async fn fetch(&self, url: &str) -> Result<(Vec<u8>, reqwest::Url)> {
+        let mut url = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("Invalid URL"))?;
+        for _ in 0..=MAX_REDIRECTS {
+            let address = self.vet(&url).await?;
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(TIMEOUT)
+                .resolve(url.host_str().unwrap_or_default(), address)
+                .user_agent(concat!("Estuary/", env!("CARGO_PKG_VERSION"), " (URL preview)"))
+                .build()
+                .map_err(Error::internal)?;
+            let failed = |e: reqwest::Error| {
+                Error::matrix(
+                    502,
+                    ruma::api::error::ErrorKind::Unknown,
+                    format!("Fetching the URL failed: {e}"),
+                )
+            };
+            let response = client.get(url.clone()).send().await.map_err(failed)?;
+            if response.status().is_redirection() {
+                let location = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or_else(|| refused("a redirect without a location"))?;
+                url = url.join(location).map_err(|_| refused("a bad redirect"))?;
+                continue;
+            }
+            if !response.status().is_success() {
+                return Err(Error::matrix(
+                    502,
+                    ruma::api::error::ErrorKind::Unknown,
+                    format!("The URL answered {}", response.status()),
+                ));
+            }
+            let mut body = Vec::new();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(failed)?;
+                if body.len() + chunk.len() > MAX_BYTES {
+                    return Err(Error::too_large("The page is too large to preview"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            return Ok((body, url));
+        }
+        Err(refused("too many redirects"))
+    }
+}
+
+/// `og:*` meta tags, falling back to `<title>` and the meta description.
+fn opengraph(html: &str, url: &reqwest::Url) -> JsonValue {
+    static META: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    static ATTR: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    static TITLE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let meta = META.get_or_init(|| Regex::new(r"(?is)<meta\s[^>]*>").expect("valid regex"));
+    let attr = ATTR.get_or_init(|| {
+        Regex::new(r#"(?is)([a-z:_-]+)\s*=\s*(?:"([^"]*)"|'([^']*)')"#).expect("valid regex")
+    });
+    let title = TITLE.get_or_init(|| Regex::new(r"(?is)<title[^>]*>(.*?)</title>").expect("valid regex"));
+    let mut data = Map::new();
+    let mut description = None;
+    for tag in meta.find_iter(html).take(500) {
+        let attrs: HashMap<String, String> = attr
+            .captures_iter(tag.as_str())
+            .map(|c| (c[1].to_ascii_lowercase(), unescape(c.get(2).or(c.get(3)).map_or("", |m| m.as_str()))))
+            .collect();
+        let (Some(key), Some(content)) = (attrs.get("property").or(attrs.get("name")), attrs.get("content"))
+        else {
+            continue;
+        };
+        if key.starts_with("og:") && !data.contains_key(key) {
+            data.insert(key.clone(), content.chars().take(1000).collect::<String>().into());
+        } else if key == "description" {
+            description = Some(content.clone());
+        }
+    }
+    if !data.contains_key("og:title")
+        && let Some(found) = title.captures(html)
+    {
+        data.insert("og:title".into(), unescape(found[1].trim()).into());
+    }
+    if !data.contains_key("og:description")
+        && let Some(description) = description
+    {
+        data.insert("og:description".into(), description.into());
+    }
+    data.entry("og:url").or_insert_with(|| url.as_str().into());
+    data.into()
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_and_reserved_addresses_are_blocked() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_blocked(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:2800:220:1::1"] {
+            assert!(!is_blocked(ip.parse().unwrap()), "{ip}");
+        }
+        let range = IpRange::parse("127.0.0.0/8").unwrap();
+        assert!(range.contains("127.9.9.9".parse().unwrap()));
+        assert!(!range.contains("128.0.0.1".parse().unwrap()));
+        assert!(IpRange::parse("::1").unwrap().contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn opengraph_tags_and_fallbacks() {
+        let url = reqwest::Url::parse("http://example.org/a").unwrap();
+        let html = r#"<html><head><title>Plain &amp; simple</title>
+            <meta property="og:description" content="A &quot;quoted&quot; page">
+            <meta name='description' content='ignored'></head></html>"#;
+        let data = opengraph(html, &url);
+        assert_eq!(data["og:title"], "Plain & simple");
+        assert_eq!(data["og:description"], "A \"quoted\" page");
+        assert_eq!(data["og:url"], "http://example.org/a");
+    }
+}
