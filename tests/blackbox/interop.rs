@@ -84,6 +84,15 @@ async fn matrix_nio_users_exchange_encrypted_messages() {
     run_script(&python, "nio_e2ee.py", &server).await;
 }
 
+/// matrix-nio uploads an image, makes it its avatar, downloads it and a
+/// thumbnail, and searches messages.
+#[tokio::test]
+async fn matrix_nio_media_avatar_thumbnail_and_search() {
+    let Some(python) = python() else { return };
+    let server = TestServer::start().await;
+    run_script(&python, "nio_media_search.py", &server).await;
+}
+
 /// matrix-js-sdk schedules a delayed message (MSC4140) and gets it through
 /// its own sync when Estuary sends it.
 #[tokio::test]
