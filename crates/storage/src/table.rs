@@ -2,7 +2,6 @@
 
 use std::marker::PhantomData;
 
-use rocksdb::{Direction, IteratorMode};
 
 use crate::{Db, Key, StorageError, Value};
 
@@ -87,35 +86,59 @@ impl<K: Key, V: Value> Table<K, V> {
         backwards: bool,
         limit: usize,
     ) -> Result<Vec<(K, V)>, StorageError> {
+        let codec = |source| StorageError::Codec { table: self.name, source };
+        let mut rows = Vec::new();
+        self.visit_from(prefix, from, backwards, limit, |key, value| {
+            rows.push((K::decode(key).map_err(codec)?, V::decode_value(value).map_err(codec)?));
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Like [`Self::scan_from`], but hands each row's encoded key and value
+    /// to `visit` without decoding: for hot loops that need only part of a
+    /// key (a trailing stream position, say).
+    pub fn visit_from(
+        &self,
+        prefix: &[u8],
+        from: Option<&[u8]>,
+        backwards: bool,
+        limit: usize,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let end_of_prefix = prefix_successor(prefix);
         let start: Vec<u8> = match (from, backwards) {
             (Some(from), _) => from.to_vec(),
             (None, false) => prefix.to_vec(),
             (None, true) => end_of_prefix.clone().unwrap_or_default(),
         };
-        let mode = match (backwards, from, &end_of_prefix) {
-            (true, None, None) => IteratorMode::End,
-            (true, _, _) => IteratorMode::From(&start, Direction::Reverse),
-            (false, _, _) => IteratorMode::From(&start, Direction::Forward),
-        };
-        let iter = self.db.rocks().iterator_cf(self.db.cf(self.name), mode);
-        let codec = |source| StorageError::Codec { table: self.name, source };
-        let mut rows = Vec::new();
-        for item in iter {
-            if rows.len() >= limit {
-                break;
-            }
-            let (key, value) = item.map_err(|e| self.rocks_err(e))?;
+        // A raw iterator: keys and values are borrowed, not boxed per row.
+        let mut iter = self.db.rocks().raw_iterator_cf(self.db.cf(self.name));
+        match (backwards, from, &end_of_prefix) {
+            (true, None, None) => iter.seek_to_last(),
+            (true, _, _) => iter.seek_for_prev(&start),
+            (false, _, _) => iter.seek(&start),
+        }
+        let mut visited = 0;
+        while visited < limit {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
             if !key.starts_with(prefix) {
                 // Seeking backwards from the prefix's successor lands on it first.
-                if backwards && from.is_none() && end_of_prefix.as_deref() == Some(&key[..]) {
+                if backwards && from.is_none() && end_of_prefix.as_deref() == Some(key) {
+                    iter.prev();
                     continue;
                 }
                 break;
             }
-            rows.push((K::decode(&key).map_err(codec)?, V::decode_value(&value).map_err(codec)?));
+            visit(key, value)?;
+            visited += 1;
+            if backwards {
+                iter.prev();
+            } else {
+                iter.next();
+            }
         }
-        Ok(rows)
+        iter.status().map_err(|e| self.rocks_err(e))
     }
 
     /// The row with the greatest key.

@@ -6,6 +6,12 @@
 //! - messages: one room filled with many events; `/messages` latency from
 //!   the newest event and from deep in the history.
 //!
+//! - delivery, initial sync: see their functions.
+//! - search: `/search` latency over the `/messages` room's history, for rare
+//!   and common words, by rank and by recency.
+//! - media: upload and download throughput of a 10 MB file, and the peak
+//!   memory a fresh server gains while a 50 MiB file goes up and down.
+//!
 //! Also reports the server's peak resident memory (VmHWM).
 
 use std::{
@@ -43,6 +49,9 @@ struct Args {
     sync_rooms: usize,
     #[arg(long, default_value_t = 50)]
     messages_per_room: usize,
+    /// Which benchmarks to run, comma-separated.
+    #[arg(long, default_value = "send,messages,search,delivery,sync,media")]
+    only: String,
 }
 
 struct Server {
@@ -202,7 +211,7 @@ async fn send_benchmark(client: &Client, args: &Args) -> Result<()> {
     Ok(())
 }
 
-async fn messages_benchmark(client: &Client, args: &Args) -> Result<()> {
+async fn messages_benchmark(client: &Client, args: &Args) -> Result<(String, String)> {
     let token = client.register("historian").await?;
     let room = client.create_room(&token).await?;
     let started = Instant::now();
@@ -253,6 +262,109 @@ async fn messages_benchmark(client: &Client, args: &Args) -> Result<()> {
         }
     }
     summary("/messages paginating back (limit 50)", latencies);
+    Ok((token, room))
+}
+
+/// `/search` over the history room: rare words (one match), common words
+/// (every message matches), two words, by recency and by rank.
+async fn search_benchmark(client: &Client, args: &Args, token: &str) -> Result<()> {
+    let writers = 8;
+    let per_writer = args.history / writers;
+    let queries: Vec<(String, &str)> = (0..args.reads)
+        .map(|i| match i % 4 {
+            0 => (format!("h{}-{}", i % writers, (i * 7919) % per_writer.max(1)), "recent"),
+            1 => ("benchmark".to_owned(), "recent"),
+            2 => ("benchmark message".to_owned(), "rank"),
+            _ => (format!("{}", (i * 104729) % per_writer.max(1)), "rank"),
+        })
+        .collect();
+    let mut by_kind: [Vec<Duration>; 4] = Default::default();
+    for (i, (term, order)) in queries.iter().enumerate() {
+        let body = json!({"search_categories": {"room_events": {"search_term": term, "order_by": order}}});
+        let t = Instant::now();
+        let found = client.call(reqwest::Method::POST, "/_matrix/client/v3/search", Some(token), Some(body)).await?;
+        by_kind[i % 4].push(t.elapsed());
+        if found["search_categories"]["room_events"]["results"].as_array().is_none_or(|r| r.is_empty()) {
+            bail!("search for {term} found nothing");
+        }
+    }
+    let all: Vec<Duration> = by_kind.iter().flatten().copied().collect();
+    let [rare, common, two, number] = by_kind;
+    summary("search rare word, recent", rare);
+    summary("search common word, recent", common);
+    summary("search two common words, rank", two);
+    summary("search number, rank", number);
+    summary("search all queries", all);
+    Ok(())
+}
+
+fn current_memory_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Upload then download, returning the seconds each took.
+async fn round_trip(client: &Client, token: &str, data: Vec<u8>) -> Result<(f64, f64)> {
+    let len = data.len();
+    let t = Instant::now();
+    let response = client
+        .http
+        .post(format!("{}/_matrix/media/v3/upload", client.base))
+        .bearer_auth(token)
+        .header("Content-Type", "application/octet-stream")
+        .body(data)
+        .send()
+        .await?;
+    let uploaded: Value = response.json().await?;
+    let up = t.elapsed().as_secs_f64();
+    let mxc = uploaded["content_uri"].as_str().context("content_uri")?;
+    let t = Instant::now();
+    let mut response = client
+        .http
+        .get(format!("{}/_matrix/client/v1/media/download/{}", client.base, &mxc["mxc://".len()..]))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let mut received = 0;
+    while let Some(chunk) = response.chunk().await? {
+        received += chunk.len();
+    }
+    if received != len {
+        bail!("downloaded {received} of {len} bytes");
+    }
+    Ok((up, t.elapsed().as_secs_f64()))
+}
+
+/// Throughput of a 10 MB file, then the memory a fresh server gains while a
+/// 50 MiB file goes up and down (the file is streamed, never held whole).
+async fn media_benchmark(binary: &std::path::Path) -> Result<()> {
+    let server = start(binary)?;
+    let client = Client { http: reqwest::Client::new(), base: server.base.clone() };
+    let token = client.register("uploader").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = server.child.id();
+    let idle = current_memory_kib(pid, "VmRSS:").context("VmRSS")?;
+    // Reset the peak to now, so registration's password hashing does not count.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("resetting VmHWM")?;
+    let big: Vec<u8> = (0..50 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    round_trip(&client, &token, big).await?;
+    let peak = current_memory_kib(pid, "VmHWM:").context("VmHWM")?;
+    println!(
+        "media 50 MiB up and down: idle {:.1} MiB, peak {:.1} MiB, +{:.1} MiB",
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        peak.saturating_sub(idle) as f64 / 1024.0
+    );
+    let mut ups = Vec::new();
+    let mut downs = Vec::new();
+    for round in 0..5u32 {
+        let data: Vec<u8> = (0..10_000_000u32).map(|i| (i.wrapping_mul(2246822519).wrapping_add(round) >> 24) as u8).collect();
+        let (up, down) = round_trip(&client, &token, data).await?;
+        ups.push(10.0 / up);
+        downs.push(10.0 / down);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!("media 10 MB: upload {:.0} MB/s, download {:.0} MB/s (mean of 5)", mean(&ups), mean(&downs));
     Ok(())
 }
 
@@ -358,10 +470,25 @@ async fn main() -> Result<()> {
     let server = start(&args.server)?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let client = Client { http, base: server.base.clone() };
-    send_benchmark(&client, &args).await?;
-    messages_benchmark(&client, &args).await?;
-    delivery_benchmark(&client, &args).await?;
-    initial_sync_benchmark(&client, &args).await?;
+    let run = |name: &str| args.only.split(',').any(|b| b.trim() == name);
+    if run("media") {
+        media_benchmark(&args.server).await?;
+    }
+    if run("send") {
+        send_benchmark(&client, &args).await?;
+    }
+    if run("messages") || run("search") {
+        let (token, _room) = messages_benchmark(&client, &args).await?;
+        if run("search") {
+            search_benchmark(&client, &args, &token).await?;
+        }
+    }
+    if run("delivery") {
+        delivery_benchmark(&client, &args).await?;
+    }
+    if run("sync") {
+        initial_sync_benchmark(&client, &args).await?;
+    }
     if let Some(kib) = peak_memory_kib(server.child.id()) {
         println!("server peak memory (VmHWM): {:.1} MiB", kib as f64 / 1024.0);
     }

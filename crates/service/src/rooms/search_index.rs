@@ -77,13 +77,21 @@ impl Rooms {
         if before == Some(0) {
             return Ok(Vec::new());
         }
-        Ok(self
-            .roomidtermstream_count
-            .scan_from(&prefix, from.as_deref(), true, limit)
-            .db()?
-            .into_iter()
-            .map(|((_, _, stream), count)| (stream, count))
-            .collect())
+        // Only the trailing stream position of each key is needed: read it
+        // from the encoded key (8 big-endian bytes) instead of decoding.
+        let mut postings = Vec::new();
+        let table = &self.roomidtermstream_count;
+        table
+            .visit_from(&prefix, from.as_deref(), true, limit, |key, value| {
+                let stream = key.len().checked_sub(8).and_then(|at| key[at..].try_into().ok()).map(u64::from_be_bytes);
+                let count = value.try_into().ok().map(u64::from_be_bytes);
+                if let (Some(stream), Some(count)) = (stream, count) {
+                    postings.push((stream, count));
+                }
+                Ok(())
+            })
+            .db()?;
+        Ok(postings)
     }
 }
 
@@ -102,5 +110,13 @@ impl Rooms {
             Ok(id) => self.stored(&id),
             Err(_) => Ok(None),
         }
+    }
+}
+
+impl Rooms {
+    /// Occurrences of `field:term` in the event at `stream` (0 if none).
+    pub fn search_count(&self, room_id: &ruma::RoomId, field_term: &str, stream: u64) -> estuary_core::Result<u64> {
+        use crate::storage_error::StorageResultExt;
+        Ok(self.roomidtermstream_count.get(&(room_id.to_string(), field_term.to_owned(), stream)).db()?.unwrap_or(0))
     }
 }

@@ -20,6 +20,13 @@ use tokenize::Tokenizer;
 /// words; ranking then covers the newest matches.
 const POSTINGS_CAP: usize = 5000;
 
+/// A term with at most this many postings in a room is read whole and
+/// drives the search; beyond it, it is "common".
+const PROBE: usize = 256;
+
+/// Postings read at a time when only the newest matches are wanted.
+const PAGE: usize = 512;
+
 pub struct SearchRequest {
     pub term: String,
     /// `content.body`, `content.name`, `content.topic`; empty means all.
@@ -55,12 +62,17 @@ impl Search {
             Tokenizer::words(&request.term).into_iter().filter(|w| seen.insert(w.clone())).collect()
         };
         let fields = self.fields(&request.keys)?;
+        let limit = request.filter.limit.map_or(10, |l| u64::from(l) as usize).clamp(1, 100);
+        let skip = parse_batch(request.next_batch.as_deref())?;
         let rooms = self.searchable_rooms(user, &request.filter)?;
         let mut hits = Vec::new();
         if !words.is_empty() {
             let terms: BTreeSet<String> = words.iter().map(|w| self.rooms.search_term(w)).collect();
+            // Recency needs only each room's newest matches (with room for
+            // some to be invisible); rank needs them all.
+            let wanted = (!request.order_by_rank).then(|| 2 * (skip + limit) + 10);
             for room_id in &rooms {
-                hits.extend(self.room_hits(room_id, &terms, &fields)?);
+                hits.extend(self.room_hits(room_id, &terms, &fields, wanted)?);
             }
         }
         if request.order_by_rank {
@@ -68,11 +80,17 @@ impl Search {
         } else {
             hits.sort_by_key(|h| std::cmp::Reverse(h.stream));
         }
-        let limit = request.filter.limit.map_or(10, |l| u64::from(l) as usize).clamp(1, 100);
-        let skip = parse_batch(request.next_batch.as_deref())?;
+        // Check events only until the page is full (and one more shows a next
+        // page); the rest of the candidates count unchecked, as the spec's
+        // "approximate count" allows.
         let mut results = Vec::new();
         let mut count = 0usize;
+        let mut checked = 0usize;
         for hit in &hits {
+            if count > skip + results.len() {
+                break;
+            }
+            checked += 1;
             let Some(stored) = self.rooms.event_at_stream(&hit.room_id, hit.stream)? else { continue };
             if !self.rooms.can_see_event(Some(user), &stored)? {
                 continue;
@@ -86,6 +104,7 @@ impl Search {
                 results.push((hit, stored, event));
             }
         }
+        let count = count + (hits.len() - checked);
         let next_batch = (count > skip + results.len()).then(|| (skip + results.len()).to_string());
         self.respond(user, request, &words, results, count, next_batch)
     }
@@ -117,35 +136,104 @@ impl Search {
             .collect())
     }
 
-    /// Events of one room holding every term (in any of the fields), with
-    /// a rank: how often the terms occur.
-    fn room_hits(&self, room_id: &RoomId, terms: &BTreeSet<String>, fields: &[char]) -> Result<Vec<Hit>> {
-        let mut matched: Option<HashMap<u64, u64>> = None;
+    /// A term's postings across the searched fields, newest first, at most `limit`.
+    fn postings(
+        &self,
+        room_id: &RoomId,
+        term: &str,
+        fields: &[char],
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, u64)>> {
+        let mut merged: BTreeMap<u64, u64> = BTreeMap::new();
+        for field in fields {
+            for (stream, count) in self.rooms.search_postings(room_id, &format!("{field}:{term}"), before, limit)? {
+                *merged.entry(stream).or_default() += count;
+            }
+        }
+        Ok(merged.into_iter().rev().take(limit).collect())
+    }
+
+    /// Occurrences of a term in one event, across the searched fields.
+    fn occurrences(&self, room_id: &RoomId, term: &str, fields: &[char], stream: u64) -> Result<u64> {
+        let mut total = 0;
+        for field in fields {
+            total += self.rooms.search_count(room_id, &format!("{field}:{term}"), stream)?;
+        }
+        Ok(total)
+    }
+
+    /// Events of one room holding every term (in any searched field), ranked
+    /// by how often the terms occur. The rarest term drives: its postings
+    /// are the candidates and the other terms are point lookups. In recency
+    /// order only the newest `wanted` matches are needed from each room.
+    fn room_hits(
+        &self,
+        room_id: &RoomId,
+        terms: &BTreeSet<String>,
+        fields: &[char],
+        wanted: Option<usize>,
+    ) -> Result<Vec<Hit>> {
+        let mut probes = Vec::new();
         for term in terms {
-            let mut this_term: HashMap<u64, u64> = HashMap::new();
-            for field in fields {
-                for (stream, count) in
-                    self.rooms.search_postings(room_id, &format!("{field}:{term}"), None, POSTINGS_CAP)?
-                {
-                    *this_term.entry(stream).or_default() += count;
+            let probe = self.postings(room_id, term, fields, PROBE + 1, None)?;
+            if probe.is_empty() {
+                return Ok(Vec::new());
+            }
+            probes.push((term, probe));
+        }
+        probes.sort_by_key(|(_, p)| p.len());
+        let (driver, probe) = probes.remove(0);
+        // The other terms: whole posting maps when small (or when ranking
+        // many candidates), else point lookups per candidate.
+        let bulk = wanted.is_none() && probe.len() > PROBE;
+        let mut others = Vec::new();
+        for (term, probe) in probes {
+            let map: Option<HashMap<u64, u64>> = if probe.len() <= PROBE {
+                Some(probe.into_iter().collect())
+            } else if bulk {
+                Some(self.postings(room_id, term, fields, POSTINGS_CAP, None)?.into_iter().collect())
+            } else {
+                None
+            };
+            others.push((term, map));
+        }
+        let mut hits = Vec::new();
+        let mut cursor = None;
+        let mut read = 0;
+        let mut page = if probe.len() <= PROBE { probe } else { Vec::new() };
+        let complete = !page.is_empty();
+        loop {
+            if page.is_empty() && !complete {
+                let size = if wanted.is_some() { PAGE } else { POSTINGS_CAP };
+                page = self.postings(room_id, driver, fields, size, cursor)?;
+            }
+            if page.is_empty() {
+                break;
+            }
+            read += page.len();
+            cursor = page.last().map(|(stream, _)| *stream);
+            'candidates: for (stream, mut rank) in page.drain(..) {
+                for (term, map) in &others {
+                    let count = match map {
+                        Some(map) => map.get(&stream).copied().unwrap_or(0),
+                        None => self.occurrences(room_id, term, fields, stream)?,
+                    };
+                    if count == 0 {
+                        continue 'candidates;
+                    }
+                    rank += count;
+                }
+                hits.push(Hit { room_id: room_id.to_owned(), stream, rank });
+                if wanted.is_some_and(|w| hits.len() >= w) {
+                    return Ok(hits);
                 }
             }
-            matched = Some(match matched {
-                None => this_term,
-                Some(previous) => previous
-                    .into_iter()
-                    .filter_map(|(stream, rank)| this_term.get(&stream).map(|more| (stream, rank + more)))
-                    .collect(),
-            });
-            if matched.as_ref().is_some_and(HashMap::is_empty) {
+            if complete || wanted.is_none() || read >= POSTINGS_CAP {
                 break;
             }
         }
-        Ok(matched
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(stream, rank)| Hit { room_id: room_id.to_owned(), stream, rank })
-            .collect())
+        Ok(hits)
     }
 
     fn respond(
