@@ -168,3 +168,16 @@ async fn user_directory_finds_room_mates_and_public_room_members() {
         "M_MISSING_TOKEN",
     );
 }
+
+#[tokio::test]
+async fn user_directory_can_list_every_local_user() {
+    let server =
+        TestServer::start_with("allow_registration = true\nuser_directory_search_all_users = true\n").await;
+    let alice = server.register("alice").await;
+    server.register("erin").await;
+    let (status, found) = server
+        .post("/_matrix/client/v3/user_directory/search", Some(&alice.token), json!({"search_term": "eri"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(found["results"][0]["user_id"], "@erin:localhost", "{found}");
+}

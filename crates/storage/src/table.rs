@@ -2,7 +2,6 @@
 
 use std::marker::PhantomData;
 
-
 use crate::{Db, Key, StorageError, Value};
 
 pub struct Table<K, V> {

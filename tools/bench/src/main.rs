@@ -282,7 +282,8 @@ async fn search_benchmark(client: &Client, args: &Args, token: &str) -> Result<(
     for (i, (term, order)) in queries.iter().enumerate() {
         let body = json!({"search_categories": {"room_events": {"search_term": term, "order_by": order}}});
         let t = Instant::now();
-        let found = client.call(reqwest::Method::POST, "/_matrix/client/v3/search", Some(token), Some(body)).await?;
+        let found =
+            client.call(reqwest::Method::POST, "/_matrix/client/v3/search", Some(token), Some(body)).await?;
         by_kind[i % 4].push(t.elapsed());
         if found["search_categories"]["room_events"]["results"].as_array().is_none_or(|r| r.is_empty()) {
             bail!("search for {term} found nothing");
@@ -358,7 +359,9 @@ async fn media_benchmark(binary: &std::path::Path) -> Result<()> {
     let mut ups = Vec::new();
     let mut downs = Vec::new();
     for round in 0..5u32 {
-        let data: Vec<u8> = (0..10_000_000u32).map(|i| (i.wrapping_mul(2246822519).wrapping_add(round) >> 24) as u8).collect();
+        let data: Vec<u8> = (0..10_000_000u32)
+            .map(|i| (i.wrapping_mul(2246822519).wrapping_add(round) >> 24) as u8)
+            .collect();
         let (up, down) = round_trip(&client, &token, data).await?;
         ups.push(10.0 / up);
         downs.push(10.0 / down);

@@ -83,7 +83,8 @@ impl Rooms {
         let table = &self.roomidtermstream_count;
         table
             .visit_from(&prefix, from.as_deref(), true, limit, |key, value| {
-                let stream = key.len().checked_sub(8).and_then(|at| key[at..].try_into().ok()).map(u64::from_be_bytes);
+                let stream =
+                    key.len().checked_sub(8).and_then(|at| key[at..].try_into().ok()).map(u64::from_be_bytes);
                 let count = value.try_into().ok().map(u64::from_be_bytes);
                 if let (Some(stream), Some(count)) = (stream, count) {
                     postings.push((stream, count));
@@ -115,8 +116,17 @@ impl Rooms {
 
 impl Rooms {
     /// Occurrences of `field:term` in the event at `stream` (0 if none).
-    pub fn search_count(&self, room_id: &ruma::RoomId, field_term: &str, stream: u64) -> estuary_core::Result<u64> {
+    pub fn search_count(
+        &self,
+        room_id: &ruma::RoomId,
+        field_term: &str,
+        stream: u64,
+    ) -> estuary_core::Result<u64> {
         use crate::storage_error::StorageResultExt;
-        Ok(self.roomidtermstream_count.get(&(room_id.to_string(), field_term.to_owned(), stream)).db()?.unwrap_or(0))
+        Ok(self
+            .roomidtermstream_count
+            .get(&(room_id.to_string(), field_term.to_owned(), stream))
+            .db()?
+            .unwrap_or(0))
     }
 }

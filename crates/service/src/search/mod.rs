@@ -147,7 +147,9 @@ impl Search {
     ) -> Result<Vec<(u64, u64)>> {
         let mut merged: BTreeMap<u64, u64> = BTreeMap::new();
         for field in fields {
-            for (stream, count) in self.rooms.search_postings(room_id, &format!("{field}:{term}"), before, limit)? {
+            for (stream, count) in
+                self.rooms.search_postings(room_id, &format!("{field}:{term}"), before, limit)?
+            {
                 *merged.entry(stream).or_default() += count;
             }
         }
