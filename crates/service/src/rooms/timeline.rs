@@ -36,28 +36,9 @@ impl Rooms {
         to: u64,
         limit: usize,
     ) -> Result<(Vec<StoredPdu>, bool)> {
-        let prefix = (room_id.to_string(),).encode();
-        let start = (room_id.to_string(), to).encode();
-        let rows = self.roomidstream_eventid.scan_from(&prefix, Some(&start), true, limit + 1).db()?;
-        let mut events = Vec::new();
-        let mut more = false;
-        for ((_, position), event_id) in rows {
-            if position < from {
-                break;
-            }
-            if events.len() == limit {
-                more = true;
-                break;
-            }
-            let event_id = EventId::parse(&event_id).map_err(Error::internal)?;
-            if let Some(stored) = self.stored(&event_id)? {
-                events.push(stored);
-            }
-        }
-        Ok((events, more))
+        self.room_events_in(room_id, from, to, limit, true)
     }
 
-    /// The room's state after its last event at or before `position`.
     /// A room's events at positions `from..=to`, oldest first, at most
     /// `limit`; and whether newer ones in the range were left out.
     pub(crate) fn room_events_after(
@@ -67,13 +48,24 @@ impl Rooms {
         to: u64,
         limit: usize,
     ) -> Result<(Vec<StoredPdu>, bool)> {
+        self.room_events_in(room_id, from, to, limit, false)
+    }
+
+    fn room_events_in(
+        &self,
+        room_id: &RoomId,
+        from: u64,
+        to: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<(Vec<StoredPdu>, bool)> {
         let prefix = (room_id.to_string(),).encode();
-        let start = (room_id.to_string(), from).encode();
-        let rows = self.roomidstream_eventid.scan_from(&prefix, Some(&start), false, limit + 1).db()?;
+        let start = (room_id.to_string(), if newest_first { to } else { from }).encode();
+        let rows = self.roomidstream_eventid.scan_from(&prefix, Some(&start), newest_first, limit + 1).db()?;
         let mut events = Vec::new();
         for ((_, position), event_id) in rows {
-            if position > to {
-                return Ok((events, false));
+            if !(from..=to).contains(&position) {
+                break;
             }
             if events.len() == limit {
                 return Ok((events, true));
@@ -86,6 +78,7 @@ impl Rooms {
         Ok((events, false))
     }
 
+    /// The room's state after its last event at or before `position`.
     pub(crate) fn state_at_position(&self, room_id: &RoomId, position: u64) -> Result<Option<Arc<StateMap>>> {
         match self.room_events_between(room_id, 0, position, 1)?.0.pop() {
             Some(stored) => Ok(Some(self.state.load(stored.state_after)?)),
