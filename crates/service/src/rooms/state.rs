@@ -58,17 +58,24 @@ impl StateStore {
         if id == EMPTY {
             return Ok(Arc::new(StateMap::new()));
         }
-        if let Some(hit) = self.cache.lock().expect("state cache").get(&id) {
-            return Ok(hit.clone());
+        if let Some(hit) = self.cached(id) {
+            return Ok(hit);
         }
         let mut chain = vec![self.layer(id)?];
         while let Some(parent) = chain.last().and_then(|l| l.parent) {
-            if let Some(hit) = self.cache.lock().expect("state cache").get(&parent).cloned() {
+            // `cached` releases the lock before `remember` takes it again.
+            if let Some(hit) = self.cached(parent) {
                 return Ok(self.remember(id, apply(hit.as_ref().clone(), chain.iter().rev())));
             }
             chain.push(self.layer(parent)?);
         }
         Ok(self.remember(id, apply(StateMap::new(), chain.iter().rev())))
+    }
+
+    /// A cached snapshot. The guard is dropped on return: holding it into an
+    /// `if let` body that calls `remember` would deadlock on this mutex.
+    fn cached(&self, id: u64) -> Option<Arc<StateMap>> {
+        self.cache.lock().expect("state cache").get(&id).cloned()
     }
 
     fn remember(&self, id: u64, state: StateMap) -> Arc<StateMap> {
@@ -156,6 +163,26 @@ fn apply<'a>(mut state: StateMap, layers: impl Iterator<Item = &'a Layer>) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loading a snapshot whose parent (but not itself) is cached used to
+    /// deadlock: the cache lock was still held when the result was stored.
+    #[test]
+    fn loading_over_a_cached_parent_does_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &Default::default()).unwrap();
+        let store = std::sync::Arc::new(StateStore::new(&db).unwrap());
+        for (id, parent, change) in [(1, None, (1, 10)), (2, Some(1), (2, 20))] {
+            let mut batch = db.batch();
+            store.store(id, parent, vec![change], vec![], &mut batch).unwrap();
+            batch.commit().unwrap();
+        }
+        store.cache.lock().unwrap().remove(&2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let loader = store.clone();
+        std::thread::spawn(move || tx.send(loader.load(2).map(|s| s.len()).ok()));
+        let loaded = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("load deadlocked");
+        assert_eq!(loaded, Some(2));
+    }
 
     #[test]
     fn layers_round_trip_and_stay_shallow() {

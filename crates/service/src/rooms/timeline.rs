@@ -61,7 +61,8 @@ impl Rooms {
     ) -> Result<(Vec<StoredPdu>, bool)> {
         let prefix = (room_id.to_string(),).encode();
         let start = (room_id.to_string(), if newest_first { to } else { from }).encode();
-        let rows = self.roomidstream_eventid.scan_from(&prefix, Some(&start), newest_first, limit + 1).db()?;
+        let rows =
+            self.roomidstream_eventid.scan_from(&prefix, Some(&start), newest_first, limit + 1).db()?;
         let mut events = Vec::new();
         for ((_, position), event_id) in rows {
             if !(from..=to).contains(&position) {
