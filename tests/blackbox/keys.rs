@@ -386,3 +386,50 @@ async fn dehydrated_device_lifecycle_and_its_messages() {
         .await;
     assert!(keys["device_keys"]["@alice:localhost"].get("DEHYD2").is_none(), "{keys}");
 }
+
+/// A new device (a login) and a renamed device change what `/keys/query`
+/// shows, so room-mates see them in `device_lists.changed`; devices always
+/// carry `unsigned`.
+#[tokio::test]
+async fn new_and_renamed_devices_are_device_list_changes() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let since = sync(&server, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = server.login("bob", crate::harness::PASSWORD).await;
+    assert_eq!(status, 200);
+    let body = sync(&server, &alice, &format!("?since={since}")).await;
+    assert_eq!(body["device_lists"]["changed"], json!(["@bob:localhost"]), "a login: {body}");
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/devices/{}", bob.device_id);
+    server.put(&path, Some(&bob.token), json!({"display_name": "phone"})).await;
+    let body = sync(&server, &alice, &format!("?since={since}")).await;
+    assert_eq!(body["device_lists"]["changed"], json!(["@bob:localhost"]), "a rename: {body}");
+
+    server
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            Some(&alice.token),
+            json!({"device_keys": device_keys(&alice)}),
+        )
+        .await;
+    let (_, keys) = server
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&bob.token),
+            json!({"device_keys": {"@alice:localhost": []}}),
+        )
+        .await;
+    assert_eq!(keys["device_keys"]["@alice:localhost"][&alice.device_id]["unsigned"], json!({}), "{keys}");
+}
+
+#[tokio::test]
+async fn self_signing_key_needs_a_master_key() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let body = json!({"self_signing_key": cross_key(&alice, "self_signing", "s")});
+    let result = server.post("/_matrix/client/v3/keys/device_signing/upload", Some(&alice.token), body).await;
+    assert_error(&result, 400, "M_MISSING_PARAM");
+}

@@ -151,9 +151,10 @@ impl E2ee {
                 }
                 let device_id: &DeviceId = device.as_str().into();
                 let Some(stored) = self.accounts.device(&user, device_id)? else { continue };
-                if let Some(name) = stored.display_name {
-                    keys["unsigned"] = json!({"device_display_name": name});
-                }
+                keys["unsigned"] = match stored.display_name {
+                    Some(name) => json!({"device_display_name": name}),
+                    None => json!({}),
+                };
                 per_device.insert(device, keys);
             }
             device_keys.insert(user.to_string(), JsonValue::Object(per_device));
@@ -193,6 +194,11 @@ impl E2ee {
 
     /// Store cross-signing keys (`kind`, key JSON) after checking their shape.
     pub fn upload_cross_signing(&self, user_id: &UserId, keys: Vec<(&str, JsonValue)>) -> Result<()> {
+        // Self- and user-signing keys are signed by the master key: one must exist.
+        let has_master = keys.iter().any(|(kind, _)| *kind == "master") || self.has_cross_signing(user_id)?;
+        if !keys.is_empty() && !has_master {
+            return Err(Error::missing_param("Upload a master key before the other cross-signing keys"));
+        }
         let mut batch = self.db.batch();
         for (kind, key) in keys {
             if key["user_id"] != user_id.as_str() || !key["keys"].is_object() || !key["usage"].is_array() {

@@ -41,7 +41,11 @@ impl Peek {
         };
         let mut page = self.rooms.messages(viewer, None, room_id, query)?;
         page.chunk.reverse();
-        let state = self.rooms.room_state(viewer, room_id)?;
+        // The legacy format also named the sender `user_id`.
+        let mut state = self.rooms.room_state(viewer, room_id)?;
+        for event in &mut state {
+            event["user_id"] = event["sender"].clone();
+        }
         let account_data: Vec<JsonValue> = self
             .account_data
             .of_user(viewer, Some(room_id))?

@@ -44,6 +44,8 @@ pub async fn update(
 ) -> ApiResult<update_device::v3::Response> {
     let body = &request.body;
     services.accounts.set_device_display_name(request.user()?, &body.device_id, body.display_name.clone())?;
+    // The name is shown to others in `/keys/query`: a device-list change.
+    services.e2ee.device_list_changed(request.user()?)?;
     Ok(update_device::v3::Response::new())
 }
 

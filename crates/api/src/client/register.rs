@@ -66,6 +66,7 @@ pub async fn register(
     }
     let display_name = body.initial_device_display_name.clone();
     let tokens = accounts.issue_tokens(&user_id, body.device_id.clone(), display_name, body.refresh_token)?;
+    services.e2ee.device_list_changed(&user_id)?;
     response.access_token = Some(tokens.access_token);
     response.device_id = Some(tokens.device_id);
     response.refresh_token = tokens.refresh_token;

@@ -63,6 +63,8 @@ pub async fn login(services: AppState, request: Ruma<login::v3::Request>) -> Api
         body.initial_device_display_name,
         body.refresh_token,
     )?;
+    // A new device is a device-list change for everyone sharing a room.
+    services.e2ee.device_list_changed(&user_id)?;
     Ok(login_response(user_id, tokens, &services))
 }
 
