@@ -18,16 +18,19 @@ fn required<T>(found: Option<T>, what: &str) -> Option<T> {
     found
 }
 
+/// A path `scripts/setup-interop` exported in `variable`, if it exists.
+fn installed(variable: &str) -> Option<PathBuf> {
+    required(std::env::var_os(variable).map(PathBuf::from).filter(|p| p.exists()), variable)
+}
+
 /// The interpreter of the venv with matrix-nio, if installed.
 fn python() -> Option<PathBuf> {
-    let found = std::env::var_os("INTEROP_PYTHON").map(PathBuf::from).filter(|p| p.exists());
-    required(found, "INTEROP_PYTHON")
+    installed("INTEROP_PYTHON")
 }
 
 /// The node_modules with matrix-js-sdk, if installed.
 fn node_modules() -> Option<PathBuf> {
-    let found = std::env::var_os("INTEROP_NODE_MODULES").map(PathBuf::from).filter(|p| p.exists());
-    required(found, "INTEROP_NODE_MODULES")
+    installed("INTEROP_NODE_MODULES")
 }
 
 /// A program on PATH, if installed.

@@ -244,6 +244,7 @@ impl DelayedEvents {
     /// Send everything due, oldest first; returns the time until the next one.
     async fn send_due(&self) -> Result<Duration> {
         let rows = self.due_index.scan_raw_prefix(&[], BATCH).db()?;
+        let full_batch = rows.len() == BATCH;
         for ((due, delay_id), _) in rows {
             let now = now_ms();
             if due > now {
@@ -254,11 +255,9 @@ impl DelayedEvents {
                 None => self.due_index.delete(&(due, delay_id)).db()?,
             }
         }
-        Ok(Duration::from_secs(if self.due_index.scan_raw_prefix(&[], 1).db()?.is_empty() {
-            3600
-        } else {
-            0
-        }))
+        // A full batch may have more due behind it; otherwise nothing is
+        // scheduled and only a new schedule (which wakes the worker) matters.
+        Ok(if full_batch { Duration::ZERO } else { Duration::from_secs(3600) })
     }
 
     /// Send the event now (unless it is a state event someone else has

@@ -2,7 +2,10 @@
 //! and device-list changes. The server only stores and relays; it never
 //! sees plaintext.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use estuary_core::{Error, Result};
 use estuary_storage::{Db, Key, Table, codec::Json};
@@ -310,21 +313,17 @@ impl E2ee {
         Ok(json!({"one_time_keys": claimed, "failures": {}}))
     }
 
-    /// Users sharing a room with `viewer` whose keys changed in `from..=to`.
-    pub fn changed_users(&self, viewer: &UserId, from: u64, to: u64) -> Result<Vec<String>> {
-        let mates: Vec<String> = self.rooms.room_mates(viewer)?.into_iter().map(|u| u.to_string()).collect();
-        let mut changed: Vec<String> = self
+    /// Users whose devices or keys changed at positions `from..=to`; callers
+    /// narrow them to those sharing a room with the viewer.
+    pub fn key_changes_between(&self, from: u64, to: u64) -> Result<BTreeSet<String>> {
+        Ok(self
             .stream_keychange
             .scan_from(&[], Some(&from.encode()), false, usize::MAX)
             .db()?
             .into_iter()
             .take_while(|(position, _)| *position <= to)
             .map(|(_, user)| user)
-            .filter(|user| mates.contains(user))
-            .collect();
-        changed.sort();
-        changed.dedup();
-        Ok(changed)
+            .collect())
     }
 
     /// Forget a deleted device's keys.

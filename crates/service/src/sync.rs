@@ -270,7 +270,7 @@ impl Sync {
         to: u64,
         rooms: &BTreeSet<OwnedRoomId>,
     ) -> Result<(Vec<String>, Vec<String>)> {
-        let mut changed: BTreeSet<String> = self.e2ee.changed_users(user, since, to)?.into_iter().collect();
+        let mut changed = self.e2ee.key_changes_between(since, to)?;
         let mut parted = BTreeSet::new();
         for room_id in rooms {
             for change in self.rooms.member_changes(room_id, since, to)? {
@@ -282,6 +282,10 @@ impl Sync {
                 let target = if change.is_joined { &mut changed } else { &mut parted };
                 target.extend(affected.into_iter().map(|u| u.to_string()));
             }
+        }
+        if changed.is_empty() && parted.is_empty() {
+            // The common case: nothing to narrow, so no room-mate scan.
+            return Ok((Vec::new(), Vec::new()));
         }
         let mates: BTreeSet<String> =
             self.rooms.room_mates(user)?.into_iter().map(|u| u.to_string()).collect();

@@ -85,21 +85,7 @@ impl ToDevice {
         since: Option<u64>,
         to: u64,
     ) -> Result<Vec<JsonValue>> {
-        let prefix = (user.to_string(), device.to_string()).encode();
-        let rows = self.queue.scan_from(&prefix, None, false, usize::MAX).db()?;
-        let mut batch = self.db.batch();
-        let mut pending = Vec::new();
-        for ((u, d, position), Json((kind, sender, content))) in rows {
-            if since.is_some_and(|s| position < s) {
-                batch.delete(&self.queue, &(u, d, position));
-            } else if position <= to && pending.len() < PER_SYNC {
-                pending.push(json!({"type": kind, "sender": sender, "content": content}));
-            }
-        }
-        if !batch.is_empty() {
-            batch.commit().db()?;
-        }
-        Ok(pending)
+        Ok(self.drain(user, device, since, to)?.0)
     }
 
     /// Messages of a device after position `after`, oldest first, at most
@@ -111,6 +97,18 @@ impl ToDevice {
         device: &DeviceId,
         after: Option<u64>,
     ) -> Result<(Vec<JsonValue>, Option<u64>)> {
+        self.drain(user, device, after.map(|a| a + 1), u64::MAX)
+    }
+
+    /// Delete messages before `acknowledged_below` and return up to
+    /// `PER_SYNC` of the rest at positions up to `to`, with the last position.
+    fn drain(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        acknowledged_below: Option<u64>,
+        to: u64,
+    ) -> Result<(Vec<JsonValue>, Option<u64>)> {
         let prefix = (user.to_string(), device.to_string()).encode();
         let mut batch = self.db.batch();
         let mut pending = Vec::new();
@@ -118,9 +116,9 @@ impl ToDevice {
         for ((u, d, position), Json((kind, sender, content))) in
             self.queue.scan_from(&prefix, None, false, usize::MAX).db()?
         {
-            if after.is_some_and(|a| position <= a) {
+            if acknowledged_below.is_some_and(|below| position < below) {
                 batch.delete(&self.queue, &(u, d, position));
-            } else if pending.len() < PER_SYNC {
+            } else if position <= to && pending.len() < PER_SYNC {
                 pending.push(json!({"type": kind, "sender": sender, "content": content}));
                 last = Some(position);
             } else {

@@ -48,8 +48,8 @@ impl UserDirectory {
         let mut found = Vec::new();
         for user_id in self.candidates(searcher)? {
             let displayname = self.display_name(&user_id)?;
-            let mut haystack = Tokenizer::words(user_id.localpart());
-            haystack.extend(Tokenizer::words(user_id.as_str()));
+            // The words of `@local:server` include the localpart's.
+            let mut haystack = Tokenizer::words(user_id.as_str());
             if let Some(name) = &displayname {
                 haystack.extend(Tokenizer::words(name));
             }

@@ -149,8 +149,16 @@ impl Rooms {
     /// Members whose joined-ness changed between the state before position
     /// `from` and the state at `to` (device lists follow joins and leaves).
     pub(crate) fn member_changes(&self, room_id: &RoomId, from: u64, to: u64) -> Result<Vec<MemberChange>> {
-        let Some(now) = self.state_at_position(room_id, to)? else { return Ok(Vec::new()) };
-        let base = self.state_at_position(room_id, from.saturating_sub(1))?;
+        let last_event =
+            |position| Ok::<_, Error>(self.room_events_between(room_id, 0, position, 1)?.0.pop());
+        let Some(now) = last_event(to)? else { return Ok(Vec::new()) };
+        let before = last_event(from.saturating_sub(1))?;
+        if before.as_ref().is_some_and(|b| b.state_after == now.state_after) {
+            // Only messages in the window: no state diff to walk.
+            return Ok(Vec::new());
+        }
+        let now = self.state.load(now.state_after)?;
+        let base = before.map(|b| self.state.load(b.state_after)).transpose()?;
         let joined = |pdu: &estuary_events::Pdu| pdu.content_value()["membership"] == "join";
         let mut changes = Vec::new();
         for stored in self.state_delta(&now, base.as_deref())? {
