@@ -21,6 +21,17 @@ struct Args {
     /// ESTUARY_<KEY> environment variables override its keys.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check the database's consistency (rooms, state snapshots, indexes)
+    /// and print a JSON report; exits 1 if anything is wrong. Run it with
+    /// the server stopped (a running server answers the same check at
+    /// GET /_estuary/admin/v1/consistency).
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -40,7 +51,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let result = match args.command {
+        Some(Command::Check) => return check(config),
+        None => runtime.block_on(run(config)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -57,11 +72,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         database = %config.database_path.display(),
         "starting Estuary"
     );
-    let options = OpenOptions {
-        sync_writes: config.database_sync_writes,
-        cache_bytes: (config.database_cache_mb as usize) << 20,
-    };
-    let db = Db::open(&config.database_path, &options)?;
+    let db = open(&config)?;
     let services = Arc::new(Services::build(config.clone(), db.clone())?);
     services.on_startup()?;
     let workers = services.start_workers();
@@ -74,6 +85,31 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     }
     db.flush()?;
     Ok(())
+}
+
+/// `estuary check`: the consistency check on a stopped server's database.
+fn check(config: Arc<Config>) -> ExitCode {
+    let report = open(&config)
+        .and_then(|db| Ok(Services::build(config.clone(), db)?))
+        .and_then(|services| Ok(services.rooms.check_consistency()?));
+    match report {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(err) => {
+            eprintln!("estuary check: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn open(config: &Config) -> anyhow::Result<Db> {
+    let options = OpenOptions {
+        sync_writes: config.database_sync_writes,
+        cache_bytes: (config.database_cache_mb as usize) << 20,
+    };
+    Ok(Db::open(&config.database_path, &options)?)
 }
 
 fn init_logging(config: &Config) {

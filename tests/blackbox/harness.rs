@@ -97,6 +97,14 @@ impl TestServer {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// SIGKILL the server process now, even while requests are in flight;
+    /// `kill` later hands back the directory.
+    pub fn kill_9(&self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-9", &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -9 {pid} failed");
+    }
+
     /// Send a request and return the status and JSON body (`Null` when empty).
     pub async fn request(
         &self,

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod calls;
+mod concurrency;
 mod delayed;
 mod devices;
 mod discovery;

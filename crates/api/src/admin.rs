@@ -46,3 +46,20 @@ pub async fn purge_media_cache(
     let deleted = services.media.purge_remote(query.before_ts)?;
     Ok(Json(json!({"deleted": deleted})))
 }
+
+/// `GET /_estuary/admin/v1/consistency`: the consistency check of
+/// `estuary check`, on the running server (a walk of every room, so it runs
+/// on the blocking pool).
+pub async fn consistency(
+    State(services): State<AppState>,
+    AuthedUser(user): AuthedUser,
+) -> ApiResult<Json<JsonValue>> {
+    require_admin(&services, &user)?;
+    let report = tokio::task::spawn_blocking(move || services.rooms.check_consistency())
+        .await
+        .map_err(Error::internal)??;
+    if !report.is_clean() {
+        tracing::warn!(problems = report.problem_count, "consistency check found problems");
+    }
+    Ok(Json(serde_json::to_value(report).map_err(Error::internal)?))
+}

@@ -25,6 +25,7 @@ pub fn build(services: AppState) -> Router {
             axum::routing::delete(admin::delete_media),
         )
         .route("/_synapse/admin/v1/purge_media_cache", axum::routing::post(admin::purge_media_cache))
+        .route("/_estuary/admin/v1/consistency", get(admin::consistency))
         .route("/", get(pages::root))
         .fallback(pages::not_found)
         .method_not_allowed_fallback(pages::method_not_allowed)

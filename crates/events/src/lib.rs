@@ -7,6 +7,8 @@
 
 pub mod auth;
 pub mod builder;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod keys;
 pub mod pdu;
 pub mod resolve;

@@ -52,14 +52,27 @@ impl Streams {
     }
 
     /// Allocate a position, let `fill` add its rows to `batch`, and commit.
-    pub fn commit(&self, mut batch: Batch, fill: impl FnOnce(u64, &mut Batch)) -> Result<u64> {
+    pub fn commit(&self, batch: Batch, fill: impl FnOnce(u64, &mut Batch)) -> Result<u64> {
+        self.commit_many(batch, 1, fill)
+    }
+
+    /// Allocate `count` consecutive positions (at least one), let `fill` add
+    /// their rows to `batch` given the first, and commit them together.
+    /// Returns the first position.
+    pub fn commit_many(
+        &self,
+        mut batch: Batch,
+        count: usize,
+        fill: impl FnOnce(u64, &mut Batch),
+    ) -> Result<u64> {
+        let count = count.max(1) as u64;
         let _guard = self.commit_lock.lock().expect("commit lock");
-        let position = self.next.fetch_add(1, Ordering::SeqCst);
-        fill(position, &mut batch);
+        let first = self.next.fetch_add(count, Ordering::SeqCst);
+        fill(first, &mut batch);
         batch.commit().db()?;
-        self.committed.store(position, Ordering::SeqCst);
+        self.committed.store(first + count - 1, Ordering::SeqCst);
         self.any_change.notify_waiters();
-        Ok(position)
+        Ok(first)
     }
 
     /// A position for a change that is not stored (typing): the high-water

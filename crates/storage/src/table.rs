@@ -140,6 +140,16 @@ impl<K: Key, V: Value> Table<K, V> {
         iter.status().map_err(|e| self.rocks_err(e))
     }
 
+    /// Every row under a raw `prefix`, decoded and handed to `visit` one at a
+    /// time in key order, without collecting: for walks over whole tables.
+    pub fn for_each(&self, prefix: &[u8], mut visit: impl FnMut(K, V)) -> Result<(), StorageError> {
+        let codec = |source| StorageError::Codec { table: self.name, source };
+        self.visit_from(prefix, None, false, usize::MAX, |key, value| {
+            visit(K::decode(key).map_err(codec)?, V::decode_value(value).map_err(codec)?);
+            Ok(())
+        })
+    }
+
     /// The row with the greatest key.
     pub fn last(&self) -> Result<Option<(K, V)>, StorageError> {
         Ok(self.scan_from(&[], None, true, 1)?.pop())

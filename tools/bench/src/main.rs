@@ -12,6 +12,10 @@
 //! - media: upload and download throughput of a 10 MB file, and the peak
 //!   memory a fresh server gains while a 50 MiB file goes up and down.
 //!
+//! - rooms: room setup as a busy server sees it: three users create public,
+//!   named rooms from 8 and then 32 concurrent connections, and a fourth
+//!   user joins each; any refusal fails the run (the createRoom race).
+//!
 //! Also reports the server's peak resident memory (VmHWM).
 
 use std::{
@@ -49,8 +53,11 @@ struct Args {
     sync_rooms: usize,
     #[arg(long, default_value_t = 50)]
     messages_per_room: usize,
+    /// Rooms each room-setup run creates (at 8 and at 32 concurrent clients).
+    #[arg(long, default_value_t = 400)]
+    room_setups: usize,
     /// Which benchmarks to run, comma-separated.
-    #[arg(long, default_value = "send,messages,search,delivery,sync,media")]
+    #[arg(long, default_value = "rooms,send,messages,search,delivery,sync,media")]
     only: String,
 }
 
@@ -467,6 +474,54 @@ async fn initial_sync_benchmark(client: &Client, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Room setup from `concurrency` connections at once: create (public,
+/// named) and a join by another user. Every request must succeed.
+async fn room_setup_benchmark(client: &Client, args: &Args, concurrency: usize) -> Result<()> {
+    let mut creators = Vec::new();
+    for i in 0..3 {
+        creators.push(client.register(&format!("setup{concurrency}c{i}")).await?);
+    }
+    let joiner = client.register(&format!("setup{concurrency}j")).await?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks = (0..concurrency).map(|worker| {
+        let client = Client { http: client.http.clone(), base: client.base.clone() };
+        let (creators, joiner, next, total) =
+            (creators.clone(), joiner.clone(), next.clone(), args.room_setups);
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let token = &creators[(n + worker) % creators.len()];
+                let body = json!({"preset": "public_chat", "name": format!("room {n}")});
+                let t = Instant::now();
+                let created = client
+                    .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(token), Some(body))
+                    .await?;
+                latencies.push(t.elapsed());
+                let room = created["room_id"].as_str().context("room_id")?;
+                let path = format!("/_matrix/client/v3/rooms/{room}/join");
+                client.call(reqwest::Method::POST, &path, Some(&joiner), Some(json!({}))).await?;
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for result in futures::future::join_all(tasks).await {
+        all.extend(result??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "room setup, {concurrency} concurrent clients: {} rooms created and joined in {elapsed:.2} s ({:.0} rooms/s), no refusals",
+        all.len(),
+        all.len() as f64 / elapsed
+    );
+    summary(&format!("createRoom latency ({concurrency} clients)"), all);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -476,6 +531,11 @@ async fn main() -> Result<()> {
     let run = |name: &str| args.only.split(',').any(|b| b.trim() == name);
     if run("media") {
         media_benchmark(&args.server).await?;
+    }
+    if run("rooms") {
+        for concurrency in [8, 32] {
+            room_setup_benchmark(&client, &args, concurrency).await?;
+        }
     }
     if run("send") {
         send_benchmark(&client, &args).await?;

@@ -3,8 +3,6 @@
 //! persist the event, its state snapshot and every index in one batch, in
 //! stream order.
 
-use std::sync::Arc;
-
 use estuary_core::{Error, Result, error::ErrorKind, time::now_millis};
 use estuary_events::{
     Pdu, PduTemplate, auth,
@@ -20,7 +18,11 @@ use ruma::{
     },
 };
 
-use super::{RoomRecord, Rooms, StoredPdu, state::StateMap};
+use super::{
+    RoomRecord, Rooms, StoredPdu,
+    staging::{Staged, Staging},
+    state::StateMap,
+};
 use crate::storage_error::StorageResultExt;
 
 /// A client transaction: sends with the same one are idempotent.
@@ -31,15 +33,29 @@ pub struct Txn {
 }
 
 impl Rooms {
-    fn txn_key(sender: &UserId, txn: &Txn) -> (String, String, String) {
-        (sender.to_string(), txn.device_id.to_string(), txn.txn_id.clone())
+    /// A transaction is scoped to its device and endpoint, and the endpoint
+    /// path names the room and event type: the same transaction ID in
+    /// another room is another request (as Synapse keys it, by path).
+    fn txn_key(
+        sender: &UserId,
+        room_id: &RoomId,
+        kind: &TimelineEventType,
+        txn: &Txn,
+    ) -> (String, String, String) {
+        (sender.to_string(), txn.device_id.to_string(), format!("{room_id}/{kind}/{}", txn.txn_id))
     }
 
     /// The event an earlier request with this transaction created.
-    pub fn txn_event(&self, sender: &UserId, txn: &Txn) -> Result<Option<OwnedEventId>> {
+    fn txn_event(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        kind: &TimelineEventType,
+        txn: &Txn,
+    ) -> Result<Option<OwnedEventId>> {
         Ok(self
             .useriddevicetxn_eventid
-            .get(&Self::txn_key(sender, txn))
+            .get(&Self::txn_key(sender, room_id, kind, txn))
             .db()?
             .and_then(|id| ruma::EventId::parse(id).ok()))
     }
@@ -53,7 +69,7 @@ impl Rooms {
         txn: Option<Txn>,
     ) -> Result<Pdu> {
         if let Some(txn) = &txn
-            && let Some(existing) = self.txn_event(sender, txn)?
+            && let Some(existing) = self.txn_event(sender, room_id, &template.kind, txn)?
         {
             return self
                 .pdu(&existing)?
@@ -63,34 +79,39 @@ impl Rooms {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
         let room = self.require_room(room_id)?;
-        let state = self.state.load(room.state)?;
-        if let Some(existing) = self.same_state(&state, sender, &template)? {
+        let mut staging = self.staging(Some(room))?;
+        if let Some(existing) = self.same_state(&staging, sender, &template)? {
             return Ok(existing);
         }
-        let pdu = self.build_local(room_id, &room, &state, sender, template)?;
-        self.authorize(&pdu, &room.room_version, &state)?;
-        let stored = self.persist(pdu.clone(), Some(&room), &room.room_version, state, txn)?;
-        if let Err(err) = self.notify_members(&stored).await {
-            tracing::warn!(event_id = %pdu.event_id, "push rule evaluation failed: {err}");
-        }
+        let pdu = self.build_local(&staging, room_id, sender, template)?;
+        self.stage(&mut staging, pdu.clone(), txn)?;
+        self.commit_staged(staging).await?;
         Ok(pdu)
     }
 
     /// Setting state to what it already is (same sender, same content) is a no-op.
-    fn same_state(&self, state: &StateMap, sender: &UserId, template: &PduTemplate) -> Result<Option<Pdu>> {
+    pub(super) fn same_state(
+        &self,
+        staging: &Staging,
+        sender: &UserId,
+        template: &PduTemplate,
+    ) -> Result<Option<Pdu>> {
         let Some(state_key) = &template.state_key else { return Ok(None) };
-        let current = self.state_pdu(state, &StateEventType::from(template.kind.to_string()), state_key)?;
+        let kind = StateEventType::from(template.kind.to_string());
+        let current = self.staged_state_pdu(staging, &kind, state_key)?;
         Ok(current.filter(|pdu| pdu.sender == sender && pdu.content_value() == template.content))
     }
 
-    fn build_local(
+    /// A local event on top of the staged room: its auth events from the
+    /// staged state, the room's extremities as `prev_events`.
+    pub(super) fn build_local(
         &self,
+        staging: &Staging,
         room_id: &RoomId,
-        room: &RoomRecord,
-        state: &StateMap,
         sender: &UserId,
         template: PduTemplate,
     ) -> Result<Pdu> {
+        let room = staging.room.as_ref().ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = room.room_version.rules().ok_or_else(unsupported_version)?;
         let content = serde_json::value::to_raw_value(&template.content)?;
         let keys = auth::auth_types(
@@ -103,7 +124,7 @@ impl Rooms {
         .map_err(Error::bad_json)?;
         let mut auth_ids = Vec::new();
         for (event_type, state_key) in &keys {
-            if let Some(id) = self.state_event_id(state, event_type, state_key)? {
+            if let Some(id) = self.staged_state_event_id(staging, event_type, state_key)? {
                 auth_ids.push(id);
             }
         }
@@ -112,8 +133,8 @@ impl Rooms {
             room_id: Some(room_id),
             room_version: &room.room_version,
             sender: sender.to_owned(),
-            prev_events: self.event_refs(&room.extremities, &room.room_version)?,
-            auth_events: self.event_refs(&auth_ids, &room.room_version)?,
+            prev_events: self.event_refs(staging, &room.extremities, &room.room_version)?,
+            auth_events: self.event_refs(staging, &auth_ids, &room.room_version)?,
             depth: room.depth + 1,
             origin_server_ts: now_ts(),
             server_name: &self.config.server_name,
@@ -123,12 +144,17 @@ impl Rooms {
     }
 
     /// References to events; rooms v1 and v2 also carry their hashes.
-    pub(super) fn event_refs(&self, ids: &[OwnedEventId], version: &RoomVersionId) -> Result<Vec<EventRef>> {
+    fn event_refs(
+        &self,
+        staging: &Staging,
+        ids: &[OwnedEventId],
+        version: &RoomVersionId,
+    ) -> Result<Vec<EventRef>> {
         let needs_hash = matches!(version, RoomVersionId::V1 | RoomVersionId::V2);
         ids.iter()
             .map(|id| {
                 let sha256 = match needs_hash {
-                    true => self.pdu(id)?.and_then(|pdu| reference_hash(&pdu, version)),
+                    true => self.staged_pdu(staging, id)?.and_then(|pdu| reference_hash(&pdu, version)),
                     false => None,
                 };
                 Ok(EventRef { event_id: id.clone(), sha256 })
@@ -136,65 +162,75 @@ impl Rooms {
             .collect()
     }
 
-    /// The authorization rules against `state` (the state before the event).
-    pub(super) fn authorize(&self, pdu: &Pdu, version: &RoomVersionId, state: &StateMap) -> Result<()> {
+    /// The authorization rules against the staged state (the state before
+    /// the event), reading only this room's events.
+    fn authorize(&self, staging: &Staging, pdu: &Pdu, version: &RoomVersionId) -> Result<()> {
         let rules = version.rules().ok_or_else(unsupported_version)?;
-        let fetch_event = |id: &ruma::EventId| self.pdu(id).ok().flatten();
-        let fetch_state = |t: &StateEventType, k: &str| self.state_pdu(state, t, k).ok().flatten();
+        let fetch_event = |id: &ruma::EventId| {
+            self.staged_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)
+        };
+        let fetch_state = |t: &StateEventType, k: &str| self.staged_state_pdu(staging, t, k).ok().flatten();
         auth::check(pdu, &rules.authorization, fetch_event, fetch_state)
             .map_err(|reason| Error::forbidden(format!("Event is not allowed: {reason}")))
     }
 
-    /// Write the event and everything derived from it in one batch.
-    pub(super) fn persist(
-        &self,
-        mut pdu: Pdu,
-        room: Option<&RoomRecord>,
-        version: &RoomVersionId,
-        state_before: Arc<StateMap>,
-        txn: Option<Txn>,
-    ) -> Result<StoredPdu> {
-        let mut batch = self.db.batch();
-        let event_short = self.short.event_short_or_create(&pdu.event_id, &mut batch)?;
-        let state_before_id = room.map(|r| r.state);
+    /// Authorise `pdu` against the staged state and add it, with everything
+    /// derived from it, to the staged batch. Nothing rejected is staged.
+    pub(super) fn stage(&self, staging: &mut Staging, mut pdu: Pdu, txn: Option<Txn>) -> Result<()> {
+        let version = match &staging.room {
+            Some(room) => room.room_version.clone(),
+            None => self.first_event_version(&pdu)?,
+        };
+        self.authorize(staging, &pdu, &version)?;
+        let batch = &mut staging.batch;
+        let event_short = self.short.event_short_or_create(&pdu.event_id, batch)?;
+        let state_before_id = staging.room.as_ref().map(|r| r.state);
+        let state_before = staging.state.clone();
         let state_after_id = match &pdu.state_key {
             None => state_before_id.ok_or_else(|| Error::internal("a room's first event must be state"))?,
             Some(state_key) => {
                 let event_type = StateEventType::from(pdu.kind.to_string());
-                let key = self.short.state_key_short_or_create(&event_type, state_key, &mut batch)?;
-                if let Some(previous) =
-                    state_before.get(&key).and_then(|s| self.short.event_id(*s).transpose())
-                {
-                    self.add_replaces_state(&mut pdu, &previous?)?;
+                let key = self.short.state_key_short_or_create(&event_type, state_key, batch)?;
+                if let Some(previous) = state_before.get(&key) {
+                    let previous = self.staged_event_id(staging, *previous)?;
+                    if let Some(previous) = previous.map(|id| self.staged_pdu(staging, &id)).transpose()? {
+                        add_replaces_state(&mut pdu, previous.as_ref());
+                    }
                 }
                 let id = self.short.allocate();
-                self.state.store(id, state_before_id, vec![(key, event_short)], Vec::new(), &mut batch)?;
+                let batch = &mut staging.batch;
+                staging.state =
+                    self.state.store(id, state_before_id, vec![(key, event_short)], Vec::new(), batch)?;
+                staging.snapshots.push(id);
                 id
             }
         };
+        let batch = &mut staging.batch;
         if pdu.kind == TimelineEventType::RoomMember {
-            self.index_membership(&pdu, &mut batch)?;
+            self.index_membership(&pdu, batch)?;
         }
         if pdu.kind == TimelineEventType::RoomRedaction {
-            self.apply_redaction(&pdu, version, &state_before, &mut batch)?;
+            self.apply_redaction(&pdu, &version, &state_before, batch)?;
         }
         if let Some(txn) = &txn {
             batch.put(
                 &self.useriddevicetxn_eventid,
-                &Self::txn_key(&pdu.sender, txn),
+                &Self::txn_key(&pdu.sender, &pdu.room_id, &pdu.kind, txn),
                 &pdu.event_id.to_string(),
             );
         }
-        let record = RoomRecord {
-            room_version: version.clone(),
+        let depth = staging.room.as_ref().map_or(0, |r| r.depth);
+        staging.room = Some(RoomRecord {
+            room_version: version,
             state: state_after_id,
             extremities: vec![pdu.event_id.clone()],
-            depth: pdu.depth.max(room.map_or(0, |r| r.depth)),
-        };
-        batch.put(&self.roomid_room, &pdu.room_id.to_string(), &Json(record));
-
-        // Stream positions are handed out and committed in order.
-        let mut stored = StoredPdu {
+            depth: pdu.depth.max(depth),
+        });
+        staging.note_event(event_short, &pdu);
+        let joined_user = (pdu.kind == TimelineEventType::RoomMember
+            && pdu.content_value()["membership"] == "join")
+            .then(|| pdu.state_key.clone().unwrap_or_default());
+        let stored = StoredPdu {
             event_id: pdu.event_id.clone(),
             room_id: pdu.room_id.clone(),
             json: pdu.json.clone(),
@@ -204,30 +240,67 @@ impl Rooms {
             state_after: state_after_id,
             txn: txn.map(|t| (t.device_id, t.txn_id)),
         };
-        let room_key = pdu.room_id.to_string();
-        let joined_user = (pdu.kind == TimelineEventType::RoomMember
-            && pdu.content_value()["membership"] == "join")
-            .then(|| pdu.state_key.clone().unwrap_or_default());
-        let stream = self.streams.commit(batch, |stream, batch| {
-            stored.stream = stream;
-            batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored.clone()));
-            batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &pdu.event_id.to_string());
-            batch.put(
-                &self.stream_roomideventid,
-                &stream,
-                &Json((room_key.clone(), pdu.event_id.to_string())),
-            );
-            self.index_relation(&pdu, stream, batch);
-            self.index_search(&pdu, stream, batch);
-            let ts = u64::from(pdu.origin_server_ts.0);
-            batch.put(&self.roomidts_eventid, &(room_key.clone(), ts, stream), &pdu.event_id.to_string());
-            if let Some(target) = joined_user {
-                batch.put(&self.useridroomid_joinstream, &(target, room_key.clone()), &stream);
+        staging.staged.push(Staged { pdu, stored, joined_user });
+        Ok(())
+    }
+
+    /// The room version a room's first event (its create event) declares;
+    /// a room that already exists cannot be created again.
+    fn first_event_version(&self, pdu: &Pdu) -> Result<RoomVersionId> {
+        if pdu.kind != TimelineEventType::RoomCreate {
+            return Err(Error::internal("a room's first event must be its create event"));
+        }
+        if self.room(&pdu.room_id)?.is_some() {
+            return Err(Error::matrix(400, ErrorKind::RoomInUse, "The room already exists"));
+        }
+        let version = pdu.content_value()["room_version"].as_str().unwrap_or("1").to_owned();
+        RoomVersionId::try_from(version).map_err(|_| unsupported_version())
+    }
+
+    /// Commit the staged events in one batch, with consecutive stream
+    /// positions, then wake the room and evaluate push rules.
+    pub(super) async fn commit_staged(&self, staging: Staging<'_>) -> Result<Vec<StoredPdu>> {
+        let mut staging = staging;
+        let snapshots = std::mem::take(&mut staging.snapshots);
+        let batch = std::mem::replace(&mut staging.batch, self.db.batch());
+        let mut staged = std::mem::take(&mut staging.staged);
+        let (Some(room), Some(first)) = (staging.room.take(), staged.first()) else { return Ok(Vec::new()) };
+        let room_key = first.pdu.room_id.to_string();
+        let committed = self.streams.commit_many(batch, staged.len(), |first, batch| {
+            batch.put(&self.roomid_room, &room_key, &Json(room));
+            for (offset, event) in staged.iter_mut().enumerate() {
+                let stream = first + offset as u64;
+                event.stored.stream = stream;
+                self.stage_stream_rows(event, stream, batch);
             }
-        })?;
-        stored.stream = stream;
-        self.wake_room(&pdu)?;
+        });
+        self.state.settle(&snapshots, committed.is_ok());
+        committed?;
+        let mut stored = Vec::with_capacity(staged.len());
+        for event in staged {
+            self.wake_room(&event.pdu)?;
+            if let Err(err) = self.notify_members(&event.stored).await {
+                tracing::warn!(event_id = %event.pdu.event_id, "push rule evaluation failed: {err}");
+            }
+            stored.push(event.stored);
+        }
         Ok(stored)
+    }
+
+    /// The rows keyed by an event's stream position.
+    fn stage_stream_rows(&self, event: &Staged, stream: u64, batch: &mut estuary_storage::Batch) {
+        let (pdu, room_key) = (&event.pdu, event.pdu.room_id.to_string());
+        let event_id = pdu.event_id.to_string();
+        batch.put(&self.eventid_pdu, &event_id, &Json(event.stored.clone()));
+        batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &event_id);
+        batch.put(&self.stream_roomideventid, &stream, &Json((room_key.clone(), event_id.clone())));
+        self.index_relation(pdu, stream, batch);
+        self.index_search(pdu, stream, batch);
+        let ts = u64::from(pdu.origin_server_ts.0);
+        batch.put(&self.roomidts_eventid, &(room_key.clone(), ts, stream), &event_id);
+        if let Some(target) = &event.joined_user {
+            batch.put(&self.useridroomid_joinstream, &(target.clone(), room_key), &stream);
+        }
     }
 
     /// Wake the syncs of everyone in the room (and a membership event's target).
@@ -239,27 +312,6 @@ impl Rooms {
             users.push(target);
         }
         self.streams.notify(users.iter().map(|u| &**u));
-        Ok(())
-    }
-
-    /// `unsigned.replaces_state` and `prev_content` for clients.
-    fn add_replaces_state(&self, pdu: &mut Pdu, previous: &OwnedEventId) -> Result<()> {
-        let prev = self.pdu(previous)?;
-        let unsigned = match pdu
-            .json
-            .entry("unsigned".to_owned())
-            .or_insert_with(|| CanonicalJsonValue::Object(Default::default()))
-        {
-            CanonicalJsonValue::Object(map) => map,
-            _ => return Ok(()),
-        };
-        unsigned.insert("replaces_state".into(), previous.to_string().into());
-        if let Some(prev) = prev {
-            if let Some(content) = prev.json.get("content") {
-                unsigned.insert("prev_content".into(), content.clone());
-            }
-            unsigned.insert("prev_sender".into(), prev.sender.to_string().into());
-        }
         Ok(())
     }
 
@@ -323,6 +375,24 @@ impl Rooms {
     }
 }
 
+/// `unsigned.replaces_state`, `prev_content` and `prev_sender` for clients.
+fn add_replaces_state(pdu: &mut Pdu, previous: Option<&Pdu>) {
+    let Some(previous) = previous else { return };
+    let unsigned = match pdu
+        .json
+        .entry("unsigned".to_owned())
+        .or_insert_with(|| CanonicalJsonValue::Object(Default::default()))
+    {
+        CanonicalJsonValue::Object(map) => map,
+        _ => return,
+    };
+    unsigned.insert("replaces_state".into(), previous.event_id.to_string().into());
+    if let Some(content) = previous.json.get("content") {
+        unsigned.insert("prev_content".into(), content.clone());
+    }
+    unsigned.insert("prev_sender".into(), previous.sender.to_string().into());
+}
+
 pub(super) fn now_ts() -> MilliSecondsSinceUnixEpoch {
     MilliSecondsSinceUnixEpoch(UInt::new(now_millis()).unwrap_or_default())
 }
@@ -340,7 +410,7 @@ pub(super) fn build_error(err: BuildError) -> Error {
 }
 
 /// Content of the state types clients commonly send must have the right shape.
-fn validate_content(template: &PduTemplate) -> Result<()> {
+pub(super) fn validate_content(template: &PduTemplate) -> Result<()> {
     use ruma::events::room::{
         canonical_alias::RoomCanonicalAliasEventContent, guest_access::RoomGuestAccessEventContent,
         history_visibility::RoomHistoryVisibilityEventContent, join_rules::RoomJoinRulesEventContent,

@@ -7,6 +7,18 @@ use serde_json::{Value as JsonValue, json};
 use super::Rooms;
 use crate::storage_error::StorageResultExt;
 
+/// An alias reserved while the request that takes it is written.
+pub(super) struct AliasClaim<'a> {
+    rooms: &'a Rooms,
+    alias: OwnedRoomAliasId,
+}
+
+impl Drop for AliasClaim<'_> {
+    fn drop(&mut self) {
+        self.rooms.aliases_claimed.lock().expect("alias claims").remove(&self.alias);
+    }
+}
+
 /// One page of the public room directory.
 pub struct PublicRoomsPage {
     pub chunk: Vec<JsonValue>,
@@ -25,13 +37,38 @@ impl Rooms {
             return Err(Error::invalid_param("Aliases must be on this server"));
         }
         self.require_room(room_id)?;
-        if self.resolve_alias(alias)?.is_some() {
-            return Err(Error::matrix(409, ErrorKind::Unknown, "Room alias already exists"));
-        }
+        let _claim = self
+            .claim_alias(alias)
+            .map_err(|_| Error::matrix(409, ErrorKind::Unknown, "Room alias already exists"))?;
         let mut batch = self.db.batch();
+        self.stage_alias(alias, room_id, creator, &mut batch);
+        batch.commit().db()
+    }
+
+    /// Reserve an unused alias until the claim is dropped, so two requests
+    /// cannot both take it between the check and the write.
+    pub(super) fn claim_alias(&self, alias: &RoomAliasId) -> Result<AliasClaim<'_>> {
+        let mut claimed = self.aliases_claimed.lock().expect("alias claims");
+        if claimed.contains(alias) || self.resolve_alias(alias)?.is_some() {
+            return Err(Error::matrix(400, ErrorKind::RoomInUse, "Room alias already taken"));
+        }
+        claimed.insert(alias.to_owned());
+        Ok(AliasClaim { rooms: self, alias: alias.to_owned() })
+    }
+
+    pub(super) fn stage_alias(
+        &self,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+        creator: &UserId,
+        batch: &mut estuary_storage::Batch,
+    ) {
         batch.put(&self.alias_roomid, &alias.to_string(), &room_id.to_string());
         batch.put(&self.roomidalias_creator, &(room_id.to_string(), alias.to_string()), &creator.to_string());
-        batch.commit().db()
+    }
+
+    pub(super) fn stage_public(&self, room_id: &RoomId, batch: &mut estuary_storage::Batch) {
+        batch.put(&self.publicroomid, &room_id.to_string(), &String::new());
     }
 
     /// Delete an alias: its creator, a room moderator (who may change the

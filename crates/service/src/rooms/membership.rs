@@ -150,6 +150,17 @@ impl Rooms {
         if matches!(self.membership(invitee, room_id)?.as_deref(), Some("join")) {
             return Err(Error::forbidden("The user is already in the room"));
         }
+        self.send(room_id, sender, self.invite_template(invitee, reason, is_direct)?, None).await?;
+        Ok(())
+    }
+
+    /// An invite's member event: the invitee's profile, and `is_direct`.
+    pub(super) fn invite_template(
+        &self,
+        invitee: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+    ) -> Result<PduTemplate> {
         let mut content = json!({"membership": "invite"});
         self.add_profile(&mut content, invitee)?;
         if is_direct {
@@ -158,9 +169,7 @@ impl Rooms {
         if let Some(reason) = reason {
             content["reason"] = reason.into();
         }
-        self.send(room_id, sender, PduTemplate::state("m.room.member", invitee.as_str(), content), None)
-            .await?;
-        Ok(())
+        Ok(PduTemplate::state("m.room.member", invitee.as_str(), content))
     }
 
     /// Leave, reject an invite, or (for another user) kick / unban.

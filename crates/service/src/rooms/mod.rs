@@ -7,6 +7,7 @@
 //! - `create`, `membership`, `read`, `directory`: what the client API needs.
 
 mod append;
+mod check;
 mod context;
 mod create;
 mod directory;
@@ -16,6 +17,7 @@ mod read;
 mod relations;
 mod search_index;
 mod short;
+mod staging;
 pub mod state;
 mod timeline;
 mod upgrade;
@@ -36,6 +38,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 
 pub use append::Txn;
+pub use check::ConsistencyReport;
 pub use context::Context;
 pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::PublicRoomsPage;
@@ -115,6 +118,10 @@ pub struct Rooms {
     tokenizer: crate::search::tokenize::Tokenizer,
     /// One writer per room at a time: prev_events and state stay consistent.
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The timestamp of the last create event built (see `create_ts`).
+    last_create_ts: std::sync::atomic::AtomicU64,
+    /// Aliases being written by a request right now (see `claim_alias`).
+    aliases_claimed: Mutex<std::collections::HashSet<ruma::OwnedRoomAliasId>>,
     pub(crate) streams: Arc<Streams>,
 }
 
@@ -155,6 +162,8 @@ impl Rooms {
             roomidtermstream_count: db.table("roomidtermstream_count").db()?,
             tokenizer: crate::search::tokenize::Tokenizer::new(&config.search_language),
             room_locks: Mutex::new(HashMap::new()),
+            aliases_claimed: Mutex::default(),
+            last_create_ts: Default::default(),
             streams,
             config,
             db: db.clone(),

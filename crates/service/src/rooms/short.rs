@@ -25,11 +25,14 @@ impl ShortIds {
         let short_eventid: Table<u64, String> = db.table("short_eventid").db()?;
         let short_statekey: Table<u64, Json<(String, String)>> = db.table("short_statekey").db()?;
         let snapshots: Table<u64, Vec<u8>> = db.table("shortstatehash_statelayer").db()?;
+        // Report IDs come from this counter too.
+        let reports: Table<u64, Vec<u8>> = db.table("reportid_report").db()?;
         // Recover the counter from the highest ID in use: no counter row can lag behind.
         let highest = [
             short_eventid.last().db()?.map(|(k, _)| k),
             short_statekey.last().db()?.map(|(k, _)| k),
             snapshots.last().db()?.map(|(k, _)| k),
+            reports.last().db()?.map(|(k, _)| k),
         ]
         .into_iter()
         .flatten()
@@ -67,6 +70,11 @@ impl ShortIds {
 
     pub fn event_id(&self, short: u64) -> Result<Option<OwnedEventId>> {
         Ok(self.short_eventid.get(&short).db()?.and_then(|id| EventId::parse(id).ok()))
+    }
+
+    /// The (event type, state key) a state key short ID stands for.
+    pub fn state_key_of(&self, short: u64) -> Result<Option<(String, String)>> {
+        Ok(self.short_statekey.get(&short).db()?.map(|Json(key)| key))
     }
 
     pub fn state_key_short(&self, event_type: &StateEventType, state_key: &str) -> Result<Option<u64>> {
@@ -125,5 +133,61 @@ mod tests {
         first.commit().unwrap();
         let reopened = ShortIds::new(&db).unwrap();
         assert_eq!(reopened.state_key_short(&kind, "").unwrap(), Some(a));
+    }
+
+    /// Threads (rooms) meeting the same new keys and new events at once:
+    /// one short ID per key, never one ID for two things, and what each
+    /// batch committed reads back after a restart.
+    #[test]
+    fn short_ids_under_threads_are_unique_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &Default::default()).unwrap();
+        let shorts = std::sync::Arc::new(ShortIds::new(&db).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|room| {
+                let (shorts, db) = (shorts.clone(), db.clone());
+                std::thread::spawn(move || {
+                    let mut keys = Vec::new();
+                    let mut events = Vec::new();
+                    for i in 0..200 {
+                        let mut batch = db.batch();
+                        let user = format!("@user{}:localhost", i % 50);
+                        let key = shorts
+                            .state_key_short_or_create(&StateEventType::RoomMember, &user, &mut batch)
+                            .unwrap();
+                        let event_id = EventId::parse(format!("$room{room}event{i}")).unwrap();
+                        let event = shorts.event_short_or_create(&event_id, &mut batch).unwrap();
+                        batch.commit().unwrap();
+                        keys.push((user, key));
+                        events.push((event_id, event));
+                    }
+                    (keys, events)
+                })
+            })
+            .collect();
+        let mut by_key = std::collections::HashMap::new();
+        let mut all_ids = std::collections::HashSet::new();
+        let mut events = Vec::new();
+        for thread in threads {
+            let (keys, room_events) = thread.join().unwrap();
+            for (user, key) in keys {
+                assert_eq!(*by_key.entry(user).or_insert(key), key, "one key, two short IDs");
+            }
+            events.extend(room_events);
+        }
+        for key in by_key.values() {
+            all_ids.insert(*key);
+        }
+        for (_, short) in &events {
+            assert!(all_ids.insert(*short), "short ID {short} handed out twice");
+        }
+        let reopened = ShortIds::new(&db).unwrap();
+        for (user, key) in &by_key {
+            assert_eq!(reopened.state_key_short(&StateEventType::RoomMember, user).unwrap(), Some(*key));
+        }
+        for (event_id, short) in &events {
+            assert_eq!(reopened.event_id(*short).unwrap().as_ref(), Some(event_id));
+        }
+        assert!(reopened.allocate() > *all_ids.iter().max().unwrap(), "a restart never reuses an ID");
     }
 }

@@ -38,14 +38,25 @@ struct Layer {
 pub struct StateStore {
     layers: Table<u64, Json<Layer>>,
     cache: Mutex<HashMap<u64, Arc<StateMap>>>,
+    /// Layers written into a batch not committed yet: a batch that stages
+    /// several state events builds each layer over the one before. IDs are
+    /// never reused, so another room can never see these.
+    pending: Mutex<HashMap<u64, Layer>>,
 }
 
 impl StateStore {
     pub fn new(db: &Db) -> Result<Self> {
-        Ok(Self { layers: db.table("shortstatehash_statelayer").db()?, cache: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            layers: db.table("shortstatehash_statelayer").db()?,
+            cache: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        })
     }
 
     fn layer(&self, id: u64) -> Result<Layer> {
+        if let Some(layer) = self.pending.lock().expect("pending layers").get(&id) {
+            return Ok(layer.clone());
+        }
         self.layers
             .get(&id)
             .db()?
@@ -111,8 +122,25 @@ impl StateStore {
             None => Layer { parent: None, depth: 0, set: sorted(&full), removed: Vec::new() },
             Some(p) => self.layer_over(p, &full, changes, removed)?,
         };
-        batch.put(&self.layers, &new_id, &Json(layer));
+        batch.put(&self.layers, &new_id, &Json(layer.clone()));
+        self.pending.lock().expect("pending layers").insert(new_id, layer);
         Ok(self.remember(new_id, full))
+    }
+
+    /// The batch holding these snapshots was committed, or dropped: they
+    /// are no longer pending, and a dropped one is forgotten.
+    pub fn settle(&self, ids: &[u64], committed: bool) {
+        let mut pending = self.pending.lock().expect("pending layers");
+        for id in ids {
+            pending.remove(id);
+        }
+        drop(pending);
+        if !committed {
+            let mut cache = self.cache.lock().expect("state cache");
+            for id in ids {
+                cache.remove(id);
+            }
+        }
     }
 
     fn layer_over(
@@ -220,5 +248,79 @@ mod tests {
         store.cache.lock().unwrap().clear();
         assert_eq!(store.load(100).unwrap().len(), 99);
         assert_eq!(store.load(parent).unwrap().len(), 100, "older snapshots are unchanged");
+    }
+
+    /// Many rooms change state at once, from many threads, through a cache
+    /// small enough to be cleared under them: every snapshot, loaded from
+    /// the cache or from its layers, is exactly that room's state.
+    #[test]
+    fn concurrent_rooms_never_see_each_others_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &Default::default()).unwrap();
+        let store = std::sync::Arc::new(StateStore::new(&db).unwrap());
+        let next_id = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let threads: Vec<_> = (0..8u64)
+            .map(|room| {
+                let (store, db, next_id) = (store.clone(), db.clone(), next_id.clone());
+                std::thread::spawn(move || {
+                    let mut expected = StateMap::new();
+                    let mut history: Vec<(u64, StateMap)> = Vec::new();
+                    let mut parent = None;
+                    for step in 0..300u64 {
+                        // Keys shared by every room; values unique to this room.
+                        let key = (step * 7 + room) % 40;
+                        let value = room * 1_000_000 + step;
+                        let removed = if step % 11 == 10 { vec![(step + 3) % 40] } else { vec![] };
+                        let id = next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let mut batch = db.batch();
+                        let stored =
+                            store.store(id, parent, vec![(key, value)], removed.clone(), &mut batch).unwrap();
+                        batch.commit().unwrap();
+                        store.settle(&[id], true);
+                        for k in &removed {
+                            expected.remove(k);
+                        }
+                        expected.insert(key, value);
+                        assert_eq!(*stored, expected, "room {room} step {step} as stored");
+                        history.push((id, expected.clone()));
+                        parent = Some(id);
+                        if step % 50 == 0 {
+                            store.cache.lock().unwrap().clear();
+                        }
+                    }
+                    for (id, state) in &history {
+                        assert_eq!(*store.load(*id).unwrap(), *state, "room {room} snapshot {id}");
+                        assert!(
+                            state.values().all(|v| v / 1_000_000 == room),
+                            "room {room} sees another room"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("a room thread failed");
+        }
+    }
+
+    /// Layers staged in one uncommitted batch build on each other; a dropped
+    /// batch's snapshots are forgotten.
+    #[test]
+    fn staged_layers_chain_before_commit_and_vanish_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &Default::default()).unwrap();
+        let store = StateStore::new(&db).unwrap();
+        let mut batch = db.batch();
+        let mut parent = None;
+        for id in 1..=20u64 {
+            store.store(id, parent, vec![(id, id * 10)], vec![], &mut batch).unwrap();
+            store.cache.lock().unwrap().clear();
+            parent = Some(id);
+        }
+        assert_eq!(store.load(20).unwrap().len(), 20, "a staged chain loads before its commit");
+        let ids: Vec<u64> = (1..=20).collect();
+        drop(batch);
+        store.settle(&ids, false);
+        assert!(store.load(20).is_err(), "a dropped snapshot must not load");
     }
 }
