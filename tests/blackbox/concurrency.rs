@@ -44,7 +44,7 @@ struct Size {
     rounds: usize,
 }
 
-const CI_SIZE: Size = Size { rooms_per_creator: 12, rounds: 6 };
+const CI_SIZE: Size = Size { rooms_per_creator: 20, rounds: 12 };
 
 /// Register the admin, three creators and three joiners.
 async fn users(server: &TestServer) -> (User, Vec<User>, Vec<User>) {
@@ -389,4 +389,58 @@ async fn kill_9_under_concurrent_load_loses_nothing_acknowledged() {
         }
     }
     assert_consistent(&server, &admin).await;
+}
+
+/// A createRoom whose initial state is refused leaves nothing behind: no
+/// room in the creator's list or sync, no alias, no directory entry.
+#[tokio::test]
+async fn a_refused_create_room_leaves_no_trace() {
+    let server = Arc::new(TestServer::start().await);
+    let (admin, creators, joiners) = users(&server).await;
+    let alice = &creators[0];
+    let body = json!({
+        "preset": "public_chat", "visibility": "public", "room_alias_name": "doomed", "name": "Doomed",
+        // Nobody may join someone else into a room: the tenth event is refused.
+        "initial_state": [{"type": "m.room.member", "state_key": joiners[0].user_id, "content": {"membership": "join"}}],
+    });
+    let (status, response) = server.post("/_matrix/client/v3/createRoom", Some(&alice.token), body).await;
+    assert_eq!(status, 403, "{response}");
+    let (_, joined) = server.get("/_matrix/client/v3/joined_rooms", Some(&alice.token)).await;
+    assert_eq!(joined["joined_rooms"], json!([]));
+    let (_, sync) = server.get("/_matrix/client/v3/sync", Some(&alice.token)).await;
+    assert_eq!(sync["rooms"]["join"].as_object().map_or(0, |r| r.len()), 0, "{sync}");
+    let (status, _) = server.get("/_matrix/client/v3/directory/room/%23doomed:localhost", None).await;
+    assert_eq!(status, 404, "the alias of a refused room must not resolve");
+    let (_, directory) = server.get("/_matrix/client/v3/publicRooms", None).await;
+    assert_eq!(directory["chunk"], json!([]));
+    // The alias is free again, and a good request makes the room.
+    let body = json!({"preset": "public_chat", "room_alias_name": "doomed", "name": "Fine"});
+    let (status, response) = server.post("/_matrix/client/v3/createRoom", Some(&alice.token), body).await;
+    assert_eq!(status, 200, "{response}");
+    assert_consistent(&server, &admin).await;
+}
+
+/// A transaction ID is scoped to its endpoint, whose path names the room:
+/// the same ID in two rooms sends two events, each in its own room.
+#[tokio::test]
+async fn one_transaction_id_in_two_rooms_sends_two_events() {
+    let server = Arc::new(TestServer::start().await);
+    let (_, creators, _) = users(&server).await;
+    let alice = &creators[0];
+    let mut sent = Vec::new();
+    for name in ["one", "two"] {
+        let (_, room) =
+            server.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({"name": name})).await;
+        let room = room["room_id"].as_str().unwrap().to_owned();
+        let path = room_path(&room, "send/m.room.message/same-txn");
+        let (status, body) =
+            server.put(&path, Some(&alice.token), json!({"msgtype": "m.text", "body": name})).await;
+        assert_eq!(status, 200, "{body}");
+        let event_id = body["event_id"].as_str().unwrap().to_owned();
+        let (status, event) =
+            server.get(&room_path(&room, &format!("event/{event_id}")), Some(&alice.token)).await;
+        assert_eq!((status.as_u16(), &event["content"]["body"]), (200, &json!(name)));
+        sent.push(event_id);
+    }
+    assert_ne!(sent[0], sent[1]);
 }
