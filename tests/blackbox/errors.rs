@@ -85,3 +85,20 @@ async fn invalid_path_identifiers_are_400() {
     assert_eq!(result.0, 400, "{}", result.1);
     assert_eq!(result.1["errcode"], "M_INVALID_PARAM");
 }
+
+/// Found by schema fuzzing (scripts/fuzz-api): inputs that used to panic a
+/// handler now get 400 `M_BAD_JSON`.
+#[tokio::test]
+async fn fuzzed_inputs_get_bad_json_not_500() {
+    let server = TestServer::start().await;
+    for body in [json!({}), json!({"identifier": {"type": "m.id.user", "user": "x"}, "password": "x"})] {
+        assert_error(&server.post("/_matrix/client/v3/login", None, body).await, 400, "M_BAD_JSON");
+    }
+    let alice = server.register("alice").await;
+    let token = Some(alice.token.as_str());
+    for body in [json!(0), json!("x"), json!([]), json!({}), json!({"algorithm": "m.megolm_backup.v1"})] {
+        let result = server.post("/_matrix/client/v3/room_keys/version", token, body).await;
+        assert_error(&result, 400, "M_BAD_JSON");
+    }
+    assert_error(&server.get("/_matrix/client/v3/room_keys/version", token).await, 404, "M_NOT_FOUND");
+}

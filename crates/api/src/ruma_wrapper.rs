@@ -123,7 +123,7 @@ where
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let raw_query = parts.uri.query().map(str::to_owned);
         let http_request = http::Request::from_parts(parts, bytes.as_ref());
-        let body = R::try_from_http_request(http_request, &path_refs).map_err(parse_error)?;
+        let body = parse_contained(http_request, &path_refs)?;
         Ok(Self {
             body,
             sender_user: caller.user,
@@ -247,6 +247,25 @@ fn looks_like_json_body(parts: &Parts) -> bool {
             ct.starts_with("application/json")
                 || ct.starts_with("text/plain")
                 || ct.starts_with("application/x-www-form-urlencoded")
+        }
+    }
+}
+
+/// Let ruma parse the request, containing a panic in its deserialisers
+/// (e.g. `/login` without `type` indexes a missing key): bad input is the
+/// client's mistake, so it gets 400 `M_BAD_JSON`, not a 500.
+fn parse_contained<R: IncomingRequest>(
+    request: http::Request<&[u8]>,
+    path_args: &[&str],
+) -> Result<R, ApiError> {
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        R::try_from_http_request(request, path_args)
+    }));
+    match parsed {
+        Ok(result) => result.map_err(parse_error),
+        Err(_) => {
+            tracing::debug!(endpoint = std::any::type_name::<R>(), "request parser panicked on bad input");
+            Err(Error::bad_json("Invalid request body").into())
         }
     }
 }

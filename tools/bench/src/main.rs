@@ -30,9 +30,16 @@ use serde_json::{Value, json};
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark a real Estuary over HTTP")]
 struct Args {
-    /// The estuary binary to start.
+    /// The estuary binary to start (or give `--url` for a running server).
+    #[arg(long, required_unless_present = "url")]
+    server: Option<std::path::PathBuf>,
+    /// Drive a homeserver that is already running (any implementation, with
+    /// open registration) instead of starting one.
     #[arg(long)]
-    server: std::path::PathBuf,
+    url: Option<String>,
+    /// With `--url`: the server's process ID, for its memory figures.
+    #[arg(long)]
+    pid: Option<u32>,
     /// Concurrent clients (each with its own room) for the send benchmark.
     #[arg(long, default_value_t = 20)]
     clients: usize,
@@ -525,12 +532,21 @@ async fn room_setup_benchmark(client: &Client, args: &Args, concurrency: usize) 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let server = start(&args.server)?;
+    let server = args.server.as_deref().filter(|_| args.url.is_none()).map(start).transpose()?;
+    let base = match (&server, &args.url) {
+        (Some(server), _) => server.base.clone(),
+        (None, Some(url)) => url.trim_end_matches('/').to_owned(),
+        (None, None) => bail!("give --server or --url"),
+    };
+    let pid = server.as_ref().map(|s| s.child.id()).or(args.pid);
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let client = Client { http, base: server.base.clone() };
+    let client = Client { http, base };
     let run = |name: &str| args.only.split(',').any(|b| b.trim() == name);
     if run("media") {
-        media_benchmark(&args.server).await?;
+        match &args.server {
+            Some(binary) => media_benchmark(binary).await?,
+            None => println!("media: skipped (it starts its own server; needs --server)"),
+        }
     }
     if run("rooms") {
         for concurrency in [8, 32] {
@@ -552,7 +568,7 @@ async fn main() -> Result<()> {
     if run("sync") {
         initial_sync_benchmark(&client, &args).await?;
     }
-    if let Some(kib) = peak_memory_kib(server.child.id()) {
+    if let Some(kib) = pid.and_then(peak_memory_kib) {
         println!("server peak memory (VmHWM): {:.1} MiB", kib as f64 / 1024.0);
     }
     Ok(())

@@ -14,8 +14,15 @@ use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
 type JsonResult = ApiResult<Json<JsonValue>>;
 
+/// A backup version's `{algorithm, auth_data}`: an object whose
+/// `algorithm` is a string and `auth_data` an object (400 otherwise).
 fn json_of<T>(raw: &ruma::serde::Raw<T>) -> Result<JsonValue, Error> {
-    serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))
+    let value: JsonValue =
+        serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    if !value["algorithm"].is_string() || !value["auth_data"].is_object() {
+        return Err(Error::bad_json("A backup version needs a string `algorithm` and an object `auth_data`"));
+    }
+    Ok(value)
 }
 
 pub async fn create(services: AppState, request: Ruma<create_backup_version::v3::Request>) -> JsonResult {
