@@ -10,6 +10,12 @@ use estuary_core::{Config, config::LogFormat};
 use estuary_service::Services;
 use estuary_storage::{Db, OpenOptions};
 
+/// mimalloc, chosen by measurement (docs/performance.md): under the same
+/// load glibc's per-thread arenas held five times the memory. Its `override`
+/// feature routes RocksDB's C++ allocations here too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Estuary, a Matrix homeserver.
 ///
 /// With no arguments it runs on an embedded default configuration: server
@@ -105,9 +111,11 @@ fn check(config: Arc<Config>) -> ExitCode {
 }
 
 fn open(config: &Config) -> anyhow::Result<Db> {
+    let budget = config.memory_budget();
     let options = OpenOptions {
         sync_writes: config.database_sync_writes,
-        cache_bytes: (config.database_cache_mb as usize) << 20,
+        cache_bytes: budget.block_cache,
+        memtable_bytes: budget.memtables,
     };
     Ok(Db::open(&config.database_path, &options)?)
 }

@@ -26,8 +26,10 @@ pub struct Config {
     /// fsync the write-ahead log on every write. Off: acknowledged writes
     /// survive a crash of the process (`kill -9`) but not of the machine.
     pub database_sync_writes: bool,
-    /// RocksDB block cache size in MiB.
-    pub database_cache_mb: u64,
+    /// The memory Estuary's caches may hold together, in MiB: RocksDB's
+    /// block cache and memtables and Estuary's own caches are cut from it
+    /// (`MemoryBudget`). The process uses this plus its working memory.
+    pub memory_budget_mb: u64,
     /// Anyone may register an account.
     pub allow_registration: bool,
     /// When set, registration also requires this token (`m.login.registration_token`).
@@ -127,7 +129,7 @@ impl Default for Config {
             port: 8008,
             database_path: PathBuf::from("./estuary-data"),
             database_sync_writes: false,
-            database_cache_mb: 256,
+            memory_budget_mb: 32,
             allow_registration: false,
             registration_token: None,
             allow_guest_access: false,
@@ -204,6 +206,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.memory_budget_mb < 8 {
+            return Err("`memory_budget_mb` must be at least 8".into());
+        }
         if self.tls_certificate_path.is_some() != self.tls_private_key_path.is_some() {
             return Err("`tls_certificate_path` and `tls_private_key_path` must be set together".into());
         }
@@ -290,7 +295,32 @@ fn parse_env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|_| toml::Value::String(raw.to_owned()))
 }
 
+/// How `memory_budget_mb` is shared out, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// RocksDB's block cache (data, index and filter blocks).
+    pub block_cache: usize,
+    /// All RocksDB memtables together (one write-buffer manager).
+    pub memtables: usize,
+    /// Estuary's cache of room state snapshots.
+    pub state_cache: usize,
+    /// Estuary's smaller caches (push rules, URL previews, …).
+    pub other_caches: usize,
+}
+
 impl Config {
+    /// The memory budget's shares: reads repeat most on the block cache,
+    /// memtables only need to absorb writes between flushes.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        let total = (self.memory_budget_mb as usize) << 20;
+        MemoryBudget {
+            block_cache: total / 100 * 45,
+            memtables: total / 100 * 25,
+            state_cache: total / 100 * 20,
+            other_caches: total / 100 * 10,
+        }
+    }
+
     /// Every top-level key, including optional ones that serialise to nothing.
     pub fn documented_keys() -> &'static [&'static str] {
         &[
@@ -299,7 +329,7 @@ impl Config {
             "port",
             "database_path",
             "database_sync_writes",
-            "database_cache_mb",
+            "memory_budget_mb",
             "allow_registration",
             "registration_token",
             "allow_guest_access",

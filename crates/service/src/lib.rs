@@ -82,7 +82,7 @@ impl Services {
         let streams = Arc::new(streams::Streams::new(highest));
         let account_data = Arc::new(account_data::AccountData::new(&db, streams.clone())?);
         let outgoing = Arc::new(outgoing::Outgoing::new(&db)?);
-        let push = Arc::new(push::PushRules::new(account_data.clone(), &db, outgoing.clone())?);
+        let push = Arc::new(push::PushRules::new(account_data.clone(), &db, outgoing.clone(), &config)?);
         let rooms =
             Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone(), streams.clone(), push.clone())?);
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(&db, streams.clone(), rooms.clone())?);
@@ -144,8 +144,36 @@ impl Services {
         self.accounts.announce_first_run_token()
     }
 
-    /// Start the background workers (the outgoing queue). Needs a tokio runtime.
+    /// Start the background workers (the outgoing queue, delayed events,
+    /// the memory report). Needs a tokio runtime.
     pub fn start_workers(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![self.outgoing.spawn_worker(), self.delayed.spawn_worker()]
+        vec![self.outgoing.spawn_worker(), self.delayed.spawn_worker(), self.spawn_memory_report()]
+    }
+
+    /// What the caches hold, against their budget: logged at debug once a
+    /// minute.
+    fn spawn_memory_report(&self) -> tokio::task::JoinHandle<()> {
+        let (db, budget, rooms, push) =
+            (self.db.clone(), self.config.memory_budget(), self.rooms.clone(), self.push.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let rocks = db.memory_usage();
+                let (snapshots, snapshot_bytes) = rooms.state_cache_usage();
+                tracing::debug!(
+                    block_cache = rocks.block_cache,
+                    block_cache_pinned = rocks.block_cache_pinned,
+                    block_cache_budget = budget.block_cache,
+                    memtables = rocks.memtables,
+                    memtables_budget = budget.memtables,
+                    snapshots,
+                    snapshot_bytes,
+                    snapshot_budget = budget.state_cache,
+                    push_rulesets = push.cached_count(),
+                    "memory"
+                );
+            }
+        })
     }
 }

@@ -21,15 +21,26 @@ pub struct PushRules {
     account_data: Arc<AccountData>,
     /// Parsed rulesets: every event is evaluated against every member's rules.
     cache: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, Arc<Ruleset>>>,
+    /// Rulesets kept in memory, from the memory budget.
+    max_cached: usize,
     pushers: Table<(String, String, String), Json<JsonValue>>,
     outgoing: Arc<Outgoing>,
 }
 
+/// About what one user's ruleset (the default rules) costs in memory.
+const RULESET_BYTES: usize = 16 << 10;
+
 impl PushRules {
-    pub fn new(account_data: Arc<AccountData>, db: &Db, outgoing: Arc<Outgoing>) -> Result<Self> {
+    pub fn new(
+        account_data: Arc<AccountData>,
+        db: &Db,
+        outgoing: Arc<Outgoing>,
+        config: &estuary_core::Config,
+    ) -> Result<Self> {
         Ok(Self {
             account_data,
             cache: Default::default(),
+            max_cached: (config.memory_budget().other_caches / RULESET_BYTES).max(16),
             pushers: db.table("useridappidpushkey_pusher").db()?,
             outgoing,
         })
@@ -121,6 +132,11 @@ impl PushRules {
         Ok(())
     }
 
+    /// Rulesets in memory now.
+    pub fn cached_count(&self) -> usize {
+        self.cache.lock().expect("ruleset cache").len()
+    }
+
     /// The user's ruleset, cached.
     pub fn cached_ruleset(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
         if let Some(hit) = self.cache.lock().expect("ruleset cache").get(user_id) {
@@ -128,7 +144,7 @@ impl PushRules {
         }
         let ruleset = Arc::new(self.ruleset(user_id)?);
         let mut cache = self.cache.lock().expect("ruleset cache");
-        if cache.len() > 10_000 {
+        if cache.len() >= self.max_cached {
             cache.clear();
         }
         cache.insert(user_id.to_owned(), ruleset.clone());

@@ -3,7 +3,8 @@
 use std::{path::Path, sync::Arc};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch,
+    WriteBufferManager, WriteOptions,
 };
 
 use crate::{Key, Table, Value, catalog::TABLES, codec::CodecError};
@@ -30,17 +31,29 @@ pub struct OpenOptions {
     pub sync_writes: bool,
     /// Block cache size in bytes.
     pub cache_bytes: usize,
+    /// All memtables together, in bytes (one write-buffer manager).
+    pub memtable_bytes: usize,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        Self { sync_writes: false, cache_bytes: 64 << 20 }
+        Self { sync_writes: false, cache_bytes: 8 << 20, memtable_bytes: 8 << 20 }
     }
 }
 
 struct Inner {
     rocks: rocksdb::DB,
     write_options: WriteOptions,
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+/// What RocksDB holds in memory now, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryUsage {
+    pub block_cache: usize,
+    pub block_cache_pinned: usize,
+    pub memtables: usize,
 }
 
 /// A handle to the open database. Cheap to clone.
@@ -63,9 +76,12 @@ impl Db {
 
         let mut cf_options = Options::default();
         cf_options.set_block_based_table_factory(&table_options);
-        // Many small tables: keep each memtable small; the total is capped below.
-        cf_options.set_write_buffer_size(8 << 20);
+        // Many small tables: keep each memtable small, and its arena blocks
+        // small, or every table that sees one write holds a 1 MiB block.
+        // The total is capped by the write-buffer manager below.
+        cf_options.set_write_buffer_size((options.memtable_bytes / 2).clamp(1 << 20, 8 << 20));
         cf_options.set_max_write_buffer_number(2);
+        cf_options.set_arena_block_size(64 << 10);
         cf_options.set_compression_type(DBCompressionType::Lz4);
         cf_options.set_bottommost_compression_type(DBCompressionType::Zstd);
 
@@ -75,7 +91,8 @@ impl Db {
         db_options.set_max_background_jobs(2);
         db_options.set_keep_log_file_num(4);
         // All memtables together stay under this, whatever the number of tables.
-        db_options.set_db_write_buffer_size(64 << 20);
+        let write_buffers = WriteBufferManager::new_write_buffer_manager(options.memtable_bytes, false);
+        db_options.set_write_buffer_manager(&write_buffers);
 
         let descriptors = TABLES.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options.clone()));
         let rocks = rocksdb::DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|source| {
@@ -88,7 +105,7 @@ impl Db {
         })?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.sync_writes);
-        Ok(Self { inner: Arc::new(Inner { rocks, write_options }) })
+        Ok(Self { inner: Arc::new(Inner { rocks, write_options, cache, write_buffers }) })
     }
 
     /// A typed view of table `name` (which must be in the catalog).
@@ -112,6 +129,15 @@ impl Db {
     /// Start a batch of writes that become visible together or not at all.
     pub fn batch(&self) -> Batch {
         Batch { db: self.clone(), inner: WriteBatch::default(), tables: Vec::new() }
+    }
+
+    /// RocksDB's memory now: block cache (and what is pinned in it) and memtables.
+    pub fn memory_usage(&self) -> MemoryUsage {
+        MemoryUsage {
+            block_cache: self.inner.cache.get_usage(),
+            block_cache_pinned: self.inner.cache.get_pinned_usage(),
+            memtables: self.inner.write_buffers.get_usage(),
+        }
     }
 
     /// Flush memtables to disk (used at shutdown to shorten the next start).

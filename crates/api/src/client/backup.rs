@@ -14,11 +14,14 @@ use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
 type JsonResult = ApiResult<Json<JsonValue>>;
 
+fn json_of<T>(raw: &ruma::serde::Raw<T>) -> Result<JsonValue, Error> {
+    serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))
+}
+
 /// A backup version's `{algorithm, auth_data}`: an object whose
 /// `algorithm` is a string and `auth_data` an object (400 otherwise).
-fn json_of<T>(raw: &ruma::serde::Raw<T>) -> Result<JsonValue, Error> {
-    let value: JsonValue =
-        serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+fn version_info_of<T>(raw: &ruma::serde::Raw<T>) -> Result<JsonValue, Error> {
+    let value = json_of(raw)?;
     if !value["algorithm"].is_string() || !value["auth_data"].is_object() {
         return Err(Error::bad_json("A backup version needs a string `algorithm` and an object `auth_data`"));
     }
@@ -26,7 +29,7 @@ fn json_of<T>(raw: &ruma::serde::Raw<T>) -> Result<JsonValue, Error> {
 }
 
 pub async fn create(services: AppState, request: Ruma<create_backup_version::v3::Request>) -> JsonResult {
-    let version = services.backup.create(request.user()?, json_of(&request.body.algorithm)?)?;
+    let version = services.backup.create(request.user()?, version_info_of(&request.body.algorithm)?)?;
     Ok(Json(json!({"version": version})))
 }
 
@@ -40,7 +43,7 @@ pub async fn info(services: AppState, request: Ruma<get_backup_info::v3::Request
 
 pub async fn update(services: AppState, request: Ruma<update_backup_version::v3::Request>) -> JsonResult {
     let body = &request.body;
-    services.backup.update(request.user()?, &body.version, json_of(&body.algorithm)?)?;
+    services.backup.update(request.user()?, &body.version, version_info_of(&body.algorithm)?)?;
     Ok(Json(json!({})))
 }
 

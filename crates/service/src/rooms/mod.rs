@@ -138,7 +138,7 @@ impl Rooms {
         Ok(Self {
             key: load_or_create_signing_key(db)?,
             short: short::ShortIds::new(db)?,
-            state: state::StateStore::new(db)?,
+            state: state::StateStore::new(db, config.memory_budget().state_cache)?,
             profiles,
             eventid_pdu: db.table("eventid_pdu").db()?,
             roomidstream_eventid: db.table("roomidstream_eventid").db()?,
@@ -174,6 +174,11 @@ impl Rooms {
     pub fn highest_stream(db: &Db) -> Result<u64> {
         let table: Table<u64, Json<(String, String)>> = db.table("stream_roomideventid").db()?;
         Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
+    }
+
+    /// State snapshots in memory: how many, and their bytes.
+    pub fn state_cache_usage(&self) -> (usize, usize) {
+        self.state.cache_usage()
     }
 
     pub fn signing_key(&self) -> &ServerSigningKey {

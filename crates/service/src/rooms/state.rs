@@ -22,7 +22,6 @@ pub type StateMap = HashMap<u64, u64>;
 const MAX_DEPTH: u8 = 8;
 /// The empty snapshot (short IDs start at 1).
 pub const EMPTY: u64 = 0;
-const CACHE_ENTRIES: usize = 512;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Layer {
@@ -37,7 +36,7 @@ struct Layer {
 
 pub struct StateStore {
     layers: Table<u64, Json<Layer>>,
-    cache: Mutex<HashMap<u64, Arc<StateMap>>>,
+    cache: Mutex<SnapshotCache>,
     /// Layers written into a batch not committed yet: a batch that stages
     /// several state events builds each layer over the one before. IDs are
     /// never reused, so another room can never see these.
@@ -45,10 +44,11 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    pub fn new(db: &Db) -> Result<Self> {
+    /// `cache_bytes` bounds the snapshots kept in memory.
+    pub fn new(db: &Db, cache_bytes: usize) -> Result<Self> {
         Ok(Self {
             layers: db.table("shortstatehash_statelayer").db()?,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(SnapshotCache { max_bytes: cache_bytes, ..Default::default() }),
             pending: Mutex::new(HashMap::new()),
         })
     }
@@ -86,17 +86,19 @@ impl StateStore {
     /// A cached snapshot. The guard is dropped on return: holding it into an
     /// `if let` body that calls `remember` would deadlock on this mutex.
     fn cached(&self, id: u64) -> Option<Arc<StateMap>> {
-        self.cache.lock().expect("state cache").get(&id).cloned()
+        self.cache.lock().expect("state cache").entries.get(&id).cloned()
     }
 
     fn remember(&self, id: u64, state: StateMap) -> Arc<StateMap> {
         let state = Arc::new(state);
-        let mut cache = self.cache.lock().expect("state cache");
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(id, state.clone());
+        self.cache.lock().expect("state cache").insert(id, state.clone());
         state
+    }
+
+    /// Snapshots in memory now: how many, and their bytes.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        let cache = self.cache.lock().expect("state cache");
+        (cache.entries.len(), cache.bytes)
     }
 
     /// Store a snapshot: `parent` (if any) with `changes` applied (and
@@ -138,7 +140,7 @@ impl StateStore {
         if !committed {
             let mut cache = self.cache.lock().expect("state cache");
             for id in ids {
-                cache.remove(id);
+                cache.remove(*id);
             }
         }
     }
@@ -172,6 +174,45 @@ impl StateStore {
     }
 }
 
+/// Snapshots by ID, bounded in bytes. When full it starts again empty: a
+/// room's current snapshot is loaded again from its few layers on its next
+/// use, and an LRU's bookkeeping would cost more than that reload.
+#[derive(Default)]
+struct SnapshotCache {
+    entries: HashMap<u64, Arc<StateMap>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl SnapshotCache {
+    /// What a snapshot costs in memory: its table's slots and control bytes.
+    fn cost(state: &StateMap) -> usize {
+        state.capacity() * (size_of::<(u64, u64)>() + 1) + 64
+    }
+
+    fn insert(&mut self, id: u64, state: Arc<StateMap>) {
+        let cost = Self::cost(&state);
+        if self.bytes + cost > self.max_bytes {
+            self.clear();
+        }
+        if let Some(old) = self.entries.insert(id, state) {
+            self.bytes -= Self::cost(&old);
+        }
+        self.bytes += cost;
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(old) = self.entries.remove(&id) {
+            self.bytes -= Self::cost(&old);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
 fn sorted(state: &StateMap) -> Vec<(u64, u64)> {
     let mut entries: Vec<(u64, u64)> = state.iter().map(|(k, v)| (*k, *v)).collect();
     entries.sort_unstable();
@@ -198,13 +239,13 @@ mod tests {
     fn loading_over_a_cached_parent_does_not_deadlock() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &Default::default()).unwrap();
-        let store = std::sync::Arc::new(StateStore::new(&db).unwrap());
+        let store = std::sync::Arc::new(StateStore::new(&db, 1 << 20).unwrap());
         for (id, parent, change) in [(1, None, (1, 10)), (2, Some(1), (2, 20))] {
             let mut batch = db.batch();
             store.store(id, parent, vec![change], vec![], &mut batch).unwrap();
             batch.commit().unwrap();
         }
-        store.cache.lock().unwrap().remove(&2);
+        store.cache.lock().unwrap().remove(2);
         let (tx, rx) = std::sync::mpsc::channel();
         let loader = store.clone();
         std::thread::spawn(move || tx.send(loader.load(2).map(|s| s.len()).ok()));
@@ -216,7 +257,7 @@ mod tests {
     fn layers_round_trip_and_stay_shallow() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &Default::default()).unwrap();
-        let store = StateStore::new(&db).unwrap();
+        let store = StateStore::new(&db, 1 << 20).unwrap();
         let mut batch = db.batch();
         let initial: Vec<(u64, u64)> = (0..100).map(|k| (k, k + 1000)).collect();
         store.store(1, None, initial, vec![], &mut batch).unwrap();
@@ -257,7 +298,7 @@ mod tests {
     fn concurrent_rooms_never_see_each_others_state() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &Default::default()).unwrap();
-        let store = std::sync::Arc::new(StateStore::new(&db).unwrap());
+        let store = std::sync::Arc::new(StateStore::new(&db, 1 << 20).unwrap());
         let next_id = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
         let threads: Vec<_> = (0..8u64)
             .map(|room| {
@@ -309,7 +350,7 @@ mod tests {
     fn staged_layers_chain_before_commit_and_vanish_when_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &Default::default()).unwrap();
-        let store = StateStore::new(&db).unwrap();
+        let store = StateStore::new(&db, 1 << 20).unwrap();
         let mut batch = db.batch();
         let mut parent = None;
         for id in 1..=20u64 {
