@@ -68,6 +68,28 @@ pub struct StoredPdu {
 }
 
 impl StoredPdu {
+    /// The event as clients see it (the "ClientEvent" format), straight from
+    /// the stored JSON: only the fields clients see are copied, and no `Pdu`
+    /// is built (reads of many events, like sync, spend their time here).
+    pub fn client_json(&self) -> serde_json::Value {
+        let mut event = serde_json::Map::new();
+        for key in ["type", "content", "sender", "origin_server_ts", "state_key", "unsigned", "redacts"] {
+            if let Some(value) = self.json.get(key) {
+                event.insert(key.into(), value.clone().into());
+            }
+        }
+        // From room version 11 `redacts` is in the content; clients still read it at the top.
+        if !event.contains_key("redacts")
+            && let Some(redacts) = event.get("content").and_then(|c| c.get("redacts")).cloned()
+            && redacts.is_string()
+        {
+            event.insert("redacts".into(), redacts);
+        }
+        event.insert("event_id".into(), self.event_id.as_str().into());
+        event.insert("room_id".into(), self.room_id.as_str().into());
+        serde_json::Value::Object(event)
+    }
+
     pub fn pdu(&self) -> Result<Pdu> {
         Pdu::from_json(self.event_id.clone(), Some(self.room_id.clone()), self.json.clone())
             .map_err(|e| Error::internal(format!("stored event {} is corrupt: {e}", self.event_id)))

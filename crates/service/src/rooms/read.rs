@@ -93,13 +93,16 @@ impl Rooms {
         stored: &StoredPdu,
         viewer: Option<(&UserId, Option<&DeviceId>)>,
     ) -> Result<JsonValue> {
-        let pdu = stored.pdu()?;
-        let mut event = pdu.to_client_json();
-        let age = now_millis().saturating_sub(u64::from(pdu.origin_server_ts.0));
+        let mut event = stored.client_json();
+        let sent_at = event["origin_server_ts"].as_u64().unwrap_or(0);
+        let sender_is_viewer = viewer.is_some_and(|(user, _)| event["sender"] == user.as_str());
         let unsigned = event.as_object_mut().expect("object").entry("unsigned").or_insert_with(|| json!({}));
-        unsigned["age"] = age.into();
-        if let (Some((device, txn_id)), Some((user, Some(viewer_device)))) = (&stored.txn, viewer)
-            && user == pdu.sender
+        if !unsigned.is_object() {
+            *unsigned = json!({});
+        }
+        unsigned["age"] = now_millis().saturating_sub(sent_at).into();
+        if let (Some((device, txn_id)), Some((_, Some(viewer_device)))) = (&stored.txn, viewer)
+            && sender_is_viewer
             && device.as_str() == viewer_device.as_str()
         {
             unsigned["transaction_id"] = txn_id.clone().into();
