@@ -252,3 +252,46 @@ impl Rooms {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use estuary_core::Config;
+    use estuary_storage::Db;
+    use ruma::UserId;
+
+    use crate::{Services, rooms::CreateRoom};
+
+    /// A healthy room checks clean; a lost event and a snapshot naming
+    /// another room's event are both found.
+    #[tokio::test]
+    async fn finds_a_lost_event_and_a_foreign_state_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &Default::default()).unwrap();
+        let services = Services::build(Arc::new(Config::default()), db).unwrap();
+        let rooms = &services.rooms;
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let named = CreateRoom { name: Some("one".into()), ..Default::default() };
+        let first = rooms.create_room(&alice, named.clone()).await.unwrap();
+        let second = rooms.create_room(&alice, named).await.unwrap();
+        let report = rooms.check_consistency().unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!((report.rooms, report.events), (2, 14));
+
+        // The second room's current state now claims the first room's
+        // create event, and one of the first room's events is lost.
+        let mut record = rooms.require_room(&second).unwrap();
+        let foreign = rooms.require_room(&first).unwrap();
+        record.state = foreign.state;
+        rooms.roomid_room.put(&second.to_string(), &estuary_storage::codec::Json(record)).unwrap();
+        let lost = rooms.require_room(&first).unwrap().extremities[0].to_string();
+        rooms.eventid_pdu.delete(&lost).unwrap();
+
+        let report = rooms.check_consistency().unwrap();
+        let problems = report.problems.join("\n");
+        assert!(problems.contains(&format!("{lost}, which is not stored")), "{problems}");
+        assert!(problems.contains("of another room"), "{problems}");
+        assert!(!report.is_clean());
+    }
+}
