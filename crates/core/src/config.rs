@@ -304,8 +304,6 @@ pub struct MemoryBudget {
     pub memtables: usize,
     /// Estuary's cache of room state snapshots.
     pub state_cache: usize,
-    /// Estuary's cache of decoded events.
-    pub event_cache: usize,
     /// Estuary's smaller caches (push rules, URL previews, …).
     pub other_caches: usize,
 }
@@ -316,10 +314,9 @@ impl Config {
     pub fn memory_budget(&self) -> MemoryBudget {
         let total = (self.memory_budget_mb as usize) << 20;
         MemoryBudget {
-            block_cache: total / 100 * 35,
+            block_cache: total / 100 * 45,
             memtables: total / 100 * 25,
-            state_cache: total / 100 * 15,
-            event_cache: total / 100 * 15,
+            state_cache: total / 100 * 20,
             other_caches: total / 100 * 10,
         }
     }

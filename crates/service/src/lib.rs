@@ -161,7 +161,6 @@ impl Services {
                 tick.tick().await;
                 let rocks = db.memory_usage();
                 let (snapshots, snapshot_bytes) = rooms.state_cache_usage();
-                let (events, event_bytes) = rooms.event_cache_usage();
                 tracing::debug!(
                     block_cache = rocks.block_cache,
                     block_cache_pinned = rocks.block_cache_pinned,
@@ -171,9 +170,6 @@ impl Services {
                     snapshots,
                     snapshot_bytes,
                     snapshot_budget = budget.state_cache,
-                    events,
-                    event_bytes,
-                    event_budget = budget.event_cache,
                     push_rulesets = push.cached_count(),
                     "memory"
                 );

@@ -425,10 +425,10 @@ impl Sync {
         &self,
         w: &Window<'_>,
         room_id: &RoomId,
-        mut events: Vec<Arc<StoredPdu>>,
+        mut events: Vec<StoredPdu>,
         start_state: &StateMap,
-        timeline: &[(Arc<StoredPdu>, JsonValue)],
-    ) -> Result<Vec<Arc<StoredPdu>>> {
+        timeline: &[(StoredPdu, JsonValue)],
+    ) -> Result<Vec<StoredPdu>> {
         let redundant = match w.filter.room.state.lazy_load_options {
             LazyLoadOptions::Disabled => return Ok(events),
             LazyLoadOptions::Enabled { include_redundant_members } => include_redundant_members,
@@ -476,7 +476,7 @@ impl Sync {
     fn state_json(
         &self,
         w: &Window<'_>,
-        events: &[Arc<StoredPdu>],
+        events: &[StoredPdu],
         senders: &BTreeSet<String>,
     ) -> Result<Vec<JsonValue>> {
         let lazy = !matches!(w.filter.room.state.lazy_load_options, LazyLoadOptions::Disabled);

@@ -40,18 +40,6 @@ impl<K: Key, V: Value> Table<K, V> {
             .map_err(|source| StorageError::Codec { table: self.name, source })
     }
 
-    /// A row and the length of its stored value (for caches that bound bytes).
-    pub fn get_with_len(&self, key: &K) -> Result<Option<(V, usize)>, StorageError> {
-        let raw = self
-            .db
-            .rocks()
-            .get_pinned_cf(self.db.cf(self.name), key.encode())
-            .map_err(|e| self.rocks_err(e))?;
-        raw.map(|bytes| V::decode_value(&bytes).map(|value| (value, bytes.len())))
-            .transpose()
-            .map_err(|source| StorageError::Codec { table: self.name, source })
-    }
-
     pub fn contains(&self, key: &K) -> Result<bool, StorageError> {
         Ok(self
             .db

@@ -3,8 +3,6 @@
 //! persist the event, its state snapshot and every index in one batch, in
 //! stream order.
 
-use std::sync::Arc;
-
 use estuary_core::{Error, Result, error::ErrorKind, time::now_millis};
 use estuary_events::{
     Pdu, PduTemplate, auth,
@@ -211,10 +209,8 @@ impl Rooms {
         if pdu.kind == TimelineEventType::RoomMember {
             self.index_membership(&pdu, batch)?;
         }
-        if pdu.kind == TimelineEventType::RoomRedaction
-            && let Some(target) = self.apply_redaction(&pdu, &version, &state_before, batch)?
-        {
-            staging.redacted.push(target);
+        if pdu.kind == TimelineEventType::RoomRedaction {
+            self.apply_redaction(&pdu, &version, &state_before, batch)?;
         }
         if let Some(txn) = &txn {
             batch.put(
@@ -280,9 +276,6 @@ impl Rooms {
         });
         self.state.settle(&snapshots, committed.is_ok());
         committed?;
-        for redacted in &staging.redacted {
-            self.events.invalidate(redacted);
-        }
         let mut stored = Vec::with_capacity(staged.len());
         for event in staged {
             self.wake_room(&event.pdu)?;
@@ -342,25 +335,24 @@ impl Rooms {
         version: &RoomVersionId,
         state: &StateMap,
         batch: &mut estuary_storage::Batch,
-    ) -> Result<Option<OwnedEventId>> {
-        let Some(target_id) = &redaction.redacts else { return Ok(None) };
-        let Some(target) = self.stored(target_id)? else { return Ok(None) };
-        let mut target = Arc::unwrap_or_clone(target);
+    ) -> Result<()> {
+        let Some(target_id) = &redaction.redacts else { return Ok(()) };
+        let Some(mut target) = self.stored(target_id)? else { return Ok(()) };
         if target.room_id != redaction.room_id {
-            return Ok(None);
+            return Ok(());
         }
         let target_pdu = target.pdu()?;
         let allowed = target_pdu.sender == redaction.sender
             || self.power_levels(state, version)?.user_can_redact_event_of_other(&redaction.sender);
         if !allowed {
-            return Ok(None);
+            return Ok(());
         }
         self.unindex_relation(&target, batch)?;
         self.unindex_search(&target, batch)?;
         let redacted = target_pdu.redact(version, redaction).map_err(Error::internal)?;
         target.json = redacted.json;
         batch.put(&self.eventid_pdu, &target_id.to_string(), &Json(target));
-        Ok(Some(target_id.clone()))
+        Ok(())
     }
 
     /// Power levels of a state snapshot, with the creators as v12 defines them.

@@ -64,7 +64,7 @@ impl Rooms {
             .state_pdus(&state)?
             .iter()
             .filter_map(|pdu| self.stored(&pdu.event_id).transpose())
-            .map(|s| self.client_event(s?.as_ref(), None))
+            .map(|s| self.client_event(&s?, None))
             .collect::<Result<_>>()?;
         Ok(Context {
             start: Some(before.end.unwrap_or_else(|| format!("s{}", stored.stream))),

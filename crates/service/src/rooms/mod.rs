@@ -11,7 +11,6 @@ mod check;
 mod context;
 mod create;
 mod directory;
-mod event_cache;
 mod membership;
 mod notify;
 mod read;
@@ -127,7 +126,6 @@ pub struct Rooms {
     key: ServerSigningKey,
     short: short::ShortIds,
     state: state::StateStore,
-    events: event_cache::EventCache,
     profiles: Arc<Profiles>,
     eventid_pdu: Table<String, Json<StoredPdu>>,
     roomidstream_eventid: Table<(String, u64), String>,
@@ -173,7 +171,6 @@ impl Rooms {
             key: load_or_create_signing_key(db)?,
             short: short::ShortIds::new(db)?,
             state: state::StateStore::new(db, config.memory_budget().state_cache)?,
-            events: event_cache::EventCache::new(config.memory_budget().event_cache),
             profiles,
             eventid_pdu: db.table("eventid_pdu").db()?,
             roomidstream_eventid: db.table("roomidstream_eventid").db()?,
@@ -241,23 +238,8 @@ impl Rooms {
         self.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))
     }
 
-    /// An event as stored, from the event cache or the database.
-    pub fn stored(&self, event_id: &EventId) -> Result<Option<Arc<StoredPdu>>> {
-        if let Some(hit) = self.events.get(event_id) {
-            return Ok(Some(hit));
-        }
-        let epoch = self.events.epoch();
-        let Some((Json(stored), len)) = self.eventid_pdu.get_with_len(&event_id.to_string()).db()? else {
-            return Ok(None);
-        };
-        let stored = Arc::new(stored);
-        self.events.insert(stored.clone(), len, epoch);
-        Ok(Some(stored))
-    }
-
-    /// Decoded events in memory: how many, and their estimated bytes.
-    pub fn event_cache_usage(&self) -> (usize, usize) {
-        self.events.usage()
+    pub fn stored(&self, event_id: &EventId) -> Result<Option<StoredPdu>> {
+        Ok(self.eventid_pdu.get(&event_id.to_string()).db()?.map(|Json(p)| p))
     }
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {

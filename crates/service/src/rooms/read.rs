@@ -131,7 +131,7 @@ impl Rooms {
     fn stored_client_events(&self, pdus: Vec<estuary_events::Pdu>) -> Result<Vec<JsonValue>> {
         pdus.iter()
             .filter_map(|pdu| self.stored(&pdu.event_id).transpose())
-            .map(|stored| self.client_event(stored?.as_ref(), None))
+            .map(|stored| self.client_event(&stored?, None))
             .collect()
     }
 

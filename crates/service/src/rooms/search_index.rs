@@ -102,7 +102,7 @@ impl Rooms {
         &self,
         room_id: &ruma::RoomId,
         stream: u64,
-    ) -> estuary_core::Result<Option<std::sync::Arc<StoredPdu>>> {
+    ) -> estuary_core::Result<Option<StoredPdu>> {
         use crate::storage_error::StorageResultExt;
         let Some(event_id) = self.roomidstream_eventid.get(&(room_id.to_string(), stream)).db()? else {
             return Ok(None);

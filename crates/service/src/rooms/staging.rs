@@ -29,9 +29,6 @@ pub(super) struct Staging<'a> {
     pub(super) staged: Vec<Staged>,
     /// State snapshots written by this batch (pending in the state store).
     pub(super) snapshots: Vec<u64>,
-    /// Events this batch redacts in storage (dropped from the event cache
-    /// once it commits).
-    pub(super) redacted: Vec<OwnedEventId>,
 }
 
 /// One staged event and the rows that need its stream position.
@@ -75,7 +72,6 @@ impl Rooms {
             shorts: HashMap::new(),
             staged: Vec::new(),
             snapshots: Vec::new(),
-            redacted: Vec::new(),
         })
     }
 

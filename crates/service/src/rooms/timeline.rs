@@ -35,7 +35,7 @@ impl Rooms {
         from: u64,
         to: u64,
         limit: usize,
-    ) -> Result<(Vec<Arc<StoredPdu>>, bool)> {
+    ) -> Result<(Vec<StoredPdu>, bool)> {
         self.room_events_in(room_id, from, to, limit, true)
     }
 
@@ -47,7 +47,7 @@ impl Rooms {
         from: u64,
         to: u64,
         limit: usize,
-    ) -> Result<(Vec<Arc<StoredPdu>>, bool)> {
+    ) -> Result<(Vec<StoredPdu>, bool)> {
         self.room_events_in(room_id, from, to, limit, false)
     }
 
@@ -58,7 +58,7 @@ impl Rooms {
         to: u64,
         limit: usize,
         newest_first: bool,
-    ) -> Result<(Vec<Arc<StoredPdu>>, bool)> {
+    ) -> Result<(Vec<StoredPdu>, bool)> {
         let prefix = (room_id.to_string(),).encode();
         let start = (room_id.to_string(), if newest_first { to } else { from }).encode();
         let rows =
@@ -122,11 +122,7 @@ impl Rooms {
     }
 
     /// Events of a snapshot that differ from `base` (all of them without one).
-    pub(crate) fn state_delta(
-        &self,
-        state: &StateMap,
-        base: Option<&StateMap>,
-    ) -> Result<Vec<Arc<StoredPdu>>> {
+    pub(crate) fn state_delta(&self, state: &StateMap, base: Option<&StateMap>) -> Result<Vec<StoredPdu>> {
         let mut out = Vec::new();
         for (key, short) in state {
             if base.is_some_and(|b| b.get(key) == Some(short)) {

@@ -243,7 +243,7 @@ impl Search {
         user: &UserId,
         request: &SearchRequest,
         words: &[String],
-        results: Vec<(&Hit, std::sync::Arc<StoredPdu>, JsonValue)>,
+        results: Vec<(&Hit, StoredPdu, JsonValue)>,
         count: usize,
         next_batch: Option<String>,
     ) -> Result<JsonValue> {
