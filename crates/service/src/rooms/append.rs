@@ -1,6 +1,7 @@
 //! The append path. Every event, local or (later) remote, goes through it:
 //! build (for local events), authorise against the room version's rules,
-//! persist the event, its state snapshot and every index in one batch, in
+//! stage the event, its state snapshot and every index into a batch
+//! (`staging.rs`), then `persist` the staged events in one commit, in
 //! stream order.
 
 use estuary_core::{Error, Result, error::ErrorKind, time::now_millis};
@@ -85,7 +86,7 @@ impl Rooms {
         }
         let pdu = self.build_local(&staging, room_id, sender, template)?;
         self.stage(&mut staging, pdu.clone(), txn)?;
-        self.commit_staged(staging).await?;
+        self.persist(staging).await?;
         Ok(pdu)
     }
 
@@ -259,13 +260,14 @@ impl Rooms {
 
     /// Commit the staged events in one batch, with consecutive stream
     /// positions, then wake the room and evaluate push rules.
-    pub(super) async fn commit_staged(&self, staging: Staging<'_>) -> Result<Vec<StoredPdu>> {
+    pub(super) async fn persist(&self, staging: Staging<'_>) -> Result<()> {
         let mut staging = staging;
         let snapshots = std::mem::take(&mut staging.snapshots);
         let batch = std::mem::replace(&mut staging.batch, self.db.batch());
         let mut staged = std::mem::take(&mut staging.staged);
-        let (Some(room), Some(first)) = (staging.room.take(), staged.first()) else { return Ok(Vec::new()) };
-        let room_key = first.pdu.room_id.to_string();
+        let (Some(room), Some(first)) = (staging.room.take(), staged.first()) else { return Ok(()) };
+        let room_id = first.pdu.room_id.clone();
+        let room_key = room_id.to_string();
         let committed = self.streams.commit_many(batch, staged.len(), |first, batch| {
             batch.put(&self.roomid_room, &room_key, &Json(room));
             for (offset, event) in staged.iter_mut().enumerate() {
@@ -276,15 +278,13 @@ impl Rooms {
         });
         self.state.settle(&snapshots, committed.is_ok());
         committed?;
-        let mut stored = Vec::with_capacity(staged.len());
-        for event in staged {
-            self.wake_room(&event.pdu)?;
+        self.wake_room(&room_id, staged.iter().map(|event| &event.pdu))?;
+        for event in &staged {
             if let Err(err) = self.notify_members(&event.stored).await {
                 tracing::warn!(event_id = %event.pdu.event_id, "push rule evaluation failed: {err}");
             }
-            stored.push(event.stored);
         }
-        Ok(stored)
+        Ok(())
     }
 
     /// The rows keyed by an event's stream position.
@@ -303,13 +303,17 @@ impl Rooms {
         }
     }
 
-    /// Wake the syncs of everyone in the room (and a membership event's target).
-    fn wake_room(&self, pdu: &Pdu) -> Result<()> {
-        let mut users = self.members_with_membership(&pdu.room_id, "join")?;
-        if let Some(target) = pdu.state_key.as_deref().filter(|_| pdu.kind == TimelineEventType::RoomMember)
-            && let Ok(target) = UserId::parse(target)
-        {
-            users.push(target);
+    /// Wake the syncs of everyone in the room and of the membership events'
+    /// targets: once for all the events of a commit.
+    fn wake_room<'a>(&self, room_id: &RoomId, pdus: impl Iterator<Item = &'a Pdu>) -> Result<()> {
+        let mut users = self.members_with_membership(room_id, "join")?;
+        for pdu in pdus {
+            if let Some(target) =
+                pdu.state_key.as_deref().filter(|_| pdu.kind == TimelineEventType::RoomMember)
+                && let Ok(target) = UserId::parse(target)
+            {
+                users.push(target);
+            }
         }
         self.streams.notify(users.iter().map(|u| &**u));
         Ok(())

@@ -82,8 +82,13 @@ impl Rooms {
             self.unique_create_event(creator, &version, request.creation_content.clone()).await?;
         let room_id = create.room_id.clone();
         let mut staging = self.staging(None)?;
-        self.stage(&mut staging, create, None)
-            .map_err(|e| Error::bad_json(format!("Invalid creation content: {e}")))?;
+        // Only a refusal by the auth rules is the client's content at fault.
+        self.stage(&mut staging, create, None).map_err(|e| match e {
+            Error::Matrix { kind: ErrorKind::Forbidden, message, .. } => {
+                Error::bad_json(format!("Invalid creation content: {message}"))
+            }
+            other => other,
+        })?;
         for template in self.initial_templates(creator, &request, preset, power_levels, alias.as_ref())? {
             validate_content(&template)?;
             if self.same_state(&staging, creator, &template)?.is_some() {
@@ -98,7 +103,7 @@ impl Rooms {
         if request.public {
             self.stage_public(&room_id, &mut staging.batch);
         }
-        self.commit_staged(staging).await?;
+        self.persist(staging).await?;
         tracing::debug!(%room_id, %creator, %version, "created room");
         Ok(room_id)
     }

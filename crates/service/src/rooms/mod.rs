@@ -3,7 +3,8 @@
 //!
 //! - `short`: event IDs and state keys interned to u64.
 //! - `state`: state snapshots as shallow layers.
-//! - `append`: build (local) → authorise → persist in one batch → (fan out).
+//! - `append`: build (local) → authorise and stage → `persist` the staged
+//!   events in one batch → (fan out).
 //! - `create`, `membership`, `read`, `directory`: what the client API needs.
 
 mod append;
