@@ -444,3 +444,17 @@ async fn one_transaction_id_in_two_rooms_sends_two_events() {
     }
     assert_ne!(sent[0], sent[1]);
 }
+
+/// The consistency check is for server admins only.
+#[tokio::test]
+async fn the_consistency_check_needs_an_admin() {
+    let server = TestServer::start().await;
+    let admin = server.register("admin").await; // the first account is an admin
+    let alice = server.register("alice").await;
+    let path = "/_estuary/admin/v1/consistency";
+    crate::harness::assert_error(&server.get(path, None).await, 401, "M_MISSING_TOKEN");
+    crate::harness::assert_error(&server.get(path, Some("nonsense")).await, 401, "M_UNKNOWN_TOKEN");
+    crate::harness::assert_error(&server.get(path, Some(&alice.token)).await, 403, "M_FORBIDDEN");
+    let (status, report) = server.get(path, Some(&admin.token)).await;
+    assert_eq!((status.as_u16(), &report["problems"]), (200, &json!([])), "{report}");
+}
