@@ -99,6 +99,17 @@ fn references(refs: &[EventRef], format: &EventsReferenceFormatVersion) -> Canon
 
 /// Build, hash and sign a PDU.
 pub fn build_pdu(template: PduTemplate, ctx: BuildContext<'_>) -> Result<BuiltPdu, BuildError> {
+    let (server_name, key, room_version, room_id) = (ctx.server_name, ctx.key, ctx.room_version, ctx.room_id);
+    let object = event_object(template, &ctx)?;
+    sign_object(object, room_version, room_id, server_name, key)
+}
+
+/// The event's fields before hashing and signing: what `make_join` and
+/// `make_leave` hand a joining server to sign (`sign_object`).
+pub fn event_object(
+    template: PduTemplate,
+    ctx: &BuildContext<'_>,
+) -> Result<CanonicalJsonObject, BuildError> {
     let rules: RoomVersionRules = ctx.room_version.rules().ok_or(BuildError::UnsupportedRoomVersion)?;
     let mut content = template.content;
     let mut object = CanonicalJsonObject::new();
@@ -125,25 +136,47 @@ pub fn build_pdu(template: PduTemplate, ctx: BuildContext<'_>) -> Result<BuiltPd
         object.insert("state_key".into(), state_key.clone().into());
     }
     // Rooms v1 and v2 carry a server-chosen event ID inside the signed event.
-    let v1_event_id =
-        matches!(rules.event_id_format, EventIdFormatVersion::V1).then(|| EventId::new_v1(ctx.server_name));
-    if let Some(id) = &v1_event_id {
-        object.insert("event_id".into(), id.to_string().into());
+    if matches!(rules.event_id_format, EventIdFormatVersion::V1) {
+        object.insert("event_id".into(), EventId::new_v1(ctx.server_name).to_string().into());
     }
-    signatures::hash_and_sign_event(
-        ctx.server_name.as_str(),
-        &ctx.key.keypair,
-        &mut object,
-        &rules.redaction,
-    )
-    .map_err(|e| match e {
-        ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
-        other => invalid(other),
-    })?;
+    Ok(object)
+}
+
+/// Hash and sign an event's fields as `server_name` and derive its ID.
+pub fn sign_object(
+    mut object: CanonicalJsonObject,
+    room_version: &RoomVersionId,
+    room_id: Option<&RoomId>,
+    server_name: &ServerName,
+    key: &ServerSigningKey,
+) -> Result<BuiltPdu, BuildError> {
+    let rules: RoomVersionRules = room_version.rules().ok_or(BuildError::UnsupportedRoomVersion)?;
+    object.remove("signatures");
+    object.remove("hashes");
+    object.remove("unsigned");
+    signatures::hash_and_sign_event(server_name.as_str(), &key.keypair, &mut object, &rules.redaction)
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge,
+            other => invalid(other),
+        })?;
     if canonical_size(&object) > MAX_PDU_BYTES {
         return Err(BuildError::TooLarge);
     }
-    let (event_id, room_id) = derive_ids(&object, &rules, v1_event_id, ctx.room_id)?;
+    let v1_event_id = match rules.event_id_format {
+        EventIdFormatVersion::V1 => Some(
+            object
+                .get("event_id")
+                .and_then(|v| v.as_str())
+                .and_then(|id| EventId::parse(id).ok())
+                .ok_or_else(|| invalid("event lacks `event_id`"))?,
+        ),
+        _ => None,
+    };
+    let room_id = match room_id {
+        Some(id) => Some(id.to_owned()),
+        None => object.get("room_id").and_then(|v| v.as_str()).and_then(|id| RoomId::parse(id).ok()),
+    };
+    let (event_id, room_id) = derive_ids(&object, &rules, v1_event_id, room_id.as_deref())?;
     Pdu::from_json(event_id, Some(room_id), object).map_err(BuildError::Invalid)
 }
 

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod builder;
+pub mod federation;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod keys;

@@ -400,3 +400,110 @@ fn state_resolution_orders_plain_conflicts_by_time() {
     assert_eq!(resolved[&(StateEventType::RoomName, String::new())], later.event_id);
     assert_ne!(first.event_id, later.event_id);
 }
+
+/// A PDU as another server would send it: its JSON, with an `unsigned`
+/// field the receiver must ignore.
+fn received(pdu: &Pdu) -> CanonicalJsonObject {
+    let mut object = crate::federation::outgoing_json(pdu);
+    object.insert("unsigned".into(), object_value(json!({"age": 5})));
+    object
+}
+
+fn object_value(value: serde_json::Value) -> ruma::CanonicalJsonValue {
+    serde_json::from_value(value).unwrap()
+}
+
+#[test]
+fn received_pdus_verify_against_the_senders_key() {
+    use crate::federation::{required_servers, verify};
+    for version in [RoomVersionId::V1, RoomVersionId::V10, RoomVersionId::V12] {
+        let mut room = TestRoom::new(version.clone());
+        let pdu = room.send("alice", message("hello")).unwrap();
+        let keys = room.key.public_key_map(server().as_str());
+        let object = received(&pdu);
+        let servers = required_servers(&object, &version).unwrap();
+        assert_eq!(servers.into_iter().collect::<Vec<_>>(), vec![server().to_owned()], "{version}");
+        let verified = verify(object.clone(), &version, &keys).unwrap();
+        assert_eq!(verified.pdu.event_id, pdu.event_id, "{version}: the ID derives as the sender's did");
+        assert!(!verified.redacted);
+        assert!(!verified.pdu.json.contains_key("unsigned"), "the sender's unsigned data is dropped");
+
+        // Another server's key does not verify it.
+        let other = ServerSigningKey::generate("test").unwrap().public_key_map(server().as_str());
+        assert!(verify(object.clone(), &version, &other).is_err(), "{version}: wrong key accepted");
+        // Without any key for the sender's server it is refused.
+        assert!(verify(object, &version, &Default::default()).is_err());
+    }
+}
+
+#[test]
+fn received_pdus_with_a_wrong_content_hash_are_kept_redacted() {
+    use crate::federation::verify;
+    let mut room = TestRoom::new(RoomVersionId::V10);
+    let pdu = room.send("alice", message("original")).unwrap();
+    let keys = room.key.public_key_map(server().as_str());
+    let mut object = received(&pdu);
+    // The content is outside the signed (redacted) form, so the signature
+    // still holds but the content hash no longer matches.
+    object.insert("content".into(), object_value(json!({"msgtype": "m.text", "body": "tampered"})));
+    let verified = verify(object, &RoomVersionId::V10, &keys).unwrap();
+    assert!(verified.redacted);
+    assert_eq!(verified.pdu.event_id, pdu.event_id);
+    assert_eq!(verified.pdu.content_value(), json!({}), "the tampered content is stripped");
+
+    // A change to a signed field breaks the signature: refused.
+    let mut object = received(&pdu);
+    object.insert("sender".into(), "@mallory:example.org".into());
+    assert!(verify(object, &RoomVersionId::V10, &keys).is_err());
+}
+
+#[test]
+fn templates_signed_by_the_joining_server_get_its_signature_and_id() {
+    use crate::builder::{event_object, sign_object};
+    let room = TestRoom::new(RoomVersionId::V10);
+    let joiner_key = ServerSigningKey::generate("j").unwrap();
+    let joiner: &ServerName = "remote.test".try_into().unwrap();
+    let ctx = BuildContext {
+        room_id: room.room_id.as_deref(),
+        room_version: &room.version,
+        sender: UserId::parse("@carol:remote.test").unwrap(),
+        prev_events: room.head.iter().map(|id| EventRef { event_id: id.clone(), sha256: None }).collect(),
+        auth_events: Vec::new(),
+        depth: room.depth + 1,
+        origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(5_000).unwrap()),
+        server_name: server(),
+        key: &room.key,
+    };
+    let template = event_object(member("carol", "join"), &ctx).unwrap();
+    assert!(!template.contains_key("signatures") && !template.contains_key("hashes"));
+    let signed = sign_object(template, &room.version, None, joiner, &joiner_key).unwrap();
+    let keys = joiner_key.public_key_map(joiner.as_str());
+    let verified = crate::federation::verify(signed.json.clone(), &room.version, &keys).unwrap();
+    assert_eq!(verified.pdu.event_id, signed.event_id);
+    assert_eq!(Some(&signed.room_id), room.room_id.as_ref());
+}
+
+#[test]
+fn x_matrix_requests_verify_only_for_their_destination() {
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    let key = ServerSigningKey::generate("k").unwrap();
+    let origin = server().to_owned();
+    let destination: ruma::OwnedServerName = "remote.test".try_into().unwrap();
+    let request = http::Request::builder()
+        .method("PUT")
+        .uri("/_matrix/federation/v1/send/1")
+        .body(br#"{"pdus":[]}"#.to_vec())
+        .unwrap();
+    let header = XMatrix::sign_http_request(
+        &request,
+        XMatrixSigningInput::new(origin.clone(), destination.clone(), &key.keypair),
+    )
+    .unwrap();
+    let keys = key.public_key_map(origin.as_str());
+    header.verify_http_request(&request, &destination, &keys).unwrap();
+    let elsewhere: &ServerName = "third.test".try_into().unwrap();
+    assert!(header.verify_http_request(&request, elsewhere, &keys).is_err(), "replayed to another server");
+    let mut altered = request.clone();
+    *altered.body_mut() = br#"{"pdus":[{}]}"#.to_vec();
+    assert!(header.verify_http_request(&altered, &destination, &keys).is_err(), "body altered");
+}
