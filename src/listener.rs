@@ -31,12 +31,43 @@ pub async fn serve(
         (Some(cert), Some(key)) => {
             let acceptor = tls_acceptor(cert, key)?;
             tracing::info!("listening on https://{local}");
-            serve_tls(listener, acceptor, app, shutdown).await
+            let federation = federation_listener(config, acceptor.clone(), app.clone()).await;
+            let served = serve_tls(listener, acceptor, app, shutdown).await;
+            if let Some(task) = federation {
+                task.abort();
+            }
+            served
         }
         _ => {
             tracing::info!("listening on http://{local}");
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
             Ok(())
+        }
+    }
+}
+
+/// The second, federation-only HTTPS listener on `federation_port`, when
+/// it differs from the main port. A port that cannot be bound is logged,
+/// not fatal: the main listener serves federation too.
+async fn federation_listener(
+    config: &Config,
+    acceptor: TlsAcceptor,
+    app: Router,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let port = config.federation_port.filter(|p| *p != 0 && *p != config.port && config.allow_federation)?;
+    let address = SocketAddr::new(config.address, port);
+    match TcpListener::bind(address).await {
+        Ok(listener) => {
+            tracing::info!("federation listening on https://{address}");
+            Some(tokio::spawn(async move {
+                if let Err(err) = serve_tls(listener, acceptor, app, std::future::pending()).await {
+                    tracing::warn!("federation listener stopped: {err}");
+                }
+            }))
+        }
+        Err(err) => {
+            tracing::warn!("cannot listen for federation on {address}: {err}; the main listener serves it");
+            None
         }
     }
 }

@@ -34,10 +34,16 @@ impl TestServer {
 
     /// Start on an existing directory (for restart tests).
     pub fn start_in(dir: tempfile::TempDir, extra_config: &str) -> Self {
+        let config = format!("server_name = \"localhost\"\nport = 0\n{extra_config}");
+        Self::start_configured(dir, &config)
+    }
+
+    /// Start with `config` (which must set `server_name` and `port`) on
+    /// `dir`; address, database and log settings are added.
+    pub fn start_configured(dir: tempfile::TempDir, config: &str) -> Self {
         let config_path = dir.path().join("estuary.toml");
         let config = format!(
-            "server_name = \"localhost\"\naddress = \"127.0.0.1\"\nport = 0\n\
-             database_path = \"{}\"\nlog = \"info,estuary_api=debug\"\n{extra_config}",
+            "address = \"127.0.0.1\"\ndatabase_path = \"{}\"\nlog = \"info,estuary_api=debug\"\n{config}",
             dir.path().join("db").display()
         );
         std::fs::write(&config_path, config).expect("write config");
@@ -63,8 +69,8 @@ impl TestServer {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(pos) = line.find("listening on http://") {
-                    let addr = line[pos + "listening on http://".len()..].trim().to_owned();
+                if let Some(pos) = line.find("listening on http") {
+                    let addr = line[pos + "listening on ".len()..].trim().to_owned();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
@@ -81,8 +87,14 @@ impl TestServer {
                 panic!("server did not start; log:\n{}", log.lock().unwrap());
             }
         };
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        Self { base: format!("http://{addr}"), child, dir, log, http }
+        // Tests with TLS use a CA of their own; the harness's client only
+        // checks the server's behaviour, not its certificate.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        Self { base: addr, child, dir, log, http }
     }
 
     pub fn log(&self) -> String {

@@ -8,6 +8,7 @@ mod delayed;
 mod devices;
 mod discovery;
 mod errors;
+mod federation;
 mod harness;
 mod interop;
 mod keys;

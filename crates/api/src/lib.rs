@@ -5,6 +5,7 @@
 mod admin;
 mod client;
 mod error;
+mod federation;
 mod middleware;
 mod pages;
 mod router;

@@ -14,12 +14,12 @@ use ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use crate::{
     AppState, admin, client,
     error::ApiResult,
-    middleware, pages,
+    federation, middleware, pages,
     ruma_wrapper::{Auth, Ruma, RumaResponse},
 };
 
 pub fn build(services: AppState) -> Router {
-    let router = client::routes(Router::new())
+    let router = federation::routes(client::routes(Router::new()))
         .route(
             "/_synapse/admin/v1/media/{server_name}/{media_id}",
             axum::routing::delete(admin::delete_media),

@@ -76,6 +76,8 @@ pub struct Ruma<R> {
     pub token_sent: bool,
     /// The raw query string, for unstable parameters ruma does not model.
     pub raw_query: Option<String>,
+    /// The server that signed a Server-Server request.
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl<R> Ruma<R> {
@@ -97,6 +99,11 @@ impl<R> Ruma<R> {
     /// The authenticated user; endpoints with `AccessToken` always have one.
     pub fn user(&self) -> Result<&UserId, ApiError> {
         self.sender_user.as_deref().ok_or_else(|| Error::missing_token().into())
+    }
+
+    /// The authenticated origin server; Server-Server endpoints always have one.
+    pub fn origin(&self) -> Result<&ruma::ServerName, ApiError> {
+        self.origin.as_deref().ok_or_else(|| Error::unauthorized("Missing X-Matrix authorization").into())
     }
 
     pub fn device(&self) -> Result<&ruma::DeviceId, ApiError> {
@@ -123,6 +130,10 @@ where
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let raw_query = parts.uri.query().map(str::to_owned);
         let http_request = http::Request::from_parts(parts, bytes.as_ref());
+        let origin = match <R::Authentication as Auth>::KIND {
+            AuthKind::ServerSignatures => Some(state.federation.authenticate(&http_request).await?),
+            _ => None,
+        };
         let body = parse_contained(http_request, &path_refs)?;
         Ok(Self {
             body,
@@ -131,6 +142,7 @@ where
             appservice: caller.appservice,
             token_sent: access_token.is_some(),
             raw_query,
+            origin,
         })
     }
 }
@@ -206,10 +218,8 @@ fn authenticate(state: &AppState, kind: AuthKind, token: Option<&str>) -> Result
         (AuthKind::AppserviceTokenOptional, Some(token)) => {
             Ok(Caller { appservice: state.appservices.by_token(token), ..Caller::default() })
         }
-        // Federation arrives in a later issue; until then no server can sign requests.
-        (AuthKind::ServerSignatures, _) => {
-            Err(Error::forbidden("Federation is not enabled on this server").into())
-        }
+        // Checked once the body is read (the signature covers it).
+        (AuthKind::ServerSignatures, _) => Ok(Caller::default()),
     }
 }
 

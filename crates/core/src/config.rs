@@ -102,6 +102,26 @@ pub struct Config {
     /// Addresses URL previews may reach even though they are private,
     /// loopback or link-local (CIDR or single IP), e.g. `["10.0.0.5/32"]`.
     pub url_preview_ip_allowlist: Vec<String>,
+    /// Take part in federation: serve the Server-Server API and talk to
+    /// other servers. Off: this server is an island.
+    pub allow_federation: bool,
+    /// A second listener for the Server-Server API only, on `address`, over
+    /// HTTPS with the main listener's certificate (so only when TLS is
+    /// configured); other servers connect to 8448 unless told otherwise.
+    /// The main listener serves federation too, for deployments behind a
+    /// TLS-terminating proxy with `well_known_server` delegation. Unset or
+    /// equal to `port` or 0: no second listener.
+    pub federation_port: Option<u16>,
+    /// Notary servers asked for another server's signing keys when that
+    /// server cannot be reached directly.
+    pub trusted_key_servers: Vec<OwnedServerName>,
+    /// Extra PEM files of certificate authorities trusted for outgoing
+    /// federation (a private test network's CA), besides the system's.
+    pub federation_trusted_ca_paths: Vec<PathBuf>,
+    /// Let outgoing federation reach loopback, private and reserved
+    /// addresses (test networks only: on a public server it would let
+    /// anyone make this server probe its own network).
+    pub federation_allow_private_addresses: bool,
 }
 
 /// One MatrixRTC focus: its type (`livekit`) and service URL.
@@ -160,6 +180,11 @@ impl Default for Config {
             search_language: "english".to_owned(),
             user_directory_search_all_users: false,
             url_preview_ip_allowlist: Vec::new(),
+            allow_federation: true,
+            federation_port: Some(8448),
+            trusted_key_servers: vec!["matrix.org".try_into().expect("valid server name")],
+            federation_trusted_ca_paths: Vec::new(),
+            federation_allow_private_addresses: false,
         }
     }
 }
@@ -360,6 +385,11 @@ impl Config {
             "url_preview_ip_allowlist",
             "search_language",
             "user_directory_search_all_users",
+            "allow_federation",
+            "federation_port",
+            "trusted_key_servers",
+            "federation_trusted_ca_paths",
+            "federation_allow_private_addresses",
         ]
     }
 }

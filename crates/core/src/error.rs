@@ -29,6 +29,10 @@ impl Error {
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::matrix(403, ErrorKind::Forbidden, message)
     }
+    /// 401 `M_UNAUTHORIZED`: a federation request without a valid signature.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::matrix(401, ErrorKind::Unauthorized, message)
+    }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::matrix(404, ErrorKind::NotFound, message)
     }

@@ -12,6 +12,7 @@ pub mod delayed;
 pub mod devices;
 pub mod e2ee;
 pub mod ephemeral;
+pub mod federation;
 pub mod filters;
 pub mod media;
 pub mod outgoing;
@@ -51,6 +52,7 @@ pub struct Services {
     pub push: Arc<push::PushRules>,
     pub presence: Arc<presence::Presence>,
     pub outgoing: Arc<outgoing::Outgoing>,
+    pub federation: Arc<federation::Federation>,
     pub to_device: Arc<to_device::ToDevice>,
     pub e2ee: Arc<e2ee::E2ee>,
     pub devices: devices::Devices,
@@ -81,11 +83,33 @@ impl Services {
         .unwrap_or(0);
         let streams = Arc::new(streams::Streams::new(highest));
         let account_data = Arc::new(account_data::AccountData::new(&db, streams.clone())?);
-        let outgoing = Arc::new(outgoing::Outgoing::new(&db)?);
+        let key = Arc::new(rooms::load_or_create_signing_key(&db)?);
+        let federation_client = Arc::new(federation::FederationClient::new(&config, key.clone())?);
+        let outgoing = Arc::new(outgoing::Outgoing::new(&db, federation_client.clone())?);
         let push = Arc::new(push::PushRules::new(account_data.clone(), &db, outgoing.clone(), &config)?);
-        let rooms =
-            Arc::new(rooms::Rooms::new(config.clone(), &db, profile.clone(), streams.clone(), push.clone())?);
+        let rooms = Arc::new(rooms::Rooms::new(
+            config.clone(),
+            &db,
+            profile.clone(),
+            streams.clone(),
+            push.clone(),
+            key.clone(),
+            outgoing.clone(),
+        )?);
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(&db, streams.clone(), rooms.clone())?);
+        let server_keys = federation::ServerKeys::new(
+            &db,
+            config.server_name.clone(),
+            key,
+            config.trusted_key_servers.clone(),
+        )?;
+        let federation = Arc::new(federation::Federation::new(
+            config.clone(),
+            federation_client,
+            server_keys,
+            rooms.clone(),
+            ephemeral.clone(),
+        ));
         let presence =
             Arc::new(presence::Presence::new(config.clone(), &db, streams.clone(), rooms.clone())?);
         let to_device = Arc::new(to_device::ToDevice::new(&db, streams.clone(), accounts.clone())?);
@@ -122,6 +146,7 @@ impl Services {
             e2ee,
             to_device,
             outgoing,
+            federation,
             presence,
             push,
             sync,

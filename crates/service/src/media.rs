@@ -5,7 +5,7 @@
 //! local disk, so an S3-compatible store can replace it later.
 
 mod blobs;
-mod preview;
+pub(crate) mod preview;
 mod thumbnail;
 
 use std::{path::PathBuf, sync::Arc};

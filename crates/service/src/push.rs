@@ -10,7 +10,7 @@ use serde_json::{Value as JsonValue, json};
 
 use crate::{
     account_data::AccountData,
-    outgoing::{Outgoing, PushJob},
+    outgoing::{Job, Outgoing, PushJob},
     storage_error::StorageResultExt,
 };
 
@@ -127,7 +127,7 @@ impl PushRules {
                 app_id: pusher["app_id"].as_str().unwrap_or_default().to_owned(),
                 pushkey: pusher["pushkey"].as_str().unwrap_or_default().to_owned(),
             };
-            self.outgoing.enqueue(&format!("push {url}"), job)?;
+            self.outgoing.enqueue(&format!("push {url}"), Job::Push(job))?;
         }
         Ok(())
     }

@@ -29,9 +29,11 @@ pub const TABLES: &[&str] = &[
     "stream_receipt",
     // (user ID, app ID, pushkey) → pusher (JSON, as the client set it).
     "useridappidpushkey_pusher",
-    // (destination, sequence) → job: the durable outgoing queue (push gateways now;
-    // federation and appservices later).
+    // (destination, sequence) → job: the durable outgoing queue (push gateways,
+    // federation transactions; appservices later).
     "destinationseq_job",
+    // Server name → its signing keys as we know them and its latest key response.
+    "servername_keys",
     // (user ID, device ID, stream) → to-device message (type, sender, content), until acknowledged.
     "useriddevicestream_todevice",
     // (sender, device, transaction ID) → () for idempotent /sendToDevice.

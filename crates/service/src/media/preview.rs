@@ -66,7 +66,7 @@ impl IpRange {
 }
 
 /// Addresses a preview must never reach by default.
-fn is_blocked(ip: IpAddr) -> bool {
+pub(crate) fn is_blocked(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_blocked_v4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

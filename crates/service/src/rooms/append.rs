@@ -4,6 +4,8 @@
 //! (`staging.rs`), then `persist` the staged events in one commit, in
 //! stream order.
 
+use std::sync::Arc;
+
 use estuary_core::{Error, Result, error::ErrorKind, time::now_millis};
 use estuary_events::{
     Pdu, PduTemplate, auth,
@@ -21,7 +23,7 @@ use ruma::{
 
 use super::{
     RoomRecord, Rooms, StoredPdu,
-    staging::{Staged, Staging},
+    staging::{FanOut, Staged, Staging},
     state::StateMap,
 };
 use crate::storage_error::StorageResultExt;
@@ -112,6 +114,21 @@ impl Rooms {
         sender: &UserId,
         template: PduTemplate,
     ) -> Result<Pdu> {
+        self.with_local_context(staging, room_id, sender, template, |template, ctx| {
+            build_pdu(template, ctx).map_err(build_error)
+        })
+    }
+
+    /// Call `build` with the context of a new event from `sender` on top of
+    /// the staged room.
+    pub(super) fn with_local_context<T>(
+        &self,
+        staging: &Staging,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: PduTemplate,
+        build: impl FnOnce(PduTemplate, BuildContext<'_>) -> Result<T>,
+    ) -> Result<T> {
         let room = staging.room.as_ref().ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = room.room_version.rules().ok_or_else(unsupported_version)?;
         let content = serde_json::value::to_raw_value(&template.content)?;
@@ -141,7 +158,7 @@ impl Rooms {
             server_name: &self.config.server_name,
             key: &self.key,
         };
-        build_pdu(template, ctx).map_err(build_error)
+        build(template, ctx)
     }
 
     /// References to events; rooms v1 and v2 also carry their hashes.
@@ -175,20 +192,45 @@ impl Rooms {
             .map_err(|reason| Error::forbidden(format!("Event is not allowed: {reason}")))
     }
 
-    /// Authorise `pdu` against the staged state and add it, with everything
-    /// derived from it, to the staged batch. Nothing rejected is staged.
-    pub(super) fn stage(&self, staging: &mut Staging, mut pdu: Pdu, txn: Option<Txn>) -> Result<()> {
+    /// Authorise a local `pdu` against the staged state and add it, with
+    /// everything derived from it, to the staged batch: it becomes the
+    /// room's only forward extremity. Nothing rejected is staged.
+    pub(super) fn stage(&self, staging: &mut Staging, pdu: Pdu, txn: Option<Txn>) -> Result<()> {
         let version = match &staging.room {
             Some(room) => room.room_version.clone(),
             None => self.first_event_version(&pdu)?,
         };
         self.authorize(staging, &pdu, &version)?;
+        let before = (staging.room.as_ref().map(|r| r.state), staging.state.clone());
+        let (event_id, depth) = (pdu.event_id.clone(), pdu.depth);
+        let (after_id, after) = self.stage_event(staging, pdu, txn, &version, before, FanOut::All)?;
+        let depth = staging.room.as_ref().map_or(0, |r| r.depth).max(depth);
+        staging.state = after;
+        staging.room =
+            Some(RoomRecord { room_version: version, state: after_id, extremities: vec![event_id], depth });
+        Ok(())
+    }
+
+    /// Add an authorised `pdu` whose state before is `before` (snapshot ID
+    /// and map) to the staged batch: its state snapshot, indexes and stored
+    /// row. Returns the state after it; the caller moves the room on.
+    pub(super) fn stage_event(
+        &self,
+        staging: &mut Staging,
+        mut pdu: Pdu,
+        txn: Option<Txn>,
+        version: &RoomVersionId,
+        before: (Option<u64>, Arc<StateMap>),
+        fan_out: FanOut,
+    ) -> Result<(u64, Arc<StateMap>)> {
+        let (state_before_id, state_before) = before;
         let batch = &mut staging.batch;
         let event_short = self.short.event_short_or_create(&pdu.event_id, batch)?;
-        let state_before_id = staging.room.as_ref().map(|r| r.state);
-        let state_before = staging.state.clone();
-        let state_after_id = match &pdu.state_key {
-            None => state_before_id.ok_or_else(|| Error::internal("a room's first event must be state"))?,
+        let (state_after_id, state_after) = match &pdu.state_key {
+            None => (
+                state_before_id.ok_or_else(|| Error::internal("a room's first event must be state"))?,
+                state_before.clone(),
+            ),
             Some(state_key) => {
                 let event_type = StateEventType::from(pdu.kind.to_string());
                 let key = self.short.state_key_short_or_create(&event_type, state_key, batch)?;
@@ -200,10 +242,10 @@ impl Rooms {
                 }
                 let id = self.short.allocate();
                 let batch = &mut staging.batch;
-                staging.state =
+                let after =
                     self.state.store(id, state_before_id, vec![(key, event_short)], Vec::new(), batch)?;
                 staging.snapshots.push(id);
-                id
+                (id, after)
             }
         };
         let batch = &mut staging.batch;
@@ -211,7 +253,7 @@ impl Rooms {
             self.index_membership(&pdu, batch)?;
         }
         if pdu.kind == TimelineEventType::RoomRedaction {
-            self.apply_redaction(&pdu, &version, &state_before, batch)?;
+            self.apply_redaction(&pdu, version, &state_before, batch)?;
         }
         if let Some(txn) = &txn {
             batch.put(
@@ -220,13 +262,6 @@ impl Rooms {
                 &pdu.event_id.to_string(),
             );
         }
-        let depth = staging.room.as_ref().map_or(0, |r| r.depth);
-        staging.room = Some(RoomRecord {
-            room_version: version,
-            state: state_after_id,
-            extremities: vec![pdu.event_id.clone()],
-            depth: pdu.depth.max(depth),
-        });
         staging.note_event(event_short, &pdu);
         let joined_user = (pdu.kind == TimelineEventType::RoomMember
             && pdu.content_value()["membership"] == "join")
@@ -241,8 +276,8 @@ impl Rooms {
             state_after: state_after_id,
             txn: txn.map(|t| (t.device_id, t.txn_id)),
         };
-        staging.staged.push(Staged { pdu, stored, joined_user });
-        Ok(())
+        staging.staged.push(Staged { pdu, stored, joined_user, fan_out });
+        Ok((state_after_id, state_after))
     }
 
     /// The room version a room's first event (its create event) declares;
@@ -268,6 +303,8 @@ impl Rooms {
         let (Some(room), Some(first)) = (staging.room.take(), staged.first()) else { return Ok(()) };
         let room_id = first.pdu.room_id.clone();
         let room_key = room_id.to_string();
+        let mut batch = batch;
+        let sent = self.stage_fan_out(&room_id, &staged, &mut batch)?;
         let committed = self.streams.commit_many(batch, staged.len(), |first, batch| {
             batch.put(&self.roomid_room, &room_key, &Json(room));
             for (offset, event) in staged.iter_mut().enumerate() {
@@ -278,6 +315,9 @@ impl Rooms {
         });
         self.state.settle(&snapshots, committed.is_ok());
         committed?;
+        if sent {
+            self.outgoing.wake();
+        }
         self.wake_room(&room_id, staged.iter().map(|event| &event.pdu))?;
         for event in &staged {
             if let Err(err) = self.notify_members(&event.stored).await {
@@ -285,6 +325,47 @@ impl Rooms {
             }
         }
         Ok(())
+    }
+
+    /// Queue the staged events for the other servers in the room, in the
+    /// same batch: an event is committed together with its delivery.
+    /// Returns whether anything was queued.
+    fn stage_fan_out(
+        &self,
+        room_id: &RoomId,
+        staged: &[Staged],
+        batch: &mut estuary_storage::Batch,
+    ) -> Result<bool> {
+        if !self.config.allow_federation || staged.iter().all(|e| e.fan_out == FanOut::None) {
+            return Ok(false);
+        }
+        let mut servers = self.joined_servers(room_id)?;
+        // A membership event also reaches its target's server (an invite,
+        // a kick), and a join brings its server in for what follows.
+        for event in staged.iter().filter(|e| e.pdu.kind == TimelineEventType::RoomMember) {
+            if let Some(server) = event.pdu.state_key.as_deref().and_then(crate::federation::server_of)
+                && server != self.config.server_name
+            {
+                servers.push(server.to_owned());
+            }
+        }
+        servers.sort();
+        servers.dedup();
+        let mut sent = false;
+        for event in staged {
+            let except = match &event.fan_out {
+                FanOut::None => continue,
+                FanOut::All => None,
+                FanOut::AllBut(server) => Some(server),
+            };
+            let json = serde_json::to_value(estuary_events::federation::outgoing_json(&event.pdu))?;
+            for server in servers.iter().filter(|s| Some(*s) != except) {
+                let job = crate::outgoing::Job::Pdu { pdu: json.clone() };
+                self.outgoing.stage(batch, &crate::outgoing::server_destination(server), job);
+                sent = true;
+            }
+        }
+        Ok(sent)
     }
 
     /// The rows keyed by an event's stream position.

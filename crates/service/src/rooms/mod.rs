@@ -16,6 +16,7 @@ mod membership;
 mod notify;
 mod read;
 mod relations;
+mod remote;
 mod search_index;
 mod short;
 mod staging;
@@ -47,7 +48,9 @@ pub use notify::NotificationRow;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{glob_match, passes};
 pub use relations::{RelationsPage, RelationsQuery};
+pub use remote::Received;
 pub use search_index::SEARCH_KEYS;
+pub use staging::FanOut;
 pub use state::StateMap;
 
 use crate::{profile::Profiles, storage_error::StorageResultExt, streams::Streams};
@@ -124,7 +127,9 @@ const SIGNING_KEY_VERSION: &str = "signing_key_version";
 pub struct Rooms {
     config: Arc<Config>,
     db: Db,
-    key: ServerSigningKey,
+    key: Arc<ServerSigningKey>,
+    /// Events for other servers leave through it (staged with the event).
+    outgoing: Arc<crate::outgoing::Outgoing>,
     short: short::ShortIds,
     state: state::StateStore,
     profiles: Arc<Profiles>,
@@ -165,11 +170,14 @@ impl Rooms {
         profiles: Arc<Profiles>,
         streams: Arc<Streams>,
         push: Arc<crate::push::PushRules>,
+        key: Arc<ServerSigningKey>,
+        outgoing: Arc<crate::outgoing::Outgoing>,
     ) -> Result<Self> {
         let stream_roomideventid: Table<u64, Json<(String, String)>> =
             db.table("stream_roomideventid").db()?;
         Ok(Self {
-            key: load_or_create_signing_key(db)?,
+            key,
+            outgoing,
             short: short::ShortIds::new(db)?,
             state: state::StateStore::new(db, config.memory_budget().state_cache)?,
             profiles,
@@ -293,7 +301,7 @@ impl Rooms {
     }
 }
 
-fn load_or_create_signing_key(db: &Db) -> Result<ServerSigningKey> {
+pub fn load_or_create_signing_key(db: &Db) -> Result<ServerSigningKey> {
     use base64::Engine;
     let global: Table<String, String> = db.table("global").db()?;
     let engine = base64::engine::general_purpose::STANDARD;

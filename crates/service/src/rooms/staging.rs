@@ -37,6 +37,20 @@ pub(super) struct Staged {
     pub(super) stored: StoredPdu,
     /// The user a join admits (for `useridroomid_joinstream`).
     pub(super) joined_user: Option<String>,
+    /// Which servers of the room the event is sent to.
+    pub(super) fan_out: FanOut,
+}
+
+/// Which servers in the room an event is sent to once committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FanOut {
+    /// Every other server (our own events).
+    All,
+    /// Every other server but this one (a join a server sent us to admit:
+    /// it has the event already).
+    AllBut(ruma::OwnedServerName),
+    /// None (a remote event its origin sends to everyone itself).
+    None,
 }
 
 impl Staging<'_> {

@@ -1,0 +1,200 @@
+//! Server-Server API handlers: signing keys, joins and leaves, transactions,
+//! and room history for other servers. Each parses, calls the federation
+//! service with the authenticated origin, and shapes ruma's response.
+
+use axum::Router;
+use estuary_service::federation::raw_pdus;
+use ruma::{
+    MilliSecondsSinceUnixEpoch,
+    api::federation::{
+        backfill::get_backfill,
+        discovery::{
+            get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
+        },
+        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+        transactions::send_transaction_message,
+    },
+    serde::Raw,
+};
+use serde_json::value::to_raw_value;
+
+use crate::{AppState, error::ApiResult, router::RumaRouter, ruma_wrapper::Ruma};
+
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .ruma(server_keys)
+        .ruma(remote_server_keys)
+        .ruma(remote_server_keys_batch)
+        .ruma(version)
+        .ruma(make_join)
+        .ruma(send_join)
+        .ruma(make_leave)
+        .ruma(send_leave)
+        .ruma(send_transaction)
+        .ruma(event)
+        .ruma(state)
+        .ruma(state_ids)
+        .ruma(backfill)
+        .ruma(missing_events)
+}
+
+fn now() -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch::now()
+}
+
+fn raw<T: serde::Serialize>(value: &T) -> ApiResult<Box<serde_json::value::RawValue>> {
+    Ok(to_raw_value(value).map_err(estuary_core::Error::internal)?)
+}
+
+async fn server_keys(
+    s: AppState,
+    _: Ruma<get_server_keys::v2::Request>,
+) -> ApiResult<get_server_keys::v2::Response> {
+    Ok(get_server_keys::v2::Response::new(Raw::from_json(raw(&s.federation.keys.own_keys())?)))
+}
+
+/// Notary: the keys we hold for a server, countersigned by us.
+fn notary_answer(
+    s: &AppState,
+    server: &ruma::ServerName,
+) -> Option<Raw<ruma::api::federation::discovery::ServerSigningKeys>> {
+    let mut object: ruma::CanonicalJsonObject =
+        serde_json::from_value(s.federation.keys.stored_response(server)?).ok()?;
+    s.federation.keys.sign(&mut object);
+    to_raw_value(&object).ok().map(Raw::from_json)
+}
+
+async fn remote_server_keys(
+    s: AppState,
+    r: Ruma<get_remote_server_keys::v2::Request>,
+) -> ApiResult<get_remote_server_keys::v2::Response> {
+    let keys = notary_answer(&s, &r.body.server_name).into_iter().collect();
+    Ok(get_remote_server_keys::v2::Response::new(keys))
+}
+
+async fn remote_server_keys_batch(
+    s: AppState,
+    r: Ruma<get_remote_server_keys_batch::v2::Request>,
+) -> ApiResult<get_remote_server_keys_batch::v2::Response> {
+    let keys = r.body.server_keys.keys().filter_map(|server| notary_answer(&s, server)).collect();
+    Ok(get_remote_server_keys_batch::v2::Response::new(keys))
+}
+
+async fn version(
+    _: AppState,
+    _: Ruma<get_server_version::v1::Request>,
+) -> ApiResult<get_server_version::v1::Response> {
+    let mut server = get_server_version::v1::Server::new();
+    server.name = Some("Estuary".to_owned());
+    server.version = Some(env!("CARGO_PKG_VERSION").to_owned());
+    let mut response = get_server_version::v1::Response::new();
+    response.server = Some(server);
+    Ok(response)
+}
+
+async fn make_join(
+    s: AppState,
+    r: Ruma<prepare_join_event::v1::Request>,
+) -> ApiResult<prepare_join_event::v1::Response> {
+    let origin = r.origin()?;
+    let (version, template) =
+        s.federation.make_join(origin, &r.body.room_id, &r.body.user_id, &r.body.ver)?;
+    let mut response = prepare_join_event::v1::Response::new(raw(&template)?);
+    response.room_version = Some(version);
+    Ok(response)
+}
+
+async fn send_join(
+    s: AppState,
+    r: Ruma<create_join_event::v2::Request>,
+) -> ApiResult<create_join_event::v2::Response> {
+    let origin = r.origin()?;
+    let body = &r.body;
+    let pdu = s.federation.send_membership(origin, &body.room_id, &body.event_id, &body.pdu, "join").await?;
+    let (state, auth_chain) = s.federation.state_at(origin, &body.room_id, &pdu.event_id)?;
+    let mut room_state = create_join_event::v2::RoomState::new();
+    room_state.state = raw_pdus(&state);
+    room_state.auth_chain = raw_pdus(&auth_chain);
+    room_state.event = raw_pdus(std::slice::from_ref(&pdu)).pop();
+    Ok(create_join_event::v2::Response::new(room_state))
+}
+
+async fn make_leave(
+    s: AppState,
+    r: Ruma<prepare_leave_event::v1::Request>,
+) -> ApiResult<prepare_leave_event::v1::Response> {
+    let origin = r.origin()?;
+    let (version, template) = s.federation.make_leave(origin, &r.body.room_id, &r.body.user_id)?;
+    Ok(prepare_leave_event::v1::Response::new(Some(version), raw(&template)?))
+}
+
+async fn send_leave(
+    s: AppState,
+    r: Ruma<create_leave_event::v2::Request>,
+) -> ApiResult<create_leave_event::v2::Response> {
+    let origin = r.origin()?;
+    let body = &r.body;
+    s.federation.send_membership(origin, &body.room_id, &body.event_id, &body.pdu, "leave").await?;
+    Ok(create_leave_event::v2::Response::new())
+}
+
+async fn send_transaction(
+    s: AppState,
+    r: Ruma<send_transaction_message::v1::Request>,
+) -> ApiResult<send_transaction_message::v1::Response> {
+    let origin = r.origin()?;
+    if r.body.origin != origin {
+        return Err(
+            estuary_core::Error::forbidden("The transaction's origin is not the signing server").into()
+        );
+    }
+    if r.body.pdus.len() > 50 || r.body.edus.len() > 100 {
+        return Err(estuary_core::Error::too_large("A transaction holds at most 50 PDUs and 100 EDUs").into());
+    }
+    let results = s.federation.receive_transaction(origin, &r.body.pdus, &r.body.edus).await;
+    Ok(send_transaction_message::v1::Response::new(results))
+}
+
+async fn event(s: AppState, r: Ruma<get_event::v1::Request>) -> ApiResult<get_event::v1::Response> {
+    let pdu = s.federation.event(r.origin()?, &r.body.event_id)?;
+    let json =
+        raw_pdus(std::slice::from_ref(&pdu)).pop().ok_or_else(|| estuary_core::Error::internal("event"))?;
+    Ok(get_event::v1::Response::new(s.config.server_name.clone(), now(), json))
+}
+
+async fn state(s: AppState, r: Ruma<get_room_state::v1::Request>) -> ApiResult<get_room_state::v1::Response> {
+    let (state, auth_chain) = s.federation.state_at(r.origin()?, &r.body.room_id, &r.body.event_id)?;
+    Ok(get_room_state::v1::Response::new(raw_pdus(&auth_chain), raw_pdus(&state)))
+}
+
+async fn state_ids(
+    s: AppState,
+    r: Ruma<get_room_state_ids::v1::Request>,
+) -> ApiResult<get_room_state_ids::v1::Response> {
+    let (state, auth_chain) = s.federation.state_at(r.origin()?, &r.body.room_id, &r.body.event_id)?;
+    let ids = |pdus: &[estuary_events::Pdu]| pdus.iter().map(|p| p.event_id.clone()).collect();
+    Ok(get_room_state_ids::v1::Response::new(ids(&auth_chain), ids(&state)))
+}
+
+async fn backfill(s: AppState, r: Ruma<get_backfill::v1::Request>) -> ApiResult<get_backfill::v1::Response> {
+    let limit = u64::from(r.body.limit) as usize;
+    let pdus = s.federation.backfill(r.origin()?, &r.body.room_id, &r.body.v, limit)?;
+    Ok(get_backfill::v1::Response::new(s.config.server_name.clone(), now(), raw_pdus(&pdus)))
+}
+
+async fn missing_events(
+    s: AppState,
+    r: Ruma<get_missing_events::v1::Request>,
+) -> ApiResult<get_missing_events::v1::Response> {
+    let body = &r.body;
+    let limit = u64::from(body.limit) as usize;
+    let pdus = s.federation.missing_events(
+        r.origin()?,
+        &body.room_id,
+        &body.earliest_events,
+        &body.latest_events,
+        limit,
+    )?;
+    Ok(get_missing_events::v1::Response::new(raw_pdus(&pdus)))
+}

@@ -1,0 +1,223 @@
+//! Outgoing federation requests: one `reqwest` client (connection reuse,
+//! rustls with the system's roots plus `federation_trusted_ca_paths`), every
+//! request a ruma endpoint type signed with `X-Matrix` for its destination.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use estuary_core::{Config, Error, Result};
+use estuary_events::ServerSigningKey;
+use futures::StreamExt;
+use ruma::{
+    ServerName,
+    api::{
+        IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
+        auth_scheme::NoAuthentication,
+        error::IntoHttpError,
+        federation::authentication::{ServerSignatures, XMatrixSigningInput},
+        path_builder::PathBuilder,
+    },
+};
+
+use super::resolve::Resolver;
+use crate::media::preview::is_blocked;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest response read from another server (a `send_join` of a big room
+/// is the largest legitimate answer).
+const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
+
+/// Why a request to another server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("federation is disabled")]
+    Disabled,
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The server answered with an error status.
+    #[error("answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("invalid answer: {0}")]
+    Invalid(String),
+}
+
+impl FederationError {
+    /// Whether the destination refused the request for good (a 4xx other
+    /// than rate limiting): retrying the same request will not help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Status { status, .. } if (400..500).contains(status) && *status != 429)
+    }
+}
+
+impl From<FederationError> for Error {
+    fn from(err: FederationError) -> Self {
+        Error::matrix(502, ruma::api::error::ErrorKind::Unknown, format!("Federation request failed: {err}"))
+    }
+}
+
+/// Resolves host names, refusing private and reserved addresses unless the
+/// configuration allows them (a remote server name must not make us probe
+/// our own network).
+struct VettingResolver {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for VettingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> =
+                found.into_iter().filter(|a| allow_private || !is_blocked(a.ip())).collect();
+            if allowed.is_empty() {
+                return Err(format!("{host} has no public address").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP side of federation.
+pub struct FederationClient {
+    pub(super) http: reqwest::Client,
+    resolver: Resolver,
+    server_name: ruma::OwnedServerName,
+    key: Arc<ServerSigningKey>,
+    allow_private: bool,
+    enabled: bool,
+}
+
+impl FederationClient {
+    pub fn new(config: &Config, key: Arc<ServerSigningKey>) -> Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("Estuary/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::new(VettingResolver {
+                allow_private: config.federation_allow_private_addresses,
+            }));
+        for path in &config.federation_trusted_ca_paths {
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::internal(format!("federation_trusted_ca_paths: {}: {e}", path.display()))
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::internal(format!("federation_trusted_ca_paths: {}: {e}", path.display()))
+            })? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(Self {
+            http: builder.build().map_err(Error::internal)?,
+            resolver: Resolver::new(),
+            server_name: config.server_name.clone(),
+            key,
+            allow_private: config.federation_allow_private_addresses,
+            enabled: config.allow_federation,
+        })
+    }
+
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
+    }
+
+    /// Send a signed request to `destination` and parse its answer.
+    pub async fn send<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = ()>,
+    {
+        let input =
+            XMatrixSigningInput::new(self.server_name.clone(), destination.to_owned(), &self.key.keypair);
+        let answer = self.execute(destination, |url| request.try_into_http_request(url, input, ())).await?;
+        parse_answer::<R::IncomingResponse>(&answer).map_err(FederationError::Invalid)
+    }
+
+    /// Send a request that needs no signature (key queries).
+    pub async fn send_unsigned<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<Authentication = NoAuthentication>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = ()>,
+    {
+        let answer = self.execute(destination, |url| request.try_into_http_request(url, (), ())).await?;
+        parse_answer::<R::IncomingResponse>(&answer).map_err(FederationError::Invalid)
+    }
+
+    /// Resolve `destination`, send the request `build` makes for its base
+    /// URL, and return the answer (2xx only).
+    async fn execute(
+        &self,
+        destination: &ServerName,
+        build: impl FnOnce(&str) -> Result<http::Request<Vec<u8>>, IntoHttpError>,
+    ) -> Result<http::Response<Vec<u8>>, FederationError> {
+        if !self.enabled {
+            return Err(FederationError::Disabled);
+        }
+        let target = self.resolver.resolve(&self.http, destination).await;
+        if !self.allow_private
+            && let Ok(ip) = target.host.parse()
+            && is_blocked(ip)
+        {
+            return Err(FederationError::Unreachable(format!("{} is a private address", target.host)));
+        }
+        let http_request = build(&target.base_url())
+            .map_err(|e| FederationError::Invalid(format!("cannot build the request: {e}")))?;
+        let request = reqwest::Request::try_from(http_request)
+            .map_err(|e| FederationError::Invalid(format!("cannot build the request: {e}")))?;
+        let response =
+            self.http.execute(request).await.map_err(|e| FederationError::Unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let body = read_limited(response, MAX_RESPONSE_BYTES).await.map_err(FederationError::Unreachable)?;
+        if !status.is_success() {
+            let body = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+            return Err(FederationError::Status { status: status.as_u16(), body });
+        }
+        let mut answer = http::Response::new(body);
+        *answer.status_mut() = status;
+        Ok(answer)
+    }
+}
+
+/// A ruma response from an answer's status and body.
+fn parse_answer<T: IncomingResponseExt>(answer: &http::Response<Vec<u8>>) -> Result<T, String> {
+    let mut response = http::Response::new(answer.body().as_slice());
+    *response.status_mut() = answer.status();
+    T::try_from_http_response(response).map_err(|e| e.to_string())
+}
+
+/// An error with its causes (reqwest's top-level message hides the reason:
+/// a refused certificate, a refused connection).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A response body, refusing more than `limit` bytes.
+pub(super) async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| error_chain(&e))?;
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

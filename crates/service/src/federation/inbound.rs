@@ -1,0 +1,371 @@
+//! What the Server-Server API handlers call: joins, transactions, and the
+//! room history other servers ask for. Every call names the authenticated
+//! origin; rooms are served only to servers with a member in them.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
+
+use estuary_core::{Error, Result, error::ErrorKind};
+use estuary_events::Pdu;
+use ruma::{
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, ServerName, UserId,
+    api::federation::{event::get_missing_events, transactions::edu::Edu},
+    events::TimelineEventType,
+    serde::Raw,
+};
+use serde_json::value::RawValue;
+
+use super::Federation;
+use crate::rooms::{FanOut, Received};
+
+/// Most events fetched to fill one gap in a room's DAG.
+const MISSING_EVENTS_LIMIT: u64 = 20;
+
+impl Federation {
+    /// `make_join`: the unsigned join event for `user_id` of `origin`.
+    pub fn make_join(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        supported: &[RoomVersionId],
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        if user_id.server_name() != origin {
+            return Err(Error::forbidden("The user is not from the requesting server"));
+        }
+        let room = self.rooms.require_room(room_id)?;
+        let supported_here = supported.is_empty() && room.room_version == RoomVersionId::V1;
+        if !supported_here && !supported.contains(&room.room_version) {
+            return Err(Error::matrix(
+                400,
+                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(
+                    room.room_version.clone(),
+                )),
+                "Your server does not support this room's version",
+            ));
+        }
+        self.rooms.make_join(room_id, user_id)
+    }
+
+    /// `make_leave`: the unsigned leave event for `user_id` of `origin`.
+    pub fn make_leave(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        if user_id.server_name() != origin {
+            return Err(Error::forbidden("The user is not from the requesting server"));
+        }
+        self.rooms.make_leave(room_id, user_id)
+    }
+
+    /// `send_join` / `send_leave`: a membership event another server signed
+    /// for one of its users, entered into the room and sent on to the other
+    /// servers. Returns the event.
+    pub async fn send_membership(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        json: &RawValue,
+        membership: &str,
+    ) -> Result<Pdu> {
+        let room = self.rooms.require_room(room_id)?;
+        let verified = self
+            .verify_pdus(&room.room_version, std::slice::from_ref(&json.to_owned()))
+            .await
+            .pop()
+            .ok_or_else(|| Error::internal("no PDU"))?
+            .map_err(|(_, reason)| Error::bad_json(format!("Invalid event: {reason}")))?;
+        let pdu = verified.pdu;
+        let content = pdu.content_value();
+        let sender_ok =
+            pdu.sender.server_name() == origin && pdu.state_key.as_deref() == Some(pdu.sender.as_str());
+        if pdu.event_id != event_id
+            || pdu.room_id != room_id
+            || pdu.kind != TimelineEventType::RoomMember
+            || content["membership"] != membership
+            || !sender_ok
+        {
+            return Err(Error::bad_json(format!(
+                "Not a {membership} event of a user of {origin} for this room"
+            )));
+        }
+        let outcome =
+            self.rooms.receive(room_id, vec![pdu.clone()], FanOut::AllBut(origin.to_owned())).await?;
+        match outcome.into_iter().next().map(|(_, o)| o) {
+            Some(Received::Accepted | Received::Known) => Ok(pdu),
+            Some(Received::MissingPrevs(_)) => {
+                Err(Error::bad_json("The event's prev_events are unknown here"))
+            }
+            Some(Received::Rejected(reason) | Received::SoftFailed(reason)) => Err(Error::forbidden(reason)),
+            None => Err(Error::internal("no outcome")),
+        }
+    }
+
+    /// The state before an event and its auth chain, for `origin`.
+    pub fn state_at(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<(Vec<Pdu>, Vec<Pdu>)> {
+        self.require_in_room(origin, room_id)?;
+        let stored = self.rooms.stored(event_id)?.filter(|s| s.room_id == room_id);
+        if stored.is_none() {
+            return Err(Error::not_found("Unknown event in this room"));
+        }
+        self.rooms.state_and_auth_chain(event_id)
+    }
+
+    /// One event, for a server in its room.
+    pub fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Pdu> {
+        let pdu = self.rooms.pdu(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        self.require_in_room(origin, &pdu.room_id)?;
+        Ok(pdu)
+    }
+
+    /// Events before `from` (following `prev_events`), newest first.
+    pub fn backfill(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        from: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<Pdu>> {
+        self.require_in_room(origin, room_id)?;
+        let mut seen = HashSet::new();
+        let mut queue: Vec<OwnedEventId> = from.to_vec();
+        let mut events = Vec::new();
+        while let Some(id) = queue.pop() {
+            if events.len() >= limit.min(100) {
+                break;
+            }
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(pdu) = self.rooms.pdu(&id)?.filter(|p| p.room_id == room_id) else { continue };
+            queue.extend(pdu.prev_events.iter().cloned());
+            // Keep the walk newest first: deeper events are popped first.
+            queue.sort_by_key(|id| self.rooms.pdu(id).ok().flatten().map_or(0, |p| p.depth));
+            events.push(pdu);
+        }
+        Ok(events)
+    }
+
+    /// `get_missing_events`: events between `earliest` and `latest`, oldest first.
+    pub fn missing_events(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<Pdu>> {
+        self.require_in_room(origin, room_id)?;
+        let mut seen: HashSet<OwnedEventId> = earliest.iter().cloned().collect();
+        let mut queue: Vec<OwnedEventId> = Vec::new();
+        for id in latest {
+            if let Some(pdu) = self.rooms.pdu(id)? {
+                queue.extend(pdu.prev_events);
+            }
+        }
+        let mut events = Vec::new();
+        while let Some(id) = queue.pop() {
+            if events.len() >= limit.min(100) {
+                break;
+            }
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(pdu) = self.rooms.pdu(&id)?.filter(|p| p.room_id == room_id) else { continue };
+            queue.extend(pdu.prev_events.iter().cloned());
+            events.push(pdu);
+        }
+        events.sort_by_key(|p| p.depth);
+        Ok(events)
+    }
+
+    /// Rooms are served only to servers that have a member in them.
+    fn require_in_room(&self, origin: &ServerName, room_id: &RoomId) -> Result<()> {
+        if self.rooms.joined_servers(room_id)?.iter().any(|s| s == origin) {
+            return Ok(());
+        }
+        tracing::info!(%origin, %room_id, "refused room data to a server without members in the room");
+        Err(Error::forbidden("Your server has no member in this room"))
+    }
+
+    /// A `/send` transaction: PDUs grouped by room (each room in order under
+    /// its lock; rooms in parallel, so one room's trouble holds up no
+    /// other), then EDUs. Returns each PDU's outcome.
+    pub async fn receive_transaction(
+        &self,
+        origin: &ServerName,
+        pdus: &[Box<RawValue>],
+        edus: &[Raw<Edu>],
+    ) -> BTreeMap<OwnedEventId, std::result::Result<(), String>> {
+        let mut by_room: BTreeMap<OwnedRoomId, Vec<Box<RawValue>>> = BTreeMap::new();
+        for pdu in pdus {
+            #[derive(serde::Deserialize)]
+            struct RoomOf {
+                room_id: OwnedRoomId,
+            }
+            match serde_json::from_str::<RoomOf>(pdu.get()) {
+                Ok(RoomOf { room_id }) => by_room.entry(room_id).or_default().push(pdu.clone()),
+                Err(_) => tracing::info!(%origin, "dropped a PDU without a valid room_id"),
+            }
+        }
+        let rooms = by_room
+            .into_iter()
+            .map(|(room_id, pdus)| async move { self.receive_room_pdus(origin, &room_id, &pdus).await });
+        let mut results = BTreeMap::new();
+        for outcome in futures::future::join_all(rooms).await {
+            results.extend(outcome);
+        }
+        for edu in edus {
+            self.receive_edu(origin, edu);
+        }
+        results
+    }
+
+    async fn receive_room_pdus(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        raw: &[Box<RawValue>],
+    ) -> Vec<(OwnedEventId, std::result::Result<(), String>)> {
+        let room = match self.rooms.room(room_id) {
+            Ok(Some(room)) => room,
+            _ => {
+                tracing::info!(%origin, %room_id, "dropped events of a room this server is not in");
+                return Vec::new();
+            }
+        };
+        let mut results = Vec::new();
+        let mut verified = Vec::new();
+        for outcome in self.verify_pdus(&room.room_version, raw).await {
+            match outcome {
+                Ok(v) => verified.push(v.pdu),
+                Err((Some(id), reason)) => {
+                    tracing::warn!(%origin, event_id = %id, "refused an event: {reason}");
+                    results.push((id, Err(reason)));
+                }
+                Err((None, reason)) => tracing::warn!(%origin, %room_id, "refused an event: {reason}"),
+            }
+        }
+        verified.sort_by_key(|p| p.depth);
+        for pdu in verified {
+            let event_id = pdu.event_id.clone();
+            let outcome = self.receive_with_gap_fill(origin, room_id, &room.room_version, pdu).await;
+            results.push((event_id, outcome));
+        }
+        results
+    }
+
+    /// Receive one event; when its `prev_events` are unknown, fetch the gap
+    /// from the origin once (`get_missing_events`) and retry.
+    async fn receive_with_gap_fill(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        room_version: &RoomVersionId,
+        pdu: Pdu,
+    ) -> std::result::Result<(), String> {
+        let event_id = pdu.event_id.clone();
+        let outcome = self.receive_one(room_id, pdu.clone()).await?;
+        let Received::MissingPrevs(_) = outcome else { return outcome_result(outcome) };
+        let extremities = self.rooms.room(room_id).ok().flatten().map(|r| r.extremities).unwrap_or_default();
+        let mut request =
+            get_missing_events::v1::Request::new(room_id.to_owned(), extremities, vec![event_id.clone()]);
+        request.limit = MISSING_EVENTS_LIMIT.try_into().unwrap_or_default();
+        let fetched = tokio::time::timeout(Duration::from_secs(30), self.client.send(origin, request)).await;
+        let events = match fetched {
+            Ok(Ok(response)) => response.events,
+            Ok(Err(err)) => {
+                tracing::warn!(%origin, %room_id, "fetching missing events failed: {err}");
+                return Err("missing prev_events".into());
+            }
+            Err(_) => {
+                tracing::warn!(%origin, %room_id, "fetching missing events timed out");
+                return Err("missing prev_events".into());
+            }
+        };
+        let mut gap: Vec<Pdu> = Vec::new();
+        for verified in self.verify_pdus(room_version, &events).await.into_iter().flatten() {
+            gap.push(verified.pdu);
+        }
+        gap.sort_by_key(|p| p.depth);
+        for earlier in gap {
+            let _ = self.receive_one(room_id, earlier).await;
+        }
+        outcome_result(self.receive_one(room_id, pdu).await?)
+    }
+
+    async fn receive_one(&self, room_id: &RoomId, pdu: Pdu) -> std::result::Result<Received, String> {
+        let outcome = self.rooms.receive(room_id, vec![pdu], FanOut::None).await.map_err(|e| {
+            tracing::error!(%room_id, "storing a received event failed: {e}");
+            "internal error".to_owned()
+        })?;
+        Ok(outcome.into_iter().next().map_or(Received::Known, |(_, o)| o))
+    }
+
+    /// Typing notifications and read receipts from the origin's users.
+    fn receive_edu(&self, origin: &ServerName, edu: &Raw<Edu>) {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(edu.json().get()) else { return };
+        let content = &value["content"];
+        match value["edu_type"].as_str() {
+            Some("m.typing") => {
+                let (Some(room_id), Some(user_id)) = (
+                    content["room_id"].as_str().and_then(|r| RoomId::parse(r).ok()),
+                    content["user_id"].as_str().and_then(|u| UserId::parse(u).ok()),
+                ) else {
+                    return;
+                };
+                if user_id.server_name() != origin {
+                    return;
+                }
+                let typing = content["typing"].as_bool().unwrap_or(false).then_some(Duration::from_secs(30));
+                if let Err(err) = self.ephemeral.set_typing(&room_id, &user_id, typing) {
+                    tracing::debug!(%origin, "typing notification ignored: {err}");
+                }
+            }
+            Some("m.receipt") => {
+                let Some(rooms) = content.as_object() else { return };
+                for (room_id, receipts) in rooms {
+                    let Ok(room_id) = RoomId::parse(room_id) else { continue };
+                    let Some(users) = receipts["m.read"].as_object() else { continue };
+                    for (user_id, receipt) in users {
+                        let Ok(user_id) = UserId::parse(user_id) else { continue };
+                        if user_id.server_name() != origin {
+                            continue;
+                        }
+                        let thread = receipt["data"]["thread_id"].as_str();
+                        for event_id in receipt["event_ids"].as_array().into_iter().flatten() {
+                            let Some(event_id) = event_id.as_str().and_then(|e| EventId::parse(e).ok())
+                            else {
+                                continue;
+                            };
+                            if let Err(err) =
+                                self.ephemeral.set_receipt(&room_id, &user_id, "m.read", &event_id, thread)
+                            {
+                                tracing::debug!(%origin, "receipt ignored: {err}");
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn outcome_result(outcome: Received) -> std::result::Result<(), String> {
+    match outcome {
+        Received::Accepted | Received::Known => Ok(()),
+        Received::SoftFailed(reason) | Received::Rejected(reason) => Err(reason),
+        Received::MissingPrevs(_) => Err("missing prev_events".into()),
+    }
+}

@@ -1,0 +1,291 @@
+//! Server signing keys: ours as `/_matrix/key/v2/server` serves it, and
+//! other servers' keys, fetched from them (or a notary) when needed, checked
+//! against their own signatures and cached with their `valid_until_ts`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use estuary_core::{Result, time::now_millis};
+use estuary_events::ServerSigningKey;
+use estuary_storage::{Db, Table, codec::Json};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName,
+    api::federation::discovery::{get_remote_server_keys_batch, get_server_keys},
+    serde::Base64,
+    signatures::{self, PublicKeyMap, PublicKeySet},
+};
+use serde::{Deserialize, Serialize};
+
+use super::client::{FederationClient, FederationError};
+use crate::storage_error::StorageResultExt;
+
+/// How long other servers may cache our key response.
+const OWN_KEYS_VALID: u64 = 7 * 24 * 3600 * 1000;
+/// After a failed fetch, how long before asking that server again.
+const FAILED_FETCH_PAUSE: Duration = Duration::from_secs(60);
+
+/// One server's keys as we know them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KnownKeys {
+    /// Key ID → (unpadded base64 key, valid until (current keys) or
+    /// expired at (old keys), in ms).
+    pub keys: BTreeMap<String, (String, u64)>,
+    /// The latest signed key response, as notary queries return it.
+    pub response: serde_json::Value,
+}
+
+pub struct ServerKeys {
+    server_name: OwnedServerName,
+    key: Arc<ServerSigningKey>,
+    trusted_key_servers: Vec<OwnedServerName>,
+    servername_keys: Table<String, Json<KnownKeys>>,
+    cache: Mutex<HashMap<OwnedServerName, KnownKeys>>,
+    failed: Mutex<HashMap<OwnedServerName, Instant>>,
+}
+
+impl ServerKeys {
+    pub fn new(
+        db: &Db,
+        server_name: OwnedServerName,
+        key: Arc<ServerSigningKey>,
+        trusted_key_servers: Vec<OwnedServerName>,
+    ) -> Result<Self> {
+        Ok(Self {
+            server_name,
+            key,
+            trusted_key_servers,
+            servername_keys: db.table("servername_keys").db()?,
+            cache: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Our key response, signed: `GET /_matrix/key/v2/server`.
+    pub fn own_keys(&self) -> CanonicalJsonObject {
+        let mut verify_key = CanonicalJsonObject::new();
+        verify_key.insert("key".into(), self.key.public_key_base64().into());
+        let mut verify_keys = CanonicalJsonObject::new();
+        verify_keys.insert(self.key.key_id(), verify_key.into());
+        let mut object = CanonicalJsonObject::new();
+        object.insert("server_name".into(), self.server_name.as_str().into());
+        object.insert("verify_keys".into(), verify_keys.into());
+        object.insert("old_verify_keys".into(), CanonicalJsonObject::new().into());
+        object.insert("valid_until_ts".into(), int(now_millis() + OWN_KEYS_VALID));
+        self.sign(&mut object);
+        object
+    }
+
+    /// Add our signature to a JSON object (notary answers, our key response).
+    pub fn sign(&self, object: &mut CanonicalJsonObject) {
+        if let Err(err) = signatures::sign_json(self.server_name.as_str(), &self.key.keypair, object) {
+            tracing::error!("cannot sign a key response: {err}");
+        }
+    }
+
+    /// The stored key responses of `server` (for notary queries); our own
+    /// for our name.
+    pub fn stored_response(&self, server: &ServerName) -> Option<serde_json::Value> {
+        if server == self.server_name {
+            return serde_json::to_value(self.own_keys()).ok();
+        }
+        self.known(server).map(|known| known.response).filter(|r| !r.is_null())
+    }
+
+    fn known(&self, server: &ServerName) -> Option<KnownKeys> {
+        if let Some(known) = self.cache.lock().expect("key cache").get(server) {
+            return Some(known.clone());
+        }
+        let known = self.servername_keys.get(&server.to_string()).ok().flatten().map(|Json(k)| k)?;
+        self.cache.lock().expect("key cache").insert(server.to_owned(), known.clone());
+        Some(known)
+    }
+
+    /// Public keys of `server` covering `key_ids` (any current key when
+    /// empty), valid at least until `valid_at` ms; fetched when not cached.
+    pub async fn keys_for(
+        &self,
+        client: &FederationClient,
+        server: &ServerName,
+        key_ids: &[String],
+        valid_at: u64,
+    ) -> PublicKeySet {
+        if server == self.server_name {
+            return self.key.public_key_map(server.as_str()).remove(server.as_str()).unwrap_or_default();
+        }
+        let usable = |known: &KnownKeys| {
+            let wanted: Vec<&String> =
+                if key_ids.is_empty() { known.keys.keys().collect() } else { key_ids.iter().collect() };
+            !wanted.is_empty()
+                && wanted.iter().all(|id| known.keys.get(*id).is_some_and(|(_, until)| *until >= valid_at))
+        };
+        match self.known(server) {
+            Some(known) if usable(&known) => return key_set(&known),
+            _ => {}
+        }
+        let recently_failed = self
+            .failed
+            .lock()
+            .expect("failed fetches")
+            .get(server)
+            .is_some_and(|at| at.elapsed() < FAILED_FETCH_PAUSE);
+        if !recently_failed {
+            match self.fetch(client, server).await {
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::warn!(server = %server, "cannot fetch the server's signing keys: {err}");
+                    self.failed.lock().expect("failed fetches").insert(server.to_owned(), Instant::now());
+                }
+            }
+        }
+        // Whatever we have: an expired key still verifies what it signed
+        // while it was valid; the callers' signature checks decide.
+        self.known(server).map(|k| key_set(&k)).unwrap_or_default()
+    }
+
+    /// A key map for several servers (what `verify_event` takes).
+    pub async fn key_map(
+        &self,
+        client: &FederationClient,
+        servers: impl IntoIterator<Item = OwnedServerName>,
+        valid_at: u64,
+    ) -> PublicKeyMap {
+        let mut map = PublicKeyMap::new();
+        for server in servers {
+            let keys = self.keys_for(client, &server, &[], valid_at).await;
+            map.insert(server.to_string(), keys);
+        }
+        map
+    }
+
+    /// Fetch `server`'s keys from it, else from the trusted notaries.
+    async fn fetch(&self, client: &FederationClient, server: &ServerName) -> std::result::Result<(), String> {
+        let direct = match client.send_unsigned(server, get_server_keys::v2::Request::new()).await {
+            Ok(response) => self.accept(server, response.server_key.json().get(), None),
+            Err(err) => Err(err.to_string()),
+        };
+        let Err(direct_err) = direct else { return Ok(()) };
+        for notary in &self.trusted_key_servers {
+            if notary == server {
+                continue;
+            }
+            match self.fetch_from_notary(client, notary, server).await {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(server = %server, notary = %notary, "notary key query failed: {err}")
+                }
+            }
+        }
+        Err(direct_err)
+    }
+
+    async fn fetch_from_notary(
+        &self,
+        client: &FederationClient,
+        notary: &ServerName,
+        server: &ServerName,
+    ) -> std::result::Result<(), String> {
+        // The notary's own key must be known to check its countersignature.
+        let notary_keys = Box::pin(self.keys_for(client, notary, &[], now_millis())).await;
+        if notary_keys.is_empty() {
+            return Err("the notary's own keys are unknown".into());
+        }
+        let request = get_remote_server_keys_batch::v2::Request::new(BTreeMap::from([(
+            server.to_owned(),
+            BTreeMap::new(),
+        )]));
+        let response =
+            client.send_unsigned(notary, request).await.map_err(|e: FederationError| e.to_string())?;
+        let mut last = Err("the notary returned no keys".to_owned());
+        for raw in response.server_keys {
+            last = self.accept(server, raw.json().get(), Some((notary, &notary_keys)));
+            if last.is_ok() {
+                break;
+            }
+        }
+        last
+    }
+
+    /// Check a key response (signed by the server itself with the keys it
+    /// lists, and by the notary when it came through one) and store it.
+    fn accept(
+        &self,
+        server: &ServerName,
+        json: &str,
+        notary: Option<(&ServerName, &PublicKeySet)>,
+    ) -> std::result::Result<(), String> {
+        let object: CanonicalJsonObject =
+            serde_json::from_str(json).map_err(|e| format!("bad key response: {e}"))?;
+        let known = parse_key_response(server, &object)?;
+        let mut map = PublicKeyMap::new();
+        map.insert(
+            server.to_string(),
+            key_set(&KnownKeys { keys: current_keys(&object), ..Default::default() }),
+        );
+        if let Some((notary, keys)) = notary {
+            map.insert(notary.to_string(), keys.clone());
+        }
+        signatures::verify_json(&map, &object).map_err(|e| format!("key response signature: {e}"))?;
+        // Keep old keys we knew that the new response no longer lists.
+        let mut merged = self.known(server).unwrap_or_default();
+        merged.keys.extend(known.keys);
+        merged.response = known.response;
+        self.servername_keys.put(&server.to_string(), &Json(merged.clone())).map_err(|e| e.to_string())?;
+        self.cache.lock().expect("key cache").insert(server.to_owned(), merged);
+        self.failed.lock().expect("failed fetches").remove(server);
+        Ok(())
+    }
+}
+
+fn int(value: u64) -> CanonicalJsonValue {
+    CanonicalJsonValue::Integer(ruma::Int::new(value as i64).unwrap_or_default())
+}
+
+/// The `verify_keys` of a key response.
+fn current_keys(object: &CanonicalJsonObject) -> BTreeMap<String, (String, u64)> {
+    let until =
+        object.get("valid_until_ts").and_then(|v| v.as_integer()).map_or(0, |i| i64::from(i).max(0) as u64);
+    keys_of(object, "verify_keys", |_| until)
+}
+
+fn keys_of(
+    object: &CanonicalJsonObject,
+    field: &str,
+    until: impl Fn(&CanonicalJsonObject) -> u64,
+) -> BTreeMap<String, (String, u64)> {
+    let Some(CanonicalJsonValue::Object(keys)) = object.get(field) else { return BTreeMap::new() };
+    keys.iter()
+        .filter_map(|(id, value)| {
+            let value = value.as_object()?;
+            let key = value.get("key")?.as_str()?.to_owned();
+            Some((id.clone(), (key, until(value))))
+        })
+        .collect()
+}
+
+/// The keys a response lists for `server`: current ones valid until
+/// `valid_until_ts`, old ones until their `expired_ts`.
+pub fn parse_key_response(
+    server: &ServerName,
+    object: &CanonicalJsonObject,
+) -> std::result::Result<KnownKeys, String> {
+    if object.get("server_name").and_then(|v| v.as_str()) != Some(server.as_str()) {
+        return Err("the key response names another server".into());
+    }
+    let mut keys = keys_of(object, "old_verify_keys", |old| {
+        old.get("expired_ts").and_then(|v| v.as_integer()).map_or(0, |i| i64::from(i).max(0) as u64)
+    });
+    let current = current_keys(object);
+    if current.is_empty() {
+        return Err("the key response has no verify_keys".into());
+    }
+    keys.extend(current);
+    let response = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    Ok(KnownKeys { keys, response })
+}
+
+fn key_set(known: &KnownKeys) -> PublicKeySet {
+    known.keys.iter().filter_map(|(id, (key, _))| Some((id.clone(), Base64::parse(key).ok()?))).collect()
+}

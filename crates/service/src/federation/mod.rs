@@ -1,0 +1,110 @@
+//! Federation: this server among others. Outgoing requests (`client`),
+//! server name resolution (`resolve`), signing keys (`keys`), and what the
+//! Server-Server API handlers call (`inbound`): request authentication,
+//! joins, transactions, and history served to other servers.
+//!
+//! Received events enter the one append path (`Rooms::receive`); events
+//! for other servers leave through the one outgoing queue (`Outgoing`).
+
+pub mod client;
+pub mod inbound;
+pub mod keys;
+pub mod resolve;
+
+use std::sync::Arc;
+
+use estuary_core::{Config, Error, Result, time::now_millis};
+use estuary_events::federation as pdus;
+use ruma::{OwnedServerName, RoomVersionId, ServerName, api::federation::authentication::XMatrix};
+
+use crate::{ephemeral::Ephemeral, rooms::Rooms};
+
+pub use client::{FederationClient, FederationError};
+pub use keys::ServerKeys;
+
+pub struct Federation {
+    pub config: Arc<Config>,
+    pub client: Arc<FederationClient>,
+    pub keys: ServerKeys,
+    rooms: Arc<Rooms>,
+    ephemeral: Arc<Ephemeral>,
+}
+
+impl Federation {
+    pub fn new(
+        config: Arc<Config>,
+        client: Arc<FederationClient>,
+        keys: ServerKeys,
+        rooms: Arc<Rooms>,
+        ephemeral: Arc<Ephemeral>,
+    ) -> Self {
+        Self { config, client, keys, rooms, ephemeral }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.allow_federation
+    }
+
+    /// Authenticate a Server-Server request: its `X-Matrix` header must be
+    /// for us and signed by the origin's key. Returns the origin.
+    pub async fn authenticate(&self, request: &http::Request<&[u8]>) -> Result<OwnedServerName> {
+        if !self.enabled() {
+            return Err(Error::forbidden("Federation is disabled on this server"));
+        }
+        let header = XMatrix::extract_from_http_headers(request.headers())
+            .map_err(|e| Error::unauthorized(format!("Invalid X-Matrix authorization: {e}")))?;
+        let key_id = header.key.to_string();
+        let keys = self
+            .keys
+            .keys_for(&self.client, &header.origin, std::slice::from_ref(&key_id), now_millis())
+            .await;
+        if !keys.contains_key(&key_id) {
+            tracing::warn!(origin = %header.origin, key = %key_id, "request signed with an unknown key");
+            return Err(Error::unauthorized("Unknown signing key"));
+        }
+        let mut map = ruma::signatures::PublicKeyMap::new();
+        map.insert(header.origin.to_string(), keys);
+        header.verify_http_request(request, &self.config.server_name, &map).map_err(|e| {
+            tracing::warn!(origin = %header.origin, "request signature refused: {e}");
+            Error::unauthorized(format!("Invalid request signature: {e}"))
+        })?;
+        Ok(header.origin)
+    }
+
+    /// Parse and verify received PDUs of a room of `room_version`: the
+    /// required servers' signatures (keys fetched as needed) and hashes.
+    pub async fn verify_pdus(
+        &self,
+        room_version: &RoomVersionId,
+        raw: &[Box<serde_json::value::RawValue>],
+    ) -> Vec<std::result::Result<pdus::VerifiedPdu, (Option<ruma::OwnedEventId>, String)>> {
+        let mut verified = Vec::with_capacity(raw.len());
+        for json in raw {
+            verified.push(self.verify_pdu(room_version, json).await);
+        }
+        verified
+    }
+
+    async fn verify_pdu(
+        &self,
+        room_version: &RoomVersionId,
+        json: &serde_json::value::RawValue,
+    ) -> std::result::Result<pdus::VerifiedPdu, (Option<ruma::OwnedEventId>, String)> {
+        let object = pdus::canonical_pdu(json).map_err(|e| (None, e.0))?;
+        let event_id = pdus::event_id(&object, room_version).map_err(|e| (None, e.0))?;
+        let servers =
+            pdus::required_servers(&object, room_version).map_err(|e| (Some(event_id.clone()), e.0))?;
+        let keys = self.keys.key_map(&self.client, servers, 0).await;
+        pdus::verify(object, room_version, &keys).map_err(|e| (Some(event_id), e.0))
+    }
+}
+
+/// A list of raw JSON objects from PDUs.
+pub fn raw_pdus(pdus: &[estuary_events::Pdu]) -> Vec<Box<serde_json::value::RawValue>> {
+    pdus.iter().filter_map(|pdu| serde_json::value::to_raw_value(&pdus::outgoing_json(pdu)).ok()).collect()
+}
+
+/// The server part of a user ID string.
+pub(crate) fn server_of(user_id: &str) -> Option<&ServerName> {
+    user_id.split_once(':').and_then(|(_, server)| <&ServerName>::try_from(server).ok())
+}

@@ -1,0 +1,334 @@
+//! Events from other servers enter the same append path as local ones
+//! (`stage_event`, then `persist`), after their own checks: auth against
+//! their auth events and against the state before them (resolved from
+//! their `prev_events` when the DAG forked), then a soft-fail check against
+//! the current state. A room with several forward extremities has as its
+//! current state the resolution of their states.
+//!
+//! Also what a joining server asks of a resident one: the `make_join`
+//! template, and the state and auth chain at an event.
+
+use std::{collections::HashMap, sync::Arc};
+
+use estuary_core::{Error, Result};
+use estuary_events::{Pdu, PduTemplate, auth, builder::event_object, resolve};
+use ruma::{
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+};
+use serde_json::json;
+
+use super::{
+    RoomRecord, Rooms,
+    append::unsupported_version,
+    staging::{FanOut, Staging},
+    state::StateMap,
+};
+
+/// What became of a received PDU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Accepted,
+    /// Already stored (a retried transaction).
+    Known,
+    /// Valid against the state before it but not against the current state:
+    /// not added to the room (the spec's soft failure).
+    SoftFailed(String),
+    /// Refused by the authorization rules (or malformed).
+    Rejected(String),
+    /// Some `prev_events` are unknown: fetch them first.
+    MissingPrevs(Vec<OwnedEventId>),
+}
+
+impl Rooms {
+    /// Receive verified PDUs of one room, in order, under the room's lock;
+    /// the accepted ones are persisted in one commit.
+    pub async fn receive(
+        &self,
+        room_id: &RoomId,
+        pdus: Vec<Pdu>,
+        fan_out: FanOut,
+    ) -> Result<Vec<(OwnedEventId, Received)>> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let room = self.require_room(room_id)?;
+        let mut staging = self.staging(Some(room))?;
+        let mut outcomes = Vec::with_capacity(pdus.len());
+        for pdu in pdus {
+            let event_id = pdu.event_id.clone();
+            let outcome = self.stage_remote(&mut staging, pdu, fan_out.clone())?;
+            if let Received::Rejected(reason) | Received::SoftFailed(reason) = &outcome {
+                tracing::info!(%room_id, %event_id, "received event not added: {reason}");
+            }
+            outcomes.push((event_id, outcome));
+        }
+        self.persist(staging).await?;
+        Ok(outcomes)
+    }
+
+    /// Check a received PDU and stage it if it passes.
+    fn stage_remote(&self, staging: &mut Staging, pdu: Pdu, fan_out: FanOut) -> Result<Received> {
+        let room = staging.room.clone().ok_or_else(|| Error::not_found("Unknown room"))?;
+        if pdu.room_id != self.room_of(staging)? {
+            return Ok(Received::Rejected("the event belongs to another room".into()));
+        }
+        if self.staged_pdu(staging, &pdu.event_id)?.is_some() {
+            return Ok(Received::Known);
+        }
+        if pdu.kind == TimelineEventType::RoomCreate {
+            return Ok(Received::Rejected("the room already has a create event".into()));
+        }
+        let mut missing = Vec::new();
+        for prev in &pdu.prev_events {
+            if self.staged_pdu(staging, prev)?.is_none() {
+                missing.push(prev.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(Received::MissingPrevs(missing));
+        }
+        let version = room.room_version.clone();
+        if let Err(reason) = self.check_against_auth_events(staging, &pdu, &version)? {
+            return Ok(Received::Rejected(reason));
+        }
+        let (before_id, before) = self.state_before(staging, &room, &pdu)?;
+        if let Err(reason) = self.check_against(staging, &pdu, &version, &before)? {
+            return Ok(Received::Rejected(format!("not allowed by the state before it: {reason}")));
+        }
+        if before_id != room.state
+            && let Err(reason) = self.check_against(staging, &pdu, &version, &staging.state.clone())?
+        {
+            return Ok(Received::SoftFailed(format!("not allowed by the current state: {reason}")));
+        }
+        let (event_id, prevs, depth) = (pdu.event_id.clone(), pdu.prev_events.clone(), pdu.depth);
+        let after = self.stage_event(staging, pdu, None, &version, (Some(before_id), before), fan_out)?;
+        let mut extremities: Vec<OwnedEventId> =
+            room.extremities.iter().filter(|e| !prevs.contains(e)).cloned().collect();
+        let (state_id, state) = if extremities.is_empty() {
+            after
+        } else {
+            // The event left other branches open: the room's state is the
+            // resolution of theirs and its own.
+            self.resolve_snapshots(staging, &version, &[room.state, after.0])?
+        };
+        extremities.push(event_id);
+        staging.state = state;
+        staging.room = Some(RoomRecord {
+            room_version: version,
+            state: state_id,
+            extremities,
+            depth: room.depth.max(depth),
+        });
+        Ok(Received::Accepted)
+    }
+
+    /// The room being staged (from its create event's room).
+    fn room_of(&self, staging: &Staging) -> Result<ruma::OwnedRoomId> {
+        let create = self
+            .staged_state_pdu(staging, &StateEventType::RoomCreate, "")?
+            .ok_or_else(|| Error::internal("staged room without a create event"))?;
+        Ok(create.room_id)
+    }
+
+    /// The authorization rules with the event's own auth events as state;
+    /// each must be known and belong to the same room.
+    fn check_against_auth_events(
+        &self,
+        staging: &Staging,
+        pdu: &Pdu,
+        version: &RoomVersionId,
+    ) -> Result<std::result::Result<(), String>> {
+        let rules = version.rules().ok_or_else(unsupported_version)?;
+        let mut auth_state = HashMap::new();
+        for id in &pdu.auth_events {
+            let Some(event) = self.staged_pdu(staging, id)? else {
+                return Ok(Err(format!("unknown auth event {id}")));
+            };
+            if event.room_id != pdu.room_id {
+                return Ok(Err(format!("auth event {id} is in another room")));
+            }
+            if let Some(key) = &event.state_key {
+                auth_state.insert((StateEventType::from(event.kind.to_string()), key.clone()), event);
+            }
+        }
+        // From room version 12 the create event is no auth event: the room
+        // ID names it.
+        if rules.authorization.room_create_event_id_as_room_id
+            && let Some(create) = self.staged_state_pdu(staging, &StateEventType::RoomCreate, "")?
+        {
+            auth_state.insert((StateEventType::RoomCreate, String::new()), create);
+        }
+        let fetch_event = |id: &EventId| {
+            self.staged_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)
+        };
+        Ok(auth::check(pdu, &rules.authorization, fetch_event, |t, k| {
+            auth_state.get(&(t.clone(), k.to_owned())).cloned()
+        }))
+    }
+
+    /// The authorization rules against a state snapshot.
+    fn check_against(
+        &self,
+        staging: &Staging,
+        pdu: &Pdu,
+        version: &RoomVersionId,
+        state: &StateMap,
+    ) -> Result<std::result::Result<(), String>> {
+        let rules = version.rules().ok_or_else(unsupported_version)?;
+        let fetch_event = |id: &EventId| {
+            self.staged_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)
+        };
+        let fetch_state = |t: &StateEventType, k: &str| {
+            let key = self.short.state_key_short(t, k).ok().flatten()?;
+            let id = self.staged_event_id(staging, *state.get(&key)?).ok().flatten()?;
+            self.staged_pdu(staging, &id).ok().flatten()
+        };
+        Ok(auth::check(pdu, &rules.authorization, fetch_event, fetch_state))
+    }
+
+    /// The state before an event: the current state when it extends every
+    /// forward extremity, else the resolution of its `prev_events`' states.
+    fn state_before(
+        &self,
+        staging: &mut Staging,
+        room: &RoomRecord,
+        pdu: &Pdu,
+    ) -> Result<(u64, Arc<StateMap>)> {
+        let (mut prevs, mut extremities) = (pdu.prev_events.clone(), room.extremities.clone());
+        prevs.sort();
+        extremities.sort();
+        if prevs == extremities {
+            return Ok((room.state, staging.state.clone()));
+        }
+        let mut snapshots = Vec::with_capacity(prevs.len());
+        for prev in &prevs {
+            snapshots.push(self.staged_state_after(staging, prev)?);
+        }
+        snapshots.sort_unstable();
+        snapshots.dedup();
+        match snapshots.as_slice() {
+            [one] => Ok((*one, self.state.load(*one)?)),
+            _ => self.resolve_snapshots(staging, &room.room_version, &snapshots),
+        }
+    }
+
+    /// The state snapshot after a staged or stored event.
+    fn staged_state_after(&self, staging: &Staging, event_id: &EventId) -> Result<u64> {
+        if let Some(staged) = staging.staged.iter().rev().find(|s| s.pdu.event_id == event_id) {
+            return Ok(staged.stored.state_after);
+        }
+        self.stored(event_id)?
+            .map(|stored| stored.state_after)
+            .ok_or_else(|| Error::internal(format!("no state after {event_id}")))
+    }
+
+    /// State resolution v2 over several snapshots, stored as a new one.
+    fn resolve_snapshots(
+        &self,
+        staging: &mut Staging,
+        version: &RoomVersionId,
+        snapshots: &[u64],
+    ) -> Result<(u64, Arc<StateMap>)> {
+        let mut states = Vec::with_capacity(snapshots.len());
+        for id in snapshots {
+            let mut map = ruma::state_res::StateMap::new();
+            for (key, event) in self.state.load(*id)?.iter() {
+                let (Some((kind, state_key)), Some(event_id)) =
+                    (self.short.state_key_of(*key)?, self.staged_event_id(staging, *event)?)
+                else {
+                    continue;
+                };
+                map.insert((StateEventType::from(kind), state_key), event_id);
+            }
+            states.push(map);
+        }
+        let resolved = resolve::resolve(version, &states, |id| self.staged_pdu(staging, id).ok().flatten())
+            .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+        let parent = snapshots[0];
+        let parent_state = self.state.load(parent)?;
+        let mut full = StateMap::new();
+        for ((kind, state_key), event_id) in &resolved {
+            let key = self.short.state_key_short_or_create(kind, state_key, &mut staging.batch)?;
+            let event = self.short.event_short_or_create(event_id, &mut staging.batch)?;
+            full.insert(key, event);
+        }
+        let changes: Vec<(u64, u64)> =
+            full.iter().filter(|(k, v)| parent_state.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
+        let removed: Vec<u64> = parent_state.keys().filter(|k| !full.contains_key(k)).copied().collect();
+        let id = self.short.allocate();
+        let state = self.state.store(id, Some(parent), changes, removed, &mut staging.batch)?;
+        staging.snapshots.push(id);
+        Ok((id, state))
+    }
+
+    /// The `make_join` answer: an unsigned join event for `user_id` on top
+    /// of the room as it is now, which the joining server signs. Refused
+    /// when the authorization rules would refuse the join.
+    pub fn make_join(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        self.make_membership(room_id, user_id, "join")
+    }
+
+    /// The `make_leave` answer, like `make_join`.
+    pub fn make_leave(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        self.make_membership(room_id, user_id, "leave")
+    }
+
+    fn make_membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        membership: &str,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let room = self.require_room(room_id)?;
+        let version = room.room_version.clone();
+        let staging = self.staging(Some(room))?;
+        let template =
+            PduTemplate::state("m.room.member", user_id.as_str(), json!({"membership": membership}));
+        let object = self.with_local_context(&staging, room_id, user_id, template, |template, ctx| {
+            event_object(template, &ctx).map_err(super::append::build_error)
+        })?;
+        // The rules read no signature: check the unsigned template as the
+        // join will be checked, so a join that cannot pass is refused now.
+        let id = EventId::parse("$make_membership_template").map_err(Error::internal)?;
+        let pdu = Pdu::from_json(id, Some(room_id.to_owned()), object.clone()).map_err(Error::internal)?;
+        if let Err(reason) = self.check_against(&staging, &pdu, &version, &staging.state.clone())? {
+            return Err(Error::forbidden(format!("You are not allowed to {membership} this room: {reason}")));
+        }
+        Ok((version, object))
+    }
+
+    /// The state before `event_id` and its auth chain (with the event's
+    /// own auth events), as `send_join`, `/state` and `/state_ids` answer.
+    pub fn state_and_auth_chain(&self, event_id: &EventId) -> Result<(Vec<Pdu>, Vec<Pdu>)> {
+        let stored = self.stored(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        let state = self.state_pdus(&*self.state.load(stored.state_before)?)?;
+        let fetch = |id: &EventId| self.pdu(id).ok().flatten();
+        let mut start: Vec<OwnedEventId> = state.iter().map(|p| p.event_id.clone()).collect();
+        start.push(event_id.to_owned());
+        let mut chain: Vec<Pdu> =
+            resolve::auth_chain(start, &fetch).iter().filter_map(|id| fetch(id)).collect();
+        chain.sort_by_key(|p| p.depth);
+        Ok((state, chain))
+    }
+
+    /// The other servers with a joined member in the room.
+    pub fn joined_servers(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
+        let mut servers: Vec<OwnedServerName> = self
+            .members_with_membership(room_id, "join")?
+            .into_iter()
+            .map(|user| user.server_name().to_owned())
+            .filter(|server| *server != self.config.server_name)
+            .collect();
+        servers.sort();
+        servers.dedup();
+        Ok(servers)
+    }
+}

@@ -1,0 +1,158 @@
+//! Federation with a real Synapse from PyPI (installed by
+//! scripts/setup-interop): both servers on loopback over TLS from a CA the
+//! test makes, driven through their client APIs by
+//! tests/interop/synapse_federation.py.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use crate::harness::TestServer;
+
+/// The Python of the venv with Synapse, if installed (required under .ci/run).
+fn synapse_python() -> Option<std::path::PathBuf> {
+    let found =
+        std::env::var_os("INTEROP_SYNAPSE_PYTHON").map(std::path::PathBuf::from).filter(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("INTEROP_REQUIRED").is_none(),
+            "the Synapse interop test is required but INTEROP_SYNAPSE_PYTHON is missing (run scripts/setup-interop)"
+        );
+        eprintln!("skipping the Synapse federation test: run it through .ci/run");
+    }
+    found
+}
+
+fn script(name: &str) -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/").to_owned() + name
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Run a helper command to completion (bounded); panics with its output.
+async fn run_env(python: &Path, args: &[&str]) {
+    let child = tokio::process::Command::new(python)
+        .arg(script("federation_env.py"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start federation_env.py");
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("federation_env.py timed out")
+        .expect("federation_env.py output");
+    assert!(
+        output.status.success(),
+        "federation_env.py {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Synapse on a loopback port; killed when dropped.
+struct Synapse {
+    url: String,
+    server_name: String,
+    log: std::path::PathBuf,
+    _child: tokio::process::Child,
+}
+
+impl Synapse {
+    async fn start(python: &Path, dir: &Path, ca: &Path) -> Self {
+        let port = free_port();
+        let data = dir.join("synapse");
+        let (ca_pem, cert, key) = (ca.join("ca.pem"), ca.join("localhost.pem"), ca.join("localhost.key"));
+        let port_text = port.to_string();
+        let config_args = [
+            "synapse-config",
+            "--dir",
+            data.to_str().unwrap(),
+            "--port",
+            &port_text,
+            "--ca",
+            ca_pem.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ];
+        run_env(python, &config_args).await;
+        let child = tokio::process::Command::new(python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(data.join("homeserver.yaml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start synapse");
+        let url = format!("https://localhost:{port}");
+        run_env(python, &["wait-ready", "--url", &url, "--ca", ca_pem.to_str().unwrap()]).await;
+        Self {
+            url,
+            server_name: format!("localhost:{port}"),
+            log: data.join("homeserver.log"),
+            _child: child,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Estuary with TLS from the test CA, named `localhost:<port>`, trusting
+/// the CA for outgoing federation and allowed to reach loopback.
+fn start_estuary(dir: tempfile::TempDir, ca: &Path) -> (TestServer, String) {
+    let port = free_port();
+    let config = format!(
+        "server_name = \"localhost:{port}\"\nport = {port}\nallow_registration = true\n\
+         tls_certificate_path = \"{cert}\"\ntls_private_key_path = \"{key}\"\n\
+         federation_port = 0\ntrusted_key_servers = []\n\
+         federation_trusted_ca_paths = [\"{ca}\"]\nfederation_allow_private_addresses = true\n",
+        cert = ca.join("localhost.pem").display(),
+        key = ca.join("localhost.key").display(),
+        ca = ca.join("ca.pem").display(),
+    );
+    (TestServer::start_configured(dir, &config), format!("localhost:{port}"))
+}
+
+/// A Synapse user joins a room on Estuary; messages flow both ways.
+#[tokio::test]
+async fn synapse_user_joins_an_estuary_room_and_messages_flow_both_ways() {
+    let Some(python) = synapse_python() else { return };
+    let scratch = tempfile::tempdir().unwrap();
+    let ca = scratch.path().join("ca");
+    run_env(&python, &["ca", ca.to_str().unwrap()]).await;
+    let (estuary, estuary_name) = start_estuary(tempfile::tempdir().unwrap(), &ca);
+    let synapse = Synapse::start(&python, scratch.path(), &ca).await;
+    let estuary_url = format!("https://{}", estuary_name);
+    let child = tokio::process::Command::new(&python)
+        .arg(script("synapse_federation.py"))
+        .args([&estuary_url, &estuary_name, &synapse.url, &synapse.server_name])
+        .arg(ca.join("ca.pem"))
+        .args(["--only", "a,b,c"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start synapse_federation.py");
+    let output = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("synapse_federation.py timed out")
+        .expect("synapse_federation.py output");
+    let text =
+        format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success() && text.contains("interop ok"),
+        "federation scenario failed:\n{text}\nEstuary log:\n{}\nSynapse log (tail):\n{}",
+        estuary.log(),
+        tail(&synapse.log(), 150)
+    );
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
