@@ -118,7 +118,13 @@ fn start_estuary(dir: tempfile::TempDir, ca: &Path) -> (TestServer, String) {
     (TestServer::start_configured(dir, &config), format!("localhost:{port}"))
 }
 
-/// A Synapse user joins a room on Estuary; messages flow both ways.
+/// The scenario's steps (tests/interop/synapse_federation.py) that pass;
+/// FEDERATION_STEPS overrides them while developing.
+const STEPS: &str = "a,b,c,d,e,g,h";
+
+/// A Synapse user joins a room on Estuary; messages, topic and power
+/// levels, typing and receipts flow both ways; a late joiner on Synapse
+/// backfills the history; a leave is seen.
 #[tokio::test]
 async fn synapse_user_joins_an_estuary_room_and_messages_flow_both_ways() {
     let Some(python) = synapse_python() else { return };
@@ -132,7 +138,7 @@ async fn synapse_user_joins_an_estuary_room_and_messages_flow_both_ways() {
         .arg(script("synapse_federation.py"))
         .args([&estuary_url, &estuary_name, &synapse.url, &synapse.server_name])
         .arg(ca.join("ca.pem"))
-        .args(["--only", "a,b,c"])
+        .args(["--only", &std::env::var("FEDERATION_STEPS").unwrap_or_else(|_| STEPS.to_owned())])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -13,7 +13,12 @@ use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Map, Value as JsonValue, json};
 use tokio::time::Instant;
 
-use crate::{rooms::Rooms, storage_error::StorageResultExt, streams::Streams};
+use crate::{
+    outgoing::{Job, Outgoing, server_destination},
+    rooms::Rooms,
+    storage_error::StorageResultExt,
+    streams::Streams,
+};
 
 /// The longest typing timeout a client may ask for.
 const MAX_TYPING: Duration = Duration::from_secs(120);
@@ -30,6 +35,9 @@ struct RoomTyping {
 
 pub struct Ephemeral {
     db: Db,
+    config: Arc<estuary_core::Config>,
+    /// Our users' typing and public receipts go to the room's other servers.
+    outgoing: Arc<Outgoing>,
     streams: Arc<Streams>,
     rooms: Arc<Rooms>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
@@ -38,9 +46,17 @@ pub struct Ephemeral {
 }
 
 impl Ephemeral {
-    pub fn new(db: &Db, streams: Arc<Streams>, rooms: Arc<Rooms>) -> Result<Self> {
+    pub fn new(
+        config: Arc<estuary_core::Config>,
+        db: &Db,
+        streams: Arc<Streams>,
+        rooms: Arc<Rooms>,
+        outgoing: Arc<Outgoing>,
+    ) -> Result<Self> {
         Ok(Self {
             db: db.clone(),
+            config,
+            outgoing,
             streams,
             rooms,
             typing: Mutex::new(HashMap::new()),
@@ -52,6 +68,34 @@ impl Ephemeral {
     pub fn highest_stream(db: &Db) -> Result<u64> {
         let table: Table<u64, Json<ReceiptKey>> = db.table("stream_receipt").db()?;
         Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
+    }
+
+    /// Queue an EDU of one of our users for the room's other servers, in
+    /// `batch` when given (committed with the change it reports).
+    fn send_edu(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        edu: JsonValue,
+        batch: Option<&mut estuary_storage::Batch>,
+    ) -> Result<()> {
+        if !self.config.allow_federation || user_id.server_name() != self.config.server_name {
+            return Ok(());
+        }
+        let servers = self.rooms.joined_servers(room_id)?;
+        match batch {
+            Some(batch) => {
+                for server in &servers {
+                    self.outgoing.stage(batch, &server_destination(server), Job::Edu { edu: edu.clone() });
+                }
+            }
+            None => {
+                for server in &servers {
+                    self.outgoing.enqueue(&server_destination(server), Job::Edu { edu: edu.clone() })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn wake_room(&self, room_id: &RoomId) -> Result<()> {
@@ -82,6 +126,10 @@ impl Ephemeral {
             room.position = position;
         }
         self.wake_room(room_id)?;
+        let edu = json!({"edu_type": "m.typing", "content": {
+            "room_id": room_id, "user_id": user_id, "typing": expiry.is_some(),
+        }});
+        self.send_edu(room_id, user_id, edu, None)?;
         if let Some(at) = expiry {
             let this = self.clone();
             let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
@@ -174,10 +222,22 @@ impl Ephemeral {
             thread_id.unwrap_or_default().to_owned(),
         );
         let mut batch = self.db.batch();
-        batch.put(&self.receipts, &key, &Json((event_id.to_string(), now_millis())));
+        let ts = now_millis();
+        batch.put(&self.receipts, &key, &Json((event_id.to_string(), ts)));
+        if receipt_type == "m.read" {
+            let mut data = json!({"ts": ts});
+            if let Some(thread) = thread_id {
+                data["thread_id"] = thread.into();
+            }
+            let edu = json!({"edu_type": "m.receipt", "content": {
+                room_id.as_str(): {"m.read": {user_id.as_str(): {"event_ids": [event_id], "data": data}}}
+            }});
+            self.send_edu(room_id, user_id, edu, Some(&mut batch))?;
+        }
         self.streams.commit(batch, |position, batch| {
             batch.put(&self.stream_receipt, &position, &Json(key.clone()))
         })?;
+        self.outgoing.wake();
         self.wake_room(room_id)
     }
 

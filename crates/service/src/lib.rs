@@ -96,7 +96,13 @@ impl Services {
             key.clone(),
             outgoing.clone(),
         )?);
-        let ephemeral = Arc::new(ephemeral::Ephemeral::new(&db, streams.clone(), rooms.clone())?);
+        let ephemeral = Arc::new(ephemeral::Ephemeral::new(
+            config.clone(),
+            &db,
+            streams.clone(),
+            rooms.clone(),
+            outgoing.clone(),
+        )?);
         let server_keys = federation::ServerKeys::new(
             &db,
             config.server_name.clone(),
