@@ -12,7 +12,9 @@ use ruma::{
             get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
         },
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
-        membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+        membership::{
+            create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+        },
         transactions::send_transaction_message,
     },
     serde::Raw,
@@ -31,6 +33,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(send_join)
         .ruma(make_leave)
         .ruma(send_leave)
+        .ruma(invite)
         .ruma(send_transaction)
         .ruma(event)
         .ruma(state)
@@ -137,6 +140,28 @@ async fn send_leave(
     let body = &r.body;
     s.federation.send_membership(origin, &body.room_id, &body.event_id, &body.pdu, "leave").await?;
     Ok(create_leave_event::v2::Response::new())
+}
+
+async fn invite(s: AppState, r: Ruma<create_invite::v2::Request>) -> ApiResult<create_invite::v2::Response> {
+    let origin = r.origin()?;
+    let body = &r.body;
+    // Stripped state, whether sent stripped or (since v1.16) as full PDUs.
+    let stripped = body
+        .invite_room_state
+        .iter()
+        .filter_map(|event| serde_json::to_value(event).ok())
+        .map(|event| {
+            let keep = ["type", "state_key", "content", "sender"];
+            serde_json::Value::Object(
+                keep.iter().filter_map(|k| event.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect(),
+            )
+        })
+        .collect();
+    let signed = s
+        .federation
+        .receive_invite(origin, &body.room_id, &body.event_id, &body.room_version, &body.event, stripped)
+        .await?;
+    Ok(create_invite::v2::Response::new(raw(&signed)?))
 }
 
 async fn send_transaction(

@@ -127,3 +127,15 @@ pub fn outgoing_json(pdu: &Pdu) -> CanonicalJsonObject {
     object.remove("unsigned");
     object
 }
+
+/// Add this server's signature to another server's event (an invite of
+/// one of our users, which the inviting server needs our signature on).
+pub fn add_signature(
+    object: &mut CanonicalJsonObject,
+    room_version: &RoomVersionId,
+    server_name: &ruma::ServerName,
+    key: &crate::ServerSigningKey,
+) -> Result<(), InvalidPdu> {
+    let rules = rules(room_version)?;
+    signatures::sign_event(server_name.as_str(), &key.keypair, object, &rules.redaction).map_err(invalid)
+}

@@ -115,6 +115,7 @@ impl Services {
             server_keys,
             rooms.clone(),
             ephemeral.clone(),
+            accounts.clone(),
         ));
         let presence =
             Arc::new(presence::Presence::new(config.clone(), &db, streams.clone(), rooms.clone())?);

@@ -544,7 +544,15 @@ impl Sync {
 
     /// Stripped state for an invite or knock: the room's key state and the user's membership.
     fn stripped_state(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
-        let room = self.rooms.require_room(room_id)?;
+        let Some(room) = self.rooms.room(room_id)? else {
+            // An invite to a room on another server: what its server sent.
+            let Some(stub) = self.rooms.invite_stub(user, room_id)? else { return Ok(Vec::new()) };
+            let mut events = stub.stripped;
+            if let Some(invite) = self.rooms.pdu(&stub.event_id)? {
+                events.push(json!({"type": "m.room.member", "state_key": invite.state_key, "content": invite.content_value(), "sender": invite.sender}));
+            }
+            return Ok(events);
+        };
         let state = self.rooms.current_state(&room)?;
         let mut events = Vec::new();
         let keys = INVITE_STATE

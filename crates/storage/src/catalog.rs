@@ -32,6 +32,9 @@ pub const TABLES: &[&str] = &[
     // (destination, sequence) → job: the durable outgoing queue (push gateways,
     // federation transactions; appservices later).
     "destinationseq_job",
+    // (user ID, room ID) → an invite to a room on another server this server is not in
+    // (the invite event's ID, the room version, the stripped state it came with).
+    "useridroomid_invite",
     // Server name → its signing keys as we know them and its latest key response.
     "servername_keys",
     // (user ID, device ID, stream) → to-device message (type, sender, content), until acknowledged.

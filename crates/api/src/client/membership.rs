@@ -26,8 +26,36 @@ pub async fn join_by_id(
     request: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
     let body = &request.body;
-    services.rooms.join(&body.room_id, request.user()?, body.reason.clone()).await?;
+    join(&services, &body.room_id, request.user()?, body.reason.clone(), &[]).await?;
     Ok(join_room_by_id::v3::Response::new(body.room_id.clone()))
+}
+
+/// Join a room here, or through other servers when this server is not in
+/// it: the servers the client named, the inviting server, the room ID's.
+async fn join(
+    services: &AppState,
+    room_id: &RoomId,
+    user_id: &ruma::UserId,
+    reason: Option<String>,
+    via: &[ruma::OwnedServerName],
+) -> Result<(), Error> {
+    if services.rooms.room(room_id)?.is_some() {
+        return services.rooms.join(room_id, user_id, reason).await;
+    }
+    let mut servers = via.to_vec();
+    if let Some(stub) = services.rooms.invite_stub(user_id, room_id)?
+        && let Some(invite) = services.rooms.pdu(&stub.event_id)?
+    {
+        servers.push(invite.sender.server_name().to_owned());
+    }
+    if let Some(server) = room_id.server_name() {
+        servers.push(server.to_owned());
+    }
+    servers.dedup();
+    if servers.is_empty() || !services.config.allow_federation {
+        return Err(Error::not_found("Unknown room"));
+    }
+    services.federation.join_remote(room_id, user_id, &servers, reason).await
 }
 
 pub async fn join_by_id_or_alias(
@@ -35,7 +63,8 @@ pub async fn join_by_id_or_alias(
     request: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
     let room_id = resolve(&services, &request.body.room_id_or_alias)?;
-    services.rooms.join(&room_id, request.user()?, request.body.reason.clone()).await?;
+    let body = &request.body;
+    join(&services, &room_id, request.user()?, body.reason.clone(), &body.via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -56,7 +85,13 @@ pub async fn leave(
     services: AppState,
     request: Ruma<leave_room::v3::Request>,
 ) -> ApiResult<leave_room::v3::Response> {
-    services.rooms.leave(&request.body.room_id, request.user()?, request.body.reason.clone()).await?;
+    let (room_id, user_id) = (&request.body.room_id, request.user()?);
+    if services.rooms.room(room_id)?.is_none() && services.rooms.invite_stub(user_id, room_id)?.is_some() {
+        // Declining an invite to a room on another server.
+        services.rooms.drop_invite_stub(user_id, room_id)?;
+        return Ok(leave_room::v3::Response::new());
+    }
+    services.rooms.leave(room_id, user_id, request.body.reason.clone()).await?;
     Ok(leave_room::v3::Response::new())
 }
 

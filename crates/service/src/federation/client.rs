@@ -119,6 +119,10 @@ impl FederationClient {
         })
     }
 
+    pub fn signing_key(&self) -> &ServerSigningKey {
+        &self.key
+    }
+
     pub fn server_name(&self) -> &ServerName {
         &self.server_name
     }

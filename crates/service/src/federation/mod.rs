@@ -9,6 +9,7 @@
 pub mod client;
 pub mod inbound;
 pub mod keys;
+pub mod membership;
 pub mod resolve;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use estuary_core::{Config, Error, Result, time::now_millis};
 use estuary_events::federation as pdus;
 use ruma::{OwnedServerName, RoomVersionId, ServerName, api::federation::authentication::XMatrix};
 
-use crate::{ephemeral::Ephemeral, rooms::Rooms};
+use crate::{Accounts, ephemeral::Ephemeral, rooms::Rooms};
 
 pub use client::{FederationClient, FederationError};
 pub use keys::ServerKeys;
@@ -28,6 +29,7 @@ pub struct Federation {
     pub keys: ServerKeys,
     rooms: Arc<Rooms>,
     ephemeral: Arc<Ephemeral>,
+    accounts: Arc<Accounts>,
 }
 
 impl Federation {
@@ -37,8 +39,9 @@ impl Federation {
         keys: ServerKeys,
         rooms: Arc<Rooms>,
         ephemeral: Arc<Ephemeral>,
+        accounts: Arc<Accounts>,
     ) -> Self {
-        Self { config, client, keys, rooms, ephemeral }
+        Self { config, client, keys, rooms, ephemeral, accounts }
     }
 
     pub fn enabled(&self) -> bool {

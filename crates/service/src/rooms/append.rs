@@ -224,8 +224,8 @@ impl Rooms {
         fan_out: FanOut,
     ) -> Result<(u64, Arc<StateMap>)> {
         let (state_before_id, state_before) = before;
+        let event_short = self.staged_event_short(staging, &pdu.event_id)?;
         let batch = &mut staging.batch;
-        let event_short = self.short.event_short_or_create(&pdu.event_id, batch)?;
         let (state_after_id, state_after) = match &pdu.state_key {
             None => (
                 state_before_id.ok_or_else(|| Error::internal("a room's first event must be state"))?,
@@ -400,7 +400,7 @@ impl Rooms {
         Ok(())
     }
 
-    fn index_membership(&self, pdu: &Pdu, batch: &mut estuary_storage::Batch) -> Result<()> {
+    pub(super) fn index_membership(&self, pdu: &Pdu, batch: &mut estuary_storage::Batch) -> Result<()> {
         let Some(target) = pdu.state_key.as_deref() else { return Ok(()) };
         let membership = pdu.content_value()["membership"].as_str().unwrap_or("leave").to_owned();
         let room = pdu.room_id.to_string();

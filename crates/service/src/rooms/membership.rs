@@ -54,7 +54,7 @@ impl Rooms {
     }
 
     /// A join event's content: the user's current display name and avatar.
-    pub(super) fn join_template(&self, user_id: &UserId, reason: Option<String>) -> Result<PduTemplate> {
+    pub fn join_template(&self, user_id: &UserId, reason: Option<String>) -> Result<PduTemplate> {
         let mut content = json!({"membership": "join"});
         self.add_profile(&mut content, user_id)?;
         if let Some(reason) = reason {

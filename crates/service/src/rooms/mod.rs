@@ -17,6 +17,7 @@ mod notify;
 mod read;
 mod relations;
 mod remote;
+mod remote_join;
 mod search_index;
 mod short;
 mod staging;
@@ -49,6 +50,7 @@ pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{glob_match, passes};
 pub use relations::{RelationsPage, RelationsQuery};
 pub use remote::Received;
+pub use remote_join::InviteStub;
 pub use search_index::SEARCH_KEYS;
 pub use staging::FanOut;
 pub use state::StateMap;
@@ -140,6 +142,7 @@ pub struct Rooms {
     useridroomid_membership: Table<(String, String), String>,
     roomiduserid_membership: Table<(String, String), String>,
     useridroomid_forgotten: Table<(String, String), String>,
+    useridroomid_invite: Table<(String, String), Json<remote_join::InviteStub>>,
     useridroomid_joinstream: Table<(String, String), u64>,
     useriddevicetxn_eventid: Table<(String, String, String), String>,
     eventidstream_relation: Table<(String, u64), Json<relations::RelationRow>>,
@@ -188,6 +191,7 @@ impl Rooms {
             useridroomid_membership: db.table("useridroomid_membership").db()?,
             roomiduserid_membership: db.table("roomiduserid_membership").db()?,
             useridroomid_forgotten: db.table("useridroomid_forgotten").db()?,
+            useridroomid_invite: db.table("useridroomid_invite").db()?,
             useridroomid_joinstream: db.table("useridroomid_joinstream").db()?,
             useriddevicetxn_eventid: db.table("useriddevicetxn_eventid").db()?,
             eventidstream_relation: db.table("eventidstream_relation").db()?,

@@ -67,7 +67,7 @@ impl Rooms {
     }
 
     /// Check a received PDU and stage it if it passes.
-    fn stage_remote(&self, staging: &mut Staging, pdu: Pdu, fan_out: FanOut) -> Result<Received> {
+    pub(super) fn stage_remote(&self, staging: &mut Staging, pdu: Pdu, fan_out: FanOut) -> Result<Received> {
         let room = staging.room.clone().ok_or_else(|| Error::not_found("Unknown room"))?;
         if pdu.room_id != self.room_of(staging)? {
             return Ok(Received::Rejected("the event belongs to another room".into()));
@@ -249,7 +249,7 @@ impl Rooms {
         let mut full = StateMap::new();
         for ((kind, state_key), event_id) in &resolved {
             let key = self.short.state_key_short_or_create(kind, state_key, &mut staging.batch)?;
-            let event = self.short.event_short_or_create(event_id, &mut staging.batch)?;
+            let event = self.staged_event_short(staging, event_id)?;
             full.insert(key, event);
         }
         let changes: Vec<(u64, u64)> =

@@ -24,8 +24,10 @@ pub(super) struct Staging<'a> {
     /// The state after the last staged event.
     pub(super) state: Arc<StateMap>,
     pdus: HashMap<OwnedEventId, Pdu>,
-    /// Short IDs of the staged events (not in `short_eventid` until commit).
+    /// Short IDs of the staged events (not in `short_eventid` until commit),
+    /// both ways.
     shorts: HashMap<u64, OwnedEventId>,
+    short_of: HashMap<OwnedEventId, u64>,
     pub(super) staged: Vec<Staged>,
     /// State snapshots written by this batch (pending in the state store).
     pub(super) snapshots: Vec<u64>,
@@ -56,6 +58,7 @@ pub enum FanOut {
 impl Staging<'_> {
     pub(super) fn note_event(&mut self, short: u64, pdu: &Pdu) {
         self.shorts.insert(short, pdu.event_id.clone());
+        self.short_of.insert(pdu.event_id.clone(), short);
         self.pdus.insert(pdu.event_id.clone(), pdu.clone());
     }
 }
@@ -84,9 +87,22 @@ impl Rooms {
             state,
             pdus: HashMap::new(),
             shorts: HashMap::new(),
+            short_of: HashMap::new(),
             staged: Vec::new(),
             snapshots: Vec::new(),
         })
+    }
+
+    /// The short ID of a staged or stored event, created if new.
+    pub(super) fn staged_event_short(&self, staging: &mut Staging, event_id: &EventId) -> Result<u64> {
+        if let Some(short) = staging.short_of.get(event_id) {
+            return Ok(*short);
+        }
+        let short = self.short.event_short_or_create(event_id, &mut staging.batch)?;
+        // A new short ID is only in the batch: remember it for reads.
+        staging.shorts.insert(short, event_id.to_owned());
+        staging.short_of.insert(event_id.to_owned(), short);
+        Ok(short)
     }
 
     /// An event, staged or stored.

@@ -98,7 +98,11 @@ impl Rooms {
         user_id: &UserId,
         room_id: &RoomId,
     ) -> Result<Option<u64>> {
-        let room = self.require_room(room_id)?;
+        let Some(room) = self.room(room_id)? else {
+            // An invite to a room on another server: the invite's position.
+            let Some(stub) = self.invite_stub(user_id, room_id)? else { return Ok(None) };
+            return Ok(self.stored(&stub.event_id)?.map(|stored| stored.stream));
+        };
         let state = self.state.load(room.state)?;
         let Some(id) =
             self.state_event_id(&state, &ruma::events::StateEventType::RoomMember, user_id.as_str())?

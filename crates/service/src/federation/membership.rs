@@ -1,0 +1,197 @@
+//! Our users in rooms on other servers: joining through a resident server
+//! (`make_join` → sign → `send_join`), and invites other servers send them.
+
+use estuary_core::{Error, Result, error::ErrorKind};
+use estuary_events::{builder::sign_object, federation as pdus};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedServerName, RoomId, RoomVersionId, ServerName,
+    UserId,
+    api::federation::membership::{create_join_event, prepare_join_event},
+    events::TimelineEventType,
+};
+use serde_json::value::{RawValue, to_raw_value};
+
+use super::Federation;
+use crate::rooms::supported_room_version;
+
+/// The room versions this server can join, as `make_join`'s `ver` lists them.
+fn supported_versions() -> Vec<RoomVersionId> {
+    (1..=12)
+        .filter_map(|v| RoomVersionId::try_from(v.to_string()).ok())
+        .filter(supported_room_version)
+        .collect()
+}
+
+impl Federation {
+    /// Join `room_id` on another server: ask each of `servers` in turn for a
+    /// join template until one answers, sign it, and enter the room with
+    /// the state its `send_join` returns.
+    pub async fn join_remote(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        servers: &[OwnedServerName],
+        reason: Option<String>,
+    ) -> Result<()> {
+        let mut last_error = Error::not_found("No server to join the room through");
+        for server in servers.iter().filter(|s| **s != self.config.server_name) {
+            match self.join_through(server, room_id, user_id, reason.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(%server, %room_id, "joining through the server failed: {err}");
+                    last_error = err;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn join_through(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let mut request = prepare_join_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
+        request.ver = supported_versions();
+        let answer = self.client.send(server, request).await?;
+        let version = answer.room_version.unwrap_or(RoomVersionId::V1);
+        if !supported_room_version(&version) {
+            return Err(Error::matrix(
+                400,
+                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(
+                    version,
+                )),
+                "This server does not support the room's version",
+            ));
+        }
+        let mut template: CanonicalJsonObject = serde_json::from_str(answer.event.get())
+            .map_err(|e| Error::bad_json(format!("Invalid join template from {server}: {e}")))?;
+        self.fill_join_template(&mut template, user_id, reason)?;
+        let key = self.client.signing_key();
+        let pdu = sign_object(template, &version, Some(room_id), &self.config.server_name, key)
+            .map_err(|e| Error::bad_json(format!("Cannot sign the join template from {server}: {e}")))?;
+        if pdu.kind != TimelineEventType::RoomMember || pdu.state_key.as_deref() != Some(user_id.as_str()) {
+            return Err(Error::bad_json(format!("{server} sent a template for another event")));
+        }
+        let raw = to_raw_value(&pdus::outgoing_json(&pdu)).map_err(Error::internal)?;
+        let request = create_join_event::v2::Request::new(room_id.to_owned(), pdu.event_id.clone(), raw);
+        let room_state = self.client.send(server, request).await?.room_state;
+        // A restricted join comes back countersigned by the resident server.
+        let join = match &room_state.event {
+            Some(event) => self.verified(&version, event).await?,
+            None => pdu,
+        };
+        let state = self.all_verified(&version, &room_state.state).await?;
+        let auth_chain = self.all_verified(&version, &room_state.auth_chain).await?;
+        self.rooms.enter_remote_room(room_id, &version, state, auth_chain, join).await
+    }
+
+    /// Our join content in the resident server's template: membership,
+    /// profile and reason from us, a restricted join's authoriser from it.
+    fn fill_join_template(
+        &self,
+        template: &mut CanonicalJsonObject,
+        user_id: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let ours = self.rooms.join_template(user_id, reason)?.content;
+        let mut content: CanonicalJsonObject = serde_json::from_value(ours).map_err(Error::internal)?;
+        if let Some(CanonicalJsonValue::Object(theirs)) = template.get("content")
+            && let Some(authoriser) = theirs.get("join_authorised_via_users_server")
+        {
+            content.insert("join_authorised_via_users_server".into(), authoriser.clone());
+        }
+        template.insert("content".into(), content.into());
+        template.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(
+                ruma::Int::new(estuary_core::time::now_millis() as i64).unwrap_or_default(),
+            ),
+        );
+        Ok(())
+    }
+
+    async fn verified(&self, version: &RoomVersionId, json: &RawValue) -> Result<estuary_events::Pdu> {
+        let raw = json.to_owned();
+        match self.verify_pdus(version, std::slice::from_ref(&raw)).await.pop() {
+            Some(Ok(verified)) => Ok(verified.pdu),
+            Some(Err((_, reason))) => {
+                Err(Error::forbidden(format!("Invalid event from the resident server: {reason}")))
+            }
+            None => Err(Error::internal("no event")),
+        }
+    }
+
+    /// Every event verified (signatures and hashes); any bad one refuses all.
+    async fn all_verified(
+        &self,
+        version: &RoomVersionId,
+        raw: &[Box<RawValue>],
+    ) -> Result<Vec<estuary_events::Pdu>> {
+        let mut events = Vec::with_capacity(raw.len());
+        for outcome in self.verify_pdus(version, raw).await {
+            match outcome {
+                Ok(verified) => events.push(verified.pdu),
+                Err((id, reason)) => {
+                    return Err(Error::forbidden(format!(
+                        "The resident server sent an invalid event {}: {reason}",
+                        id.map(|i| i.to_string()).unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// `PUT /invite`: another server invites one of our users. Returns the
+    /// invite with our signature added; a room this server is not in is kept
+    /// as an invite stub the user sees in sync.
+    pub async fn receive_invite(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        room_version: &RoomVersionId,
+        event: &RawValue,
+        stripped: Vec<serde_json::Value>,
+    ) -> Result<CanonicalJsonObject> {
+        if !supported_room_version(room_version) {
+            return Err(Error::matrix(
+                400,
+                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(
+                    room_version.clone(),
+                )),
+                "This server does not support the room's version",
+            ));
+        }
+        let pdu = self.verified(room_version, event).await?;
+        let invitee = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
+        let valid = pdu.event_id == event_id
+            && pdu.room_id == room_id
+            && pdu.kind == TimelineEventType::RoomMember
+            && pdu.content_value()["membership"] == "invite"
+            && pdu.sender.server_name() == origin;
+        let Some(invitee) = invitee.filter(|u| valid && u.server_name() == self.config.server_name) else {
+            return Err(Error::bad_json("Not an invite of a user of this server"));
+        };
+        if !self.accounts.exists(&invitee)? {
+            return Err(Error::not_found("Unknown user"));
+        }
+        let mut object = pdu.json.clone();
+        pdus::add_signature(&mut object, room_version, &self.config.server_name, self.client.signing_key())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        if self.rooms.room(room_id)?.is_none() {
+            let signed = estuary_events::Pdu::from_json(
+                pdu.event_id.clone(),
+                Some(room_id.to_owned()),
+                object.clone(),
+            )
+            .map_err(Error::internal)?;
+            self.rooms.store_invite_stub(signed, room_version.clone(), stripped).await?;
+        }
+        object.remove("unsigned");
+        Ok(object)
+    }
+}

@@ -1,0 +1,173 @@
+//! Rooms this server learns of from another server: a room one of our
+//! users joins through a resident server (`send_join` gives its state and
+//! auth chain, stored as outliers: known, not in the timeline), and an
+//! invite to a room this server is not in yet (kept with the stripped state
+//! the inviting server sent, until the user joins or declines).
+
+use estuary_core::{Error, Result};
+use estuary_events::Pdu;
+use estuary_storage::codec::Json;
+use ruma::{RoomId, RoomVersionId, UserId, events::StateEventType};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    RoomRecord, Rooms, StoredPdu,
+    remote::Received,
+    staging::{FanOut, Staging},
+};
+use crate::storage_error::StorageResultExt;
+
+/// An invite to a room this server is not in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteStub {
+    pub event_id: ruma::OwnedEventId,
+    pub room_version: RoomVersionId,
+    /// The stripped state the inviting server sent (name, avatar, …).
+    pub stripped: Vec<serde_json::Value>,
+}
+
+impl Rooms {
+    /// Enter a room through a resident server's `send_join` answer: the
+    /// state before our join and its auth chain become outliers, the state
+    /// the room's first snapshot here, and our join its first event.
+    pub async fn enter_remote_room(
+        &self,
+        room_id: &RoomId,
+        room_version: &RoomVersionId,
+        state: Vec<Pdu>,
+        auth_chain: Vec<Pdu>,
+        join: Pdu,
+    ) -> Result<()> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        if self.room(room_id)?.is_some() {
+            drop(_guard);
+            let outcome = self.receive(room_id, vec![join], FanOut::None).await?;
+            return match outcome.into_iter().next().map(|(_, o)| o) {
+                Some(Received::Accepted | Received::Known) => Ok(()),
+                other => Err(Error::forbidden(format!("The join was refused: {other:?}"))),
+            };
+        }
+        let mut staging = self.staging(None)?;
+        for pdu in auth_chain.iter().chain(&state) {
+            if pdu.room_id != room_id {
+                return Err(Error::forbidden("The resident server sent events of another room"));
+            }
+            self.stage_outlier(&mut staging, pdu)?;
+        }
+        let mut changes = Vec::with_capacity(state.len());
+        let mut depth = 0;
+        for pdu in &state {
+            let Some(state_key) = &pdu.state_key else { continue };
+            let kind = StateEventType::from(pdu.kind.to_string());
+            let key = self.short.state_key_short_or_create(&kind, state_key, &mut staging.batch)?;
+            let event = self.staged_event_short(&mut staging, &pdu.event_id)?;
+            changes.push((key, event));
+            depth = depth.max(pdu.depth);
+            if pdu.kind == ruma::events::TimelineEventType::RoomMember {
+                self.index_membership(pdu, &mut staging.batch)?;
+            }
+        }
+        if !state.iter().any(|p| p.kind == ruma::events::TimelineEventType::RoomCreate) {
+            return Err(Error::forbidden("The resident server's state has no create event"));
+        }
+        let id = self.short.allocate();
+        staging.state = self.state.store(id, None, changes, Vec::new(), &mut staging.batch)?;
+        staging.snapshots.push(id);
+        staging.room = Some(RoomRecord {
+            room_version: room_version.clone(),
+            state: id,
+            extremities: join.prev_events.clone(),
+            depth,
+        });
+        let user = join.state_key.clone().unwrap_or_default();
+        match self.stage_remote_join(&mut staging, join)? {
+            Received::Accepted => {}
+            other => return Err(Error::forbidden(format!("The join was refused: {other:?}"))),
+        }
+        staging.batch.delete(&self.useridroomid_invite, &(user, room_id.to_string()));
+        self.persist(staging).await
+    }
+
+    fn stage_remote_join(&self, staging: &mut Staging, join: Pdu) -> Result<Received> {
+        // The resident server sends our join to the room's other servers.
+        self.stage_remote(staging, join, FanOut::None)
+    }
+
+    /// An event known but not in the timeline (no stream position).
+    fn stage_outlier(&self, staging: &mut Staging, pdu: &Pdu) -> Result<()> {
+        if self.staged_pdu(staging, &pdu.event_id)?.is_some() {
+            return Ok(());
+        }
+        let short = self.staged_event_short(staging, &pdu.event_id)?;
+        let stored = StoredPdu {
+            event_id: pdu.event_id.clone(),
+            room_id: pdu.room_id.clone(),
+            json: pdu.json.clone(),
+            stream: 0,
+            state_before: 0,
+            state_after: 0,
+            txn: None,
+        };
+        staging.batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored));
+        staging.note_event(short, pdu);
+        Ok(())
+    }
+
+    /// Keep an invite of one of our users to a room this server is not in:
+    /// the membership, the stub with the stripped state, and the invite
+    /// event in the stream so the user's sync shows it.
+    pub async fn store_invite_stub(
+        &self,
+        invite: Pdu,
+        room_version: RoomVersionId,
+        stripped: Vec<serde_json::Value>,
+    ) -> Result<()> {
+        let room_id = invite.room_id.clone();
+        let lock = self.room_lock(&room_id);
+        let _guard = lock.lock().await;
+        let invitee = invite.state_key.clone().unwrap_or_default();
+        let mut batch = self.db.batch();
+        self.index_membership(&invite, &mut batch)?;
+        let stub = InviteStub { event_id: invite.event_id.clone(), room_version, stripped };
+        batch.put(&self.useridroomid_invite, &(invitee.clone(), room_id.to_string()), &Json(stub));
+        let room_key = room_id.to_string();
+        let event_id = invite.event_id.to_string();
+        self.streams.commit_many(batch, 1, |stream, batch| {
+            let stored = StoredPdu {
+                event_id: invite.event_id.clone(),
+                room_id: room_id.clone(),
+                json: invite.json.clone(),
+                stream,
+                state_before: 0,
+                state_after: 0,
+                txn: None,
+            };
+            batch.put(&self.eventid_pdu, &event_id, &Json(stored));
+            batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &event_id);
+            batch.put(&self.stream_roomideventid, &stream, &Json((room_key.clone(), event_id.clone())));
+        })?;
+        if let Ok(user) = UserId::parse(&invitee) {
+            self.streams.notify(std::iter::once(&*user));
+        }
+        Ok(())
+    }
+
+    /// The invite stub of a user for a room this server is not in.
+    pub fn invite_stub(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<InviteStub>> {
+        Ok(self.useridroomid_invite.get(&(user_id.to_string(), room_id.to_string())).db()?.map(|Json(s)| s))
+    }
+
+    /// Decline an invite to a room this server is not in, here only (the
+    /// inviting server is not told yet).
+    pub fn drop_invite_stub(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let mut batch = self.db.batch();
+        let (user, room) = (user_id.to_string(), room_id.to_string());
+        batch.put(&self.useridroomid_membership, &(user.clone(), room.clone()), &"leave".to_owned());
+        batch.put(&self.roomiduserid_membership, &(room.clone(), user.clone()), &"leave".to_owned());
+        batch.delete(&self.useridroomid_invite, &(user, room));
+        self.streams.commit_many(batch, 0, |_, _| {})?;
+        self.streams.notify(std::iter::once(user_id));
+        Ok(())
+    }
+}
