@@ -120,7 +120,7 @@ fn start_estuary(dir: tempfile::TempDir, ca: &Path) -> (TestServer, String) {
 
 /// The scenario's steps (tests/interop/synapse_federation.py) that pass;
 /// FEDERATION_STEPS overrides them while developing.
-const STEPS: &str = "a,b,c,d,e,f,g,h";
+const STEPS: &str = "a,b,c,d,e,f,g,h,i";
 
 /// A Synapse user joins a room on Estuary; messages, topic and power
 /// levels, typing and receipts flow both ways; a late joiner on Synapse

@@ -16,6 +16,7 @@ servers, so every check below crosses federation in one direction or both:
   g. alice fills a new room on A; carol, on B, which was never in it, joins
      and pages back to alice's first message (B backfills it from A)
   h. bob leaves the first room; alice sees his leave
+  i. alice creates a room on A and invites bob; he joins; a message each way
 
 --only runs some of the steps (the Rust test grows the list as Estuary's
 federation grows); whatever a selected step needs (users, the first room) is
@@ -40,7 +41,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefgh"
+STEPS = "abcdefghi"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -443,6 +444,24 @@ class Scenario:
         room, alice, bob = self.first_room(), self.alice, self.bob
         bob.call("POST", f"/rooms/{quote(room)}/leave", {})
         alice.wait_for("bob's leave", membership(room, bob.user_id, "leave"))
+
+    def step_i(self):
+        """alice creates a room on A and invites bob; he joins; a message each way.
+
+        An invite from A to B: A asks B to countersign it (/v2/invite) before
+        the invite enters the room.
+        """
+        alice, bob = self.alice, self.bob
+        room = alice.call("POST", "/createRoom",
+                          {"preset": "private_chat", "name": "alice's " + self.tag})["room_id"]
+        alice.call("POST", f"/rooms/{quote(room)}/invite", {"user_id": bob.user_id})
+        bob.wait_for("alice's invite", membership(room, bob.user_id, "invite",
+                                                  sections=("invite",)))
+        bob.join(room, self.a.server_name)
+        alice.wait_for("bob's join", membership(room, bob.user_id, "join"))
+        text = f"thanks for the invite {self.tag}"
+        bob.send_text(room, text)
+        alice.wait_for("bob's message", message(room, bob.user_id, text))
 
 
 def run(scenario, steps):

@@ -59,15 +59,7 @@ pub struct Sync {
 
 /// Default timeline length when the filter does not set one.
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
-/// State types shown to invitees (stripped).
-const INVITE_STATE: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-];
+use crate::rooms::INVITE_STATE;
 
 struct Window<'a> {
     user: &'a UserId,

@@ -77,7 +77,12 @@ pub async fn invite(
         return Err(Error::forbidden("Third-party invites are not supported").into());
     };
     let reason = recipient.reason.clone();
-    services.rooms.invite(&request.body.room_id, request.user()?, &recipient.user_id, reason, false).await?;
+    let (room_id, sender, invitee) = (&request.body.room_id, request.user()?, &recipient.user_id);
+    if invitee.server_name() != services.config.server_name && services.config.allow_federation {
+        services.federation.invite_remote(room_id, sender, invitee, reason, false).await?;
+    } else {
+        services.rooms.invite(room_id, sender, invitee, reason, false).await?;
+    }
     Ok(invite_user::v3::Response::new())
 }
 

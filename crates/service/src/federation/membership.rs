@@ -6,7 +6,7 @@ use estuary_events::{builder::sign_object, federation as pdus};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedServerName, RoomId, RoomVersionId, ServerName,
     UserId,
-    api::federation::membership::{create_join_event, prepare_join_event},
+    api::federation::membership::{create_invite, create_join_event, prepare_join_event},
     events::TimelineEventType,
 };
 use serde_json::value::{RawValue, to_raw_value};
@@ -143,6 +143,47 @@ impl Federation {
             }
         }
         Ok(events)
+    }
+
+    /// Invite a user of another server into one of our rooms: its server
+    /// countersigns the invite (`PUT /v2/invite`) before it is persisted.
+    pub async fn invite_remote(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        invitee: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+    ) -> Result<()> {
+        if matches!(self.rooms.membership(invitee, room_id)?.as_deref(), Some("join")) {
+            return Err(Error::forbidden("The user is already in the room"));
+        }
+        let template = self.rooms.invite_template(invitee, reason, is_direct)?;
+        let server = invitee.server_name().to_owned();
+        let client = &self.client;
+        self.rooms
+            .invite_remote(room_id, sender, template, |pdu, version, invite_state| async move {
+                let raw = to_raw_value(&pdus::outgoing_json(&pdu)).map_err(Error::internal)?;
+                let mut request = create_invite::v2::Request::new(
+                    room_id.to_owned(),
+                    pdu.event_id.clone(),
+                    version,
+                    raw,
+                    Vec::new(),
+                );
+                request.invite_room_state = crate::federation::raw_pdus(&invite_state)
+                    .into_iter()
+                    .map(ruma::api::federation::membership::RawStrippedState::Pdu)
+                    .collect();
+                let answer = client.send(&server, request).await.map_err(|e| {
+                    tracing::warn!(%server, %room_id, "the invitee's server did not take the invite: {e}");
+                    Error::from(e)
+                })?;
+                serde_json::from_str::<CanonicalJsonObject>(answer.event.get()).map_err(|e| {
+                    Error::bad_json(format!("The invitee's server returned an invalid invite: {e}"))
+                })
+            })
+            .await
     }
 
     /// `PUT /invite`: another server invites one of our users. Returns the

@@ -182,7 +182,7 @@ impl Rooms {
 
     /// The authorization rules against the staged state (the state before
     /// the event), reading only this room's events.
-    fn authorize(&self, staging: &Staging, pdu: &Pdu, version: &RoomVersionId) -> Result<()> {
+    pub(super) fn authorize(&self, staging: &Staging, pdu: &Pdu, version: &RoomVersionId) -> Result<()> {
         let rules = version.rules().ok_or_else(unsupported_version)?;
         let fetch_event = |id: &ruma::EventId| {
             self.staged_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)

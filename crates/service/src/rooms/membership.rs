@@ -155,7 +155,7 @@ impl Rooms {
     }
 
     /// An invite's member event: the invitee's profile, and `is_direct`.
-    pub(super) fn invite_template(
+    pub fn invite_template(
         &self,
         invitee: &UserId,
         reason: Option<String>,

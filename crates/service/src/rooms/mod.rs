@@ -50,7 +50,7 @@ pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{glob_match, passes};
 pub use relations::{RelationsPage, RelationsQuery};
 pub use remote::Received;
-pub use remote_join::InviteStub;
+pub use remote_join::{INVITE_STATE, InviteStub};
 pub use search_index::SEARCH_KEYS;
 pub use staging::FanOut;
 pub use state::StateMap;

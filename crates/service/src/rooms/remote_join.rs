@@ -17,6 +17,17 @@ use super::{
 };
 use crate::storage_error::StorageResultExt;
 
+/// State shown to an invitee before joining (stripped, or as PDUs over
+/// federation).
+pub const INVITE_STATE: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
 /// An invite to a room this server is not in.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InviteStub {
@@ -151,6 +162,53 @@ impl Rooms {
             self.streams.notify(std::iter::once(&*user));
         }
         Ok(())
+    }
+
+    /// Invite a user of another server: the invite is built and authorised
+    /// here, then `countersign` asks the invitee's server to sign it (with
+    /// the room's key state as PDUs for its user to see), and the signed
+    /// event is persisted. The room's lock is held throughout, so the
+    /// invite's place in the DAG stays valid.
+    pub async fn invite_remote<F, Fut>(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: estuary_events::PduTemplate,
+        countersign: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(Pdu, RoomVersionId, Vec<Pdu>) -> Fut,
+        Fut: std::future::Future<Output = Result<ruma::CanonicalJsonObject>>,
+    {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let room = self.require_room(room_id)?;
+        let version = room.room_version.clone();
+        let mut staging = self.staging(Some(room))?;
+        let pdu = self.build_local(&staging, room_id, sender, template)?;
+        self.authorize(&staging, &pdu, &version)?;
+        let mut invite_state = Vec::new();
+        for kind in INVITE_STATE {
+            if let Some(event) = self.staged_state_pdu(&staging, &StateEventType::from(*kind), "")? {
+                invite_state.push(event);
+            }
+        }
+        if let Some(member) = self.staged_state_pdu(&staging, &StateEventType::RoomMember, sender.as_str())? {
+            invite_state.push(member);
+        }
+        let signed = countersign(pdu.clone(), version.clone(), invite_state).await?;
+        // The invitee's server may only add its signature: the same event ID
+        // means the same event.
+        let event_id = estuary_events::federation::event_id(&signed, &version)
+            .map_err(|e| Error::bad_json(format!("The invitee's server returned an invalid invite: {e}")))?;
+        if event_id != pdu.event_id {
+            return Err(Error::forbidden("The invitee's server altered the invite"));
+        }
+        let mut signed =
+            Pdu::from_json(event_id, Some(room_id.to_owned()), signed).map_err(Error::bad_json)?;
+        signed.json.remove("unsigned");
+        self.stage(&mut staging, signed, None)?;
+        self.persist(staging).await
     }
 
     /// The invite stub of a user for a room this server is not in.
