@@ -120,12 +120,14 @@ fn start_estuary(dir: tempfile::TempDir, ca: &Path) -> (TestServer, String) {
 
 /// The scenario's steps (tests/interop/synapse_federation.py) that pass;
 /// FEDERATION_STEPS overrides them while developing.
-const STEPS: &str = "a,b,c,d,e,f,g,h,i";
+const STEPS: &str = "a,b,c,d,e,f,g,h,i,j";
 
 /// A Synapse user joins a room on Estuary; messages, topic and power
 /// levels, typing and receipts flow both ways; a late joiner on Synapse
 /// backfills the history; a leave is seen; an Estuary user accepts an
-/// invite to a room on Synapse and joins it through make_join/send_join.
+/// invite to a room on Synapse and joins it through make_join/send_join;
+/// a Synapse user accepts an Estuary invite; an alias and a profile on
+/// Synapse are read from Estuary.
 #[tokio::test]
 async fn synapse_user_joins_an_estuary_room_and_messages_flow_both_ways() {
     let Some(python) = synapse_python() else { return };

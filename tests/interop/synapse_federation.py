@@ -17,6 +17,8 @@ servers, so every check below crosses federation in one direction or both:
      and pages back to alice's first message (B backfills it from A)
   h. bob leaves the first room; alice sees his leave
   i. alice creates a room on A and invites bob; he joins; a message each way
+  j. bob publishes a room on B under an alias; alice resolves the alias,
+     joins by it, and reads bob's display name from B
 
 --only runs some of the steps (the Rust test grows the list as Estuary's
 federation grows); whatever a selected step needs (users, the first room) is
@@ -41,7 +43,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghi"
+STEPS = "abcdefghij"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -462,6 +464,29 @@ class Scenario:
         text = f"thanks for the invite {self.tag}"
         bob.send_text(room, text)
         alice.wait_for("bob's message", message(room, bob.user_id, text))
+
+    def step_j(self):
+        """bob publishes a room under an alias on B; alice joins by the alias and reads bob's profile.
+
+        /query/directory resolves the alias and names servers to join
+        through; /query/profile answers for bob's display name.
+        """
+        alice, bob = self.alice, self.bob
+        localpart = "lobby-" + self.tag
+        bob.call("PUT", f"/profile/{quote(bob.user_id)}/displayname", {"displayname": "Bob " + self.tag})
+        room = bob.call("POST", "/createRoom", {"preset": "public_chat",
+                                                 "room_alias_name": localpart})["room_id"]
+        alias = f"#{localpart}:{self.b.server_name}"
+        found = alice.call("GET", f"/directory/room/{quote(alias)}")
+        if found.get("room_id") != room or not found.get("servers"):
+            raise Failure(f"alias {alias} resolved to {found}, not {room} with servers")
+        joined = alice.call("POST", f"/join/{quote(alias)}", {})["room_id"]
+        if joined != room:
+            raise Failure(f"joining {alias} joined {joined}, not {room}")
+        bob.wait_for("alice's join by alias", membership(room, alice.user_id, "join"))
+        name = alice.call("GET", f"/profile/{quote(bob.user_id)}/displayname").get("displayname")
+        if name != "Bob " + self.tag:
+            raise Failure(f"bob's display name read from A is {name!r}")
 
 
 def run(scenario, steps):

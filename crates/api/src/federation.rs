@@ -15,6 +15,7 @@ use ruma::{
         membership::{
             create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
         },
+        query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
     },
     serde::Raw,
@@ -34,6 +35,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(make_leave)
         .ruma(send_leave)
         .ruma(invite)
+        .ruma(query_profile)
+        .ruma(query_directory)
         .ruma(send_transaction)
         .ruma(event)
         .ruma(state)
@@ -162,6 +165,32 @@ async fn invite(s: AppState, r: Ruma<create_invite::v2::Request>) -> ApiResult<c
         .receive_invite(origin, &body.room_id, &body.event_id, &body.room_version, &body.event, stripped)
         .await?;
     Ok(create_invite::v2::Response::new(raw(&signed)?))
+}
+
+async fn query_profile(
+    s: AppState,
+    r: Ruma<get_profile_information::v1::Request>,
+) -> ApiResult<get_profile_information::v1::Response> {
+    let user_id = &r.body.user_id;
+    if user_id.server_name() != s.config.server_name {
+        return Err(estuary_core::Error::not_found("The user is not on this server").into());
+    }
+    let profile = s.profile.get_profile(user_id)?;
+    let mut response = get_profile_information::v1::Response::new();
+    for (field, value) in profile.iter() {
+        if r.body.field.as_ref().is_none_or(|wanted| wanted.as_str() == field) {
+            response.data.set(field.to_owned(), value.clone());
+        }
+    }
+    Ok(response)
+}
+
+async fn query_directory(
+    s: AppState,
+    r: Ruma<get_room_information::v1::Request>,
+) -> ApiResult<get_room_information::v1::Response> {
+    let (room_id, servers) = s.federation.local_alias(&r.body.room_alias)?;
+    Ok(get_room_information::v1::Response::new(room_id, servers))
 }
 
 async fn send_transaction(

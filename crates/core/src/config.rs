@@ -19,7 +19,7 @@ pub struct Config {
     pub server_name: OwnedServerName,
     /// Address to listen on.
     pub address: IpAddr,
-    /// Port to listen on (client and, later, federation API).
+    /// Port to listen on (client and federation API).
     pub port: u16,
     /// Where RocksDB keeps its files.
     pub database_path: PathBuf,
@@ -105,11 +105,12 @@ pub struct Config {
     /// Take part in federation: serve the Server-Server API and talk to
     /// other servers. Off: this server is an island.
     pub allow_federation: bool,
-    /// A second listener for the Server-Server API only, on `address`, over
-    /// HTTPS with the main listener's certificate (so only when TLS is
-    /// configured); other servers connect to 8448 unless told otherwise.
-    /// The main listener serves federation too, for deployments behind a
-    /// TLS-terminating proxy with `well_known_server` delegation. Unset or
+    /// A second listener, meant for other servers, on `address`, over HTTPS
+    /// with the main listener's certificate (so only when TLS is
+    /// configured); it serves the same API as the main listener. Other
+    /// servers connect to 8448 unless told otherwise. The main listener
+    /// serves federation too, for deployments behind a TLS-terminating
+    /// proxy with `well_known_server` delegation. Unset or
     /// equal to `port` or 0: no second listener.
     pub federation_port: Option<u16>,
     /// Notary servers asked for another server's signing keys when that

@@ -143,7 +143,7 @@ impl E2ee {
             if !self.accounts.is_local(&user) {
                 failures.insert(
                     user.server_name().to_string(),
-                    json!({"errcode": "M_UNAVAILABLE", "error": "Federation is not enabled"}),
+                    json!({"errcode": "M_UNAVAILABLE", "error": "Keys of users on other servers are not fetched yet"}),
                 );
                 continue;
             }

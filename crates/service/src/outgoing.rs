@@ -46,7 +46,7 @@ pub enum Job {
     Pdu {
         pdu: JsonValue,
     },
-    /// An EDU (typing, receipt, presence, to-device, device list update).
+    /// An EDU (typing notifications and read receipts so far).
     Edu {
         edu: JsonValue,
     },

@@ -51,7 +51,7 @@ impl ToDevice {
         let mut rows = Vec::new();
         for (user, device, content) in targets {
             if !self.accounts.is_local(&user) {
-                continue; // Remote devices arrive with federation.
+                continue; // To-device messages do not cross servers yet.
             }
             let devices = match device {
                 Some(device) => vec![device],

@@ -27,11 +27,13 @@ pub async fn get(
     services: AppState,
     request: Ruma<get_alias::v3::Request>,
 ) -> ApiResult<get_alias::v3::Response> {
-    let room_id = services
-        .rooms
-        .resolve_alias(&request.body.room_alias)?
-        .ok_or_else(|| Error::not_found("Unknown room alias"))?;
-    Ok(get_alias::v3::Response::new(room_id, vec![services.config.server_name.clone()]))
+    let alias = &request.body.room_alias;
+    if alias.server_name() != services.config.server_name && services.config.allow_federation {
+        let (room_id, servers) = services.federation.remote_alias(alias).await?;
+        return Ok(get_alias::v3::Response::new(room_id, servers));
+    }
+    let (room_id, servers) = services.federation.local_alias(alias)?;
+    Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
 pub async fn delete(

@@ -2,7 +2,7 @@
 
 use estuary_core::Error;
 use ruma::{
-    OwnedRoomId, RoomId, RoomOrAliasId,
+    OwnedRoomId, RoomAliasId, RoomId, RoomOrAliasId,
     api::client::membership::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
         joined_members, joined_rooms, kick_user, leave_room, unban_user,
@@ -62,9 +62,20 @@ pub async fn join_by_id_or_alias(
     services: AppState,
     request: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
-    let room_id = resolve(&services, &request.body.room_id_or_alias)?;
     let body = &request.body;
-    join(&services, &room_id, request.user()?, body.reason.clone(), &body.via).await?;
+    let (room_id, mut via) = match <&RoomAliasId>::try_from(&*body.room_id_or_alias) {
+        Ok(alias)
+            if alias.server_name() != services.config.server_name && services.config.allow_federation =>
+        {
+            match services.rooms.resolve_alias(alias)? {
+                Some(room_id) => (room_id, Vec::new()),
+                None => services.federation.remote_alias(alias).await?,
+            }
+        }
+        _ => (resolve(&services, &body.room_id_or_alias)?, Vec::new()),
+    };
+    via.extend(body.via.iter().cloned());
+    join(&services, &room_id, request.user()?, body.reason.clone(), &via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

@@ -8,9 +8,12 @@ pub async fn get_profile(
     services: AppState,
     request: Ruma<get_profile::v3::Request>,
 ) -> ApiResult<get_profile::v3::Response> {
-    let profile = services.profile.get_profile(&request.body.user_id)?;
+    let user_id = &request.body.user_id;
     let mut response = get_profile::v3::Response::new();
-    response.data = profile;
+    response.data = match is_remote(&services, user_id) {
+        true => services.federation.remote_profile(user_id, None).await?.data,
+        false => services.profile.get_profile(user_id)?,
+    };
     Ok(response)
 }
 
@@ -18,8 +21,22 @@ pub async fn get_field(
     services: AppState,
     request: Ruma<get_profile_field::v3::Request>,
 ) -> ApiResult<get_profile_field::v3::Response> {
-    let value = services.profile.get_field(&request.body.user_id, &request.body.field)?;
+    let (user_id, field) = (&request.body.user_id, &request.body.field);
+    if is_remote(&services, user_id) {
+        let profile = services.federation.remote_profile(user_id, Some(field.clone())).await?.data;
+        let value = profile
+            .get(field.as_str())
+            .and_then(|v| ruma::profile::ProfileFieldValue::new(field.as_str(), v.clone()).ok())
+            .ok_or_else(|| estuary_core::Error::not_found("The user has no such profile field"))?;
+        return Ok(get_profile_field::v3::Response::new(value));
+    }
+    let value = services.profile.get_field(user_id, field)?;
     Ok(get_profile_field::v3::Response::new(value))
+}
+
+/// A user of another server, whose profile their server answers for.
+fn is_remote(services: &AppState, user_id: &ruma::UserId) -> bool {
+    user_id.server_name() != services.config.server_name && services.config.allow_federation
 }
 
 pub async fn set_field(

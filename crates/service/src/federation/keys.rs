@@ -145,21 +145,6 @@ impl ServerKeys {
         self.known(server).map(|k| key_set(&k)).unwrap_or_default()
     }
 
-    /// A key map for several servers (what `verify_event` takes).
-    pub async fn key_map(
-        &self,
-        client: &FederationClient,
-        servers: impl IntoIterator<Item = OwnedServerName>,
-        valid_at: u64,
-    ) -> PublicKeyMap {
-        let mut map = PublicKeyMap::new();
-        for server in servers {
-            let keys = self.keys_for(client, &server, &[], valid_at).await;
-            map.insert(server.to_string(), keys);
-        }
-        map
-    }
-
     /// Fetch `server`'s keys from it, else from the trusted notaries.
     async fn fetch(&self, client: &FederationClient, server: &ServerName) -> std::result::Result<(), String> {
         let direct = match client.send_unsigned(server, get_server_keys::v2::Request::new()).await {

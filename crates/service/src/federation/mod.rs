@@ -10,6 +10,7 @@ pub mod client;
 pub mod inbound;
 pub mod keys;
 pub mod membership;
+pub mod query;
 pub mod resolve;
 
 use std::sync::Arc;
@@ -97,7 +98,19 @@ impl Federation {
         let event_id = pdus::event_id(&object, room_version).map_err(|e| (None, e.0))?;
         let servers =
             pdus::required_servers(&object, room_version).map_err(|e| (Some(event_id.clone()), e.0))?;
-        let keys = self.keys.key_map(&self.client, servers, 0).await;
+        // Ask for the keys the event names, so a rotated key is fetched.
+        let mut keys = ruma::signatures::PublicKeyMap::new();
+        for server in servers {
+            let key_ids: Vec<String> = match object.get("signatures").and_then(|s| s.as_object()) {
+                Some(signatures) => match signatures.get(server.as_str()).and_then(|k| k.as_object()) {
+                    Some(by_key) => by_key.keys().cloned().collect(),
+                    None => Vec::new(),
+                },
+                None => Vec::new(),
+            };
+            let set = self.keys.keys_for(&self.client, &server, &key_ids, 0).await;
+            keys.insert(server.to_string(), set);
+        }
         pdus::verify(object, room_version, &keys).map_err(|e| (Some(event_id), e.0))
     }
 }

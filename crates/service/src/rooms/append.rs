@@ -1,4 +1,4 @@
-//! The append path. Every event, local or (later) remote, goes through it:
+//! The append path. Every event, local or remote (`remote.rs`), goes through it:
 //! build (for local events), authorise against the room version's rules,
 //! stage the event, its state snapshot and every index into a batch
 //! (`staging.rs`), then `persist` the staged events in one commit, in
