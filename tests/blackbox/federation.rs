@@ -161,6 +161,50 @@ async fn synapse_user_joins_an_estuary_room_and_messages_flow_both_ways() {
     );
 }
 
+/// Two matrix-nio clients, on Estuary and on Synapse, exchange encrypted
+/// messages: device lists, key queries and claims, and to-device room keys
+/// cross the servers; a second device of the Synapse user reaches Estuary
+/// as a device list update.
+#[tokio::test]
+async fn matrix_nio_users_on_estuary_and_synapse_exchange_encrypted_messages() {
+    let Some(python) = synapse_python() else { return };
+    let nio = std::env::var_os("INTEROP_PYTHON").map(std::path::PathBuf::from).filter(|p| p.exists());
+    let Some(nio) = nio else {
+        assert!(std::env::var_os("INTEROP_REQUIRED").is_none(), "INTEROP_PYTHON (matrix-nio) is missing");
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let ca = scratch.path().join("ca");
+    run_env(&python, &["ca", ca.to_str().unwrap()]).await;
+    let (estuary, estuary_name) = start_estuary(tempfile::tempdir().unwrap(), &ca);
+    let synapse = Synapse::start(&python, scratch.path(), &ca).await;
+    let nio_scratch = scratch.path().join("nio");
+    std::fs::create_dir_all(&nio_scratch).unwrap();
+    let child = tokio::process::Command::new(&nio)
+        .arg(script("nio_federation_e2ee.py"))
+        .args([&format!("https://{estuary_name}"), &estuary_name, &synapse.url, &synapse.server_name])
+        .arg(ca.join("ca.pem"))
+        .arg(&nio_scratch)
+        .arg("--extended")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nio_federation_e2ee.py");
+    let output = tokio::time::timeout(Duration::from_secs(200), child.wait_with_output())
+        .await
+        .expect("nio_federation_e2ee.py timed out")
+        .expect("nio_federation_e2ee.py output");
+    let text =
+        format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success() && text.contains("interop ok"),
+        "encrypted messaging across servers failed:\n{text}\nEstuary log:\n{}\nSynapse log (tail):\n{}",
+        estuary.log(),
+        tail(&synapse.log(), 150)
+    );
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

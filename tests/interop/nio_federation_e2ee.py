@@ -1,7 +1,7 @@
 """Interop: end-to-end encryption across federation, with matrix-nio.
 
     python nio_federation_e2ee.py URL_A SERVER_NAME_A URL_B SERVER_NAME_B CA.pem SCRATCH_DIR \
-        [--timeout 150] [--verbose]
+        [--timeout 150] [--extended] [--verbose]
 
 Run with the Python of the nio venv (matrix-nio[e2e]); federation_env.py sets
 up the servers and CA.pem, the CA both servers' certificates chain to (the
@@ -10,17 +10,28 @@ device whose Olm store lives under SCRATCH_DIR, then:
 
   1. alice registers on A, bob on B; both upload device and one-time keys
   2. alice creates an encrypted room on A and invites bob; bob joins via A
-  3. alice learns bob's device (a key query A forwards to B) and sends an
+  3. alice learns bob's device keys (A fetches them from B) and sends an
      encrypted message; bob decrypts it: the megolm room key reached him as
      an Olm-encrypted to-device message, which A forwards to B as an
      m.direct_to_device EDU after claiming one of bob's one-time keys from B
-  4. bob learns alice's device (B queries A) and replies encrypted over the
-     Olm session alice opened; alice decrypts the reply
+  4. bob learns alice's device keys (B fetches them from A) and replies
+     encrypted over the Olm session alice opened (no claim this way); alice
+     decrypts the reply
 
-Across the servers this exercises /_matrix/federation/v1/user/keys/query,
-/user/keys/claim and /user/devices, and the m.direct_to_device and
-m.device_list_update EDUs, besides the room federation (invite, make_join,
-send_join, /send) the plain scenario covers.
+Besides the room federation (invite, make_join, send_join, /send) the plain
+scenario covers, this exercises /_matrix/federation/v1/user/keys/claim (A
+claims a one-time key of bob's device from B), the m.direct_to_device EDU
+(each room key, both ways) and, for device keys, whatever the servers use:
+Synapse fetches the device list of a user it shares a room with by
+/user/devices (both ways) and keeps it; /user/keys/query is what it asks
+about users it shares no room with.
+
+--extended adds two checks for the rest of the device-key federation:
+
+  1. (also) before they share a room, alice queries bob's keys, which A can
+     only answer by asking B (/user/keys/query)
+  5. bob logs in a second device; B tells A (an m.device_list_update EDU),
+     alice sees bob in her sync's device_lists.changed and learns the device
 
 One line is printed per step and "interop ok" at the end; the exit code is 1
 at the first failure or when the run's deadline (--timeout) passes.
@@ -163,6 +174,8 @@ class User:
         self.undecrypted = []  # MegolmEvents nio could not decrypt when they came
         self.late_decrypted = 0  # of those, decrypted once their key arrived
         self.room_keys = []  # (sender, room_id, session_id) of m.room_key to-device events
+        self.device_changes = set()  # users in any sync's device_lists.changed
+        self.password = None
         client.add_event_callback(self._on_text, RoomMessageText)
         client.add_event_callback(self._on_megolm, MegolmEvent)
         client.add_to_device_callback(self._on_room_key, RoomKeyEvent)
@@ -208,6 +221,7 @@ class User:
         response = await self.client.sync(timeout=timeout_ms, full_state=False)
         if not isinstance(response, SyncResponse):
             raise Failure(f"{self.user_id}: sync: {response}")
+        self.device_changes.update(response.device_list.changed)
         await self.upload_keys_if_needed()
         if self.client.should_query_keys:
             queried = await self.client.keys_query()
@@ -291,27 +305,41 @@ class User:
             raise Failure(f"{self.user_id}: join {room_id} via {via}: {status} {answer}")
 
 
-async def make_user(label, base, server_name, localpart, scratch, ssl_context, deadline):
-    password = uuid.uuid4().hex
-    user_id = await asyncio.to_thread(register, base, localpart, password, ssl_context, deadline)
-    store = os.path.join(scratch, localpart)
-    os.makedirs(store, exist_ok=True)
-    config = AsyncClientConfig(
+def _client_config():
+    return AsyncClientConfig(
         encryption_enabled=True,
         store_sync_tokens=True,
         request_timeout=HTTP_TIMEOUT,
         max_timeouts=1,
         max_limit_exceeded=3,
     )
-    client = AsyncClient(base, user_id, store_path=store, config=config, ssl=ssl_context)
+
+
+async def login_device(label, base, server_name, user_id, password, store, ssl_context,
+                       deadline, device_name):
+    """A new nio device (a login) of an existing user, with its keys uploaded."""
+    os.makedirs(store, exist_ok=True)
+    client = AsyncClient(base, user_id, store_path=store, config=_client_config(), ssl=ssl_context)
     user = User(label, base, server_name, client, deadline, ssl_context)
-    logged_in = await client.login(password, device_name=f"{localpart}-nio")
-    if not isinstance(logged_in, LoginResponse):
+    user.password = password
+    try:
+        logged_in = await client.login(password, device_name=device_name)
+        if not isinstance(logged_in, LoginResponse):
+            raise Failure(f"login {user_id}: {logged_in}")
+        await user.upload_keys_if_needed()
+        await user.sync(timeout_ms=0)
+    except BaseException:
         await client.close()
-        raise Failure(f"login {user_id}: {logged_in}")
-    await user.upload_keys_if_needed()
-    await user.sync(timeout_ms=0)
+        raise
     return user
+
+
+async def make_user(label, base, server_name, localpart, scratch, ssl_context, deadline):
+    password = uuid.uuid4().hex
+    user_id = await asyncio.to_thread(register, base, localpart, password, ssl_context, deadline)
+    return await login_device(label, base, server_name, user_id, password,
+                              os.path.join(scratch, localpart), ssl_context, deadline,
+                              f"{localpart}-nio")
 
 
 async def scenario(args, ssl_context, deadline):
@@ -328,6 +356,13 @@ async def scenario(args, ssl_context, deadline):
         users.append(bob)
         print(f"  alice is {alice.user_id} (device {alice.device_id}), "
               f"bob is {bob.user_id} (device {bob.device_id})", flush=True)
+        if args.extended:
+            # No room is shared yet, so A has no copy of bob's device list and
+            # must ask B (/user/keys/query). learn_device forces the query:
+            # nio only queries users of its encrypted rooms by itself.
+            await alice.learn_device(bob)
+            print(f"  alice queried bob's keys before sharing a room: device {bob.device_id}",
+                  flush=True)
         print(f"step 1 ok ({time.monotonic() - started:.1f} s)", flush=True)
 
         started = time.monotonic()
@@ -380,6 +415,23 @@ async def scenario(args, ssl_context, deadline):
               + (f"; {alice.late_decrypted} decrypted after their key arrived"
                  if alice.late_decrypted else ""), flush=True)
         print(f"step 4 ok ({time.monotonic() - started:.1f} s)", flush=True)
+
+        if args.extended:
+            started = time.monotonic()
+            print("step 5: bob logs in a second device; alice is told and learns it", flush=True)
+            alice.device_changes.clear()
+            bob2 = await login_device("bob2", args.url_b, args.server_name_b, bob.user_id,
+                                      bob.password, os.path.join(args.scratch, f"bob-{tag}-2"),
+                                      ssl_context, deadline, f"bob-{tag}-nio-2")
+            users.append(bob2)
+            print(f"  bob's second device is {bob2.device_id}", flush=True)
+            # The change reaches A as an m.device_list_update EDU; A lists bob
+            # in alice's device_lists.changed, and nio queries his keys again.
+            await alice.sync_until(lambda: bob.user_id in alice.device_changes,
+                                   "bob in device_lists.changed")
+            await alice.sync_until(lambda: alice.knows_device(bob.user_id, bob2.device_id),
+                                   f"bob's new device {bob2.device_id} in a key query")
+            print(f"step 5 ok ({time.monotonic() - started:.1f} s)", flush=True)
     finally:
         for user in users:
             await user.client.close()
@@ -394,6 +446,8 @@ def main(argv):
     parser.add_argument("ca", help="PEM file of the CA both servers' certificates chain to")
     parser.add_argument("scratch", help="directory for the clients' Olm stores")
     parser.add_argument("--timeout", type=float, default=150, help="seconds for the whole run")
+    parser.add_argument("--extended", action="store_true",
+                        help="also check /user/keys/query and m.device_list_update (steps 1 and 5)")
     parser.add_argument("--verbose", action="store_true", help="log nio's warnings and info")
     args = parser.parse_args(argv)
     # nio warns about what it handles itself ("Missing session for device"
@@ -422,7 +476,8 @@ def main(argv):
         traceback.print_exc()
         print(f"FAILED: {type(e).__name__}: {e}", flush=True)
         return 1
-    print(f"4 steps in {time.monotonic() - run_started:.1f} s", flush=True)
+    steps = 5 if args.extended else 4
+    print(f"{steps} steps in {time.monotonic() - run_started:.1f} s", flush=True)
     print("interop ok", flush=True)
     return 0
 

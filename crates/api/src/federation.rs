@@ -8,10 +8,12 @@ use ruma::{
     MilliSecondsSinceUnixEpoch,
     api::federation::{
         backfill::get_backfill,
+        device::get_devices,
         discovery::{
             get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
         },
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        keys::{claim_keys, get_keys},
         membership::{
             create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
         },
@@ -35,6 +37,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(make_leave)
         .ruma(send_leave)
         .ruma(invite)
+        .ruma(user_keys_query)
+        .ruma(user_keys_claim)
+        .ruma(user_devices)
         .ruma(query_profile)
         .ruma(query_directory)
         .ruma(send_transaction)
@@ -165,6 +170,50 @@ async fn invite(s: AppState, r: Ruma<create_invite::v2::Request>) -> ApiResult<c
         .receive_invite(origin, &body.room_id, &body.event_id, &body.room_version, &body.event, stripped)
         .await?;
     Ok(create_invite::v2::Response::new(raw(&signed)?))
+}
+
+/// A field of a JSON answer as a ruma type (an empty one when absent).
+fn field<T: serde::de::DeserializeOwned + Default>(value: &serde_json::Value, name: &str) -> T {
+    serde_json::from_value(value[name].clone()).unwrap_or_default()
+}
+
+async fn user_keys_query(s: AppState, r: Ruma<get_keys::v1::Request>) -> ApiResult<get_keys::v1::Response> {
+    let keys = s.federation.serve_keys_query(r.origin()?, r.body.device_keys.clone())?;
+    let mut response = get_keys::v1::Response::new(field(&keys, "device_keys"));
+    response.master_keys = field(&keys, "master_keys");
+    response.self_signing_keys = field(&keys, "self_signing_keys");
+    Ok(response)
+}
+
+async fn user_keys_claim(
+    s: AppState,
+    r: Ruma<claim_keys::v1::Request>,
+) -> ApiResult<claim_keys::v1::Response> {
+    r.origin()?;
+    let claimed = s.federation.serve_keys_claim(r.body.one_time_keys.clone())?;
+    Ok(claim_keys::v1::Response::new(field(&claimed, "one_time_keys")))
+}
+
+async fn user_devices(
+    s: AppState,
+    r: Ruma<get_devices::v1::Request>,
+) -> ApiResult<get_devices::v1::Response> {
+    r.origin()?;
+    let user_id = &r.body.user_id;
+    let (stream_id, keys) = s.federation.serve_devices(user_id)?;
+    let mut response = get_devices::v1::Response::new(user_id.clone(), ruma::UInt::new_saturating(stream_id));
+    let devices = keys["device_keys"][user_id.as_str()].as_object().cloned().unwrap_or_default();
+    for (device_id, device_keys) in devices {
+        let Ok(raw) = serde_json::from_value(device_keys.clone()) else { continue };
+        let mut device = get_devices::v1::UserDevice::new(device_id.into(), raw);
+        device.device_display_name =
+            device_keys["unsigned"]["device_display_name"].as_str().map(str::to_owned);
+        response.devices.push(device);
+    }
+    response.master_key = serde_json::from_value(keys["master_keys"][user_id.as_str()].clone()).ok();
+    response.self_signing_key =
+        serde_json::from_value(keys["self_signing_keys"][user_id.as_str()].clone()).ok();
+    Ok(response)
 }
 
 async fn query_profile(

@@ -19,6 +19,9 @@ type FallbackTable = Table<(String, String, String), Json<(String, JsonValue, bo
 
 pub struct E2ee {
     db: Db,
+    config: Arc<estuary_core::Config>,
+    /// Our users' device list changes go to the servers sharing a room.
+    outgoing: Arc<crate::outgoing::Outgoing>,
     streams: Arc<Streams>,
     accounts: Arc<Accounts>,
     rooms: Arc<Rooms>,
@@ -33,9 +36,18 @@ pub struct E2ee {
 pub const CROSS_SIGNING_KINDS: [&str; 3] = ["master", "self_signing", "user_signing"];
 
 impl E2ee {
-    pub fn new(db: &Db, streams: Arc<Streams>, accounts: Arc<Accounts>, rooms: Arc<Rooms>) -> Result<Self> {
+    pub fn new(
+        config: Arc<estuary_core::Config>,
+        db: &Db,
+        streams: Arc<Streams>,
+        accounts: Arc<Accounts>,
+        rooms: Arc<Rooms>,
+        outgoing: Arc<crate::outgoing::Outgoing>,
+    ) -> Result<Self> {
         Ok(Self {
             db: db.clone(),
+            config,
+            outgoing,
             streams,
             accounts,
             rooms,
@@ -53,13 +65,42 @@ impl E2ee {
     }
 
     /// Record that a user's devices or keys changed, and wake those who care.
+    /// For one of our users, the servers sharing a room with them hear of
+    /// it too (`m.device_list_update`, in the same write); with no previous
+    /// stream IDs, they fetch the whole list from `/user/devices`.
     pub fn device_list_changed(&self, user_id: &UserId) -> Result<()> {
         let table = &self.stream_keychange;
-        self.streams
-            .commit(self.db.batch(), |position, batch| batch.put(table, &position, &user_id.to_string()))?;
         let mates = self.rooms.room_mates(user_id)?;
+        let local = user_id.server_name() == self.config.server_name;
+        let mut servers: Vec<ruma::OwnedServerName> = mates
+            .iter()
+            .map(|u| u.server_name().to_owned())
+            .filter(|s| local && self.config.allow_federation && *s != self.config.server_name)
+            .collect();
+        servers.sort();
+        servers.dedup();
+        let device = self.accounts.devices(user_id)?.into_iter().next().map(|(id, _)| id.to_string());
+        self.streams.commit(self.db.batch(), |position, batch| {
+            batch.put(table, &position, &user_id.to_string());
+            let edu = json!({"edu_type": "m.device_list_update", "content": {
+                "user_id": user_id, "device_id": device.clone().unwrap_or_default(),
+                "stream_id": position, "prev_id": [], "deleted": false,
+            }});
+            for server in &servers {
+                let job = crate::outgoing::Job::Edu { edu: edu.clone() };
+                self.outgoing.stage(batch, &crate::outgoing::server_destination(server), job);
+            }
+        })?;
+        if !servers.is_empty() {
+            self.outgoing.wake();
+        }
         self.streams.notify(mates.iter().map(|u| &**u));
         Ok(())
+    }
+
+    /// The position of the latest device or key change (`/user/devices`' stream ID).
+    pub fn latest_key_change(&self) -> u64 {
+        self.stream_keychange.last().ok().flatten().map_or(0, |(k, _)| k)
     }
 
     /// `/keys/upload`. Returns the one-time key counts of the device.

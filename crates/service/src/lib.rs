@@ -103,6 +103,18 @@ impl Services {
             rooms.clone(),
             outgoing.clone(),
         )?);
+
+        let presence =
+            Arc::new(presence::Presence::new(config.clone(), &db, streams.clone(), rooms.clone())?);
+        let to_device = Arc::new(to_device::ToDevice::new(&db, streams.clone(), accounts.clone())?);
+        let e2ee = Arc::new(e2ee::E2ee::new(
+            config.clone(),
+            &db,
+            streams.clone(),
+            accounts.clone(),
+            rooms.clone(),
+            outgoing.clone(),
+        )?);
         let server_keys = federation::ServerKeys::new(
             &db,
             config.server_name.clone(),
@@ -113,14 +125,15 @@ impl Services {
             config.clone(),
             federation_client,
             server_keys,
-            rooms.clone(),
-            ephemeral.clone(),
-            accounts.clone(),
+            federation::FederationDeps {
+                rooms: rooms.clone(),
+                ephemeral: ephemeral.clone(),
+                accounts: accounts.clone(),
+                e2ee: e2ee.clone(),
+                to_device: to_device.clone(),
+                outgoing: outgoing.clone(),
+            },
         ));
-        let presence =
-            Arc::new(presence::Presence::new(config.clone(), &db, streams.clone(), rooms.clone())?);
-        let to_device = Arc::new(to_device::ToDevice::new(&db, streams.clone(), accounts.clone())?);
-        let e2ee = Arc::new(e2ee::E2ee::new(&db, streams.clone(), accounts.clone(), rooms.clone())?);
         let sync = sync::Sync::new(sync::SyncSources {
             rooms: rooms.clone(),
             account_data: account_data.clone(),

@@ -46,7 +46,7 @@ pub async fn query(services: AppState, request: Ruma<get_keys::v3::Request>) -> 
         .iter()
         .map(|(user, devices)| (user.clone(), devices.iter().map(|d| d.to_string()).collect()))
         .collect();
-    Ok(Json(services.e2ee.query(&requester, requests)?))
+    Ok(Json(services.federation.query_keys(&requester, requests).await?))
 }
 
 pub async fn claim(services: AppState, request: Ruma<claim_keys::v3::Request>) -> ApiResult<Json<JsonValue>> {
@@ -57,7 +57,7 @@ pub async fn claim(services: AppState, request: Ruma<claim_keys::v3::Request>) -
             requests.push((user.clone(), device.to_string(), algorithm.to_string()));
         }
     }
-    Ok(Json(services.e2ee.claim(requests)?))
+    Ok(Json(services.federation.claim_keys(requests).await?))
 }
 
 pub async fn changes(

@@ -63,13 +63,18 @@ pub async fn create(
         let content = event.get("content").cloned().unwrap_or_else(|| JsonValue::Object(Map::new()));
         initial_state.push(PduTemplate::state(kind, state_key, content));
     }
+    // Users of other servers are invited once the room exists: their
+    // servers must countersign each invite.
+    let ours = |user: &ruma::UserId| user.server_name() == services.config.server_name;
+    let (local_invites, remote_invites): (Vec<_>, Vec<_>) =
+        body.invite.iter().cloned().partition(|u| ours(u) || !services.config.allow_federation);
     let create = CreateRoom {
         preset: preset.transpose()?,
         public: body.visibility == Visibility::Public,
         room_alias_name: body.room_alias_name.clone(),
         name: body.name.clone(),
         topic: body.topic.clone(),
-        invite: body.invite.clone(),
+        invite: local_invites,
         initial_state,
         creation_content: body
             .creation_content
@@ -84,7 +89,15 @@ pub async fn create(
         is_direct: body.is_direct,
         room_version: body.room_version.clone(),
     };
-    let room_id = services.rooms.create_room(request.user()?, create).await?;
+    let sender = request.user()?;
+    let room_id = services.rooms.create_room(sender, create).await?;
+    for invitee in remote_invites {
+        if let Err(err) =
+            services.federation.invite_remote(&room_id, sender, &invitee, None, body.is_direct).await
+        {
+            tracing::warn!(%room_id, %invitee, "inviting a user of another server failed: {err}");
+        }
+    }
     Ok(create_room::v3::Response::new(room_id))
 }
 

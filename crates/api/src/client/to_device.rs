@@ -20,12 +20,16 @@ pub async fn send(
             targets.push((user.clone(), device, content));
         }
     }
-    services.to_device.send(
-        request.user()?,
-        request.device()?,
-        body.txn_id.as_str(),
-        &body.event_type.to_string(),
-        targets,
-    )?;
+    let (sender, device) = (request.user()?, request.device()?);
+    let (local, remote): (Vec<_>, Vec<_>) =
+        targets.into_iter().partition(|(user, _, _)| user.server_name() == services.config.server_name);
+    let event_type = body.event_type.to_string();
+    services.to_device.send(sender, device, body.txn_id.as_str(), &event_type, local)?;
+    if !remote.is_empty() {
+        // Unique per sending device and transaction, so the receiving
+        // server delivers a retried message once.
+        let message_id = format!("{device}.{}", body.txn_id);
+        services.federation.send_to_device_remote(sender, &event_type, &message_id, remote)?;
+    }
     Ok(send_event_to_device::v3::Response::new())
 }

@@ -357,6 +357,10 @@ impl Federation {
                     }
                 }
             }
+            Some("m.direct_to_device") => self.receive_to_device(origin, content),
+            Some("m.device_list_update" | "m.signing_key_update") => {
+                self.receive_device_list_update(origin, content);
+            }
             _ => {}
         }
     }

@@ -7,6 +7,7 @@
 //! for other servers leave through the one outgoing queue (`Outgoing`).
 
 pub mod client;
+pub mod e2ee;
 pub mod inbound;
 pub mod keys;
 pub mod membership;
@@ -31,6 +32,19 @@ pub struct Federation {
     rooms: Arc<Rooms>,
     ephemeral: Arc<Ephemeral>,
     accounts: Arc<Accounts>,
+    e2ee: Arc<crate::e2ee::E2ee>,
+    to_device: Arc<crate::to_device::ToDevice>,
+    outgoing: Arc<crate::outgoing::Outgoing>,
+}
+
+/// What the federation service works with, besides its own parts.
+pub struct FederationDeps {
+    pub rooms: Arc<Rooms>,
+    pub ephemeral: Arc<Ephemeral>,
+    pub accounts: Arc<Accounts>,
+    pub e2ee: Arc<crate::e2ee::E2ee>,
+    pub to_device: Arc<crate::to_device::ToDevice>,
+    pub outgoing: Arc<crate::outgoing::Outgoing>,
 }
 
 impl Federation {
@@ -38,11 +52,10 @@ impl Federation {
         config: Arc<Config>,
         client: Arc<FederationClient>,
         keys: ServerKeys,
-        rooms: Arc<Rooms>,
-        ephemeral: Arc<Ephemeral>,
-        accounts: Arc<Accounts>,
+        deps: FederationDeps,
     ) -> Self {
-        Self { config, client, keys, rooms, ephemeral, accounts }
+        let FederationDeps { rooms, ephemeral, accounts, e2ee, to_device, outgoing } = deps;
+        Self { config, client, keys, rooms, ephemeral, accounts, e2ee, to_device, outgoing }
     }
 
     pub fn enabled(&self) -> bool {
