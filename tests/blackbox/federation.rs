@@ -105,6 +105,12 @@ impl Synapse {
 /// Estuary with TLS from the test CA, named `localhost:<port>`, trusting
 /// the CA for outgoing federation and allowed to reach loopback.
 fn start_estuary(dir: tempfile::TempDir, ca: &Path) -> (TestServer, String) {
+    let (config, name) = estuary_config(ca);
+    (TestServer::start_configured(dir, &config), name)
+}
+
+/// Estuary's configuration for these tests, and its server name.
+fn estuary_config(ca: &Path) -> (String, String) {
     let port = free_port();
     let config = format!(
         "server_name = \"localhost:{port}\"\nport = {port}\nallow_registration = true\n\
@@ -115,46 +121,70 @@ fn start_estuary(dir: tempfile::TempDir, ca: &Path) -> (TestServer, String) {
         key = ca.join("localhost.key").display(),
         ca = ca.join("ca.pem").display(),
     );
-    (TestServer::start_configured(dir, &config), format!("localhost:{port}"))
+    (config, format!("localhost:{port}"))
 }
 
 /// The scenario's steps (tests/interop/synapse_federation.py) that pass;
 /// FEDERATION_STEPS overrides them while developing.
-const STEPS: &str = "a,b,c,d,e,f,g,h,i,j";
+const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k";
 
 /// A Synapse user joins a room on Estuary; messages, topic and power
 /// levels, typing and receipts flow both ways; a late joiner on Synapse
 /// backfills the history; a leave is seen; an Estuary user accepts an
 /// invite to a room on Synapse and joins it through make_join/send_join;
 /// a Synapse user accepts an Estuary invite; an alias and a profile on
-/// Synapse are read from Estuary.
+/// Synapse are read from Estuary; Estuary is killed (kill -9) and
+/// restarted mid-conversation and nothing sent to it or by it is lost.
 #[tokio::test]
-async fn synapse_user_joins_an_estuary_room_and_messages_flow_both_ways() {
+async fn synapse_and_estuary_federate_both_ways() {
     let Some(python) = synapse_python() else { return };
     let scratch = tempfile::tempdir().unwrap();
     let ca = scratch.path().join("ca");
     run_env(&python, &["ca", ca.to_str().unwrap()]).await;
-    let (estuary, estuary_name) = start_estuary(tempfile::tempdir().unwrap(), &ca);
+    let (config, estuary_name) = estuary_config(&ca);
+    let mut estuary = TestServer::start_configured(tempfile::tempdir().unwrap(), &config);
     let synapse = Synapse::start(&python, scratch.path(), &ca).await;
-    let estuary_url = format!("https://{}", estuary_name);
-    let child = tokio::process::Command::new(&python)
+    let restart_dir = scratch.path().join("restart");
+    std::fs::create_dir_all(&restart_dir).unwrap();
+    let estuary_url = format!("https://{estuary_name}");
+    let steps = std::env::var("FEDERATION_STEPS").unwrap_or_else(|_| STEPS.to_owned());
+    let mut child = tokio::process::Command::new(&python)
         .arg(script("synapse_federation.py"))
         .args([&estuary_url, &estuary_name, &synapse.url, &synapse.server_name])
         .arg(ca.join("ca.pem"))
-        .args(["--only", &std::env::var("FEDERATION_STEPS").unwrap_or_else(|_| STEPS.to_owned())])
+        .args(["--only", &steps, "--timeout", "160"])
+        .arg("--restart-dir")
+        .arg(&restart_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start synapse_federation.py");
-    let output = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
-        .expect("synapse_federation.py timed out")
-        .expect("synapse_federation.py output");
-    let text =
-        format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let output = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        format!("{}\n{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err))
+    });
+    // The scenario asks for a restart through a file; answer it until the
+    // scenario ends (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(200);
+    let status = loop {
+        if let Ok(status) = tokio::time::timeout(Duration::from_millis(100), child.wait()).await {
+            break status.expect("scenario status");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "synapse_federation.py timed out");
+        if restart_dir.join("restart-now").exists() && !restart_dir.join("restarted").exists() {
+            estuary.kill_9();
+            let dir = estuary.kill();
+            estuary = TestServer::start_configured(dir, &config);
+            std::fs::write(restart_dir.join("restarted"), "yes").unwrap();
+        }
+    };
+    let text = output.await.unwrap();
     assert!(
-        output.status.success() && text.contains("interop ok"),
+        status.success() && text.contains("interop ok"),
         "federation scenario failed:\n{text}\nEstuary log:\n{}\nSynapse log (tail):\n{}",
         estuary.log(),
         tail(&synapse.log(), 150)

@@ -19,6 +19,8 @@ servers, so every check below crosses federation in one direction or both:
   i. alice creates a room on A and invites bob; he joins; a message each way
   j. bob publishes a room on B under an alias; alice resolves the alias,
      joins by it, and reads bob's display name from B
+  k. A is killed (kill -9) and restarted mid-conversation (by the caller,
+     through files in --restart-dir); nothing sent to A or by A is lost
 
 --only runs some of the steps (the Rust test grows the list as Estuary's
 federation grows); whatever a selected step needs (users, the first room) is
@@ -43,7 +45,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghij"
+STEPS = "abcdefghijk"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -277,10 +279,11 @@ class Scenario:
     """The steps, and the state they share (users, rooms), made on demand so
     that any subset of steps can run."""
 
-    def __init__(self, a, b, deadline):
+    def __init__(self, a, b, deadline, restart_dir=None):
         self.a = a
         self.b = b
         self.deadline = deadline
+        self.restart_dir = restart_dir
         self.tag = uuid.uuid4().hex[:6]  # unique names: reruns against the same servers work
         self._users = {}
         self._room = None
@@ -488,6 +491,43 @@ class Scenario:
         if name != "Bob " + self.tag:
             raise Failure(f"bob's display name read from A is {name!r}")
 
+    def step_k(self):
+        """A is killed and restarted mid-conversation; nothing sent to it or by it is lost.
+
+        alice's message just before the crash may still be in A's outgoing
+        queue when A dies: it must reach bob after the restart. bob's message
+        while A is down must reach alice once B gets through again (B retries
+        when it next has something for A; A fills any gap it sees with
+        get_missing_events).
+        """
+        if not self.restart_dir:
+            raise Failure("step k needs --restart-dir (the caller restarts A)")
+        alice, bob = self.alice, self.bob
+        room = alice.call("POST", "/createRoom",
+                          {"preset": "public_chat", "name": "restart " + self.tag})["room_id"]
+        bob.join(room, self.a.server_name)
+        alice.wait_for("bob's join", membership(room, bob.user_id, "join"))
+        before = f"just before the crash {self.tag}"
+        alice.send_text(room, before)
+        restarted = os.path.join(self.restart_dir, "restarted")
+        with open(os.path.join(self.restart_dir, "restart-now"), "w") as f:
+            f.write("now")
+        during = f"while A is down {self.tag}"
+        bob.send_text(room, during)
+        while not os.path.exists(restarted):
+            if self.deadline.left() <= 0:
+                raise Failure("A was not restarted in time")
+            time.sleep(0.1)
+        print("  A restarted", flush=True)
+        after = f"after the restart {self.tag}"
+        bob.send_text(room, after)
+        alice.wait_for("bob's message sent while A was down", message(room, bob.user_id, during))
+        alice.wait_for("bob's message after the restart", message(room, bob.user_id, after))
+        bob.wait_for("alice's message from just before the crash", message(room, alice.user_id, before))
+        reply = f"back again {self.tag}"
+        alice.send_text(room, reply)
+        bob.wait_for("alice's message after the restart", message(room, alice.user_id, reply))
+
 
 def run(scenario, steps):
     """Runs the selected steps in order; returns the exit code."""
@@ -529,13 +569,14 @@ def main(argv):
     parser.add_argument("ca", help="PEM file of the CA both servers' certificates chain to")
     parser.add_argument("--only", help="comma-separated steps to run, e.g. a,b,c")
     parser.add_argument("--timeout", type=float, default=120, help="seconds for the whole run")
+    parser.add_argument("--restart-dir", help="where step k asks the caller to restart A")
     args = parser.parse_args(argv)
     steps = parse_steps(args.only)
     context = ssl.create_default_context(cafile=args.ca)
     deadline = Deadline(args.timeout)
     a = Server("A", args.url_a, args.server_name_a, context)
     b = Server("B", args.url_b, args.server_name_b, context)
-    return run(Scenario(a, b, deadline), steps)
+    return run(Scenario(a, b, deadline, args.restart_dir), steps)
 
 
 if __name__ == "__main__":
