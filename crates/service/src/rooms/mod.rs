@@ -18,6 +18,8 @@ mod read;
 mod relations;
 mod remote;
 mod remote_join;
+#[cfg(test)]
+mod remote_tests;
 mod search_index;
 mod short;
 mod staging;

@@ -1,0 +1,274 @@
+//! Events from another server through `Rooms::receive`: accepted, rejected
+//! (and not stored), missing `prev_events` reported, auth events from
+//! another room refused, soft failure against the current state, and a
+//! forked DAG resolved.
+
+use std::sync::Arc;
+
+use estuary_core::Config;
+use estuary_events::{
+    Pdu, PduTemplate, ServerSigningKey, auth,
+    builder::{BuildContext, EventRef, build_pdu},
+};
+use estuary_storage::Db;
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, ServerName, UInt,
+    UserId,
+};
+use serde_json::json;
+
+use super::{CreateRoom, FanOut, Preset, Received, Rooms};
+use crate::Services;
+
+struct Remote {
+    key: ServerSigningKey,
+    name: &'static ServerName,
+}
+
+impl Remote {
+    fn new() -> Self {
+        Self { key: ServerSigningKey::generate("r").unwrap(), name: "remote.test".try_into().unwrap() }
+    }
+
+    /// An event of the remote server on top of `prev`, with auth events
+    /// chosen from the room's current state here.
+    fn event(
+        &self,
+        rooms: &Rooms,
+        room_id: &RoomId,
+        sender: &str,
+        template: PduTemplate,
+        prev: &[OwnedEventId],
+    ) -> Pdu {
+        let room = rooms.require_room(room_id).unwrap();
+        let state = rooms.current_state(&room).unwrap();
+        let sender = UserId::parse(sender).unwrap();
+        let rules = room.room_version.rules().unwrap();
+        let content = serde_json::value::to_raw_value(&template.content).unwrap();
+        let keys = auth::auth_types(
+            &template.kind,
+            &sender,
+            template.state_key.as_deref(),
+            &content,
+            &rules.authorization,
+        )
+        .unwrap();
+        let auth_events =
+            auth::select_auth_events(&keys, |t, k| rooms.state_event_id(&state, t, k).ok().flatten());
+        self.event_with(rooms, room_id, &sender, template, prev, &auth_events)
+    }
+
+    fn event_with(
+        &self,
+        rooms: &Rooms,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: PduTemplate,
+        prev: &[OwnedEventId],
+        auth_events: &[OwnedEventId],
+    ) -> Pdu {
+        let room = rooms.require_room(room_id).unwrap();
+        let depth =
+            prev.iter().filter_map(|id| rooms.pdu(id).ok().flatten()).map(|p| p.depth).max().unwrap_or(0);
+        let refs = |ids: &[OwnedEventId]| {
+            ids.iter().map(|id| EventRef { event_id: id.clone(), sha256: None }).collect()
+        };
+        build_pdu(
+            template,
+            BuildContext {
+                room_id: Some(room_id),
+                room_version: &room.room_version,
+                sender: sender.to_owned(),
+                prev_events: refs(prev),
+                auth_events: refs(auth_events),
+                depth: depth + 1,
+                origin_server_ts: MilliSecondsSinceUnixEpoch(
+                    UInt::new(estuary_core::time::now_millis()).unwrap(),
+                ),
+                server_name: self.name,
+                key: &self.key,
+            },
+        )
+        .unwrap()
+    }
+}
+
+const BOB: &str = "@bob:remote.test";
+
+fn member(user: &str, membership: &str) -> PduTemplate {
+    PduTemplate::state("m.room.member", user, json!({"membership": membership}))
+}
+
+fn text(body: &str) -> PduTemplate {
+    PduTemplate::message("m.room.message", json!({"msgtype": "m.text", "body": body}))
+}
+
+async fn setup() -> (tempfile::TempDir, Services, OwnedRoomId, OwnedUserId) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), &Default::default()).unwrap();
+    let services = Services::build(Arc::new(Config::default()), db).unwrap();
+    let alice = UserId::parse("@alice:localhost").unwrap();
+    let create = CreateRoom { preset: Some(Preset::PublicChat), ..Default::default() };
+    let room_id = services.rooms.create_room(&alice, create).await.unwrap();
+    (dir, services, room_id, alice)
+}
+
+async fn receive(rooms: &Rooms, room_id: &RoomId, pdu: Pdu) -> Received {
+    let outcome = rooms.receive(room_id, vec![pdu], FanOut::None).await.unwrap();
+    outcome.into_iter().next().unwrap().1
+}
+
+fn extremities(rooms: &Rooms, room_id: &RoomId) -> Vec<OwnedEventId> {
+    rooms.require_room(room_id).unwrap().extremities
+}
+
+/// bob of remote.test joins through the append path; returns his join.
+async fn bob_joins(rooms: &Rooms, remote: &Remote, room_id: &RoomId) -> Pdu {
+    let join = remote.event(rooms, room_id, BOB, member(BOB, "join"), &extremities(rooms, room_id));
+    assert_eq!(receive(rooms, room_id, join.clone()).await, Received::Accepted);
+    join
+}
+
+#[tokio::test]
+async fn a_remote_join_and_message_enter_the_room() {
+    let (_dir, services, room_id, _) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let join = bob_joins(rooms, &remote, &room_id).await;
+    let bob = UserId::parse(BOB).unwrap();
+    assert!(rooms.is_joined(&bob, &room_id).unwrap());
+    let message = remote.event(rooms, &room_id, BOB, text("hello"), std::slice::from_ref(&join.event_id));
+    assert_eq!(receive(rooms, &room_id, message.clone()).await, Received::Accepted);
+    assert_eq!(extremities(rooms, &room_id), vec![message.event_id.clone()]);
+    // The same event again (a retried transaction) is known, not doubled.
+    assert_eq!(receive(rooms, &room_id, message).await, Received::Known);
+    assert!(rooms.check_consistency().unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn events_the_rules_refuse_are_not_stored() {
+    let (_dir, services, room_id, _) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    // mallory never joined: her message fails auth and leaves no trace.
+    let stranger =
+        remote.event(rooms, &room_id, "@mallory:remote.test", text("hi"), &extremities(rooms, &room_id));
+    assert!(matches!(receive(rooms, &room_id, stranger.clone()).await, Received::Rejected(_)));
+    assert!(rooms.pdu(&stranger.event_id).unwrap().is_none());
+    // A remote user cannot set the room's name (power level 50 needed).
+    bob_joins(rooms, &remote, &room_id).await;
+    let name = PduTemplate::state("m.room.name", "", json!({"name": "mine"}));
+    let renamed = remote.event(rooms, &room_id, BOB, name, &extremities(rooms, &room_id));
+    assert!(matches!(receive(rooms, &room_id, renamed.clone()).await, Received::Rejected(_)));
+    assert!(rooms.pdu(&renamed.event_id).unwrap().is_none());
+    assert!(rooms.check_consistency().unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn unknown_prev_events_are_reported_for_fetching() {
+    let (_dir, services, room_id, _) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    bob_joins(rooms, &remote, &room_id).await;
+    let unknown = EventId::parse("$notseenhere0000000000000000000000000000000").unwrap();
+    let message = remote.event(rooms, &room_id, BOB, text("after a gap"), std::slice::from_ref(&unknown));
+    assert_eq!(receive(rooms, &room_id, message.clone()).await, Received::MissingPrevs(vec![unknown]));
+    assert!(rooms.pdu(&message.event_id).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn auth_events_from_another_room_are_refused() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let create = CreateRoom { preset: Some(Preset::PublicChat), ..Default::default() };
+    let other = rooms.create_room(&alice, create).await.unwrap();
+    // A join citing the other room's join rules and power levels.
+    let other_state = rooms.current_state(&rooms.require_room(&other).unwrap()).unwrap();
+    let foreign: Vec<OwnedEventId> = ["m.room.join_rules", "m.room.power_levels"]
+        .iter()
+        .filter_map(|t| rooms.state_event_id(&other_state, &(*t).into(), "").unwrap())
+        .collect();
+    let bob = UserId::parse(BOB).unwrap();
+    let join = remote.event_with(
+        rooms,
+        &room_id,
+        &bob,
+        member(BOB, "join"),
+        &extremities(rooms, &room_id),
+        &foreign,
+    );
+    match receive(rooms, &room_id, join).await {
+        Received::Rejected(reason) => assert!(reason.contains("another room"), "{reason}"),
+        other => panic!("a join citing another room's auth events was {other:?}"),
+    }
+    assert!(!rooms.is_joined(&bob, &room_id).unwrap());
+}
+
+#[tokio::test]
+async fn an_event_valid_before_a_ban_but_not_after_is_soft_failed() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let join = bob_joins(rooms, &remote, &room_id).await;
+    let ban = PduTemplate::state("m.room.member", BOB, json!({"membership": "ban"}));
+    rooms.send(&room_id, &alice, ban, None).await.unwrap();
+    // bob's message on top of his join (before the ban): allowed by the
+    // state before it, refused by the current state.
+    let message = remote.event_with(
+        rooms,
+        &room_id,
+        &UserId::parse(BOB).unwrap(),
+        text("sneaking in"),
+        std::slice::from_ref(&join.event_id),
+        &join_auth(rooms, &join),
+    );
+    assert!(matches!(receive(rooms, &room_id, message.clone()).await, Received::SoftFailed(_)));
+    assert!(rooms.pdu(&message.event_id).unwrap().is_none(), "a soft-failed event is not in the timeline");
+    assert_eq!(extremities(rooms, &room_id).len(), 1, "nor a forward extremity");
+}
+
+/// The auth events a message of bob's would cite right after his join.
+fn join_auth(rooms: &Rooms, join: &Pdu) -> Vec<OwnedEventId> {
+    let stored = rooms.stored(&join.event_id).unwrap().unwrap();
+    let state = rooms.state.load(stored.state_after).unwrap();
+    let mut ids: Vec<OwnedEventId> = ["m.room.power_levels"]
+        .iter()
+        .filter_map(|t| rooms.state_event_id(&state, &(*t).into(), "").unwrap())
+        .collect();
+    ids.push(join.event_id.clone());
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_fork_keeps_both_branches_and_resolves_their_state() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let join = bob_joins(rooms, &remote, &room_id).await;
+    // Concurrently: alice sets the topic here, bob changes his display name
+    // on his server on top of his join.
+    let topic = PduTemplate::state("m.room.topic", "", json!({"topic": "forks"}));
+    let topic = rooms.send(&room_id, &alice, topic, None).await.unwrap();
+    let rename =
+        PduTemplate::state("m.room.member", BOB, json!({"membership": "join", "displayname": "Bob B"}));
+    let rename = remote.event(rooms, &room_id, BOB, rename, std::slice::from_ref(&join.event_id));
+    assert_eq!(receive(rooms, &room_id, rename.clone()).await, Received::Accepted);
+    let mut heads = extremities(rooms, &room_id);
+    heads.sort();
+    let mut expected = vec![topic.event_id.clone(), rename.event_id.clone()];
+    expected.sort();
+    assert_eq!(heads, expected, "both branches are forward extremities");
+    // The room's state holds both changes.
+    let state = rooms.current_state(&rooms.require_room(&room_id).unwrap()).unwrap();
+    assert_eq!(
+        rooms.state_event_id(&state, &"m.room.topic".into(), "").unwrap(),
+        Some(topic.event_id.clone())
+    );
+    assert_eq!(
+        rooms.state_event_id(&state, &"m.room.member".into(), BOB).unwrap(),
+        Some(rename.event_id.clone())
+    );
+    // The next local event joins the branches.
+    let next = rooms.send(&room_id, &alice, text("merged"), None).await.unwrap();
+    let mut prevs = next.prev_events.clone();
+    prevs.sort();
+    assert_eq!(prevs, expected);
+    assert_eq!(extremities(rooms, &room_id), vec![next.event_id]);
+    assert!(rooms.check_consistency().unwrap().is_clean());
+}
