@@ -36,6 +36,7 @@ impl Federation {
             return Err(Error::forbidden("The user is not from the requesting server"));
         }
         let room = self.rooms.require_room(room_id)?;
+        self.require_acl(origin, room_id)?;
         let supported_here = supported.is_empty() && room.room_version == RoomVersionId::V1;
         if !supported_here && !supported.contains(&room.room_version) {
             return Err(Error::matrix(
@@ -59,6 +60,7 @@ impl Federation {
         if user_id.server_name() != origin {
             return Err(Error::forbidden("The user is not from the requesting server"));
         }
+        self.require_acl(origin, room_id)?;
         self.rooms.make_leave(room_id, user_id)
     }
 
@@ -74,6 +76,7 @@ impl Federation {
         membership: &str,
     ) -> Result<Pdu> {
         let room = self.rooms.require_room(room_id)?;
+        self.require_acl(origin, room_id)?;
         let verified = self
             .verify_pdus(&room.room_version, std::slice::from_ref(&json.to_owned()))
             .await
@@ -189,8 +192,31 @@ impl Federation {
         Ok(events)
     }
 
+    /// Whether the room's `m.room.server_acl` lets `server` take part.
+    pub fn acl_allows(&self, server: &ServerName, room_id: &RoomId) -> Result<bool> {
+        use ruma::events::{StateEventType, room::server_acl::RoomServerAclEventContent};
+        let Some(room) = self.rooms.room(room_id)? else { return Ok(true) };
+        let state = self.rooms.current_state(&room)?;
+        let Some(acl) = self.rooms.state_pdu(&state, &StateEventType::RoomServerAcl, "")? else {
+            return Ok(true);
+        };
+        // An ACL that does not parse bans no one (as other servers read it).
+        Ok(serde_json::from_str::<RoomServerAclEventContent>(acl.content.get())
+            .map_or(true, |acl| acl.is_allowed(server)))
+    }
+
+    /// Refuse a server the room's ACL bans.
+    pub fn require_acl(&self, server: &ServerName, room_id: &RoomId) -> Result<()> {
+        if self.acl_allows(server, room_id)? {
+            return Ok(());
+        }
+        tracing::info!(%server, %room_id, "refused a server the room's ACL bans");
+        Err(Error::forbidden("Your server is banned from this room by its server ACL"))
+    }
+
     /// Rooms are served only to servers that have a member in them.
     fn require_in_room(&self, origin: &ServerName, room_id: &RoomId) -> Result<()> {
+        self.require_acl(origin, room_id)?;
         if self.rooms.joined_servers(room_id)?.iter().any(|s| s == origin) {
             return Ok(());
         }
@@ -244,6 +270,10 @@ impl Federation {
                 return Vec::new();
             }
         };
+        if !self.acl_allows(origin, room_id).unwrap_or(false) {
+            tracing::info!(%origin, %room_id, "dropped events from a server the room's ACL bans");
+            return Vec::new();
+        }
         let mut results = Vec::new();
         let mut verified = Vec::new();
         for outcome in self.verify_pdus(&room.room_version, raw).await {
@@ -324,7 +354,7 @@ impl Federation {
                 ) else {
                     return;
                 };
-                if user_id.server_name() != origin {
+                if user_id.server_name() != origin || !self.acl_allows(origin, &room_id).unwrap_or(false) {
                     return;
                 }
                 let typing = content["typing"].as_bool().unwrap_or(false).then_some(Duration::from_secs(30));
@@ -336,6 +366,9 @@ impl Federation {
                 let Some(rooms) = content.as_object() else { return };
                 for (room_id, receipts) in rooms {
                     let Ok(room_id) = RoomId::parse(room_id) else { continue };
+                    if !self.acl_allows(origin, &room_id).unwrap_or(false) {
+                        continue;
+                    }
                     let Some(users) = receipts["m.read"].as_object() else { continue };
                     for (user_id, receipt) in users {
                         let Ok(user_id) = UserId::parse(user_id) else { continue };

@@ -272,3 +272,26 @@ async fn a_fork_keeps_both_branches_and_resolves_their_state() {
     assert_eq!(extremities(rooms, &room_id), vec![next.event_id]);
     assert!(rooms.check_consistency().unwrap().is_clean());
 }
+
+#[tokio::test]
+async fn a_server_the_acl_bans_can_neither_join_nor_send() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let join = bob_joins(rooms, &remote, &room_id).await;
+    let acl = PduTemplate::state("m.room.server_acl", "", json!({"allow": ["*"], "deny": ["remote.test"]}));
+    rooms.send(&room_id, &alice, acl, None).await.unwrap();
+    let federation = &services.federation;
+    assert!(!federation.acl_allows(remote.name, &room_id).unwrap());
+    assert!(federation.acl_allows("other.test".try_into().unwrap(), &room_id).unwrap());
+    let carol = UserId::parse("@carol:remote.test").unwrap();
+    let refused = federation.make_join(remote.name, &room_id, &carol, &[ruma::RoomVersionId::V12]);
+    assert_eq!(refused.unwrap_err().errcode(), "M_FORBIDDEN");
+    // bob's message arrives in a transaction from the banned server: dropped
+    // before anything else (no key is even fetched).
+    let message = remote.event(rooms, &room_id, BOB, text("still here"), &extremities(rooms, &room_id));
+    let raw = serde_json::value::to_raw_value(&estuary_events::federation::outgoing_json(&message)).unwrap();
+    let results = federation.receive_transaction(remote.name, &[raw], &[]).await;
+    assert!(results.is_empty(), "{results:?}");
+    assert!(rooms.pdu(&message.event_id).unwrap().is_none());
+    assert!(rooms.stored(&join.event_id).unwrap().is_some());
+}
