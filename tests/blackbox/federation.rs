@@ -126,7 +126,7 @@ fn estuary_config(ca: &Path) -> (String, String) {
 
 /// The scenario's steps (tests/interop/synapse_federation.py) that pass;
 /// FEDERATION_STEPS overrides them while developing.
-const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k";
+const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m";
 
 /// A Synapse user joins a room on Estuary; messages, topic and power
 /// levels, typing and receipts flow both ways; a late joiner on Synapse
@@ -238,4 +238,46 @@ async fn matrix_nio_users_on_estuary_and_synapse_exchange_encrypted_messages() {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The key server answers with our self-signed key; the federation version
+/// endpoint needs no signature; every other Server-Server endpoint refuses
+/// requests without a valid X-Matrix signature, and a server that cannot
+/// be reached for its key is refused too (contained: a 401, quickly).
+#[tokio::test]
+async fn server_server_requests_need_a_valid_signature() {
+    let server = TestServer::start().await;
+    let (status, keys) = server.get("/_matrix/key/v2/server", None).await;
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(keys["server_name"], "localhost");
+    let key_id =
+        keys["verify_keys"].as_object().and_then(|k| k.keys().next().cloned()).expect("a verify key");
+    assert!(keys["signatures"]["localhost"][&key_id].is_string(), "the response is self-signed: {keys}");
+    assert!(keys["valid_until_ts"].as_u64().unwrap() > 0);
+    let (status, version) = server.get("/_matrix/federation/v1/version", None).await;
+    assert_eq!((status.as_u16(), version["server"]["name"].as_str()), (200, Some("Estuary")));
+
+    let (status, body) =
+        server.raw(reqwest::Method::PUT, "/_matrix/federation/v1/send/1", None, b"{}".to_vec()).await;
+    assert_eq!((status.as_u16(), body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
+    let forged =
+        r#"X-Matrix origin="unreachable.invalid",destination="localhost",key="ed25519:x",sig="AAAA""#;
+    let started = std::time::Instant::now();
+    let response = server
+        .http()
+        .put(format!("{}/_matrix/federation/v1/send/2", server.base))
+        .header("Authorization", forged)
+        .header("Content-Type", "application/json")
+        .body(r#"{"origin":"unreachable.invalid","origin_server_ts":1,"pdus":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(20), "refusing took {:?}", started.elapsed());
+    // A join template for a room that does not exist, unsigned: 401, not 404.
+    let (status, _) =
+        server.get("/_matrix/federation/v1/make_join/!nope:localhost/@a:remote.test", None).await;
+    assert_eq!(status.as_u16(), 401);
 }

@@ -21,6 +21,9 @@ servers, so every check below crosses federation in one direction or both:
      joins by it, and reads bob's display name from B
   k. A is killed (kill -9) and restarted mid-conversation (by the caller,
      through files in --restart-dir); nothing sent to A or by A is lost
+  l. media: bob's upload on B is downloaded through A (fetched over
+     federation), and alice's upload on A through B
+  m. bob invites alice to a room on B; she declines; bob sees her leave
 
 --only runs some of the steps (the Rust test grows the list as Estuary's
 federation grows); whatever a selected step needs (users, the first room) is
@@ -45,7 +48,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijk"
+STEPS = "abcdefghijklm"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -89,6 +92,23 @@ class Server:
         self.url = url.rstrip("/")
         self.server_name = server_name
         self.ssl_context = ssl_context
+
+    def media(self, method, path, token, data=None, content_type=None):
+        """A raw media request under /_matrix/client/v1/media (bytes in and
+        out); returns (status, bytes)."""
+        request = urllib.request.Request(self.url + "/_matrix/client/v1/media" + path, data=data, method=method)
+        if path.startswith("/upload"):
+            request = urllib.request.Request(self.url + "/_matrix/media/v3" + path, data=data, method=method)
+        request.add_header("Authorization", "Bearer " + token)
+        if content_type:
+            request.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(request, context=self.ssl_context, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except OSError as e:
+            raise Failure(f"{method} {path}: {e}") from e
 
     def request(self, method, path, body=None, query=None, token=None, timeout=30):
         """Returns (status, JSON body); 4xx and 5xx are answers, not exceptions,
@@ -527,6 +547,37 @@ class Scenario:
         reply = f"back again {self.tag}"
         alice.send_text(room, reply)
         bob.wait_for("alice's message after the restart", message(room, alice.user_id, reply))
+
+    def step_l(self):
+        """media: bob's upload on B downloads through A, alice's on A through B.
+
+        A fetches the file from B over /_matrix/federation/v1/media/download
+        and caches it; B does the same from A.
+        """
+        alice, bob = self.alice, self.bob
+        for uploader, viewer, label in ((bob, alice, "bob's"), (alice, bob, "alice's")):
+            payload = f"{label} file {self.tag}".encode()
+            status, answer = uploader.server.media("POST", "/upload?filename=note.txt", uploader.token,
+                                                   payload, "text/plain")
+            if status != 200:
+                raise Failure(f"{label} upload answered {status}: {answer[:200]!r}")
+            mxc = json.loads(answer)["content_uri"]
+            server_and_id = mxc[len("mxc://"):]
+            status, body = viewer.server.media("GET", "/download/" + server_and_id, viewer.token)
+            if status != 200 or body != payload:
+                raise Failure(f"{label} upload downloaded from the other server: {status} {body[:200]!r}")
+
+    def step_m(self):
+        """bob invites alice to a room on B; she declines; bob sees her leave.
+
+        Declining goes to B as a leave (make_leave, send_leave).
+        """
+        alice, bob = self.alice, self.bob
+        room = bob.call("POST", "/createRoom", {"preset": "private_chat", "name": "declined " + self.tag})["room_id"]
+        bob.call("POST", f"/rooms/{quote(room)}/invite", {"user_id": alice.user_id})
+        alice.wait_for("bob's invite", membership(room, alice.user_id, "invite", sections=("invite",)))
+        alice.call("POST", f"/rooms/{quote(room)}/leave", {})
+        bob.wait_for("alice's decline", membership(room, alice.user_id, "leave"))
 
 
 def run(scenario, steps):

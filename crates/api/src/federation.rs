@@ -7,6 +7,7 @@ use estuary_service::federation::raw_pdus;
 use ruma::{
     MilliSecondsSinceUnixEpoch,
     api::federation::{
+        authenticated_media::{Content, ContentMetadata, FileOrLocation, get_content, get_content_thumbnail},
         backfill::get_backfill,
         device::get_devices,
         discovery::{
@@ -40,6 +41,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(user_keys_query)
         .ruma(user_keys_claim)
         .ruma(user_devices)
+        .ruma(media_download)
+        .ruma(media_thumbnail)
         .ruma(query_profile)
         .ruma(query_directory)
         .ruma(send_transaction)
@@ -63,6 +66,13 @@ async fn server_keys(
     _: Ruma<get_server_keys::v2::Request>,
 ) -> ApiResult<get_server_keys::v2::Response> {
     Ok(get_server_keys::v2::Response::new(Raw::from_json(raw(&s.federation.keys.own_keys())?)))
+}
+
+/// `GET /_matrix/key/v2/server/{keyId}` (deprecated; servers still ask it).
+pub(crate) async fn server_keys_by_id(
+    axum::extract::State(s): axum::extract::State<AppState>,
+) -> axum::Json<ruma::CanonicalJsonObject> {
+    axum::Json(s.federation.keys.own_keys())
 }
 
 /// Notary: the keys we hold for a server, countersigned by us.
@@ -214,6 +224,42 @@ async fn user_devices(
     response.self_signing_key =
         serde_json::from_value(keys["self_signing_keys"][user_id.as_str()].clone()).ok();
     Ok(response)
+}
+
+/// A file's bytes as a multipart media answer.
+async fn media_content(
+    path: &std::path::Path,
+    content_type: &str,
+    filename: Option<String>,
+) -> ApiResult<FileOrLocation> {
+    use ruma::http_headers::{ContentDisposition, ContentDispositionType};
+    let file = tokio::fs::read(path).await.map_err(estuary_core::Error::internal)?;
+    let disposition = ContentDisposition::new(ContentDispositionType::Attachment).with_filename(filename);
+    Ok(FileOrLocation::File(Content::new(file, content_type.to_owned(), disposition)))
+}
+
+async fn media_download(
+    s: AppState,
+    r: Ruma<get_content::v1::Request>,
+) -> ApiResult<get_content::v1::Response> {
+    r.origin()?;
+    let file = s.media.file(s.config.server_name.as_str(), &r.body.media_id)?;
+    let content_type =
+        file.record.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned());
+    let content = media_content(&file.path, &content_type, file.record.filename.clone()).await?;
+    Ok(get_content::v1::Response::new(ContentMetadata::new(), content))
+}
+
+async fn media_thumbnail(
+    s: AppState,
+    r: Ruma<get_content_thumbnail::v1::Request>,
+) -> ApiResult<get_content_thumbnail::v1::Response> {
+    r.origin()?;
+    let body = &r.body;
+    let spec = crate::client::media::thumbnail_spec(body.width, body.height, body.method.as_ref())?;
+    let (path, content_type) = s.media.thumbnail(s.config.server_name.as_str(), &body.media_id, spec).await?;
+    let content = media_content(&path, content_type, None).await?;
+    Ok(get_content_thumbnail::v1::Response::new(ContentMetadata::new(), content))
 }
 
 async fn query_profile(

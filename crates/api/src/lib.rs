@@ -5,7 +5,7 @@
 mod admin;
 mod client;
 mod error;
-mod federation;
+pub(crate) mod federation;
 mod middleware;
 mod pages;
 mod router;

@@ -26,6 +26,8 @@ pub fn build(services: AppState) -> Router {
         )
         .route("/_synapse/admin/v1/purge_media_cache", axum::routing::post(admin::purge_media_cache))
         .route("/_estuary/admin/v1/consistency", get(admin::consistency))
+        // The deprecated form naming a key ID: the same answer, all keys.
+        .route("/_matrix/key/v2/server/{key_id}", get(federation::server_keys_by_id))
         .route("/", get(pages::root))
         .fallback(pages::not_found)
         .method_not_allowed_fallback(pages::method_not_allowed)

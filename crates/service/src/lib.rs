@@ -123,7 +123,7 @@ impl Services {
         )?;
         let federation = Arc::new(federation::Federation::new(
             config.clone(),
-            federation_client,
+            federation_client.clone(),
             server_keys,
             federation::FederationDeps {
                 rooms: rooms.clone(),
@@ -147,7 +147,7 @@ impl Services {
         let devices = devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone())?;
         let peek = peek::Peek::new(rooms.clone(), streams.clone(), account_data.clone());
         let delayed = Arc::new(delayed::DelayedEvents::new(config.clone(), &db, rooms.clone())?);
-        let media = media::Media::new(config.clone(), &db)?;
+        let media = media::Media::new(config.clone(), &db, federation_client.clone())?;
         let search = search::Search::new(rooms.clone());
         let user_directory = user_directory::UserDirectory::new(
             config.clone(),

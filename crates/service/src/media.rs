@@ -47,6 +47,8 @@ pub struct MediaFile {
 
 pub struct Media {
     config: Arc<Config>,
+    /// Fetches other servers' media on first download.
+    federation: Arc<crate::federation::FederationClient>,
     blobs: BlobStore,
     previewer: preview::Previewer,
     records: Table<(String, String), Json<MediaRecord>>,
@@ -60,10 +62,14 @@ fn now_ms() -> u64 {
 }
 
 impl Media {
-    pub fn new(config: Arc<Config>, db: &Db) -> Result<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        db: &Db,
+        federation: Arc<crate::federation::FederationClient>,
+    ) -> Result<Self> {
         let blobs = BlobStore::open(config.media_dir())?;
         let previewer = preview::Previewer::new(&config.url_preview_ip_allowlist)?;
-        Ok(Self { config, blobs, previewer, records: db.table("servermediaid_media").db()? })
+        Ok(Self { config, federation, blobs, previewer, records: db.table("servermediaid_media").db()? })
     }
 
     fn key(&self, media_id: &str) -> (String, String) {
@@ -151,8 +157,58 @@ impl Media {
         Ok(self.records.get(&(server_name.to_owned(), media_id.to_owned())).db()?.map(|Json(r)| r))
     }
 
-    /// A local media item's file, for download. Remote media arrives with
-    /// federation; until then other servers' media is not found.
+    /// A media item's file: ours, another server's cached here, or fetched
+    /// from its server now (`/_matrix/federation/v1/media/download`) and
+    /// cached.
+    pub async fn file_or_fetch(&self, server_name: &str, media_id: &str) -> Result<MediaFile> {
+        let remote = server_name != self.config.server_name.as_str() && self.config.allow_federation;
+        match self.file(server_name, media_id) {
+            Err(Error::Matrix { status: 404, .. }) if remote => {
+                self.fetch_remote(server_name, media_id).await?;
+                self.file(server_name, media_id)
+            }
+            other => other,
+        }
+    }
+
+    async fn fetch_remote(&self, server_name: &str, media_id: &str) -> Result<()> {
+        use ruma::api::federation::authenticated_media::{FileOrLocation, get_content};
+        let server =
+            <&ruma::ServerName>::try_from(server_name).map_err(|_| Error::not_found("Media not found"))?;
+        let answer = self.federation.send(server, get_content::v1::Request::new(media_id.to_owned())).await;
+        let content = match answer {
+            Ok(answer) => answer.content,
+            Err(err) if err.is_permanent() => return Err(Error::not_found("Media not found")),
+            Err(err) => {
+                tracing::warn!(server = server_name, "fetching media failed: {err}");
+                return Err(err.into());
+            }
+        };
+        let FileOrLocation::File(content) = content else {
+            return Err(Error::matrix(
+                502,
+                ErrorKind::Unknown,
+                "The media's server redirects elsewhere (not supported)",
+            ));
+        };
+        if content.file.len() as u64 > self.config.max_upload_size {
+            return Err(Error::too_large("The remote media is larger than this server accepts"));
+        }
+        let size = content.file.len() as u64;
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(content.file))]);
+        let (sha256, _) = self.blobs.store(body, self.config.max_upload_size).await?;
+        let record = MediaRecord {
+            sha256: Some(sha256),
+            content_type: content.content_type,
+            filename: content.content_disposition.and_then(|d| d.filename),
+            size,
+            uploader: None,
+            created_ts: now_ms(),
+        };
+        self.records.put(&(server_name.to_owned(), media_id.to_owned()), &Json(record)).db()
+    }
+
+    /// A local or cached media item's file, for download.
     pub fn file(&self, server_name: &str, media_id: &str) -> Result<MediaFile> {
         let record =
             self.record(server_name, media_id)?.ok_or_else(|| Error::not_found("Media not found"))?;
@@ -177,7 +233,7 @@ impl Media {
         media_id: &str,
         requested: ThumbnailSpec,
     ) -> Result<(PathBuf, &'static str)> {
-        let file = self.file(server_name, media_id)?;
+        let file = self.file_or_fetch(server_name, media_id).await?;
         let sha256 = file.record.sha256.clone().unwrap_or_default();
         let spec = thumbnail::snap(requested);
         let target = self.blobs.thumbnail_path(&sha256, &spec);
@@ -212,8 +268,7 @@ impl Media {
     }
 
     /// Admin: forget cached remote media fetched before `before_ts` (ms);
-    /// returns how many items went. Remote media is cached once federation
-    /// fetches it.
+    /// returns how many items went.
     pub fn purge_remote(&self, before_ts: u64) -> Result<usize> {
         let cutoff = before_ts;
         let local = self.config.server_name.to_string();

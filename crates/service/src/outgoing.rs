@@ -135,6 +135,14 @@ impl Outgoing {
         self.wake.notify_one();
     }
 
+    /// A destination showed it is up (it sent us a request): retry what is
+    /// queued for it now rather than after its backoff.
+    pub fn destination_is_up(&self, destination: &str) {
+        if self.backoff.lock().expect("backoff").remove(destination).is_some() {
+            self.wake.notify_one();
+        }
+    }
+
     /// Number of queued jobs (for tests and admin reports).
     pub fn queued(&self) -> Result<usize> {
         Ok(self.queue.scan_raw_prefix(&[], usize::MAX).db()?.len())

@@ -204,7 +204,7 @@ pub async fn download(
 ) -> ApiResult<Response> {
     request.user()?;
     let body = &request.body;
-    download_file(services.media.file(body.server_name.as_str(), &body.media_id)?, None).await
+    download_file(services.media.file_or_fetch(body.server_name.as_str(), &body.media_id).await?, None).await
 }
 
 pub async fn download_as(
@@ -213,10 +213,11 @@ pub async fn download_as(
 ) -> ApiResult<Response> {
     request.user()?;
     let body = &request.body;
-    download_file(services.media.file(body.server_name.as_str(), &body.media_id)?, Some(&body.filename)).await
+    let file = services.media.file_or_fetch(body.server_name.as_str(), &body.media_id).await?;
+    download_file(file, Some(&body.filename)).await
 }
 
-fn thumbnail_spec(
+pub(crate) fn thumbnail_spec(
     width: ruma::UInt,
     height: ruma::UInt,
     method: Option<&media::get_content_thumbnail::v3::Method>,

@@ -104,7 +104,7 @@ pub async fn leave(
     let (room_id, user_id) = (&request.body.room_id, request.user()?);
     if services.rooms.room(room_id)?.is_none() && services.rooms.invite_stub(user_id, room_id)?.is_some() {
         // Declining an invite to a room on another server.
-        services.rooms.drop_invite_stub(user_id, room_id)?;
+        services.federation.reject_remote_invite(room_id, user_id, request.body.reason.clone()).await?;
         return Ok(leave_room::v3::Response::new());
     }
     services.rooms.leave(room_id, user_id, request.body.reason.clone()).await?;

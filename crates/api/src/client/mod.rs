@@ -13,7 +13,7 @@ mod discovery;
 mod ephemeral;
 mod filter;
 mod keys;
-mod media;
+pub(crate) mod media;
 mod membership;
 mod messages;
 mod peek;

@@ -181,6 +181,8 @@ impl FederationClient {
         let response =
             self.http.execute(request).await.map_err(|e| FederationError::Unreachable(error_chain(&e)))?;
         let status = response.status();
+        // Kept for the parser: a multipart answer (media) names its boundary there.
+        let headers = response.headers().clone();
         let body = read_limited(response, MAX_RESPONSE_BYTES).await.map_err(FederationError::Unreachable)?;
         if !status.is_success() {
             let body = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
@@ -188,6 +190,7 @@ impl FederationClient {
         }
         let mut answer = http::Response::new(body);
         *answer.status_mut() = status;
+        *answer.headers_mut() = headers;
         Ok(answer)
     }
 }
@@ -196,6 +199,7 @@ impl FederationClient {
 fn parse_answer<T: IncomingResponseExt>(answer: &http::Response<Vec<u8>>) -> Result<T, String> {
     let mut response = http::Response::new(answer.body().as_slice());
     *response.status_mut() = answer.status();
+    *response.headers_mut() = answer.headers().clone();
     T::try_from_http_response(response).map_err(|e| e.to_string())
 }
 

@@ -14,6 +14,11 @@ use serde_json::value::{RawValue, to_raw_value};
 use super::Federation;
 use crate::rooms::supported_room_version;
 
+/// Now, as an event's `origin_server_ts`.
+fn now_ts() -> CanonicalJsonValue {
+    CanonicalJsonValue::Integer(ruma::Int::new(estuary_core::time::now_millis() as i64).unwrap_or_default())
+}
+
 /// The room versions this server can join, as `make_join`'s `ver` lists them.
 fn supported_versions() -> Vec<RoomVersionId> {
     (1..=12)
@@ -143,6 +148,68 @@ impl Federation {
             }
         }
         Ok(events)
+    }
+
+    /// Decline an invite to a room on another server: a leave event through
+    /// the inviting server (`make_leave`, sign, `send_leave`), and the
+    /// invite dropped here. When that server cannot be reached the invite
+    /// is still dropped here, and the refusal logged.
+    pub async fn reject_remote_invite(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let stub = self
+            .rooms
+            .invite_stub(user_id, room_id)?
+            .ok_or_else(|| Error::not_found("No invite to this room"))?;
+        let inviter = self.rooms.pdu(&stub.event_id)?.map(|invite| invite.sender.server_name().to_owned());
+        if let Some(server) = inviter.filter(|_| self.enabled())
+            && let Err(err) = self.leave_through(&server, room_id, user_id, reason).await
+        {
+            tracing::warn!(%server, %room_id, "declining the invite through the server failed: {err}");
+        }
+        self.rooms.drop_invite_stub(user_id, room_id)
+    }
+
+    async fn leave_through(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
+        use ruma::api::federation::membership::{create_leave_event, prepare_leave_event};
+        let answer = self
+            .client
+            .send(server, prepare_leave_event::v1::Request::new(room_id.to_owned(), user_id.to_owned()))
+            .await?;
+        let version = answer.room_version.unwrap_or(RoomVersionId::V1);
+        let mut template: CanonicalJsonObject = serde_json::from_str(answer.event.get())
+            .map_err(|e| Error::bad_json(format!("Invalid leave template from {server}: {e}")))?;
+        let mut content = serde_json::json!({"membership": "leave"});
+        if let Some(reason) = reason {
+            content["reason"] = reason.into();
+        }
+        template.insert("content".into(), serde_json::from_value(content).map_err(Error::internal)?);
+        template.insert("origin_server_ts".into(), now_ts());
+        let pdu = sign_object(
+            template,
+            &version,
+            Some(room_id),
+            &self.config.server_name,
+            self.client.signing_key(),
+        )
+        .map_err(|e| Error::bad_json(format!("Cannot sign the leave template from {server}: {e}")))?;
+        if pdu.kind != TimelineEventType::RoomMember || pdu.state_key.as_deref() != Some(user_id.as_str()) {
+            return Err(Error::bad_json(format!("{server} sent a template for another event")));
+        }
+        let raw = to_raw_value(&pdus::outgoing_json(&pdu)).map_err(Error::internal)?;
+        self.client
+            .send(server, create_leave_event::v2::Request::new(room_id.to_owned(), pdu.event_id, raw))
+            .await?;
+        Ok(())
     }
 
     /// Invite a user of another server into one of our rooms: its server

@@ -85,6 +85,7 @@ impl Federation {
             tracing::warn!(origin = %header.origin, "request signature refused: {e}");
             Error::unauthorized(format!("Invalid request signature: {e}"))
         })?;
+        self.outgoing.destination_is_up(&crate::outgoing::server_destination(&header.origin));
         Ok(header.origin)
     }
 
