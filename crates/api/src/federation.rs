@@ -68,6 +68,19 @@ async fn server_keys(
     Ok(get_server_keys::v2::Response::new(Raw::from_json(raw(&s.federation.keys.own_keys())?)))
 }
 
+/// `GET /_matrix/key/v2/query/{serverName}/{keyId}` (deprecated): the
+/// notary's answer for the server, whatever the key ID.
+pub(crate) async fn remote_server_keys_by_id(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    axum::extract::Path((server, _key_id)): axum::extract::Path<(String, String)>,
+) -> axum::Json<serde_json::Value> {
+    let keys = match <&ruma::ServerName>::try_from(server.as_str()) {
+        Ok(server) => notary_answer(&s, server).await.into_iter().collect::<Vec<_>>(),
+        Err(_) => Vec::new(),
+    };
+    axum::Json(serde_json::json!({ "server_keys": keys }))
+}
+
 /// `GET /_matrix/key/v2/server/{keyId}` (deprecated; servers still ask it).
 pub(crate) async fn server_keys_by_id(
     axum::extract::State(s): axum::extract::State<AppState>,
@@ -75,13 +88,14 @@ pub(crate) async fn server_keys_by_id(
     axum::Json(s.federation.keys.own_keys())
 }
 
-/// Notary: the keys we hold for a server, countersigned by us.
-fn notary_answer(
+/// Notary: the keys of a server (fetched if we hold none valid),
+/// countersigned by us.
+async fn notary_answer(
     s: &AppState,
     server: &ruma::ServerName,
 ) -> Option<Raw<ruma::api::federation::discovery::ServerSigningKeys>> {
-    let mut object: ruma::CanonicalJsonObject =
-        serde_json::from_value(s.federation.keys.stored_response(server)?).ok()?;
+    let response = s.federation.keys.notary_response(&s.federation.client, server).await?;
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(response).ok()?;
     s.federation.keys.sign(&mut object);
     to_raw_value(&object).ok().map(Raw::from_json)
 }
@@ -90,7 +104,7 @@ async fn remote_server_keys(
     s: AppState,
     r: Ruma<get_remote_server_keys::v2::Request>,
 ) -> ApiResult<get_remote_server_keys::v2::Response> {
-    let keys = notary_answer(&s, &r.body.server_name).into_iter().collect();
+    let keys = notary_answer(&s, &r.body.server_name).await.into_iter().collect();
     Ok(get_remote_server_keys::v2::Response::new(keys))
 }
 
@@ -98,7 +112,10 @@ async fn remote_server_keys_batch(
     s: AppState,
     r: Ruma<get_remote_server_keys_batch::v2::Request>,
 ) -> ApiResult<get_remote_server_keys_batch::v2::Response> {
-    let keys = r.body.server_keys.keys().filter_map(|server| notary_answer(&s, server)).collect();
+    let mut keys = Vec::new();
+    for server in r.body.server_keys.keys() {
+        keys.extend(notary_answer(&s, server).await);
+    }
     Ok(get_remote_server_keys_batch::v2::Response::new(keys))
 }
 

@@ -28,6 +28,7 @@ pub fn build(services: AppState) -> Router {
         .route("/_estuary/admin/v1/consistency", get(admin::consistency))
         // The deprecated form naming a key ID: the same answer, all keys.
         .route("/_matrix/key/v2/server/{key_id}", get(federation::server_keys_by_id))
+        .route("/_matrix/key/v2/query/{server_name}/{key_id}", get(federation::remote_server_keys_by_id))
         .route("/", get(pages::root))
         .fallback(pages::not_found)
         .method_not_allowed_fallback(pages::method_not_allowed)

@@ -142,6 +142,23 @@ pub fn event_object(
     Ok(object)
 }
 
+/// Make another server's event template ours before signing it: in room
+/// versions 1 and 2 the event ID is chosen by the signing server, so a
+/// template gets a fresh one of ours (and one of theirs is replaced).
+pub fn claim_template(
+    object: &mut CanonicalJsonObject,
+    room_version: &RoomVersionId,
+    server_name: &ServerName,
+) {
+    let v1 =
+        room_version.rules().is_some_and(|rules| matches!(rules.event_id_format, EventIdFormatVersion::V1));
+    if v1 {
+        object.insert("event_id".into(), EventId::new_v1(server_name).to_string().into());
+    } else {
+        object.remove("event_id");
+    }
+}
+
 /// Hash and sign an event's fields as `server_name` and derive its ID.
 pub fn sign_object(
     mut object: CanonicalJsonObject,

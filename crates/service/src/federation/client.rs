@@ -50,7 +50,16 @@ impl FederationError {
 }
 
 impl From<FederationError> for Error {
+    /// A refusal the other server gave for the client's request (400, 403,
+    /// 404 with a Matrix error) reaches the client as it was given; any
+    /// other failure is a 502. A remote 401 is never passed on: the client
+    /// would take it for its own token.
     fn from(err: FederationError) -> Self {
+        if let FederationError::Status { status: status @ (400 | 403 | 404), body } = &err
+            && let Ok(refusal) = serde_json::from_str::<ruma::api::error::StandardErrorBody>(body)
+        {
+            return Error::matrix(*status, refusal.kind, refusal.message);
+        }
         Error::matrix(502, ruma::api::error::ErrorKind::Unknown, format!("Federation request failed: {err}"))
     }
 }

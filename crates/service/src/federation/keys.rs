@@ -94,6 +94,23 @@ impl ServerKeys {
         self.known(server).map(|known| known.response).filter(|r| !r.is_null())
     }
 
+    /// A notary's answer for `server`: its key response, fetched first when
+    /// we hold none that is still valid (an expired one is better than
+    /// none, as the spec asks).
+    pub async fn notary_response(
+        &self,
+        client: &FederationClient,
+        server: &ServerName,
+    ) -> Option<serde_json::Value> {
+        let valid = self
+            .known(server)
+            .is_some_and(|k| k.response["valid_until_ts"].as_u64().is_some_and(|until| until > now_millis()));
+        if !valid && server != self.server_name {
+            self.keys_for(client, server, &[], now_millis()).await;
+        }
+        self.stored_response(server)
+    }
+
     fn known(&self, server: &ServerName) -> Option<KnownKeys> {
         if let Some(known) = self.cache.lock().expect("key cache").get(server) {
             return Some(known.clone());

@@ -2,7 +2,10 @@
 //! (`make_join` → sign → `send_join`), and invites other servers send them.
 
 use estuary_core::{Error, Result, error::ErrorKind};
-use estuary_events::{builder::sign_object, federation as pdus};
+use estuary_events::{
+    builder::{claim_template, sign_object},
+    federation as pdus,
+};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedServerName, RoomId, RoomVersionId, ServerName,
     UserId,
@@ -74,6 +77,7 @@ impl Federation {
         let mut template: CanonicalJsonObject = serde_json::from_str(answer.event.get())
             .map_err(|e| Error::bad_json(format!("Invalid join template from {server}: {e}")))?;
         self.fill_join_template(&mut template, user_id, reason)?;
+        claim_template(&mut template, &version, &self.config.server_name);
         let key = self.client.signing_key();
         let pdu = sign_object(template, &version, Some(room_id), &self.config.server_name, key)
             .map_err(|e| Error::bad_json(format!("Cannot sign the join template from {server}: {e}")))?;

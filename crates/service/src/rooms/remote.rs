@@ -292,7 +292,7 @@ impl Rooms {
         let staging = self.staging(Some(room))?;
         let template =
             PduTemplate::state("m.room.member", user_id.as_str(), json!({"membership": membership}));
-        let object = self.with_local_context(&staging, room_id, user_id, template, |template, ctx| {
+        let mut object = self.with_local_context(&staging, room_id, user_id, template, |template, ctx| {
             event_object(template, &ctx).map_err(super::append::build_error)
         })?;
         // The rules read no signature: check the unsigned template as the
@@ -302,6 +302,8 @@ impl Rooms {
         if let Err(reason) = self.check_against(&staging, &pdu, &version, &staging.state.clone())? {
             return Err(Error::forbidden(format!("You are not allowed to {membership} this room: {reason}")));
         }
+        // In room versions 1 and 2 the joining server names the event.
+        object.remove("event_id");
         Ok((version, object))
     }
 
