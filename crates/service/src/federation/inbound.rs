@@ -404,10 +404,13 @@ impl Federation {
     }
 }
 
+/// What the `/send` answer says of a PDU: an event that was processed is
+/// a success even when the rules refused it (it was checked, and logged;
+/// servers answer so, and a sender cannot do better by retrying); only one
+/// that could not be processed is an error.
 fn outcome_result(outcome: Received) -> std::result::Result<(), String> {
     match outcome {
-        Received::Accepted | Received::Known => Ok(()),
-        Received::SoftFailed(reason) | Received::Rejected(reason) => Err(reason),
+        Received::Accepted | Received::Known | Received::SoftFailed(_) | Received::Rejected(_) => Ok(()),
         Received::MissingPrevs(_) => Err("missing prev_events".into()),
     }
 }
