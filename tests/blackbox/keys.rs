@@ -433,3 +433,31 @@ async fn self_signing_key_needs_a_master_key() {
     let result = server.post("/_matrix/client/v3/keys/device_signing/upload", Some(&alice.token), body).await;
     assert_error(&result, 400, "M_MISSING_PARAM");
 }
+
+/// `auth_data` belongs to the algorithm: any JSON is kept as sent (SyTest
+/// sends a string); a body without `algorithm` or `auth_data` is refused.
+#[tokio::test]
+async fn backup_auth_data_is_kept_as_sent() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let token = Some(alice.token.as_str());
+    let (status, created) = server
+        .post(
+            "/_matrix/client/v3/room_keys/version",
+            token,
+            json!({"algorithm": "m.megolm_backup.v1", "auth_data": "opaque"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let (_, info) = server.get("/_matrix/client/v3/room_keys/version", token).await;
+    assert_eq!(info["auth_data"], "opaque");
+    for body in
+        [json!({"algorithm": "m.megolm_backup.v1"}), json!({"auth_data": {}}), json!(["not", "an", "object"])]
+    {
+        assert_error(
+            &server.post("/_matrix/client/v3/room_keys/version", token, body).await,
+            400,
+            "M_BAD_JSON",
+        );
+    }
+}
