@@ -177,13 +177,11 @@ impl FederationClient {
             return Err(FederationError::Disabled);
         }
         let target = self.resolver.resolve(&self.http, destination).await;
-        if !self.allow_private
-            && let Ok(ip) = target.host.parse()
-            && is_blocked(ip)
-        {
+        let base_url = target.base_url();
+        if !self.allow_private && url_names_blocked_ip(&base_url) {
             return Err(FederationError::Unreachable(format!("{} is a private address", target.host)));
         }
-        let http_request = build(&target.base_url())
+        let http_request = build(&base_url)
             .map_err(|e| FederationError::Invalid(format!("cannot build the request: {e}")))?;
         let request = reqwest::Request::try_from(http_request)
             .map_err(|e| FederationError::Invalid(format!("cannot build the request: {e}")))?;
@@ -202,6 +200,14 @@ impl FederationClient {
         *answer.headers_mut() = headers;
         Ok(answer)
     }
+}
+
+/// Whether a URL's host is an IP address the DNS check never sees: URL
+/// parsing reads forms like `0`, `127.1` or `0x7f.1` as IPv4 addresses.
+fn url_names_blocked_ip(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else { return true };
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_ok_and(is_blocked)
 }
 
 /// A ruma response from an answer's status and body.
@@ -237,4 +243,25 @@ pub(super) async fn read_limited(response: reqwest::Response, limit: usize) -> R
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_names_blocked_ip;
+
+    #[test]
+    fn ip_forms_the_url_parser_normalises_are_vetted() {
+        for url in [
+            "https://0:8448",
+            "https://127.1:8448",
+            "https://0x7f.1:1",
+            "https://[::1]:8448",
+            "https://10.0.0.1:1",
+        ] {
+            assert!(url_names_blocked_ip(url), "{url} should be refused");
+        }
+        for url in ["https://example.org:8448", "https://1.1.1.1:8448", "https://[2606:4700::1111]:443"] {
+            assert!(!url_names_blocked_ip(url), "{url} should be allowed");
+        }
+    }
 }

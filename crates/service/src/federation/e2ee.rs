@@ -36,6 +36,12 @@ fn merge(into: &mut JsonValue, field: &str, from: &JsonValue) {
     }
 }
 
+/// A server that did not answer, named in the answer's `failures`.
+fn note_failure(answer: &mut JsonValue, server: &ServerName, what: &str, reason: String) {
+    tracing::warn!(%server, "{what} failed: {reason}");
+    answer["failures"][server.as_str()] = json!({"errcode": "M_UNAVAILABLE", "error": reason});
+}
+
 impl Federation {
     fn is_local(&self, user: &UserId) -> bool {
         user.server_name() == self.config.server_name
@@ -76,15 +82,8 @@ impl Federation {
                         merge(&mut answer, field, &value);
                     }
                 }
-                failed => {
-                    let reason = match failed {
-                        Ok(Err(err)) => err.to_string(),
-                        _ => "timed out".to_owned(),
-                    };
-                    tracing::warn!(%server, "key query failed: {reason}");
-                    answer["failures"][server.as_str()] =
-                        json!({"errcode": "M_UNAVAILABLE", "error": reason});
-                }
+                Ok(Err(err)) => note_failure(&mut answer, &server, "key query", err.to_string()),
+                Err(_) => note_failure(&mut answer, &server, "key query", "timed out".to_owned()),
             }
         }
         Ok(answer)
@@ -115,15 +114,8 @@ impl Federation {
                 Ok(Ok(response)) => {
                     merge(&mut answer, "one_time_keys", &json!({"one_time_keys": response.one_time_keys}));
                 }
-                failed => {
-                    let reason = match failed {
-                        Ok(Err(err)) => err.to_string(),
-                        _ => "timed out".to_owned(),
-                    };
-                    tracing::warn!(%server, "key claim failed: {reason}");
-                    answer["failures"][server.as_str()] =
-                        json!({"errcode": "M_UNAVAILABLE", "error": reason});
-                }
+                Ok(Err(err)) => note_failure(&mut answer, &server, "key claim", err.to_string()),
+                Err(_) => note_failure(&mut answer, &server, "key claim", "timed out".to_owned()),
             }
         }
         Ok(answer)

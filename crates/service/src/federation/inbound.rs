@@ -3,11 +3,11 @@
 //! origin; rooms are served only to servers with a member in them.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BinaryHeap, HashMap, HashSet},
     time::Duration,
 };
 
-use estuary_core::{Error, Result, error::ErrorKind};
+use estuary_core::{Error, Result};
 use estuary_events::Pdu;
 use ruma::{
     CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, ServerName, UserId,
@@ -44,13 +44,7 @@ impl Federation {
         }
         let supported_here = supported.is_empty() && room.room_version == RoomVersionId::V1;
         if !supported_here && !supported.contains(&room.room_version) {
-            return Err(Error::matrix(
-                400,
-                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(
-                    room.room_version.clone(),
-                )),
-                "Your server does not support this room's version",
-            ));
+            return Err(super::membership::incompatible(room.room_version.clone()));
         }
         self.rooms.make_join(room_id, user_id)
     }
@@ -145,23 +139,7 @@ impl Federation {
         limit: usize,
     ) -> Result<Vec<Pdu>> {
         self.require_in_room(origin, room_id)?;
-        let mut seen = HashSet::new();
-        let mut queue: Vec<OwnedEventId> = from.to_vec();
-        let mut events = Vec::new();
-        while let Some(id) = queue.pop() {
-            if events.len() >= limit.min(100) {
-                break;
-            }
-            if !seen.insert(id.clone()) {
-                continue;
-            }
-            let Some(pdu) = self.rooms.pdu(&id)?.filter(|p| p.room_id == room_id) else { continue };
-            queue.extend(pdu.prev_events.iter().cloned());
-            // Keep the walk newest first: deeper events are popped first.
-            queue.sort_by_key(|id| self.rooms.pdu(id).ok().flatten().map_or(0, |p| p.depth));
-            events.push(pdu);
-        }
-        Ok(events)
+        self.walk_back(room_id, from, HashSet::new(), limit)
     }
 
     /// `get_missing_events`: events between `earliest` and `latest`, oldest first.
@@ -174,26 +152,52 @@ impl Federation {
         limit: usize,
     ) -> Result<Vec<Pdu>> {
         self.require_in_room(origin, room_id)?;
-        let mut seen: HashSet<OwnedEventId> = earliest.iter().cloned().collect();
-        let mut queue: Vec<OwnedEventId> = Vec::new();
+        let mut start = Vec::new();
         for id in latest {
             if let Some(pdu) = self.rooms.pdu(id)? {
-                queue.extend(pdu.prev_events);
+                start.extend(pdu.prev_events);
             }
         }
+        let mut events = self.walk_back(room_id, &start, earliest.iter().cloned().collect(), limit)?;
+        events.sort_by_key(|p| p.depth);
+        Ok(events)
+    }
+
+    /// Walk back through `prev_events` from `start` (deepest first), over
+    /// this room's events not in `seen`, collecting at most `limit` (≤ 100).
+    fn walk_back(
+        &self,
+        room_id: &RoomId,
+        start: &[OwnedEventId],
+        mut seen: HashSet<OwnedEventId>,
+        limit: usize,
+    ) -> Result<Vec<Pdu>> {
+        let (heap, found) = (BinaryHeap::new(), HashMap::new());
+        type Frontier = (BinaryHeap<(u64, OwnedEventId)>, HashMap<OwnedEventId, Pdu>);
+        let mut visit = |id: &OwnedEventId, (heap, found): &mut Frontier| -> Result<()> {
+            if seen.insert(id.clone())
+                && let Some(pdu) = self.rooms.pdu(id)?.filter(|p| p.room_id == room_id)
+            {
+                heap.push((pdu.depth, id.clone()));
+                found.insert(id.clone(), pdu);
+            }
+            Ok(())
+        };
+        let mut frontier: Frontier = (heap, found);
+        for id in start {
+            visit(id, &mut frontier)?;
+        }
         let mut events = Vec::new();
-        while let Some(id) = queue.pop() {
+        while let Some((_, id)) = frontier.0.pop() {
             if events.len() >= limit.min(100) {
                 break;
             }
-            if !seen.insert(id.clone()) {
-                continue;
+            let Some(pdu) = frontier.1.remove(&id) else { continue };
+            for prev in &pdu.prev_events {
+                visit(prev, &mut frontier)?;
             }
-            let Some(pdu) = self.rooms.pdu(&id)?.filter(|p| p.room_id == room_id) else { continue };
-            queue.extend(pdu.prev_events.iter().cloned());
             events.push(pdu);
         }
-        events.sort_by_key(|p| p.depth);
         Ok(events)
     }
 

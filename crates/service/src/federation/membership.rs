@@ -17,6 +17,15 @@ use serde_json::value::{RawValue, to_raw_value};
 use super::Federation;
 use crate::rooms::supported_room_version;
 
+/// 400 `M_INCOMPATIBLE_ROOM_VERSION` for a room version this server lacks.
+pub(super) fn incompatible(version: RoomVersionId) -> Error {
+    Error::matrix(
+        400,
+        ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(version)),
+        "This server does not support the room's version",
+    )
+}
+
 /// Now, as an event's `origin_server_ts`.
 fn now_ts() -> CanonicalJsonValue {
     CanonicalJsonValue::Integer(ruma::Int::new(estuary_core::time::now_millis() as i64).unwrap_or_default())
@@ -270,13 +279,7 @@ impl Federation {
         stripped: Vec<serde_json::Value>,
     ) -> Result<CanonicalJsonObject> {
         if !supported_room_version(room_version) {
-            return Err(Error::matrix(
-                400,
-                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(
-                    room_version.clone(),
-                )),
-                "This server does not support the room's version",
-            ));
+            return Err(incompatible(room_version.clone()));
         }
         let pdu = self.verified(room_version, event).await?;
         let invitee = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
