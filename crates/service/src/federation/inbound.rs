@@ -123,11 +123,35 @@ impl Federation {
         self.rooms.state_and_auth_chain(event_id)
     }
 
-    /// One event, for a server in its room.
+    /// One event, for a server in its room (redacted when the room's
+    /// history visibility hides it from that server).
     pub fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Pdu> {
         let pdu = self.rooms.pdu(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
         self.require_in_room(origin, &pdu.room_id)?;
-        Ok(pdu)
+        self.for_server(origin, vec![pdu])?.pop().ok_or_else(|| Error::not_found("Unknown event"))
+    }
+
+    /// Events as `origin` may see them: those its users could not see when
+    /// they were sent are redacted (the DAG stays walkable, the content is
+    /// withheld), as the spec asks.
+    fn for_server(&self, origin: &ServerName, pdus: Vec<Pdu>) -> Result<Vec<Pdu>> {
+        let mut shown = Vec::with_capacity(pdus.len());
+        for pdu in pdus {
+            let Some(stored) = self.rooms.stored(&pdu.event_id)? else { continue };
+            if self.rooms.server_can_see_event(origin, &stored)? {
+                shown.push(pdu);
+                continue;
+            }
+            let version = self.rooms.require_room(&pdu.room_id)?.room_version;
+            let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version"))?;
+            let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
+                .map_err(Error::internal)?;
+            shown.push(
+                Pdu::from_json(pdu.event_id.clone(), Some(pdu.room_id.clone()), redacted)
+                    .map_err(Error::internal)?,
+            );
+        }
+        Ok(shown)
     }
 
     /// Events before `from` (following `prev_events`), newest first.
@@ -139,7 +163,8 @@ impl Federation {
         limit: usize,
     ) -> Result<Vec<Pdu>> {
         self.require_in_room(origin, room_id)?;
-        self.walk_back(room_id, from, HashSet::new(), limit)
+        let events = self.walk_back(room_id, from, HashSet::new(), limit)?;
+        self.for_server(origin, events)
     }
 
     /// `get_missing_events`: events between `earliest` and `latest`, oldest first.
@@ -160,7 +185,7 @@ impl Federation {
         }
         let mut events = self.walk_back(room_id, &start, earliest.iter().cloned().collect(), limit)?;
         events.sort_by_key(|p| p.depth);
-        Ok(events)
+        self.for_server(origin, events)
     }
 
     /// Walk back through `prev_events` from `start` (deepest first), over

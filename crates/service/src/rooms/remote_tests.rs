@@ -295,3 +295,26 @@ async fn a_server_the_acl_bans_can_neither_join_nor_send() {
     assert!(rooms.pdu(&message.event_id).unwrap().is_none());
     assert!(rooms.stored(&join.event_id).unwrap().is_some());
 }
+
+#[tokio::test]
+async fn history_hidden_from_a_server_is_served_redacted() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let joined_only =
+        PduTemplate::state("m.room.history_visibility", "", json!({"history_visibility": "joined"}));
+    rooms.send(&room_id, &alice, joined_only, None).await.unwrap();
+    let before = rooms.send(&room_id, &alice, text("before bob"), None).await.unwrap();
+    bob_joins(rooms, &remote, &room_id).await;
+    let after = rooms.send(&room_id, &alice, text("after bob"), None).await.unwrap();
+    let federation = &services.federation;
+    let hidden = federation.event(remote.name, &before.event_id).unwrap();
+    assert_eq!(hidden.event_id, before.event_id);
+    assert_eq!(hidden.content_value(), json!({}), "sent before remote.test's users joined: redacted");
+    let shown = federation.event(remote.name, &after.event_id).unwrap();
+    assert_eq!(shown.content_value()["body"], "after bob");
+    let page = federation.backfill(remote.name, &room_id, std::slice::from_ref(&after.event_id), 10).unwrap();
+    let body_of =
+        |id: &EventId| page.iter().find(|p| p.event_id == id).map(|p| p.content_value()["body"].clone());
+    assert_eq!(body_of(&after.event_id), Some(json!("after bob")));
+    assert_eq!(body_of(&before.event_id), Some(serde_json::Value::Null), "backfill redacts it too");
+}

@@ -58,6 +58,38 @@ impl Rooms {
         })
     }
 
+    /// Whether another server may see `event` (Server-Server API, "Restrictions
+    /// on events for servers"): always under `world_readable` and `shared`;
+    /// under `invited` and `joined` only when one of its users was invited
+    /// or joined (only joined, for `joined`) when the event was sent.
+    pub fn server_can_see_event(&self, server: &ruma::ServerName, event: &StoredPdu) -> Result<bool> {
+        let before = self.state.load(event.state_before)?;
+        let visibility = self.history_visibility(&before)?;
+        if matches!(visibility.as_str(), "world_readable" | "shared") {
+            return Ok(true);
+        }
+        let after = self.state.load(event.state_after)?;
+        let member_type = StateEventType::RoomMember.to_string();
+        for (key, short) in after.iter() {
+            let Some((kind, state_key)) = self.short.state_key_of(*key)? else { continue };
+            let ours = UserId::parse(&state_key).is_ok_and(|u| u.server_name() == server);
+            if kind != member_type || !ours {
+                continue;
+            }
+            let Some(id) = self.short.event_id(*short)? else { continue };
+            let membership =
+                self.pdu(&id)?.and_then(|p| p.content_value()["membership"].as_str().map(str::to_owned));
+            let allowed = match visibility.as_str() {
+                "invited" => matches!(membership.as_deref(), Some("join" | "invite")),
+                _ => membership.as_deref() == Some("join"),
+            };
+            if allowed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Currently joined, with the latest join at or before the event: the
     /// viewer's membership at the event was `join`.
     fn joined_at_or_before(&self, viewer: &UserId, event: &StoredPdu) -> Result<bool> {
