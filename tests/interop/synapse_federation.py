@@ -24,6 +24,7 @@ servers, so every check below crosses federation in one direction or both:
   l. media: bob's upload on B is downloaded through A (fetched over
      federation), and alice's upload on A through B
   m. bob invites alice to a room on B; she declines; bob sees her leave
+  n. bob lists A's public room directory through B and finds alice's room
 
 --only runs some of the steps (the Rust test grows the list as Estuary's
 federation grows); whatever a selected step needs (users, the first room) is
@@ -48,7 +49,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijklm"
+STEPS = "abcdefghijklmn"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -578,6 +579,20 @@ class Scenario:
         alice.wait_for("bob's invite", membership(room, alice.user_id, "invite", sections=("invite",)))
         alice.call("POST", f"/rooms/{quote(room)}/leave", {})
         bob.wait_for("alice's decline", membership(room, alice.user_id, "leave"))
+
+    def step_n(self):
+        """bob lists A's room directory through B and finds alice's published room.
+
+        B asks A's /_matrix/federation/v1/publicRooms for its client.
+        """
+        alice, bob = self.alice, self.bob
+        name = "directory " + self.tag
+        room = alice.call("POST", "/createRoom", {"preset": "public_chat", "visibility": "public",
+                                                  "name": name})["room_id"]
+        listed = bob.call("GET", "/publicRooms", query={"server": self.a.server_name, "limit": 100})
+        found = [r for r in listed.get("chunk", []) if r.get("room_id") == room]
+        if not found or found[0].get("name") != name:
+            raise Failure(f"A's directory through B lacks {room} named {name!r}: {listed}")
 
 
 def run(scenario, steps):

@@ -8,8 +8,10 @@ use ruma::{
     MilliSecondsSinceUnixEpoch,
     api::federation::{
         authenticated_media::{Content, ContentMetadata, FileOrLocation, get_content, get_content_thumbnail},
+        authorization::get_event_authorization,
         backfill::get_backfill,
         device::get_devices,
+        directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{
             get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
         },
@@ -51,6 +53,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(state_ids)
         .ruma(backfill)
         .ruma(missing_events)
+        .ruma(event_auth)
+        .ruma(public_rooms)
+        .ruma(public_rooms_filtered)
 }
 
 fn now() -> MilliSecondsSinceUnixEpoch {
@@ -363,4 +368,46 @@ async fn missing_events(
         limit,
     )?;
     Ok(get_missing_events::v1::Response::new(raw_pdus(&pdus)))
+}
+
+/// `/event_auth`: the auth chain of an event, for a server in its room.
+async fn event_auth(
+    s: AppState,
+    r: Ruma<get_event_authorization::v1::Request>,
+) -> ApiResult<get_event_authorization::v1::Response> {
+    let chain = s.federation.event_auth_chain(r.origin()?, &r.body.room_id, &r.body.event_id)?;
+    Ok(get_event_authorization::v1::Response::new(raw_pdus(&chain)))
+}
+
+/// Our published rooms, for other servers' room directories.
+async fn public_rooms(
+    s: AppState,
+    r: Ruma<get_public_rooms::v1::Request>,
+) -> ApiResult<get_public_rooms::v1::Response> {
+    r.origin()?;
+    let limit = r.body.limit.map(|l| u64::from(l) as usize);
+    let page = s.rooms.public_rooms(limit, r.body.since.as_deref(), None)?;
+    let mut response = get_public_rooms::v1::Response::new();
+    response.chunk = crate::client::directory::chunks(&page)?;
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.total_room_count_estimate = ruma::UInt::new(page.total as u64);
+    Ok(response)
+}
+
+async fn public_rooms_filtered(
+    s: AppState,
+    r: Ruma<get_public_rooms_filtered::v1::Request>,
+) -> ApiResult<get_public_rooms_filtered::v1::Response> {
+    r.origin()?;
+    let body = &r.body;
+    let limit = body.limit.map(|l| u64::from(l) as usize);
+    let page =
+        s.rooms.public_rooms(limit, body.since.as_deref(), body.filter.generic_search_term.as_deref())?;
+    let mut response = get_public_rooms_filtered::v1::Response::new();
+    response.chunk = crate::client::directory::chunks(&page)?;
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.total_room_count_estimate = ruma::UInt::new(page.total as u64);
+    Ok(response)
 }

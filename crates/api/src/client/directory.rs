@@ -60,7 +60,7 @@ pub async fn room_aliases(
     Ok(aliases::v3::Response::new(services.rooms.room_aliases(room_id)?))
 }
 
-fn chunks(page: &estuary_service::rooms::PublicRoomsPage) -> Result<Vec<PublicRoomsChunk>, Error> {
+pub(crate) fn chunks(page: &estuary_service::rooms::PublicRoomsPage) -> Result<Vec<PublicRoomsChunk>, Error> {
     page.chunk
         .iter()
         .map(|summary| serde_json::from_value(summary.clone()).map_err(Error::internal))

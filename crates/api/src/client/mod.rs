@@ -8,7 +8,7 @@ mod calls;
 mod dehydrated;
 mod delayed;
 mod device;
-mod directory;
+pub(crate) mod directory;
 mod discovery;
 mod ephemeral;
 mod filter;

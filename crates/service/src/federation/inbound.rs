@@ -123,6 +123,32 @@ impl Federation {
         self.rooms.state_and_auth_chain(event_id)
     }
 
+    /// `/event_auth`: the auth chain of an event, for a server in its room.
+    pub fn event_auth_chain(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<Vec<Pdu>> {
+        self.require_in_room(origin, room_id)?;
+        let pdu = self.rooms.pdu(event_id)?.filter(|p| p.room_id == room_id);
+        let pdu = pdu.ok_or_else(|| Error::not_found("Unknown event in this room"))?;
+        let fetch = |id: &EventId| self.rooms.pdu(id).ok().flatten();
+        let mut ids = estuary_events::resolve::auth_chain([pdu.event_id], &fetch);
+        // From room version 12 the create event is no listed auth event, but
+        // every auth chain still rests on it.
+        let room = self.rooms.require_room(room_id)?;
+        let state = self.rooms.current_state(&room)?;
+        if let Some(create) =
+            self.rooms.state_event_id(&state, &ruma::events::StateEventType::RoomCreate, "")?
+        {
+            ids.insert(create);
+        }
+        let mut chain: Vec<Pdu> = ids.iter().filter_map(|id| fetch(id)).collect();
+        chain.sort_by_key(|p| p.depth);
+        Ok(chain)
+    }
+
     /// One event, for a server in its room (redacted when the room's
     /// history visibility hides it from that server).
     pub fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Pdu> {

@@ -318,3 +318,18 @@ async fn history_hidden_from_a_server_is_served_redacted() {
     assert_eq!(body_of(&after.event_id), Some(json!("after bob")));
     assert_eq!(body_of(&before.event_id), Some(serde_json::Value::Null), "backfill redacts it too");
 }
+
+#[tokio::test]
+async fn event_auth_serves_the_auth_chain_to_servers_in_the_room() {
+    let (_dir, services, room_id, _) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let join = bob_joins(rooms, &remote, &room_id).await;
+    let chain = services.federation.event_auth_chain(remote.name, &room_id, &join.event_id).unwrap();
+    let kinds: Vec<String> = chain.iter().map(|p| p.kind.to_string()).collect();
+    for kind in ["m.room.create", "m.room.join_rules", "m.room.power_levels"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} missing from {kinds:?}");
+    }
+    assert!(!chain.iter().any(|p| p.event_id == join.event_id), "the event itself is not its own auth");
+    let stranger: &ServerName = "elsewhere.test".try_into().unwrap();
+    assert!(services.federation.event_auth_chain(stranger, &room_id, &join.event_id).is_err());
+}
