@@ -18,7 +18,10 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use super::Federation;
-use crate::rooms::{FanOut, Received};
+use crate::rooms::{FanOut, Received, StoredPdu};
+
+/// An event as stored (its place, for visibility) and parsed.
+type Event = (StoredPdu, Pdu);
 
 /// Most events fetched to fill one gap in a room's DAG.
 const MISSING_EVENTS_LIMIT: u64 = 20;
@@ -152,30 +155,36 @@ impl Federation {
     /// One event, for a server in its room (redacted when the room's
     /// history visibility hides it from that server).
     pub fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Pdu> {
-        let pdu = self.rooms.pdu(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
-        self.require_in_room(origin, &pdu.room_id)?;
-        self.for_server(origin, vec![pdu])?.pop().ok_or_else(|| Error::not_found("Unknown event"))
+        let stored = self.rooms.stored(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        let room_id = stored.room_id.clone();
+        self.require_in_room(origin, &room_id)?;
+        let pdu = stored.pdu()?;
+        self.for_server(origin, &room_id, vec![(stored, pdu)])?
+            .pop()
+            .ok_or_else(|| Error::not_found("Unknown event"))
     }
 
     /// Events as `origin` may see them: those its users could not see when
     /// they were sent are redacted (the DAG stays walkable, the content is
     /// withheld), as the spec asks.
-    fn for_server(&self, origin: &ServerName, pdus: Vec<Pdu>) -> Result<Vec<Pdu>> {
-        let mut shown = Vec::with_capacity(pdus.len());
-        for pdu in pdus {
-            let Some(stored) = self.rooms.stored(&pdu.event_id)? else { continue };
+    fn for_server(&self, origin: &ServerName, room_id: &RoomId, events: Vec<Event>) -> Result<Vec<Pdu>> {
+        let mut redaction = None;
+        let mut shown = Vec::with_capacity(events.len());
+        for (stored, pdu) in events {
             if self.rooms.server_can_see_event(origin, &stored)? {
                 shown.push(pdu);
                 continue;
             }
-            let version = self.rooms.require_room(&pdu.room_id)?.room_version;
-            let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version"))?;
-            let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
-                .map_err(Error::internal)?;
-            shown.push(
-                Pdu::from_json(pdu.event_id.clone(), Some(pdu.room_id.clone()), redacted)
-                    .map_err(Error::internal)?,
-            );
+            let rules = match &redaction {
+                Some(rules) => rules,
+                None => {
+                    let version = self.rooms.require_room(room_id)?.room_version;
+                    let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version"))?;
+                    redaction.insert(rules.redaction)
+                }
+            };
+            let redacted = ruma::canonical_json::redact(pdu.json, rules, None).map_err(Error::internal)?;
+            shown.push(Pdu::from_json(pdu.event_id, Some(pdu.room_id), redacted).map_err(Error::internal)?);
         }
         Ok(shown)
     }
@@ -190,7 +199,7 @@ impl Federation {
     ) -> Result<Vec<Pdu>> {
         self.require_in_room(origin, room_id)?;
         let events = self.walk_back(room_id, from, HashSet::new(), limit)?;
-        self.for_server(origin, events)
+        self.for_server(origin, room_id, events)
     }
 
     /// `get_missing_events`: events between `earliest` and `latest`, oldest first.
@@ -210,8 +219,8 @@ impl Federation {
             }
         }
         let mut events = self.walk_back(room_id, &start, earliest.iter().cloned().collect(), limit)?;
-        events.sort_by_key(|p| p.depth);
-        self.for_server(origin, events)
+        events.sort_by_key(|(_, pdu)| pdu.depth);
+        self.for_server(origin, room_id, events)
     }
 
     /// Walk back through `prev_events` from `start` (deepest first), over
@@ -222,15 +231,16 @@ impl Federation {
         start: &[OwnedEventId],
         mut seen: HashSet<OwnedEventId>,
         limit: usize,
-    ) -> Result<Vec<Pdu>> {
+    ) -> Result<Vec<Event>> {
         let (heap, found) = (BinaryHeap::new(), HashMap::new());
-        type Frontier = (BinaryHeap<(u64, OwnedEventId)>, HashMap<OwnedEventId, Pdu>);
+        type Frontier = (BinaryHeap<(u64, OwnedEventId)>, HashMap<OwnedEventId, Event>);
         let mut visit = |id: &OwnedEventId, (heap, found): &mut Frontier| -> Result<()> {
             if seen.insert(id.clone())
-                && let Some(pdu) = self.rooms.pdu(id)?.filter(|p| p.room_id == room_id)
+                && let Some(stored) = self.rooms.stored(id)?.filter(|s| s.room_id == room_id)
             {
+                let pdu = stored.pdu()?;
                 heap.push((pdu.depth, id.clone()));
-                found.insert(id.clone(), pdu);
+                found.insert(id.clone(), (stored, pdu));
             }
             Ok(())
         };
@@ -243,11 +253,11 @@ impl Federation {
             if events.len() >= limit.min(100) {
                 break;
             }
-            let Some(pdu) = frontier.1.remove(&id) else { continue };
-            for prev in &pdu.prev_events {
+            let Some(event) = frontier.1.remove(&id) else { continue };
+            for prev in &event.1.prev_events {
                 visit(prev, &mut frontier)?;
             }
-            events.push(pdu);
+            events.push(event);
         }
         Ok(events)
     }

@@ -17,6 +17,15 @@ use serde_json::value::{RawValue, to_raw_value};
 use super::Federation;
 use crate::rooms::supported_room_version;
 
+/// A membership event template a resident server answered with.
+struct Template<'a> {
+    server: &'a ServerName,
+    room_id: &'a RoomId,
+    user_id: &'a UserId,
+    version: &'a RoomVersionId,
+    event: &'a RawValue,
+}
+
 /// 400 `M_INCOMPATIBLE_ROOM_VERSION` for a room version this server lacks.
 pub(super) fn incompatible(version: RoomVersionId) -> Error {
     Error::matrix(
@@ -75,24 +84,12 @@ impl Federation {
         let answer = self.client.send(server, request).await?;
         let version = answer.room_version.unwrap_or(RoomVersionId::V1);
         if !supported_room_version(&version) {
-            return Err(Error::matrix(
-                400,
-                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(
-                    version,
-                )),
-                "This server does not support the room's version",
-            ));
+            return Err(incompatible(version));
         }
-        let mut template: CanonicalJsonObject = serde_json::from_str(answer.event.get())
-            .map_err(|e| Error::bad_json(format!("Invalid join template from {server}: {e}")))?;
-        self.fill_join_template(&mut template, user_id, reason)?;
-        claim_template(&mut template, &version, &self.config.server_name);
-        let key = self.client.signing_key();
-        let pdu = sign_object(template, &version, Some(room_id), &self.config.server_name, key)
-            .map_err(|e| Error::bad_json(format!("Cannot sign the join template from {server}: {e}")))?;
-        if pdu.kind != TimelineEventType::RoomMember || pdu.state_key.as_deref() != Some(user_id.as_str()) {
-            return Err(Error::bad_json(format!("{server} sent a template for another event")));
-        }
+        let ours = self.rooms.join_template(user_id, reason)?.content;
+        let content: CanonicalJsonObject = serde_json::from_value(ours).map_err(Error::internal)?;
+        let template = Template { server, room_id, user_id, version: &version, event: &answer.event };
+        let pdu = self.sign_template(template, content)?;
         let raw = to_raw_value(&pdus::outgoing_json(&pdu)).map_err(Error::internal)?;
         let request = create_join_event::v2::Request::new(room_id.to_owned(), pdu.event_id.clone(), raw);
         let room_state = self.client.send(server, request).await?.room_state;
@@ -106,29 +103,35 @@ impl Federation {
         self.rooms.enter_remote_room(room_id, &version, state, auth_chain, join).await
     }
 
-    /// Our join content in the resident server's template: membership,
-    /// profile and reason from us, a restricted join's authoriser from it.
-    fn fill_join_template(
+    /// A resident server's membership template made ours: our `content`
+    /// (keeping the authoriser of a restricted join), now as its time, our
+    /// event ID where the room version wants one, signed by us. Refused
+    /// unless it is `user_id`'s membership event.
+    fn sign_template(
         &self,
-        template: &mut CanonicalJsonObject,
-        user_id: &UserId,
-        reason: Option<String>,
-    ) -> Result<()> {
-        let ours = self.rooms.join_template(user_id, reason)?.content;
-        let mut content: CanonicalJsonObject = serde_json::from_value(ours).map_err(Error::internal)?;
-        if let Some(CanonicalJsonValue::Object(theirs)) = template.get("content")
+        template: Template<'_>,
+        mut content: CanonicalJsonObject,
+    ) -> Result<estuary_events::Pdu> {
+        let Template { server, room_id, user_id, version, event } = template;
+        let mut object: CanonicalJsonObject = serde_json::from_str(event.get())
+            .map_err(|e| Error::bad_json(format!("Invalid membership template from {server}: {e}")))?;
+        if let Some(CanonicalJsonValue::Object(theirs)) = object.get("content")
             && let Some(authoriser) = theirs.get("join_authorised_via_users_server")
         {
             content.insert("join_authorised_via_users_server".into(), authoriser.clone());
         }
-        template.insert("content".into(), content.into());
-        template.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(
-                ruma::Int::new(estuary_core::time::now_millis() as i64).unwrap_or_default(),
-            ),
-        );
-        Ok(())
+        object.insert("content".into(), content.into());
+        object.insert("origin_server_ts".into(), now_ts());
+        claim_template(&mut object, version, &self.config.server_name);
+        let pdu =
+            sign_object(object, version, Some(room_id), &self.config.server_name, self.client.signing_key())
+                .map_err(|e| {
+                    Error::bad_json(format!("Cannot sign the membership template from {server}: {e}"))
+                })?;
+        if pdu.kind != TimelineEventType::RoomMember || pdu.state_key.as_deref() != Some(user_id.as_str()) {
+            return Err(Error::bad_json(format!("{server} sent a template for another event")));
+        }
+        Ok(pdu)
     }
 
     async fn verified(&self, version: &RoomVersionId, json: &RawValue) -> Result<estuary_events::Pdu> {
@@ -199,25 +202,13 @@ impl Federation {
             .send(server, prepare_leave_event::v1::Request::new(room_id.to_owned(), user_id.to_owned()))
             .await?;
         let version = answer.room_version.unwrap_or(RoomVersionId::V1);
-        let mut template: CanonicalJsonObject = serde_json::from_str(answer.event.get())
-            .map_err(|e| Error::bad_json(format!("Invalid leave template from {server}: {e}")))?;
-        let mut content = serde_json::json!({"membership": "leave"});
+        let mut content = CanonicalJsonObject::new();
+        content.insert("membership".into(), "leave".into());
         if let Some(reason) = reason {
-            content["reason"] = reason.into();
+            content.insert("reason".into(), reason.into());
         }
-        template.insert("content".into(), serde_json::from_value(content).map_err(Error::internal)?);
-        template.insert("origin_server_ts".into(), now_ts());
-        let pdu = sign_object(
-            template,
-            &version,
-            Some(room_id),
-            &self.config.server_name,
-            self.client.signing_key(),
-        )
-        .map_err(|e| Error::bad_json(format!("Cannot sign the leave template from {server}: {e}")))?;
-        if pdu.kind != TimelineEventType::RoomMember || pdu.state_key.as_deref() != Some(user_id.as_str()) {
-            return Err(Error::bad_json(format!("{server} sent a template for another event")));
-        }
+        let template = Template { server, room_id, user_id, version: &version, event: &answer.event };
+        let pdu = self.sign_template(template, content)?;
         let raw = to_raw_value(&pdus::outgoing_json(&pdu)).map_err(Error::internal)?;
         self.client
             .send(server, create_leave_event::v2::Request::new(room_id.to_owned(), pdu.event_id, raw))
@@ -235,9 +226,7 @@ impl Federation {
         reason: Option<String>,
         is_direct: bool,
     ) -> Result<()> {
-        if matches!(self.rooms.membership(invitee, room_id)?.as_deref(), Some("join")) {
-            return Err(Error::forbidden("The user is already in the room"));
-        }
+        self.rooms.require_not_joined(invitee, room_id)?;
         let template = self.rooms.invite_template(invitee, reason, is_direct)?;
         let server = invitee.server_name().to_owned();
         let client = &self.client;

@@ -147,10 +147,16 @@ impl Rooms {
         is_direct: bool,
     ) -> Result<()> {
         self.require_room(room_id)?;
-        if matches!(self.membership(invitee, room_id)?.as_deref(), Some("join")) {
+        self.require_not_joined(invitee, room_id)?;
+        self.send(room_id, sender, self.invite_template(invitee, reason, is_direct)?, None).await?;
+        Ok(())
+    }
+
+    /// An invite for someone already in the room is refused.
+    pub fn require_not_joined(&self, invitee: &UserId, room_id: &RoomId) -> Result<()> {
+        if self.is_joined(invitee, room_id)? {
             return Err(Error::forbidden("The user is already in the room"));
         }
-        self.send(room_id, sender, self.invite_template(invitee, reason, is_direct)?, None).await?;
         Ok(())
     }
 

@@ -68,22 +68,24 @@ impl Rooms {
         if matches!(visibility.as_str(), "world_readable" | "shared") {
             return Ok(true);
         }
+        // The server's users who ever had a membership here, rather than a
+        // walk over the whole state at the event (large rooms).
         let after = self.state.load(event.state_after)?;
-        let member_type = StateEventType::RoomMember.to_string();
-        for (key, short) in after.iter() {
-            let Some((kind, state_key)) = self.short.state_key_of(*key)? else { continue };
-            let ours = UserId::parse(&state_key).is_ok_and(|u| u.server_name() == server);
-            if kind != member_type || !ours {
-                continue;
-            }
-            let Some(id) = self.short.event_id(*short)? else { continue };
-            let membership =
-                self.pdu(&id)?.and_then(|p| p.content_value()["membership"].as_str().map(str::to_owned));
-            let allowed = match visibility.as_str() {
-                "invited" => matches!(membership.as_deref(), Some("join" | "invite")),
-                _ => membership.as_deref() == Some("join"),
-            };
-            if allowed {
+        let users: Vec<String> = self
+            .roomiduserid_membership
+            .scan_prefix(&(event.room_id.to_string(),))
+            .db()?
+            .into_iter()
+            .map(|((_, user), _)| user)
+            .filter(|user| UserId::parse(user).is_ok_and(|u| u.server_name() == server))
+            .collect();
+        for user in users {
+            let Ok(user) = UserId::parse(&user) else { continue };
+            let membership = self.membership_in(&after, &user)?;
+            if matches!(
+                (membership.as_deref(), visibility.as_str()),
+                (Some("join"), _) | (Some("invite"), "invited")
+            ) {
                 return Ok(true);
             }
         }
