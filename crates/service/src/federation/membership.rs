@@ -270,6 +270,8 @@ impl Federation {
         if !supported_room_version(room_version) {
             return Err(incompatible(room_version.clone()));
         }
+        // A room this server is in: its ACL decides who may invite into it.
+        self.require_acl(origin, room_id)?;
         let pdu = self.verified(room_version, event).await?;
         let invitee = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
         let valid = pdu.event_id == event_id

@@ -286,6 +286,21 @@ async fn a_server_the_acl_bans_can_neither_join_nor_send() {
     let carol = UserId::parse("@carol:remote.test").unwrap();
     let refused = federation.make_join(remote.name, &room_id, &carol, &[ruma::RoomVersionId::V12]);
     assert_eq!(refused.unwrap_err().errcode(), "M_FORBIDDEN");
+    // Nor invite into the room (refused before its signature is even fetched).
+    let invite = remote.event(
+        rooms,
+        &room_id,
+        BOB,
+        member("@dave:localhost", "invite"),
+        &extremities(rooms, &room_id),
+    );
+    let raw = serde_json::value::to_raw_value(&estuary_events::federation::outgoing_json(&invite)).unwrap();
+    let version = rooms.require_room(&room_id).unwrap().room_version;
+    let refused =
+        federation.receive_invite(remote.name, &room_id, &invite.event_id, &version, &raw, Vec::new()).await;
+    let refused = refused.unwrap_err();
+    assert_eq!(refused.errcode(), "M_FORBIDDEN");
+    assert!(refused.to_string().contains("server ACL"), "refused for another reason: {refused}");
     // bob's message arrives in a transaction from the banned server: dropped
     // before anything else (no key is even fetched).
     let message = remote.event(rooms, &room_id, BOB, text("still here"), &extremities(rooms, &room_id));
