@@ -80,7 +80,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     );
     let db = open(&config)?;
     let services = Arc::new(Services::build(config.clone(), db.clone())?);
-    services.on_startup()?;
+    services.on_startup().await?;
     let workers = services.start_workers();
     let app = estuary_api::app(services);
     let shutdown = shutdown_signal();

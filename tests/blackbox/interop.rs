@@ -28,6 +28,11 @@ fn python() -> Option<PathBuf> {
     installed("INTEROP_PYTHON")
 }
 
+/// The interpreter of the venv with heisenbridge and mautrix-python, if installed.
+fn bridge_python() -> Option<PathBuf> {
+    installed("INTEROP_BRIDGE_PYTHON")
+}
+
 /// The node_modules with matrix-js-sdk, if installed.
 fn node_modules() -> Option<PathBuf> {
     installed("INTEROP_NODE_MODULES")
@@ -94,6 +99,25 @@ async fn matrix_nio_media_avatar_thumbnail_and_search() {
     let Some(python) = python() else { return };
     let server = TestServer::start().await;
     run_script(&python, "nio_media_search.py", &server).await;
+}
+
+/// The IRC bridge heisenbridge, registered at runtime through the admin
+/// API, bridges a channel of a real IRC server (ngircd) both ways.
+#[tokio::test]
+async fn heisenbridge_bridges_an_irc_channel_both_ways() {
+    let Some(python) = bridge_python() else { return };
+    let server = TestServer::start().await;
+    run_script(&python, "heisenbridge_irc.py", &server).await;
+}
+
+/// mautrix-python, the library of the mautrix bridges, as a bridge author
+/// uses it: ghosts, a portal room, timestamp massaging, transactions with
+/// the user's replies, typing and receipts, user and alias queries, ping.
+#[tokio::test]
+async fn mautrix_python_appservice_bridges_a_portal_room() {
+    let Some(python) = bridge_python() else { return };
+    let server = TestServer::start().await;
+    run_script(&python, "mautrix_appservice.py", &server).await;
 }
 
 /// matrix-js-sdk schedules a delayed message (MSC4140) and gets it through

@@ -63,3 +63,56 @@ pub async fn consistency(
     }
     Ok(Json(serde_json::to_value(report).map_err(Error::internal)?))
 }
+
+/// `GET /_estuary/admin/v1/appservices`: every registration, without tokens.
+pub async fn list_appservices(
+    State(services): State<AppState>,
+    AuthedUser(user): AuthedUser,
+) -> ApiResult<Json<JsonValue>> {
+    require_admin(&services, &user)?;
+    let registry = services.appservices.registry();
+    let listed: Vec<JsonValue> = registry
+        .all
+        .iter()
+        .map(|a| {
+            json!({
+                "id": a.id(),
+                "url": a.registration.url,
+                "sender_localpart": a.registration.sender_localpart,
+                "namespaces": a.registration.namespaces,
+                "protocols": a.registration.protocols,
+                "receive_ephemeral": a.receive_ephemeral,
+                "source": a.source,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"appservices": listed})))
+}
+
+/// `POST /_estuary/admin/v1/appservices`: register an appservice now, from
+/// its registration in YAML (as bridges write it) or JSON.
+pub async fn register_appservice(
+    State(services): State<AppState>,
+    AuthedUser(user): AuthedUser,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<JsonValue>> {
+    require_admin(&services, &user)?;
+    let text = std::str::from_utf8(&body).map_err(|_| Error::not_json("The registration is not UTF-8"))?;
+    // YAML is a superset of JSON: one parser reads both.
+    let raw = estuary_service::appservices::parse_yaml(text)?;
+    let appservice = services.appservices.register(raw).await?;
+    tracing::info!(%user, id = appservice.id(), "admin registered an appservice");
+    Ok(Json(json!({"id": appservice.id()})))
+}
+
+/// `DELETE /_estuary/admin/v1/appservices/{id}`: remove a runtime registration.
+pub async fn remove_appservice(
+    State(services): State<AppState>,
+    AuthedUser(user): AuthedUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    require_admin(&services, &user)?;
+    services.appservices.remove(&id)?;
+    tracing::info!(%user, id, "admin removed an appservice");
+    Ok(Json(json!({})))
+}

@@ -26,6 +26,11 @@ pub fn build(services: AppState) -> Router {
         )
         .route("/_synapse/admin/v1/purge_media_cache", axum::routing::post(admin::purge_media_cache))
         .route("/_estuary/admin/v1/consistency", get(admin::consistency))
+        .route(
+            "/_estuary/admin/v1/appservices",
+            get(admin::list_appservices).post(admin::register_appservice),
+        )
+        .route("/_estuary/admin/v1/appservices/{id}", axum::routing::delete(admin::remove_appservice))
         // The deprecated form naming a key ID: the same answer, all keys.
         .route("/_matrix/key/v2/server/{key_id}", get(federation::server_keys_by_id))
         .route("/_matrix/key/v2/query/{server_name}/{key_id}", get(federation::remote_server_keys_by_id))

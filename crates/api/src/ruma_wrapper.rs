@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::BytesMut;
-use estuary_core::Error;
+use estuary_core::{Error, error::ErrorKind};
 use estuary_service::appservices::Appservice;
 use http::{Method, request::Parts};
 use ruma::{
@@ -106,6 +106,32 @@ impl<R> Ruma<R> {
         self.origin.as_deref().ok_or_else(|| Error::unauthorized("Missing X-Matrix authorization").into())
     }
 
+    /// The device a client transaction ID is scoped to. An appservice
+    /// acting without a device gets a scope of its own, so its retries are
+    /// idempotent too.
+    pub fn txn_device(&self) -> Option<OwnedDeviceId> {
+        match (&self.sender_device, &self.appservice) {
+            (Some(device), _) => Some(device.clone()),
+            (None, Some(appservice)) => Some(format!("_appservice_{}", appservice.id()).into()),
+            (None, None) => None,
+        }
+    }
+
+    /// The `origin_server_ts` an appservice asks for with `ts` (timestamp
+    /// massaging); others cannot set it.
+    pub fn massaged_ts(&self) -> Result<Option<ruma::MilliSecondsSinceUnixEpoch>, ApiError> {
+        if self.appservice.is_none() {
+            return Ok(None);
+        }
+        let Some(raw) = self.query_param("ts") else { return Ok(None) };
+        let ts = raw
+            .parse::<u64>()
+            .ok()
+            .and_then(ruma::UInt::new)
+            .ok_or_else(|| Error::invalid_param("ts must be a timestamp in milliseconds"))?;
+        Ok(Some(ruma::MilliSecondsSinceUnixEpoch(ts)))
+    }
+
     pub fn device(&self) -> Result<&ruma::DeviceId, ApiError> {
         self.sender_device.as_deref().ok_or_else(|| Error::missing_token().into())
     }
@@ -125,7 +151,12 @@ where
         let expected = R::PATH_BUILDER.all_paths().next().map_or(0, |p| p.matches('{').count());
         path_args.resize(expected.max(path_args.len()), String::new());
         let access_token = access_token(&parts);
-        let caller = authenticate(state, <R::Authentication as Auth>::KIND, access_token.as_deref())?;
+        let caller = authenticate(
+            state,
+            <R::Authentication as Auth>::KIND,
+            access_token.as_deref(),
+            parts.uri.query(),
+        )?;
         let bytes = read_body(body, &parts, state.config.max_request_size).await?;
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let raw_query = parts.uri.query().map(str::to_owned);
@@ -199,18 +230,27 @@ struct Caller {
     appservice: Option<Arc<Appservice>>,
 }
 
-fn authenticate(state: &AppState, kind: AuthKind, token: Option<&str>) -> Result<Caller, ApiError> {
+fn authenticate(
+    state: &AppState,
+    kind: AuthKind,
+    token: Option<&str>,
+    query: Option<&str>,
+) -> Result<Caller, ApiError> {
     match (kind, token) {
         (AuthKind::None, _) | (AuthKind::AccessTokenOptional | AuthKind::AppserviceTokenOptional, None) => {
             Ok(Caller::default())
         }
         (AuthKind::AccessToken | AuthKind::AppserviceToken, None) => Err(Error::missing_token().into()),
         (AuthKind::AccessToken | AuthKind::AccessTokenOptional, Some(token)) => {
+            if let Some(appservice) = state.appservices.by_token(token) {
+                return masquerade(state, appservice, query);
+            }
             let session = state.accounts.authenticate(token)?;
             Ok(Caller { user: Some(session.user_id), device: Some(session.device_id), appservice: None })
         }
         (AuthKind::AppserviceToken, Some(token)) => {
             let appservice = state.appservices.by_token(token).ok_or_else(|| Error::unknown_token(false))?;
+            state.outgoing.destination_is_up(&appservice.destination());
             Ok(Caller { appservice: Some(appservice), ..Caller::default() })
         }
         // `/login` and `/register` only look for an appservice; clients such
@@ -221,6 +261,46 @@ fn authenticate(state: &AppState, kind: AuthKind, token: Option<&str>) -> Result
         // Checked once the body is read (the signature covers it).
         (AuthKind::ServerSignatures, _) => Ok(Caller::default()),
     }
+}
+
+/// An appservice acting as one of its users: `user_id` (its bot when
+/// absent) and optionally `device_id`, from the query string.
+fn masquerade(
+    state: &AppState,
+    appservice: Arc<Appservice>,
+    query: Option<&str>,
+) -> Result<Caller, ApiError> {
+    // It is calling us, so it is up: deliver what waits for it now.
+    state.outgoing.destination_is_up(&appservice.destination());
+    let param = |name: &str| {
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    };
+    let user = match param("user_id") {
+        Some(raw) => UserId::parse(raw).map_err(|_| Error::invalid_param("Invalid user_id"))?,
+        None => appservice.bot.clone(),
+    };
+    if user.server_name() != state.config.server_name || !appservice.is_user_in_namespace(&user) {
+        let message = format!("The application service may not act as {user}: not in its namespace");
+        return Err(Error::matrix(403, ErrorKind::Exclusive, message).into());
+    }
+    if !state.accounts.exists(&user)? {
+        return Err(Error::forbidden(format!("The application service has not registered {user}")).into());
+    }
+    let device = match param("device_id").or_else(|| param("org.matrix.msc3202.device_id")) {
+        Some(raw) => {
+            let device = OwnedDeviceId::from(raw);
+            if state.accounts.device(&user, &device)?.is_none() {
+                return Err(
+                    Error::matrix(400, ErrorKind::UnknownDevice, "Unknown device for this user").into()
+                );
+            }
+            Some(device)
+        }
+        None => None,
+    };
+    Ok(Caller { user: Some(user), device, appservice: Some(appservice) })
 }
 
 async fn read_body(body: Body, parts: &Parts, limit: u64) -> Result<bytes::Bytes, ApiError> {
@@ -324,7 +404,7 @@ impl axum::extract::FromRequestParts<AppState> for AuthedUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = access_token(parts);
-        let caller = authenticate(state, AuthKind::AccessToken, token.as_deref())?;
+        let caller = authenticate(state, AuthKind::AccessToken, token.as_deref(), parts.uri.query())?;
         caller.user.map(Self).ok_or_else(|| Error::missing_token().into())
     }
 }

@@ -59,7 +59,9 @@ pub struct Config {
     /// Track and share presence (online/unavailable/offline). Off: presence
     /// updates are accepted and ignored, everyone appears offline.
     pub presence: bool,
-    /// Application service registration files (YAML), loaded at startup.
+    /// Application service (bridge) registrations loaded at startup: YAML
+    /// files, or directories whose `*.yaml`/`*.yml` files are each one.
+    /// Admins can also add some at runtime (`/_estuary/admin/v1/appservices`).
     pub appservice_registrations: Vec<PathBuf>,
     /// TURN server URIs handed to clients for calls (`/voip/turnServer`).
     /// Empty: no TURN, and the endpoint answers `{}`.

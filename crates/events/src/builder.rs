@@ -21,6 +21,9 @@ pub struct PduTemplate {
     pub state_key: Option<String>,
     /// For `m.room.redaction`: the event redacted.
     pub redacts: Option<OwnedEventId>,
+    /// The `origin_server_ts` an appservice asked for (timestamp massaging);
+    /// now when `None`.
+    pub origin_server_ts: Option<MilliSecondsSinceUnixEpoch>,
 }
 
 impl PduTemplate {
@@ -29,11 +32,17 @@ impl PduTemplate {
         state_key: impl Into<String>,
         content: JsonValue,
     ) -> Self {
-        Self { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None }
+        Self {
+            kind: kind.into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+            origin_server_ts: None,
+        }
     }
 
     pub fn message(kind: impl Into<TimelineEventType>, content: JsonValue) -> Self {
-        Self { kind: kind.into(), content, state_key: None, redacts: None }
+        Self { kind: kind.into(), content, state_key: None, redacts: None, origin_server_ts: None }
     }
 }
 

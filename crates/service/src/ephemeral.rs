@@ -98,6 +98,47 @@ impl Ephemeral {
         Ok(())
     }
 
+    /// Hand typing or a receipt to the appservices that asked for the
+    /// room's ephemeral data (`receive_ephemeral`); a private receipt only
+    /// to those whose namespace holds its user. In `batch` when given.
+    fn send_to_appservices(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        data: JsonValue,
+        private: bool,
+        mut batch: Option<&mut estuary_storage::Batch>,
+    ) -> Result<()> {
+        let interested = self.rooms.appservices_in_room(room_id)?;
+        let receivers = interested.iter().filter(|a| {
+            a.receive_ephemeral
+                && a.registration.url.is_some()
+                && (!private || a.is_user_in_namespace(user_id))
+        });
+        for appservice in receivers {
+            let job = Job::AppserviceEphemeral { as_ephemeral: data.clone() };
+            match batch.as_deref_mut() {
+                Some(batch) => self.outgoing.stage(batch, &appservice.destination(), job),
+                None => self.outgoing.enqueue(&appservice.destination(), job)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The room's `m.typing` for appservices: everyone typing now, and the room.
+    fn typing_for_appservices(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        let now = Instant::now();
+        let users: Vec<OwnedUserId> = {
+            let typing = self.typing.lock().expect("typing");
+            typing
+                .get(room_id)
+                .map(|r| r.users.iter().filter(|(_, at)| **at > now).map(|(u, _)| u.clone()).collect())
+                .unwrap_or_default()
+        };
+        let data = json!({"type": "m.typing", "room_id": room_id, "content": {"user_ids": users}});
+        self.send_to_appservices(room_id, user_id, data, false, None)
+    }
+
     fn wake_room(&self, room_id: &RoomId) -> Result<()> {
         let members = self.rooms.members_with_membership(room_id, "join")?;
         self.streams.notify(members.iter().map(|u| &**u));
@@ -126,6 +167,7 @@ impl Ephemeral {
             room.position = position;
         }
         self.wake_room(room_id)?;
+        self.typing_for_appservices(room_id, user_id)?;
         let edu = json!({"edu_type": "m.typing", "content": {
             "room_id": room_id, "user_id": user_id, "typing": expiry.is_some(),
         }});
@@ -155,6 +197,7 @@ impl Ephemeral {
             }
             drop(typing);
             self.wake_room(room_id)?;
+            self.typing_for_appservices(room_id, user_id)?;
         }
         Ok(())
     }
@@ -224,6 +267,15 @@ impl Ephemeral {
         let mut batch = self.db.batch();
         let ts = now_millis();
         batch.put(&self.receipts, &key, &Json((event_id.to_string(), ts)));
+        let mut receipt = json!({"ts": ts});
+        if let Some(thread) = thread_id {
+            receipt["thread_id"] = thread.into();
+        }
+        let data = json!({"type": "m.receipt", "room_id": room_id, "content": {
+            event_id.as_str(): {receipt_type: {user_id.as_str(): receipt}}
+        }});
+        let private = receipt_type == "m.read.private";
+        self.send_to_appservices(room_id, user_id, data, private, Some(&mut batch))?;
         if receipt_type == "m.read" {
             let mut data = json!({"ts": ts});
             if let Some(thread) = thread_id {

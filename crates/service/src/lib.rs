@@ -42,7 +42,7 @@ pub struct Services {
     pub config: Arc<Config>,
     pub db: Db,
     pub accounts: Arc<Accounts>,
-    pub appservices: appservices::Appservices,
+    pub appservices: Arc<appservices::Appservices>,
     pub profile: Arc<profile::Profiles>,
     pub rooms: Arc<rooms::Rooms>,
     pub filters: filters::Filters,
@@ -85,16 +85,21 @@ impl Services {
         let account_data = Arc::new(account_data::AccountData::new(&db, streams.clone())?);
         let key = Arc::new(rooms::load_or_create_signing_key(&db)?);
         let federation_client = Arc::new(federation::FederationClient::new(&config, key.clone())?);
-        let outgoing = Arc::new(outgoing::Outgoing::new(&db, federation_client.clone())?);
+        let appservices = Arc::new(appservices::Appservices::new(config.clone(), &db, accounts.clone())?);
+        let outgoing =
+            Arc::new(outgoing::Outgoing::new(&db, federation_client.clone(), appservices.clone())?);
         let push = Arc::new(push::PushRules::new(account_data.clone(), &db, outgoing.clone(), &config)?);
         let rooms = Arc::new(rooms::Rooms::new(
             config.clone(),
             &db,
-            profile.clone(),
-            streams.clone(),
-            push.clone(),
-            key.clone(),
-            outgoing.clone(),
+            rooms::RoomsDeps {
+                profiles: profile.clone(),
+                streams: streams.clone(),
+                push: push.clone(),
+                key: key.clone(),
+                outgoing: outgoing.clone(),
+                appservices: appservices.clone(),
+            },
         )?);
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(
             config.clone(),
@@ -171,7 +176,7 @@ impl Services {
             push,
             sync,
             ephemeral,
-            appservices: appservices::Appservices::load(&config.appservice_registrations)?,
+            appservices,
             profile,
             rooms,
             filters: filters::Filters::new(&db)?,
@@ -183,9 +188,11 @@ impl Services {
         })
     }
 
-    /// Work to do once at startup, before serving: announce the first-run
-    /// registration token when the server has no account yet.
-    pub fn on_startup(&self) -> Result<()> {
+    /// Work to do once at startup, before serving: create the appservices'
+    /// bots, announce the first-run registration token when the server has
+    /// no account yet.
+    pub async fn on_startup(&self) -> Result<()> {
+        self.appservices.ensure_bots().await?;
         self.accounts.announce_first_run_token()
     }
 

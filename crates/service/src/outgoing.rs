@@ -1,13 +1,16 @@
 //! The durable outgoing queue: jobs for remote HTTP endpoints (push
-//! gateways, other servers; appservice transactions will share it), stored
-//! in RocksDB so a restart loses nothing, delivered in order per
-//! destination, one request in flight per destination, destinations in
-//! parallel (one slow server never holds up another), with exponential
-//! backoff per destination.
+//! gateways, other servers, appservices), stored in RocksDB so a restart
+//! loses nothing, delivered in order per destination, one request in flight
+//! per destination, destinations in parallel (one slow server never holds
+//! up another), with exponential backoff per destination.
 //!
-//! A destination is a kind and an address: `push <url>` or `fed <server>`.
-//! Federation jobs are PDUs and EDUs, batched into `/send` transactions of
-//! at most 50 PDUs and 100 EDUs.
+//! A destination is a kind and an address: `push <url>`, `fed <server>` or
+//! `as <appservice id>`. Federation jobs are PDUs and EDUs, batched into
+//! `/send` transactions of at most 50 PDUs and 100 EDUs; appservice jobs
+//! are events and ephemeral data, batched into transactions of at most 100
+//! of each. A transaction that failed is retried with the same ID and the
+//! same jobs (`destination_txn` remembers which), so the receiver's
+//! deduplication by transaction ID never drops a job.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 use tokio::{sync::Notify, time::Instant};
 
-use crate::{federation::client::FederationClient, storage_error::StorageResultExt};
+use crate::{
+    appservices::Appservices, federation::client::FederationClient, storage_error::StorageResultExt,
+};
 
 /// A push to a push gateway (`/_matrix/push/v1/notify`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,25 +55,48 @@ pub enum Job {
     Edu {
         edu: JsonValue,
     },
+    /// An event for an appservice, in the client format.
+    AppserviceEvent {
+        as_event: JsonValue,
+    },
+    /// Ephemeral data for an appservice (`m.typing`, `m.receipt` with a `room_id`).
+    AppserviceEphemeral {
+        as_ephemeral: JsonValue,
+    },
 }
 
 const FEDERATION_PREFIX: &str = "fed ";
+const APPSERVICE_PREFIX: &str = "as ";
 const MAX_TXN_PDUS: usize = 50;
 const MAX_TXN_EDUS: usize = 100;
+const MAX_TXN_APPSERVICE: usize = 100;
 
 /// The queue destination of a server.
 pub fn server_destination(server: &ServerName) -> String {
     format!("{FEDERATION_PREFIX}{server}")
 }
 
+/// The queue destination of an appservice.
+pub fn appservice_destination(id: &str) -> String {
+    format!("{APPSERVICE_PREFIX}{id}")
+}
+
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Appservices usually run beside the server and come back quickly after a
+/// restart: retry sooner, and never wait more than five minutes.
+const FIRST_APPSERVICE_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_APPSERVICE_BACKOFF: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct Outgoing {
     db: Db,
     queue: Table<(String, u64), Json<Job>>,
+    /// The jobs (first and last sequence number) of a destination's
+    /// transaction that failed: its retry carries exactly these.
+    destination_txn: Table<String, Json<(u64, u64)>>,
     federation: Arc<FederationClient>,
+    appservices: Arc<Appservices>,
     /// Destinations with a delivery running now.
     in_flight: Mutex<HashSet<String>>,
     pushers: Table<(String, String, String), Json<JsonValue>>,
@@ -87,7 +115,7 @@ enum Outcome {
 }
 
 impl Outgoing {
-    pub fn new(db: &Db, federation: Arc<FederationClient>) -> Result<Self> {
+    pub fn new(db: &Db, federation: Arc<FederationClient>, appservices: Arc<Appservices>) -> Result<Self> {
         let queue: Table<(String, u64), Json<Job>> = db.table("destinationseq_job").db()?;
         // Sequence numbers only grow, also across restarts: they name
         // federation transactions, which a server must never see reused.
@@ -104,7 +132,9 @@ impl Outgoing {
         Ok(Self {
             db: db.clone(),
             queue,
+            destination_txn: db.table("destination_txn").db()?,
             federation,
+            appservices,
             in_flight: Mutex::new(HashSet::new()),
             pushers: db.table("useridappidpushkey_pusher").db()?,
             http,
@@ -168,15 +198,36 @@ impl Outgoing {
         })
     }
 
+    /// The destinations with queued jobs: one seek per destination, not a
+    /// read of every job (a destination that is down may have thousands).
+    fn queued_destinations(&self) -> Result<Vec<String>> {
+        let mut destinations = Vec::new();
+        let mut from: Option<Vec<u8>> = None;
+        let mut keys = Vec::new();
+        loop {
+            keys.clear();
+            self.queue
+                .visit_from(&[], from.as_deref(), false, 1, |key, _| {
+                    keys.push(key.to_vec());
+                    Ok(())
+                })
+                .db()?;
+            let Some(key) = keys.first() else { return Ok(destinations) };
+            let (destination, _) = <(String, u64) as estuary_storage::Key>::decode(key)
+                .map_err(|e| estuary_core::Error::internal(format!("outgoing queue key: {e}")))?;
+            // Past every sequence number of this destination: its string,
+            // the terminator, then more than eight 0xFF bytes.
+            let mut next = estuary_storage::Key::encode(&(destination.clone(),));
+            next.extend([0xFF; 9]);
+            from = Some(next);
+            destinations.push(destination);
+        }
+    }
+
     /// Start a delivery for every destination with queued jobs that is due
     /// and has none running; returns how long until the next retry.
     async fn deliver_due(self: &Arc<Self>) -> Result<Duration> {
-        let mut destinations: Vec<String> = Vec::new();
-        for ((destination, _), _) in self.queue.scan_raw_prefix(&[], 10_000).db()? {
-            if destinations.last() != Some(&destination) {
-                destinations.push(destination);
-            }
-        }
+        let destinations = self.queued_destinations()?;
         let now = Instant::now();
         let mut next_pause = Duration::from_secs(60);
         for destination in destinations {
@@ -204,23 +255,19 @@ impl Outgoing {
     /// Deliver one destination's jobs in order until it is empty or fails.
     async fn drain(&self, destination: &str) -> Result<()> {
         loop {
-            let jobs: Vec<(u64, Job)> = self
-                .queue
-                .scan_prefix(&(destination.to_owned(),))
-                .db()?
-                .into_iter()
-                .take(MAX_TXN_PDUS + MAX_TXN_EDUS)
-                .map(|((_, seq), Json(job))| (seq, job))
-                .collect();
+            let jobs = self.next_jobs(destination)?;
             if jobs.is_empty() {
                 return Ok(());
             }
-            let (outcome, done) = match destination.strip_prefix(FEDERATION_PREFIX) {
-                Some(server) => self.send_transaction(server, &jobs).await,
-                None => match &jobs[0] {
+            let (outcome, done) = if let Some(server) = destination.strip_prefix(FEDERATION_PREFIX) {
+                self.send_transaction(server, &jobs).await
+            } else if let Some(id) = destination.strip_prefix(APPSERVICE_PREFIX) {
+                self.send_appservice_transaction(id, &jobs).await
+            } else {
+                match &jobs[0] {
                     (seq, Job::Push(job)) => (self.send_push(job).await, vec![*seq]),
                     (seq, _) => (Outcome::Refused, vec![*seq]),
-                },
+                }
             };
             match outcome {
                 Outcome::Delivered | Outcome::Refused => {
@@ -228,16 +275,94 @@ impl Outgoing {
                     for seq in done {
                         batch.delete(&self.queue, &(destination.to_owned(), seq));
                     }
+                    batch.delete(&self.destination_txn, &destination.to_owned());
                     batch.commit().db()?;
                     self.backoff.lock().expect("backoff").remove(destination);
                 }
                 Outcome::Retry => {
-                    let mut backoff = self.backoff.lock().expect("backoff");
-                    let delay =
-                        backoff.get(destination).map_or(FIRST_BACKOFF, |(_, d)| (*d * 2).min(MAX_BACKOFF));
-                    backoff.insert(destination.to_owned(), (Instant::now() + delay, delay));
+                    if let (Some(first), Some(last)) = (done.first(), done.last()) {
+                        self.destination_txn.put(&destination.to_owned(), &Json((*first, *last))).db()?;
+                    }
+                    self.back_off(destination);
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// The jobs of the destination's next transaction: those of the one
+    /// that failed, if any, else the front of its queue.
+    fn next_jobs(&self, destination: &str) -> Result<Vec<(u64, Job)>> {
+        let pending = self.destination_txn.get(&destination.to_owned()).db()?.map(|Json(range)| range);
+        let prefix = estuary_storage::Key::encode(&(destination.to_owned(),));
+        Ok(self
+            .queue
+            .scan_raw_prefix(&prefix, MAX_TXN_PDUS + MAX_TXN_EDUS)
+            .db()?
+            .into_iter()
+            .map(|((_, seq), Json(job))| (seq, job))
+            .take_while(|(seq, _)| pending.is_none_or(|(_, last)| *seq <= last))
+            .take(MAX_TXN_PDUS + MAX_TXN_EDUS)
+            .collect())
+    }
+
+    fn back_off(&self, destination: &str) {
+        let (first, max) = if destination.starts_with(APPSERVICE_PREFIX) {
+            (FIRST_APPSERVICE_BACKOFF, MAX_APPSERVICE_BACKOFF)
+        } else {
+            (FIRST_BACKOFF, MAX_BACKOFF)
+        };
+        let mut backoff = self.backoff.lock().expect("backoff");
+        let delay = backoff.get(destination).map_or(first, |(_, d)| (*d * 2).min(max));
+        backoff.insert(destination.to_owned(), (Instant::now() + delay, delay));
+    }
+
+    /// One transaction to an appservice: up to 100 events and 100 ephemeral
+    /// items from the front of its queue. Its ID names its first and last
+    /// job, so an ID is never reused for other content. Anything but a 2xx
+    /// is retried: an appservice must not lose events.
+    async fn send_appservice_transaction(&self, id: &str, jobs: &[(u64, Job)]) -> (Outcome, Vec<u64>) {
+        use ruma::api::appservice::event::push_events::v1::Request;
+        let Some(appservice) = self.appservices.by_id(id) else {
+            // Unregistered since: keep its jobs for a registration under the same ID.
+            return (Outcome::Retry, Vec::new());
+        };
+        if appservice.registration.url.is_none() {
+            // It receives nothing; what was queued before its URL was removed is dropped.
+            return (Outcome::Refused, jobs.iter().map(|(seq, _)| *seq).collect());
+        }
+        let (mut events, mut ephemeral, mut taken) = (Vec::new(), Vec::new(), Vec::new());
+        for (seq, job) in jobs {
+            let raw = match job {
+                Job::AppserviceEvent { as_event } if events.len() < MAX_TXN_APPSERVICE => {
+                    serde_json::value::to_raw_value(as_event)
+                        .map(|raw| events.push(ruma::serde::Raw::from_json(raw)))
+                }
+                Job::AppserviceEphemeral { as_ephemeral } if ephemeral.len() < MAX_TXN_APPSERVICE => {
+                    serde_json::value::to_raw_value(as_ephemeral)
+                        .map(|raw| ephemeral.push(ruma::serde::Raw::from_json(raw)))
+                }
+                Job::AppserviceEvent { .. } | Job::AppserviceEphemeral { .. } => break,
+                _ => Ok(()),
+            };
+            if let Err(err) = raw {
+                tracing::error!(appservice = id, "cannot serialise a queued job: {err}");
+            }
+            taken.push(*seq);
+        }
+        let (Some(first), Some(last)) = (taken.first(), taken.last()) else {
+            return (Outcome::Delivered, taken);
+        };
+        let mut request = Request::new(format!("{first}-{last}").into(), events);
+        request.ephemeral = ephemeral;
+        match self.appservices.http.send(&appservice, request).await {
+            Ok(_) => (Outcome::Delivered, taken),
+            Err(err) => {
+                tracing::warn!(
+                    appservice = id,
+                    "sending a transaction to the appservice failed; will retry: {err}"
+                );
+                (Outcome::Retry, taken)
             }
         }
     }
@@ -265,12 +390,14 @@ impl Outgoing {
                         request.edus.push(ruma::serde::Raw::from_json(raw));
                     }
                 }
-                Job::Push(_) => {}
+                Job::Push(_) | Job::AppserviceEvent { .. } | Job::AppserviceEphemeral { .. } => {}
                 _ => break,
             }
             taken.push(*seq);
         }
-        request.transaction_id = taken[0].to_string().into();
+        // Named by its first and last job: a retry is the same transaction,
+        // and no other content ever has this ID.
+        request.transaction_id = format!("{}-{}", taken[0], taken[taken.len() - 1]).into();
         let Ok(server_name) = <&ruma::ServerName>::try_from(server) else {
             return (Outcome::Refused, taken);
         };

@@ -30,8 +30,12 @@ pub const TABLES: &[&str] = &[
     // (user ID, app ID, pushkey) → pusher (JSON, as the client set it).
     "useridappidpushkey_pusher",
     // (destination, sequence) → job: the durable outgoing queue (push gateways,
-    // federation transactions; appservices later).
+    // federation and appservice transactions).
     "destinationseq_job",
+    // Destination → (first, last) sequence of its transaction that failed: the retry sends exactly those.
+    "destination_txn",
+    // Appservice ID → its registration (JSON), for those an admin registered at runtime.
+    "appserviceid_registration",
     // (user ID, room ID) → an invite to a room on another server this server is not in
     // (the invite event's ID, the room version, the stripped state it came with).
     "useridroomid_invite",

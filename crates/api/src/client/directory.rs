@@ -19,6 +19,7 @@ pub async fn create(
     request: Ruma<create_alias::v3::Request>,
 ) -> ApiResult<create_alias::v3::Response> {
     let body = &request.body;
+    services.appservices.check_alias_not_exclusive(&body.room_alias, request.appservice.as_deref())?;
     services.rooms.put_alias(&body.room_alias, &body.room_id, request.user()?)?;
     Ok(create_alias::v3::Response::new())
 }
@@ -31,6 +32,10 @@ pub async fn get(
     if alias.server_name() != services.config.server_name && services.config.allow_federation {
         let (room_id, servers) = services.federation.remote_alias(alias).await?;
         return Ok(get_alias::v3::Response::new(room_id, servers));
+    }
+    if services.rooms.resolve_alias(alias)?.is_none() {
+        // A bridge may create the room on demand (its alias namespace).
+        services.appservices.query_alias(alias).await;
     }
     let (room_id, servers) = services.federation.local_alias(alias)?;
     Ok(get_alias::v3::Response::new(room_id, servers))

@@ -113,12 +113,3 @@ pub async fn well_known_server(
         .ok_or_else(|| Error::not_found("No server delegation is configured"))?;
     Ok(discover_server::Response::new(delegated))
 }
-
-/// `/thirdparty/protocols`: none until appservices register protocols.
-/// Element calls it at every start and retries on errors.
-pub async fn thirdparty_protocols(
-    _: AppState,
-    _: Ruma<ruma::api::client::thirdparty::get_protocols::v3::Request>,
-) -> ApiResult<ruma::api::client::thirdparty::get_protocols::v3::Response> {
-    Ok(ruma::api::client::thirdparty::get_protocols::v3::Response::new(Default::default()))
-}

@@ -3,6 +3,7 @@
 
 mod account;
 mod account_data;
+mod appservice;
 mod backup;
 mod calls;
 mod dehydrated;
@@ -49,7 +50,13 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma_custom(discovery::capabilities)
         .ruma(discovery::well_known_client)
         .ruma(discovery::well_known_server)
-        .ruma(discovery::thirdparty_protocols)
+        .ruma(appservice::protocols)
+        .ruma(appservice::protocol)
+        .ruma(appservice::locations)
+        .ruma(appservice::users)
+        .ruma(appservice::locations_for_alias)
+        .ruma(appservice::users_for_user_id)
+        .ruma(appservice::ping)
         .ruma_custom(calls::turn_server)
         .ruma(calls::transports)
         // Registration

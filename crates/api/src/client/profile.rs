@@ -12,7 +12,10 @@ pub async fn get_profile(
     let mut response = get_profile::v3::Response::new();
     response.data = match is_remote(&services, user_id) {
         true => services.federation.remote_profile(user_id, None).await?.data,
-        false => services.profile.get_profile(user_id)?,
+        false => {
+            ask_bridge_for(&services, user_id).await?;
+            services.profile.get_profile(user_id)?
+        }
     };
     Ok(response)
 }
@@ -30,8 +33,18 @@ pub async fn get_field(
             .ok_or_else(|| estuary_core::Error::not_found("The user has no such profile field"))?;
         return Ok(get_profile_field::v3::Response::new(value));
     }
+    ask_bridge_for(&services, user_id).await?;
     let value = services.profile.get_field(user_id, field)?;
     Ok(get_profile_field::v3::Response::new(value))
+}
+
+/// An unknown local user in an appservice's namespace: the bridge may
+/// create its ghost on demand.
+async fn ask_bridge_for(services: &AppState, user_id: &ruma::UserId) -> ApiResult<()> {
+    if !services.accounts.exists(user_id)? {
+        services.appservices.query_user(user_id).await?;
+    }
+    Ok(())
 }
 
 /// A user of another server, whose profile their server answers for.

@@ -55,7 +55,11 @@ pub async fn register(
         user_id
     };
 
-    accounts.create_account(&user_id, body.password.clone(), guest).await?;
+    if request.appservice.is_some() && !guest {
+        accounts.create_appservice_account(&user_id).await?;
+    } else {
+        accounts.create_account(&user_id, body.password.clone(), guest).await?;
+    }
     // Like Synapse, start with the localpart as display name.
     let display_name =
         ruma::api::client::profile::ProfileFieldValue::DisplayName(user_id.localpart().to_owned());

@@ -52,6 +52,11 @@ pub async fn create(
         "private_chat" => Ok(Preset::PrivateChat),
         other => Err(Error::bad_json(format!("Unknown preset {other}"))),
     });
+    if let Some(name) = &body.room_alias_name
+        && let Ok(alias) = RoomAliasId::parse(format!("#{name}:{}", services.config.server_name))
+    {
+        services.appservices.check_alias_not_exclusive(&alias, request.appservice.as_deref())?;
+    }
     let mut initial_state = Vec::new();
     for event in &body.initial_state {
         let event = raw_object(event, "initial_state")?;
@@ -101,8 +106,8 @@ pub async fn create(
     Ok(create_room::v3::Response::new(room_id))
 }
 
-fn txn(request_device: Option<&ruma::DeviceId>, txn_id: &str) -> Option<Txn> {
-    request_device.map(|device| Txn { device_id: device.to_owned(), txn_id: txn_id.to_owned() })
+fn txn<R>(request: &Ruma<R>, txn_id: &str) -> Option<Txn> {
+    request.txn_device().map(|device_id| Txn { device_id, txn_id: txn_id.to_owned() })
 }
 
 /// The `org.matrix.msc4140.delay` query parameter (milliseconds) that makes
@@ -134,8 +139,9 @@ pub async fn send_message(
         })?;
         return Ok(Json(json!({"delay_id": delay_id})));
     }
-    let template = PduTemplate::message(body.event_type.to_string(), content);
-    let txn = txn(request.sender_device.as_deref(), body.txn_id.as_str());
+    let mut template = PduTemplate::message(body.event_type.to_string(), content);
+    template.origin_server_ts = request.massaged_ts()?;
+    let txn = txn(&request, body.txn_id.as_str());
     let pdu = services.rooms.send(&body.room_id, request.user()?, template, txn).await?;
     Ok(Json(json!({"event_id": pdu.event_id})))
 }
@@ -163,7 +169,8 @@ pub async fn send_state(
         })?;
         return Ok(Json(json!({"delay_id": delay_id})));
     }
-    let template = PduTemplate::state(body.event_type.to_string(), body.state_key.clone(), content);
+    let mut template = PduTemplate::state(body.event_type.to_string(), body.state_key.clone(), content);
+    template.origin_server_ts = request.massaged_ts()?;
     let pdu = services.rooms.send(&body.room_id, request.user()?, template, None).await?;
     Ok(Json(json!({"event_id": pdu.event_id})))
 }
@@ -248,7 +255,7 @@ pub async fn redact(
     }
     let mut template = PduTemplate::message("m.room.redaction", content);
     template.redacts = Some(body.event_id.clone());
-    let txn = txn(request.sender_device.as_deref(), body.txn_id.as_str());
+    let txn = txn(&request, body.txn_id.as_str());
     let pdu = rooms.send(&body.room_id, user, template, txn).await?;
     Ok(redact_event::v3::Response::new(pdu.event_id))
 }

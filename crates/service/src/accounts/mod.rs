@@ -23,6 +23,9 @@ use crate::storage_error::StorageResultExt;
 
 /// `global` key of the one-time token that lets the first account register.
 const FIRST_RUN_TOKEN_KEY: &str = "first_run_registration_token";
+/// Set once an account other than an appservice's exists: the first such
+/// account is the admin (appservice bots may be created before it).
+const FIRST_ACCOUNT_KEY: &str = "first_account_registered";
 /// Lifetime of `m.login.token` tokens from `/login/get_token`.
 pub const LOGIN_TOKEN_LIFETIME_MS: u64 = 120_000;
 
@@ -52,7 +55,7 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn new(config: Arc<Config>, db: &Db) -> Result<Self> {
-        Ok(Self {
+        let accounts = Self {
             config,
             db: db.clone(),
             userid_account: db.table("userid_account").db()?,
@@ -63,7 +66,26 @@ impl Accounts {
             global: db.table("global").db()?,
             registration_lock: tokio::sync::Mutex::new(()),
             uiaa: UiaaSessions::default(),
-        })
+        };
+        accounts.mark_first_account_of_older_databases()?;
+        Ok(accounts)
+    }
+
+    /// Databases from before the first-account marker: any account that is
+    /// not an appservice's counts (one scan, only while the marker is unset).
+    fn mark_first_account_of_older_databases(&self) -> Result<()> {
+        if self.has_first_account()? {
+            return Ok(());
+        }
+        let accounts = self.userid_account.scan_raw_prefix(&[], usize::MAX).db()?;
+        if accounts.iter().any(|(_, Json(account))| !account.appservice) {
+            self.global.put(&FIRST_ACCOUNT_KEY.to_owned(), &String::new()).db()?;
+        }
+        Ok(())
+    }
+
+    fn has_first_account(&self) -> Result<bool> {
+        Ok(self.global.get(&FIRST_ACCOUNT_KEY.to_owned()).db()?.is_some())
     }
 
     pub fn server_name(&self) -> &ServerName {
@@ -105,7 +127,7 @@ impl Accounts {
     /// With registration closed and no account yet, create (once) and log a
     /// token that lets the first user register from any client.
     pub fn announce_first_run_token(&self) -> Result<()> {
-        if self.config.allow_registration || !self.userid_account.is_empty().db()? {
+        if self.config.allow_registration || self.has_first_account()? {
             return Ok(());
         }
         let token = match self.first_run_token()? {
@@ -174,19 +196,37 @@ impl Accounts {
             Some(p) => Some(password::hash(p).await?),
             None => None,
         };
+        self.insert_account(user_id, password_hash, guest, false).await
+    }
+
+    /// The account of an appservice's user (its bot or a ghost): no
+    /// password, never the first-run admin.
+    pub async fn create_appservice_account(&self, user_id: &UserId) -> Result<Account> {
+        self.insert_account(user_id, None, false, true).await
+    }
+
+    async fn insert_account(
+        &self,
+        user_id: &UserId,
+        password_hash: Option<String>,
+        guest: bool,
+        appservice: bool,
+    ) -> Result<Account> {
         let _guard = self.registration_lock.lock().await;
         self.check_available(user_id)?;
-        let first = self.userid_account.is_empty().db()?;
+        let first = !guest && !appservice && !self.has_first_account()?;
         let account = Account {
             password_hash,
-            admin: first && !guest,
+            admin: first,
+            appservice,
             guest,
             deactivated: false,
             created_ts: now_millis(),
         };
         let mut batch = self.db.batch();
         batch.put(&self.userid_account, &user_id.to_string(), &Json(account.clone()));
-        if first && !guest {
+        if first {
+            batch.put(&self.global, &FIRST_ACCOUNT_KEY.to_owned(), &String::new());
             batch.delete(&self.global, &FIRST_RUN_TOKEN_KEY.to_owned());
         }
         batch.commit().db()?;

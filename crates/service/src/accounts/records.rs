@@ -13,6 +13,9 @@ pub struct Account {
     pub guest: bool,
     pub deactivated: bool,
     pub created_ts: u64,
+    /// An appservice's bot or ghost (registered by the appservice).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub appservice: bool,
 }
 
 /// `token_session` and `refreshtoken_session`: who a token authenticates.

@@ -211,7 +211,7 @@ fn url_names_blocked_ip(url: &str) -> bool {
 }
 
 /// A ruma response from an answer's status and body.
-fn parse_answer<T: IncomingResponseExt>(answer: &http::Response<Vec<u8>>) -> Result<T, String> {
+pub(crate) fn parse_answer<T: IncomingResponseExt>(answer: &http::Response<Vec<u8>>) -> Result<T, String> {
     let mut response = http::Response::new(answer.body().as_slice());
     *response.status_mut() = answer.status();
     *response.headers_mut() = answer.headers().clone();
@@ -220,7 +220,7 @@ fn parse_answer<T: IncomingResponseExt>(answer: &http::Response<Vec<u8>>) -> Res
 
 /// An error with its causes (reqwest's top-level message hides the reason:
 /// a refused certificate, a refused connection).
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -232,7 +232,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// A response body, refusing more than `limit` bytes.
-pub(super) async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+pub(crate) async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {

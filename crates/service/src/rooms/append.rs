@@ -154,7 +154,7 @@ impl Rooms {
             prev_events: self.event_refs(staging, &room.extremities, &room.room_version)?,
             auth_events: self.event_refs(staging, &auth_ids, &room.room_version)?,
             depth: room.depth + 1,
-            origin_server_ts: now_ts(),
+            origin_server_ts: template.origin_server_ts.unwrap_or_else(now_ts),
             server_name: &self.config.server_name,
             key: &self.key,
         };
@@ -304,7 +304,8 @@ impl Rooms {
         let room_id = first.pdu.room_id.clone();
         let room_key = room_id.to_string();
         let mut batch = batch;
-        let sent = self.stage_fan_out(&room_id, &staged, &mut batch)?;
+        let sent = self.stage_fan_out(&room_id, &staged, &mut batch)?
+            | self.stage_appservice_fan_out(&room_id, &staged, &mut batch)?;
         let committed = self.streams.commit_many(batch, staged.len(), |first, batch| {
             batch.put(&self.roomid_room, &room_key, &Json(room));
             for (offset, event) in staged.iter_mut().enumerate() {
@@ -317,6 +318,9 @@ impl Rooms {
         committed?;
         if sent {
             self.outgoing.wake();
+        }
+        if staged.iter().any(|event| event.pdu.kind == TimelineEventType::RoomMember) {
+            self.forget_appservice_interest(&room_id);
         }
         self.wake_room(&room_id, staged.iter().map(|event| &event.pdu))?;
         for event in &staged {

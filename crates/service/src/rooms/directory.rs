@@ -42,7 +42,9 @@ impl Rooms {
             .map_err(|_| Error::matrix(409, ErrorKind::Unknown, "Room alias already exists"))?;
         let mut batch = self.db.batch();
         self.stage_alias(alias, room_id, creator, &mut batch);
-        batch.commit().db()
+        batch.commit().db()?;
+        self.forget_appservice_interest(room_id);
+        Ok(())
     }
 
     /// Reserve an unused alias until the claim is dropped, so two requests
@@ -91,7 +93,9 @@ impl Rooms {
         let mut batch = self.db.batch();
         batch.delete(&self.alias_roomid, &alias.to_string());
         batch.delete(&self.roomidalias_creator, &key);
-        batch.commit().db()
+        batch.commit().db()?;
+        self.forget_appservice_interest(&room_id);
+        Ok(())
     }
 
     /// Point an existing alias at another room (room upgrades).
@@ -103,7 +107,10 @@ impl Rooms {
         batch.delete(&self.roomidalias_creator, &old_key);
         batch.put(&self.alias_roomid, &alias.to_string(), &room_id.to_string());
         batch.put(&self.roomidalias_creator, &(room_id.to_string(), alias.to_string()), &creator);
-        batch.commit().db()
+        batch.commit().db()?;
+        self.forget_appservice_interest(&old);
+        self.forget_appservice_interest(room_id);
+        Ok(())
     }
 
     /// After an alias is deleted, remove it from the room's canonical alias

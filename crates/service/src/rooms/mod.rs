@@ -8,6 +8,7 @@
 //! - `create`, `membership`, `read`, `directory`: what the client API needs.
 
 mod append;
+mod appservice_interest;
 mod check;
 mod context;
 mod create;
@@ -134,6 +135,9 @@ pub struct Rooms {
     key: Arc<ServerSigningKey>,
     /// Events for other servers leave through it (staged with the event).
     outgoing: Arc<crate::outgoing::Outgoing>,
+    /// Registered appservices, and which of them each room's events reach.
+    appservices: Arc<crate::appservices::Appservices>,
+    appservice_interest: appservice_interest::Interest,
     short: short::ShortIds,
     state: state::StateStore,
     profiles: Arc<Profiles>,
@@ -168,21 +172,26 @@ pub struct Rooms {
     pub(crate) streams: Arc<Streams>,
 }
 
+/// The services rooms use.
+pub struct RoomsDeps {
+    pub profiles: Arc<Profiles>,
+    pub streams: Arc<Streams>,
+    pub push: Arc<crate::push::PushRules>,
+    pub key: Arc<ServerSigningKey>,
+    pub outgoing: Arc<crate::outgoing::Outgoing>,
+    pub appservices: Arc<crate::appservices::Appservices>,
+}
+
 impl Rooms {
-    pub fn new(
-        config: Arc<Config>,
-        db: &Db,
-        profiles: Arc<Profiles>,
-        streams: Arc<Streams>,
-        push: Arc<crate::push::PushRules>,
-        key: Arc<ServerSigningKey>,
-        outgoing: Arc<crate::outgoing::Outgoing>,
-    ) -> Result<Self> {
+    pub fn new(config: Arc<Config>, db: &Db, deps: RoomsDeps) -> Result<Self> {
+        let RoomsDeps { profiles, streams, push, key, outgoing, appservices } = deps;
         let stream_roomideventid: Table<u64, Json<(String, String)>> =
             db.table("stream_roomideventid").db()?;
         Ok(Self {
             key,
             outgoing,
+            appservices,
+            appservice_interest: Default::default(),
             short: short::ShortIds::new(db)?,
             state: state::StateStore::new(db, config.memory_budget().state_cache)?,
             profiles,
