@@ -249,7 +249,14 @@ fn authenticate(
             Ok(Caller { user: Some(session.user_id), device: Some(session.device_id), appservice: None })
         }
         (AuthKind::AppserviceToken, Some(token)) => {
-            let appservice = state.appservices.by_token(token).ok_or_else(|| Error::unknown_token(false))?;
+            let Some(appservice) = state.appservices.by_token(token) else {
+                // A user's valid token on an appservice-only endpoint (ping).
+                return Err(match state.accounts.authenticate(token) {
+                    Ok(_) => Error::forbidden("This endpoint is for application services only"),
+                    Err(_) => Error::unknown_token(false),
+                }
+                .into());
+            };
             state.outgoing.destination_is_up(&appservice.destination());
             Ok(Caller { appservice: Some(appservice), ..Caller::default() })
         }

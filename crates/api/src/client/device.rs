@@ -38,15 +38,24 @@ pub async fn get(
     Ok(get_device::v3::Response::new(to_client(device_id, stored)))
 }
 
+/// `PUT /devices/{deviceId}`: rename a device; an appservice may also
+/// create one for its user (spec v1.17, for bridges that encrypt), answered
+/// with 201.
 pub async fn update(
     services: AppState,
     request: Ruma<update_device::v3::Request>,
-) -> ApiResult<update_device::v3::Response> {
-    let body = &request.body;
-    services.accounts.set_device_display_name(request.user()?, &body.device_id, body.display_name.clone())?;
+) -> ApiResult<(http::StatusCode, axum::Json<serde_json::Value>)> {
+    let (body, user) = (&request.body, request.user()?);
+    let create = request.appservice.is_some() && services.accounts.device(user, &body.device_id)?.is_none();
+    if create {
+        services.accounts.create_device_without_session(user, &body.device_id, body.display_name.clone())?;
+    } else {
+        services.accounts.set_device_display_name(user, &body.device_id, body.display_name.clone())?;
+    }
     // The name is shown to others in `/keys/query`: a device-list change.
-    services.e2ee.device_list_changed(request.user()?)?;
-    Ok(update_device::v3::Response::new())
+    services.e2ee.device_list_changed(user)?;
+    let status = if create { http::StatusCode::CREATED } else { http::StatusCode::OK };
+    Ok((status, axum::Json(serde_json::json!({}))))
 }
 
 pub async fn delete(
@@ -58,8 +67,11 @@ pub async fn delete(
     if services.accounts.device(&user_id, &device_id)?.is_none() {
         return Err(Error::not_found("No such device").into());
     }
-    require_password(&services, &format!("delete_device:{device_id}"), &user_id, request.body.auth.as_ref())
-        .await?;
+    // Appservices manage their users' devices without UIA (spec v1.17).
+    if request.appservice.is_none() {
+        let purpose = format!("delete_device:{device_id}");
+        require_password(&services, &purpose, &user_id, request.body.auth.as_ref()).await?;
+    }
     services.devices.delete(&user_id, std::slice::from_ref(&device_id))?;
     Ok(delete_device::v3::Response::new())
 }
@@ -69,7 +81,9 @@ pub async fn delete_many(
     request: Ruma<delete_devices::v3::Request>,
 ) -> ApiResult<delete_devices::v3::Response> {
     let user_id = request.user()?.to_owned();
-    require_password(&services, "delete_devices", &user_id, request.body.auth.as_ref()).await?;
+    if request.appservice.is_none() {
+        require_password(&services, "delete_devices", &user_id, request.body.auth.as_ref()).await?;
+    }
     services.devices.delete(&user_id, &request.body.devices)?;
     Ok(delete_devices::v3::Response::new())
 }

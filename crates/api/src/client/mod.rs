@@ -77,7 +77,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         // Devices
         .ruma(device::list)
         .ruma(device::get)
-        .ruma(device::update)
+        .ruma_custom(device::update)
         .ruma(device::delete)
         .ruma(device::delete_many)
         // Profile
