@@ -936,3 +936,99 @@ async fn third_party_lookups_go_to_the_appservice() {
         "hs_token on every request"
     );
 }
+
+/// A bridge that encrypts through its transactions (`org.matrix.msc3202`):
+/// it creates its ghost's device without logging in (spec v1.17), and gets
+/// that device's to-device messages (MSC2409), device list changes of the
+/// users it shares rooms with and its one-time-key counts (MSC3202) in its
+/// transactions; presence comes with `receive_ephemeral`.
+#[tokio::test]
+async fn encrypting_bridges_get_device_data_in_transactions() {
+    let double = Double::start("irc").await;
+    let extra = "receive_ephemeral: true\norg.matrix.msc3202: true\n";
+    let server = start_server(&[double.registration(extra)]);
+    let alice = server.register("alice").await;
+    let ghost = register_ghost(&server, "irc_ghost").await;
+
+    let device_path = acting_as("/_matrix/client/v3/devices/GHOSTDEV", &ghost);
+    let created = server.put(&device_path, Some("irc_as"), json!({"display_name": "bridge"})).await;
+    assert_eq!(created.0, 201, "an appservice creates its user's device: {}", created.1);
+    assert_eq!(server.put(&device_path, Some("irc_as"), json!({"display_name": "b"})).await.0, 200);
+    let not_ours = "/_matrix/client/v3/devices/NEWDEVICE";
+    assert_error(&server.put(not_ours, Some(&alice.token), json!({})).await, 404, "M_NOT_FOUND");
+    let as_device = |path: &str| acting_as(&format!("{path}?device_id=GHOSTDEV"), &ghost);
+    assert_eq!(server.get(&as_device(WHOAMI), Some("irc_as")).await.1["device_id"], "GHOSTDEV");
+
+    let keys = json!({"one_time_keys": {"signed_curve25519:AAAA": {"key": "k1"}, "signed_curve25519:AAAB": {"key": "k2"}}});
+    let uploaded = server.post(&as_device("/_matrix/client/v3/keys/upload"), Some("irc_as"), keys).await;
+    assert_eq!(uploaded.0, 200, "{}", uploaded.1);
+    let counts = |hits: &[Hit], n: u64| {
+        hits.iter().filter(|h| h.status == 200).any(|h| {
+            h.body["org.matrix.msc3202.device_one_time_keys_count"][&ghost]["GHOSTDEV"]["signed_curve25519"]
+                == n
+        })
+    };
+    double.wait_for(|hits| counts(hits, 2), WAIT).await;
+    let claim = json!({"one_time_keys": {&ghost: {"GHOSTDEV": "signed_curve25519"}}});
+    assert_eq!(server.post("/_matrix/client/v3/keys/claim", Some(&alice.token), claim).await.0, 200);
+    double.wait_for(|hits| counts(hits, 1), WAIT).await;
+
+    let message = json!({"messages": {&ghost: {"GHOSTDEV": {"ciphertext": "for the bridge"}}}});
+    let path = "/_matrix/client/v3/sendToDevice/m.room.encrypted/td1";
+    assert_eq!(server.put(path, Some(&alice.token), message).await.0, 200);
+    let to_device = |hits: &[Hit]| {
+        hits.iter().filter(|h| h.status == 200).any(|h| {
+            h.body["de.sorunome.msc2409.to_device"].as_array().into_iter().flatten().any(|m| {
+                m["to_user_id"] == ghost
+                    && m["to_device_id"] == "GHOSTDEV"
+                    && m["sender"] == alice.user_id
+                    && m["type"] == "m.room.encrypted"
+                    && m["content"]["ciphertext"] == "for the bridge"
+            })
+        })
+    };
+    double.wait_for(to_device, WAIT).await;
+    let sync = server.get(&as_device("/_matrix/client/v3/sync"), Some("irc_as")).await;
+    assert_eq!(sync.0, 200, "{}", sync.1);
+    assert!(
+        sync.1["to_device"]["events"].as_array().is_none_or(|e| e.is_empty()),
+        "went to the bridge: {}",
+        sync.1
+    );
+
+    // Alice shares a room with the ghost: her device list changes and her
+    // presence reach the bridge.
+    let room = create_room(&server, &alice, json!({"invite": [ghost]})).await;
+    let join = acting_as(&format!("/_matrix/client/v3/rooms/{room}/join"), &ghost);
+    assert_eq!(server.post(&join, Some("irc_as"), json!({})).await.0, 200);
+    let rename = format!("/_matrix/client/v3/devices/{}", alice.device_id);
+    assert_eq!(server.put(&rename, Some(&alice.token), json!({"display_name": "phone"})).await.0, 200);
+    let changed = |hits: &[Hit]| {
+        hits.iter().any(|h| {
+            h.status == 200
+                && h.body["org.matrix.msc3202.device_lists"]["changed"]
+                    .as_array()
+                    .is_some_and(|users| users.contains(&json!(alice.user_id)))
+        })
+    };
+    double.wait_for(changed, WAIT).await;
+    let presence = format!("/_matrix/client/v3/presence/{}/status", alice.user_id);
+    let status = json!({"presence": "online", "status_msg": "bridging"});
+    assert_eq!(server.put(&presence, Some(&alice.token), status).await.0, 200);
+    double
+        .wait_for(
+            |hits| {
+                accepted(hits, "ephemeral").iter().any(|e| {
+                    e["type"] == "m.presence"
+                        && e["sender"] == alice.user_id
+                        && e["content"]["status_msg"] == "bridging"
+                })
+            },
+            WAIT,
+        )
+        .await;
+
+    let delete = acting_as("/_matrix/client/v3/devices/GHOSTDEV", &ghost);
+    assert_eq!(server.delete(&delete, Some("irc_as")).await.0, 200, "no UIA for an appservice");
+    assert_error(&server.get(&as_device(WHOAMI), Some("irc_as")).await, 400, "M_UNKNOWN_DEVICE");
+}

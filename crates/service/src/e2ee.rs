@@ -18,6 +18,9 @@ use crate::{accounts::Accounts, rooms::Rooms, storage_error::StorageResultExt, s
 type FallbackTable = Table<(String, String, String), Json<(String, JsonValue, bool)>>;
 
 pub struct E2ee {
+    /// Bridges that encrypt through their transactions hear of device list
+    /// changes and their users' key counts (MSC3202).
+    appservices: Arc<crate::appservices::Appservices>,
     db: Db,
     config: Arc<estuary_core::Config>,
     /// Our users' device list changes go to the servers sharing a room.
@@ -43,8 +46,10 @@ impl E2ee {
         accounts: Arc<Accounts>,
         rooms: Arc<Rooms>,
         outgoing: Arc<crate::outgoing::Outgoing>,
+        appservices: Arc<crate::appservices::Appservices>,
     ) -> Result<Self> {
         Ok(Self {
+            appservices,
             db: db.clone(),
             config,
             outgoing,
@@ -80,6 +85,12 @@ impl E2ee {
         servers.sort();
         servers.dedup();
         let device = self.accounts.devices(user_id)?.into_iter().next().map(|(id, _)| id.to_string());
+        let bridges: Vec<_> = self
+            .rooms
+            .appservices_seeing(user_id)?
+            .into_iter()
+            .filter(|a| a.device_extensions && a.registration.url.is_some())
+            .collect();
         self.streams.commit(self.db.batch(), |position, batch| {
             batch.put(table, &position, &user_id.to_string());
             let edu = json!({"edu_type": "m.device_list_update", "content": {
@@ -90,8 +101,13 @@ impl E2ee {
                 let job = crate::outgoing::Job::Edu { edu: edu.clone() };
                 self.outgoing.stage(batch, &crate::outgoing::server_destination(server), job);
             }
+            for appservice in &bridges {
+                let job =
+                    crate::outgoing::Job::AppserviceDeviceList { as_device_list_changed: user_id.to_owned() };
+                self.outgoing.stage(batch, &appservice.destination(), job);
+            }
         })?;
-        if !servers.is_empty() {
+        if !servers.is_empty() || !bridges.is_empty() {
             self.outgoing.wake();
         }
         self.streams.notify(mates.iter().map(|u| &**u));
@@ -144,7 +160,22 @@ impl E2ee {
         if changed {
             self.device_list_changed(user_id)?;
         }
+        self.key_counts_to_bridge(user_id, device_id)?;
         self.one_time_key_counts(user_id, device_id)
+    }
+
+    /// A device's key counts changed: tell its user's bridge, if that bridge
+    /// encrypts through its transactions (MSC3202).
+    fn key_counts_to_bridge(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+        let Some(appservice) = self.appservices.encrypting_for(user_id) else { return Ok(()) };
+        let as_key_counts = crate::outgoing::KeyCounts {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            one_time_keys: self.one_time_key_counts(user_id, device_id)?,
+            unused_fallback_keys: self.unused_fallback_key_types(user_id, device_id)?,
+        };
+        self.outgoing
+            .enqueue(&appservice.destination(), crate::outgoing::Job::AppserviceKeyCounts { as_key_counts })
     }
 
     pub fn one_time_key_counts(
@@ -349,6 +380,7 @@ impl E2ee {
             if let Some((key_id, key)) = found {
                 let user_entry = claimed.entry(user.to_string()).or_insert_with(|| json!({}));
                 user_entry[&device][&key_id] = key;
+                self.key_counts_to_bridge(&user, device.as_str().into())?;
             }
         }
         Ok(json!({"one_time_keys": claimed, "failures": {}}))

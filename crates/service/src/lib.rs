@@ -109,9 +109,20 @@ impl Services {
             outgoing.clone(),
         )?);
 
-        let presence =
-            Arc::new(presence::Presence::new(config.clone(), &db, streams.clone(), rooms.clone())?);
-        let to_device = Arc::new(to_device::ToDevice::new(&db, streams.clone(), accounts.clone())?);
+        let presence = Arc::new(presence::Presence::new(
+            config.clone(),
+            &db,
+            streams.clone(),
+            rooms.clone(),
+            outgoing.clone(),
+        )?);
+        let to_device = Arc::new(to_device::ToDevice::new(
+            &db,
+            streams.clone(),
+            accounts.clone(),
+            appservices.clone(),
+            outgoing.clone(),
+        )?);
         let e2ee = Arc::new(e2ee::E2ee::new(
             config.clone(),
             &db,
@@ -119,6 +130,7 @@ impl Services {
             accounts.clone(),
             rooms.clone(),
             outgoing.clone(),
+            appservices.clone(),
         )?);
         let server_keys = federation::ServerKeys::new(
             &db,

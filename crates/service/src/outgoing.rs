@@ -59,10 +59,46 @@ pub enum Job {
     AppserviceEvent {
         as_event: JsonValue,
     },
-    /// Ephemeral data for an appservice (`m.typing`, `m.receipt` with a `room_id`).
+    /// Ephemeral data for an appservice (`m.typing`, `m.receipt` with a
+    /// `room_id`, `m.presence`).
     AppserviceEphemeral {
         as_ephemeral: JsonValue,
     },
+    /// A to-device message for a device of an appservice's user (MSC2409):
+    /// `type`, `sender`, `content`, `to_user_id`, `to_device_id`.
+    AppserviceToDevice {
+        as_to_device: JsonValue,
+    },
+    /// A user whose device list changed, for an appservice that encrypts (MSC3202).
+    AppserviceDeviceList {
+        as_device_list_changed: ruma::OwnedUserId,
+    },
+    /// The key counts of an appservice user's device after a change (MSC3202).
+    AppserviceKeyCounts {
+        as_key_counts: KeyCounts,
+    },
+}
+
+/// One-time key counts and unused fallback key types of a device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyCounts {
+    pub user_id: ruma::OwnedUserId,
+    pub device_id: ruma::OwnedDeviceId,
+    pub one_time_keys: std::collections::BTreeMap<String, u64>,
+    pub unused_fallback_keys: Vec<String>,
+}
+
+impl Job {
+    fn is_for_appservice(&self) -> bool {
+        matches!(
+            self,
+            Self::AppserviceEvent { .. }
+                | Self::AppserviceEphemeral { .. }
+                | Self::AppserviceToDevice { .. }
+                | Self::AppserviceDeviceList { .. }
+                | Self::AppserviceKeyCounts { .. }
+        )
+    }
 }
 
 const FEDERATION_PREFIX: &str = "fed ";
@@ -317,12 +353,11 @@ impl Outgoing {
         backoff.insert(destination.to_owned(), (Instant::now() + delay, delay));
     }
 
-    /// One transaction to an appservice: up to 100 events and 100 ephemeral
-    /// items from the front of its queue. Its ID names its first and last
-    /// job, so an ID is never reused for other content. Anything but a 2xx
-    /// is retried: an appservice must not lose events.
+    /// One transaction to an appservice: up to 100 items of each kind from
+    /// the front of its queue. Its ID names its first and last job, so an
+    /// ID is never reused for other content. Anything but a 2xx is retried:
+    /// an appservice must not lose events.
     async fn send_appservice_transaction(&self, id: &str, jobs: &[(u64, Job)]) -> (Outcome, Vec<u64>) {
-        use ruma::api::appservice::event::push_events::v1::Request;
         let Some(appservice) = self.appservices.by_id(id) else {
             // Unregistered since: keep its jobs for a registration under the same ID.
             return (Outcome::Retry, Vec::new());
@@ -331,30 +366,18 @@ impl Outgoing {
             // It receives nothing; what was queued before its URL was removed is dropped.
             return (Outcome::Refused, jobs.iter().map(|(seq, _)| *seq).collect());
         }
-        let (mut events, mut ephemeral, mut taken) = (Vec::new(), Vec::new(), Vec::new());
+        let mut transaction = AppserviceTransaction::default();
+        let mut taken = Vec::new();
         for (seq, job) in jobs {
-            let raw = match job {
-                Job::AppserviceEvent { as_event } if events.len() < MAX_TXN_APPSERVICE => {
-                    serde_json::value::to_raw_value(as_event)
-                        .map(|raw| events.push(ruma::serde::Raw::from_json(raw)))
-                }
-                Job::AppserviceEphemeral { as_ephemeral } if ephemeral.len() < MAX_TXN_APPSERVICE => {
-                    serde_json::value::to_raw_value(as_ephemeral)
-                        .map(|raw| ephemeral.push(ruma::serde::Raw::from_json(raw)))
-                }
-                Job::AppserviceEvent { .. } | Job::AppserviceEphemeral { .. } => break,
-                _ => Ok(()),
-            };
-            if let Err(err) = raw {
-                tracing::error!(appservice = id, "cannot serialise a queued job: {err}");
+            if job.is_for_appservice() && !transaction.add(job) {
+                break;
             }
             taken.push(*seq);
         }
         let (Some(first), Some(last)) = (taken.first(), taken.last()) else {
             return (Outcome::Delivered, taken);
         };
-        let mut request = Request::new(format!("{first}-{last}").into(), events);
-        request.ephemeral = ephemeral;
+        let request = transaction.into_request(format!("{first}-{last}"));
         match self.appservices.http.send(&appservice, request).await {
             Ok(_) => (Outcome::Delivered, taken),
             Err(err) => {
@@ -390,8 +413,8 @@ impl Outgoing {
                         request.edus.push(ruma::serde::Raw::from_json(raw));
                     }
                 }
-                Job::Push(_) | Job::AppserviceEvent { .. } | Job::AppserviceEphemeral { .. } => {}
-                _ => break,
+                Job::Pdu { .. } | Job::Edu { .. } => break,
+                _ => {}
             }
             taken.push(*seq);
         }
@@ -450,5 +473,72 @@ impl Outgoing {
             let _ = self.pushers.delete(&(job.user_id.clone(), job.app_id.clone(), job.pushkey.clone()));
         }
         Outcome::Delivered
+    }
+}
+
+/// An appservice transaction being assembled from queued jobs.
+#[derive(Default)]
+struct AppserviceTransaction {
+    events: Vec<ruma::serde::Raw<ruma::events::AnyTimelineEvent>>,
+    ephemeral: Vec<ruma::serde::Raw<ruma::api::appservice::event::push_events::v1::EphemeralData>>,
+    to_device:
+        Vec<ruma::serde::Raw<ruma::api::appservice::event::push_events::v1::AnyAppserviceToDeviceEvent>>,
+    device_lists_changed: Vec<ruma::OwnedUserId>,
+    /// The latest counts of each device (later jobs replace earlier ones).
+    key_counts: std::collections::BTreeMap<(ruma::OwnedUserId, ruma::OwnedDeviceId), KeyCounts>,
+}
+
+impl AppserviceTransaction {
+    /// Add a job; false when its kind is full (the transaction ends before it).
+    fn add(&mut self, job: &Job) -> bool {
+        fn raw<T>(list: &mut Vec<ruma::serde::Raw<T>>, value: &JsonValue) -> bool {
+            if list.len() >= MAX_TXN_APPSERVICE {
+                return false;
+            }
+            match serde_json::value::to_raw_value(value) {
+                Ok(json) => list.push(ruma::serde::Raw::from_json(json)),
+                Err(err) => tracing::error!("cannot serialise a queued appservice job: {err}"),
+            }
+            true
+        }
+        match job {
+            Job::AppserviceEvent { as_event } => raw(&mut self.events, as_event),
+            Job::AppserviceEphemeral { as_ephemeral } => raw(&mut self.ephemeral, as_ephemeral),
+            Job::AppserviceToDevice { as_to_device } => raw(&mut self.to_device, as_to_device),
+            Job::AppserviceDeviceList { as_device_list_changed: user } => {
+                if !self.device_lists_changed.contains(user) {
+                    self.device_lists_changed.push(user.clone());
+                }
+                true
+            }
+            Job::AppserviceKeyCounts { as_key_counts: counts } => {
+                self.key_counts.insert((counts.user_id.clone(), counts.device_id.clone()), counts.clone());
+                true
+            }
+            _ => true,
+        }
+    }
+
+    fn into_request(self, txn_id: String) -> ruma::api::appservice::event::push_events::v1::Request {
+        use ruma::api::appservice::event::push_events::v1::Request;
+        let mut request = Request::new(txn_id.into(), self.events);
+        request.ephemeral = self.ephemeral;
+        request.to_device = self.to_device;
+        request.device_lists.changed = self.device_lists_changed;
+        for ((user, device), counts) in self.key_counts {
+            let one_time_keys = counts
+                .one_time_keys
+                .into_iter()
+                .map(|(algorithm, n)| (algorithm.into(), ruma::UInt::new(n).unwrap_or_default()))
+                .collect();
+            request
+                .device_one_time_keys_count
+                .entry(user.clone())
+                .or_default()
+                .insert(device.clone(), one_time_keys);
+            let fallback = counts.unused_fallback_keys.into_iter().map(Into::into).collect();
+            request.device_unused_fallback_key_types.entry(user).or_default().insert(device, fallback);
+        }
+        request
     }
 }

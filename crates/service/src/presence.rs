@@ -9,7 +9,12 @@ use ruma::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
 
-use crate::{rooms::Rooms, storage_error::StorageResultExt, streams::Streams};
+use crate::{
+    outgoing::{Job, Outgoing},
+    rooms::Rooms,
+    storage_error::StorageResultExt,
+    streams::Streams,
+};
 
 /// Online users idle for longer than this show as `unavailable`.
 const IDLE_AFTER_MS: u64 = 5 * 60 * 1000;
@@ -28,17 +33,26 @@ pub struct Presence {
     db: Db,
     streams: Arc<Streams>,
     rooms: Arc<Rooms>,
+    /// Presence reaches appservices that asked for ephemeral data through it.
+    outgoing: Arc<Outgoing>,
     userid_presence: Table<String, Json<Record>>,
     stream_presence: Table<u64, String>,
 }
 
 impl Presence {
-    pub fn new(config: Arc<Config>, db: &Db, streams: Arc<Streams>, rooms: Arc<Rooms>) -> Result<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        db: &Db,
+        streams: Arc<Streams>,
+        rooms: Arc<Rooms>,
+        outgoing: Arc<Outgoing>,
+    ) -> Result<Self> {
         Ok(Self {
             config,
             db: db.clone(),
             streams,
             rooms,
+            outgoing,
             userid_presence: db.table("userid_presence").db()?,
             stream_presence: db.table("stream_presence").db()?,
         })
@@ -63,13 +77,36 @@ impl Presence {
 
     fn store(&self, user_id: &UserId, record: Record) -> Result<()> {
         let mut batch = self.db.batch();
+        let for_appservices = self.stage_for_appservices(user_id, &record, &mut batch)?;
         batch.put(&self.userid_presence, &user_id.to_string(), &Json(record));
         self.streams.commit(batch, |position, batch| {
             batch.put(&self.stream_presence, &position, &user_id.to_string())
         })?;
+        if for_appservices {
+            self.outgoing.wake();
+        }
         let audience = self.rooms.room_mates(user_id)?;
         self.streams.notify(audience.iter().map(|u| &**u));
         Ok(())
+    }
+
+    /// Queue the user's new presence for the appservices that receive
+    /// ephemeral data and see this user, in the batch that stores it.
+    fn stage_for_appservices(
+        &self,
+        user_id: &UserId,
+        record: &Record,
+        batch: &mut estuary_storage::Batch,
+    ) -> Result<bool> {
+        let receivers = self.rooms.appservices_seeing(user_id)?;
+        let receivers = receivers.iter().filter(|a| a.receive_ephemeral && a.registration.url.is_some());
+        let mut queued = false;
+        for appservice in receivers {
+            let as_ephemeral = json!({"type": "m.presence", "sender": user_id, "content": render(record)});
+            self.outgoing.stage(batch, &appservice.destination(), Job::AppserviceEphemeral { as_ephemeral });
+            queued = true;
+        }
+        Ok(queued)
     }
 
     /// A sync with `set_presence`: mark the user active, announcing only changes of state.
@@ -98,18 +135,7 @@ impl Presence {
         else {
             return Ok(json!({"presence": "offline"}));
         };
-        let ago = now_millis().saturating_sub(record.last_active_ts);
-        let presence =
-            if record.presence == "online" && ago > IDLE_AFTER_MS { "unavailable" } else { &record.presence };
-        let mut content = json!({
-            "presence": presence,
-            "last_active_ago": ago,
-            "currently_active": presence == "online" && ago < ACTIVE_WITHIN_MS,
-        });
-        if let Some(msg) = record.status_msg {
-            content["status_msg"] = msg.into();
-        }
-        Ok(content)
+        Ok(render(&record))
     }
 
     /// `m.presence` events for `viewer`: changes in `from..=to` (or, initially, everyone known) of
@@ -142,4 +168,20 @@ impl Presence {
         }
         Ok(events)
     }
+}
+
+/// A presence record as clients see it, now.
+fn render(record: &Record) -> JsonValue {
+    let ago = now_millis().saturating_sub(record.last_active_ts);
+    let presence =
+        if record.presence == "online" && ago > IDLE_AFTER_MS { "unavailable" } else { &record.presence };
+    let mut content = json!({
+        "presence": presence,
+        "last_active_ago": ago,
+        "currently_active": presence == "online" && ago < ACTIVE_WITHIN_MS,
+    });
+    if let Some(msg) = &record.status_msg {
+        content["status_msg"] = msg.clone().into();
+    }
+    content
 }

@@ -8,7 +8,13 @@ use estuary_storage::{Db, Key, Table, codec::Json};
 use ruma::{DeviceId, UserId};
 use serde_json::{Value as JsonValue, json};
 
-use crate::{accounts::Accounts, storage_error::StorageResultExt, streams::Streams};
+use crate::{
+    accounts::Accounts,
+    appservices::Appservices,
+    outgoing::{Job, Outgoing},
+    storage_error::StorageResultExt,
+    streams::Streams,
+};
 
 /// (type, sender, content) of a queued message, keyed by (user, device, stream).
 type QueueTable = Table<(String, String, u64), Json<(String, String, JsonValue)>>;
@@ -20,16 +26,28 @@ pub struct ToDevice {
     db: Db,
     streams: Arc<Streams>,
     accounts: Arc<Accounts>,
+    /// Messages for the devices of a bridge's users go to the bridge when it
+    /// encrypts through its transactions (MSC2409), not to a sync.
+    appservices: Arc<Appservices>,
+    outgoing: Arc<Outgoing>,
     queue: QueueTable,
     txns: Table<(String, String, String), String>,
 }
 
 impl ToDevice {
-    pub fn new(db: &Db, streams: Arc<Streams>, accounts: Arc<Accounts>) -> Result<Self> {
+    pub fn new(
+        db: &Db,
+        streams: Arc<Streams>,
+        accounts: Arc<Accounts>,
+        appservices: Arc<Appservices>,
+        outgoing: Arc<Outgoing>,
+    ) -> Result<Self> {
         Ok(Self {
             db: db.clone(),
             streams,
             accounts,
+            appservices,
+            outgoing,
             queue: db.table("useriddevicestream_todevice").db()?,
             txns: db.table("useriddevicetxn_todevice").db()?,
         })
@@ -63,6 +81,7 @@ impl ToDevice {
         }
         let mut batch = self.db.batch();
         batch.put(&self.txns, &txn_key, &String::new());
+        let bridged = self.stage_for_appservices(sender, event_type, &mut rows, &mut batch);
         let payload = (event_type.to_owned(), sender.to_string());
         self.streams.commit(batch, |position, batch| {
             for (user, device, content) in &rows {
@@ -70,10 +89,43 @@ impl ToDevice {
                 batch.put(&self.queue, &(user.clone(), device.clone(), position), &Json(message));
             }
         })?;
+        if bridged {
+            self.outgoing.wake();
+        }
         let users: Vec<ruma::OwnedUserId> =
             rows.iter().filter_map(|(u, _, _)| UserId::parse(u.as_str()).ok()).collect();
         self.streams.notify(users.iter().map(|u| &**u));
         Ok(())
+    }
+
+    /// Take the messages for users whose bridge encrypts through its
+    /// transactions out of `rows`, queued for the bridge in `batch`.
+    fn stage_for_appservices(
+        &self,
+        sender: &UserId,
+        event_type: &str,
+        rows: &mut Vec<(String, String, JsonValue)>,
+        batch: &mut estuary_storage::Batch,
+    ) -> bool {
+        if self.appservices.is_empty() {
+            return false;
+        }
+        let mut bridged = false;
+        rows.retain(|(user, device, content)| {
+            let Some(appservice) =
+                UserId::parse(user.as_str()).ok().and_then(|u| self.appservices.encrypting_for(&u))
+            else {
+                return true;
+            };
+            let as_to_device = json!({
+                "type": event_type, "sender": sender, "content": content,
+                "to_user_id": user, "to_device_id": device,
+            });
+            self.outgoing.stage(batch, &appservice.destination(), Job::AppserviceToDevice { as_to_device });
+            bridged = true;
+            false
+        });
+        bridged
     }
 
     /// Drop what the device has acknowledged (positions before `since`) and

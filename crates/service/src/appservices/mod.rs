@@ -76,6 +76,10 @@ pub struct Appservice {
     pub bot: OwnedUserId,
     /// `receive_ephemeral`, or the MSC2409 name older bridges set.
     pub receive_ephemeral: bool,
+    /// `org.matrix.msc3202`: the bridge encrypts through its transactions.
+    /// Its users' to-device messages (MSC2409), device list changes and
+    /// one-time-key counts (MSC3202) go to it instead of to a sync.
+    pub device_extensions: bool,
     users: Namespace,
     aliases: Namespace,
     rooms: Namespace,
@@ -93,6 +97,7 @@ impl Appservice {
             rooms: Namespace::compile(&id, "room", &namespaces.rooms)?,
             receive_ephemeral: registration.receive_ephemeral
                 || raw["de.sorunome.msc2409.push_ephemeral"].as_bool() == Some(true),
+            device_extensions: raw["org.matrix.msc3202"].as_bool() == Some(true),
             bot,
             source,
             registration,
@@ -299,6 +304,12 @@ impl Appservices {
     /// The appservice whose user namespace holds `user_id`, first registered first.
     pub fn for_user(&self, user_id: &UserId) -> Option<Arc<Appservice>> {
         self.registry().all.iter().find(|a| a.is_user_in_namespace(user_id)).cloned()
+    }
+
+    /// The appservice that handles `user_id`'s encryption through its
+    /// transactions (MSC3202), if any.
+    pub fn encrypting_for(&self, user_id: &UserId) -> Option<Arc<Appservice>> {
+        self.for_user(user_id).filter(|a| a.device_extensions && a.registration.url.is_some())
     }
 
     pub fn for_alias(&self, alias: &RoomAliasId) -> Option<Arc<Appservice>> {

@@ -77,6 +77,25 @@ impl Rooms {
             .collect())
     }
 
+    /// The appservices that see `user_id`'s presence: those interested in a
+    /// room the user is joined to, and those whose namespace holds the user.
+    pub fn appservices_seeing(&self, user_id: &UserId) -> Result<Vec<Arc<Appservice>>> {
+        let registry = self.appservices.registry();
+        if registry.all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut seeing: Vec<Arc<Appservice>> =
+            registry.all.iter().filter(|a| a.is_user_in_namespace(user_id)).cloned().collect();
+        for room in self.rooms_with_membership(user_id, "join")? {
+            for appservice in self.appservices_in_room(&room)?.iter() {
+                if !seeing.iter().any(|a| a.id() == appservice.id()) {
+                    seeing.push(appservice.clone());
+                }
+            }
+        }
+        Ok(seeing)
+    }
+
     /// A room's members or aliases changed: work its interest out again.
     pub(super) fn forget_appservice_interest(&self, room_id: &RoomId) {
         self.appservice_interest.lock().expect("appservice interest").rooms.remove(room_id);
