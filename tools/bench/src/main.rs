@@ -16,7 +16,11 @@
 //!   named rooms from 8 and then 32 concurrent connections, and a fourth
 //!   user joins each; any refusal fails the run (the createRoom race).
 //!
+//! - appservice: delivery to an appservice (see `appservice.rs`).
+//!
 //! Also reports the server's peak resident memory (VmHWM).
+
+mod appservice;
 
 use std::{
     process::{Child, Command, Stdio},
@@ -64,7 +68,7 @@ struct Args {
     #[arg(long, default_value_t = 400)]
     room_setups: usize,
     /// Which benchmarks to run, comma-separated.
-    #[arg(long, default_value = "rooms,send,messages,search,delivery,sync,media")]
+    #[arg(long, default_value = "rooms,send,messages,search,delivery,sync,media,appservice")]
     only: String,
 }
 
@@ -542,6 +546,12 @@ async fn main() -> Result<()> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let client = Client { http, base };
     let run = |name: &str| args.only.split(',').any(|b| b.trim() == name);
+    if run("appservice") {
+        match &args.server {
+            Some(binary) => appservice::appservice_benchmark(binary, &args).await?,
+            None => println!("appservice: skipped (it starts its own server; needs --server)"),
+        }
+    }
     if run("media") {
         match &args.server {
             Some(binary) => media_benchmark(binary).await?,
