@@ -1032,3 +1032,49 @@ async fn encrypting_bridges_get_device_data_in_transactions() {
     assert_eq!(server.delete(&delete, Some("irc_as")).await.0, 200, "no UIA for an appservice");
     assert_error(&server.get(&as_device(WHOAMI), Some("irc_as")).await, 400, "M_UNKNOWN_DEVICE");
 }
+
+/// What waits for an appservice that is down survives a `kill -9` of the
+/// server: after the restart the same transaction is retried and delivered.
+#[tokio::test]
+async fn queued_transactions_survive_a_restart() {
+    let double = Double::start("irc").await;
+    let (dir, config) = server_dir(&[double.registration("")]);
+    let server = TestServer::start_in(dir, &config);
+    let alice = server.register("alice").await;
+    let room = room_with_bots(&server, &alice, &["irc"]).await;
+    double.wait_for(|hits| logged(hits, &room, "@ircbot:localhost join"), WAIT).await;
+
+    double.behave().fail_transactions = usize::MAX;
+    assert_eq!(send_text(&server, &alice, &room, "t1", "while down").await.0, 200);
+    let failed = |hits: &[Hit]| hits.iter().any(|h| h.txn_id().is_some() && h.status != 200);
+    double.wait_for(failed, WAIT).await;
+    server.kill_9();
+    let dir = server.kill();
+
+    double.behave().fail_transactions = 0;
+    let server = TestServer::start_in(dir, &config);
+    let hits = double.wait_for(|hits| logged(hits, &room, "while down"), WAIT).await;
+    check_transactions(&hits);
+    let failed_id = hits.iter().find(|h| h.txn_id().is_some() && h.status != 200).unwrap().txn_id();
+    assert!(
+        hits.iter().any(|h| h.status == 200 && h.txn_id() == failed_id),
+        "the retry after the restart is the same transaction"
+    );
+    drop(server);
+}
+
+/// Registration closed to the public does not stop an appservice
+/// registering its users, and they do not count as the first account.
+#[tokio::test]
+async fn appservices_register_users_when_registration_is_closed() {
+    let (dir, _) = server_dir(&[registration("irc", None, "")]);
+    let config = format!("appservice_registrations = [\"{}\"]\n", dir.path().join("appservices").display());
+    let server = TestServer::start_in(dir, &config);
+    register_ghost(&server, "irc_ghost").await;
+    // The bot and the ghost are not the server's first account: the
+    // first-run registration token (for its admin) is still the only way in.
+    let closed = json!({"username": "someone", "password": "a password", "auth": {"type": "m.login.dummy"}});
+    let (status, body) = server.post("/_matrix/client/v3/register", None, closed).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["flows"], json!([{"stages": ["m.login.registration_token"]}]));
+}
