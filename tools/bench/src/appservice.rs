@@ -14,7 +14,7 @@ use axum::{Json, Router, extract::State, routing::put};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use super::{Args, Client, start, summary};
+use super::{Args, Client, send_concurrently, start, summary};
 
 const AS_TOKEN: &str = "bench_as_token";
 
@@ -80,19 +80,9 @@ pub async fn appservice_benchmark(binary: &std::path::Path, args: &Args) -> Resu
     while arrived.try_recv().is_ok() {}
     let total = args.clients * args.messages_per_client;
     let started = Instant::now();
-    let tasks = senders.into_iter().enumerate().map(|(i, (room, token))| {
-        let client = Client { http: client.http.clone(), base: client.base.clone() };
-        let count = args.messages_per_client;
-        tokio::spawn(async move {
-            for n in 0..count {
-                client.send(&token, &room, &format!("s{i}m{n}")).await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        })
-    });
-    for result in futures::future::join_all(tasks).await {
-        result??;
-    }
+    let senders =
+        senders.into_iter().enumerate().map(|(i, (room, token))| (token, room, format!("s{i}m"))).collect();
+    send_concurrently(&client, senders, args.messages_per_client).await?;
     let sent = started.elapsed();
     let mut received = 0;
     while received < total {

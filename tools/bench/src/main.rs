@@ -191,6 +191,28 @@ fn summary(name: &str, mut latencies: Vec<Duration>) {
     );
 }
 
+/// Each (token, room, prefix) sends `count` messages (transaction IDs
+/// `{prefix}{n}`) in order, all of them at once.
+async fn send_concurrently(
+    client: &Client,
+    senders: Vec<(String, String, String)>,
+    count: usize,
+) -> Result<()> {
+    let tasks = senders.into_iter().map(|(token, room, prefix)| {
+        let client = Client { http: client.http.clone(), base: client.base.clone() };
+        tokio::spawn(async move {
+            for n in 0..count {
+                client.send(&token, &room, &format!("{prefix}{n}")).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    });
+    for result in futures::future::join_all(tasks).await {
+        result??;
+    }
+    Ok(())
+}
+
 async fn send_benchmark(client: &Client, args: &Args) -> Result<()> {
     let mut users = Vec::new();
     for i in 0..args.clients {
@@ -235,20 +257,8 @@ async fn messages_benchmark(client: &Client, args: &Args) -> Result<(String, Str
     let started = Instant::now();
     // Fill with concurrent senders (they serialise on the room, as in real life).
     let writers = 8;
-    let tasks = (0..writers).map(|w| {
-        let client = Client { http: client.http.clone(), base: client.base.clone() };
-        let (token, room) = (token.clone(), room.clone());
-        let count = args.history / writers;
-        tokio::spawn(async move {
-            for n in 0..count {
-                client.send(&token, &room, &format!("h{w}-{n}")).await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        })
-    });
-    for result in futures::future::join_all(tasks).await {
-        result??;
-    }
+    let senders = (0..writers).map(|w| (token.clone(), room.clone(), format!("h{w}-"))).collect();
+    send_concurrently(client, senders, args.history / writers).await?;
     println!(
         "history: {} events into one room in {:.1} s",
         args.history / writers * writers,

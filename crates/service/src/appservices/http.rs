@@ -15,7 +15,7 @@ use ruma::api::{
 };
 
 use super::Appservice;
-use crate::federation::client::{error_chain, parse_answer, read_limited};
+use crate::federation::client::{AnswerError, error_chain, parse_answer, read_answer};
 
 /// Appservice answers are small JSON (transactions answer `{}`).
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -109,16 +109,10 @@ impl AppserviceClient {
                 AppserviceError::Unreachable(error_chain(&e))
             }
         })?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_limited(response, MAX_ANSWER_BYTES).await.map_err(AppserviceError::Unreachable)?;
-        if !status.is_success() {
-            let body = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-            return Err(AppserviceError::Status { status: status.as_u16(), body });
-        }
-        let mut answer = http::Response::new(body);
-        *answer.status_mut() = status;
-        *answer.headers_mut() = headers;
+        let answer = read_answer(response, MAX_ANSWER_BYTES).await.map_err(|e| match e {
+            AnswerError::Body(reason) => AppserviceError::Unreachable(reason),
+            AnswerError::Status { status, body } => AppserviceError::Status { status, body },
+        })?;
         parse_answer::<R::IncomingResponse>(&answer).map_err(AppserviceError::Invalid)
     }
 }

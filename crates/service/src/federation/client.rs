@@ -187,18 +187,10 @@ impl FederationClient {
             .map_err(|e| FederationError::Invalid(format!("cannot build the request: {e}")))?;
         let response =
             self.http.execute(request).await.map_err(|e| FederationError::Unreachable(error_chain(&e)))?;
-        let status = response.status();
-        // Kept for the parser: a multipart answer (media) names its boundary there.
-        let headers = response.headers().clone();
-        let body = read_limited(response, MAX_RESPONSE_BYTES).await.map_err(FederationError::Unreachable)?;
-        if !status.is_success() {
-            let body = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-            return Err(FederationError::Status { status: status.as_u16(), body });
-        }
-        let mut answer = http::Response::new(body);
-        *answer.status_mut() = status;
-        *answer.headers_mut() = headers;
-        Ok(answer)
+        read_answer(response, MAX_RESPONSE_BYTES).await.map_err(|e| match e {
+            AnswerError::Body(reason) => FederationError::Unreachable(reason),
+            AnswerError::Status { status, body } => FederationError::Status { status, body },
+        })
     }
 }
 
@@ -229,6 +221,33 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Why an answer could not be used.
+pub(crate) enum AnswerError {
+    /// Its body could not be read (or was too large).
+    Body(String),
+    /// A status other than 2xx, with the start of its body.
+    Status { status: u16, body: String },
+}
+
+/// A 2xx answer with its status, headers (a multipart answer, as media
+/// are, names its boundary there) and body of at most `limit` bytes.
+pub(crate) async fn read_answer(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<http::Response<Vec<u8>>, AnswerError> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = read_limited(response, limit).await.map_err(AnswerError::Body)?;
+    if !status.is_success() {
+        let body = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+        return Err(AnswerError::Status { status: status.as_u16(), body });
+    }
+    let mut answer = http::Response::new(body);
+    *answer.status_mut() = status;
+    *answer.headers_mut() = headers;
+    Ok(answer)
 }
 
 /// A response body, refusing more than `limit` bytes.
