@@ -214,6 +214,13 @@ impl Outgoing {
         Ok(self.queue.scan_raw_prefix(&[], usize::MAX).db()?.len())
     }
 
+    /// The jobs queued for a destination, in order (for tests).
+    #[cfg(test)]
+    pub(crate) fn jobs_for(&self, destination: &str) -> Result<Vec<Job>> {
+        let jobs = self.queue.scan_prefix(&(destination.to_owned(),)).db()?;
+        Ok(jobs.into_iter().map(|(_, Json(job))| job).collect())
+    }
+
     /// Start the delivery worker.
     pub fn spawn_worker(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();

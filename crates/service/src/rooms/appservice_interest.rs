@@ -14,10 +14,11 @@ use std::{
 };
 
 use estuary_core::Result;
+use estuary_events::Pdu;
 use estuary_storage::Batch;
 use ruma::{OwnedRoomId, RoomId, UserId, events::TimelineEventType};
 
-use super::{Rooms, staging::Staged};
+use super::{Rooms, StoredPdu, staging::Staged};
 use crate::{
     appservices::{Appservice, Registry},
     outgoing::Job,
@@ -118,7 +119,9 @@ impl Rooms {
         for event in staged {
             let mut client_event = None;
             for appservice in registry.all.iter().filter(|a| a.registration.url.is_some()) {
-                if !in_room.iter().any(|a| a.id() == appservice.id()) && !self.involves(appservice, event) {
+                if !in_room.iter().any(|a| a.id() == appservice.id())
+                    && !self.involves(appservice, &event.pdu)
+                {
                     continue;
                 }
                 let as_event = client_event.get_or_insert_with(|| event.stored.client_json()).clone();
@@ -129,13 +132,35 @@ impl Rooms {
         Ok(queued)
     }
 
+    /// An invite from another server to a room this server is not in (kept
+    /// as a stub, outside the append path): queued for the appservice of
+    /// the invitee, with the room's stripped state as clients get it.
+    pub(super) fn stage_invite_for_appservices(
+        &self,
+        invite: &StoredPdu,
+        stripped: &[serde_json::Value],
+        batch: &mut Batch,
+    ) -> Result<bool> {
+        let pdu = invite.pdu()?;
+        let mut as_event = invite.client_json();
+        as_event["unsigned"]["invite_room_state"] = serde_json::Value::from(stripped.to_vec());
+        let mut queued = false;
+        for appservice in self.appservices.registry().all.iter().filter(|a| a.registration.url.is_some()) {
+            if self.involves(appservice, &pdu) {
+                let job = Job::AppserviceEvent { as_event: as_event.clone() };
+                self.outgoing.stage(batch, &appservice.destination(), job);
+                queued = true;
+            }
+        }
+        Ok(queued)
+    }
+
     /// Whether one of the appservice's (local) users sent the event or is
     /// the member it is about.
-    fn involves(&self, appservice: &Appservice, event: &Staged) -> bool {
+    fn involves(&self, appservice: &Appservice, pdu: &Pdu) -> bool {
         let ours = |user: &UserId| {
             user.server_name() == self.config.server_name && appservice.is_user_in_namespace(user)
         };
-        let pdu = &event.pdu;
         ours(&pdu.sender)
             || (pdu.kind == TimelineEventType::RoomMember
                 && pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()).is_some_and(|u| ours(&u)))

@@ -140,24 +140,30 @@ impl Rooms {
         let invitee = invite.state_key.clone().unwrap_or_default();
         let mut batch = self.db.batch();
         self.index_membership(&invite, &mut batch)?;
+        let stub_state = stripped.clone();
         let stub = InviteStub { event_id: invite.event_id.clone(), room_version, stripped };
         batch.put(&self.useridroomid_invite, &(invitee.clone(), room_id.to_string()), &Json(stub));
         let room_key = room_id.to_string();
         let event_id = invite.event_id.to_string();
+        let mut stored = StoredPdu {
+            event_id: invite.event_id.clone(),
+            room_id: room_id.clone(),
+            json: invite.json.clone(),
+            stream: 0,
+            state_before: 0,
+            state_after: 0,
+            txn: None,
+        };
+        let for_appservices = self.stage_invite_for_appservices(&stored, &stub_state, &mut batch)?;
         self.streams.commit_many(batch, 1, |stream, batch| {
-            let stored = StoredPdu {
-                event_id: invite.event_id.clone(),
-                room_id: room_id.clone(),
-                json: invite.json.clone(),
-                stream,
-                state_before: 0,
-                state_after: 0,
-                txn: None,
-            };
-            batch.put(&self.eventid_pdu, &event_id, &Json(stored));
+            stored.stream = stream;
+            batch.put(&self.eventid_pdu, &event_id, &Json(stored.clone()));
             batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &event_id);
             batch.put(&self.stream_roomideventid, &stream, &Json((room_key.clone(), event_id.clone())));
         })?;
+        if for_appservices {
+            self.outgoing.wake();
+        }
         if let Ok(user) = UserId::parse(&invitee) {
             self.streams.notify(std::iter::once(&*user));
         }

@@ -348,3 +348,50 @@ async fn event_auth_serves_the_auth_chain_to_servers_in_the_room() {
     let stranger: &ServerName = "elsewhere.test".try_into().unwrap();
     assert!(services.federation.event_auth_chain(stranger, &room_id, &join.event_id).is_err());
 }
+
+/// An invite from another server to a bridge's user, for a room this
+/// server is not in (kept as a stub, outside the append path), still
+/// reaches the bridge, with the room's stripped state; an invite of
+/// another user does not.
+#[tokio::test]
+async fn a_remote_invite_to_a_bridge_user_is_queued_for_the_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let registration = dir.path().join("bridge.yaml");
+    let yaml = "id: bridge\nurl: http://127.0.0.1:9\nas_token: a\nhs_token: h\nsender_localpart: bridgebot\n\
+                namespaces:\n  users:\n    - exclusive: true\n      regex: \"@bridge_.*:localhost\"\n";
+    std::fs::write(&registration, yaml).unwrap();
+    let config = Config { appservice_registrations: vec![registration], ..Config::default() };
+    let db = Db::open(&dir.path().join("db"), &Default::default()).unwrap();
+    let services = Services::build(Arc::new(config), db).unwrap();
+    let remote = Remote::new();
+    let room_id = RoomId::parse("!elsewhere:remote.test").unwrap();
+    let version = ruma::RoomVersionId::V10;
+    let invite = |target: &str| {
+        build_pdu(
+            member(target, "invite"),
+            BuildContext {
+                room_id: Some(&room_id),
+                room_version: &version,
+                sender: UserId::parse(BOB).unwrap(),
+                prev_events: Vec::new(),
+                auth_events: Vec::new(),
+                depth: 3,
+                origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(1).unwrap()),
+                server_name: remote.name,
+                key: &remote.key,
+            },
+        )
+        .unwrap()
+    };
+    let stripped = vec![json!({"type": "m.room.name", "state_key": "", "content": {"name": "Elsewhere"}})];
+    let rooms = &services.rooms;
+    rooms.store_invite_stub(invite("@alice:localhost"), version.clone(), stripped.clone()).await.unwrap();
+    assert!(services.outgoing.jobs_for("as bridge").unwrap().is_empty());
+    let ghost_invite = invite("@bridge_ghost:localhost");
+    rooms.store_invite_stub(ghost_invite.clone(), version, stripped).await.unwrap();
+    let jobs = services.outgoing.jobs_for("as bridge").unwrap();
+    let [crate::outgoing::Job::AppserviceEvent { as_event }] = jobs.as_slice() else { panic!("{jobs:?}") };
+    assert_eq!(as_event["event_id"], ghost_invite.event_id.as_str());
+    assert_eq!(as_event["state_key"], "@bridge_ghost:localhost");
+    assert_eq!(as_event["unsigned"]["invite_room_state"][0]["content"]["name"], "Elsewhere");
+}
