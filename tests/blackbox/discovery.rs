@@ -87,7 +87,16 @@ async fn unstable_features_list_exactly_what_is_implemented() {
     let (_, body) = server.get("/_matrix/client/versions", None).await;
     let mut features: Vec<&String> = body["unstable_features"].as_object().unwrap().keys().collect();
     features.sort();
-    assert_eq!(features, ["org.matrix.msc3814", "org.matrix.msc4140"], "{body}");
+    assert_eq!(
+        features,
+        [
+            "org.matrix.e2e_cross_signing",
+            "org.matrix.msc3440.stable",
+            "org.matrix.msc3814",
+            "org.matrix.msc4140"
+        ],
+        "{body}"
+    );
     assert!(body["unstable_features"].as_object().unwrap().values().all(|v| v == true));
 }
 

@@ -261,6 +261,22 @@ async fn power_levels_and_state_validation() {
     assert_error(&put!(alice, "state/m.room.join_rules", json!({"join_rule": 5})), 400, "M_BAD_JSON");
     assert_error(&put!(alice, "state/m.room.power_levels", json!({"users": "everyone"})), 400, "M_BAD_JSON");
     assert_error(
+        &put!(alice, "state/m.room.member/@bob:localhost", json!({"membership": 1})),
+        400,
+        "M_BAD_JSON",
+    );
+    // Content the authorization rules do not read is stored as sent:
+    // matrix-js-sdk and Element send `m.topic` in the MSC3765 array form.
+    let topic = json!({"topic": "Plans", "m.topic": [{"body": "Plans", "mimetype": "text/plain"}]});
+    assert_eq!(put!(alice, "state/m.room.topic", topic.clone()).0, 200);
+    let (_, stored) = server.get(&room_path(&room, "state/m.room.topic"), Some(&alice.token)).await;
+    assert_eq!(stored, topic);
+    assert_eq!(
+        put!(alice, "state/m.room.name", json!({"name": 7})).0,
+        200,
+        "a client's odd name is its own business"
+    );
+    assert_error(
         &put!(alice, "state/m.room.canonical_alias", json!({"alias": "#elsewhere:localhost"})),
         400,
         "M_BAD_ALIAS",

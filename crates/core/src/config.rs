@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "ESTUARY_";
 
+/// Estuary's own INFO lines (`estuary`, `estuary_api`, … share the prefix),
+/// warnings from everything else.
+pub const DEFAULT_LOG: &str = "warn,estuary=info";
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -41,7 +45,9 @@ pub struct Config {
     /// Lifetime of access tokens issued to clients that asked for a refresh
     /// token, in seconds. Tokens issued without refresh never expire.
     pub refreshable_access_token_lifetime: u64,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `estuary=debug`.
+    /// Log filter (tracing `EnvFilter` syntax). The default is Estuary's own
+    /// INFO lines and only warnings from its dependencies (ruma's state
+    /// resolution logs at INFO on every event).
     pub log: String,
     /// Log format: `pretty` (human) or `json` (one object per line).
     pub log_format: LogFormat,
@@ -158,7 +164,7 @@ impl Default for Config {
             allow_guest_access: false,
             max_request_size: 20 * 1024 * 1024,
             refreshable_access_token_lifetime: 300,
-            log: "info".to_owned(),
+            log: DEFAULT_LOG.to_owned(),
             log_format: LogFormat::Pretty,
             well_known_client: None,
             well_known_server: None,

@@ -44,6 +44,11 @@ pub const ROOM_VERSIONS: &[RoomVersionId] = &[
 
 /// Unstable features (MSCs) Estuary implements, as `/versions` advertises them.
 const UNSTABLE_FEATURES: &[&str] = &[
+    // Cross-signing: Element offers its setup and device verification only
+    // with this flag.
+    "org.matrix.e2e_cross_signing",
+    // Threads (`/threads`, thread relations and receipts).
+    "org.matrix.msc3440.stable",
     // Dehydrated devices.
     "org.matrix.msc3814",
     // Delayed events.

@@ -498,13 +498,13 @@ pub(super) fn build_error(err: BuildError) -> Error {
     }
 }
 
-/// Content of the state types clients commonly send must have the right shape.
+/// Content must be an object, and the state the authorization rules read
+/// (membership, power levels, join rules) must have the spec's shape. Any
+/// other content is stored as sent, as other homeservers do: clients send
+/// forms the spec does not know yet (matrix-js-sdk sends `m.topic` as an
+/// MSC3765 array) and read what they get leniently.
 pub(super) fn validate_content(template: &PduTemplate) -> Result<()> {
-    use ruma::events::room::{
-        canonical_alias::RoomCanonicalAliasEventContent, guest_access::RoomGuestAccessEventContent,
-        history_visibility::RoomHistoryVisibilityEventContent, join_rules::RoomJoinRulesEventContent,
-        member::RoomMemberEventContent, name::RoomNameEventContent, topic::RoomTopicEventContent,
-    };
+    use ruma::events::room::{join_rules::RoomJoinRulesEventContent, member::RoomMemberEventContent};
     if !template.content.is_object() {
         return Err(Error::bad_json("Event content must be a JSON object"));
     }
@@ -520,14 +520,7 @@ pub(super) fn validate_content(template: &PduTemplate) -> Result<()> {
     match template.kind.to_string().as_str() {
         "m.room.power_levels" => check::<RoomPowerLevelsEventContent>(content, "power levels"),
         "m.room.join_rules" => check::<RoomJoinRulesEventContent>(content, "join rules"),
-        "m.room.history_visibility" => {
-            check::<RoomHistoryVisibilityEventContent>(content, "history visibility")
-        }
         "m.room.member" => check::<RoomMemberEventContent>(content, "membership"),
-        "m.room.name" => check::<RoomNameEventContent>(content, "room name"),
-        "m.room.topic" => check::<RoomTopicEventContent>(content, "topic"),
-        "m.room.canonical_alias" => check::<RoomCanonicalAliasEventContent>(content, "canonical alias"),
-        "m.room.guest_access" => check::<RoomGuestAccessEventContent>(content, "guest access"),
         _ => Ok(()),
     }
 }
