@@ -567,3 +567,46 @@ async fn use_state_after_under_both_names() {
     let body = sync(&server, &alice, &format!("?since={since}")).await;
     assert!(body["rooms"]["join"][&room].get("state_after").is_none());
 }
+
+/// The room summary: member counts always; heroes (other members, by user
+/// ID, at most five) only for a room without a name or canonical alias, so
+/// clients can name it after them.
+#[tokio::test]
+async fn room_summary_heroes_only_for_unnamed_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let mut others = Vec::new();
+    for name in ["frank", "bob", "erin", "carol", "dave", "gina"] {
+        others.push(server.register(name).await);
+    }
+    let unnamed = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let named = create_room(&server, &alice, json!({"preset": "public_chat", "name": "Named"})).await;
+    for user in &others[..2] {
+        for room in [&unnamed, &named] {
+            let (status, body) = server
+                .post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&user.token), json!({}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let body = sync(&server, &alice, "").await;
+    let summary = |body: &Value, room: &str| body["rooms"]["join"][room]["summary"].clone();
+    assert_eq!(
+        summary(&body, &unnamed),
+        json!({"m.joined_member_count": 3, "m.invited_member_count": 0, "m.heroes": ["@bob:localhost", "@frank:localhost"]})
+    );
+    assert_eq!(summary(&body, &named), json!({"m.joined_member_count": 3, "m.invited_member_count": 0}));
+
+    for user in &others[2..] {
+        let path = format!("/_matrix/client/v3/rooms/{unnamed}/join");
+        assert_eq!(server.post(&path, Some(&user.token), json!({})).await.0, 200);
+    }
+    let leave = format!("/_matrix/client/v3/rooms/{named}/leave");
+    assert_eq!(server.post(&leave, Some(&others[0].token), json!({})).await.0, 200);
+    let body = sync(&server, &alice, "").await;
+    let heroes =
+        ["@bob:localhost", "@carol:localhost", "@dave:localhost", "@erin:localhost", "@frank:localhost"];
+    assert_eq!(summary(&body, &unnamed)["m.heroes"], json!(heroes), "five, in user ID order");
+    assert_eq!(summary(&body, &unnamed)["m.joined_member_count"], 7);
+    assert_eq!(summary(&body, &named)["m.joined_member_count"], 2, "counts follow leaves");
+}

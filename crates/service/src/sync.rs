@@ -518,20 +518,25 @@ impl Sync {
         Ok((json!({"notification_count": main.0, "highlight_count": main.1}), JsonValue::Object(threads)))
     }
 
-    /// Heroes and member counts.
+    /// Member counts, and heroes (up to five other members, by user ID) for
+    /// a room with neither a name nor a canonical alias to show.
     fn summary(&self, user: &UserId, room_id: &RoomId) -> Result<JsonValue> {
         let joined = self.rooms.members_with_membership(room_id, "join")?;
         let invited = self.rooms.members_with_membership(room_id, "invite")?;
-        let heroes: Vec<String> = joined
-            .iter()
-            .chain(invited.iter())
-            .filter(|u| *u != user)
-            .take(5)
-            .map(|u| u.to_string())
-            .collect();
-        Ok(
-            json!({"m.heroes": heroes, "m.joined_member_count": joined.len(), "m.invited_member_count": invited.len()}),
-        )
+        let counts = (joined.len(), invited.len());
+        let mut summary = json!({"m.joined_member_count": counts.0, "m.invited_member_count": counts.1});
+        if !self.rooms.is_named(room_id)? {
+            let others = |members: Vec<ruma::OwnedUserId>| members.into_iter().filter(|u| u != user);
+            let mut heroes: Vec<_> = others(joined).chain(others(invited)).collect();
+            if heroes.is_empty() {
+                // Everyone else left: the room is named after those who did.
+                heroes = others(self.rooms.members_with_membership(room_id, "leave")?).collect();
+            }
+            heroes.sort();
+            heroes.truncate(5);
+            summary["m.heroes"] = json!(heroes);
+        }
+        Ok(summary)
     }
 
     /// Stripped state for an invite or knock: the room's key state and the user's membership.

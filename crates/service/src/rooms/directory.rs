@@ -179,6 +179,19 @@ impl Rooms {
         self.publicroomid.contains(&room_id.to_string()).db()
     }
 
+    /// Whether the room has a name or a canonical alias to show: if so,
+    /// clients need no heroes to name it.
+    pub fn is_named(&self, room_id: &RoomId) -> Result<bool> {
+        let room = self.require_room(room_id)?;
+        let state = self.state.load(room.state)?;
+        let has = |kind: StateEventType, field: &str| -> Result<bool> {
+            Ok(self
+                .state_pdu(&state, &kind, "")?
+                .is_some_and(|p| p.content_value()[field].as_str().is_some_and(|v| !v.is_empty())))
+        };
+        Ok(has(StateEventType::RoomName, "name")? || has(StateEventType::RoomCanonicalAlias, "alias")?)
+    }
+
     /// The directory entry of a room, from its current state.
     pub fn room_summary(&self, room_id: &RoomId) -> Result<JsonValue> {
         let room = self.require_room(room_id)?;
