@@ -610,3 +610,36 @@ async fn room_summary_heroes_only_for_unnamed_rooms() {
     assert_eq!(summary(&body, &unnamed)["m.joined_member_count"], 7);
     assert_eq!(summary(&body, &named)["m.joined_member_count"], 2, "counts follow leaves");
 }
+
+/// Users in `m.ignored_user_list` disappear from sync: their messages (not
+/// their state) and their invites.
+#[tokio::test]
+async fn ignored_users_messages_and_invites_are_left_out() {
+    let server = TestServer::start().await;
+    let (alice, bob, carol) =
+        (server.register("alice").await, server.register("bob").await, server.register("carol").await);
+    let room = create_room(&server, &carol, json!({"preset": "public_chat"})).await;
+    for user in [&alice, &bob] {
+        let path = format!("/_matrix/client/v3/rooms/{room}/join");
+        assert_eq!(server.post(&path, Some(&user.token), json!({})).await.0, 200);
+    }
+    let ignore = format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", alice.user_id);
+    let list = json!({"ignored_users": {&bob.user_id: {}}});
+    assert_eq!(server.put(&ignore, Some(&alice.token), list).await.0, 200);
+    send_text(&server, &bob, &room, "b1", "from bob").await;
+    send_text(&server, &carol, &room, "c1", "from carol").await;
+    let initial = sync(&server, &alice, "").await;
+    assert_eq!(bodies(&initial["rooms"]["join"][&room]), ["from carol"]);
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    send_text(&server, &bob, &room, "b2", "bob again").await;
+    let quiet = sync(&server, &alice, &format!("?since={since}&timeout=0")).await;
+    assert!(quiet["rooms"]["join"].get(&room).is_none(), "only an ignored message: {quiet}");
+
+    let private = create_room(&server, &bob, json!({"invite": [alice.user_id]})).await;
+    let body = sync(&server, &alice, "").await;
+    assert!(body["rooms"]["invite"].get(&private).is_none(), "an ignored user's invite: {body}");
+    let from_carol = create_room(&server, &carol, json!({"invite": [alice.user_id]})).await;
+    let body = sync(&server, &alice, "").await;
+    assert!(body["rooms"]["invite"].get(&from_carol).is_some(), "others' invites still show: {body}");
+}

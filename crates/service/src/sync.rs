@@ -70,6 +70,8 @@ struct Window<'a> {
     filter: &'a FilterDefinition,
     full_state: bool,
     use_state_after: bool,
+    /// The user's `m.ignored_user_list`: their messages and invites are left out.
+    ignored: BTreeSet<String>,
 }
 
 /// The services sync reads from.
@@ -122,6 +124,7 @@ impl Sync {
                 filter: &request.filter,
                 full_state: request.full_state,
                 use_state_after: request.use_state_after,
+                ignored: self.ignored_users(user)?,
             };
             let response = self.build(&window)?;
             if since.is_none() || request.full_state || !is_empty(&response) {
@@ -176,7 +179,9 @@ impl Sync {
                         join.insert(room_id.to_string(), entry);
                     }
                 }
-                "invite" if w.since.is_none() || changed_here => {
+                "invite"
+                    if (w.since.is_none() || changed_here) && !self.invited_by_ignored(w, room_id)? =>
+                {
                     invite.insert(
                         room_id.to_string(),
                         json!({"invite_state": {"events": self.stripped_state(w.user, room_id)?}}),
@@ -336,6 +341,11 @@ impl Sync {
                     continue;
                 }
                 let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
+                if event.get("state_key").is_none()
+                    && event["sender"].as_str().is_some_and(|s| w.ignored.contains(s))
+                {
+                    continue;
+                }
                 if !passes(timeline_filter, &event) {
                     continue;
                 }
@@ -516,6 +526,34 @@ impl Sync {
             }
         }
         Ok((json!({"notification_count": main.0, "highlight_count": main.1}), JsonValue::Object(threads)))
+    }
+
+    /// The users `user` ignores (`m.ignored_user_list` account data).
+    fn ignored_users(&self, user: &UserId) -> Result<BTreeSet<String>> {
+        let Ok(raw) = self.account_data.get(user, None, "m.ignored_user_list") else {
+            return Ok(BTreeSet::new());
+        };
+        let list: JsonValue = serde_json::from_str(raw.get()).unwrap_or_default();
+        Ok(list["ignored_users"].as_object().map(|users| users.keys().cloned().collect()).unwrap_or_default())
+    }
+
+    /// Whether the user's pending invite to the room came from someone they ignore.
+    fn invited_by_ignored(&self, w: &Window<'_>, room_id: &RoomId) -> Result<bool> {
+        if w.ignored.is_empty() {
+            return Ok(false);
+        }
+        let invite = match self.rooms.room(room_id)? {
+            Some(room) => {
+                let state = self.rooms.current_state(&room)?;
+                let member = ruma::events::StateEventType::RoomMember;
+                self.rooms.state_pdu(&state, &member, w.user.as_str())?
+            }
+            None => match self.rooms.invite_stub(w.user, room_id)? {
+                Some(stub) => self.rooms.pdu(&stub.event_id)?,
+                None => None,
+            },
+        };
+        Ok(invite.is_some_and(|invite| w.ignored.contains(invite.sender.as_str())))
     }
 
     /// Member counts, and heroes (up to five other members, by user ID) for
