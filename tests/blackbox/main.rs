@@ -9,6 +9,7 @@ mod delayed;
 mod devices;
 mod discovery;
 mod errors;
+mod event_stream;
 mod federation;
 mod harness;
 mod interop;

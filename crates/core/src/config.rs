@@ -124,8 +124,9 @@ pub struct Config {
     /// Notary servers asked for another server's signing keys when that
     /// server cannot be reached directly.
     pub trusted_key_servers: Vec<OwnedServerName>,
-    /// Extra PEM files of certificate authorities trusted for outgoing
-    /// federation (a private test network's CA), besides the system's.
+    /// Extra PEM files of certificate authorities trusted for every outgoing
+    /// request (federation, appservices, push gateways: a private test
+    /// network's CA), besides the built-in roots.
     pub federation_trusted_ca_paths: Vec<PathBuf>,
     /// Let outgoing federation reach loopback, private and reserved
     /// addresses (test networks only: on a public server it would let

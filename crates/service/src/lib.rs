@@ -12,6 +12,7 @@ pub mod delayed;
 pub mod devices;
 pub mod e2ee;
 pub mod ephemeral;
+pub mod event_stream;
 pub mod federation;
 pub mod filters;
 pub mod media;
@@ -56,7 +57,8 @@ pub struct Services {
     pub to_device: Arc<to_device::ToDevice>,
     pub e2ee: Arc<e2ee::E2ee>,
     pub devices: devices::Devices,
-    pub peek: peek::Peek,
+    pub peek: Arc<peek::Peek>,
+    pub event_stream: event_stream::EventStream,
     pub delayed: Arc<delayed::DelayedEvents>,
     pub media: media::Media,
     pub search: search::Search,
@@ -87,7 +89,7 @@ impl Services {
         let federation_client = Arc::new(federation::FederationClient::new(&config, key.clone())?);
         let appservices = Arc::new(appservices::Appservices::new(config.clone(), &db, accounts.clone())?);
         let outgoing =
-            Arc::new(outgoing::Outgoing::new(&db, federation_client.clone(), appservices.clone())?);
+            Arc::new(outgoing::Outgoing::new(&config, &db, federation_client.clone(), appservices.clone())?);
         let push = Arc::new(push::PushRules::new(account_data.clone(), &db, outgoing.clone(), &config)?);
         let rooms = Arc::new(rooms::Rooms::new(
             config.clone(),
@@ -162,7 +164,21 @@ impl Services {
             e2ee: e2ee.clone(),
         });
         let devices = devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone())?;
-        let peek = peek::Peek::new(rooms.clone(), streams.clone(), account_data.clone());
+        let peek = Arc::new(peek::Peek::new(peek::PeekSources {
+            rooms: rooms.clone(),
+            streams: streams.clone(),
+            account_data: account_data.clone(),
+            presence: presence.clone(),
+            ephemeral: ephemeral.clone(),
+        }));
+        let event_stream = event_stream::EventStream::new(event_stream::EventStreamSources {
+            rooms: rooms.clone(),
+            streams: streams.clone(),
+            account_data: account_data.clone(),
+            ephemeral: ephemeral.clone(),
+            presence: presence.clone(),
+            peek: peek.clone(),
+        });
         let delayed = Arc::new(delayed::DelayedEvents::new(config.clone(), &db, rooms.clone())?);
         let media = media::Media::new(config.clone(), &db, federation_client.clone())?;
         let search = search::Search::new(rooms.clone());
@@ -178,6 +194,7 @@ impl Services {
             media,
             delayed,
             peek,
+            event_stream,
             devices,
             backup: Arc::new(backup::Backup::new(&db)?),
             e2ee,

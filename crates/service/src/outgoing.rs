@@ -151,7 +151,12 @@ enum Outcome {
 }
 
 impl Outgoing {
-    pub fn new(db: &Db, federation: Arc<FederationClient>, appservices: Arc<Appservices>) -> Result<Self> {
+    pub fn new(
+        config: &estuary_core::Config,
+        db: &Db,
+        federation: Arc<FederationClient>,
+        appservices: Arc<Appservices>,
+    ) -> Result<Self> {
         let queue: Table<(String, u64), Json<Job>> = db.table("destinationseq_job").db()?;
         // Sequence numbers only grow, also across restarts: they name
         // federation transactions, which a server must never see reused.
@@ -160,9 +165,10 @@ impl Outgoing {
         for ((_, seq), _) in queue.scan_raw_prefix(&[], usize::MAX).db()? {
             next = next.max(seq + 1);
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("Estuary/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("Estuary/", env!("CARGO_PKG_VERSION")));
+        let http = crate::federation::client::with_trusted_roots(builder, config)?
             .build()
             .map_err(estuary_core::Error::internal)?;
         Ok(Self {

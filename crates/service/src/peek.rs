@@ -11,6 +11,9 @@ use serde_json::{Value as JsonValue, json};
 
 use crate::{
     account_data::AccountData,
+    ephemeral::Ephemeral,
+    event_stream::legacy,
+    presence::Presence,
     rooms::{Direction, MessagesQuery, Rooms},
     streams::Streams,
 };
@@ -18,54 +21,114 @@ use crate::{
 /// Events one `/events` call returns at most.
 const EVENTS_LIMIT: usize = 100;
 
+/// The services peeking reads.
+pub struct PeekSources {
+    pub rooms: Arc<Rooms>,
+    pub streams: Arc<Streams>,
+    pub account_data: Arc<AccountData>,
+    pub presence: Arc<Presence>,
+    pub ephemeral: Arc<Ephemeral>,
+}
+
 pub struct Peek {
     rooms: Arc<Rooms>,
     streams: Arc<Streams>,
     account_data: Arc<AccountData>,
+    presence: Arc<Presence>,
+    ephemeral: Arc<Ephemeral>,
 }
 
 impl Peek {
-    pub fn new(rooms: Arc<Rooms>, streams: Arc<Streams>, account_data: Arc<AccountData>) -> Self {
-        Self { rooms, streams, account_data }
+    pub fn new(sources: PeekSources) -> Self {
+        let PeekSources { rooms, streams, account_data, presence, ephemeral } = sources;
+        Self { rooms, streams, account_data, presence, ephemeral }
     }
 
     /// `GET /rooms/{roomId}/initialSync`. 403 when the user may not read the room.
     pub fn initial_sync(&self, viewer: &UserId, room_id: &RoomId, limit: usize) -> Result<JsonValue> {
         self.require_peekable(viewer, room_id)?;
-        let query = MessagesQuery {
-            from: None,
-            to: None,
-            dir: Direction::Backward,
-            limit,
-            filter: Default::default(),
+        self.room_snapshot(viewer, room_id, limit)
+    }
+
+    /// A room as `initialSync` shows it: its state, its latest `limit`
+    /// messages, its members' presence and receipts, the viewer's account
+    /// data for it. A member who left sees it as it was when they left
+    /// (without presence and receipts).
+    pub fn room_snapshot(&self, viewer: &UserId, room_id: &RoomId, limit: usize) -> Result<JsonValue> {
+        let membership = self.rooms.membership(viewer, room_id)?;
+        let departed = matches!(membership.as_deref(), Some("leave" | "ban"));
+        let left_at = if departed { self.rooms.membership_change_position(viewer, room_id)? } else { None };
+        let end = format!("s{}", left_at.unwrap_or_else(|| self.streams.current()) + 1);
+        let (chunk, start) = if limit == 0 {
+            (Vec::new(), end.clone())
+        } else {
+            let query = MessagesQuery {
+                from: Some(end.clone()),
+                to: None,
+                dir: Direction::Backward,
+                limit,
+                filter: Default::default(),
+            };
+            let mut page = self.rooms.messages(viewer, None, room_id, query)?;
+            page.chunk.reverse();
+            (page.chunk, page.end.unwrap_or_else(|| "s0".to_owned()))
         };
-        let mut page = self.rooms.messages(viewer, None, room_id, query)?;
-        page.chunk.reverse();
-        // The legacy format also named the sender `user_id`.
-        let mut state = self.rooms.room_state(viewer, room_id)?;
-        for event in &mut state {
-            event["user_id"] = event["sender"].clone();
-        }
-        let account_data: Vec<JsonValue> = self
-            .account_data
-            .of_user(viewer, Some(room_id))?
-            .into_iter()
-            .map(|(_, kind, content)| json!({"type": kind, "content": content}))
-            .collect();
-        let end = format!("s{}", self.streams.current() + 1);
+        let state: Vec<JsonValue> = match left_at {
+            Some(position) => {
+                let at_leave = self.rooms.state_at_position(room_id, position)?.unwrap_or_default();
+                self.rooms.state_delta(&at_leave, None)?.iter().map(|s| s.client_json()).collect()
+            }
+            None => self.rooms.room_state(viewer, room_id)?,
+        };
         let mut response = json!({
             "room_id": room_id,
-            "messages": {"chunk": page.chunk, "start": page.end.unwrap_or_else(|| "s0".to_owned()), "end": end},
-            "state": state,
-            "presence": [],
-            "receipts": [],
-            "account_data": account_data,
+            "messages": {"chunk": chunk.into_iter().map(legacy).collect::<Vec<_>>(), "start": start, "end": end},
+            "state": state.into_iter().map(legacy).collect::<Vec<_>>(),
+            "presence": if departed { Vec::new() } else { self.members_presence(room_id)? },
+            "receipts": if departed { Vec::new() } else { self.receipts(viewer, room_id)? },
+            "account_data": self.room_account_data(viewer, room_id)?,
             "visibility": if self.rooms.is_public(room_id)? { "public" } else { "private" },
         });
-        if let Some(membership) = self.rooms.membership(viewer, room_id)? {
+        if let Some(membership) = membership {
             response["membership"] = membership.into();
         }
         Ok(response)
+    }
+
+    /// The presence of every joined member (offline when never set).
+    fn members_presence(&self, room_id: &RoomId) -> Result<Vec<JsonValue>> {
+        let members = self.rooms.members_with_membership(room_id, "join")?;
+        members
+            .iter()
+            .map(|m| {
+                Ok(legacy(json!({"type": "m.presence", "sender": m, "content": self.presence.content(m)?})))
+            })
+            .collect()
+    }
+
+    fn receipts(&self, viewer: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
+        let event = self.ephemeral.receipt_event(viewer, room_id, None, self.streams.current())?;
+        Ok(event
+            .into_iter()
+            .map(|mut e| {
+                e["room_id"] = room_id.as_str().into();
+                e
+            })
+            .collect())
+    }
+
+    /// The viewer's account data of the room, tags (`m.tag`) first.
+    fn room_account_data(&self, viewer: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
+        let mut events: Vec<JsonValue> = self
+            .account_data
+            .of_user(viewer, Some(room_id))?
+            .into_iter()
+            .map(|(_, kind, content)| {
+                json!({"type": kind, "content": serde_json::from_str::<JsonValue>(content.get()).unwrap_or_default()})
+            })
+            .collect();
+        events.sort_by_key(|e| e["type"] != "m.tag");
+        Ok(events)
     }
 
     /// `GET /events?room_id=`: events after `from` (or from now), waiting up
@@ -121,8 +184,22 @@ impl Peek {
         let mut chunk = Vec::new();
         for stored in &candidates {
             if self.rooms.can_see_event(Some(viewer), stored)? {
-                chunk.push(self.rooms.client_event(stored, None)?);
+                chunk.push(legacy(self.rooms.client_event(stored, None)?));
             }
+        }
+        // Then what else changed in the room up to there: typing, receipts,
+        // its members' presence.
+        let last = end - 1;
+        if from <= last {
+            let typing = self.ephemeral.typing_event(room_id, Some(from), last);
+            let receipts = self.ephemeral.receipt_event(viewer, room_id, Some(from), last)?;
+            chunk.extend(typing.into_iter().chain(receipts).map(|mut e| {
+                e["room_id"] = room_id.as_str().into();
+                e
+            }));
+            let members = self.rooms.members_with_membership(room_id, "join")?;
+            let presence = self.presence.changes(&members, from, last)?;
+            chunk.extend(presence.into_iter().map(legacy));
         }
         Ok((chunk, end))
     }

@@ -145,23 +145,32 @@ impl Presence {
             return Ok(Vec::new());
         }
         let shared = self.rooms.room_mates(viewer)?;
-        let changed: Vec<String> = match from {
-            None => shared.iter().map(|u| u.to_string()).collect(),
-            Some(from) => {
-                let rows =
-                    self.stream_presence.scan_from(&[], Some(&from.encode()), false, usize::MAX).db()?;
-                let mut users: Vec<String> =
-                    rows.into_iter().take_while(|(p, _)| *p <= to).map(|(_, u)| u).collect();
-                users.sort();
-                users.dedup();
-                users.retain(|u| shared.iter().any(|s| s.as_str() == u));
-                users
-            }
-        };
+        match from {
+            None => self.of_users(shared.iter().map(|u| u.as_str())),
+            Some(from) => self.changes(&shared, from, to),
+        }
+    }
+
+    /// `m.presence` events of those of `users` whose presence changed in `from..=to`.
+    pub fn changes(&self, users: &[ruma::OwnedUserId], from: u64, to: u64) -> Result<Vec<JsonValue>> {
+        if !self.config.presence {
+            return Ok(Vec::new());
+        }
+        let rows = self.stream_presence.scan_from(&[], Some(&from.encode()), false, usize::MAX).db()?;
+        let mut changed: Vec<String> =
+            rows.into_iter().take_while(|(p, _)| *p <= to).map(|(_, u)| u).collect();
+        changed.sort();
+        changed.dedup();
+        changed.retain(|u| users.iter().any(|s| s.as_str() == u));
+        self.of_users(changed.iter().map(String::as_str))
+    }
+
+    /// The `m.presence` events of those of `users` with a presence stored.
+    fn of_users<'a>(&self, users: impl Iterator<Item = &'a str>) -> Result<Vec<JsonValue>> {
         let mut events = Vec::new();
-        for user in changed {
-            let Ok(user_id) = UserId::parse(&user) else { continue };
-            if self.userid_presence.contains(&user).db()? {
+        for user in users {
+            let Ok(user_id) = UserId::parse(user) else { continue };
+            if self.userid_presence.contains(&user.to_owned()).db()? {
                 events
                     .push(json!({"type": "m.presence", "sender": user, "content": self.content(&user_id)?}));
             }

@@ -7,29 +7,47 @@ use ruma::{
         read_marker::set_read_marker,
         receipt::create_receipt::{self, v3::ReceiptType},
         tag::{create_tag, delete_tag, get_tags},
-        typing::create_typing_event::{self, v3::Typing},
     },
     events::tag::Tags,
 };
 use serde_json::{Value as JsonValue, json};
 
-use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+use std::time::Duration;
 
+use crate::{
+    AppState,
+    error::ApiResult,
+    ruma_wrapper::{AuthedUser, Ruma},
+};
+
+/// `PUT /rooms/{roomId}/typing/{userId}`. Parsed here rather than by ruma,
+/// whose type requires `timeout` with `typing: true`; the spec does not
+/// (30 s when absent, as Synapse does).
 pub async fn typing(
-    services: AppState,
-    request: Ruma<create_typing_event::v3::Request>,
-) -> ApiResult<create_typing_event::v3::Response> {
-    let body = &request.body;
-    if request.user()? != body.user_id {
+    axum::extract::State(services): axum::extract::State<AppState>,
+    AuthedUser(user): AuthedUser,
+    axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<JsonValue>> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    if user.as_str() != user_id {
         return Err(Error::forbidden("You can only set your own typing state").into());
     }
-    let timeout = match &body.state {
-        Typing::Yes(info) => Some(info.timeout),
-        _ => None,
+    let body: JsonValue =
+        serde_json::from_slice(&body).map_err(|e| Error::not_json(format!("Invalid JSON: {e}")))?;
+    let typing = body["typing"].as_bool().ok_or_else(|| Error::bad_json("`typing` must be true or false"))?;
+    let timeout = match &body["timeout"] {
+        JsonValue::Null => DEFAULT_TYPING_TIMEOUT,
+        value => Duration::from_millis(
+            value.as_u64().ok_or_else(|| Error::bad_json("`timeout` must be a number"))?,
+        ),
     };
-    services.ephemeral.set_typing(&body.room_id, &body.user_id, timeout)?;
-    Ok(create_typing_event::v3::Response::new())
+    services.ephemeral.set_typing(&room_id, &user, typing.then_some(timeout))?;
+    Ok(axum::Json(json!({})))
 }
+
+/// How long a `typing: true` without `timeout` lasts.
+const DEFAULT_TYPING_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn set_fully_read(
     services: &AppState,

@@ -12,13 +12,22 @@ use ruma::{
 use super::room::raw;
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
-fn resolve(services: &AppState, room: &RoomOrAliasId) -> Result<OwnedRoomId, Error> {
-    match <&RoomId>::try_from(room) {
-        Ok(room_id) => Ok(room_id.to_owned()),
-        Err(alias) => {
-            services.rooms.resolve_alias(alias)?.ok_or_else(|| Error::not_found("Unknown room alias"))
-        }
+/// A room ID, or the room a local alias names (a bridge may create the
+/// room of an alias in its namespace when asked).
+async fn resolve(services: &AppState, room: &RoomOrAliasId) -> Result<OwnedRoomId, Error> {
+    let alias = match <&RoomId>::try_from(room) {
+        Ok(room_id) => return Ok(room_id.to_owned()),
+        Err(alias) => alias,
+    };
+    if let Some(room_id) = services.rooms.resolve_alias(alias)? {
+        return Ok(room_id);
     }
+    if services.appservices.query_alias(alias).await
+        && let Some(room_id) = services.rooms.resolve_alias(alias)?
+    {
+        return Ok(room_id);
+    }
+    Err(Error::not_found("Unknown room alias"))
 }
 
 pub async fn join_by_id(
@@ -72,7 +81,7 @@ pub async fn join_by_id_or_alias(
                 None => services.federation.remote_alias(alias).await?,
             }
         }
-        _ => (resolve(&services, &body.room_id_or_alias)?, Vec::new()),
+        _ => (resolve(&services, &body.room_id_or_alias).await?, Vec::new()),
     };
     via.extend(body.via.iter().cloned());
     join(&services, &room_id, request.user()?, body.reason.clone(), &via).await?;
@@ -92,6 +101,10 @@ pub async fn invite(
     if invitee.server_name() != services.config.server_name && services.config.allow_federation {
         services.federation.invite_remote(room_id, sender, invitee, reason, false).await?;
     } else {
+        if !services.accounts.exists(invitee)? {
+            // A bridge's ghost may not exist yet: its bridge creates it.
+            services.appservices.query_user(invitee).await?;
+        }
         services.rooms.invite(room_id, sender, invitee, reason, false).await?;
     }
     Ok(invite_user::v3::Response::new())
@@ -188,7 +201,7 @@ pub async fn knock(
     services: AppState,
     request: Ruma<ruma::api::client::knock::knock_room::v3::Request>,
 ) -> ApiResult<ruma::api::client::knock::knock_room::v3::Response> {
-    let room_id = resolve(&services, &request.body.room_id_or_alias)?;
+    let room_id = resolve(&services, &request.body.room_id_or_alias).await?;
     services.rooms.knock(&room_id, request.user()?, request.body.reason.clone()).await?;
     Ok(ruma::api::client::knock::knock_room::v3::Response::new(room_id))
 }

@@ -60,7 +60,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma_custom(calls::turn_server)
         .ruma(calls::transports)
         // Registration
-        .ruma(register::register)
+        .ruma_custom(register::register)
         .ruma(register::available)
         .ruma(register::token_validity)
         // Sessions
@@ -123,7 +123,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma_custom(backup::delete_room)
         .ruma_custom(backup::delete_session)
         // Ephemeral data and tags
-        .ruma(ephemeral::typing)
+        .ruma_raw::<ruma::api::client::typing::create_typing_event::v3::Request, _, _>(ephemeral::typing)
         .ruma(ephemeral::receipt)
         .ruma(ephemeral::read_markers)
         .ruma(ephemeral::get)
@@ -172,7 +172,19 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(room::get_state)
         .ruma(room::get_event)
         .ruma_custom(peek::initial_sync)
-        .ruma_custom(peek::events)
+        .ruma_raw::<ruma::api::client::peeking::listen_to_new_events::v3::Request, _, _>(peek::events)
+        // Legacy endpoints without a ruma type: the global initialSync, and
+        // sending without a transaction ID.
+        .route(
+            "/_matrix/client/v3/rooms/{room_id}/send/{event_type}",
+            axum::routing::post(room::send_message_without_txn),
+        )
+        .route(
+            "/_matrix/client/r0/rooms/{room_id}/send/{event_type}",
+            axum::routing::post(room::send_message_without_txn),
+        )
+        .route("/_matrix/client/v3/initialSync", axum::routing::get(peek::global_initial_sync))
+        .route("/_matrix/client/r0/initialSync", axum::routing::get(peek::global_initial_sync))
         .ruma(room::redact)
         .ruma(room::upgrade)
         .ruma(room::hierarchy)

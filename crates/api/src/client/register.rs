@@ -14,7 +14,8 @@ use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 pub async fn register(
     services: AppState,
     request: Ruma<register::v3::Request>,
-) -> ApiResult<register::v3::Response> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let body = &request.body;
     let accounts = &services.accounts;
     let guest = body.kind == RegistrationKind::Guest;
@@ -66,7 +67,8 @@ pub async fn register(
     services.profile.set_field(&user_id, &user_id, display_name)?;
     let mut response = register::v3::Response::new(user_id.clone());
     if body.inhibit_login {
-        return Ok(response);
+        // Only the user ID: ruma's type would add `"device_id": null`.
+        return Ok(axum::Json(serde_json::json!({"user_id": user_id})).into_response());
     }
     let display_name = body.initial_device_display_name.clone();
     let tokens = accounts.issue_tokens(&user_id, body.device_id.clone(), display_name, body.refresh_token)?;
@@ -75,7 +77,7 @@ pub async fn register(
     response.device_id = Some(tokens.device_id);
     response.refresh_token = tokens.refresh_token;
     response.expires_in = tokens.expires_in_ms.map(Duration::from_millis);
-    Ok(response)
+    Ok(crate::ruma_wrapper::RumaResponse(response).into_response())
 }
 
 pub async fn available(

@@ -146,6 +146,24 @@ pub async fn send_message(
     Ok(Json(json!({"event_id": pdu.event_id})))
 }
 
+/// `POST /rooms/{roomId}/send/{eventType}`: the legacy send without a
+/// transaction ID (not idempotent), which Synapse still serves.
+pub async fn send_message_without_txn(
+    axum::extract::State(services): axum::extract::State<AppState>,
+    crate::ruma_wrapper::AuthedUser(user): crate::ruma_wrapper::AuthedUser,
+    axum::extract::Path((room_id, event_type)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let content: JsonValue =
+        serde_json::from_slice(&body).map_err(|e| Error::not_json(format!("Invalid JSON: {e}")))?;
+    if !content.is_object() {
+        return Err(Error::bad_json("Event content must be a JSON object").into());
+    }
+    let pdu = services.rooms.send(&room_id, &user, PduTemplate::message(event_type, content), None).await?;
+    Ok(Json(json!({"event_id": pdu.event_id})))
+}
+
 /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`, delayed with `org.matrix.msc4140.delay`.
 pub async fn send_state(
     services: AppState,

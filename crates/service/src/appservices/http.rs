@@ -15,7 +15,7 @@ use ruma::api::{
 };
 
 use super::Appservice;
-use crate::federation::client::{AnswerError, error_chain, parse_answer, read_answer};
+use crate::federation::client::{AnswerError, error_chain, parse_answer, read_answer, with_trusted_roots};
 
 /// Appservice answers are small JSON (transactions answer `{}`).
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -77,12 +77,11 @@ pub struct AppserviceClient {
 }
 
 impl AppserviceClient {
-    pub fn new() -> Result<Self> {
-        let http = reqwest::Client::builder()
+    pub fn new(config: &estuary_core::Config) -> Result<Self> {
+        let builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("Estuary/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::internal)?;
+            .user_agent(concat!("Estuary/", env!("CARGO_PKG_VERSION")));
+        let http = with_trusted_roots(builder, config)?.build().map_err(Error::internal)?;
         Ok(Self { http })
     }
 

@@ -185,12 +185,12 @@ impl Appservices {
             tracing::info!(id = appservice.id(), source = ?appservice.source, "loaded appservice registration");
         }
         Ok(Self {
+            http: http::AppserviceClient::new(&config)?,
             config,
             accounts,
             appserviceid_registration: table,
             current: RwLock::new(Arc::new(registry)),
             generation: AtomicU64::new(0),
-            http: http::AppserviceClient::new()?,
         })
     }
 

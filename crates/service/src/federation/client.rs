@@ -108,16 +108,7 @@ impl FederationClient {
             .dns_resolver(Arc::new(VettingResolver {
                 allow_private: config.federation_allow_private_addresses,
             }));
-        for path in &config.federation_trusted_ca_paths {
-            let pem = std::fs::read(path).map_err(|e| {
-                Error::internal(format!("federation_trusted_ca_paths: {}: {e}", path.display()))
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::internal(format!("federation_trusted_ca_paths: {}: {e}", path.display()))
-            })? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        builder = with_trusted_roots(builder, config)?;
         Ok(Self {
             http: builder.build().map_err(Error::internal)?,
             resolver: Resolver::new(),
@@ -192,6 +183,25 @@ impl FederationClient {
             AnswerError::Status { status, body } => FederationError::Status { status, body },
         })
     }
+}
+
+/// `builder` trusting the extra certificate authorities of
+/// `federation_trusted_ca_paths` too: every outgoing client (federation,
+/// appservices, push gateways) trusts the same private CAs.
+pub(crate) fn with_trusted_roots(
+    mut builder: reqwest::ClientBuilder,
+    config: &Config,
+) -> Result<reqwest::ClientBuilder> {
+    for path in &config.federation_trusted_ca_paths {
+        let context = |e: &dyn std::fmt::Display| {
+            Error::internal(format!("federation_trusted_ca_paths: {}: {e}", path.display()))
+        };
+        let pem = std::fs::read(path).map_err(|e| context(&e))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| context(&e))? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
 }
 
 /// Whether a URL's host is an IP address the DNS check never sees: URL

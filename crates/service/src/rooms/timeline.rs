@@ -27,6 +27,25 @@ impl Rooms {
         Ok(rooms)
     }
 
+    /// Events of every room at positions `from..=to`, oldest first, at most
+    /// `limit` (the legacy event stream reads the server's whole stream).
+    pub(crate) fn stream_events(&self, from: u64, to: u64, limit: usize) -> Result<Vec<StoredPdu>> {
+        let start = from.encode();
+        let mut events = Vec::new();
+        for (position, Json((_, event_id))) in
+            self.stream_roomideventid.scan_from(&[], Some(&start), false, limit).db()?
+        {
+            if position > to {
+                break;
+            }
+            let event_id = EventId::parse(&event_id).map_err(Error::internal)?;
+            if let Some(stored) = self.stored(&event_id)? {
+                events.push(stored);
+            }
+        }
+        Ok(events)
+    }
+
     /// A room's events at positions `from..=to`, newest first, at most
     /// `limit`; and whether older ones in the range were left out.
     pub(crate) fn room_events_between(
