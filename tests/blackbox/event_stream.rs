@@ -167,6 +167,18 @@ async fn legacy_forms_older_clients_send() {
     let big = json!({"msgtype": "m.text", "body": "x".repeat(70_000)});
     assert_error(&server.post(&send, Some(&alice.token), big).await, 413, "M_TOO_LARGE");
 
+    // Fields of a join body beyond the spec's go into the member event.
+    let bob = server.register("bob").await;
+    let public = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let join = format!("/_matrix/client/v3/join/{public}");
+    assert_eq!(
+        server.post(&join, Some(&bob.token), json!({"foo": "bar", "membership": "leave"})).await.0,
+        200
+    );
+    let member = format!("/_matrix/client/v3/rooms/{public}/state/m.room.member/{}", bob.user_id);
+    let content = server.get(&member, Some(&bob.token)).await.1;
+    assert_eq!((&content["foo"], &content["membership"]), (&json!("bar"), &json!("join")), "{content}");
+
     let (status, guest) = server.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
     assert_eq!(status, 200, "{guest}");
     let token = guest["access_token"].as_str().unwrap();

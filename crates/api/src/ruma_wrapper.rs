@@ -78,6 +78,8 @@ pub struct Ruma<R> {
     pub raw_query: Option<String>,
     /// The server that signed a Server-Server request.
     pub origin: Option<ruma::OwnedServerName>,
+    /// The body as sent, for fields ruma's type drops (custom member content).
+    pub raw_body: bytes::Bytes,
 }
 
 impl<R> Ruma<R> {
@@ -167,6 +169,7 @@ where
         };
         let body = parse_contained(http_request, &path_refs)?;
         Ok(Self {
+            raw_body: bytes.clone(),
             body,
             sender_user: caller.user,
             sender_device: caller.device,

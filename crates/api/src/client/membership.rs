@@ -35,8 +35,20 @@ pub async fn join_by_id(
     request: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
     let body = &request.body;
-    join(&services, &body.room_id, request.user()?, body.reason.clone(), &[]).await?;
+    let custom = custom_member_content(&request);
+    join(&services, &body.room_id, request.user()?, body.reason.clone(), custom, &[]).await?;
     Ok(join_room_by_id::v3::Response::new(body.room_id.clone()))
+}
+
+/// The fields of a `/join` body beyond the spec's, which Synapse puts in
+/// the member event (`membership` and the spec's own fields excepted).
+fn custom_member_content<R>(request: &Ruma<R>) -> serde_json::Map<String, serde_json::Value> {
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&request.raw_body).unwrap_or_default();
+    for known in ["reason", "third_party_signed", "membership"] {
+        body.remove(known);
+    }
+    body
 }
 
 /// Join a room here, or through other servers when this server is not in
@@ -46,10 +58,11 @@ async fn join(
     room_id: &RoomId,
     user_id: &ruma::UserId,
     reason: Option<String>,
+    custom: serde_json::Map<String, serde_json::Value>,
     via: &[ruma::OwnedServerName],
 ) -> Result<(), Error> {
     if services.rooms.room(room_id)?.is_some() {
-        return services.rooms.join(room_id, user_id, reason).await;
+        return services.rooms.join(room_id, user_id, reason, custom).await;
     }
     let mut servers = via.to_vec();
     if let Some(stub) = services.rooms.invite_stub(user_id, room_id)?
@@ -84,7 +97,8 @@ pub async fn join_by_id_or_alias(
         _ => (resolve(&services, &body.room_id_or_alias).await?, Vec::new()),
     };
     via.extend(body.via.iter().cloned());
-    join(&services, &room_id, request.user()?, body.reason.clone(), &via).await?;
+    let custom = custom_member_content(&request);
+    join(&services, &room_id, request.user()?, body.reason.clone(), custom, &via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

@@ -55,7 +55,19 @@ impl Rooms {
 
     /// A join event's content: the user's current display name and avatar.
     pub fn join_template(&self, user_id: &UserId, reason: Option<String>) -> Result<PduTemplate> {
-        let mut content = json!({"membership": "join"});
+        self.join_template_with(user_id, reason, serde_json::Map::new())
+    }
+
+    /// A join with the client's own fields in its content (`POST /join`
+    /// with a body): the profile fills in only what the client left out.
+    fn join_template_with(
+        &self,
+        user_id: &UserId,
+        reason: Option<String>,
+        custom: serde_json::Map<String, JsonValue>,
+    ) -> Result<PduTemplate> {
+        let mut content = JsonValue::Object(custom);
+        content["membership"] = "join".into();
         self.add_profile(&mut content, user_id)?;
         if let Some(reason) = reason {
             content["reason"] = reason.into();
@@ -67,21 +79,29 @@ impl Rooms {
         for (field, key) in
             [(ProfileFieldName::DisplayName, "displayname"), (ProfileFieldName::AvatarUrl, "avatar_url")]
         {
-            if let Ok(value) = self.profiles.get_field(user_id, &field) {
+            if content.get(key).is_none()
+                && let Ok(value) = self.profiles.get_field(user_id, &field)
+            {
                 content[key] = value.value().into_owned();
             }
         }
         Ok(())
     }
 
-    pub async fn join(&self, room_id: &RoomId, user_id: &UserId, reason: Option<String>) -> Result<()> {
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<String>,
+        custom: serde_json::Map<String, JsonValue>,
+    ) -> Result<()> {
         if self.room(room_id)?.is_none() {
             return Err(Error::not_found("Unknown room (joining rooms on other servers needs federation)"));
         }
         if self.is_joined(user_id, room_id)? {
             return Ok(());
         }
-        let mut template = self.join_template(user_id, reason)?;
+        let mut template = self.join_template_with(user_id, reason, custom)?;
         if let Some(authoriser) = self.restricted_join_authoriser(room_id, user_id)? {
             template.content["join_authorised_via_users_server"] = authoriser.to_string().into();
         }
