@@ -99,3 +99,43 @@ async fn uia_sessions_are_bound_to_their_request() {
     assert_error(&result, 403, "M_FORBIDDEN");
     assert_eq!(server.login("ruth", PASSWORD).await.0, 200, "password unchanged");
 }
+
+/// OpenID tokens: a user asks for one, another service checks it with the
+/// server's `/openid/userinfo` (no server signature); wrong or missing
+/// tokens are 401.
+#[tokio::test]
+async fn openid_tokens_prove_who_the_user_is() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", alice.user_id);
+    let (status, token) = server.post(&path, Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!((&token["token_type"], &token["matrix_server_name"]), (&json!("Bearer"), &json!("localhost")));
+    assert!(token["expires_in"].as_u64().is_some_and(|s| s > 0));
+    assert_error(&server.post(&path, Some(&bob.token), json!({})).await, 403, "M_FORBIDDEN");
+
+    let userinfo = "/_matrix/federation/v1/openid/userinfo";
+    let access = token["access_token"].as_str().unwrap();
+    let (status, info) = server.get(&format!("{userinfo}?access_token={access}"), None).await;
+    assert_eq!((status.as_u16(), &info["sub"]), (200, &json!(alice.user_id)), "{info}");
+    assert_error(&server.get(&format!("{userinfo}?access_token=nope"), None).await, 401, "M_UNKNOWN_TOKEN");
+    assert_error(&server.get(userinfo, None).await, 401, "M_MISSING_TOKEN");
+}
+
+/// `/admin/whois`: a user's devices, for the user and server admins only.
+#[tokio::test]
+async fn whois_lists_devices_for_the_user_and_admins() {
+    let server = TestServer::start().await;
+    let admin = server.register("admin").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let path = format!("/_matrix/client/v3/admin/whois/{}", alice.user_id);
+    for asker in [&alice, &admin] {
+        let (status, body) = server.get(&path, Some(&asker.token)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["user_id"], alice.user_id);
+        assert!(body["devices"][&alice.device_id]["sessions"][0]["connections"].is_array(), "{body}");
+    }
+    assert_error(&server.get(&path, Some(&bob.token)).await, 403, "M_FORBIDDEN");
+}

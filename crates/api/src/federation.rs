@@ -56,6 +56,19 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(event_auth)
         .ruma(public_rooms)
         .ruma(public_rooms_filtered)
+        .ruma_raw::<ruma::api::federation::openid::get_openid_userinfo::v1::Request, _, _>(openid_userinfo)
+}
+
+/// `GET /openid/userinfo`: whose OpenID token this is (for identity and
+/// integration servers; no server signature). A missing token is 401, as
+/// a wrong one is, not a parse error.
+async fn openid_userinfo(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let token = query.get("access_token").ok_or_else(estuary_core::Error::missing_token)?;
+    let user = s.accounts.openid_user(token)?;
+    Ok(axum::Json(serde_json::json!({"sub": user})))
 }
 
 fn now() -> MilliSecondsSinceUnixEpoch {

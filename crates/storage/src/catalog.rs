@@ -13,6 +13,8 @@ pub const TABLES: &[&str] = &[
     "refreshtoken_session",
     // One-time login token (m.login.token) → user and expiry.
     "logintoken_user",
+    // OpenID token (for identity and integration servers) → user and expiry.
+    "openidtoken_user",
     // (user ID, device ID) → device record (display name, tokens, last seen).
     "userdeviceid_device",
     // (user ID, profile field) → JSON value (displayname, avatar_url, extended fields).

@@ -5,6 +5,7 @@ use ruma::api::client::{
     uiaa::{AuthFlow, AuthType},
 };
 
+use estuary_core::Error;
 use estuary_service::accounts::UiaaRequest;
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
@@ -69,4 +70,53 @@ pub async fn deactivate(
     services.accounts.deactivate(&user_id)?;
     services.profile.clear(&user_id)?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport))
+}
+
+/// `POST /user/{userId}/openid/request_token`: a token other services can
+/// check with this server's `/openid/userinfo`.
+pub async fn request_openid_token(
+    services: AppState,
+    request: Ruma<ruma::api::client::account::request_openid_token::v3::Request>,
+) -> ApiResult<ruma::api::client::account::request_openid_token::v3::Response> {
+    use ruma::api::client::account::request_openid_token::v3::Response;
+    let user = request.user()?;
+    if user != request.body.user_id {
+        return Err(Error::forbidden("You can only request OpenID tokens for yourself").into());
+    }
+    let token = services.accounts.create_openid_token(user)?;
+    let lifetime = std::time::Duration::from_millis(estuary_service::accounts::OPENID_TOKEN_LIFETIME_MS);
+    Ok(Response::new(
+        token,
+        ruma::authentication::TokenType::Bearer,
+        services.config.server_name.clone(),
+        lifetime,
+    ))
+}
+
+/// `GET /admin/whois/{userId}`: a user's devices and where they were last
+/// seen, for server admins and the user.
+pub async fn whois(
+    services: AppState,
+    request: Ruma<ruma::api::client::admin::get_user_info::v3::Request>,
+) -> ApiResult<ruma::api::client::admin::get_user_info::v3::Response> {
+    use ruma::api::client::admin::get_user_info::v3::{ConnectionInfo, DeviceInfo, Response, SessionInfo};
+    let (asker, user) = (request.user()?, &request.body.user_id);
+    let admin = services.accounts.account(asker)?.is_some_and(|a| a.admin);
+    if asker != user && !admin {
+        return Err(Error::forbidden("Only server admins may look up other users").into());
+    }
+    let mut response = Response::new();
+    response.user_id = Some(user.clone());
+    for (device_id, device) in services.accounts.devices(user)? {
+        let mut connection = ConnectionInfo::new();
+        connection.ip = device.last_seen_ip;
+        connection.last_seen =
+            device.last_seen_ts.and_then(ruma::UInt::new).map(ruma::MilliSecondsSinceUnixEpoch);
+        let mut session = SessionInfo::new();
+        session.connections = vec![connection];
+        let mut info = DeviceInfo::new();
+        info.sessions = vec![session];
+        response.devices.insert(device_id.to_string(), info);
+    }
+    Ok(response)
 }

@@ -72,6 +72,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(session::logout_all)
         // Account
         .ruma(account::whoami)
+        .ruma(account::request_openid_token)
+        .ruma(account::whois)
         .ruma(account::change_password)
         .ruma(account::deactivate)
         // Devices

@@ -28,6 +28,8 @@ const FIRST_RUN_TOKEN_KEY: &str = "first_run_registration_token";
 const FIRST_ACCOUNT_KEY: &str = "first_account_registered";
 /// Lifetime of `m.login.token` tokens from `/login/get_token`.
 pub const LOGIN_TOKEN_LIFETIME_MS: u64 = 120_000;
+/// How long an OpenID token proves who its user is.
+pub const OPENID_TOKEN_LIFETIME_MS: u64 = 3_600_000;
 
 /// Tokens handed to a client after registration or login.
 #[derive(Debug)]
@@ -46,6 +48,7 @@ pub struct Accounts {
     token_session: Table<String, Json<Session>>,
     refreshtoken_session: Table<String, Json<Session>>,
     logintoken_user: Table<String, Json<LoginToken>>,
+    openidtoken_user: Table<String, Json<LoginToken>>,
     userdeviceid_device: Table<(String, String), Json<Device>>,
     global: Table<String, String>,
     /// Serialises account creation so two registrations of one name cannot race.
@@ -62,6 +65,7 @@ impl Accounts {
             token_session: db.table("token_session").db()?,
             refreshtoken_session: db.table("refreshtoken_session").db()?,
             logintoken_user: db.table("logintoken_user").db()?,
+            openidtoken_user: db.table("openidtoken_user").db()?,
             userdeviceid_device: db.table("userdeviceid_device").db()?,
             global: db.table("global").db()?,
             registration_lock: tokio::sync::Mutex::new(()),
@@ -450,6 +454,24 @@ impl Accounts {
             LoginToken { user_id: user_id.to_owned(), expires_at: now_millis() + LOGIN_TOKEN_LIFETIME_MS };
         self.logintoken_user.put(&token, &Json(record)).db()?;
         Ok(token)
+    }
+
+    /// An OpenID token: other services (identity, integration servers) ask
+    /// this server's `/openid/userinfo` who it belongs to, for an hour.
+    pub fn create_openid_token(&self, user_id: &UserId) -> Result<String> {
+        let token = tokens::random_token(32);
+        let record =
+            LoginToken { user_id: user_id.to_owned(), expires_at: now_millis() + OPENID_TOKEN_LIFETIME_MS };
+        self.openidtoken_user.put(&token, &Json(record)).db()?;
+        Ok(token)
+    }
+
+    /// The user of a valid OpenID token (401 `M_UNKNOWN_TOKEN` otherwise).
+    pub fn openid_user(&self, token: &str) -> Result<OwnedUserId> {
+        match self.openidtoken_user.get(&token.to_owned()).db()? {
+            Some(Json(record)) if record.expires_at > now_millis() => Ok(record.user_id),
+            _ => Err(Error::unknown_token(false)),
+        }
     }
 
     /// Use up a login token; it works once, before it expires.
