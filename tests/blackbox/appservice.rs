@@ -326,7 +326,9 @@ fn protocol_metadata(protocol: &str) -> Value {
             "nick": {"regexp": "[^\\s]+", "placeholder": "jim"},
             "channel": {"regexp": "#[^\\s]+", "placeholder": "#matrix"}
         },
-        "instances": [{"desc": protocol, "fields": {}, "network_id": protocol}]
+        // The second instance as some bridges describe one: no fields, no
+        // network (passed on as written, without an instance ID).
+        "instances": [{"desc": protocol, "fields": {}, "network_id": protocol}, {"desc": "bare"}]
     })
 }
 
@@ -896,6 +898,9 @@ async fn third_party_lookups_go_to_the_appservice() {
         assert_eq!(protocol["user_fields"], json!(["nick"]), "{protocols}");
         assert_eq!(protocol["icon"], format!("mxc://localhost/{name}"), "{protocols}");
         assert_eq!(protocol["instances"][0]["network_id"], name, "{protocols}");
+        let instance_id = json!({"appservice_id": "irc", "network_id": name}).to_string();
+        assert_eq!(protocol["instances"][0]["instance_id"], instance_id, "{protocols}");
+        assert_eq!(protocol["instances"][1], json!({"desc": "bare"}), "{protocols}");
     }
     let (status, irc) = thirdparty(&server, &alice, "protocol/irc").await;
     assert_eq!(status, 200, "{irc}");

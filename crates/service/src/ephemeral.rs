@@ -210,8 +210,10 @@ impl Ephemeral {
         let now = Instant::now();
         let users: Vec<&OwnedUserId> =
             room.users.iter().filter(|(_, at)| **at > now).map(|(u, _)| u).collect();
-        (changed && (from.is_some() || !users.is_empty()))
-            .then(|| json!({"type": "m.typing", "content": {"user_ids": users}}))
+        // Initially, every room anyone typed in since the start gets its
+        // list, empty or not: a client that synced from scratch right after
+        // someone stopped typing must learn they stopped.
+        changed.then(|| json!({"type": "m.typing", "content": {"user_ids": users}}))
     }
 
     /// The stream position of the latest event the user has read in a room.

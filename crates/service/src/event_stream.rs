@@ -51,6 +51,8 @@ impl EventStream {
         timeout: Duration,
         limit: Option<usize>,
     ) -> Result<JsonValue> {
+        // Reading the legacy stream shows the user is online, as `/sync` does by default.
+        self.s.presence.touch(user, "online")?;
         let start = from.unwrap_or_else(|| self.s.streams.current() + 1);
         let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 1_000);
         let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(60));
@@ -142,6 +144,8 @@ impl EventStream {
     /// `archived`), with `limit` messages each, their presence, receipts and
     /// account data, and the `/events` token to go on from.
     pub fn initial_sync(&self, user: &UserId, limit: usize, archived: bool) -> Result<JsonValue> {
+        // Like the legacy stream, it shows the user is online.
+        self.s.presence.touch(user, "online")?;
         let end = self.s.streams.current() + 1;
         let mut memberships = vec!["join", "invite"];
         if archived {

@@ -367,8 +367,7 @@ impl Outgoing {
     }
 
     /// One transaction to an appservice: up to 100 items of each kind from
-    /// the front of its queue. Its ID names its first and last job, so an
-    /// ID is never reused for other content. Anything but a 2xx is retried:
+    /// the front of its queue. Its ID is never reused for other content. Anything but a 2xx is retried:
     /// an appservice must not lose events.
     async fn send_appservice_transaction(&self, id: &str, jobs: &[(u64, Job)]) -> (Outcome, Vec<u64>) {
         let Some(appservice) = self.appservices.by_id(id) else {
@@ -387,10 +386,11 @@ impl Outgoing {
             }
             taken.push(*seq);
         }
-        let (Some(first), Some(last)) = (taken.first(), taken.last()) else {
-            return (Outcome::Delivered, taken);
-        };
-        let request = transaction.into_request(format!("{first}-{last}"));
+        let Some(last) = taken.last() else { return (Outcome::Delivered, taken) };
+        // Named by its last job: a transaction always starts at the front
+        // of the queue, so its last job says which jobs it carries. Digits
+        // only, as Synapse sends and some appservices (SyTest's) expect.
+        let request = transaction.into_request(last.to_string());
         match self.appservices.http.send(&appservice, request).await {
             Ok(_) => (Outcome::Delivered, taken),
             Err(err) => {

@@ -33,15 +33,16 @@ pub async fn ping(
 pub async fn protocols(
     services: AppState,
     _: Ruma<get_protocols::v3::Request>,
-) -> ApiResult<get_protocols::v3::Response> {
-    Ok(get_protocols::v3::Response::new(services.appservices.protocols().await))
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    Ok(axum::Json(serde_json::json!(services.appservices.protocols().await)))
 }
 
+/// The descriptions are passed on as the bridges wrote them.
 pub async fn protocol(
     services: AppState,
     request: Ruma<get_protocol::v3::Request>,
-) -> ApiResult<get_protocol::v3::Response> {
-    Ok(get_protocol::v3::Response::new(services.appservices.protocol(&request.body.protocol).await?))
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    Ok(axum::Json(services.appservices.protocol(&request.body.protocol).await?))
 }
 
 pub async fn locations(

@@ -95,6 +95,36 @@ impl AppserviceClient {
         R: OutgoingRequest<Authentication = HomeserverToken>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = ()>,
     {
+        let answer = self.answer(appservice, request).await?;
+        parse_answer::<R::IncomingResponse>(&answer).map_err(AppserviceError::Invalid)
+    }
+
+    /// Send `request` and read the answer as plain JSON, for answers that
+    /// are passed on as the bridge wrote them (third-party protocols, whose
+    /// bridges leave out fields ruma's type requires).
+    pub async fn send_for_json<R>(
+        &self,
+        appservice: &Appservice,
+        request: R,
+    ) -> std::result::Result<serde_json::Value, AppserviceError>
+    where
+        R: OutgoingRequest<Authentication = HomeserverToken>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = ()>,
+    {
+        let answer = self.answer(appservice, request).await?;
+        serde_json::from_slice(answer.body()).map_err(|e| AppserviceError::Invalid(e.to_string()))
+    }
+
+    /// The 2xx answer to `request`.
+    async fn answer<R>(
+        &self,
+        appservice: &Appservice,
+        request: R,
+    ) -> std::result::Result<http::Response<Vec<u8>>, AppserviceError>
+    where
+        R: OutgoingRequest<Authentication = HomeserverToken>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = ()>,
+    {
         let base_url = appservice.registration.url.as_deref().ok_or(AppserviceError::NoUrl)?;
         let http_request = request
             .try_into_http_request::<Vec<u8>>(base_url, &appservice.registration.hs_token, ())
@@ -108,11 +138,10 @@ impl AppserviceClient {
                 AppserviceError::Unreachable(error_chain(&e))
             }
         })?;
-        let answer = read_answer(response, MAX_ANSWER_BYTES).await.map_err(|e| match e {
+        read_answer(response, MAX_ANSWER_BYTES).await.map_err(|e| match e {
             AnswerError::Body(reason) => AppserviceError::Unreachable(reason),
             AnswerError::Status { status, body } => AppserviceError::Status { status, body },
-        })?;
-        parse_answer::<R::IncomingResponse>(&answer).map_err(AppserviceError::Invalid)
+        })
     }
 }
 

@@ -2,7 +2,12 @@
 //! or alias exist (the bridge may create it on demand), the third-party
 //! protocols and their lookups, and ping.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value as JsonValue, json};
 
 use estuary_core::{Error, Result};
 use ruma::{
@@ -15,10 +20,13 @@ use ruma::{
             get_user_for_user_id,
         },
     },
-    thirdparty::{Location, Protocol, ProtocolInstance, User},
+    thirdparty::{Location, User},
 };
 
 use super::{Appservice, Appservices, http::ask};
+
+/// How long a bridge's description of a protocol is used without asking again.
+const PROTOCOL_CACHE_TIME: Duration = Duration::from_secs(60);
 
 impl Appservices {
     /// Ask the appservice whose namespace holds `user_id` whether it exists;
@@ -55,39 +63,82 @@ impl Appservices {
     }
 
     /// Every protocol the appservices bridge, as their bridges describe them.
-    pub async fn protocols(&self) -> BTreeMap<String, Protocol> {
+    pub async fn protocols(&self) -> BTreeMap<String, JsonValue> {
         let mut protocols = BTreeMap::new();
-        for appservice in self.registry().all.iter() {
-            for name in appservice.registration.protocols.iter().flatten() {
-                if let Some(protocol) = self.ask_protocol(appservice, name).await {
-                    merge_protocol(&mut protocols, name, protocol);
-                }
+        let mut names: Vec<String> = self
+            .with_protocols()
+            .iter()
+            .flat_map(|a| a.registration.protocols.clone().unwrap_or_default())
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            if let Ok(protocol) = self.protocol(&name).await {
+                protocols.insert(name, protocol);
             }
         }
         protocols
     }
 
-    /// One protocol; 404 when no appservice bridges it.
-    pub async fn protocol(&self, name: &str) -> Result<Protocol> {
-        let mut protocols = BTreeMap::new();
+    /// One protocol: the first bridge's description with every bridge's
+    /// instances; 404 when no bridge describes it. A description is kept
+    /// for a minute, and used when a bridge answers nothing usable.
+    pub async fn protocol(&self, name: &str) -> Result<JsonValue> {
+        if let Some((at, known)) = self.protocol_cache.lock().expect("protocol cache").get(name)
+            && at.elapsed() < PROTOCOL_CACHE_TIME
+        {
+            return Ok(known.clone());
+        }
+        let mut merged: Option<JsonValue> = None;
         for appservice in self.bridging(name) {
-            if let Some(protocol) = self.ask_protocol(&appservice, name).await {
-                merge_protocol(&mut protocols, name, protocol);
+            let Some(protocol) = self.ask_protocol(&appservice, name).await else { continue };
+            match merged.as_mut() {
+                Some(merged) => {
+                    let more = protocol["instances"].as_array().cloned().unwrap_or_default();
+                    if let Some(instances) = merged["instances"].as_array_mut() {
+                        instances.extend(more);
+                    }
+                }
+                None => merged = Some(protocol),
             }
         }
-        protocols.remove(name).ok_or_else(|| Error::not_found(format!("No bridge for protocol {name:?}")))
+        let mut cache = self.protocol_cache.lock().expect("protocol cache");
+        match merged {
+            Some(protocol) => {
+                cache.insert(name.to_owned(), (Instant::now(), protocol.clone()));
+                Ok(protocol)
+            }
+            None => cache
+                .get(name)
+                .map(|(_, known)| known.clone())
+                .ok_or_else(|| Error::not_found(format!("No bridge for protocol {name:?}"))),
+        }
     }
 
-    async fn ask_protocol(&self, appservice: &Appservice, name: &str) -> Option<Protocol> {
-        let response = ask(&self.http, appservice, get_protocol::v1::Request::new(name.to_owned())).await?;
-        let mut protocol: Protocol = response.protocol.into();
-        // Clients name an instance when they search the room directory; the
-        // ID says which appservice and network it is.
-        for instance in &mut protocol.instances {
-            instance.instance_id = Some(
-                serde_json::json!({"appservice_id": appservice.id(), "network_id": instance.network_id})
-                    .to_string(),
-            );
+    /// A bridge's description of a protocol, passed on as it wrote it (with
+    /// an `instance_id` for each instance naming a network, so clients can
+    /// search its room directory); `None` unless it is a usable object.
+    async fn ask_protocol(&self, appservice: &Appservice, name: &str) -> Option<JsonValue> {
+        let request = get_protocol::v1::Request::new(name.to_owned());
+        let mut protocol = match self.http.send_for_json(appservice, request).await {
+            Ok(protocol) => protocol,
+            Err(err) => {
+                tracing::warn!(
+                    appservice = appservice.id(),
+                    protocol = name,
+                    "protocol lookup failed: {err}"
+                );
+                return None;
+            }
+        };
+        if !protocol.get("instances").is_some_and(JsonValue::is_array) {
+            return None;
+        }
+        for instance in protocol["instances"].as_array_mut().into_iter().flatten() {
+            if let Some(network) = instance.get("network_id").cloned() {
+                instance["instance_id"] =
+                    json!({"appservice_id": appservice.id(), "network_id": network}).to_string().into();
+            }
         }
         Some(protocol)
     }
@@ -160,19 +211,5 @@ impl Appservices {
             .filter(|a| a.registration.protocols.as_ref().is_some_and(|p| !p.is_empty()))
             .cloned()
             .collect()
-    }
-}
-
-/// Two bridges of one protocol: the first description, both bridges' instances.
-fn merge_protocol(
-    protocols: &mut BTreeMap<String, Protocol>,
-    name: &str,
-    protocol: Protocol<ProtocolInstance>,
-) {
-    match protocols.get_mut(name) {
-        Some(known) => known.instances.extend(protocol.instances),
-        None => {
-            protocols.insert(name.to_owned(), protocol);
-        }
     }
 }

@@ -165,6 +165,8 @@ pub struct Appservices {
     /// (`rooms/appservice_interest.rs`) know when to start over.
     generation: AtomicU64,
     pub(crate) http: http::AppserviceClient,
+    /// Protocol descriptions (`lookups.rs`): name → (when asked, description).
+    protocol_cache: std::sync::Mutex<HashMap<String, (std::time::Instant, JsonValue)>>,
 }
 
 impl Appservices {
@@ -191,6 +193,7 @@ impl Appservices {
             appserviceid_registration: table,
             current: RwLock::new(Arc::new(registry)),
             generation: AtomicU64::new(0),
+            protocol_cache: Default::default(),
         })
     }
 
