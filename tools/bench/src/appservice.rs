@@ -104,22 +104,6 @@ pub async fn appservice_benchmark(binary: &std::path::Path, args: &Args) -> Resu
 /// A new room of `token`'s user with the appservice's bot joined.
 async fn room_with_bot(client: &Client, token: &str) -> Result<String> {
     let room = client.create_room(token).await?;
-    let invite = json!({"user_id": "@benchbot:localhost"});
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/_matrix/client/v3/rooms/{room}/invite"),
-            Some(token),
-            Some(invite),
-        )
-        .await?;
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(AS_TOKEN),
-            Some(json!({})),
-        )
-        .await?;
+    client.invite_and_join(&room, token, "@benchbot:localhost", AS_TOKEN).await?;
     Ok(room)
 }

@@ -164,6 +164,22 @@ impl Client {
         Ok(response["room_id"].as_str().context("room_id")?.to_owned())
     }
 
+    /// `inviter` invites `invitee` into `room`, who joins with `invitee_token`.
+    async fn invite_and_join(
+        &self,
+        room: &str,
+        inviter: &str,
+        invitee: &str,
+        invitee_token: &str,
+    ) -> Result<()> {
+        let invite = json!({"user_id": invitee});
+        let path = format!("/_matrix/client/v3/rooms/{room}/invite");
+        self.call(reqwest::Method::POST, &path, Some(inviter), Some(invite)).await?;
+        let path = format!("/_matrix/client/v3/rooms/{room}/join");
+        self.call(reqwest::Method::POST, &path, Some(invitee_token), Some(json!({}))).await?;
+        Ok(())
+    }
+
     async fn send(&self, token: &str, room: &str, txn: &str) -> Result<()> {
         let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
         let body = json!({"msgtype": "m.text", "body": format!("benchmark message {txn}")});
@@ -404,23 +420,7 @@ async fn delivery_benchmark(client: &Client, args: &Args) -> Result<()> {
     let sender = client.register("courier").await?;
     let receiver = client.register("recipient").await?;
     let room = client.create_room(&sender).await?;
-    let invite = json!({"user_id": format!("@recipient:localhost")});
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/_matrix/client/v3/rooms/{room}/invite"),
-            Some(&sender),
-            Some(invite),
-        )
-        .await?;
-    client
-        .call(
-            reqwest::Method::POST,
-            &format!("/_matrix/client/v3/rooms/{room}/join"),
-            Some(&receiver),
-            Some(json!({})),
-        )
-        .await?;
+    client.invite_and_join(&room, &sender, "@recipient:localhost", &receiver).await?;
     let initial = client.call(reqwest::Method::GET, "/_matrix/client/v3/sync", Some(&receiver), None).await?;
     let mut since = initial["next_batch"].as_str().context("next_batch")?.to_owned();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
