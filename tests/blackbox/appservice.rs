@@ -914,6 +914,12 @@ async fn third_party_lookups_go_to_the_appservice() {
     assert_eq!(found[0]["protocol"], "irc", "{found}");
     assert_eq!(found[0]["fields"]["channel"], "#matrix", "{found}");
     assert_eq!(found[0]["fields"]["network"], "libera", "{found}");
+    // The token in the query (as older clients send it) is not a search
+    // field: it never reaches the bridge.
+    let path = format!("/_matrix/client/v3/thirdparty/user/irc?nick=kim&access_token={}", alice.token);
+    assert_eq!(server.get(&path, None).await.0, 200);
+    let kim = double.hits().into_iter().find(|h| h.query["nick"] == "kim").expect("asked about kim");
+    assert!(kim.query.get("access_token").is_none(), "{:?}", kim.query);
     let (status, found) = thirdparty(&server, &alice, "user/irc?nick=jim").await;
     assert_eq!(status, 200, "{found}");
     assert_eq!(found[0]["userid"], "@irc_jim:localhost", "{found}");
@@ -929,7 +935,7 @@ async fn third_party_lookups_go_to_the_appservice() {
 
     let hits = double.hits();
     let asked = |path: &str, key: &str| {
-        let hit = hits.iter().find(|h| h.path == format!("{APP}thirdparty/{path}"));
+        let hit = hits.iter().rev().find(|h| h.path == format!("{APP}thirdparty/{path}"));
         hit.unwrap_or_else(|| panic!("{path} not asked")).query[key].clone()
     };
     assert_eq!(asked("location/irc", "channel"), "#matrix");
@@ -1036,6 +1042,16 @@ async fn encrypting_bridges_get_device_data_in_transactions() {
     let delete = acting_as("/_matrix/client/v3/devices/GHOSTDEV", &ghost);
     assert_eq!(server.delete(&delete, Some("irc_as")).await.0, 200, "no UIA for an appservice");
     assert_error(&server.get(&as_device(WHOAMI), Some("irc_as")).await, 400, "M_UNKNOWN_DEVICE");
+
+    // Nor to deactivate its user.
+    let deactivate = acting_as("/_matrix/client/v3/account/deactivate", &ghost);
+    assert_eq!(server.post(&deactivate, Some("irc_as"), json!({})).await.0, 200);
+    let login = json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "irc_ghost"}});
+    assert_error(
+        &server.post("/_matrix/client/v3/login", Some("irc_as"), login).await,
+        403,
+        "M_USER_DEACTIVATED",
+    );
 }
 
 /// What waits for an appservice that is down survives a `kill -9` of the

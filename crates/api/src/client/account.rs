@@ -65,7 +65,10 @@ pub async fn deactivate(
     request: Ruma<deactivate::v3::Request>,
 ) -> ApiResult<deactivate::v3::Response> {
     let user_id = request.user()?.to_owned();
-    require_password(&services, "deactivate", &user_id, request.body.auth.as_ref()).await?;
+    // An appservice manages its users without their passwords (they have none).
+    if request.appservice.is_none() {
+        require_password(&services, "deactivate", &user_id, request.body.auth.as_ref()).await?;
+    }
     services.devices.delete_all(&user_id)?;
     services.accounts.deactivate(&user_id)?;
     services.profile.clear(&user_id)?;

@@ -1,7 +1,7 @@
 //! Endpoints appservices and their users call: ping (spec v1.7) and the
 //! third-party lookups, answered by the bridges that register protocols.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use estuary_core::Error;
 use ruma::api::client::{
@@ -50,7 +50,7 @@ pub async fn locations(
     request: Ruma<get_location_for_protocol::v3::Request>,
 ) -> ApiResult<get_location_for_protocol::v3::Response> {
     let body = &request.body;
-    let found = services.appservices.locations(&body.protocol, body.fields.clone()).await?;
+    let found = services.appservices.locations(&body.protocol, search_fields(&body.fields)).await?;
     Ok(get_location_for_protocol::v3::Response::new(found))
 }
 
@@ -59,7 +59,7 @@ pub async fn users(
     request: Ruma<get_user_for_protocol::v3::Request>,
 ) -> ApiResult<get_user_for_protocol::v3::Response> {
     let body = &request.body;
-    let found = services.appservices.users(&body.protocol, body.fields.clone()).await?;
+    let found = services.appservices.users(&body.protocol, search_fields(&body.fields)).await?;
     Ok(get_user_for_protocol::v3::Response::new(found))
 }
 
@@ -77,4 +77,16 @@ pub async fn users_for_user_id(
 ) -> ApiResult<get_user_for_user_id::v3::Response> {
     let found = services.appservices.users_for_user_id(&request.body.userid).await;
     Ok(get_user_for_user_id::v3::Response::new(found))
+}
+
+/// The search fields of a third-party lookup: ruma collects every query
+/// parameter, and the caller's own (its access token, an appservice's
+/// masquerading) must never reach the bridge.
+fn search_fields(query: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    const OURS: [&str; 4] = ["access_token", "user_id", "device_id", "org.matrix.msc3202.device_id"];
+    query
+        .iter()
+        .filter(|(key, _)| !OURS.contains(&key.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }

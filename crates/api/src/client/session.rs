@@ -53,6 +53,9 @@ pub async fn login(services: AppState, request: Ruma<login::v3::Request>) -> Api
             if !appservice.is_user_in_namespace(&user_id) || !accounts.exists(&user_id)? {
                 return Err(Error::forbidden("User is not in the appservice's namespace").into());
             }
+            if accounts.account(&user_id)?.is_some_and(|a| a.deactivated) {
+                return Err(login_refused(&services, &user_id)?.into());
+            }
             user_id
         }
         _ => return Err(Error::matrix(400, ErrorKind::Unknown, "Unsupported login type").into()),
