@@ -898,7 +898,7 @@ async fn third_party_lookups_go_to_the_appservice() {
         assert_eq!(protocol["user_fields"], json!(["nick"]), "{protocols}");
         assert_eq!(protocol["icon"], format!("mxc://localhost/{name}"), "{protocols}");
         assert_eq!(protocol["instances"][0]["network_id"], name, "{protocols}");
-        let instance_id = json!({"appservice_id": "irc", "network_id": name}).to_string();
+        let instance_id = format!("irc|{name}");
         assert_eq!(protocol["instances"][0]["instance_id"], instance_id, "{protocols}");
         assert_eq!(protocol["instances"][1], json!({"desc": "bare"}), "{protocols}");
     }
@@ -1098,4 +1098,34 @@ async fn appservices_register_users_when_registration_is_closed() {
     let (status, body) = server.post("/_matrix/client/v3/register", None, closed).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["flows"], json!([{"stages": ["m.login.registration_token"]}]));
+}
+
+/// An appservice publishes rooms in its own network's directory: not in
+/// the server's list, found with `third_party_instance_id` ("id|network")
+/// or `include_all_networks`, and taken out again with DELETE.
+#[tokio::test]
+async fn appservices_publish_rooms_in_their_network_directory() {
+    let server = start_server(&[registration("irc", None, "")]);
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "name": "Bridged"})).await;
+    let listing = format!("/_matrix/client/v3/directory/list/appservice/libera/{room}");
+    assert_error(
+        &server.put(&listing, Some(&alice.token), json!({"visibility": "public"})).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+    assert_eq!(server.put(&listing, Some("irc_as"), json!({"visibility": "public"})).await.0, 200);
+    assert!(!in_directory(&server, &alice, &room, json!({})).await, "not in the server's own list");
+    assert!(in_directory(&server, &alice, &room, json!({"third_party_instance_id": "irc|libera"})).await);
+    assert!(!in_directory(&server, &alice, &room, json!({"third_party_instance_id": "irc|oftc"})).await);
+    assert!(in_directory(&server, &alice, &room, json!({"include_all_networks": true})).await);
+    assert_eq!(server.delete(&listing, Some("irc_as")).await.0, 200);
+    assert!(!in_directory(&server, &alice, &room, json!({"third_party_instance_id": "irc|libera"})).await);
+}
+
+/// Whether `room` is in the `/publicRooms` answer to `body`.
+async fn in_directory(server: &TestServer, user: &User, room: &str, body: Value) -> bool {
+    let (status, page) = server.post("/_matrix/client/v3/publicRooms", Some(&user.token), body).await;
+    assert_eq!(status, 200, "{page}");
+    page["chunk"].as_array().unwrap().iter().any(|r| r["room_id"] == room)
 }

@@ -399,7 +399,12 @@ async fn public_rooms(
 ) -> ApiResult<get_public_rooms::v1::Response> {
     r.origin()?;
     let limit = r.body.limit.map(|l| u64::from(l) as usize);
-    let page = s.rooms.public_rooms(limit, r.body.since.as_deref(), None)?;
+    let page = s.rooms.public_rooms(
+        limit,
+        r.body.since.as_deref(),
+        None,
+        &estuary_service::rooms::RoomList::Main,
+    )?;
     let mut response = get_public_rooms::v1::Response::new();
     response.chunk = crate::client::directory::chunks(&page)?;
     response.next_batch = page.next_batch;
@@ -415,8 +420,12 @@ async fn public_rooms_filtered(
     r.origin()?;
     let body = &r.body;
     let limit = body.limit.map(|l| u64::from(l) as usize);
-    let page =
-        s.rooms.public_rooms(limit, body.since.as_deref(), body.filter.generic_search_term.as_deref())?;
+    let page = s.rooms.public_rooms(
+        limit,
+        body.since.as_deref(),
+        body.filter.generic_search_term.as_deref(),
+        &estuary_service::rooms::RoomList::Main,
+    )?;
     let mut response = get_public_rooms_filtered::v1::Response::new();
     response.chunk = crate::client::directory::chunks(&page)?;
     response.next_batch = page.next_batch;

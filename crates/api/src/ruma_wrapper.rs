@@ -190,7 +190,7 @@ async fn path_args(parts: &mut Parts, state: &AppState) -> Result<Vec<String>, A
 }
 
 /// The token from `Authorization: Bearer …`, or the deprecated `access_token` query parameter.
-fn access_token(parts: &Parts) -> Option<String> {
+pub(crate) fn access_token(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         return value.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
@@ -202,7 +202,7 @@ fn access_token(parts: &Parts) -> Option<String> {
     })
 }
 
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

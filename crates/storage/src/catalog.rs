@@ -120,4 +120,6 @@ pub const TABLES: &[&str] = &[
     "roomidalias_creator",
     // Room ID → () for rooms published in the room directory.
     "publicroomid",
+    // (appservice ID|network ID, room ID) → (): rooms an appservice published in its network's directory.
+    "networkroomid",
 ];

@@ -12,6 +12,8 @@ use ruma::{
     events::StateEventType,
 };
 
+use estuary_service::rooms::RoomList;
+
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
 pub async fn create(
@@ -78,7 +80,7 @@ pub async fn public_rooms(
 ) -> ApiResult<get_public_rooms::v3::Response> {
     let body = &request.body;
     let limit = body.limit.map(|l| u64::from(l) as usize);
-    let page = services.rooms.public_rooms(limit, body.since.as_deref(), None)?;
+    let page = services.rooms.public_rooms(limit, body.since.as_deref(), None, &RoomList::Main)?;
     let mut response = get_public_rooms::v3::Response::new(chunks(&page)?);
     response.next_batch = page.next_batch;
     response.prev_batch = page.prev_batch;
@@ -93,13 +95,53 @@ pub async fn public_rooms_filtered(
     let body = &request.body;
     let limit = body.limit.map(|l| u64::from(l) as usize);
     let term = body.filter.generic_search_term.as_deref();
-    let page = services.rooms.public_rooms(limit, body.since.as_deref(), term)?;
+    let page =
+        services.rooms.public_rooms(limit, body.since.as_deref(), term, &room_list(&body.room_network))?;
     let mut response = get_public_rooms_filtered::v3::Response::new();
     response.chunk = chunks(&page)?;
     response.next_batch = page.next_batch;
     response.prev_batch = page.prev_batch;
     response.total_room_count_estimate = UInt::new(page.total as u64);
     Ok(response)
+}
+
+/// The directory a `/publicRooms` search names: ours, a bridge network's
+/// (`third_party_instance_id`), or all (`include_all_networks`).
+fn room_list(network: &ruma::directory::RoomNetwork) -> RoomList {
+    match network {
+        ruma::directory::RoomNetwork::All => RoomList::All,
+        ruma::directory::RoomNetwork::ThirdParty(instance) => RoomList::Network(instance.clone()),
+        _ => RoomList::Main,
+    }
+}
+
+/// `PUT` and `DELETE /directory/list/appservice/{networkId}/{roomId}`: an
+/// appservice publishes a room in its network's directory, or takes it out.
+pub async fn set_network_visibility(
+    axum::extract::State(services): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let (parts, body) = request.into_parts();
+    let token = crate::ruma_wrapper::access_token(&parts).ok_or_else(Error::missing_token)?;
+    let appservice = services.appservices.by_token(&token).ok_or_else(|| Error::unknown_token(false))?;
+    let segments: Vec<&str> = parts.uri.path().rsplitn(3, '/').collect();
+    let (Some(room_id), Some(network)) = (segments.first(), segments.get(1)) else {
+        return Err(Error::unrecognized(404, "Unknown path").into());
+    };
+    let room_id = crate::ruma_wrapper::percent_decode(room_id);
+    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let public = match parts.method {
+        http::Method::DELETE => false,
+        _ => {
+            let bytes =
+                axum::body::to_bytes(body, 65_536).await.map_err(|_| Error::too_large("Body too large"))?;
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            body["visibility"] == "public"
+        }
+    };
+    let instance = format!("{}|{}", appservice.id(), crate::ruma_wrapper::percent_decode(network));
+    services.rooms.set_network_published(&instance, &room_id, public)?;
+    Ok(axum::Json(serde_json::json!({})))
 }
 
 pub async fn get_visibility(

@@ -175,6 +175,15 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(room::get_event)
         .ruma_custom(peek::initial_sync)
         .ruma_raw::<ruma::api::client::peeking::listen_to_new_events::v3::Request, _, _>(peek::events)
+        // An appservice's network directory (the spec's PUT; DELETE as Synapse serves it).
+        .route(
+            "/_matrix/client/v3/directory/list/appservice/{network_id}/{room_id}",
+            axum::routing::put(directory::set_network_visibility).delete(directory::set_network_visibility),
+        )
+        .route(
+            "/_matrix/client/r0/directory/list/appservice/{network_id}/{room_id}",
+            axum::routing::put(directory::set_network_visibility).delete(directory::set_network_visibility),
+        )
         // Legacy endpoints without a ruma type: the global initialSync, and
         // sending without a transaction ID.
         .route(

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value as JsonValue, json};
+use serde_json::Value as JsonValue;
 
 use estuary_core::{Error, Result};
 use ruma::{
@@ -135,9 +135,10 @@ impl Appservices {
             return None;
         }
         for instance in protocol["instances"].as_array_mut().into_iter().flatten() {
-            if let Some(network) = instance.get("network_id").cloned() {
-                instance["instance_id"] =
-                    json!({"appservice_id": appservice.id(), "network_id": network}).to_string().into();
+            // "appservice ID|network ID", the form Synapse uses (and SyTest
+            // relies on): it names the directory `/publicRooms` searches.
+            if let Some(network) = instance.get("network_id").and_then(JsonValue::as_str).map(str::to_owned) {
+                instance["instance_id"] = format!("{}|{network}", appservice.id()).into();
             }
         }
         Some(protocol)

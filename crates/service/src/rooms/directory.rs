@@ -27,6 +27,16 @@ pub struct PublicRoomsPage {
     pub total: usize,
 }
 
+/// Which room directory: the server's own, an appservice network's
+/// (published by the bridge), or all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomList {
+    Main,
+    /// "appservice ID|network ID", as the third-party protocols name it.
+    Network(String),
+    All,
+}
+
 impl Rooms {
     pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
         Ok(self.alias_roomid.get(&alias.to_string()).db()?.and_then(|id| RoomId::parse(id).ok()))
@@ -222,11 +232,51 @@ impl Rooms {
     }
 
     /// Published rooms, most members first, filtered by a search term.
+    /// Publish a room in (or take it out of) the directory of an
+    /// appservice's network (`instance`: "appservice ID|network ID").
+    pub fn set_network_published(&self, instance: &str, room_id: &RoomId, public: bool) -> Result<()> {
+        self.require_room(room_id)?;
+        let key = (instance.to_owned(), room_id.to_string());
+        if public { self.networkroomid.put(&key, &String::new()) } else { self.networkroomid.delete(&key) }
+            .db()
+    }
+
+    /// The rooms of a directory list.
+    fn listed_rooms(&self, list: &RoomList) -> Result<Vec<String>> {
+        let main = || -> Result<Vec<String>> {
+            Ok(self
+                .publicroomid
+                .scan_raw_prefix(&[], usize::MAX)
+                .db()?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect())
+        };
+        let networks = |prefix: Vec<u8>| -> Result<Vec<String>> {
+            Ok(self
+                .networkroomid
+                .scan_raw_prefix(&prefix, usize::MAX)
+                .db()?
+                .into_iter()
+                .map(|((_, id), _)| id)
+                .collect())
+        };
+        let mut rooms = match list {
+            RoomList::Main => main()?,
+            RoomList::Network(instance) => networks(estuary_storage::Key::encode(&(instance.clone(),)))?,
+            RoomList::All => main()?.into_iter().chain(networks(Vec::new())?).collect(),
+        };
+        rooms.sort();
+        rooms.dedup();
+        Ok(rooms)
+    }
+
     pub fn public_rooms(
         &self,
         limit: Option<usize>,
         since: Option<&str>,
         term: Option<&str>,
+        list: &RoomList,
     ) -> Result<PublicRoomsPage> {
         let offset = match since {
             Some(token) => token
@@ -237,7 +287,7 @@ impl Rooms {
         };
         let term = term.map(str::to_lowercase).filter(|t| !t.is_empty());
         let mut rooms = Vec::new();
-        for (room_id, _) in self.publicroomid.scan_raw_prefix(&[], usize::MAX).db()? {
+        for room_id in self.listed_rooms(list)? {
             let Ok(room_id) = RoomId::parse(room_id) else { continue };
             let summary = self.room_summary(&room_id)?;
             let matches = term.as_ref().is_none_or(|term| {

@@ -47,7 +47,7 @@ pub use append::Txn;
 pub use check::ConsistencyReport;
 pub use context::Context;
 pub use create::{CreateRoom, Preset, supported_room_version};
-pub use directory::PublicRoomsPage;
+pub use directory::{PublicRoomsPage, RoomList};
 pub use notify::NotificationRow;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{glob_match, passes};
@@ -161,6 +161,7 @@ pub struct Rooms {
     alias_roomid: Table<String, String>,
     roomidalias_creator: Table<(String, String), String>,
     publicroomid: Table<String, String>,
+    networkroomid: Table<(String, String), String>,
     roomidtermstream_count: Table<(String, String, u64), u64>,
     tokenizer: crate::search::tokenize::Tokenizer,
     /// One writer per room at a time: prev_events and state stay consistent.
@@ -215,6 +216,7 @@ impl Rooms {
             alias_roomid: db.table("alias_roomid").db()?,
             roomidalias_creator: db.table("roomidalias_creator").db()?,
             publicroomid: db.table("publicroomid").db()?,
+            networkroomid: db.table("networkroomid").db()?,
             roomidtermstream_count: db.table("roomidtermstream_count").db()?,
             tokenizer: crate::search::tokenize::Tokenizer::new(&config.search_language),
             room_locks: Mutex::new(RoomLocks { map: HashMap::new(), prune_at: ROOM_LOCKS_KEPT }),
