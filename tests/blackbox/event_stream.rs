@@ -48,6 +48,9 @@ async fn the_event_stream_carries_everything_of_the_user() {
         assert!(initial.get(key).is_some(), "{key}: {initial}");
     }
     let from = initial["end"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    events(&server, &alice, &format!("from={from}")).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "without a timeout it answers at once");
 
     let (_, sent) = send_text(&server, &alice, &room, "t1", "hello stream").await;
     send_text(&server, &elsewhere, &other, "t1", "not for alice").await;

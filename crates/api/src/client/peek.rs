@@ -21,8 +21,9 @@ use crate::{
 
 /// Messages in an `initialSync` answer without `limit`.
 const INITIAL_SYNC_MESSAGES: usize = 20;
-/// `/events` waits this long without `timeout`.
-const DEFAULT_EVENTS_TIMEOUT: Duration = Duration::from_secs(30);
+/// `/events` without `timeout` answers at once (the spec gives no default;
+/// clients that long-poll send one).
+const DEFAULT_EVENTS_TIMEOUT: Duration = Duration::ZERO;
 
 pub async fn initial_sync(
     services: AppState,
