@@ -196,3 +196,26 @@ async fn legacy_forms_older_clients_send() {
 async fn events_bad(server: &TestServer, user: &User, query: &str) -> (reqwest::StatusCode, Value) {
     server.get(&format!("/_matrix/client/r0/events?{query}"), Some(&user.token)).await
 }
+
+/// Receipts only move forward: one on an earlier event is accepted and
+/// ignored, and `/initialSync` shows the latest.
+#[tokio::test]
+async fn receipts_move_forward_only() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let first =
+        send_text(&server, &alice, &room, "m1", "first").await.1["event_id"].as_str().unwrap().to_owned();
+    let second =
+        send_text(&server, &alice, &room, "m2", "second").await.1["event_id"].as_str().unwrap().to_owned();
+    for event in [&second, &first] {
+        let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}");
+        assert_eq!(server.post(&path, Some(&alice.token), json!({})).await.0, 200);
+    }
+    let (status, body) = server.get("/_matrix/client/v3/initialSync", Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let receipts =
+        body["receipts"].as_array().unwrap().iter().find(|r| r["room_id"] == room).cloned().unwrap();
+    assert!(receipts["content"][&second]["m.read"][&alice.user_id]["ts"].is_u64(), "{receipts}");
+    assert!(receipts["content"].get(&first).is_none(), "{receipts}");
+}

@@ -256,16 +256,24 @@ impl Ephemeral {
         if !self.rooms.is_joined(user_id, room_id)? {
             return Err(Error::forbidden("You are not in this room"));
         }
-        match self.rooms.stored(event_id)? {
-            Some(stored) if stored.room_id == room_id => {}
+        let position = match self.rooms.stored(event_id)? {
+            Some(stored) if stored.room_id == room_id => stored.stream,
             _ => return Err(Error::not_found("Event not found in this room")),
-        }
+        };
         let key = (
             room_id.to_string(),
             user_id.to_string(),
             receipt_type.to_owned(),
             thread_id.unwrap_or_default().to_owned(),
         );
+        // Receipts only move forward: one for an earlier event than the
+        // current receipt is accepted and ignored, as Synapse does.
+        if let Some(Json((current, _))) = self.receipts.get(&key).db()?
+            && let Ok(current) = ruma::EventId::parse(&current)
+            && self.rooms.stored(&current)?.is_some_and(|c| c.stream > position)
+        {
+            return Ok(());
+        }
         let mut batch = self.db.batch();
         let ts = now_millis();
         batch.put(&self.receipts, &key, &Json((event_id.to_string(), ts)));
