@@ -131,7 +131,7 @@ impl EventStream {
         Ok(changes
             .into_iter()
             .map(|(room, kind, content)| {
-                let event = json!({"type": kind, "content": serde_json::from_str::<JsonValue>(content.get()).unwrap_or_default()});
+                let event = account_data_event(&kind, &content);
                 match RoomId::parse(&room) {
                     Ok(room_id) => in_room(event, &room_id),
                     Err(_) => event,
@@ -162,13 +162,9 @@ impl EventStream {
                     rooms.push(json!({"room_id": room_id, "membership": "invite"}));
                     continue;
                 }
-                let mut room = self.s.peek.room_snapshot(user, &room_id, limit)?;
-                room.as_object_mut().map(|r| (r.remove("presence"), r.remove("receipts")));
-                rooms.push(room);
-                if membership == "join"
-                    && let Some(event) = self.s.ephemeral.receipt_event(user, &room_id, None, end - 1)?
-                {
-                    receipts.push(in_room(event, &room_id));
+                rooms.push(self.s.peek.room_snapshot(user, &room_id, limit)?);
+                if membership == "join" {
+                    receipts.extend(self.s.peek.receipts(user, &room_id)?);
                 }
             }
         }
@@ -184,7 +180,7 @@ impl EventStream {
             .of_user(user, None)?
             .into_iter()
             .filter(|(room, _, _)| room.is_empty())
-            .map(|(_, kind, content)| json!({"type": kind, "content": serde_json::from_str::<JsonValue>(content.get()).unwrap_or_default()}))
+            .map(|(_, kind, content)| account_data_event(&kind, &content))
             .collect();
         Ok(json!({
             "rooms": rooms,
@@ -208,7 +204,12 @@ pub(crate) fn legacy(mut event: JsonValue) -> JsonValue {
     event
 }
 
-fn in_room(mut event: JsonValue, room_id: &RoomId) -> JsonValue {
+/// An account data event as the legacy endpoints show it.
+pub(crate) fn account_data_event(kind: &str, content: &serde_json::value::RawValue) -> JsonValue {
+    json!({"type": kind, "content": serde_json::from_str::<JsonValue>(content.get()).unwrap_or_default()})
+}
+
+pub(crate) fn in_room(mut event: JsonValue, room_id: &RoomId) -> JsonValue {
     event["room_id"] = room_id.as_str().into();
     event
 }

@@ -12,7 +12,7 @@ use serde_json::{Value as JsonValue, json};
 use crate::{
     account_data::AccountData,
     ephemeral::Ephemeral,
-    event_stream::legacy,
+    event_stream::{account_data_event, in_room, legacy},
     presence::Presence,
     rooms::{Direction, MessagesQuery, Rooms},
     streams::Streams,
@@ -45,15 +45,20 @@ impl Peek {
     }
 
     /// `GET /rooms/{roomId}/initialSync`. 403 when the user may not read the room.
+    /// With the room's snapshot come its members' presence and receipts
+    /// (none for a member who left).
     pub fn initial_sync(&self, viewer: &UserId, room_id: &RoomId, limit: usize) -> Result<JsonValue> {
         self.require_peekable(viewer, room_id)?;
-        self.room_snapshot(viewer, room_id, limit)
+        let mut response = self.room_snapshot(viewer, room_id, limit)?;
+        let departed = matches!(response["membership"].as_str(), Some("leave" | "ban"));
+        response["presence"] = if departed { Vec::new() } else { self.members_presence(room_id)? }.into();
+        response["receipts"] = if departed { Vec::new() } else { self.receipts(viewer, room_id)? }.into();
+        Ok(response)
     }
 
     /// A room as `initialSync` shows it: its state, its latest `limit`
-    /// messages, its members' presence and receipts, the viewer's account
-    /// data for it. A member who left sees it as it was when they left
-    /// (without presence and receipts).
+    /// messages, the viewer's account data for it. A member who left sees
+    /// it as it was when they left.
     pub fn room_snapshot(&self, viewer: &UserId, room_id: &RoomId, limit: usize) -> Result<JsonValue> {
         let membership = self.rooms.membership(viewer, room_id)?;
         let departed = matches!(membership.as_deref(), Some("leave" | "ban"));
@@ -84,8 +89,6 @@ impl Peek {
             "room_id": room_id,
             "messages": {"chunk": chunk.into_iter().map(legacy).collect::<Vec<_>>(), "start": start, "end": end},
             "state": state.into_iter().map(legacy).collect::<Vec<_>>(),
-            "presence": if departed { Vec::new() } else { self.members_presence(room_id)? },
-            "receipts": if departed { Vec::new() } else { self.receipts(viewer, room_id)? },
             "account_data": self.room_account_data(viewer, room_id)?,
             "visibility": if self.rooms.is_public(room_id)? { "public" } else { "private" },
         });
@@ -106,15 +109,10 @@ impl Peek {
             .collect()
     }
 
-    fn receipts(&self, viewer: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
+    /// The room's `m.receipt` event as the viewer sees it, with its `room_id`.
+    pub(crate) fn receipts(&self, viewer: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
         let event = self.ephemeral.receipt_event(viewer, room_id, None, self.streams.current())?;
-        Ok(event
-            .into_iter()
-            .map(|mut e| {
-                e["room_id"] = room_id.as_str().into();
-                e
-            })
-            .collect())
+        Ok(event.into_iter().map(|e| in_room(e, room_id)).collect())
     }
 
     /// The viewer's account data of the room, tags (`m.tag`) first.
@@ -123,9 +121,7 @@ impl Peek {
             .account_data
             .of_user(viewer, Some(room_id))?
             .into_iter()
-            .map(|(_, kind, content)| {
-                json!({"type": kind, "content": serde_json::from_str::<JsonValue>(content.get()).unwrap_or_default()})
-            })
+            .map(|(_, kind, content)| account_data_event(&kind, &content))
             .collect();
         events.sort_by_key(|e| e["type"] != "m.tag");
         Ok(events)
@@ -193,10 +189,7 @@ impl Peek {
         if from <= last {
             let typing = self.ephemeral.typing_event(room_id, Some(from), last);
             let receipts = self.ephemeral.receipt_event(viewer, room_id, Some(from), last)?;
-            chunk.extend(typing.into_iter().chain(receipts).map(|mut e| {
-                e["room_id"] = room_id.as_str().into();
-                e
-            }));
+            chunk.extend(typing.into_iter().chain(receipts).map(|e| in_room(e, room_id)));
             let members = self.rooms.members_with_membership(room_id, "join")?;
             let presence = self.presence.changes(&members, from, last)?;
             chunk.extend(presence.into_iter().map(legacy));
