@@ -85,8 +85,7 @@ pub struct Ruma<R> {
 impl<R> Ruma<R> {
     /// A query parameter by name, decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        let query = self.raw_query.as_deref()?;
-        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, v)| v.into_owned())
+        query_param(self.raw_query.as_deref(), name)
     }
 
     /// The calling appservice, for requests that must come from one.
@@ -189,6 +188,11 @@ async fn path_args(parts: &mut Parts, state: &AppState) -> Result<Vec<String>, A
     Ok(params.iter().map(|(_, value)| value.to_owned()).collect())
 }
 
+/// A query string's parameter by name, decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == name).map(|(_, v)| v.into_owned())
+}
+
 /// The token from `Authorization: Bearer …`, or the deprecated `access_token` query parameter.
 pub(crate) fn access_token(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
@@ -282,11 +286,7 @@ fn masquerade(
 ) -> Result<Caller, ApiError> {
     // It is calling us, so it is up: deliver what waits for it now.
     state.outgoing.destination_is_up(&appservice.destination());
-    let param = |name: &str| {
-        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.into_owned())
-    };
+    let param = |name: &str| query_param(query, name);
     let user = match param("user_id") {
         Some(raw) => UserId::parse(raw).map_err(|_| Error::invalid_param("Invalid user_id"))?,
         None => appservice.bot.clone(),
