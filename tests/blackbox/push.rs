@@ -129,7 +129,9 @@ async fn notification_counts_for_dms_mentions_and_receipts() {
 
     let (_, notifications) = server.get("/_matrix/client/v3/notifications", Some(&bob.token)).await;
     let list = notifications["notifications"].as_array().unwrap();
-    assert_eq!(list.len(), 4, "{notifications}");
+    // Two DMs, two group messages, and the DM's invite (`.m.rule.invite_for_me`).
+    assert_eq!(list.len(), 5, "{notifications}");
+    assert_eq!(list[4]["event"]["content"]["membership"], "invite");
     assert_eq!(list[0]["event"]["event_id"], mentioned["event_id"], "newest first");
     assert_eq!(list[0]["read"], false);
     let (_, highlights) =
@@ -139,7 +141,7 @@ async fn notification_counts_for_dms_mentions_and_receipts() {
     let next = page["next_token"].as_str().unwrap();
     let (_, rest) =
         server.get(&format!("/_matrix/client/v3/notifications?from={next}"), Some(&bob.token)).await;
-    assert_eq!(rest["notifications"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["notifications"].as_array().unwrap().len(), 2);
 
     // Reading up to the newest event clears the counts.
     let receipt = format!(
@@ -151,4 +153,87 @@ async fn notification_counts_for_dms_mentions_and_receipts() {
     send_text(&server, &alice, &group, "g3", "one more").await;
     assert_eq!(counts(&server, &bob, &group).await, (1, 0));
     let _: Value = json!({});
+}
+
+/// Every rule kind can be added, listed per kind (`…/{kind}/`), placed with
+/// `before`/`after`, disabled and deleted; malformed paths are 400.
+#[tokio::test]
+async fn push_rule_kinds_and_malformed_paths() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let token = Some(alice.token.as_str());
+    let base = "/_matrix/client/v3/pushrules/global";
+    let room = create_room(&server, &alice, json!({})).await;
+    let notice = json!([{"kind": "event_match", "key": "content.msgtype", "pattern": "m.notice"}]);
+    let rules = [
+        ("room", room.clone(), json!({"actions": ["notify"]})),
+        ("sender", "@bob:example.com".to_owned(), json!({"actions": ["notify"]})),
+        ("content", "тест".to_owned(), json!({"actions": ["notify"], "pattern": "тест"})),
+        ("override", "my_override".to_owned(), json!({"actions": ["notify"], "conditions": notice})),
+        ("underride", "my_underride".to_owned(), json!({"actions": ["notify"], "conditions": notice})),
+    ];
+    for (kind, rule_id, body) in &rules {
+        let path = format!("{base}/{kind}/{}", urlencoding(rule_id));
+        assert_eq!(server.put(&path, token, body.clone()).await.0, 200, "{kind}");
+        let (status, listed) = server.get(&format!("{base}/{kind}/"), token).await;
+        assert_eq!(status, 200, "{listed}");
+        let rule = listed.as_array().unwrap().iter().find(|r| r["rule_id"] == rule_id.as_str()).cloned();
+        let rule = rule.unwrap_or_else(|| panic!("{kind} rule not listed: {listed}"));
+        assert_eq!((rule["enabled"].clone(), rule["default"].clone()), (json!(true), json!(false)));
+    }
+    let (_, senders) = server.get(&format!("{base}/sender/"), token).await;
+    assert_eq!(senders.as_array().unwrap().len(), 1);
+
+    // Order: new rules go first; `before`/`after` place them.
+    let order = |listed: Value| -> Vec<String> {
+        listed.as_array().unwrap().iter().map(|r| r["rule_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let rule = json!({"actions": ["notify"]});
+    server.put(&format!("{base}/sender/@a:example.com"), token, rule.clone()).await;
+    server.put(&format!("{base}/sender/@b:example.com?after=@a:example.com"), token, rule.clone()).await;
+    server.put(&format!("{base}/sender/@c:example.com?before=@a:example.com"), token, rule).await;
+    let (_, listed) = server.get(&format!("{base}/sender/"), token).await;
+    assert_eq!(order(listed)[..3], ["@c:example.com", "@a:example.com", "@b:example.com"]);
+
+    let path = format!("{base}/sender/@a:example.com");
+    server.put(&format!("{path}/enabled"), token, json!({"enabled": false})).await;
+    assert_eq!(server.get(&path, token).await.1["enabled"], false);
+    assert_eq!(server.delete(&path, token).await.0, 200);
+    assert_error(&server.get(&path, token).await, 404, "M_NOT_FOUND");
+
+    for path in [
+        "/global",
+        "/global/room",
+        "/not_a_scope/",
+        "/global/not_a_template/",
+        "/global/override/.m.rule.master/not_an_attr",
+    ] {
+        let response = server.get(&format!("/_matrix/client/v3/pushrules{path}"), token).await;
+        assert_eq!(response.0, 400, "GET {path}: {}", response.1);
+    }
+    for path in [
+        "/",
+        "/not_a_scope/room/x",
+        "/global",
+        "/global/room",
+        "/global/room/",
+        "/global/override/.m.rule.master/not_an_attr",
+    ] {
+        let response = server.put(&format!("/_matrix/client/v3/pushrules{path}"), token, json!({})).await;
+        assert_eq!(response.0, 400, "PUT {path}: {}", response.1);
+    }
+    assert_eq!(server.get("/_matrix/client/v3/pushrules", token).await.0, 404);
+}
+
+fn urlencoding(rule_id: &str) -> String {
+    rule_id
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.@:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

@@ -12,7 +12,7 @@ use tokio::{
 };
 
 use crate::{
-    harness::{TestServer, assert_error},
+    harness::{PASSWORD, TestServer, assert_error, password_auth},
     rooms::{create_room, send_text},
 };
 
@@ -193,4 +193,87 @@ async fn failed_pushes_are_retried() {
             .then_some(())
     })
     .await;
+}
+
+fn pushes_of(gateway: &Gateway, check: impl Fn(&Value) -> bool) -> Vec<Value> {
+    gateway.received.lock().unwrap().iter().map(|n| n["notification"].clone()).filter(|n| check(n)).collect()
+}
+
+/// Invites reach the invitee's gateway; an unnamed room is named by its
+/// alias; reading clears the badge with a count-only push; a muted room
+/// pushes nothing; unknown actions are refused.
+#[tokio::test]
+async fn invites_badges_and_muted_rooms() {
+    let gateway = start_gateway(0).await;
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let set = "/_matrix/client/v3/pushers/set";
+    assert_eq!(server.post(set, Some(&bob.token), pusher(&gateway.url, "bobs")).await.0, 200);
+
+    let room = create_room(&server, &alice, json!({"room_alias_name": "hangout"})).await;
+    let invite = json!({"user_id": bob.user_id});
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), Some(&alice.token), invite).await;
+    let invited = wait_for(|| pushes_of(&gateway, |n| n["type"] == "m.room.member").pop()).await;
+    assert_eq!(
+        (invited["membership"].clone(), invited["user_is_target"].clone()),
+        (json!("invite"), json!(true))
+    );
+    assert_eq!(invited["id"], invited["event_id"], "the old field name too");
+    assert_eq!(invited["room_name"], "#hangout:localhost");
+    assert_eq!(invited["room_alias"], "#hangout:localhost");
+
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let (_, sent) = send_text(&server, &alice, &room, "m1", "hello").await;
+    wait_for(|| pushes_of(&gateway, |n| n["event_id"] == sent["event_id"]).pop()).await;
+    let receipt =
+        format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", sent["event_id"].as_str().unwrap());
+    assert_eq!(server.post(&receipt, Some(&bob.token), json!({})).await.0, 200);
+    let badge = wait_for(|| pushes_of(&gateway, |n| n.get("event_id").is_none()).pop()).await;
+    assert_eq!(badge["counts"]["unread"], 0, "{badge}");
+    let bad = server
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/receipt/not.m.read/{}",
+                sent["event_id"].as_str().unwrap()
+            ),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(bad.0, 400);
+
+    // Muted: a room rule with no notify action; then unmuted again.
+    let rule = format!("/_matrix/client/v3/pushrules/global/room/{room}");
+    let bad = server.put(&rule, Some(&bob.token), json!({"actions": ["not_an_action"]})).await;
+    assert_error(&bad, 400, "M_BAD_JSON");
+    assert_eq!(server.put(&rule, Some(&bob.token), json!({"actions": ["dont_notify"]})).await.0, 200);
+    let (_, muted) = send_text(&server, &alice, &room, "m2", "shh").await;
+    assert_eq!(server.delete(&rule, Some(&bob.token)).await.0, 200);
+    let (_, loud) = send_text(&server, &alice, &room, "m3", "again").await;
+    wait_for(|| pushes_of(&gateway, |n| n["event_id"] == loud["event_id"]).pop()).await;
+    assert!(pushes_of(&gateway, |n| n["event_id"] == muted["event_id"]).is_empty(), "a muted room pushed");
+}
+
+/// A password change that signs out the other devices removes the pushers
+/// they created; the current device keeps its own.
+#[tokio::test]
+async fn pushers_of_signed_out_devices_are_removed() {
+    let gateway = start_gateway(0).await;
+    let server = TestServer::start().await;
+    let user = server.register("pam").await;
+    let (_, other) = server.login("pam", PASSWORD).await;
+    let other_token = other["access_token"].as_str().unwrap();
+    let set = "/_matrix/client/v3/pushers/set";
+    assert_eq!(server.post(set, Some(other_token), pusher(&gateway.url, "other")).await.0, 200);
+    assert_eq!(server.post(set, Some(&user.token), pusher(&gateway.url, "mine")).await.0, 200);
+    let (_, list) = server.get("/_matrix/client/v3/pushers", Some(&user.token)).await;
+    assert_eq!(list["pushers"].as_array().unwrap().len(), 2, "{list}");
+    assert!(list["pushers"][0].get("estuary.device_id").is_none(), "internal fields stay hidden: {list}");
+    let change = json!({"new_password": "new-pass", "auth": password_auth("pam", None)});
+    assert_eq!(server.post("/_matrix/client/v3/account/password", Some(&user.token), change).await.0, 200);
+    let (_, list) = server.get("/_matrix/client/v3/pushers", Some(&user.token)).await;
+    let keys: Vec<&str> =
+        list["pushers"].as_array().unwrap().iter().map(|p| p["pushkey"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["mine"]);
 }

@@ -2,6 +2,7 @@
 
 use axum::{
     extract::State,
+    http::Uri,
     response::{Html, IntoResponse},
 };
 use estuary_core::Error;
@@ -23,10 +24,16 @@ fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-pub async fn not_found() -> ApiError {
+pub async fn not_found(uri: Uri) -> ApiError {
+    if crate::client::is_push_rule_path(uri.path()) {
+        return crate::client::malformed_push_rule_path().into();
+    }
     Error::unrecognized(404, "Unrecognized request").into()
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub async fn method_not_allowed(uri: Uri) -> ApiError {
+    if crate::client::is_push_rule_path(uri.path()) {
+        return crate::client::malformed_push_rule_path().into();
+    }
     Error::unrecognized(405, "Method not allowed for this endpoint").into()
 }

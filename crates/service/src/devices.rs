@@ -11,7 +11,9 @@ use estuary_storage::{Db, Table, codec::Json};
 use ruma::{DeviceId, OwnedDeviceId, UserId};
 use serde_json::Value as JsonValue;
 
-use crate::{accounts::Accounts, e2ee::E2ee, storage_error::StorageResultExt, to_device::ToDevice};
+use crate::{
+    accounts::Accounts, e2ee::E2ee, push::PushRules, storage_error::StorageResultExt, to_device::ToDevice,
+};
 
 /// What a client uploads to dehydrate a device.
 pub struct DehydratedDevice {
@@ -28,19 +30,29 @@ pub struct Devices {
     accounts: Arc<Accounts>,
     e2ee: Arc<E2ee>,
     to_device: Arc<ToDevice>,
+    push: Arc<PushRules>,
     dehydrated: Table<String, Json<(String, JsonValue)>>,
 }
 
 impl Devices {
-    pub fn new(db: &Db, accounts: Arc<Accounts>, e2ee: Arc<E2ee>, to_device: Arc<ToDevice>) -> Result<Self> {
-        Ok(Self { accounts, e2ee, to_device, dehydrated: db.table("userid_dehydrateddevice").db()? })
+    pub fn new(
+        db: &Db,
+        accounts: Arc<Accounts>,
+        e2ee: Arc<E2ee>,
+        to_device: Arc<ToDevice>,
+        push: Arc<PushRules>,
+    ) -> Result<Self> {
+        let dehydrated = db.table("userid_dehydrateddevice").db()?;
+        Ok(Self { accounts, e2ee, to_device, push, dehydrated })
     }
 
-    /// Delete devices with their sessions, keys and pending messages.
+    /// Delete devices with their sessions, keys, pending messages and the
+    /// pushers they created.
     /// Unknown IDs are skipped, so this also cleans up after an account
     /// operation that already ended the sessions.
     pub fn delete(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
         self.accounts.delete_devices(user_id, device_ids)?;
+        self.push.delete_device_pushers(user_id, device_ids)?;
         for device_id in device_ids {
             self.e2ee.delete_device_keys(user_id, device_id)?;
             self.to_device.purge_device(user_id, device_id)?;

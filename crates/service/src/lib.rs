@@ -163,7 +163,8 @@ impl Services {
             to_device: to_device.clone(),
             e2ee: e2ee.clone(),
         });
-        let devices = devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone())?;
+        let devices =
+            devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone(), push.clone())?;
         let peek = Arc::new(peek::Peek::new(peek::PeekSources {
             rooms: rooms.clone(),
             streams: streams.clone(),

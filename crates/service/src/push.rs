@@ -16,6 +16,9 @@ use crate::{
 
 /// The path every HTTP pusher URL must have (Push Gateway API).
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+/// Where a stored pusher remembers the device that created it (never shown
+/// to clients): signing that device out removes its pushers.
+const DEVICE_FIELD: &str = "estuary.device_id";
 
 pub struct PushRules {
     account_data: Arc<AccountData>,
@@ -48,6 +51,14 @@ impl PushRules {
 
     /// The user's pushers, as clients set them.
     pub fn pushers(&self, user_id: &UserId) -> Result<Vec<JsonValue>> {
+        let mut pushers = self.stored_pushers(user_id)?;
+        for pusher in &mut pushers {
+            pusher.as_object_mut().map(|p| p.remove(DEVICE_FIELD));
+        }
+        Ok(pushers)
+    }
+
+    fn stored_pushers(&self, user_id: &UserId) -> Result<Vec<JsonValue>> {
         Ok(self
             .pushers
             .scan_prefix(&(user_id.to_string(),))
@@ -57,9 +68,28 @@ impl PushRules {
             .collect())
     }
 
+    /// Remove the pushers these devices created (a device signed out, or
+    /// every other device after a password change).
+    pub fn delete_device_pushers(&self, user_id: &UserId, device_ids: &[ruma::OwnedDeviceId]) -> Result<()> {
+        for pusher in self.stored_pushers(user_id)? {
+            let created_by = pusher[DEVICE_FIELD].as_str();
+            if created_by.is_some_and(|d| device_ids.iter().any(|id| id.as_str() == d)) {
+                let app_id = pusher["app_id"].as_str().unwrap_or_default();
+                self.delete_pusher(user_id, app_id, pusher["pushkey"].as_str().unwrap_or_default())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Add or replace a pusher. Without `append`, the same app ID and pushkey
     /// registered by other users is removed.
-    pub fn set_pusher(&self, user_id: &UserId, mut pusher: JsonValue, append: bool) -> Result<()> {
+    pub fn set_pusher(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&ruma::DeviceId>,
+        mut pusher: JsonValue,
+        append: bool,
+    ) -> Result<()> {
         let app_id = pusher["app_id"].as_str().unwrap_or_default().to_owned();
         let pushkey = pusher["pushkey"].as_str().unwrap_or_default().to_owned();
         if pusher["kind"] == "http" {
@@ -72,7 +102,11 @@ impl PushRules {
                 )));
             }
         }
-        pusher["pushkey_ts"] = now_millis().into();
+        // The Push Gateway API gives `pushkey_ts` in seconds.
+        pusher["pushkey_ts"] = (now_millis() / 1000).into();
+        if let Some(device_id) = device_id {
+            pusher[DEVICE_FIELD] = device_id.as_str().into();
+        }
         if !append {
             for ((user, app, key), _) in self.pushers.scan_raw_prefix(&[], usize::MAX).db()? {
                 if app == app_id && key == pushkey && user != user_id.as_str() {
@@ -90,18 +124,12 @@ impl PushRules {
     /// Queue a notification to each of the user's HTTP pushers.
     pub fn push(&self, user_id: &UserId, event: &JsonValue, notification: &PushNotification) -> Result<()> {
         for pusher in self.pushers(user_id)? {
-            if pusher["kind"] != "http" {
-                continue;
-            }
-            let Some(url) = pusher["data"]["url"].as_str() else { continue };
-            let mut data = pusher["data"].clone();
-            data.as_object_mut().map(|d| d.remove("url"));
-            let device = json!({
-                "app_id": pusher["app_id"], "pushkey": pusher["pushkey"], "pushkey_ts": pusher["pushkey_ts"],
-                "data": data, "tweaks": notification.tweaks,
-            });
+            let Some((url, mut device)) = gateway_device(&pusher) else { continue };
+            device["tweaks"] = notification.tweaks.clone();
+            // `id` is the field's old name, still read by older gateways
+            // (Synapse sends both).
             let mut body = json!({
-                "event_id": event["event_id"], "room_id": event["room_id"],
+                "event_id": event["event_id"], "id": event["event_id"], "room_id": event["room_id"],
                 "counts": {"unread": notification.unread},
                 "prio": if notification.highlight { "high" } else { "low" },
                 "devices": [device],
@@ -118,18 +146,40 @@ impl PushRules {
                 }
                 if event["type"] == "m.room.member" {
                     body["user_is_target"] = (event["state_key"] == user_id.as_str()).into();
+                    body["membership"] = event["content"]["membership"].clone();
+                }
+                if let Some(alias) = &notification.room_alias {
+                    body["room_alias"] = alias.clone().into();
                 }
             }
-            let job = PushJob {
-                url: url.to_owned(),
-                body: json!({"notification": body}),
-                user_id: user_id.to_string(),
-                app_id: pusher["app_id"].as_str().unwrap_or_default().to_owned(),
-                pushkey: pusher["pushkey"].as_str().unwrap_or_default().to_owned(),
-            };
-            self.outgoing.enqueue(&format!("push {url}"), Job::Push(job))?;
+            self.enqueue(user_id, url, &pusher, json!({"notification": body}))?;
         }
         Ok(())
+    }
+
+    /// A badge update after the user read something: the new unread count
+    /// and no event, to each HTTP pusher.
+    pub fn push_badge(&self, user_id: &UserId, unread: u64) -> Result<()> {
+        for pusher in self.pushers(user_id)? {
+            let Some((url, device)) = gateway_device(&pusher) else { continue };
+            // The spec omits zero counts, but a badge going to zero is the
+            // news here: gateways (and Synapse) send `unread: 0`.
+            let body =
+                json!({"notification": {"counts": {"unread": unread}, "devices": [device], "prio": "low"}});
+            self.enqueue(user_id, url, &pusher, body)?;
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, user_id: &UserId, url: &str, pusher: &JsonValue, body: JsonValue) -> Result<()> {
+        let job = PushJob {
+            url: url.to_owned(),
+            body,
+            user_id: user_id.to_string(),
+            app_id: pusher["app_id"].as_str().unwrap_or_default().to_owned(),
+            pushkey: pusher["pushkey"].as_str().unwrap_or_default().to_owned(),
+        };
+        self.outgoing.enqueue(&format!("push {url}"), Job::Push(job))
     }
 
     /// Rulesets in memory now.
@@ -177,6 +227,19 @@ impl PushRules {
     }
 }
 
+/// An HTTP pusher's gateway URL and its `devices` entry (its `data`
+/// without the URL); `None` for other kinds.
+fn gateway_device(pusher: &JsonValue) -> Option<(&str, JsonValue)> {
+    let url = pusher["data"]["url"].as_str().filter(|_| pusher["kind"] == "http")?;
+    let mut data = pusher["data"].clone();
+    data.as_object_mut().map(|d| d.remove("url"));
+    let device = json!({
+        "app_id": pusher["app_id"], "pushkey": pusher["pushkey"], "pushkey_ts": pusher["pushkey_ts"],
+        "data": data,
+    });
+    Some((url, device))
+}
+
 /// What a push carries besides the event.
 pub struct PushNotification {
     pub unread: u64,
@@ -184,4 +247,5 @@ pub struct PushNotification {
     pub tweaks: JsonValue,
     pub sender_display_name: Option<String>,
     pub room_name: Option<String>,
+    pub room_alias: Option<String>,
 }

@@ -71,18 +71,35 @@ pub async fn receipt(
     let user = request.user()?;
     match &body.receipt_type {
         ReceiptType::FullyRead => set_fully_read(&services, user, &body.room_id, &body.event_id)?,
-        kind => {
-            let kind = kind.to_string();
-            services.ephemeral.set_receipt(
-                &body.room_id,
-                user,
-                &kind,
-                &body.event_id,
-                body.thread.as_str(),
-            )?
-        }
+        kind @ (ReceiptType::Read | ReceiptType::ReadPrivate) => set_read_receipt(
+            &services,
+            user,
+            &body.room_id,
+            kind.as_str(),
+            &body.event_id,
+            body.thread.as_str(),
+        )?,
+        other => return Err(Error::invalid_param(format!("Unknown receipt type {other}")).into()),
     }
     Ok(create_receipt::v3::Response::new())
+}
+
+/// A read receipt; when it clears the room's notifications, the user's
+/// push gateways get the new badge count.
+fn set_read_receipt(
+    services: &AppState,
+    user: &UserId,
+    room_id: &RoomId,
+    kind: &str,
+    event_id: &ruma::EventId,
+    thread: Option<&str>,
+) -> Result<(), Error> {
+    let had_unread = services.rooms.has_unread(user, room_id)?;
+    services.ephemeral.set_receipt(room_id, user, kind, event_id, thread)?;
+    if had_unread && !services.rooms.has_unread(user, room_id)? {
+        services.rooms.push_badge(user)?;
+    }
+    Ok(())
 }
 
 pub async fn read_markers(
@@ -95,10 +112,10 @@ pub async fn read_markers(
         set_fully_read(&services, user, &body.room_id, event_id)?;
     }
     if let Some(event_id) = &body.read_receipt {
-        services.ephemeral.set_receipt(&body.room_id, user, "m.read", event_id, None)?;
+        set_read_receipt(&services, user, &body.room_id, "m.read", event_id, None)?;
     }
     if let Some(event_id) = &body.private_read_receipt {
-        services.ephemeral.set_receipt(&body.room_id, user, "m.read.private", event_id, None)?;
+        set_read_receipt(&services, user, &body.room_id, "m.read.private", event_id, None)?;
     }
     Ok(set_read_marker::v3::Response::new())
 }

@@ -35,6 +35,8 @@ use ruma::UserId;
 
 use crate::{AppState, router::RumaRouter};
 
+pub use push::{is_push_rule_path, malformed_path as malformed_push_rule_path};
+
 /// Per-user resources (filters, account data, tags) belong to their user alone.
 pub(crate) fn require_self(sender: &UserId, user_id: &UserId, what: &str) -> Result<(), Error> {
     if sender != user_id {
@@ -144,6 +146,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(push::set_enabled)
         .ruma(push::get_actions)
         .ruma(push::set_actions)
+        .route("/_matrix/client/v3/pushrules/global/{kind}/", axum::routing::get(push::kind))
+        .route("/_matrix/client/r0/pushrules/global/{kind}/", axum::routing::get(push::kind))
         .ruma_custom(push::notifications)
         .ruma(push::get_pushers)
         .ruma(push::set_pusher)

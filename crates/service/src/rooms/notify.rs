@@ -20,12 +20,19 @@ pub type NotificationRow = (String, String, bool, Option<String>, serde_json::Va
 pub type NotificationPage = (Vec<(u64, NotificationRow)>, Option<u64>);
 
 impl Rooms {
-    /// Evaluate `event` against every other local joined member's rules.
+    /// Evaluate `event` against the rules of every other local joined
+    /// member, and of a local user it invites (`.m.rule.invite_for_me`).
     pub(super) async fn notify_members(&self, stored: &StoredPdu) -> Result<()> {
         let pdu = stored.pdu()?;
         let members = self.members_with_membership(&pdu.room_id, "join")?;
-        let local = |m: &&ruma::OwnedUserId| **m != pdu.sender && m.server_name() == self.config.server_name;
-        if !members.iter().any(|m| local(&m)) {
+        let local = |m: &ruma::OwnedUserId| *m != pdu.sender && m.server_name() == self.config.server_name;
+        let mut recipients: Vec<ruma::OwnedUserId> = members.iter().filter(|m| local(m)).cloned().collect();
+        if let Some(invitee) = invited_user(&pdu).filter(local)
+            && !recipients.contains(&invitee)
+        {
+            recipients.push(invitee);
+        }
+        if recipients.is_empty() {
             return Ok(());
         }
         let room = self.require_room(&pdu.room_id)?;
@@ -42,9 +49,7 @@ impl Rooms {
             .map(str::to_owned);
         let mut batch = self.db.batch();
         let mut notified = Vec::new();
-        for member in
-            members.iter().filter(|m| **m != pdu.sender && m.server_name() == self.config.server_name)
-        {
+        for member in &recipients {
             let display_name = self
                 .profiles
                 .get_field(member, &ProfileFieldName::DisplayName)
@@ -68,11 +73,15 @@ impl Rooms {
                 thread.clone(),
                 json!(actions),
             );
-            batch.put(
-                &self.useridroomidstream_notification,
-                &(member.to_string(), pdu.room_id.to_string(), stored.stream),
-                &Json(row.clone()),
-            );
+            // An invitee's notification is theirs in `/notifications`, but not
+            // an unread message of a room they have not joined.
+            if members.contains(member) {
+                batch.put(
+                    &self.useridroomidstream_notification,
+                    &(member.to_string(), pdu.room_id.to_string(), stored.stream),
+                    &Json(row.clone()),
+                );
+            }
             batch.put(&self.useridstream_notification, &(member.to_string(), stored.stream), &Json(row));
             notified.push(member.clone());
         }
@@ -104,9 +113,10 @@ impl Rooms {
                 tweaks.insert(name.to_owned(), value.cloned().unwrap_or(serde_json::Value::Bool(true)));
             }
         }
-        let unread =
-            self.unread_counts(member, room_id, self.read_position(member, room_id)?)?.len() as u64 + 1;
+        // The badge: rooms with unread notifications, this one included.
+        let unread = self.rooms_with_unread(member, Some(room_id))? + 1;
         let summary = self.room_summary(room_id)?;
+        let room_alias = summary["canonical_alias"].as_str().map(str::to_owned);
         let sender = event["sender"].as_str().and_then(|s| UserId::parse(s).ok());
         let sender_display_name = sender.and_then(|s| {
             self.profiles
@@ -119,9 +129,40 @@ impl Rooms {
             highlight,
             tweaks: serde_json::Value::Object(tweaks),
             sender_display_name,
-            room_name: summary["name"].as_str().map(str::to_owned),
+            // A room without a name is called by its alias, as clients show it.
+            room_name: summary["name"].as_str().map(str::to_owned).or_else(|| room_alias.clone()),
+            room_alias,
         };
         self.push.push(member, event, &notification)
+    }
+
+    /// How many of the user's joined rooms, other than `except`, have unread
+    /// notifications: the badge a push gateway shows.
+    pub fn rooms_with_unread(&self, user_id: &UserId, except: Option<&ruma::RoomId>) -> Result<u64> {
+        let mut count = 0;
+        for room_id in self.rooms_with_membership(user_id, "join")? {
+            if Some(&*room_id) != except && self.has_unread(user_id, &room_id)? {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Whether the user has notifications in the room after their read receipt.
+    pub fn has_unread(&self, user_id: &UserId, room_id: &ruma::RoomId) -> Result<bool> {
+        let after = self.read_position(user_id, room_id)?;
+        let from = estuary_storage::Key::encode(&(user_id.to_string(), room_id.to_string(), after + 1));
+        let prefix = estuary_storage::Key::encode(&(user_id.to_string(), room_id.to_string()));
+        Ok(!self.useridroomidstream_notification.scan_from(&prefix, Some(&from), false, 1).db()?.is_empty())
+    }
+
+    /// After a read receipt that cleared a room's notifications, tell the
+    /// user's push gateways the new badge count.
+    pub fn push_badge(&self, user_id: &UserId) -> Result<()> {
+        if self.push.pushers(user_id)?.is_empty() {
+            return Ok(());
+        }
+        self.push.push_badge(user_id, self.rooms_with_unread(user_id, None)?)
     }
 
     /// The stream position of the latest event the user has read in a room
@@ -188,4 +229,14 @@ impl Rooms {
         }
         Ok((rows, next))
     }
+}
+
+/// The local-or-remote user a member event invites (not the sender).
+fn invited_user(pdu: &estuary_events::Pdu) -> Option<ruma::OwnedUserId> {
+    if pdu.kind != ruma::events::TimelineEventType::RoomMember {
+        return None;
+    }
+    let content: serde_json::Value = serde_json::from_str(pdu.content.get()).ok()?;
+    let invitee = UserId::parse(pdu.state_key.as_deref()?).ok()?;
+    (content["membership"] == "invite" && invitee != pdu.sender).then_some(invitee)
 }
