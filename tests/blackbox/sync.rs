@@ -643,3 +643,188 @@ async fn ignored_users_messages_and_invites_are_left_out() {
     let body = sync(&server, &alice, "").await;
     assert!(body["rooms"]["invite"].get(&from_carol).is_some(), "others' invites still show: {body}");
 }
+
+fn filter_query(filter: Value) -> String {
+    let encoded: String = filter
+        .to_string()
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    format!("filter={encoded}")
+}
+
+fn state_members(room: &Value, section: &str) -> Vec<String> {
+    let mut members: Vec<String> = room[section]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.member")
+                .map(|e| e["state_key"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    members.sort();
+    members
+}
+
+/// Lazy loading: an incremental sync across a gap keeps every membership
+/// change of the gap (joins and leaves), and adds a speaker's member event
+/// the client was never sent.
+#[tokio::test]
+async fn lazy_loading_keeps_the_gaps_membership_changes() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let dave = server.register("dave").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let join = |user: &User| format!("/_matrix/client/v3/rooms/{room}/join");
+    for user in [&bob, &carol] {
+        server.post(&join(user), Some(&user.token), json!({})).await;
+    }
+    send_text(&server, &alice, &room, "a0", "hello").await;
+    send_text(&server, &alice, &room, "a1", "hello again").await;
+    let filter =
+        filter_query(json!({"room": {"timeline": {"limit": 2}, "state": {"lazy_load_members": true}}}));
+    let first = sync(&server, &alice, &format!("?{filter}")).await;
+    assert_eq!(state_members(&first["rooms"]["join"][&room], "state"), ["@alice:localhost"]);
+    let since = first["next_batch"].as_str().unwrap();
+
+    // Bob (never sent: he did not speak) speaks; no gap.
+    send_text(&server, &bob, &room, "b0", "bob here").await;
+    let next = sync(&server, &alice, &format!("?{filter}&since={since}")).await;
+    assert_eq!(state_members(&next["rooms"]["join"][&room], "state"), ["@bob:localhost"]);
+    let since = next["next_batch"].as_str().unwrap();
+
+    // A gap: Dave joins and Carol leaves, then many messages.
+    server.post(&join(&dave), Some(&dave.token), json!({})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&carol.token), json!({})).await;
+    for i in 0..5 {
+        send_text(&server, &alice, &room, &format!("f{i}"), "filler").await;
+    }
+    let gapped = sync(&server, &alice, &format!("?{filter}&since={since}")).await;
+    let joined = &gapped["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true);
+    assert_eq!(state_members(joined, "state"), ["@carol:localhost", "@dave:localhost"], "{joined}");
+}
+
+/// A room joined and left between two syncs arrives in `leave` with its
+/// state; current state the user may not otherwise see (private history)
+/// stays in a joined member's timeline.
+#[tokio::test]
+async fn join_then_leave_and_current_state_under_private_history() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "name": "Brief"})).await;
+    // No timeline at all: what the client learns of the room is its state.
+    let filter = filter_query(json!({"room": {"timeline": {"types": []}, "include_leave": true}}));
+    let since = sync(&server, &bob, &format!("?{filter}")).await["next_batch"].as_str().unwrap().to_owned();
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    let body = sync(&server, &bob, &format!("?{filter}&since={since}")).await;
+    let left = &body["rooms"]["leave"][&room];
+    let state = left["state"]["events"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name"), "the room's state: {left}");
+
+    // Private history: Bob's own rejoin, while Alice is away, stays visible
+    // to him as current state.
+    let private = create_room(&server, &alice, json!({"preset": "private_chat"})).await;
+    let visibility = format!("/_matrix/client/v3/rooms/{private}/state/m.room.history_visibility/");
+    server.put(&visibility, Some(&alice.token), json!({"history_visibility": "joined"})).await;
+    let invite = json!({"user_id": bob.user_id});
+    server.post(&format!("/_matrix/client/v3/rooms/{private}/invite"), Some(&alice.token), invite).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{private}/join"), Some(&bob.token), json!({})).await;
+    let body = sync(&server, &alice, "").await;
+    let timeline = body["rooms"]["join"][&private]["timeline"]["events"].as_array().unwrap().clone();
+    let state = body["rooms"]["join"][&private]["state"]["events"].as_array().unwrap().clone();
+    let bob_joined =
+        |e: &Value| e["state_key"] == bob.user_id.as_str() && e["content"]["membership"] == "join";
+    assert!(timeline.iter().chain(state.iter()).any(bob_joined), "{timeline:?}");
+}
+
+/// Filters: a timeline limit of 0, the federation event format, and
+/// account data types (also for the push rules an initial sync adds).
+#[tokio::test]
+async fn sync_filter_limits_formats_and_account_data_types() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    send_text(&server, &alice, &room, "m", "hi").await;
+    let none =
+        sync(&server, &alice, &format!("?{}", filter_query(json!({"room": {"timeline": {"limit": 0}}}))))
+            .await;
+    let timeline = &none["rooms"]["join"][&room]["timeline"];
+    assert_eq!((timeline["events"].as_array().unwrap().len(), timeline["limited"].clone()), (0, json!(true)));
+
+    let federation =
+        sync(&server, &alice, &format!("?{}", filter_query(json!({"event_format": "federation"})))).await;
+    let events = federation["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
+    assert!(
+        events.iter().all(|e| e.get("prev_events").is_some() && e.get("event_id").is_some()),
+        "{events:?}"
+    );
+
+    let path = format!("/_matrix/client/v3/user/{}/account_data/my.test.type", alice.user_id);
+    server.put(&path, Some(&alice.token), json!({"a": 1})).await;
+    let only = sync(
+        &server,
+        &alice,
+        &format!("?{}", filter_query(json!({"account_data": {"types": ["my.test.type"]}}))),
+    )
+    .await;
+    let types: Vec<&str> = only["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["my.test.type"]);
+}
+
+/// A room joined in an incremental sync is limited (its timeline continues
+/// nothing the client has) and brings its members' presence.
+#[tokio::test]
+async fn newly_joined_room_is_limited_with_members_presence() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    for i in 0..12 {
+        send_text(&server, &alice, &room, &format!("m{i}"), "before").await;
+    }
+    let since = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let body = sync(&server, &bob, &format!("?since={since}")).await;
+    assert_eq!(body["rooms"]["join"][&room]["timeline"]["limited"], true);
+    let senders: Vec<&str> =
+        body["presence"]["events"].as_array().unwrap().iter().filter_map(|e| e["sender"].as_str()).collect();
+    assert!(senders.contains(&"@alice:localhost"), "{}", body["presence"]);
+}
+
+/// `/context` with lazy loading: only the members who sent what it returns.
+#[tokio::test]
+async fn context_lazy_loads_members() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    for name in ["bob", "carol"] {
+        let user = server.register(name).await;
+        server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&user.token), json!({})).await;
+    }
+    let (_, sent) = send_text(&server, &alice, &room, "c", "context").await;
+    let event = sent["event_id"].as_str().unwrap();
+    let filter = filter_query(json!({"lazy_load_members": true}));
+    let path = format!("/_matrix/client/v3/rooms/{room}/context/{event}?limit=0&{filter}");
+    let (status, body) = server.get(&path, Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let members: Vec<&str> = body["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["@alice:localhost"], "{body}");
+}

@@ -165,17 +165,28 @@ impl Presence {
         self.of_users(changed.iter().map(String::as_str))
     }
 
-    /// The `m.presence` events of those of `users` with a presence stored.
-    fn of_users<'a>(&self, users: impl Iterator<Item = &'a str>) -> Result<Vec<JsonValue>> {
+    /// The `m.presence` events of `users`, offline for those never seen.
+    pub fn of_everyone<'a>(&self, users: impl Iterator<Item = &'a str>) -> Result<Vec<JsonValue>> {
+        if !self.config.presence {
+            return Ok(Vec::new());
+        }
         let mut events = Vec::new();
         for user in users {
             let Ok(user_id) = UserId::parse(user) else { continue };
-            if self.userid_presence.contains(&user.to_owned()).db()? {
-                events
-                    .push(json!({"type": "m.presence", "sender": user, "content": self.content(&user_id)?}));
-            }
+            events.push(json!({"type": "m.presence", "sender": user, "content": self.content(&user_id)?}));
         }
         Ok(events)
+    }
+
+    /// The `m.presence` events of those of `users` with a presence stored.
+    fn of_users<'a>(&self, users: impl Iterator<Item = &'a str>) -> Result<Vec<JsonValue>> {
+        let mut known = Vec::new();
+        for user in users {
+            if self.userid_presence.contains(&user.to_owned()).db()? {
+                known.push(user);
+            }
+        }
+        self.of_everyone(known.into_iter())
     }
 }
 

@@ -197,7 +197,13 @@ impl Sync {
                     if (w.since.is_some() && changed_here)
                         || (w.since.is_none() && room_filter.include_leave) =>
                 {
-                    if let Some(entry) = self.joined_room(w, room_id, true, w.since.is_none())? {
+                    // A room joined and left within the window is new to the
+                    // client: it gets the room's state as on a join.
+                    let new_to_client = match w.since {
+                        None => true,
+                        Some(since) => !self.was_joined_at(w.user, room_id, since)?,
+                    };
+                    if let Some(entry) = self.joined_room(w, room_id, true, new_to_client)? {
                         leave.insert(room_id.to_string(), entry);
                     }
                 }
@@ -211,32 +217,25 @@ impl Sync {
             ),
             None => (json!({}), json!([])),
         };
+        let (joined_users, parted_users) = match w.since {
+            Some(since) => self.member_changes(w.user, since, w.to, &candidates)?,
+            None => Default::default(),
+        };
         let (device_changes, device_left) = match w.since {
-            Some(since) => self.device_lists(w.user, since, w.to, &candidates)?,
+            Some(since) => self.device_lists(w.user, since, w.to, &joined_users, parted_users)?,
             None => (Vec::new(), Vec::new()),
         };
         let to_device = match w.device {
             Some(device) => self.to_device.take(w.user, device, w.since, w.to)?,
             None => Vec::new(),
         };
-        let presence_filter = &w.filter.presence;
-        let presence: Vec<JsonValue> = self
-            .presence
-            .events(w.user, w.since, w.to)?
-            .into_iter()
-            .filter(|e| {
-                let sender = e["sender"].as_str().unwrap_or_default();
-                !presence_filter.not_types.iter().any(|p| glob_match(p, "m.presence"))
-                    && presence_filter
-                        .types
-                        .as_ref()
-                        .is_none_or(|t| t.iter().any(|p| glob_match(p, "m.presence")))
-                    && !presence_filter.not_senders.iter().any(|s| s.as_str() == sender)
-                    && presence_filter.senders.as_ref().is_none_or(|s| s.iter().any(|u| u.as_str() == sender))
-            })
-            .collect();
+        let presence = self.presence_events(w, &joined_users)?;
         let mut account_data: Vec<JsonValue> = self.account_data_events(w, None)?;
-        if w.since.is_none() && !account_data.iter().any(|e| e["type"] == "m.push_rules") {
+        let filter = &w.filter.account_data;
+        if w.since.is_none()
+            && type_wanted(&filter.types, &filter.not_types, "m.push_rules")
+            && !account_data.iter().any(|e| e["type"] == "m.push_rules")
+        {
             account_data.push(json!({"type": "m.push_rules", "content": self.push.content(w.user)?}));
         }
         Ok(json!({
@@ -254,21 +253,21 @@ impl Sync {
     /// `/keys/changes`: the device-list changes between two sync positions.
     pub fn key_changes(&self, user: &UserId, from: u64, to: u64) -> Result<(Vec<String>, Vec<String>)> {
         let rooms = self.rooms.rooms_changed(from, to)?;
-        self.device_lists(user, from, to, &rooms)
+        let (joined, parted) = self.member_changes(user, from, to, &rooms)?;
+        self.device_lists(user, from, to, &joined, parted)
     }
 
-    /// `device_lists`: users whose keys changed or who now share a room with
-    /// the syncing user (`changed`), and users who no longer share any (`left`).
-    /// `rooms` are those with events in the window.
-    fn device_lists(
+    /// Users who joined a room with the syncing user in the window (all
+    /// members of a room the user joined), and users who left one. `rooms`
+    /// are those with events in the window.
+    fn member_changes(
         &self,
         user: &UserId,
         since: u64,
         to: u64,
         rooms: &BTreeSet<OwnedRoomId>,
-    ) -> Result<(Vec<String>, Vec<String>)> {
-        let mut changed = self.e2ee.key_changes_between(since, to)?;
-        let mut parted = BTreeSet::new();
+    ) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+        let (mut joined, mut parted) = (BTreeSet::new(), BTreeSet::new());
         for room_id in rooms {
             for change in self.rooms.member_changes(room_id, since, to)? {
                 let affected = if change.user_id == user {
@@ -276,10 +275,25 @@ impl Sync {
                 } else {
                     vec![change.user_id]
                 };
-                let target = if change.is_joined { &mut changed } else { &mut parted };
+                let target = if change.is_joined { &mut joined } else { &mut parted };
                 target.extend(affected.into_iter().map(|u| u.to_string()));
             }
         }
+        Ok((joined, parted))
+    }
+
+    /// `device_lists`: users whose keys changed or who now share a room with
+    /// the syncing user (`changed`), and users who no longer share any (`left`).
+    fn device_lists(
+        &self,
+        user: &UserId,
+        since: u64,
+        to: u64,
+        joined: &BTreeSet<String>,
+        parted: BTreeSet<String>,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let mut changed = self.e2ee.key_changes_between(since, to)?;
+        changed.extend(joined.iter().cloned());
         if changed.is_empty() && parted.is_empty() {
             // The common case: nothing to narrow, so no room-mate scan.
             return Ok((Vec::new(), Vec::new()));
@@ -289,6 +303,27 @@ impl Sync {
         let left: Vec<String> = parted.into_iter().filter(|u| !mates.contains(u)).collect();
         let changed = changed.into_iter().filter(|u| mates.contains(u) && !left.contains(u)).collect();
         Ok((changed, left))
+    }
+
+    /// `m.presence` events: changes in the window, and the presence of
+    /// everyone who newly shares a room with the user (offline when unknown),
+    /// through the presence filter.
+    fn presence_events(&self, w: &Window<'_>, newcomers: &BTreeSet<String>) -> Result<Vec<JsonValue>> {
+        let filter = &w.filter.presence;
+        if !type_wanted(&filter.types, &filter.not_types, "m.presence") {
+            return Ok(Vec::new());
+        }
+        let mut events = self.presence.events(w.user, w.since, w.to)?;
+        let newcomers = newcomers.iter().filter(|u| *u != w.user.as_str());
+        let missing: Vec<&String> =
+            newcomers.filter(|u| !events.iter().any(|e| e["sender"] == u.as_str())).collect();
+        events.extend(self.presence.of_everyone(missing.into_iter().map(String::as_str))?);
+        events.retain(|e| {
+            let sender = e["sender"].as_str().unwrap_or_default();
+            !filter.not_senders.iter().any(|s| s.as_str() == sender)
+                && filter.senders.as_ref().is_none_or(|s| s.iter().any(|u| u.as_str() == sender))
+        });
+        Ok(events)
     }
 
     fn account_data_events(&self, w: &Window<'_>, room: Option<&RoomId>) -> Result<Vec<JsonValue>> {
@@ -302,11 +337,7 @@ impl Sync {
             .account_data
             .changes(w.user, from, w.to)?
             .into_iter()
-            .filter(|(r, kind, _)| {
-                *r == want
-                    && !not_types.iter().any(|p| glob_match(p, kind))
-                    && types.as_ref().is_none_or(|t| t.iter().any(|p| glob_match(p, kind)))
-            })
+            .filter(|(r, kind, _)| *r == want && type_wanted(types, not_types, kind))
             .map(|(_, kind, content)| {
                 json!({"type": kind, "content": serde_json::from_str::<JsonValue>(content.get()).unwrap_or_default()})
             })
@@ -323,12 +354,15 @@ impl Sync {
         from_start: bool,
     ) -> Result<Option<JsonValue>> {
         let timeline_filter: &RoomEventFilter = &w.filter.room.timeline;
-        let limit =
-            timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).clamp(1, 500);
+        let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).min(500);
         let from = if from_start { 0 } else { w.since.unwrap_or(0) };
         let mut timeline = Vec::new();
         let mut limited = false;
         let mut upper = w.to;
+        let current_state = match self.rooms.membership(w.user, room_id)?.as_deref() {
+            Some("join") => Some(self.rooms.current_state(&self.rooms.require_room(room_id)?)?),
+            _ => None,
+        };
         // Bounded: at most 50 pages of candidates; a longer gap counts as limited.
         let mut page_size = limit + 1;
         for page in 0..50 {
@@ -337,7 +371,12 @@ impl Sync {
             page_size = (page_size * 2).min(200);
             for stored in &candidates {
                 upper = stored.stream.saturating_sub(1);
-                if !self.rooms.can_see_event(Some(w.user), stored)? {
+                // A joined member always sees the room's current state, also
+                // where history visibility hides the moment it was set.
+                let current = current_state.as_deref();
+                if !self.rooms.can_see_event(Some(w.user), stored)?
+                    && !current.is_some_and(|state| self.rooms.is_in_state(state, stored).unwrap_or(false))
+                {
                     continue;
                 }
                 let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
@@ -364,6 +403,12 @@ impl Sync {
             }
         }
         timeline.reverse();
+        if from_start && w.since.is_some() && !limited {
+            // A room new to the client in an incremental sync: its timeline
+            // does not continue anything the client has, unless it starts
+            // at the room's creation.
+            limited = timeline.first().is_some_and(|(_, e)| e["type"] != "m.room.create");
+        }
         let account_data = self.account_data_events(w, Some(room_id))?;
         let since_for_ephemeral = if w.full_state { None } else { w.since };
         let ephemeral: Vec<JsonValue> = [
@@ -375,6 +420,7 @@ impl Sync {
         .collect();
         if w.since.is_some()
             && timeline.is_empty()
+            && !limited
             && account_data.is_empty()
             && ephemeral.is_empty()
             && !membership_changed
@@ -394,14 +440,19 @@ impl Sync {
         };
         let state_events =
             if full || limited { self.rooms.state_delta(&start_state, base.as_deref())? } else { Vec::new() };
-        let state_events = self.with_lazy_members(w, room_id, state_events, &start_state, &timeline)?;
         let senders: BTreeSet<String> =
             timeline.iter().filter_map(|(_, e)| e["sender"].as_str().map(str::to_owned)).collect();
-        let state = self.state_json(w, &state_events, &senders)?;
+        let state_events =
+            self.with_lazy_members(w, room_id, state_events, &start_state, &timeline, &senders, full)?;
+        let state = self.state_json(w, &state_events)?;
         let prev_batch = timeline.first().map_or(from, |(s, _)| s.stream);
         let (unread, unread_threads) = self.unread(w, room_id)?;
         let mut entry = json!({
-            "timeline": {"events": timeline.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(), "limited": limited, "prev_batch": format!("s{prev_batch}")},
+            "timeline": {
+                "events": timeline.iter().map(|(s, e)| in_format(w, s, e.clone())).collect::<Vec<_>>(),
+                "limited": limited,
+                "prev_batch": format!("s{prev_batch}"),
+            },
             "account_data": {"events": account_data},
             "ephemeral": {"events": ephemeral},
             "unread_notifications": unread,
@@ -413,16 +464,24 @@ impl Sync {
                 Some((last, _)) => self.rooms.load_state(last.state_after)?,
                 None => start_state.clone(),
             };
-            let after = self.rooms.state_delta(&end_state, if full { None } else { base.as_deref() })?;
-            entry["state_after"] = json!({"events": self.state_json(w, &after, &senders)?});
+            let mut after = self.rooms.state_delta(&end_state, if full { None } else { base.as_deref() })?;
+            if full {
+                self.trim_lazy_members(w, &mut after, &senders);
+            }
+            entry["state_after"] = json!({"events": self.state_json(w, &after)?});
         } else {
             entry["state"] = json!({"events": state});
         }
         Ok(Some(entry))
     }
 
-    /// With lazy loading, the member events of the timeline's senders (as of
-    /// the timeline's start) are part of the state, even without a gap.
+    /// With lazy loading, a full state (initial sync, a newly joined room)
+    /// holds only the members of the timeline's senders and the user; an
+    /// incremental one keeps every membership change of the gap, as the
+    /// client's member list is maintained by them. The member events of the
+    /// timeline's senders (as of the timeline's start) are added either way,
+    /// once per device unless `include_redundant_members`.
+    #[allow(clippy::too_many_arguments)]
     fn with_lazy_members(
         &self,
         w: &Window<'_>,
@@ -430,11 +489,16 @@ impl Sync {
         mut events: Vec<StoredPdu>,
         start_state: &StateMap,
         timeline: &[(StoredPdu, JsonValue)],
+        timeline_senders: &BTreeSet<String>,
+        full: bool,
     ) -> Result<Vec<StoredPdu>> {
         let redundant = match w.filter.room.state.lazy_load_options {
             LazyLoadOptions::Disabled => return Ok(events),
             LazyLoadOptions::Enabled { include_redundant_members } => include_redundant_members,
         };
+        if full {
+            self.trim_lazy_members(w, &mut events, timeline_senders);
+        }
         let in_timeline: BTreeSet<&str> =
             timeline.iter().filter_map(|(_, e)| e["event_id"].as_str()).collect();
         let device_key = (w.user.to_owned(), w.device.map(|d| d.to_owned()));
@@ -473,27 +537,26 @@ impl Sync {
         Ok(events)
     }
 
-    /// State events as client events, with lazy-loaded members trimmed to
-    /// the timeline's senders (and the user).
-    fn state_json(
-        &self,
-        w: &Window<'_>,
-        events: &[StoredPdu],
-        senders: &BTreeSet<String>,
-    ) -> Result<Vec<JsonValue>> {
-        let lazy = !matches!(w.filter.room.state.lazy_load_options, LazyLoadOptions::Disabled);
-        let state_filter = &w.filter.room.state;
+    /// With lazy loading, drop the member events of anyone but the user and
+    /// the timeline's senders.
+    fn trim_lazy_members(&self, w: &Window<'_>, events: &mut Vec<StoredPdu>, senders: &BTreeSet<String>) {
+        if matches!(w.filter.room.state.lazy_load_options, LazyLoadOptions::Disabled) {
+            return;
+        }
+        events.retain(|stored| {
+            let is_member = stored.json.get("type").and_then(|t| t.as_str()) == Some("m.room.member");
+            let key = stored.json.get("state_key").and_then(|k| k.as_str()).unwrap_or_default();
+            !is_member || key == w.user.as_str() || senders.contains(key)
+        });
+    }
+
+    /// State events through the state filter, in the filter's format.
+    fn state_json(&self, w: &Window<'_>, events: &[StoredPdu]) -> Result<Vec<JsonValue>> {
         let mut out = Vec::new();
         for stored in events {
             let event = self.rooms.client_event(stored, None)?;
-            if lazy && event["type"] == "m.room.member" {
-                let key = event["state_key"].as_str().unwrap_or_default();
-                if key != w.user.as_str() && !senders.contains(key) {
-                    continue;
-                }
-            }
-            if passes(state_filter, &event) {
-                out.push(event);
+            if passes(&w.filter.room.state, &event) {
+                out.push(in_format(w, stored, event));
             }
         }
         Ok(out)
@@ -526,6 +589,15 @@ impl Sync {
             }
         }
         Ok((json!({"notification_count": main.0, "highlight_count": main.1}), JsonValue::Object(threads)))
+    }
+
+    /// Whether the user was joined to the room just before stream position `position`.
+    fn was_joined_at(&self, user: &UserId, room_id: &RoomId, position: u64) -> Result<bool> {
+        let Some(state) = self.rooms.state_at_position(room_id, position.saturating_sub(1))? else {
+            return Ok(false);
+        };
+        let member = self.rooms.state_pdu(&state, &StateEventType::RoomMember, user.as_str())?;
+        Ok(member.is_some_and(|m| m.content_value()["membership"] == "join"))
     }
 
     /// The users `user` ignores (`m.ignored_user_list` account data).
@@ -601,6 +673,27 @@ impl Sync {
         }
         Ok(events)
     }
+}
+
+/// Whether an event type passes a filter's `types` and `not_types`.
+fn type_wanted(types: &Option<Vec<String>>, not_types: &[String], kind: &str) -> bool {
+    !not_types.iter().any(|p| glob_match(p, kind))
+        && types.as_ref().is_none_or(|t| t.iter().any(|p| glob_match(p, kind)))
+}
+
+/// An event in the filter's `event_format`: as clients see it, or as the
+/// PDU servers exchange (with its ID, and the client form's `unsigned`).
+fn in_format(w: &Window<'_>, stored: &StoredPdu, client: JsonValue) -> JsonValue {
+    if w.filter.event_format != ruma::api::client::filter::EventFormat::Federation {
+        return client;
+    }
+    let mut pdu = serde_json::to_value(&stored.json).unwrap_or_default();
+    pdu["event_id"] = stored.event_id.as_str().into();
+    pdu["room_id"] = stored.room_id.as_str().into();
+    if let Some(unsigned) = client.get("unsigned") {
+        pdu["unsigned"] = unsigned.clone();
+    }
+    pdu
 }
 
 fn is_empty(response: &JsonValue) -> bool {

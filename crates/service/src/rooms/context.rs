@@ -59,10 +59,21 @@ impl Rooms {
         let after = page(Direction::Forward, stored.stream + 1, after_limit)?;
         let mut event = self.client_event(&stored, Some((viewer, device)))?;
         self.bundle_aggregations(viewer, &mut event)?;
+        // With lazy loading, only the members who sent the returned events.
+        let lazy = !matches!(filter.lazy_load_options, ruma::api::client::filter::LazyLoadOptions::Disabled);
+        let senders: std::collections::BTreeSet<&str> = (before.chunk.iter())
+            .chain([&event])
+            .chain(after.chunk.iter())
+            .filter_map(|e| e["sender"].as_str())
+            .collect();
         let state = self.state.load(stored.state_after)?;
         let state = self
             .state_pdus(&state)?
             .iter()
+            .filter(|pdu| {
+                let member = pdu.kind == ruma::events::TimelineEventType::RoomMember;
+                !lazy || !member || pdu.state_key.as_deref().is_some_and(|k| senders.contains(k))
+            })
             .filter_map(|pdu| self.stored(&pdu.event_id).transpose())
             .map(|s| self.client_event(&s?, None))
             .collect::<Result<_>>()?;

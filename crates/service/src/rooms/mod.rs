@@ -273,6 +273,19 @@ impl Rooms {
     }
 
     /// The event of `(event_type, state_key)` in snapshot `state`.
+    /// Whether the event is the one a state snapshot holds for its
+    /// (type, state key).
+    pub fn is_in_state(&self, state: &state::StateMap, stored: &StoredPdu) -> Result<bool> {
+        let (Some(kind), Some(state_key)) = (
+            stored.json.get("type").and_then(|t| t.as_str()),
+            stored.json.get("state_key").and_then(|k| k.as_str()),
+        ) else {
+            return Ok(false);
+        };
+        let id = self.state_event_id(state, &StateEventType::from(kind), state_key)?;
+        Ok(id.as_deref() == Some(&*stored.event_id))
+    }
+
     pub fn state_event_id(
         &self,
         state: &state::StateMap,
