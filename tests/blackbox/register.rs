@@ -234,3 +234,42 @@ async fn appservice_namespaces_are_exclusive() {
     assert_eq!(status, 200, "{body}");
     assert_error(&server.post("/_matrix/client/v3/login", None, login).await, 401, "M_MISSING_TOKEN");
 }
+
+/// A UIA registration remembers the first request's parameters (later
+/// stages may send only `auth`), and the same completed session sent again
+/// answers with the same account instead of "user in use".
+#[tokio::test]
+async fn uia_registration_remembers_parameters_and_is_idempotent() {
+    let server = TestServer::start().await;
+    let path = "/_matrix/client/v3/register";
+    let first = json!({"username": "remy", "password": "sUp3rs3kr1t", "device_id": "xyzzy",
+                       "initial_device_display_name": "display_name"});
+    let (status, body) = server.post(path, None, first).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["completed"], json!([]), "the key is there even when empty");
+    let session = body["session"].as_str().unwrap().to_owned();
+    let stage = json!({"auth": {"type": "m.login.dummy", "session": session}});
+    let (status, done) = server.post(path, None, stage.clone()).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        (done["user_id"].as_str(), done["device_id"].as_str()),
+        (Some("@remy:localhost"), Some("xyzzy"))
+    );
+    let token = done["access_token"].as_str().unwrap();
+    let (_, device) = server.get("/_matrix/client/v3/devices/xyzzy", Some(token)).await;
+    assert_eq!(device["display_name"], "display_name");
+    assert_eq!(server.login("remy", "sUp3rs3kr1t").await.0, 200, "the remembered password");
+
+    let (status, again) = server.post(path, None, stage).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["user_id"], "@remy:localhost");
+
+    // inhibit_login remembered from the first request.
+    let (_, body) = server
+        .post(path, None, json!({"username": "ina", "password": "pw-pw-pw-pw", "inhibit_login": true}))
+        .await;
+    let stage = json!({"auth": {"type": "m.login.dummy", "session": body["session"]}});
+    let (status, done) = server.post(path, None, stage).await;
+    assert_eq!(status, 200, "{done}");
+    assert!(done.get("access_token").is_none() && done.get("device_id").is_none(), "{done}");
+}

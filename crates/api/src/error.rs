@@ -6,7 +6,6 @@ use estuary_core::Error;
 use http::StatusCode;
 use ruma::api::{
     OutgoingResponseExt,
-    client::uiaa::UiaaResponse,
     error::{Error as MatrixError, ErrorBody, ErrorKind, StandardErrorBody},
 };
 
@@ -29,7 +28,7 @@ impl IntoResponse for ApiError {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
                 matrix_error(status, kind, message)
             }
-            Error::Uiaa(info) => UiaaResponse::AuthResponse(*info).try_into_http_response::<BytesMut>(),
+            Error::Uiaa(info) => return uiaa_response(&info),
             Error::Internal(message) => {
                 tracing::error!("internal error: {message}");
                 matrix_error(
@@ -47,6 +46,16 @@ impl IntoResponse for ApiError {
             }
         }
     }
+}
+
+/// A UIA 401: ruma's body, always with `completed` (ruma leaves an empty
+/// list out; the spec's examples and clients expect the key).
+fn uiaa_response(info: &ruma::api::client::uiaa::UiaaInfo) -> Response {
+    let mut body = serde_json::to_value(info).unwrap_or_default();
+    if body.get("completed").is_none() {
+        body["completed"] = serde_json::json!([]);
+    }
+    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
 }
 
 fn matrix_error(

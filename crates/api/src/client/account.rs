@@ -32,6 +32,7 @@ pub(super) async fn require_password(
         flows: vec![AuthFlow::new(vec![AuthType::Password])],
         purpose: format!("{purpose}:{user_id}"),
         user_id: Some(user_id),
+        params: None,
     };
     let accounts = &services.accounts;
     accounts.uiaa.check(uiaa, auth, accounts.as_ref()).await?;

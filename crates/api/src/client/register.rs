@@ -11,15 +11,44 @@ use ruma::api::client::account::{
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
+/// What a registration asks for. A UIA session remembers them from its
+/// first request, as clients may send only `auth` in later stages.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct RegistrationParams {
+    username: Option<String>,
+    password: Option<String>,
+    device_id: Option<ruma::OwnedDeviceId>,
+    initial_device_display_name: Option<String>,
+    inhibit_login: bool,
+    refresh_token: bool,
+}
+
+impl RegistrationParams {
+    /// This request's parameters, completed by those the session remembers.
+    fn of(body: &register::v3::Request, remembered: Option<serde_json::Value>) -> Self {
+        let remembered: Self = remembered.and_then(|r| serde_json::from_value(r).ok()).unwrap_or_default();
+        Self {
+            username: body.username.clone().or(remembered.username),
+            password: body.password.clone().or(remembered.password),
+            device_id: body.device_id.clone().or(remembered.device_id),
+            initial_device_display_name: (body.initial_device_display_name.clone())
+                .or(remembered.initial_device_display_name),
+            inhibit_login: body.inhibit_login || remembered.inhibit_login,
+            refresh_token: body.refresh_token || remembered.refresh_token,
+        }
+    }
+}
+
 pub async fn register(
     services: AppState,
     request: Ruma<register::v3::Request>,
 ) -> ApiResult<axum::response::Response> {
-    use axum::response::IntoResponse;
     let body = &request.body;
     let accounts = &services.accounts;
+    let session = body.auth.as_ref().and_then(|a| a.session()).map(str::to_owned);
+    let mut params = RegistrationParams::of(body, session.as_deref().and_then(|s| accounts.uiaa.params(s)));
     let guest = body.kind == RegistrationKind::Guest;
-    let user_id = if guest {
+    if guest {
         if !services.config.allow_guest_access {
             return Err(Error::matrix(
                 403,
@@ -28,11 +57,14 @@ pub async fn register(
             )
             .into());
         }
-        accounts.next_guest_user_id()?
-    } else if request.appservice.is_some() || body.login_type == Some(LoginType::ApplicationService) {
+        let user_id = accounts.next_guest_user_id()?;
+        accounts.create_account(&user_id, params.password.take(), true).await?;
+        return new_account(&services, user_id, params).await;
+    }
+    if request.appservice.is_some() || body.login_type == Some(LoginType::ApplicationService) {
         let appservice = request.require_appservice()?;
         // An appservice registers users in its namespace, without UIA.
-        let requested = body.username.clone().ok_or_else(|| Error::missing_param("Missing `username`"))?;
+        let requested = params.username.clone().ok_or_else(|| Error::missing_param("Missing `username`"))?;
         let user_id = username::user_id_for_registration(&requested, accounts.server_name())?;
         if !appservice.is_user_in_namespace(&user_id) {
             return Err(Error::matrix(
@@ -43,36 +75,61 @@ pub async fn register(
             .into());
         }
         accounts.check_available(&user_id)?;
-        user_id
-    } else {
-        // Check the name first so clients learn of a taken name before UIA.
-        let flows = accounts.registration_flows()?;
-        let requested = body.username.clone().unwrap_or_else(username::random_localpart);
-        let user_id = username::user_id_for_registration(&requested, accounts.server_name())?;
-        accounts.check_available(&user_id)?;
-        services.appservices.check_not_exclusive(&user_id, None)?;
-        let uiaa = UiaaRequest { flows, purpose: "register".to_owned(), user_id: None };
-        accounts.uiaa.check(uiaa, body.auth.as_ref(), accounts.as_ref()).await?;
-        user_id
-    };
-
-    if request.appservice.is_some() && !guest {
         accounts.create_appservice_account(&user_id).await?;
-    } else {
-        accounts.create_account(&user_id, body.password.clone(), guest).await?;
+        return new_account(&services, user_id, params).await;
     }
-    // Like Synapse, start with the localpart as display name.
+    // The same completed session sent again: the same account, logged in again.
+    if let Some(done) = session.as_deref().and_then(|s| accounts.uiaa.result(s))
+        && let Ok(user_id) = ruma::OwnedUserId::try_from(done)
+    {
+        return logged_in(&services, user_id, params);
+    }
+    // Check the name first so clients learn of a taken name before UIA.
+    let flows = accounts.registration_flows()?;
+    let requested = params.username.clone().unwrap_or_else(username::random_localpart);
+    let user_id = username::user_id_for_registration(&requested, accounts.server_name())?;
+    accounts.check_available(&user_id)?;
+    services.appservices.check_not_exclusive(&user_id, None)?;
+    let remember = serde_json::to_value(&params).map_err(Error::from)?;
+    let uiaa = UiaaRequest { flows, purpose: "register".to_owned(), user_id: None, params: Some(remember) };
+    accounts.uiaa.check(uiaa, body.auth.as_ref(), accounts.as_ref()).await?;
+    accounts.create_account(&user_id, params.password.take(), false).await?;
+    if let Some(session) = &session {
+        accounts.uiaa.set_result(session, user_id.to_string());
+    }
+    new_account(&services, user_id, params).await
+}
+
+/// A new account's display name (its localpart, as Synapse starts it),
+/// then the login response.
+async fn new_account(
+    services: &AppState,
+    user_id: ruma::OwnedUserId,
+    params: RegistrationParams,
+) -> ApiResult<axum::response::Response> {
     let display_name =
         ruma::api::client::profile::ProfileFieldValue::DisplayName(user_id.localpart().to_owned());
     services.profile.set_field(&user_id, &user_id, display_name)?;
-    let mut response = register::v3::Response::new(user_id.clone());
-    if body.inhibit_login {
+    logged_in(services, user_id, params)
+}
+
+/// The registration response: a new device and its tokens, or with
+/// `inhibit_login` only the user ID.
+fn logged_in(
+    services: &AppState,
+    user_id: ruma::OwnedUserId,
+    params: RegistrationParams,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if params.inhibit_login {
         // Only the user ID: ruma's type would add `"device_id": null`.
         return Ok(axum::Json(serde_json::json!({"user_id": user_id})).into_response());
     }
-    let display_name = body.initial_device_display_name.clone();
-    let tokens = accounts.issue_tokens(&user_id, body.device_id.clone(), display_name, body.refresh_token)?;
+    let accounts = &services.accounts;
+    let display_name = params.initial_device_display_name;
+    let tokens = accounts.issue_tokens(&user_id, params.device_id, display_name, params.refresh_token)?;
     services.e2ee.device_list_changed(&user_id)?;
+    let mut response = register::v3::Response::new(user_id);
     response.access_token = Some(tokens.access_token);
     response.device_id = Some(tokens.device_id);
     response.refresh_token = tokens.refresh_token;

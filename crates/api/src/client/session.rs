@@ -135,6 +135,7 @@ pub async fn get_login_token(
         flows: vec![AuthFlow::new(vec![AuthType::Password])],
         purpose: format!("get_login_token:{user_id}"),
         user_id: Some(&user_id),
+        params: None,
     };
     let accounts = &services.accounts;
     accounts.uiaa.check(uiaa, request.body.auth.as_ref(), accounts.as_ref()).await?;

@@ -44,6 +44,12 @@ struct Session {
     purpose: String,
     completed: Vec<AuthType>,
     created: Instant,
+    /// The request's parameters at the session's start, for an operation
+    /// whose later stages may resend only `auth` (registration).
+    params: Option<serde_json::Value>,
+    /// What a completed operation produced (the registered user), so the
+    /// same session sent again gets the same result.
+    result: Option<String>,
 }
 
 #[derive(Default)]
@@ -58,6 +64,9 @@ pub struct UiaaRequest<'a> {
     pub purpose: String,
     /// The user the password stage must match (none for registration).
     pub user_id: Option<&'a OwnedUserId>,
+    /// Parameters to remember across stages; a session with them is kept
+    /// after it completes, for `result`.
+    pub params: Option<serde_json::Value>,
 }
 
 impl UiaaSessions {
@@ -71,7 +80,7 @@ impl UiaaSessions {
         verifier: &impl StageVerifier,
     ) -> Result<()> {
         let Some(auth) = auth else {
-            let session = self.start(&request.purpose);
+            let session = self.start(&request);
             return Err(self.pending(&request.flows, Vec::new(), session, None));
         };
         let session_id = match auth.session() {
@@ -81,7 +90,7 @@ impl UiaaSessions {
             }
             // A first call that already carries a stage (clients and SyTest
             // send `m.login.dummy` straight away) starts a session implicitly.
-            None => self.start(&request.purpose),
+            None => self.start(&request),
         };
 
         // Credentials of another user are no retry: the request is refused.
@@ -99,7 +108,9 @@ impl UiaaSessions {
         };
         let done = request.flows.iter().any(|flow| flow.stages.iter().all(|s| completed.contains(s)));
         if done {
-            self.sessions.lock().expect("uiaa lock").remove(&session_id);
+            if request.params.is_none() {
+                self.sessions.lock().expect("uiaa lock").remove(&session_id);
+            }
             return Ok(());
         }
         Err(self.pending(&request.flows, completed, session_id, None))
@@ -149,15 +160,37 @@ impl UiaaSessions {
         Ok(stage)
     }
 
-    fn start(&self, purpose: &str) -> String {
+    fn start(&self, request: &UiaaRequest<'_>) -> String {
         let id = super::tokens::random_token(24);
         let mut sessions = self.sessions.lock().expect("uiaa lock");
         sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
-        sessions.insert(
-            id.clone(),
-            Session { purpose: purpose.to_owned(), completed: Vec::new(), created: Instant::now() },
-        );
+        let session = Session {
+            purpose: request.purpose.clone(),
+            completed: Vec::new(),
+            created: Instant::now(),
+            params: request.params.clone(),
+            result: None,
+        };
+        sessions.insert(id.clone(), session);
         id
+    }
+
+    /// The parameters a live session was started with.
+    pub fn params(&self, id: &str) -> Option<serde_json::Value> {
+        let sessions = self.sessions.lock().expect("uiaa lock");
+        sessions.get(id).filter(|s| s.created.elapsed() < SESSION_LIFETIME).and_then(|s| s.params.clone())
+    }
+
+    /// What a completed session produced.
+    pub fn result(&self, id: &str) -> Option<String> {
+        let sessions = self.sessions.lock().expect("uiaa lock");
+        sessions.get(id).filter(|s| s.created.elapsed() < SESSION_LIFETIME).and_then(|s| s.result.clone())
+    }
+
+    pub fn set_result(&self, id: &str, result: String) {
+        if let Some(session) = self.sessions.lock().expect("uiaa lock").get_mut(id) {
+            session.result = Some(result);
+        }
     }
 
     fn ensure_session(&self, id: &str, purpose: &str) -> Result<()> {
