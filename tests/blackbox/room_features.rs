@@ -142,6 +142,20 @@ async fn upgrading_a_room() {
     assert_eq!(public["chunk"][0]["room_id"], new.as_str());
     assert_error(&send_text(&server, &bob, &old, "late", "hello?").await, 403, "M_FORBIDDEN");
     assert_eq!(server.post(&path(&new, "join"), Some(&bob.token), json!({})).await.0, 200);
+
+    // Before v12 the new room's `predecessor` names the old room's last
+    // event: its tombstone.
+    let older = create_room(&server, &alice, json!({"room_version": "10"})).await;
+    let (status, body) =
+        server.post(&path(&older, "upgrade"), Some(&alice.token), json!({"new_version": "11"})).await;
+    assert_eq!(status, 200, "{body}");
+    let newer = body["replacement_room"].as_str().unwrap();
+    let (_, create) = server.get(&path(newer, "state/m.room.create"), Some(&alice.token)).await;
+    let state = server.get(&path(&older, "state"), Some(&alice.token)).await.1;
+    let tombstone =
+        state.as_array().unwrap().iter().find(|e| e["type"] == "m.room.tombstone").unwrap().clone();
+    assert_eq!(tombstone["content"]["replacement_room"], newer);
+    assert_eq!(create["predecessor"]["event_id"], tombstone["event_id"]);
 }
 
 #[tokio::test]

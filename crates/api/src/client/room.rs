@@ -93,6 +93,7 @@ pub async fn create(
             .transpose()?,
         is_direct: body.is_direct,
         room_version: body.room_version.clone(),
+        room_id: None,
     };
     let sender = request.user()?;
     let room_id = services.rooms.create_room(sender, create).await?;

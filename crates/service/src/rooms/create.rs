@@ -40,6 +40,9 @@ pub struct CreateRoom {
     pub power_level_content_override: Option<Map<String, JsonValue>>,
     pub is_direct: bool,
     pub room_version: Option<RoomVersionId>,
+    /// A room ID chosen beforehand (an upgrade's tombstone names it), for
+    /// versions before 12 whose room IDs the server picks.
+    pub room_id: Option<OwnedRoomId>,
 }
 
 /// Room versions this server creates and joins.
@@ -78,8 +81,14 @@ impl Rooms {
         let _alias_claim = alias.as_ref().map(|a| self.claim_alias(a)).transpose()?;
         let power_levels = power_levels_content(&version, creator, &request, preset)?;
 
-        let (create, _room_guard) =
-            self.unique_create_event(creator, &version, request.creation_content.clone()).await?;
+        let (create, _room_guard) = self
+            .unique_create_event(
+                creator,
+                &version,
+                request.creation_content.clone(),
+                request.room_id.as_deref(),
+            )
+            .await?;
         let room_id = create.room_id.clone();
         let mut staging = self.staging(None)?;
         // Only a refusal by the auth rules is the client's content at fault.
@@ -169,6 +178,7 @@ impl Rooms {
         creator: &UserId,
         version: &RoomVersionId,
         creation_content: Option<Map<String, JsonValue>>,
+        chosen: Option<&RoomId>,
     ) -> Result<(Pdu, tokio::sync::OwnedMutexGuard<()>)> {
         let rules = version.rules().ok_or_else(unsupported_version)?;
         let mut content = creation_content.unwrap_or_default();
@@ -180,7 +190,7 @@ impl Rooms {
         for _ in 0..CREATE_ATTEMPTS {
             // Before v12 the server picks the room ID; from v12 it is the create event's hash.
             let chosen_id = (!rules.authorization.room_create_event_id_as_room_id)
-                .then(|| RoomId::new_v1(&self.config.server_name));
+                .then(|| chosen.map_or_else(|| RoomId::new_v1(&self.config.server_name), ToOwned::to_owned));
             let ctx = BuildContext {
                 room_id: chosen_id.as_deref(),
                 room_version: version,
@@ -199,6 +209,9 @@ impl Rooms {
             let guard = self.room_lock(&pdu.room_id).lock_owned().await;
             if self.room(&pdu.room_id)?.is_none() {
                 return Ok((pdu, guard));
+            }
+            if chosen.is_some() {
+                break;
             }
         }
         Err(Error::matrix(503, ErrorKind::Unknown, "Could not pick a free room ID; try again"))

@@ -49,11 +49,18 @@ impl Rooms {
         let old_create = content("m.room.create")?.unwrap_or_default();
         let mut creation = Map::new();
         let mut predecessor = json!({"room_id": old});
-        if new_version != RoomVersionId::V12 {
-            // The last event of the old room, for versions that still want it.
-            if let Some(last) = room.extremities.first() {
-                predecessor["event_id"] = last.to_string().into();
-            }
+        // Before v12 the new room's ID is picked first, so the tombstone can
+        // name it and the new room's `predecessor` can name the tombstone,
+        // the old room's last event. A v12 room's ID is its create event's
+        // hash: the tombstone follows the creation.
+        let chosen_id = (new_version != RoomVersionId::V12).then(|| RoomId::new_v1(&self.config.server_name));
+        let tombstone = |replacement: &RoomId| {
+            let content = json!({"body": "This room has been replaced", "replacement_room": replacement});
+            PduTemplate::state("m.room.tombstone", "", content)
+        };
+        if let Some(new_room) = &chosen_id {
+            let sent = self.send(old, user, tombstone(new_room), None).await?;
+            predecessor["event_id"] = sent.event_id.to_string().into();
         }
         creation.insert("predecessor".into(), predecessor);
         if let Some(room_type) = old_create.get("type") {
@@ -74,6 +81,7 @@ impl Rooms {
             creation_content: Some(creation),
             power_level_content_override: old_power.as_object().cloned(),
             room_version: Some(new_version),
+            room_id: chosen_id.clone(),
             ..CreateRoom::default()
         };
         let new_room = self.create_room(user, request).await?;
@@ -96,8 +104,9 @@ impl Rooms {
             self.set_public(old, false)?;
             self.set_public(&new_room, true)?;
         }
-        let tombstone = json!({"body": "This room has been replaced", "replacement_room": new_room});
-        self.send(old, user, PduTemplate::state("m.room.tombstone", "", tombstone), None).await?;
+        if chosen_id.is_none() {
+            self.send(old, user, tombstone(&new_room), None).await?;
+        }
         self.lock_down(old, user, old_power).await?;
         Ok(new_room)
     }
