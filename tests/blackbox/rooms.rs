@@ -345,6 +345,24 @@ async fn history_visibility_is_enforced() {
         "initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "world_readable"}}]})).await;
     send_text(&server, &alice, &readable, "w1", "for everyone").await;
     assert_eq!(timeline_bodies(&server, &carol, &readable).await, ["for everyone"]);
+
+    // A change of visibility is seen by those who may see events under the
+    // old or the new setting: "joined" to "shared" is visible to later members.
+    let boundary = create_room(&server, &alice, json!({"preset": "public_chat",
+        "initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}]})).await;
+    send_text(&server, &alice, &boundary, "b1", "private era").await;
+    let visibility = room_path(&boundary, "state/m.room.history_visibility/");
+    server.put(&visibility, Some(&alice.token), json!({"history_visibility": "shared"})).await;
+    server.post(&room_path(&boundary, "join"), Some(&carol.token), json!({})).await;
+    let (_, page) = server.get(&room_path(&boundary, "messages?dir=b&limit=50"), Some(&carol.token)).await;
+    let seen: Vec<&Value> = page["chunk"].as_array().unwrap().iter().collect();
+    assert!(
+        seen.iter()
+            .any(|e| e["type"] == "m.room.history_visibility"
+                && e["content"]["history_visibility"] == "shared"),
+        "{page}"
+    );
+    assert!(!seen.iter().any(|e| e["content"]["body"] == "private era"), "{page}");
 }
 
 #[tokio::test]

@@ -36,26 +36,37 @@ impl Rooms {
             return Ok(true);
         }
         let before = self.state.load(event.state_before)?;
-        let visibility = self.history_visibility(&before)?;
-        if visibility == "world_readable" {
+        let kind = event.json.get("type").and_then(|t| t.as_str());
+        let state_key = event.json.get("state_key").and_then(|k| k.as_str());
+        // A change of history visibility is seen by whoever may see events
+        // under either the old or the new setting (the spec's boundary rule).
+        let mut settings = vec![self.history_visibility(&before)?];
+        let after = self.state.load(event.state_after)?;
+        if kind == Some("m.room.history_visibility") && state_key == Some("") {
+            settings.push(self.history_visibility(&after)?);
+        }
+        if settings.iter().any(|v| v == "world_readable") {
             return Ok(true);
         }
         let Some(viewer) = viewer else { return Ok(false) };
         // Users always see their own membership changes (their leave, their kick).
-        if event.json.get("type").and_then(|t| t.as_str()) == Some("m.room.member")
-            && event.json.get("state_key").and_then(|k| k.as_str()) == Some(viewer.as_str())
-        {
+        if kind == Some("m.room.member") && state_key == Some(viewer.as_str()) {
             return Ok(true);
         }
         // The state after the event, so a user sees their own join.
-        let after = self.state.load(event.state_after)?;
         let then = self.membership_in(&after, viewer)?;
-        Ok(match visibility.as_str() {
-            "joined" => then.as_deref() == Some("join"),
-            "invited" => matches!(then.as_deref(), Some("join" | "invite")),
-            // shared: also every event from before the user's latest join.
-            _ => then.as_deref() == Some("join") || self.joined_after(viewer, event)?,
-        })
+        for visibility in settings {
+            let allowed = match visibility.as_str() {
+                "joined" => then.as_deref() == Some("join"),
+                "invited" => matches!(then.as_deref(), Some("join" | "invite")),
+                // shared: also every event from before the user's latest join.
+                _ => then.as_deref() == Some("join") || self.joined_after(viewer, event)?,
+            };
+            if allowed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Whether another server may see `event` (Server-Server API, "Restrictions
