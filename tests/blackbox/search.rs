@@ -162,6 +162,22 @@ async fn user_directory_finds_room_mates_and_public_room_members() {
     assert_eq!(found["results"][0]["user_id"], "@dave:localhost", "in a public room: {found}");
     let found = find("erin").await;
     assert_eq!(found["results"], json!([]), "a stranger is not listed");
+    assert_eq!(find("alice").await["results"], json!([]), "nor the searcher, in private rooms only");
+
+    // Open rooms, published or not: a public join rule or world-readable
+    // history; members go when the room closes.
+    let erin =
+        server.login("erin", crate::harness::PASSWORD).await.1["access_token"].as_str().unwrap().to_owned();
+    let unpublished = create_room(&server, &dave, json!({"preset": "private_chat"})).await;
+    let rules = format!("/_matrix/client/v3/rooms/{unpublished}/state/m.room.join_rules/");
+    server.put(&rules, Some(&dave.token), json!({"join_rule": "public"})).await;
+    server.post(&format!("/_matrix/client/v3/join/{unpublished}"), Some(&erin), json!({})).await;
+    assert_eq!(find("erin").await["results"][0]["user_id"], "@erin:localhost");
+    server.put(&rules, Some(&dave.token), json!({"join_rule": "invite"})).await;
+    assert_eq!(find("erin").await["results"], json!([]), "the room closed");
+    let visibility = format!("/_matrix/client/v3/rooms/{unpublished}/state/m.room.history_visibility/");
+    server.put(&visibility, Some(&dave.token), json!({"history_visibility": "world_readable"})).await;
+    assert_eq!(find("erin").await["results"][0]["user_id"], "@erin:localhost", "world readable");
     assert_error(
         &server.post("/_matrix/client/v3/user_directory/search", None, json!({"search_term": "x"})).await,
         401,

@@ -103,6 +103,7 @@ impl Services {
                 appservices: appservices.clone(),
             },
         )?);
+        rooms.index_open_rooms_once()?;
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(
             config.clone(),
             &db,

@@ -34,8 +34,11 @@ impl UserDirectory {
         if self.config.user_directory_search_all_users {
             return Ok(self.accounts.active_user_ids(ALL_USERS_CAP)?.into_iter().collect());
         }
+        // The spec's set: those sharing a room with the searcher, and members
+        // of rooms anyone may join or read.
         let mut users: BTreeSet<OwnedUserId> = self.rooms.room_mates(searcher)?.into_iter().collect();
-        for room_id in self.rooms.published_rooms()? {
+        users.remove(searcher);
+        for room_id in self.rooms.open_rooms()? {
             users.extend(self.rooms.members_with_membership(&room_id, "join")?);
         }
         Ok(users)

@@ -122,4 +122,7 @@ pub const TABLES: &[&str] = &[
     "publicroomid",
     // (appservice ID|network ID, room ID) → (): rooms an appservice published in its network's directory.
     "networkroomid",
+    // Room ID → (): rooms anyone may join or read (join rule `public` or history
+    // `world_readable`), whose members the user directory shows to everyone.
+    "openroomid",
 ];

@@ -248,6 +248,11 @@ impl Rooms {
                 (id, after)
             }
         };
+        let opens =
+            matches!(pdu.kind, TimelineEventType::RoomJoinRules | TimelineEventType::RoomHistoryVisibility);
+        if opens && pdu.state_key.as_deref() == Some("") {
+            self.index_open_room(staging, &pdu, &state_after)?;
+        }
         let batch = &mut staging.batch;
         if pdu.kind == TimelineEventType::RoomMember {
             self.index_membership(&pdu, batch)?;

@@ -185,6 +185,60 @@ impl Rooms {
             .collect())
     }
 
+    /// Rooms anyone may join or read, for the user directory.
+    pub fn open_rooms(&self) -> Result<Vec<OwnedRoomId>> {
+        let rows = self.openroomid.scan_raw_prefix(&[], usize::MAX).db()?;
+        Ok(rows.into_iter().filter_map(|(room_id, _)| RoomId::parse(room_id).ok()).collect())
+    }
+
+    /// Record whether the room is open (join rule `public` or history
+    /// `world_readable`) as of `state`, the state after `pdu`, which set one
+    /// of the two; in the event's own batch.
+    pub(super) fn index_open_room(
+        &self,
+        staging: &mut super::staging::Staging<'_>,
+        pdu: &estuary_events::Pdu,
+        state: &super::StateMap,
+    ) -> Result<()> {
+        let content = |kind: StateEventType| -> Result<JsonValue> {
+            let Some(key) = self.short.state_key_short(&kind, "")? else { return Ok(JsonValue::Null) };
+            let Some(short) = state.get(&key) else { return Ok(JsonValue::Null) };
+            let Some(id) = self.staged_event_id(staging, *short)? else { return Ok(JsonValue::Null) };
+            if id == pdu.event_id {
+                return Ok(pdu.content_value());
+            }
+            Ok(self.staged_pdu(staging, &id)?.map(|p| p.content_value()).unwrap_or_default())
+        };
+        let open = content(StateEventType::RoomJoinRules)?["join_rule"] == "public"
+            || content(StateEventType::RoomHistoryVisibility)?["history_visibility"] == "world_readable";
+        let room = pdu.room_id.to_string();
+        if open {
+            staging.batch.put(&self.openroomid, &room, &String::new());
+        } else {
+            staging.batch.delete(&self.openroomid, &room);
+        }
+        Ok(())
+    }
+
+    /// Databases from before the open-room index get it built once.
+    pub fn index_open_rooms_once(&self) -> Result<()> {
+        const MARKER: &str = "openroomid_built";
+        let global: estuary_storage::Table<String, String> = self.db.table("global").db()?;
+        if global.get(&MARKER.to_owned()).db()?.is_some() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        for (room_id, _) in self.roomid_room.scan_raw_prefix(&[], usize::MAX).db()? {
+            let Ok(room_id) = RoomId::parse(&room_id) else { continue };
+            let summary = self.room_summary(&room_id)?;
+            if summary["join_rule"] == "public" || summary["world_readable"] == true {
+                batch.put(&self.openroomid, &room_id.to_string(), &String::new());
+            }
+        }
+        batch.put(&global, &MARKER.to_owned(), &String::new());
+        batch.commit().db()
+    }
+
     pub fn is_public(&self, room_id: &RoomId) -> Result<bool> {
         self.publicroomid.contains(&room_id.to_string()).db()
     }
