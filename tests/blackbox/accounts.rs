@@ -139,3 +139,37 @@ async fn whois_lists_devices_for_the_user_and_admins() {
     }
     assert_error(&server.get(&path, Some(&bob.token)).await, 403, "M_FORBIDDEN");
 }
+
+/// Erasure: members who joined after it see the erased user's events
+/// redacted; members from before keep the originals (the spec's rule).
+#[tokio::test]
+async fn erased_users_content_is_hidden_from_later_members() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let (_, room) = server
+        .post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({"preset": "public_chat"}))
+        .await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let (_, sent) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/e1"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "body1"}),
+        )
+        .await;
+    let event = sent["event_id"].as_str().unwrap().to_owned();
+    let deactivate = json!({"erase": true, "auth": password_auth("alice", None)});
+    assert_eq!(
+        server.post("/_matrix/client/v3/account/deactivate", Some(&alice.token), deactivate).await.0,
+        200
+    );
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&carol.token), json!({})).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/event/{event}");
+    assert_eq!(server.get(&path, Some(&bob.token)).await.1["content"]["body"], "body1");
+    let (status, seen) = server.get(&path, Some(&carol.token)).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!((seen["type"].clone(), seen["content"].clone()), (json!("m.room.message"), json!({})));
+}

@@ -125,4 +125,6 @@ pub const TABLES: &[&str] = &[
     // Room ID → (): rooms anyone may join or read (join rule `public` or history
     // `world_readable`), whose members the user directory shows to everyone.
     "openroomid",
+    // User ID → stream position of their erasure (deactivated with `erase`).
+    "userid_erasure",
 ];

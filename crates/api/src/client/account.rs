@@ -73,6 +73,9 @@ pub async fn deactivate(
     services.devices.delete_all(&user_id)?;
     services.accounts.deactivate(&user_id)?;
     services.profile.clear(&user_id)?;
+    if request.body.erase {
+        services.rooms.erase_user(&user_id)?;
+    }
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport))
 }
 

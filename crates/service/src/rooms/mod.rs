@@ -13,6 +13,7 @@ mod check;
 mod context;
 mod create;
 mod directory;
+mod erasure;
 mod membership;
 mod notify;
 mod read;
@@ -162,6 +163,7 @@ pub struct Rooms {
     roomidalias_creator: Table<(String, String), String>,
     publicroomid: Table<String, String>,
     openroomid: Table<String, String>,
+    erasures: erasure::Erasures,
     networkroomid: Table<(String, String), String>,
     roomidtermstream_count: Table<(String, String, u64), u64>,
     tokenizer: crate::search::tokenize::Tokenizer,
@@ -218,6 +220,7 @@ impl Rooms {
             roomidalias_creator: db.table("roomidalias_creator").db()?,
             publicroomid: db.table("publicroomid").db()?,
             openroomid: db.table("openroomid").db()?,
+            erasures: erasure::Erasures::new(db)?,
             networkroomid: db.table("networkroomid").db()?,
             roomidtermstream_count: db.table("roomidtermstream_count").db()?,
             tokenizer: crate::search::tokenize::Tokenizer::new(&config.search_language),

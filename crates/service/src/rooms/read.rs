@@ -93,6 +93,11 @@ impl Rooms {
         stored: &StoredPdu,
         viewer: Option<(&UserId, Option<&DeviceId>)>,
     ) -> Result<JsonValue> {
+        let erased = match viewer {
+            Some((user, _)) => self.erased_for(stored, user)?,
+            None => None,
+        };
+        let stored = erased.as_ref().unwrap_or(stored);
         let mut event = stored.client_json();
         let sent_at = event["origin_server_ts"].as_u64().unwrap_or(0);
         let sender_is_viewer = viewer.is_some_and(|(user, _)| event["sender"] == user.as_str());
