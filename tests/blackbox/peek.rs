@@ -66,3 +66,62 @@ async fn peeking_a_world_readable_room_and_refusal_elsewhere() {
         .await;
     assert_eq!(empty["chunk"], json!([]));
 }
+
+/// MSC2753: a device peeks into a world-readable room (by ID or alias) and
+/// follows it in its own sync only; other rooms refuse the peek.
+#[tokio::test]
+async fn a_device_peeks_into_world_readable_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (_, other) = server.login("bob", crate::harness::PASSWORD).await;
+    let other_token = other["access_token"].as_str().unwrap().to_owned();
+    let room =
+        create_room(&server, &alice, json!({"preset": "public_chat", "room_alias_name": "lookin"})).await;
+    let visibility = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/");
+    let shared = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    assert_error(
+        &server.post(&format!("/_matrix/client/v3/peek/{shared}"), Some(&bob.token), json!({})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    server.put(&visibility, Some(&alice.token), json!({"history_visibility": "world_readable"})).await;
+    let (_, first) = server.get("/_matrix/client/v3/sync", Some(&bob.token)).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let (status, body) =
+        server.post("/_matrix/client/v3/peek/%23lookin:localhost", Some(&bob.token), json!({})).await;
+    assert_eq!((status.as_u16(), body["room_id"].as_str()), (200, Some(room.as_str())), "{body}");
+    send_text(&server, &alice, &room, "p1", "something to peek").await;
+
+    let (_, body) = server.get(&format!("/_matrix/client/v3/sync?since={since}"), Some(&bob.token)).await;
+    let peeked = &body["rooms"]["peek"][&room];
+    let events = peeked["timeline"]["events"].as_array().unwrap_or_else(|| panic!("no peek: {body}"));
+    assert!(events.len() > 1 && peeked["timeline"]["prev_batch"].is_string(), "the room's latest events");
+    assert_eq!(events.last().unwrap()["content"]["body"], "something to peek");
+    assert_eq!(body["rooms"]["join"], json!({}));
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let (_, quiet) =
+        server.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=0"), Some(&bob.token)).await;
+    assert!(quiet["rooms"]["peek"].get(&room).is_none(), "unchanged rooms stay out: {quiet}");
+
+    // A new message wakes the peeking device's waiting sync.
+    let wait_path = format!("/_matrix/client/v3/sync?since={since}&timeout=10000");
+    let waiting = server.get(&wait_path, Some(&bob.token));
+    let send = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        send_text(&server, &alice, &room, "p2", "more").await;
+    };
+    let started = std::time::Instant::now();
+    let ((_, woke), _) = tokio::join!(waiting, send);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "the peek woke the sync");
+    assert_eq!(woke["rooms"]["peek"][&room]["timeline"]["events"][0]["content"]["body"], "more");
+
+    let (_, elsewhere) = server.get("/_matrix/client/v3/sync", Some(&other_token)).await;
+    assert_eq!(elsewhere["rooms"]["peek"], json!({}), "only the device that peeked");
+    assert_eq!(
+        server.post(&format!("/_matrix/client/v3/unpeek/{room}"), Some(&bob.token), json!({})).await.0,
+        200
+    );
+    let (_, after) = server.get("/_matrix/client/v3/sync", Some(&bob.token)).await;
+    assert_eq!(after["rooms"]["peek"], json!({}));
+}

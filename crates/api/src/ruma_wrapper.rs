@@ -419,6 +419,22 @@ impl axum::extract::FromRequestParts<AppState> for AuthedUser {
     }
 }
 
+/// The user and device behind an access token, for plain handlers.
+pub struct AuthedDevice(pub OwnedUserId, pub OwnedDeviceId);
+
+impl axum::extract::FromRequestParts<AppState> for AuthedDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = access_token(parts);
+        let caller = authenticate(state, AuthKind::AccessToken, token.as_deref(), parts.uri.query())?;
+        match (caller.user, caller.device) {
+            (Some(user), Some(device)) => Ok(Self(user, device)),
+            _ => Err(Error::missing_token().into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::percent_decode;

@@ -31,6 +31,7 @@ pub struct Devices {
     e2ee: Arc<E2ee>,
     to_device: Arc<ToDevice>,
     push: Arc<PushRules>,
+    rooms: Arc<crate::rooms::Rooms>,
     dehydrated: Table<String, Json<(String, JsonValue)>>,
 }
 
@@ -41,13 +42,14 @@ impl Devices {
         e2ee: Arc<E2ee>,
         to_device: Arc<ToDevice>,
         push: Arc<PushRules>,
+        rooms: Arc<crate::rooms::Rooms>,
     ) -> Result<Self> {
         let dehydrated = db.table("userid_dehydrateddevice").db()?;
-        Ok(Self { accounts, e2ee, to_device, push, dehydrated })
+        Ok(Self { accounts, e2ee, to_device, push, rooms, dehydrated })
     }
 
     /// Delete devices with their sessions, keys, pending messages and the
-    /// pushers they created.
+    /// pushers and peeks they created.
     /// Unknown IDs are skipped, so this also cleans up after an account
     /// operation that already ended the sessions.
     pub fn delete(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
@@ -56,6 +58,7 @@ impl Devices {
         for device_id in device_ids {
             self.e2ee.delete_device_keys(user_id, device_id)?;
             self.to_device.purge_device(user_id, device_id)?;
+            self.rooms.delete_device_peeks(user_id, device_id)?;
             if self.dehydrated_device_id(user_id)?.as_deref() == Some(device_id.as_str()) {
                 self.dehydrated.delete(&user_id.to_string()).db()?;
             }

@@ -165,7 +165,7 @@ impl Services {
             e2ee: e2ee.clone(),
         });
         let devices =
-            devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone(), push.clone())?;
+            devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone(), push.clone(), rooms.clone())?;
         let peek = Arc::new(peek::Peek::new(peek::PeekSources {
             rooms: rooms.clone(),
             streams: streams.clone(),

@@ -210,6 +210,7 @@ impl Sync {
                 _ => {}
             }
         }
+        let peek = self.peeked_rooms(w, &candidates)?;
         let (otk_counts, fallback_types) = match w.device {
             Some(device) => (
                 json!(self.e2ee.one_time_key_counts(w.user, device)?),
@@ -240,7 +241,7 @@ impl Sync {
         }
         Ok(json!({
             "next_batch": format!("s{}", w.to + 1),
-            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock, "peek": peek},
             "account_data": {"events": account_data},
             "presence": {"events": presence},
             "to_device": {"events": to_device},
@@ -591,6 +592,31 @@ impl Sync {
         Ok((json!({"notification_count": main.0, "highlight_count": main.1}), JsonValue::Object(threads)))
     }
 
+    /// `rooms.peek` (MSC2753): the syncing device's peeks into rooms it is
+    /// not in, like joined rooms; a peek new to the client gets the room
+    /// from its latest events.
+    fn peeked_rooms(
+        &self,
+        w: &Window<'_>,
+        candidates: &BTreeSet<OwnedRoomId>,
+    ) -> Result<Map<String, JsonValue>> {
+        let mut peek = Map::new();
+        let Some(device) = w.device else { return Ok(peek) };
+        for (room_id, started) in self.rooms.device_peeks(w.user, device)? {
+            if self.rooms.membership(w.user, &room_id)?.as_deref() == Some("join") {
+                continue;
+            }
+            let new_peek = w.since.is_none_or(|since| started >= since);
+            if !new_peek && !candidates.contains(&room_id) {
+                continue;
+            }
+            if let Some(entry) = self.joined_room(w, &room_id, new_peek, new_peek)? {
+                peek.insert(room_id.to_string(), entry);
+            }
+        }
+        Ok(peek)
+    }
+
     /// Whether the user was joined to the room just before stream position `position`.
     fn was_joined_at(&self, user: &UserId, room_id: &RoomId, position: u64) -> Result<bool> {
         let Some(state) = self.rooms.state_at_position(room_id, position.saturating_sub(1))? else {
@@ -698,7 +724,9 @@ fn in_format(w: &Window<'_>, stored: &StoredPdu, client: JsonValue) -> JsonValue
 
 fn is_empty(response: &JsonValue) -> bool {
     let rooms = &response["rooms"];
-    ["join", "invite", "leave", "knock"].iter().all(|k| rooms[k].as_object().is_none_or(|m| m.is_empty()))
+    ["join", "invite", "leave", "knock", "peek"]
+        .iter()
+        .all(|k| rooms[k].as_object().is_none_or(|m| m.is_empty()))
         && response["account_data"]["events"].as_array().is_none_or(|e| e.is_empty())
         && response["presence"]["events"].as_array().is_none_or(|e| e.is_empty())
         && response["to_device"]["events"].as_array().is_none_or(|e| e.is_empty())

@@ -127,4 +127,7 @@ pub const TABLES: &[&str] = &[
     "openroomid",
     // User ID → stream position of their erasure (deactivated with `erase`).
     "userid_erasure",
+    // (user ID, device ID, room ID) → stream position: a device's peek into a
+    // world-readable room (MSC2753), shown in that device's sync.
+    "useriddeviceroomid_peek",
 ];

@@ -14,7 +14,7 @@ use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
 /// A room ID, or the room a local alias names (a bridge may create the
 /// room of an alias in its namespace when asked).
-async fn resolve(services: &AppState, room: &RoomOrAliasId) -> Result<OwnedRoomId, Error> {
+pub(crate) async fn resolve(services: &AppState, room: &RoomOrAliasId) -> Result<OwnedRoomId, Error> {
     let alias = match <&RoomId>::try_from(room) {
         Ok(room_id) => return Ok(room_id.to_owned()),
         Err(alias) => alias,

@@ -199,6 +199,13 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
             axum::routing::post(room::send_message_without_txn),
         )
         .route("/_matrix/client/v3/initialSync", axum::routing::get(peek::global_initial_sync))
+        .route("/_matrix/client/v3/peek/{room}", axum::routing::post(peek::peek_by_device))
+        .route(
+            "/_matrix/client/unstable/org.matrix.msc2753/peek/{room}",
+            axum::routing::post(peek::peek_by_device),
+        )
+        .route("/_matrix/client/v3/unpeek/{room}", axum::routing::post(peek::unpeek))
+        .route("/_matrix/client/unstable/org.matrix.msc2753/unpeek/{room}", axum::routing::post(peek::unpeek))
         .route("/_matrix/client/r0/initialSync", axum::routing::get(peek::global_initial_sync))
         .ruma(room::redact)
         .ruma(room::upgrade)

@@ -16,7 +16,7 @@ use serde_json::Value as JsonValue;
 use crate::{
     AppState,
     error::ApiResult,
-    ruma_wrapper::{AuthedUser, Ruma},
+    ruma_wrapper::{AuthedDevice, AuthedUser, Ruma},
 };
 
 /// Messages in an `initialSync` answer without `limit`.
@@ -73,4 +73,30 @@ fn number(value: Option<&str>, name: &str) -> Result<Option<u64>, Error> {
     value
         .map(|v| v.parse::<u64>().map_err(|_| Error::invalid_param(format!("{name} must be a whole number"))))
         .transpose()
+}
+
+/// `POST /peek/{roomIdOrAlias}` (MSC2753): this device follows a
+/// world-readable room in its `/sync` without joining.
+pub async fn peek_by_device(
+    State(services): State<AppState>,
+    AuthedDevice(user, device): AuthedDevice,
+    axum::extract::Path(room): axum::extract::Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let room = ruma::OwnedRoomOrAliasId::try_from(room)
+        .map_err(|e| Error::invalid_param(format!("Invalid room ID or alias: {e}")))?;
+    let room_id = super::membership::resolve(&services, &room).await?;
+    services.rooms.peek(&user, &device, &room_id)?;
+    Ok(Json(serde_json::json!({"room_id": room_id})))
+}
+
+/// `POST /unpeek/{roomId}`: stop following the room on this device.
+pub async fn unpeek(
+    State(services): State<AppState>,
+    AuthedDevice(user, device): AuthedDevice,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id =
+        RoomId::parse(room_id).map_err(|e| Error::invalid_param(format!("Invalid room ID: {e}")))?;
+    services.rooms.unpeek(&user, &device, &room_id)?;
+    Ok(Json(serde_json::json!({})))
 }

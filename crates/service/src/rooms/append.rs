@@ -397,6 +397,7 @@ impl Rooms {
     /// targets: once for all the events of a commit.
     fn wake_room<'a>(&self, room_id: &RoomId, pdus: impl Iterator<Item = &'a Pdu>) -> Result<()> {
         let mut users = self.members_with_membership(room_id, "join")?;
+        users.extend(self.peeks.peekers(room_id));
         for pdu in pdus {
             if let Some(target) =
                 pdu.state_key.as_deref().filter(|_| pdu.kind == TimelineEventType::RoomMember)

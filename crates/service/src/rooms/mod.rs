@@ -16,6 +16,7 @@ mod directory;
 mod erasure;
 mod membership;
 mod notify;
+mod peeks;
 mod read;
 mod relations;
 mod remote;
@@ -164,6 +165,7 @@ pub struct Rooms {
     publicroomid: Table<String, String>,
     openroomid: Table<String, String>,
     erasures: erasure::Erasures,
+    peeks: peeks::Peeks,
     networkroomid: Table<(String, String), String>,
     roomidtermstream_count: Table<(String, String, u64), u64>,
     tokenizer: crate::search::tokenize::Tokenizer,
@@ -221,6 +223,7 @@ impl Rooms {
             publicroomid: db.table("publicroomid").db()?,
             openroomid: db.table("openroomid").db()?,
             erasures: erasure::Erasures::new(db)?,
+            peeks: peeks::Peeks::new(db)?,
             networkroomid: db.table("networkroomid").db()?,
             roomidtermstream_count: db.table("roomidtermstream_count").db()?,
             tokenizer: crate::search::tokenize::Tokenizer::new(&config.search_language),
