@@ -279,20 +279,32 @@ async fn admins_delete_media_and_purge_the_remote_cache() {
     assert_eq!(purged["deleted"], 0, "no remote media is cached before federation");
 }
 
-/// A one-page HTTP server on loopback; returns its base URL.
+/// A small site on loopback: a 3×2 PNG at `/img.png`, `html` at every
+/// other path; returns its base URL.
 async fn serve_page(html: &'static str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let mut png = Vec::new();
+    image::RgbImage::new(3, 2)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             let mut buffer = [0u8; 4096];
-            let _ = socket.read(&mut buffer).await;
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
-                html.len()
+            let n = socket.read(&mut buffer).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buffer[..n]);
+            let (content_type, body) = if request.starts_with("GET /img.png") {
+                ("image/png", png.clone())
+            } else {
+                ("text/html", html.as_bytes().to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
             );
-            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&body).await;
         }
     });
     format!("http://{address}")
@@ -302,7 +314,8 @@ async fn serve_page(html: &'static str) -> String {
 async fn url_previews_of_allowed_pages_and_refusal_of_private_addresses() {
     let page = serve_page(
         "<html><head><title>Fallback</title><meta property=\"og:title\" content=\"Estuary news\">\
-         <meta property=\"og:description\" content=\"Bridges &amp; more\"></head></html>",
+         <meta property=\"og:description\" content=\"Bridges &amp; more\">\
+         <meta property=\"og:image\" content=\"img.png\"></head></html>",
     )
     .await;
     let allowing =
@@ -313,6 +326,17 @@ async fn url_previews_of_allowed_pages_and_refusal_of_private_addresses() {
     assert_eq!(status, 200, "{data}");
     assert_eq!(data["og:title"], "Estuary news");
     assert_eq!(data["og:description"], "Bridges & more");
+    // The page's image, relative to it, is stored here and described.
+    let image = data["og:image"].as_str().unwrap_or_else(|| panic!("no image: {data}"));
+    assert!(image.starts_with("mxc://localhost/"), "{data}");
+    assert_eq!((data["og:image:width"].clone(), data["og:image:height"].clone()), (json!(3), json!(2)));
+    let stored = download(
+        &allowing,
+        Some(&alice),
+        &format!("/_matrix/client/v1/media/download/{}", media_path(image)),
+    )
+    .await;
+    assert_eq!(stored.bytes().await.unwrap().len() as u64, data["matrix:image:size"].as_u64().unwrap());
 
     let strict = TestServer::start().await;
     let bob = strict.register("bob").await;

@@ -164,8 +164,14 @@ impl Services {
             to_device: to_device.clone(),
             e2ee: e2ee.clone(),
         });
-        let devices =
-            devices::Devices::new(&db, accounts.clone(), e2ee.clone(), to_device.clone(), push.clone(), rooms.clone())?;
+        let devices = devices::Devices::new(
+            &db,
+            accounts.clone(),
+            e2ee.clone(),
+            to_device.clone(),
+            push.clone(),
+            rooms.clone(),
+        )?;
         let peek = Arc::new(peek::Peek::new(peek::PeekSources {
             rooms: rooms.clone(),
             streams: streams.clone(),

@@ -68,8 +68,13 @@ impl Media {
         federation: Arc<crate::federation::FederationClient>,
     ) -> Result<Self> {
         let blobs = BlobStore::open(config.media_dir())?;
-        let previewer = preview::Previewer::new(&config.url_preview_ip_allowlist)?;
+        let roots = crate::federation::client::trusted_roots(&config)?;
+        let previewer = preview::Previewer::new(&config.url_preview_ip_allowlist, roots)?;
         Ok(Self { config, federation, blobs, previewer, records: db.table("servermediaid_media").db()? })
+    }
+
+    pub(crate) fn server_name(&self) -> &ruma::ServerName {
+        &self.config.server_name
     }
 
     fn key(&self, media_id: &str) -> (String, String) {
@@ -240,12 +245,24 @@ impl Media {
         thumbnail::ensure(file.path, target, spec).await
     }
 
-    /// `GET /media/preview_url`: the page's OpenGraph data.
-    pub async fn preview_url(&self, url: &str) -> Result<serde_json::Value> {
+    /// `GET /media/preview_url`: the page's OpenGraph data, its image
+    /// stored as media of this server.
+    pub async fn preview_url(&self, viewer: &UserId, url: &str) -> Result<serde_json::Value> {
         if !self.config.url_preview {
             return Err(Error::unrecognized(404, "URL previews are disabled on this server"));
         }
-        self.previewer.preview(url).await
+        self.previewer.preview(url, self, viewer).await
+    }
+
+    /// Store bytes already in memory as new local media.
+    pub(crate) async fn store_bytes(
+        &self,
+        uploader: &UserId,
+        bytes: Vec<u8>,
+        content_type: Option<String>,
+    ) -> Result<String> {
+        let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(Bytes::from(bytes))]);
+        self.upload(uploader, body, content_type, None).await
     }
 
     /// Admin: delete a media item (and its file, unless other items share it).

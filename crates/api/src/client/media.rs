@@ -142,8 +142,7 @@ pub async fn preview_url(
     services: AppState,
     request: Ruma<authenticated_media::get_media_preview::v1::Request>,
 ) -> ApiResult<Json<JsonValue>> {
-    request.user()?;
-    Ok(Json(services.media.preview_url(&request.body.url).await?))
+    Ok(Json(services.media.preview_url(request.user()?, &request.body.url).await?))
 }
 
 /// `Content-Disposition`: inline only for the safe types, with the name.
@@ -291,8 +290,7 @@ pub mod legacy {
         services: AppState,
         request: Ruma<media::get_media_preview::v3::Request>,
     ) -> ApiResult<Json<JsonValue>> {
-        request.user()?;
-        Ok(Json(services.media.preview_url(&request.body.url).await?))
+        Ok(Json(services.media.preview_url(request.user()?, &request.body.url).await?))
     }
 
     pub async fn download(

@@ -192,16 +192,23 @@ pub(crate) fn with_trusted_roots(
     mut builder: reqwest::ClientBuilder,
     config: &Config,
 ) -> Result<reqwest::ClientBuilder> {
+    for cert in trusted_roots(config)? {
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder)
+}
+
+/// The certificates of `federation_trusted_ca_paths`.
+pub(crate) fn trusted_roots(config: &Config) -> Result<Vec<reqwest::Certificate>> {
+    let mut roots = Vec::new();
     for path in &config.federation_trusted_ca_paths {
         let context = |e: &dyn std::fmt::Display| {
             Error::internal(format!("federation_trusted_ca_paths: {}: {e}", path.display()))
         };
         let pem = std::fs::read(path).map_err(|e| context(&e))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| context(&e))? {
-            builder = builder.add_root_certificate(cert);
-        }
+        roots.extend(reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| context(&e))?);
     }
-    Ok(builder)
+    Ok(roots)
 }
 
 /// Whether a URL's host is an IP address the DNS check never sees: URL

@@ -101,6 +101,8 @@ fn is_blocked_v4(v4: Ipv4Addr) -> bool {
 
 pub struct Previewer {
     allowlist: Vec<IpRange>,
+    /// Extra certificate authorities (`federation_trusted_ca_paths`).
+    roots: Vec<reqwest::Certificate>,
     cache: Mutex<HashMap<String, (Instant, JsonValue)>>,
 }
 
@@ -109,7 +111,7 @@ fn refused(reason: &str) -> Error {
 }
 
 impl Previewer {
-    pub fn new(allowlist: &[String]) -> Result<Self> {
+    pub fn new(allowlist: &[String], roots: Vec<reqwest::Certificate>) -> Result<Self> {
         let allowlist = allowlist
             .iter()
             .map(|text| {
@@ -117,22 +119,32 @@ impl Previewer {
                     .ok_or_else(|| Error::internal(format!("url_preview_ip_allowlist: bad entry {text}")))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { allowlist, cache: Mutex::new(HashMap::new()) })
+        Ok(Self { allowlist, roots, cache: Mutex::new(HashMap::new()) })
     }
 
     fn allowed(&self, ip: IpAddr) -> bool {
         !is_blocked(ip) || self.allowlist.iter().any(|range| range.contains(ip))
     }
 
-    /// OpenGraph data of a page (`og:title`, `og:description`, …).
-    pub async fn preview(&self, url: &str) -> Result<JsonValue> {
+    /// OpenGraph data of a page (`og:title`, `og:description`, …); its
+    /// `og:image` fetched and stored as media of this server.
+    pub async fn preview(&self, url: &str, media: &super::Media, viewer: &ruma::UserId) -> Result<JsonValue> {
         if let Some((at, cached)) = self.cache.lock().expect("preview cache").get(url)
             && at.elapsed() < CACHE_TTL
         {
             return Ok(cached.clone());
         }
         let (body, final_url) = self.fetch(url).await?;
-        let data = opengraph(&String::from_utf8_lossy(&body), &final_url);
+        let mut data = opengraph(&String::from_utf8_lossy(&body), &final_url);
+        if let Some(image) = data["og:image"].as_str().and_then(|i| final_url.join(i).ok()) {
+            match self.image(&image, media, viewer).await {
+                Ok(fields) => data.as_object_mut().expect("object").extend(fields),
+                Err(err) => {
+                    tracing::debug!(%image, "URL preview left out the page's image: {err}");
+                    data.as_object_mut().expect("object").remove("og:image");
+                }
+            }
+        }
         let mut cache = self.cache.lock().expect("preview cache");
         if cache.len() >= CACHE_ENTRIES {
             cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
@@ -142,6 +154,33 @@ impl Previewer {
         }
         cache.insert(url.to_owned(), (Instant::now(), data.clone()));
         Ok(data)
+    }
+
+    /// A page's image as local media: its `mxc://` URI, size and dimensions.
+    async fn image(
+        &self,
+        url: &reqwest::Url,
+        media: &super::Media,
+        viewer: &ruma::UserId,
+    ) -> Result<Map<String, JsonValue>> {
+        let (bytes, _) = self.fetch(url.as_str()).await?;
+        let format = image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|e| Error::invalid_param(format!("unreadable image: {e}")))?;
+        let content_type = format.format().map(|f| f.to_mime_type().to_owned());
+        let (width, height) =
+            format.into_dimensions().map_err(|e| Error::invalid_param(format!("unreadable image: {e}")))?;
+        let size = bytes.len();
+        let media_id = media.store_bytes(viewer, bytes, content_type.clone()).await?;
+        let mut fields = Map::new();
+        fields.insert("og:image".into(), format!("mxc://{}/{media_id}", media.server_name()).into());
+        fields.insert("matrix:image:size".into(), size.into());
+        fields.insert("og:image:width".into(), width.into());
+        fields.insert("og:image:height".into(), height.into());
+        if let Some(content_type) = content_type {
+            fields.insert("og:image:type".into(), content_type.into());
+        }
+        Ok(fields)
     }
 
     /// A vetted address for a URL's host.
@@ -174,7 +213,11 @@ impl Previewer {
         let mut url = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("Invalid URL"))?;
         for _ in 0..=MAX_REDIRECTS {
             let address = self.vet(&url).await?;
-            let client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder();
+            for root in &self.roots {
+                builder = builder.add_root_certificate(root.clone());
+            }
+            let client = builder
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(TIMEOUT)
                 .resolve(url.host_str().unwrap_or_default(), address)
