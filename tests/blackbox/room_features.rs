@@ -1,6 +1,6 @@
 //! Knocking, restricted joins, profile propagation, upgrades and spaces.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
     harness::{TestServer, assert_error},
@@ -156,6 +156,82 @@ async fn upgrading_a_room() {
         state.as_array().unwrap().iter().find(|e| e["type"] == "m.room.tombstone").unwrap().clone();
     assert_eq!(tombstone["content"]["replacement_room"], newer);
     assert_eq!(create["predecessor"]["event_id"], tombstone["event_id"]);
+}
+
+/// What an upgrade carries over: bans, `m.federate`, state set by
+/// `initial_state` over the preset's (one event, not two), and each user's
+/// tags, `m.direct` entry and room push rule once they join the new room.
+#[tokio::test]
+async fn upgrades_carry_bans_flags_and_user_data() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let old = create_room(
+        &server,
+        &alice,
+        json!({"room_version": "10", "preset": "public_chat", "creation_content": {"m.federate": false}}),
+    )
+    .await;
+    server
+        .put(
+            &path(&old, "state/m.room.history_visibility/"),
+            Some(&alice.token),
+            json!({"history_visibility": "joined"}),
+        )
+        .await;
+    server.post(&path(&old, "join"), Some(&bob.token), json!({})).await;
+    server
+        .put(
+            &path(&old, "state/m.room.member/@mallory:example.org"),
+            Some(&alice.token),
+            json!({"membership": "ban"}),
+        )
+        .await;
+    let tag = format!("/_matrix/client/v3/user/{}/rooms/{old}/tags/test_tag", bob.user_id);
+    server.put(&tag, Some(&bob.token), json!({})).await;
+    let direct = format!("/_matrix/client/v3/user/{}/account_data/m.direct", bob.user_id);
+    server.put(&direct, Some(&bob.token), json!({"@alice:localhost": [old]})).await;
+    server
+        .put(
+            &format!("/_matrix/client/v3/pushrules/global/room/{old}"),
+            Some(&bob.token),
+            json!({"actions": ["dont_notify"]}),
+        )
+        .await;
+
+    let bad = server
+        .post(&path(&old, "upgrade"), Some(&alice.token), json!({"new_version": "my_bad_version"}))
+        .await;
+    assert_error(&bad, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    let (status, body) =
+        server.post(&path(&old, "upgrade"), Some(&alice.token), json!({"new_version": "11"})).await;
+    assert_eq!(status, 200, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    let (_, create) = server.get(&path(&new, "state/m.room.create"), Some(&alice.token)).await;
+    assert_eq!(create["m.federate"], false);
+    let (_, ban) =
+        server.get(&path(&new, "state/m.room.member/@mallory:example.org"), Some(&alice.token)).await;
+    assert_eq!(ban["membership"], "ban");
+    let (_, page) = server.get(&path(&new, "messages?dir=f&limit=50"), Some(&alice.token)).await;
+    let visibility: Vec<&Value> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.history_visibility")
+        .collect();
+    assert_eq!(visibility.len(), 1, "{visibility:?}");
+    assert_eq!(visibility[0]["content"]["history_visibility"], "joined");
+
+    assert_eq!(server.post(&path(&new, "join"), Some(&bob.token), json!({})).await.0, 200);
+    let (_, tags) = server
+        .get(&format!("/_matrix/client/v3/user/{}/rooms/{new}/tags", bob.user_id), Some(&bob.token))
+        .await;
+    assert!(tags["tags"].get("test_tag").is_some(), "{tags}");
+    let (_, direct) = server.get(&direct, Some(&bob.token)).await;
+    assert_eq!(direct["@alice:localhost"], json!([old, new]));
+    let (status, rule) =
+        server.get(&format!("/_matrix/client/v3/pushrules/global/room/{new}"), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{rule}");
 }
 
 #[tokio::test]

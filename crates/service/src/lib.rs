@@ -27,6 +27,7 @@ mod storage_error;
 pub mod streams;
 pub mod sync;
 pub mod to_device;
+pub mod upgrade_carry;
 pub mod user_directory;
 pub mod voip;
 

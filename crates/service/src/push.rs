@@ -221,6 +221,19 @@ impl PushRules {
         Ok(())
     }
 
+    /// A room rule for `old` (a muted room, say) is added for `new` too.
+    pub fn copy_room_rule(&self, user_id: &UserId, old: &ruma::RoomId, new: &ruma::RoomId) -> Result<()> {
+        let mut ruleset = self.ruleset(user_id)?;
+        let Some(rule) = ruleset.room.iter().find(|r| r.rule_id == old).cloned() else { return Ok(()) };
+        if ruleset.room.iter().any(|r| r.rule_id == new) {
+            return Ok(());
+        }
+        let mut copy = rule;
+        copy.rule_id = new.to_owned();
+        ruleset.room.insert(copy);
+        self.save(user_id, &ruleset)
+    }
+
     /// `m.push_rules` as account data content, for an initial sync.
     pub fn content(&self, user_id: &UserId) -> Result<serde_json::Value> {
         Ok(json!({"global": self.ruleset(user_id)?}))

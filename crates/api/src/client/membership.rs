@@ -62,7 +62,9 @@ async fn join(
     via: &[ruma::OwnedServerName],
 ) -> Result<(), Error> {
     if services.rooms.room(room_id)?.is_some() {
-        return services.rooms.join(room_id, user_id, reason, custom).await;
+        services.rooms.join(room_id, user_id, reason, custom).await?;
+        super::room::carry_over(services, user_id, room_id);
+        return Ok(());
     }
     let mut servers = via.to_vec();
     if let Some(stub) = services.rooms.invite_stub(user_id, room_id)?

@@ -208,7 +208,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/_matrix/client/unstable/org.matrix.msc2753/unpeek/{room}", axum::routing::post(peek::unpeek))
         .route("/_matrix/client/r0/initialSync", axum::routing::get(peek::global_initial_sync))
         .ruma(room::redact)
-        .ruma(room::upgrade)
+        .ruma_raw::<ruma::api::client::room::upgrade_room::v3::Request, _, _>(room::upgrade)
         .ruma(room::hierarchy)
         .ruma(messages::messages)
         .ruma(relations::all)

@@ -279,21 +279,48 @@ pub async fn redact(
     Ok(redact_event::v3::Response::new(pdu.event_id))
 }
 
+/// `POST /rooms/{roomId}/upgrade`, by hand: a `new_version` that is no
+/// room version at all is `M_UNSUPPORTED_ROOM_VERSION`, not a JSON error.
 pub async fn upgrade(
-    services: AppState,
-    request: Ruma<ruma::api::client::room::upgrade_room::v3::Request>,
-) -> ApiResult<ruma::api::client::room::upgrade_room::v3::Response> {
-    let body = &request.body;
-    let new_room = services
-        .rooms
-        .upgrade_room(
-            request.user()?,
-            &body.room_id,
-            body.new_version.clone(),
-            body.additional_creators.clone(),
-        )
-        .await?;
-    Ok(ruma::api::client::room::upgrade_room::v3::Response::new(new_room))
+    axum::extract::State(services): axum::extract::State<AppState>,
+    crate::ruma_wrapper::AuthedUser(user): crate::ruma_wrapper::AuthedUser,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let room_id =
+        ruma::RoomId::parse(room_id).map_err(|e| Error::invalid_param(format!("Invalid room ID: {e}")))?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| Error::not_json("The body is not JSON"))?;
+    let version = body["new_version"].as_str().ok_or_else(|| Error::bad_json("Missing `new_version`"))?;
+    let version =
+        ruma::RoomVersionId::try_from(version).map_err(|_| estuary_service::rooms::unsupported_version())?;
+    let additional_creators = match body.get("additional_creators") {
+        Some(list) => serde_json::from_value(list.clone())
+            .map_err(|e| Error::bad_json(format!("Invalid `additional_creators`: {e}")))?,
+        None => Vec::new(),
+    };
+    let new_room = services.rooms.upgrade_room(&user, &room_id, version, additional_creators).await?;
+    carry_over(&services, &user, &new_room);
+    Ok(axum::Json(serde_json::json!({"replacement_room": new_room})))
+}
+
+/// After a join to (or the creation of) an upgraded room: the user's tags,
+/// `m.direct` entry and room push rule follow them from its predecessor.
+/// Best effort: the join itself already happened.
+pub(crate) fn carry_over(services: &AppState, user: &ruma::UserId, room_id: &ruma::RoomId) {
+    let result = services.rooms.predecessor(room_id).and_then(|old| match old {
+        Some(old) => estuary_service::upgrade_carry::carry_over(
+            &services.account_data,
+            &services.push,
+            user,
+            &old,
+            room_id,
+        ),
+        None => Ok(()),
+    });
+    if let Err(err) = result {
+        tracing::warn!(%room_id, %user, "could not carry the user's room data over from the old room: {err}");
+    }
 }
 
 pub async fn hierarchy(

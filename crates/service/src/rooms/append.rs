@@ -492,7 +492,7 @@ pub(super) fn now_ts() -> MilliSecondsSinceUnixEpoch {
     MilliSecondsSinceUnixEpoch(UInt::new(now_millis()).unwrap_or_default())
 }
 
-pub(super) fn unsupported_version() -> Error {
+pub fn unsupported_version() -> Error {
     Error::matrix(400, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
 }
 

@@ -126,6 +126,13 @@ impl Rooms {
         power_levels: JsonValue,
         alias: Option<&OwnedRoomAliasId>,
     ) -> Result<Vec<PduTemplate>> {
+        // What `initial_state` sets, the preset does not (the spec lets it override).
+        let overridden = |kind: &str| {
+            request
+                .initial_state
+                .iter()
+                .any(|t| t.kind.to_string() == kind && t.state_key.as_deref() == Some(""))
+        };
         let mut templates = vec![
             self.join_template(creator, None)?,
             PduTemplate::state("m.room.power_levels", "", power_levels),
@@ -134,18 +141,17 @@ impl Rooms {
             templates.push(PduTemplate::state("m.room.canonical_alias", "", json!({"alias": alias})));
         }
         let join_rule = if preset == Preset::PublicChat { "public" } else { "invite" };
-        templates.push(PduTemplate::state("m.room.join_rules", "", json!({"join_rule": join_rule})));
-        templates.push(PduTemplate::state(
-            "m.room.history_visibility",
-            "",
-            json!({"history_visibility": "shared"}),
-        ));
+        let mut preset_state = vec![
+            ("m.room.join_rules", json!({"join_rule": join_rule})),
+            ("m.room.history_visibility", json!({"history_visibility": "shared"})),
+        ];
         if preset != Preset::PublicChat {
-            templates.push(PduTemplate::state(
-                "m.room.guest_access",
-                "",
-                json!({"guest_access": "can_join"}),
-            ));
+            preset_state.push(("m.room.guest_access", json!({"guest_access": "can_join"})));
+        }
+        for (kind, content) in preset_state {
+            if !overridden(kind) {
+                templates.push(PduTemplate::state(kind, "", content));
+            }
         }
         templates.extend(request.initial_state.iter().cloned());
         if let Some(name) = &request.name {

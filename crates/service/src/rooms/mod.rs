@@ -45,7 +45,7 @@ use ruma::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use append::Txn;
+pub use append::{Txn, unsupported_version};
 pub use check::ConsistencyReport;
 pub use context::Context;
 pub use create::{CreateRoom, Preset, supported_room_version};

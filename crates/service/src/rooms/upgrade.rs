@@ -63,8 +63,11 @@ impl Rooms {
             predecessor["event_id"] = sent.event_id.to_string().into();
         }
         creation.insert("predecessor".into(), predecessor);
-        if let Some(room_type) = old_create.get("type") {
-            creation.insert("type".into(), room_type.clone());
+        // The room's kind and whether it federates carry over.
+        for key in ["type", "m.federate"] {
+            if let Some(value) = old_create.get(key) {
+                creation.insert(key.into(), value.clone());
+            }
         }
         if !additional_creators.is_empty() {
             creation.insert("additional_creators".into(), json!(additional_creators));
@@ -73,6 +76,16 @@ impl Rooms {
         for kind in TRANSFERABLE {
             if let Some(content) = content(kind)? {
                 initial_state.push(PduTemplate::state(*kind, "", content));
+            }
+        }
+        // Bans stay in force in the new room.
+        for banned in self.members_with_membership(old, "ban")? {
+            if let Some(ban) = self.state_pdu(&state, &StateEventType::RoomMember, banned.as_str())? {
+                let mut content = json!({"membership": "ban"});
+                if let Some(reason) = ban.content_value().get("reason") {
+                    content["reason"] = reason.clone();
+                }
+                initial_state.push(PduTemplate::state("m.room.member", banned.as_str(), content));
             }
         }
         let old_power = content("m.room.power_levels")?.unwrap_or_default();
@@ -109,6 +122,15 @@ impl Rooms {
         }
         self.lock_down(old, user, old_power).await?;
         Ok(new_room)
+    }
+
+    /// The room this one replaced (its create event's `predecessor`).
+    pub fn predecessor(&self, room_id: &RoomId) -> Result<Option<OwnedRoomId>> {
+        let Some(room) = self.room(room_id)? else { return Ok(None) };
+        let state = self.state.load(room.state)?;
+        let create = self.state_pdu(&state, &StateEventType::RoomCreate, "")?;
+        let predecessor = create.map(|c| c.content_value()["predecessor"]["room_id"].clone());
+        Ok(predecessor.and_then(|p| p.as_str().and_then(|p| RoomId::parse(p).ok())))
     }
 
     /// Raise `events_default` and `invite` so the old room goes quiet.
