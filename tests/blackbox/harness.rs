@@ -241,3 +241,10 @@ pub fn password_auth(user: &str, session: Option<&str>) -> Value {
     }
     auth
 }
+
+/// Percent-encode a path segment or query value (every byte but ASCII letters and digits).
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}

@@ -347,9 +347,6 @@ async fn url_previews_of_allowed_pages_and_refusal_of_private_addresses() {
 }
 
 async fn preview(server: &TestServer, user: &User, url: &str) -> (StatusCode, Value) {
-    let encoded: String = url
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
+    let encoded = crate::harness::encode(url);
     server.get(&format!("/_matrix/client/v1/media/preview_url?url={encoded}"), Some(&user.token)).await
 }

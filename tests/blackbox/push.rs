@@ -173,7 +173,7 @@ async fn push_rule_kinds_and_malformed_paths() {
         ("underride", "my_underride".to_owned(), json!({"actions": ["notify"], "conditions": notice})),
     ];
     for (kind, rule_id, body) in &rules {
-        let path = format!("{base}/{kind}/{}", urlencoding(rule_id));
+        let path = format!("{base}/{kind}/{}", crate::harness::encode(rule_id));
         assert_eq!(server.put(&path, token, body.clone()).await.0, 200, "{kind}");
         let (status, listed) = server.get(&format!("{base}/{kind}/"), token).await;
         assert_eq!(status, 200, "{listed}");
@@ -223,17 +223,4 @@ async fn push_rule_kinds_and_malformed_paths() {
         assert_eq!(response.0, 400, "PUT {path}: {}", response.1);
     }
     assert_eq!(server.get("/_matrix/client/v3/pushrules", token).await.0, 404);
-}
-
-fn urlencoding(rule_id: &str) -> String {
-    rule_id
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.@:".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

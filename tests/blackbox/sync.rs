@@ -645,12 +645,7 @@ async fn ignored_users_messages_and_invites_are_left_out() {
 }
 
 fn filter_query(filter: Value) -> String {
-    let encoded: String = filter
-        .to_string()
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
-    format!("filter={encoded}")
+    format!("filter={}", crate::harness::encode(&filter.to_string()))
 }
 
 fn state_members(room: &Value, section: &str) -> Vec<String> {
