@@ -273,3 +273,44 @@ async fn uia_registration_remembers_parameters_and_is_idempotent() {
     assert_eq!(status, 200, "{done}");
     assert!(done.get("access_token").is_none() && done.get("device_id").is_none(), "{done}");
 }
+
+/// Guests join only rooms whose guest access is `can_join`, leave when it
+/// is revoked, and can upgrade their own account (never another's).
+#[tokio::test]
+async fn guests_join_can_join_rooms_and_upgrade() {
+    let server = TestServer::start_with("allow_registration = true\nallow_guest_access = true\n").await;
+    let alice = server.register("alice").await;
+    let (guest_id, guest_token) = register_guest(&server).await;
+    let (_, other_token) = register_guest(&server).await;
+    let (_, room) = server
+        .post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({"preset": "public_chat"}))
+        .await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    let join = format!("/_matrix/client/v3/rooms/{room}/join");
+    assert_error(&server.post(&join, Some(&guest_token), json!({})).await, 403, "M_FORBIDDEN");
+    let access = format!("/_matrix/client/v3/rooms/{room}/state/m.room.guest_access/");
+    server.put(&access, Some(&alice.token), json!({"guest_access": "can_join"})).await;
+    assert_eq!(server.post(&join, Some(&guest_token), json!({})).await.0, 200);
+    server.put(&access, Some(&alice.token), json!({"guest_access": "forbidden"})).await;
+    let member = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{guest_id}");
+    assert_eq!(server.get(&member, Some(&alice.token)).await.1["membership"], "leave");
+
+    let localpart = guest_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let stolen = json!({"username": localpart, "password": "pw-upgrade", "guest_access_token": other_token,
+                        "auth": {"type": "m.login.dummy"}});
+    assert_error(&server.post(REGISTER, None, stolen).await, 403, "M_FORBIDDEN");
+    let upgrade = json!({"username": localpart, "password": "pw-upgrade", "guest_access_token": guest_token,
+                         "auth": {"type": "m.login.dummy"}});
+    let (status, body) = server.post(REGISTER, None, upgrade).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], guest_id.as_str());
+    let token = body["access_token"].as_str().unwrap();
+    let (_, whoami) = server.get("/_matrix/client/v3/account/whoami", Some(token)).await;
+    assert_ne!(whoami["is_guest"], true, "{whoami}");
+    assert_eq!(server.post(&join, Some(token), json!({})).await.0, 200, "a full account joins anyway");
+}
+
+async fn register_guest(server: &TestServer) -> (String, String) {
+    let (_, body) = server.post(&format!("{REGISTER}?kind=guest"), None, json!({})).await;
+    (body["user_id"].as_str().unwrap().to_owned(), body["access_token"].as_str().unwrap().to_owned())
+}

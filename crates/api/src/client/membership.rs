@@ -30,6 +30,35 @@ pub(crate) async fn resolve(services: &AppState, room: &RoomOrAliasId) -> Result
     Err(Error::not_found("Unknown room alias"))
 }
 
+pub(crate) fn is_guest(services: &AppState, user_id: &ruma::UserId) -> Result<bool, Error> {
+    Ok(services.accounts.account(user_id)?.is_some_and(|a| a.guest))
+}
+
+/// When a room stops allowing guests, the guests in it are made to leave
+/// (best effort: one that cannot be removed is logged).
+pub(crate) async fn remove_guests(
+    services: &AppState,
+    room_id: &RoomId,
+    by: &ruma::UserId,
+) -> Result<(), Error> {
+    if services.rooms.guests_can_join(room_id)? {
+        return Ok(());
+    }
+    for member in services.rooms.members_with_membership(room_id, "join")? {
+        if services.accounts.is_local(&member) && is_guest(services, &member)? {
+            let leave = estuary_events::PduTemplate::state(
+                "m.room.member",
+                member.as_str(),
+                serde_json::json!({"membership": "leave"}),
+            );
+            if let Err(err) = services.rooms.send(room_id, by, leave, None).await {
+                tracing::warn!(%room_id, guest = %member, "could not remove a guest after guest access was revoked: {err}");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn join_by_id(
     services: AppState,
     request: Ruma<join_room_by_id::v3::Request>,
@@ -62,6 +91,9 @@ async fn join(
     via: &[ruma::OwnedServerName],
 ) -> Result<(), Error> {
     if services.rooms.room(room_id)?.is_some() {
+        if is_guest(services, user_id)? && !services.rooms.guests_can_join(room_id)? {
+            return Err(Error::forbidden("Guests may only join rooms whose guest access is can_join"));
+        }
         services.rooms.join(room_id, user_id, reason, custom).await?;
         super::room::carry_over(services, user_id, room_id);
         return Ok(());

@@ -84,6 +84,26 @@ pub async fn register(
     {
         return logged_in(&services, user_id, params);
     }
+    // A guest becoming a full account: its own token, its own localpart.
+    let guest_token = serde_json::from_slice::<serde_json::Value>(&request.raw_body)
+        .ok()
+        .and_then(|b| b["guest_access_token"].as_str().map(str::to_owned));
+    if let Some(token) = guest_token {
+        let guest = accounts
+            .authenticate(&token)
+            .map_err(|_| Error::forbidden("Invalid guest access token"))?
+            .user_id;
+        if params.username.as_deref() != Some(guest.localpart()) {
+            return Err(Error::forbidden("A guest can only upgrade its own account").into());
+        }
+        let flows = accounts.registration_flows()?;
+        let remember = serde_json::to_value(&params).map_err(Error::from)?;
+        let uiaa =
+            UiaaRequest { flows, purpose: "register".to_owned(), user_id: None, params: Some(remember) };
+        accounts.uiaa.check(uiaa, body.auth.as_ref(), accounts.as_ref()).await?;
+        accounts.upgrade_guest(&guest, params.password.take()).await?;
+        return logged_in(&services, guest, params);
+    }
     // Check the name first so clients learn of a taken name before UIA.
     let flows = accounts.registration_flows()?;
     let requested = params.username.clone().unwrap_or_else(username::random_localpart);

@@ -191,6 +191,9 @@ pub async fn send_state(
     let mut template = PduTemplate::state(body.event_type.to_string(), body.state_key.clone(), content);
     template.origin_server_ts = request.massaged_ts()?;
     let pdu = services.rooms.send(&body.room_id, request.user()?, template, None).await?;
+    if body.event_type == StateEventType::RoomGuestAccess {
+        super::membership::remove_guests(&services, &body.room_id, request.user()?).await?;
+    }
     Ok(Json(json!({"event_id": pdu.event_id})))
 }
 

@@ -281,6 +281,23 @@ impl Accounts {
         batch.commit().db()
     }
 
+    /// A guest account becomes a full account with a password (the spec's
+    /// guest upgrade: `guest_access_token` on `/register`).
+    pub async fn upgrade_guest(&self, user_id: &UserId, password: Option<String>) -> Result<()> {
+        let mut account = self.account(user_id)?.ok_or_else(|| Error::not_found("No such user"))?;
+        if !account.guest {
+            return Err(Error::forbidden("Only guest accounts can be upgraded"));
+        }
+        account.guest = false;
+        account.password_hash = match password {
+            Some(password) => Some(password::hash(password).await?),
+            None => None,
+        };
+        self.userid_account.put(&user_id.to_string(), &Json(account)).db()?;
+        tracing::info!(%user_id, "guest account upgraded to a full account");
+        Ok(())
+    }
+
     /// Deactivate: the account can never log in again, every device is gone,
     /// and the user ID stays reserved.
     pub fn deactivate(&self, user_id: &UserId) -> Result<()> {

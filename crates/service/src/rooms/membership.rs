@@ -88,6 +88,14 @@ impl Rooms {
         Ok(())
     }
 
+    /// Whether the room's `m.room.guest_access` is `can_join`.
+    pub fn guests_can_join(&self, room_id: &RoomId) -> Result<bool> {
+        let room = self.require_room(room_id)?;
+        let state = self.state.load(room.state)?;
+        let access = self.state_pdu(&state, &ruma::events::StateEventType::RoomGuestAccess, "")?;
+        Ok(access.is_some_and(|a| a.content_value()["guest_access"] == "can_join"))
+    }
+
     pub async fn join(
         &self,
         room_id: &RoomId,
