@@ -360,10 +360,8 @@ impl Sync {
         let mut timeline = Vec::new();
         let mut limited = false;
         let mut upper = w.to;
-        let current_state = match self.rooms.membership(w.user, room_id)?.as_deref() {
-            Some("join") => Some(self.rooms.current_state(&self.rooms.require_room(room_id)?)?),
-            _ => None,
-        };
+        // Read only when an event is hidden: the room's current state, if the user is joined.
+        let mut current_state: Option<Option<Arc<StateMap>>> = None;
         // Bounded: at most 50 pages of candidates; a longer gap counts as limited.
         let mut page_size = limit + 1;
         for page in 0..50 {
@@ -374,11 +372,14 @@ impl Sync {
                 upper = stored.stream.saturating_sub(1);
                 // A joined member always sees the room's current state, also
                 // where history visibility hides the moment it was set.
-                let current = current_state.as_deref();
-                if !self.rooms.can_see_event(Some(w.user), stored)?
-                    && !current.is_some_and(|state| self.rooms.is_in_state(state, stored).unwrap_or(false))
-                {
-                    continue;
+                if !self.rooms.can_see_event(Some(w.user), stored)? {
+                    if current_state.is_none() {
+                        current_state = Some(self.joined_current_state(w.user, room_id)?);
+                    }
+                    let current = current_state.as_ref().and_then(|s| s.as_deref());
+                    if !current.is_some_and(|state| self.rooms.is_in_state(state, stored).unwrap_or(false)) {
+                        continue;
+                    }
                 }
                 let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
                 if event.get("state_key").is_none()
@@ -615,6 +616,14 @@ impl Sync {
             }
         }
         Ok(peek)
+    }
+
+    /// The room's current state, when the user is joined to it.
+    fn joined_current_state(&self, user: &UserId, room_id: &RoomId) -> Result<Option<Arc<StateMap>>> {
+        if self.rooms.membership(user, room_id)?.as_deref() != Some("join") {
+            return Ok(None);
+        }
+        Ok(Some(self.rooms.current_state(&self.rooms.require_room(room_id)?)?))
     }
 
     /// Whether the user was joined to the room just before stream position `position`.
