@@ -49,7 +49,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijklmn"
+STEPS = "abcdefghijklmno"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -593,6 +593,26 @@ class Scenario:
         found = [r for r in listed.get("chunk", []) if r.get("room_id") == room]
         if not found or found[0].get("name") != name:
             raise Failure(f"A's directory through B lacks {room} named {name!r}: {listed}")
+
+    def step_o(self):
+        """alice, on A, joins a room of bob's on B after messages, leaves, and rejoins after more.
+
+        The join's prev_events are B's latest messages, which A has never
+        seen: the state send_join returns stands for them. The rejoin does
+        the same on a room A already knows.
+        """
+        alice, bob = self.alice, self.bob
+        room = bob.call("POST", "/createRoom", {"preset": "public_chat", "name": "chatty " + self.tag})["room_id"]
+        bob.send_text(room, f"before alice {self.tag}")
+        alice.join(room, self.b.server_name)
+        bob.wait_for("alice's join after messages", membership(room, alice.user_id, "join"))
+        alice.call("POST", f"/rooms/{quote(room)}/leave", {})
+        bob.wait_for("alice's leave", membership(room, alice.user_id, "leave"))
+        bob.send_text(room, f"while alice was away {self.tag}")
+        alice.join(room, self.b.server_name)
+        text = f"back again {self.tag}"
+        alice.send_text(room, text)
+        bob.wait_for("alice's message after her rejoin", message(room, alice.user_id, text))
 
 
 def run(scenario, steps):

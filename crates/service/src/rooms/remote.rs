@@ -40,6 +40,16 @@ pub enum Received {
     MissingPrevs(Vec<OwnedEventId>),
 }
 
+/// How a received event's `prev_events` are checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum PrevEvents {
+    /// Each must be known here (else the caller fetches the gap).
+    MustBeKnown,
+    /// Our own join from `send_join`: the state the resident server returned
+    /// stands for them, and the room's extremities are set to them.
+    StandForState,
+}
+
 impl Rooms {
     /// Receive verified PDUs of one room, in order, under the room's lock;
     /// the accepted ones are persisted in one commit.
@@ -68,6 +78,16 @@ impl Rooms {
 
     /// Check a received PDU and stage it if it passes.
     pub(super) fn stage_remote(&self, staging: &mut Staging, pdu: Pdu, fan_out: FanOut) -> Result<Received> {
+        self.stage_remote_checked(staging, pdu, fan_out, PrevEvents::MustBeKnown)
+    }
+
+    pub(super) fn stage_remote_checked(
+        &self,
+        staging: &mut Staging,
+        pdu: Pdu,
+        fan_out: FanOut,
+        prev_events: PrevEvents,
+    ) -> Result<Received> {
         let room = staging.room.clone().ok_or_else(|| Error::not_found("Unknown room"))?;
         if pdu.room_id != self.room_of(staging)? {
             return Ok(Received::Rejected("the event belongs to another room".into()));
@@ -79,7 +99,7 @@ impl Rooms {
             return Ok(Received::Rejected("the room already has a create event".into()));
         }
         let mut missing = Vec::new();
-        for prev in &pdu.prev_events {
+        for prev in pdu.prev_events.iter().filter(|_| prev_events == PrevEvents::MustBeKnown) {
             if self.staged_pdu(staging, prev)?.is_none() {
                 missing.push(prev.clone());
             }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     RoomRecord, Rooms, StoredPdu,
-    remote::Received,
+    remote::{PrevEvents, Received},
     staging::{FanOut, Staging},
 };
 use crate::storage_error::StorageResultExt;
@@ -40,7 +40,11 @@ pub struct InviteStub {
 impl Rooms {
     /// Enter a room through a resident server's `send_join` answer: the
     /// state before our join and its auth chain become outliers, the state
-    /// the room's first snapshot here, and our join its first event.
+    /// the room's snapshot here, and our join its next event. The join's
+    /// `prev_events` are the resident server's latest events, which this
+    /// server need not have (a room it never was in, or one it left): the
+    /// returned state stands for them, and they become the extremities the
+    /// join extends. A rejoin works the same way on the existing room.
     pub async fn enter_remote_room(
         &self,
         room_id: &RoomId,
@@ -51,13 +55,9 @@ impl Rooms {
     ) -> Result<()> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
-        if self.room(room_id)?.is_some() {
-            drop(_guard);
-            let outcome = self.receive(room_id, vec![join], FanOut::None).await?;
-            return match outcome.into_iter().next().map(|(_, o)| o) {
-                Some(Received::Accepted | Received::Known) => Ok(()),
-                other => Err(Error::forbidden(format!("The join was refused: {other:?}"))),
-            };
+        let existing = self.room(room_id)?;
+        if existing.is_some() && self.stored(&join.event_id)?.is_some() {
+            return Ok(());
         }
         let mut staging = self.staging(None)?;
         for pdu in auth_chain.iter().chain(&state) {
@@ -89,7 +89,7 @@ impl Rooms {
             room_version: room_version.clone(),
             state: id,
             extremities: join.prev_events.clone(),
-            depth,
+            depth: existing.map_or(depth, |room| room.depth.max(depth)),
         });
         let user = join.state_key.clone().unwrap_or_default();
         match self.stage_remote_join(&mut staging, join)? {
@@ -102,7 +102,7 @@ impl Rooms {
 
     fn stage_remote_join(&self, staging: &mut Staging, join: Pdu) -> Result<Received> {
         // The resident server sends our join to the room's other servers.
-        self.stage_remote(staging, join, FanOut::None)
+        self.stage_remote_checked(staging, join, FanOut::None, PrevEvents::StandForState)
     }
 
     /// An event known but not in the timeline (no stream position).
