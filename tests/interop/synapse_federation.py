@@ -49,7 +49,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijklmno"
+STEPS = "abcdefghijklmnop"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -259,6 +259,8 @@ def _sync_items(answer):
         for section in ("state", "timeline"):
             for event in room.get(section, {}).get("events", []):
                 yield "leave", room_id, event
+    for event in answer.get("presence", {}).get("events", []):
+        yield "presence", None, event
 
 
 # Predicates for User.wait_for, on one (section, room_id, event) of a sync.
@@ -613,6 +615,25 @@ class Scenario:
         text = f"back again {self.tag}"
         alice.send_text(room, text)
         bob.wait_for("alice's message after her rejoin", message(room, alice.user_id, text))
+
+    def step_p(self):
+        """alice, on A, and bob, on B, share a room and see each other's presence and status.
+
+        Presence crosses servers as m.presence EDUs, to the servers that
+        share a room with the user.
+        """
+        alice, bob = self.alice, self.bob
+        room = alice.call("POST", "/createRoom", {"preset": "public_chat", "name": "presence " + self.tag})["room_id"]
+        bob.join(room, self.a.server_name)
+        alice.wait_for("bob's join for presence", membership(room, bob.user_id, "join"))
+        for user, other in ((alice, bob), (bob, alice)):
+            status = f"status of {user.user_id} {self.tag}"
+            user.call("PUT", f"/presence/{quote(user.user_id)}/status",
+                      {"presence": "online", "status_msg": status})
+            other.wait_for(f"{user.user_id}'s presence",
+                           lambda section, _, event, user=user, status=status: section == "presence"
+                           and event.get("sender") == user.user_id
+                           and event.get("content", {}).get("status_msg") == status)
 
 
 def run(scenario, steps):

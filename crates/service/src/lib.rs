@@ -153,6 +153,7 @@ impl Services {
                 e2ee: e2ee.clone(),
                 to_device: to_device.clone(),
                 outgoing: outgoing.clone(),
+                presence: presence.clone(),
             },
         ));
         let sync = sync::Sync::new(sync::SyncSources {

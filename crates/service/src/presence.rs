@@ -75,19 +75,73 @@ impl Presence {
         self.store(user_id, record)
     }
 
+    /// A presence update from another server (an `m.presence` EDU) for one
+    /// of its users who shares a room with ours; others are ignored.
+    pub fn receive_remote(&self, user_id: &UserId, update: &JsonValue) -> Result<()> {
+        if !self.config.presence
+            || self.rooms.room_mates(user_id)?.iter().all(|u| u.server_name() != self.config.server_name)
+        {
+            return Ok(());
+        }
+        let presence = update["presence"].as_str().unwrap_or("offline");
+        if !matches!(presence, "online" | "unavailable" | "offline") {
+            return Err(Error::invalid_param("unknown presence"));
+        }
+        let ago = update["last_active_ago"].as_u64().unwrap_or(0);
+        let record = Record {
+            presence: presence.to_owned(),
+            status_msg: update["status_msg"].as_str().map(|s| s.chars().take(1_000).collect()),
+            last_active_ts: now_millis().saturating_sub(ago),
+        };
+        self.store(user_id, record)
+    }
+
     fn store(&self, user_id: &UserId, record: Record) -> Result<()> {
         let mut batch = self.db.batch();
         let for_appservices = self.stage_for_appservices(user_id, &record, &mut batch)?;
+        let for_servers = self.stage_for_servers(user_id, &record, &mut batch)?;
         batch.put(&self.userid_presence, &user_id.to_string(), &Json(record));
         self.streams.commit(batch, |position, batch| {
             batch.put(&self.stream_presence, &position, &user_id.to_string())
         })?;
-        if for_appservices {
+        if for_appservices || for_servers {
             self.outgoing.wake();
         }
         let audience = self.rooms.room_mates(user_id)?;
         self.streams.notify(audience.iter().map(|u| &**u));
         Ok(())
+    }
+
+    /// Queue a local user's new presence for the other servers in their
+    /// rooms (an `m.presence` EDU), in the batch that stores it.
+    fn stage_for_servers(
+        &self,
+        user_id: &UserId,
+        record: &Record,
+        batch: &mut estuary_storage::Batch,
+    ) -> Result<bool> {
+        if !self.config.allow_federation || user_id.server_name() != self.config.server_name {
+            return Ok(false);
+        }
+        let mut servers = std::collections::BTreeSet::new();
+        for room_id in self.rooms.rooms_with_membership(user_id, "join")? {
+            servers.extend(self.rooms.joined_servers(&room_id)?);
+        }
+        servers.remove(&self.config.server_name);
+        if servers.is_empty() {
+            return Ok(false);
+        }
+        let mut update = render(record);
+        update["user_id"] = user_id.as_str().into();
+        let edu = json!({"edu_type": "m.presence", "content": {"push": [update]}});
+        for server in &servers {
+            self.outgoing.stage(
+                batch,
+                &crate::outgoing::server_destination(server),
+                Job::Edu { edu: edu.clone() },
+            );
+        }
+        Ok(true)
     }
 
     /// Queue the user's new presence for the appservices that receive

@@ -460,6 +460,19 @@ impl Federation {
                     }
                 }
             }
+            Some("m.presence") => {
+                for update in content["push"].as_array().into_iter().flatten().take(1_000) {
+                    let Some(user_id) = update["user_id"].as_str().and_then(|u| UserId::parse(u).ok()) else {
+                        continue;
+                    };
+                    if user_id.server_name() != origin {
+                        continue;
+                    }
+                    if let Err(err) = self.presence.receive_remote(&user_id, update) {
+                        tracing::debug!(%origin, "presence update ignored: {err}");
+                    }
+                }
+            }
             Some("m.direct_to_device") => self.receive_to_device(origin, content),
             Some("m.device_list_update" | "m.signing_key_update") => {
                 self.receive_device_list_update(origin, content);

@@ -35,6 +35,7 @@ pub struct Federation {
     e2ee: Arc<crate::e2ee::E2ee>,
     to_device: Arc<crate::to_device::ToDevice>,
     outgoing: Arc<crate::outgoing::Outgoing>,
+    presence: Arc<crate::presence::Presence>,
 }
 
 /// What the federation service works with, besides its own parts.
@@ -45,6 +46,7 @@ pub struct FederationDeps {
     pub e2ee: Arc<crate::e2ee::E2ee>,
     pub to_device: Arc<crate::to_device::ToDevice>,
     pub outgoing: Arc<crate::outgoing::Outgoing>,
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 impl Federation {
@@ -54,8 +56,8 @@ impl Federation {
         keys: ServerKeys,
         deps: FederationDeps,
     ) -> Self {
-        let FederationDeps { rooms, ephemeral, accounts, e2ee, to_device, outgoing } = deps;
-        Self { config, client, keys, rooms, ephemeral, accounts, e2ee, to_device, outgoing }
+        let FederationDeps { rooms, ephemeral, accounts, e2ee, to_device, outgoing, presence } = deps;
+        Self { config, client, keys, rooms, ephemeral, accounts, e2ee, to_device, outgoing, presence }
     }
 
     pub fn enabled(&self) -> bool {
