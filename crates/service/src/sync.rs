@@ -26,7 +26,7 @@ use crate::{
     ephemeral::Ephemeral,
     presence::Presence,
     push::PushRules,
-    rooms::{Rooms, StateMap, StoredPdu, glob_match, parse_token, passes},
+    rooms::{Rooms, StateMap, StoredPdu, parse_token, passes, sender_wanted, type_wanted},
     streams::Streams,
     to_device::ToDevice,
 };
@@ -320,9 +320,7 @@ impl Sync {
             newcomers.filter(|u| !events.iter().any(|e| e["sender"] == u.as_str())).collect();
         events.extend(self.presence.of_everyone(missing.into_iter().map(String::as_str))?);
         events.retain(|e| {
-            let sender = e["sender"].as_str().unwrap_or_default();
-            !filter.not_senders.iter().any(|s| s.as_str() == sender)
-                && filter.senders.as_ref().is_none_or(|s| s.iter().any(|u| u.as_str() == sender))
+            sender_wanted(&filter.senders, &filter.not_senders, e["sender"].as_str().unwrap_or_default())
         });
         Ok(events)
     }
@@ -708,12 +706,6 @@ impl Sync {
         }
         Ok(events)
     }
-}
-
-/// Whether an event type passes a filter's `types` and `not_types`.
-fn type_wanted(types: &Option<Vec<String>>, not_types: &[String], kind: &str) -> bool {
-    !not_types.iter().any(|p| glob_match(p, kind))
-        && types.as_ref().is_none_or(|t| t.iter().any(|p| glob_match(p, kind)))
 }
 
 /// An event in the filter's `event_format`: as clients see it, or as the

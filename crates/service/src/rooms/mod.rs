@@ -52,7 +52,7 @@ pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::{PublicRoomsPage, RoomList};
 pub use notify::NotificationRow;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
-pub(crate) use read::{glob_match, passes};
+pub(crate) use read::{passes, sender_wanted, type_wanted};
 pub use relations::{RelationsPage, RelationsQuery};
 pub use remote::Received;
 pub use remote_join::{INVITE_STATE, InviteStub};

@@ -2,7 +2,7 @@
 
 use estuary_core::{Error, Result, time::now_millis};
 use ruma::{
-    DeviceId, EventId, RoomId, UserId,
+    DeviceId, EventId, OwnedUserId, RoomId, UserId,
     api::client::filter::{LazyLoadOptions, RoomEventFilter, UrlFilter},
     events::StateEventType,
 };
@@ -46,7 +46,7 @@ fn token(position: u64) -> String {
 }
 
 /// A `*` glob as event type filters use.
-pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
+fn glob_match(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,
         Some((head, tail)) => {
@@ -58,22 +58,27 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     }
 }
 
+/// Whether an event type passes a filter's `types` and `not_types` (globs).
+pub(crate) fn type_wanted(types: &Option<Vec<String>>, not_types: &[String], kind: &str) -> bool {
+    !not_types.iter().any(|p| glob_match(p, kind))
+        && types.as_ref().is_none_or(|t| t.iter().any(|p| glob_match(p, kind)))
+}
+
+/// Whether a sender passes a filter's `senders` and `not_senders`.
+pub(crate) fn sender_wanted(
+    senders: &Option<Vec<OwnedUserId>>,
+    not_senders: &[OwnedUserId],
+    sender: &str,
+) -> bool {
+    !not_senders.iter().any(|s| s.as_str() == sender)
+        && senders.as_ref().is_none_or(|s| s.iter().any(|u| u.as_str() == sender))
+}
+
 pub(crate) fn passes(filter: &RoomEventFilter, event: &JsonValue) -> bool {
     let kind = event["type"].as_str().unwrap_or_default();
     let sender = event["sender"].as_str().unwrap_or_default();
-    if filter.not_types.iter().any(|p| glob_match(p, kind)) {
-        return false;
-    }
-    if let Some(types) = &filter.types
-        && !types.iter().any(|p| glob_match(p, kind))
-    {
-        return false;
-    }
-    if filter.not_senders.iter().any(|s| s.as_str() == sender) {
-        return false;
-    }
-    if let Some(senders) = &filter.senders
-        && !senders.iter().any(|s| s.as_str() == sender)
+    if !type_wanted(&filter.types, &filter.not_types, kind)
+        || !sender_wanted(&filter.senders, &filter.not_senders, sender)
     {
         return false;
     }
