@@ -94,7 +94,9 @@ fn set_read_receipt(
     event_id: &ruma::EventId,
     thread: Option<&str>,
 ) -> Result<(), Error> {
-    let had_unread = services.rooms.has_unread(user, room_id)?;
+    // Receipts are frequent: the unread checks are only for users with pushers.
+    let pushes = !services.push.pushers(user)?.is_empty();
+    let had_unread = pushes && services.rooms.has_unread(user, room_id)?;
     services.ephemeral.set_receipt(room_id, user, kind, event_id, thread)?;
     if had_unread && !services.rooms.has_unread(user, room_id)? {
         services.rooms.push_badge(user)?;

@@ -151,17 +151,12 @@ impl Rooms {
     /// Whether the user has notifications in the room after their read receipt.
     pub fn has_unread(&self, user_id: &UserId, room_id: &ruma::RoomId) -> Result<bool> {
         let after = self.read_position(user_id, room_id)?;
-        let from = estuary_storage::Key::encode(&(user_id.to_string(), room_id.to_string(), after + 1));
-        let prefix = estuary_storage::Key::encode(&(user_id.to_string(), room_id.to_string()));
-        Ok(!self.useridroomidstream_notification.scan_from(&prefix, Some(&from), false, 1).db()?.is_empty())
+        Ok(!self.notifications_after(user_id, room_id, after, 1)?.is_empty())
     }
 
     /// After a read receipt that cleared a room's notifications, tell the
     /// user's push gateways the new badge count.
     pub fn push_badge(&self, user_id: &UserId) -> Result<()> {
-        if self.push.pushers(user_id)?.is_empty() {
-            return Ok(());
-        }
         self.push.push_badge(user_id, self.rooms_with_unread(user_id, None)?)
     }
 
@@ -192,15 +187,25 @@ impl Rooms {
         room_id: &ruma::RoomId,
         after: u64,
     ) -> Result<Vec<(Option<String>, bool)>> {
+        Ok(self
+            .notifications_after(user, room_id, after, 10_000)?
+            .into_iter()
+            .map(|Json((_, _, highlight, thread, _))| (thread, highlight))
+            .collect())
+    }
+
+    /// Up to `limit` of the user's notification rows in a room after stream position `after`.
+    fn notifications_after(
+        &self,
+        user: &UserId,
+        room_id: &ruma::RoomId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Json<NotificationRow>>> {
         let prefix = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string()));
         let from = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string(), after + 1));
-        Ok(self
-            .useridroomidstream_notification
-            .scan_from(&prefix, Some(&from), false, 10_000)
-            .db()?
-            .into_iter()
-            .map(|(_, Json((_, _, highlight, thread, _)))| (thread, highlight))
-            .collect())
+        let rows = self.useridroomidstream_notification.scan_from(&prefix, Some(&from), false, limit).db()?;
+        Ok(rows.into_iter().map(|(_, row)| row).collect())
     }
 
     /// `/notifications`: newest first, before stream position `before`.
@@ -236,7 +241,6 @@ fn invited_user(pdu: &estuary_events::Pdu) -> Option<ruma::OwnedUserId> {
     if pdu.kind != ruma::events::TimelineEventType::RoomMember {
         return None;
     }
-    let content: serde_json::Value = serde_json::from_str(pdu.content.get()).ok()?;
     let invitee = UserId::parse(pdu.state_key.as_deref()?).ok()?;
-    (content["membership"] == "invite" && invitee != pdu.sender).then_some(invitee)
+    (pdu.content_value()["membership"] == "invite" && invitee != pdu.sender).then_some(invitee)
 }
