@@ -97,10 +97,7 @@ pub async fn register(
             return Err(Error::forbidden("A guest can only upgrade its own account").into());
         }
         let flows = accounts.registration_flows()?;
-        let remember = serde_json::to_value(&params).map_err(Error::from)?;
-        let uiaa =
-            UiaaRequest { flows, purpose: "register".to_owned(), user_id: None, params: Some(remember) };
-        accounts.uiaa.check(uiaa, body.auth.as_ref(), accounts.as_ref()).await?;
+        registration_uia(&services, flows, &params, body.auth.as_ref()).await?;
         accounts.upgrade_guest(&guest, params.password.take()).await?;
         return logged_in(&services, guest, params);
     }
@@ -110,14 +107,25 @@ pub async fn register(
     let user_id = username::user_id_for_registration(&requested, accounts.server_name())?;
     accounts.check_available(&user_id)?;
     services.appservices.check_not_exclusive(&user_id, None)?;
-    let remember = serde_json::to_value(&params).map_err(Error::from)?;
-    let uiaa = UiaaRequest { flows, purpose: "register".to_owned(), user_id: None, params: Some(remember) };
-    accounts.uiaa.check(uiaa, body.auth.as_ref(), accounts.as_ref()).await?;
+    registration_uia(&services, flows, &params, body.auth.as_ref()).await?;
     accounts.create_account(&user_id, params.password.take(), false).await?;
     if let Some(session) = &session {
         accounts.uiaa.set_result(session, user_id.to_string());
     }
     new_account(&services, user_id, params).await
+}
+
+/// One step of the registration flows; the session remembers `params`.
+async fn registration_uia(
+    services: &AppState,
+    flows: Vec<ruma::api::client::uiaa::AuthFlow>,
+    params: &RegistrationParams,
+    auth: Option<&ruma::api::client::uiaa::AuthData>,
+) -> Result<(), Error> {
+    let accounts = &services.accounts;
+    let remember = serde_json::to_value(params).map_err(Error::from)?;
+    let uiaa = UiaaRequest { flows, purpose: "register".to_owned(), user_id: None, params: Some(remember) };
+    accounts.uiaa.check(uiaa, auth, accounts.as_ref()).await
 }
 
 /// A new account's display name (its localpart, as Synapse starts it),
