@@ -285,7 +285,6 @@ impl Rooms {
         Ok(summary)
     }
 
-    /// Published rooms, most members first, filtered by a search term.
     /// Publish a room in (or take it out of) the directory of an
     /// appservice's network (`instance`: "appservice ID|network ID").
     pub fn set_network_published(&self, instance: &str, room_id: &RoomId, public: bool) -> Result<()> {
@@ -325,6 +324,7 @@ impl Rooms {
         Ok(rooms)
     }
 
+    /// Published rooms, most members first, filtered by a search term.
     pub fn public_rooms(
         &self,
         limit: Option<usize>,

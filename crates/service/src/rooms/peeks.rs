@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use estuary_core::{Error, Result};
 use estuary_storage::{Db, Key, Table};
-use ruma::{DeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId, events::StateEventType};
+use ruma::{DeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::Rooms;
 use crate::storage_error::StorageResultExt;
@@ -42,9 +42,7 @@ impl Rooms {
     pub fn peek(&self, user: &UserId, device: &DeviceId, room_id: &RoomId) -> Result<()> {
         let forbidden = || Error::forbidden("Only world-readable rooms can be peeked into");
         let room = self.room(room_id)?.ok_or_else(forbidden)?;
-        let state = self.state.load(room.state)?;
-        let visibility = self.state_pdu(&state, &StateEventType::RoomHistoryVisibility, "")?;
-        if visibility.is_none_or(|v| v.content_value()["history_visibility"] != "world_readable") {
+        if self.history_visibility(&*self.state.load(room.state)?)? != "world_readable" {
             return Err(forbidden());
         }
         let key = (user.to_string(), device.to_string(), room_id.to_string());

@@ -9,7 +9,7 @@ use super::{RoomRecord, Rooms, StoredPdu, state::StateMap};
 use crate::storage_error::StorageResultExt;
 
 impl Rooms {
-    fn history_visibility(&self, state: &StateMap) -> Result<String> {
+    pub(super) fn history_visibility(&self, state: &StateMap) -> Result<String> {
         Ok(self
             .state_pdu(state, &StateEventType::RoomHistoryVisibility, "")?
             .and_then(|pdu| pdu.content_value()["history_visibility"].as_str().map(str::to_owned))
