@@ -85,6 +85,12 @@ async fn a_device_peeks_into_world_readable_rooms() {
         403,
         "M_FORBIDDEN",
     );
+    let bad = server.post("/_matrix/client/v3/peek/not-a-room", Some(&bob.token), json!({})).await;
+    assert_error(&bad, 400, "M_INVALID_PARAM");
+    let bad = server.post("/_matrix/client/v3/unpeek/not-a-room", Some(&bob.token), json!({})).await;
+    assert_error(&bad, 400, "M_INVALID_PARAM");
+    let anonymous = server.post(&format!("/_matrix/client/v3/peek/{shared}"), None, json!({})).await;
+    assert_error(&anonymous, 401, "M_MISSING_TOKEN");
     server.put(&visibility, Some(&alice.token), json!({"history_visibility": "world_readable"})).await;
     let (_, first) = server.get("/_matrix/client/v3/sync", Some(&bob.token)).await;
     let since = first["next_batch"].as_str().unwrap().to_owned();

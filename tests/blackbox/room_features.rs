@@ -203,6 +203,11 @@ async fn upgrades_carry_bans_flags_and_user_data() {
         .post(&path(&old, "upgrade"), Some(&alice.token), json!({"new_version": "my_bad_version"}))
         .await;
     assert_error(&bad, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    let missing = server.post(&path(&old, "upgrade"), Some(&alice.token), json!({})).await;
+    assert_error(&missing, 400, "M_BAD_JSON");
+    let (status, not_json) =
+        server.raw(reqwest::Method::POST, &path(&old, "upgrade"), Some(&alice.token), b"nope".to_vec()).await;
+    assert_eq!((status.as_u16(), not_json["errcode"].as_str()), (400, Some("M_NOT_JSON")), "{not_json}");
     let (status, body) =
         server.post(&path(&old, "upgrade"), Some(&alice.token), json!({"new_version": "11"})).await;
     assert_eq!(status, 200, "{body}");
