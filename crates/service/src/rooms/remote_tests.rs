@@ -23,11 +23,26 @@ use crate::Services;
 struct Remote {
     key: ServerSigningKey,
     name: &'static ServerName,
+    /// The last timestamp given: each event gets a later one, as on a real
+    /// server, so state resolution never falls back to comparing event IDs
+    /// (two events built in one millisecond would resolve at random).
+    last_ts: std::sync::atomic::AtomicU64,
 }
 
 impl Remote {
     fn new() -> Self {
-        Self { key: ServerSigningKey::generate("r").unwrap(), name: "remote.test".try_into().unwrap() }
+        Self {
+            key: ServerSigningKey::generate("r").unwrap(),
+            name: "remote.test".try_into().unwrap(),
+            last_ts: Default::default(),
+        }
+    }
+
+    fn next_ts(&self) -> u64 {
+        let now = estuary_core::time::now_millis();
+        let ordering = std::sync::atomic::Ordering::SeqCst;
+        let previous = self.last_ts.fetch_update(ordering, ordering, |last| Some(now.max(last + 1))).unwrap();
+        now.max(previous + 1)
     }
 
     /// An event of the remote server on top of `prev`, with auth events
@@ -82,9 +97,7 @@ impl Remote {
                 prev_events: refs(prev),
                 auth_events: refs(auth_events),
                 depth: depth + 1,
-                origin_server_ts: MilliSecondsSinceUnixEpoch(
-                    UInt::new(estuary_core::time::now_millis()).unwrap(),
-                ),
+                origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(self.next_ts()).unwrap()),
                 server_name: self.name,
                 key: &self.key,
             },
