@@ -403,6 +403,19 @@ async fn redaction_strips_content_in_storage() {
         404,
         "M_NOT_FOUND",
     );
+    // The legacy POST without a transaction ID, which SyTest and old clients use.
+    let (_, legacy) = send_text(&server, &bob, &room, "b2", "also oops").await;
+    let legacy_path = room_path(&room, &format!("redact/{}", legacy["event_id"].as_str().unwrap()));
+    assert_error(&server.post(&legacy_path, Some(&alice.token), json!([])).await, 400, "M_BAD_JSON");
+    assert_error(&server.post(&legacy_path, None, json!({})).await, 401, "M_MISSING_TOKEN");
+    let (status, redaction) = server.post(&legacy_path, Some(&bob.token), json!({"reason": "legacy"})).await;
+    assert_eq!(status, 200, "{redaction}");
+    let path = room_path(&room, &format!("event/{}", redaction["event_id"].as_str().unwrap()));
+    let (_, redaction_event) = server.get(&path, Some(&alice.token)).await;
+    assert_eq!(
+        (&redaction_event["redacts"], &redaction_event["content"]["reason"]),
+        (&legacy["event_id"], &json!("legacy"))
+    );
 }
 
 #[tokio::test]

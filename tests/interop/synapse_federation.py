@@ -23,7 +23,8 @@ servers, so every check below crosses federation in one direction or both:
      through files in --restart-dir); nothing sent to A or by A is lost
   l. media: bob's upload on B is downloaded through A (fetched over
      federation), and alice's upload on A through B
-  m. bob invites alice to a room on B; she declines; bob sees her leave
+  m. bob invites alice to a room on B; she declines; bob sees her leave, and
+     her own sync shows the room as left
   n. bob lists A's public room directory through B and finds alice's room
 
 --only runs some of the steps (the Rust test grows the list as Estuary's
@@ -573,7 +574,9 @@ class Scenario:
     def step_m(self):
         """bob invites alice to a room on B; she declines; bob sees her leave.
 
-        Declining goes to B as a leave (make_leave, send_leave).
+        Declining goes to B as a leave (make_leave, send_leave); A keeps
+        that leave in the invite's place, so alice's sync lists the room
+        under "leave".
         """
         alice, bob = self.alice, self.bob
         room = bob.call("POST", "/createRoom", {"preset": "private_chat", "name": "declined " + self.tag})["room_id"]
@@ -581,6 +584,7 @@ class Scenario:
         alice.wait_for("bob's invite", membership(room, alice.user_id, "invite", sections=("invite",)))
         alice.call("POST", f"/rooms/{quote(room)}/leave", {})
         bob.wait_for("alice's decline", membership(room, alice.user_id, "leave"))
+        alice.wait_for("her own decline", membership(room, alice.user_id, "leave", sections=("leave",)))
 
     def step_n(self):
         """bob lists A's room directory through B and finds alice's published room.

@@ -197,6 +197,10 @@ impl Sync {
                     if (w.since.is_some() && changed_here)
                         || (w.since.is_none() && room_filter.include_leave) =>
                 {
+                    if let Some(entry) = self.declined_invite(w, room_id)? {
+                        leave.insert(room_id.to_string(), entry);
+                        continue;
+                    }
                     // A room joined and left within the window is new to the
                     // client: it gets the room's state as on a join.
                     let new_to_client = match w.since {
@@ -614,6 +618,21 @@ impl Sync {
             }
         }
         Ok(peek)
+    }
+
+    /// A declined invite to a room this server is not in: the leave alone.
+    fn declined_invite(&self, w: &Window<'_>, room_id: &RoomId) -> Result<Option<JsonValue>> {
+        if self.rooms.room(room_id)?.is_some() {
+            return Ok(None);
+        }
+        let Some(stub) = self.rooms.out_of_band_membership(w.user, room_id)? else { return Ok(None) };
+        let Some(stored) = self.rooms.stored(&stub.event_id)? else { return Ok(None) };
+        let event = in_format(w, &stored, self.rooms.client_event(&stored, Some((w.user, w.device)))?);
+        Ok(Some(json!({
+            "timeline": {"events": [event], "limited": false, "prev_batch": format!("s{}", stored.stream)},
+            "state": {"events": []},
+            "account_data": {"events": []},
+        })))
     }
 
     /// The room's current state, when the user is joined to it.

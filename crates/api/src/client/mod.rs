@@ -189,7 +189,15 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
             axum::routing::put(directory::set_network_visibility).delete(directory::set_network_visibility),
         )
         // Legacy endpoints without a ruma type: the global initialSync, and
-        // sending without a transaction ID.
+        // sending or redacting without a transaction ID.
+        .route(
+            "/_matrix/client/v3/rooms/{room_id}/redact/{event_id}",
+            axum::routing::post(room::redact_without_txn),
+        )
+        .route(
+            "/_matrix/client/r0/rooms/{room_id}/redact/{event_id}",
+            axum::routing::post(room::redact_without_txn),
+        )
         .route(
             "/_matrix/client/v3/rooms/{room_id}/send/{event_type}",
             axum::routing::post(room::send_message_without_txn),

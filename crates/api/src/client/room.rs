@@ -259,27 +259,62 @@ pub async fn redact(
     request: Ruma<redact_event::v3::Request>,
 ) -> ApiResult<redact_event::v3::Response> {
     let body = &request.body;
-    let user = request.user()?;
-    let rooms = &services.rooms;
-    let target = rooms.stored(&body.event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
-    if target.room_id != body.room_id {
-        return Err(Error::invalid_param("The event belongs to another room").into());
+    let txn = txn(&request, body.txn_id.as_str());
+    let reason = body.reason.as_deref();
+    let event_id =
+        redact_event_as(&services, &body.room_id, request.user()?, &body.event_id, reason, txn).await?;
+    Ok(redact_event::v3::Response::new(event_id))
+}
+
+/// `POST /rooms/{roomId}/redact/{eventId}`: the legacy redaction without a
+/// transaction ID (not idempotent), which Synapse still serves.
+pub async fn redact_without_txn(
+    axum::extract::State(services): axum::extract::State<AppState>,
+    crate::ruma_wrapper::AuthedUser(user): crate::ruma_wrapper::AuthedUser,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let event_id = ruma::EventId::parse(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+    let content: JsonValue = match body.is_empty() {
+        true => json!({}),
+        false => serde_json::from_slice(&body).map_err(|e| Error::not_json(format!("Invalid JSON: {e}")))?,
+    };
+    if !content.is_object() {
+        return Err(Error::bad_json("The body must be a JSON object").into());
     }
-    let room = rooms.require_room(&body.room_id)?;
+    let reason = content.get("reason").and_then(JsonValue::as_str);
+    let event_id = redact_event_as(&services, &room_id, &user, &event_id, reason, None).await?;
+    Ok(Json(json!({"event_id": event_id})))
+}
+
+/// Redact `event_id` as `user`: their own event, or another's with the power to.
+async fn redact_event_as(
+    services: &AppState,
+    room_id: &RoomId,
+    user: &ruma::UserId,
+    event_id: &ruma::EventId,
+    reason: Option<&str>,
+    txn: Option<Txn>,
+) -> Result<ruma::OwnedEventId, Error> {
+    let rooms = &services.rooms;
+    let target = rooms.stored(event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
+    if target.room_id != room_id {
+        return Err(Error::invalid_param("The event belongs to another room"));
+    }
+    let room = rooms.require_room(room_id)?;
     let own = target.pdu()?.sender == user;
     let state = rooms.current_state(&room)?;
     if !own && !rooms.power_levels(&state, &room.room_version)?.user_can_redact_event_of_other(user) {
-        return Err(Error::forbidden("You may not redact other users' events").into());
+        return Err(Error::forbidden("You may not redact other users' events"));
     }
-    let mut content = serde_json::json!({});
-    if let Some(reason) = &body.reason {
-        content["reason"] = reason.clone().into();
+    let mut content = json!({});
+    if let Some(reason) = reason {
+        content["reason"] = reason.into();
     }
     let mut template = PduTemplate::message("m.room.redaction", content);
-    template.redacts = Some(body.event_id.clone());
-    let txn = txn(&request, body.txn_id.as_str());
-    let pdu = rooms.send(&body.room_id, user, template, txn).await?;
-    Ok(redact_event::v3::Response::new(pdu.event_id))
+    template.redacts = Some(event_id.to_owned());
+    Ok(rooms.send(room_id, user, template, txn).await?.event_id)
 }
 
 /// `POST /rooms/{roomId}/upgrade`, by hand: a `new_version` that is no

@@ -167,9 +167,10 @@ impl Federation {
     }
 
     /// Decline an invite to a room on another server: a leave event through
-    /// the inviting server (`make_leave`, sign, `send_leave`), and the
-    /// invite dropped here. When that server cannot be reached the invite
-    /// is still dropped here, and the refusal logged.
+    /// the inviting server (`make_leave`, sign, `send_leave`). When that
+    /// server cannot be reached, the refusal is logged and a leave built
+    /// here (after the invite) declines it for this server's user only.
+    /// Either way the leave takes the invite's place in the user's sync.
     pub async fn reject_remote_invite(
         &self,
         room_id: &RoomId,
@@ -180,13 +181,54 @@ impl Federation {
             .rooms
             .invite_stub(user_id, room_id)?
             .ok_or_else(|| Error::not_found("No invite to this room"))?;
-        let inviter = self.rooms.pdu(&stub.event_id)?.map(|invite| invite.sender.server_name().to_owned());
-        if let Some(server) = inviter.filter(|_| self.enabled())
-            && let Err(err) = self.leave_through(&server, room_id, user_id, reason).await
-        {
-            tracing::warn!(%server, %room_id, "declining the invite through the server failed: {err}");
+        let invite =
+            self.rooms.pdu(&stub.event_id)?.ok_or_else(|| Error::not_found("No invite to this room"))?;
+        let server = invite.sender.server_name().to_owned();
+        let mut content = CanonicalJsonObject::new();
+        content.insert("membership".into(), "leave".into());
+        if let Some(reason) = reason {
+            content.insert("reason".into(), reason.into());
         }
-        self.rooms.drop_invite_stub(user_id, room_id)
+        let sent = match self.enabled() {
+            true => self.leave_through(&server, room_id, user_id, content.clone()).await,
+            false => Err(Error::forbidden("Federation is disabled")),
+        };
+        let leave = match sent {
+            Ok(leave) => leave,
+            Err(err) => {
+                tracing::warn!(%server, %room_id, "declining the invite through the server failed: {err}");
+                self.out_of_band_leave(&invite, &stub.room_version, content)?
+            }
+        };
+        self.rooms.store_declined_invite(leave).await
+    }
+
+    /// A leave that follows the invite, signed here but sent nowhere.
+    fn out_of_band_leave(
+        &self,
+        invite: &estuary_events::Pdu,
+        version: &RoomVersionId,
+        content: CanonicalJsonObject,
+    ) -> Result<estuary_events::Pdu> {
+        use estuary_events::builder::{BuildContext, EventRef, PduTemplate, build_pdu, reference_hash};
+        let invitee = invite.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
+        let invitee = invitee.ok_or_else(|| Error::bad_json("The invite has no invitee"))?;
+        let invite_ref =
+            EventRef { event_id: invite.event_id.clone(), sha256: reference_hash(invite, version) };
+        let content = serde_json::to_value(content).map_err(Error::internal)?;
+        let ctx = BuildContext {
+            room_id: Some(&invite.room_id),
+            room_version: version,
+            sender: invitee.clone(),
+            prev_events: vec![invite_ref.clone()],
+            auth_events: vec![invite_ref],
+            depth: invite.depth + 1,
+            origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
+            server_name: &self.config.server_name,
+            key: self.client.signing_key(),
+        };
+        build_pdu(PduTemplate::state("m.room.member", invitee.as_str(), content), ctx)
+            .map_err(|e| Error::internal(format!("cannot build the leave: {e}")))
     }
 
     async fn leave_through(
@@ -194,26 +236,21 @@ impl Federation {
         server: &ServerName,
         room_id: &RoomId,
         user_id: &UserId,
-        reason: Option<String>,
-    ) -> Result<()> {
+        content: CanonicalJsonObject,
+    ) -> Result<estuary_events::Pdu> {
         use ruma::api::federation::membership::{create_leave_event, prepare_leave_event};
         let answer = self
             .client
             .send(server, prepare_leave_event::v1::Request::new(room_id.to_owned(), user_id.to_owned()))
             .await?;
         let version = answer.room_version.unwrap_or(RoomVersionId::V1);
-        let mut content = CanonicalJsonObject::new();
-        content.insert("membership".into(), "leave".into());
-        if let Some(reason) = reason {
-            content.insert("reason".into(), reason.into());
-        }
         let template = Template { server, room_id, user_id, version: &version, event: &answer.event };
         let pdu = self.sign_template(template, content)?;
         let raw = to_raw_value(&pdus::outgoing_json(&pdu)).map_err(Error::internal)?;
         self.client
-            .send(server, create_leave_event::v2::Request::new(room_id.to_owned(), pdu.event_id, raw))
+            .send(server, create_leave_event::v2::Request::new(room_id.to_owned(), pdu.event_id.clone(), raw))
             .await?;
-        Ok(())
+        Ok(pdu)
     }
 
     /// Invite a user of another server into one of our rooms: its server

@@ -2,7 +2,9 @@
 //! users joins through a resident server (`send_join` gives its state and
 //! auth chain, stored as outliers: known, not in the timeline), and an
 //! invite to a room this server is not in yet (kept with the stripped state
-//! the inviting server sent, until the user joins or declines).
+//! the inviting server sent, until the user joins or declines; a declined
+//! invite leaves the leave event in its place, so the user's sync shows
+//! the room as left).
 
 use estuary_core::{Error, Result};
 use estuary_events::Pdu;
@@ -28,13 +30,22 @@ pub const INVITE_STATE: &[&str] = &[
     "m.room.encryption",
 ];
 
-/// An invite to a room this server is not in.
+/// A user's membership in a room this server is not in (an "out-of-band"
+/// membership): an invite, or the leave that declined it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InviteStub {
+    /// The invite, or the leave that declined it.
     pub event_id: ruma::OwnedEventId,
     pub room_version: RoomVersionId,
     /// The stripped state the inviting server sent (name, avatar, …).
     pub stripped: Vec<serde_json::Value>,
+    /// `invite` or `leave` (older stubs are invites).
+    #[serde(default = "invite_membership")]
+    pub membership: String,
+}
+
+fn invite_membership() -> String {
+    "invite".to_owned()
 }
 
 impl Rooms {
@@ -134,27 +145,54 @@ impl Rooms {
         room_version: RoomVersionId,
         stripped: Vec<serde_json::Value>,
     ) -> Result<()> {
-        let room_id = invite.room_id.clone();
+        let stub = InviteStub {
+            event_id: invite.event_id.clone(),
+            room_version,
+            stripped,
+            membership: invite_membership(),
+        };
+        self.store_out_of_band_membership(invite, stub).await
+    }
+
+    /// Decline an invite to a room this server is not in: `leave` (sent to
+    /// the inviting server, or built here when it could not be reached)
+    /// takes the invite's place, and the user's sync shows the room as left.
+    pub async fn store_declined_invite(&self, leave: Pdu) -> Result<()> {
+        let user = UserId::parse(leave.state_key.clone().unwrap_or_default())
+            .map_err(|e| Error::bad_json(e.to_string()))?;
+        let stub = self
+            .invite_stub(&user, &leave.room_id)?
+            .ok_or_else(|| Error::not_found("No invite to this room"))?;
+        let stub = InviteStub { event_id: leave.event_id.clone(), membership: "leave".to_owned(), ..stub };
+        self.store_out_of_band_membership(leave, stub).await
+    }
+
+    /// The user's membership event in a room this server is not in: the
+    /// membership index, the stub, and the event in the stream.
+    async fn store_out_of_band_membership(&self, event: Pdu, stub: InviteStub) -> Result<()> {
+        let room_id = event.room_id.clone();
         let lock = self.room_lock(&room_id);
         let _guard = lock.lock().await;
-        let invitee = invite.state_key.clone().unwrap_or_default();
+        let user = event.state_key.clone().unwrap_or_default();
         let mut batch = self.db.batch();
-        self.index_membership(&invite, &mut batch)?;
-        let stub_state = stripped.clone();
-        let stub = InviteStub { event_id: invite.event_id.clone(), room_version, stripped };
-        batch.put(&self.useridroomid_invite, &(invitee.clone(), room_id.to_string()), &Json(stub));
+        self.index_membership(&event, &mut batch)?;
+        let invite_state = (stub.membership == "invite").then(|| stub.stripped.clone());
+        batch.put(&self.useridroomid_invite, &(user.clone(), room_id.to_string()), &Json(stub));
         let room_key = room_id.to_string();
-        let event_id = invite.event_id.to_string();
+        let event_id = event.event_id.to_string();
         let mut stored = StoredPdu {
-            event_id: invite.event_id.clone(),
+            event_id: event.event_id.clone(),
             room_id: room_id.clone(),
-            json: invite.json.clone(),
+            json: event.json.clone(),
             stream: 0,
             state_before: 0,
             state_after: 0,
             txn: None,
         };
-        let for_appservices = self.stage_invite_for_appservices(&stored, &stub_state, &mut batch)?;
+        let for_appservices = match &invite_state {
+            Some(stripped) => self.stage_invite_for_appservices(&stored, stripped, &mut batch)?,
+            None => false,
+        };
         self.streams.commit_many(batch, 1, |stream, batch| {
             stored.stream = stream;
             batch.put(&self.eventid_pdu, &event_id, &Json(stored.clone()));
@@ -164,7 +202,7 @@ impl Rooms {
         if for_appservices {
             self.outgoing.wake();
         }
-        if let Ok(user) = UserId::parse(&invitee) {
+        if let Ok(user) = UserId::parse(&user) {
             self.streams.notify(std::iter::once(&*user));
         }
         Ok(())
@@ -217,21 +255,13 @@ impl Rooms {
         self.persist(staging).await
     }
 
-    /// The invite stub of a user for a room this server is not in.
+    /// The pending invite of a user to a room this server is not in.
     pub fn invite_stub(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<InviteStub>> {
-        Ok(self.useridroomid_invite.get(&(user_id.to_string(), room_id.to_string())).db()?.map(|Json(s)| s))
+        Ok(self.out_of_band_membership(user_id, room_id)?.filter(|stub| stub.membership == "invite"))
     }
 
-    /// Decline an invite to a room this server is not in, here only (the
-    /// inviting server is not told yet).
-    pub fn drop_invite_stub(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
-        let mut batch = self.db.batch();
-        let (user, room) = (user_id.to_string(), room_id.to_string());
-        batch.put(&self.useridroomid_membership, &(user.clone(), room.clone()), &"leave".to_owned());
-        batch.put(&self.roomiduserid_membership, &(room.clone(), user.clone()), &"leave".to_owned());
-        batch.delete(&self.useridroomid_invite, &(user, room));
-        self.streams.commit_many(batch, 0, |_, _| {})?;
-        self.streams.notify(std::iter::once(user_id));
-        Ok(())
+    /// The user's invite to, or declined invite of, a room this server is not in.
+    pub fn out_of_band_membership(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<InviteStub>> {
+        Ok(self.useridroomid_invite.get(&(user_id.to_string(), room_id.to_string())).db()?.map(|Json(s)| s))
     }
 }

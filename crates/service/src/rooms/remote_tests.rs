@@ -45,6 +45,23 @@ impl Remote {
         now.max(previous + 1)
     }
 
+    /// bob's invite of `target` to a room of the remote server's that this
+    /// server is not in.
+    fn invite_elsewhere(&self, room_id: &RoomId, version: &ruma::RoomVersionId, target: &str) -> Pdu {
+        let ctx = BuildContext {
+            room_id: Some(room_id),
+            room_version: version,
+            sender: UserId::parse(BOB).unwrap(),
+            prev_events: Vec::new(),
+            auth_events: Vec::new(),
+            depth: 3,
+            origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(1).unwrap()),
+            server_name: self.name,
+            key: &self.key,
+        };
+        build_pdu(member(target, "invite"), ctx).unwrap()
+    }
+
     /// An event of the remote server on top of `prev`, with auth events
     /// chosen from the room's current state here.
     fn event(
@@ -379,23 +396,7 @@ async fn a_remote_invite_to_a_bridge_user_is_queued_for_the_bridge() {
     let remote = Remote::new();
     let room_id = RoomId::parse("!elsewhere:remote.test").unwrap();
     let version = ruma::RoomVersionId::V10;
-    let invite = |target: &str| {
-        build_pdu(
-            member(target, "invite"),
-            BuildContext {
-                room_id: Some(&room_id),
-                room_version: &version,
-                sender: UserId::parse(BOB).unwrap(),
-                prev_events: Vec::new(),
-                auth_events: Vec::new(),
-                depth: 3,
-                origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(1).unwrap()),
-                server_name: remote.name,
-                key: &remote.key,
-            },
-        )
-        .unwrap()
-    };
+    let invite = |target: &str| remote.invite_elsewhere(&room_id, &version, target);
     let stripped = vec![json!({"type": "m.room.name", "state_key": "", "content": {"name": "Elsewhere"}})];
     let rooms = &services.rooms;
     rooms.store_invite_stub(invite("@alice:localhost"), version.clone(), stripped.clone()).await.unwrap();
@@ -407,4 +408,56 @@ async fn a_remote_invite_to_a_bridge_user_is_queued_for_the_bridge() {
     assert_eq!(as_event["event_id"], ghost_invite.event_id.as_str());
     assert_eq!(as_event["state_key"], "@bridge_ghost:localhost");
     assert_eq!(as_event["unsigned"]["invite_room_state"][0]["content"]["name"], "Elsewhere");
+}
+
+/// Declining an invite to a room on a server that cannot be reached (here:
+/// federation off) still declines it here: a leave built after the invite
+/// takes its place, and the user's sync lists the room under `leave` with
+/// that leave, once.
+#[tokio::test]
+async fn a_declined_remote_invite_shows_as_left_even_when_its_server_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { allow_federation: false, ..Config::default() };
+    let db = Db::open(&dir.path().join("db"), &Default::default()).unwrap();
+    let services = Services::build(Arc::new(config), db).unwrap();
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let alice = UserId::parse("@alice:localhost").unwrap();
+    let room_id = RoomId::parse("!elsewhere:remote.test").unwrap();
+    let version = ruma::RoomVersionId::V10;
+    let invite = remote.invite_elsewhere(&room_id, &version, alice.as_str());
+    rooms.store_invite_stub(invite.clone(), version, Vec::new()).await.unwrap();
+    let sync = |since: Option<String>| {
+        let request = crate::sync::SyncRequest {
+            since,
+            filter: Default::default(),
+            full_state: false,
+            timeout: std::time::Duration::ZERO,
+            use_state_after: false,
+            set_presence: "offline".into(),
+        };
+        services.sync.sync(&alice, None, request)
+    };
+    let first = sync(None).await.unwrap();
+    assert!(first["rooms"]["invite"][room_id.as_str()].is_object(), "{first}");
+
+    services.federation.reject_remote_invite(&room_id, &alice, Some("no thanks".into())).await.unwrap();
+    assert_eq!(rooms.membership(&alice, &room_id).unwrap().as_deref(), Some("leave"));
+    assert!(rooms.invite_stub(&alice, &room_id).unwrap().is_none(), "the invite is gone");
+    let second = sync(first["next_batch"].as_str().map(str::to_owned)).await.unwrap();
+    assert!(second["rooms"]["invite"].as_object().unwrap().is_empty(), "{second}");
+    let events = &second["rooms"]["leave"][room_id.as_str()]["timeline"]["events"];
+    assert_eq!(events.as_array().map(Vec::len), Some(1), "{second}");
+    let leave = &events[0];
+    assert_eq!(
+        (leave["type"].as_str(), leave["state_key"].as_str()),
+        (Some("m.room.member"), Some(alice.as_str()))
+    );
+    assert_eq!(leave["content"], json!({"membership": "leave", "reason": "no thanks"}));
+    let stored = rooms.pdu(&EventId::parse(leave["event_id"].as_str().unwrap()).unwrap()).unwrap().unwrap();
+    assert_eq!(stored.prev_events, vec![invite.event_id.clone()], "the leave follows the invite");
+    let third = sync(second["next_batch"].as_str().map(str::to_owned)).await.unwrap();
+    assert!(third["rooms"]["leave"].as_object().unwrap().is_empty(), "shown once: {third}");
+    // Declining again: there is no invite any more.
+    let again = services.federation.reject_remote_invite(&room_id, &alice, None).await;
+    assert_eq!(again.unwrap_err().errcode(), "M_NOT_FOUND");
 }

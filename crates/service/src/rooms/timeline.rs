@@ -118,8 +118,8 @@ impl Rooms {
         room_id: &RoomId,
     ) -> Result<Option<u64>> {
         let Some(room) = self.room(room_id)? else {
-            // An invite to a room on another server: the invite's position.
-            let Some(stub) = self.invite_stub(user_id, room_id)? else { return Ok(None) };
+            // An invite to a room on another server (or its refusal): that event's position.
+            let Some(stub) = self.out_of_band_membership(user_id, room_id)? else { return Ok(None) };
             return Ok(self.stored(&stub.event_id)?.map(|stored| stored.stream));
         };
         let state = self.state.load(room.state)?;
