@@ -126,7 +126,7 @@ fn estuary_config(ca: &Path) -> (String, String) {
 
 /// The scenario's steps (tests/interop/synapse_federation.py) that pass;
 /// FEDERATION_STEPS overrides them while developing.
-const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p";
+const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q";
 
 /// A Synapse user joins a room on Estuary; messages, topic and power
 /// levels, typing and receipts flow both ways; a late joiner on Synapse
@@ -185,6 +185,8 @@ async fn synapse_and_estuary_federate_both_ways() {
         }
     };
     let text = output.await.unwrap();
+    // Shown with --nocapture: one line per step.
+    eprintln!("{text}");
     assert!(
         status.success() && text.contains("interop ok"),
         "federation scenario failed:\n{text}\nEstuary log:\n{}\nSynapse log (tail):\n{}",

@@ -26,6 +26,11 @@ servers, so every check below crosses federation in one direction or both:
   m. bob invites alice to a room on B; she declines; bob sees her leave, and
      her own sync shows the room as left
   n. bob lists A's public room directory through B and finds alice's room
+  o. alice joins a room of bob's on B after messages she never saw, leaves,
+     and rejoins after more
+  p. presence and status messages cross both ways
+  q. bob fills a new room on B; alice, on A, which was never in it, joins
+     and pages back to bob's first message (A backfills it from B)
 
 --only runs some of the steps (the Rust test grows the list as Estuary's
 federation grows); whatever a selected step needs (users, the first room) is
@@ -50,7 +55,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijklmnop"
+STEPS = "abcdefghijklmnopq"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -467,6 +472,22 @@ class Scenario:
             if not token or not page.get("chunk"):
                 break
         raise Failure(f"{user.user_id} paged back to the start without {wanted!r}: {bodies}")
+
+    def step_q(self):
+        """alice, on A, joins a room of B's and pages back to its first message.
+
+        The mirror of step g: A holds none of the room's history before
+        alice's join and fetches it from B (/backfill, and /state for the
+        oldest event it gets) when she pages back.
+        """
+        alice, bob = self.alice, self.bob
+        room = bob.call("POST", "/createRoom", {"preset": "public_chat", "name": "b history " + self.tag})["room_id"]
+        first = f"b history 0 {self.tag}"
+        for i in range(HISTORY_MESSAGES):
+            bob.send_text(room, first if i == 0 else f"b history {i} {self.tag}")
+        alice.join(room, self.b.server_name)
+        bodies = self._page_back(alice, room, first)
+        print(f"  alice paged back through {len(bodies)} messages", flush=True)
 
     def step_h(self):
         """bob leaves the first room; alice sees his leave."""

@@ -92,6 +92,9 @@ pub const TABLES: &[&str] = &[
     "eventid_pdu",
     // (room ID, stream position) → event ID: the room timeline in order.
     "roomidstream_eventid",
+    // (room ID, backfill order) → event ID: history fetched from other servers
+    // (`/backfill`), older than the room's first event here; 1 is the newest.
+    "roomidbackfill_eventid",
     // Stream position → (room ID, event ID): everything, in order (for sync).
     "stream_roomideventid",
     // State snapshot ID → layer (parent snapshot + entries changed).

@@ -21,8 +21,15 @@ pub async fn messages(
         limit: u64::from(body.limit) as usize,
         filter: body.filter.clone(),
     };
-    let page =
-        services.rooms.messages(request.user()?, request.sender_device.as_deref(), &body.room_id, query)?;
+    let (user, device, room_id) = (request.user()?, request.sender_device.as_deref(), &body.room_id);
+    let (backwards, limit) = (query.dir == Direction::Backward, query.limit);
+    let mut page = services.rooms.messages(user, device, room_id, query.clone())?;
+    // Paging back past this server's oldest event: ask the room's other
+    // servers for older history, then read again.
+    if backwards && page.chunk.len() < limit && services.federation.backfill_from_servers(room_id).await? > 0
+    {
+        page = services.rooms.messages(user, device, room_id, query)?;
+    }
     let mut response = get_message_events::v3::Response::new();
     response.start = page.start;
     response.end = page.end;

@@ -6,6 +6,7 @@
 //! Received events enter the one append path (`Rooms::receive`); events
 //! for other servers leave through the one outgoing queue (`Outgoing`).
 
+pub mod backfill;
 pub mod client;
 pub mod e2ee;
 pub mod inbound;
@@ -36,6 +37,8 @@ pub struct Federation {
     to_device: Arc<crate::to_device::ToDevice>,
     outgoing: Arc<crate::outgoing::Outgoing>,
     presence: Arc<crate::presence::Presence>,
+    /// Rooms whose last backfill brought nothing, and when (not asked again soon).
+    backfill_misses: backfill::Misses,
 }
 
 /// What the federation service works with, besides its own parts.
@@ -57,7 +60,20 @@ impl Federation {
         deps: FederationDeps,
     ) -> Self {
         let FederationDeps { rooms, ephemeral, accounts, e2ee, to_device, outgoing, presence } = deps;
-        Self { config, client, keys, rooms, ephemeral, accounts, e2ee, to_device, outgoing, presence }
+        let backfill_misses = Default::default();
+        Self {
+            config,
+            client,
+            keys,
+            rooms,
+            ephemeral,
+            accounts,
+            e2ee,
+            to_device,
+            outgoing,
+            presence,
+            backfill_misses,
+        }
     }
 
     pub fn enabled(&self) -> bool {

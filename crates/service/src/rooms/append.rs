@@ -250,11 +250,13 @@ impl Rooms {
         };
         let opens =
             matches!(pdu.kind, TimelineEventType::RoomJoinRules | TimelineEventType::RoomHistoryVisibility);
-        if opens && pdu.state_key.as_deref() == Some("") {
+        // History changes neither who is in the room nor how open it is now.
+        let live = !staging.history;
+        if live && opens && pdu.state_key.as_deref() == Some("") {
             self.index_open_room(staging, &pdu, &state_after)?;
         }
         let batch = &mut staging.batch;
-        if pdu.kind == TimelineEventType::RoomMember {
+        if live && pdu.kind == TimelineEventType::RoomMember {
             self.index_membership(&pdu, batch)?;
         }
         if pdu.kind == TimelineEventType::RoomRedaction {
@@ -302,6 +304,9 @@ impl Rooms {
     /// positions, then wake the room and evaluate push rules.
     pub(super) async fn persist(&self, staging: Staging<'_>) -> Result<()> {
         let mut staging = staging;
+        if staging.history {
+            return self.persist_history(staging);
+        }
         let snapshots = std::mem::take(&mut staging.snapshots);
         let batch = std::mem::replace(&mut staging.batch, self.db.batch());
         let mut staged = std::mem::take(&mut staging.staged);
@@ -334,6 +339,29 @@ impl Rooms {
             }
         }
         Ok(())
+    }
+
+    /// Commit staged history (oldest first) in one batch: each event below
+    /// the room's oldest, in the room's history order. Nothing is sent,
+    /// pushed or woken: it is the past.
+    fn persist_history(&self, mut staging: Staging<'_>) -> Result<()> {
+        let snapshots = std::mem::take(&mut staging.snapshots);
+        let mut batch = std::mem::replace(&mut staging.batch, self.db.batch());
+        let staged = std::mem::take(&mut staging.staged);
+        if let Some(first) = staged.first() {
+            let room_key = first.pdu.room_id.to_string();
+            let oldest = self.oldest_history_order(&first.pdu.room_id)?;
+            for (newer, event) in staged.iter().enumerate() {
+                // The first staged is the oldest: the highest order.
+                let order = oldest + (staged.len() - newer) as u64;
+                let event_id = event.pdu.event_id.to_string();
+                batch.put(&self.eventid_pdu, &event_id, &Json(event.stored.clone()));
+                batch.put(&self.roomidbackfill_eventid, &(room_key.clone(), order), &event_id);
+            }
+        }
+        let committed = batch.commit().db();
+        self.state.settle(&snapshots, committed.is_ok());
+        committed
     }
 
     /// Queue the staged events for the other servers in the room, in the

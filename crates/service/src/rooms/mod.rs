@@ -14,6 +14,9 @@ mod context;
 mod create;
 mod directory;
 mod erasure;
+mod history;
+#[cfg(test)]
+mod history_tests;
 mod membership;
 mod notify;
 mod peeks;
@@ -50,6 +53,7 @@ pub use check::ConsistencyReport;
 pub use context::Context;
 pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::{PublicRoomsPage, RoomList};
+pub use history::{BackfillPoint, StateAt};
 pub use notify::NotificationRow;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{passes, sender_wanted, type_wanted};
@@ -145,6 +149,7 @@ pub struct Rooms {
     profiles: Arc<Profiles>,
     eventid_pdu: Table<String, Json<StoredPdu>>,
     roomidstream_eventid: Table<(String, u64), String>,
+    roomidbackfill_eventid: Table<(String, u64), String>,
     stream_roomideventid: Table<u64, Json<(String, String)>>,
     roomid_room: Table<String, Json<RoomRecord>>,
     useridroomid_membership: Table<(String, String), String>,
@@ -203,6 +208,7 @@ impl Rooms {
             profiles,
             eventid_pdu: db.table("eventid_pdu").db()?,
             roomidstream_eventid: db.table("roomidstream_eventid").db()?,
+            roomidbackfill_eventid: db.table("roomidbackfill_eventid").db()?,
             stream_roomideventid,
             roomid_room: db.table("roomid_room").db()?,
             useridroomid_membership: db.table("useridroomid_membership").db()?,

@@ -8,7 +8,7 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, json};
 
-use super::{Rooms, StoredPdu};
+use super::{Rooms, StoredPdu, history};
 use crate::storage_error::StorageResultExt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +17,7 @@ pub enum Direction {
     Backward,
 }
 
+#[derive(Clone)]
 pub struct MessagesQuery {
     pub from: Option<String>,
     pub to: Option<String>,
@@ -39,10 +40,6 @@ pub fn parse_token(token: &str) -> Result<u64> {
         .strip_prefix('s')
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| Error::invalid_param("Invalid pagination token"))
-}
-
-fn token(position: u64) -> String {
-    format!("s{position}")
 }
 
 /// A `*` glob as event type filters use.
@@ -236,39 +233,33 @@ impl Rooms {
         self.require_readable(viewer, room_id)?;
         let limit = query.limit.clamp(1, 1000);
         let backwards = query.dir == Direction::Backward;
-        let from = query.from.as_deref().map(parse_token).transpose()?;
-        let to = query.to.as_deref().map(parse_token).transpose()?;
-        let start = from.unwrap_or(if backwards { self.streams.current() + 1 } else { 0 });
-        let prefix = estuary_storage::Key::encode(&(room_id.to_string(),));
-
+        let from = query.from.as_deref().map(history::point_of_token).transpose()?;
+        let to = query.to.as_deref().map(history::point_of_token).transpose()?;
+        let now = i64::try_from(self.streams.current() + 1).map_err(Error::internal)?;
+        // Forwards without a token: from the oldest history here.
+        let oldest = -i64::try_from(self.oldest_history_order(room_id)?).map_err(Error::internal)?;
+        let start = from.unwrap_or(if backwards { now } else { oldest });
         let mut chunk = Vec::new();
         let mut cursor = start;
         let mut exhausted = false;
         // Bounded: at most 20 batches of candidates per page.
         for _ in 0..20 {
-            let seek = if backwards { cursor.checked_sub(1) } else { Some(cursor) };
-            let Some(seek) = seek else {
-                exhausted = true;
-                break;
-            };
-            let from_key = (room_id.to_string(), seek).encode_key();
-            let rows =
-                self.roomidstream_eventid.scan_from(&prefix, Some(&from_key), backwards, limit * 2).db()?;
+            let rows = self.timeline_rows(room_id, cursor, backwards, limit * 2)?;
             if rows.is_empty() {
                 exhausted = true;
                 break;
             }
-            for ((_, position), event_id) in rows {
+            for (order, event_id) in rows {
                 let beyond = match (to, backwards) {
-                    (Some(to), true) => position < to,
-                    (Some(to), false) => position >= to,
+                    (Some(to), true) => order < to,
+                    (Some(to), false) => order >= to,
                     _ => false,
                 };
                 if beyond {
                     exhausted = true;
                     break;
                 }
-                cursor = if backwards { position } else { position + 1 };
+                cursor = if backwards { order } else { order + 1 };
                 let Some(stored) = self.stored(&EventId::parse(&event_id).map_err(Error::internal)?)? else {
                     continue;
                 };
@@ -289,8 +280,8 @@ impl Rooms {
             }
         }
         let state = self.lazy_members(viewer, room_id, &query.filter, &chunk)?;
-        let end = (!exhausted || !chunk.is_empty()).then(|| token(cursor));
-        Ok(MessagesPage { chunk, start: token(start), end, state })
+        let end = (!exhausted || !chunk.is_empty()).then(|| history::token_of_point(cursor));
+        Ok(MessagesPage { chunk, start: history::token_of_point(start), end, state })
     }
 
     /// With lazy loading, the member events of the senders on the page.

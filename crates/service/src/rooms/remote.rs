@@ -143,7 +143,7 @@ impl Rooms {
     }
 
     /// The room being staged (from its create event's room).
-    fn room_of(&self, staging: &Staging) -> Result<ruma::OwnedRoomId> {
+    pub(super) fn room_of(&self, staging: &Staging) -> Result<ruma::OwnedRoomId> {
         let create = self
             .staged_state_pdu(staging, &StateEventType::RoomCreate, "")?
             .ok_or_else(|| Error::internal("staged room without a create event"))?;
@@ -152,7 +152,7 @@ impl Rooms {
 
     /// The authorization rules with the event's own auth events as state;
     /// each must be known and belong to the same room.
-    fn check_against_auth_events(
+    pub(super) fn check_against_auth_events(
         &self,
         staging: &Staging,
         pdu: &Pdu,
@@ -187,7 +187,7 @@ impl Rooms {
     }
 
     /// The authorization rules against a state snapshot.
-    fn check_against(
+    pub(super) fn check_against(
         &self,
         staging: &Staging,
         pdu: &Pdu,
@@ -243,7 +243,7 @@ impl Rooms {
     }
 
     /// State resolution v2 over several snapshots, stored as a new one.
-    fn resolve_snapshots(
+    pub(super) fn resolve_snapshots(
         &self,
         staging: &mut Staging,
         version: &RoomVersionId,

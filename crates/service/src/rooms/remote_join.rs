@@ -77,25 +77,18 @@ impl Rooms {
             }
             self.stage_outlier(&mut staging, pdu)?;
         }
-        let mut changes = Vec::with_capacity(state.len());
-        let mut depth = 0;
-        for pdu in &state {
-            let Some(state_key) = &pdu.state_key else { continue };
-            let kind = StateEventType::from(pdu.kind.to_string());
-            let key = self.short.state_key_short_or_create(&kind, state_key, &mut staging.batch)?;
-            let event = self.staged_event_short(&mut staging, &pdu.event_id)?;
-            changes.push((key, event));
-            depth = depth.max(pdu.depth);
-            if pdu.kind == ruma::events::TimelineEventType::RoomMember {
-                self.index_membership(pdu, &mut staging.batch)?;
-            }
-        }
         if !state.iter().any(|p| p.kind == ruma::events::TimelineEventType::RoomCreate) {
             return Err(Error::forbidden("The resident server's state has no create event"));
         }
-        let id = self.short.allocate();
-        staging.state = self.state.store(id, None, changes, Vec::new(), &mut staging.batch)?;
-        staging.snapshots.push(id);
+        let (id, snapshot) = self.stage_state_snapshot(&mut staging, &state)?;
+        staging.state = snapshot;
+        let mut depth = 0;
+        for pdu in &state {
+            depth = depth.max(pdu.depth);
+            if pdu.kind == ruma::events::TimelineEventType::RoomMember && pdu.state_key.is_some() {
+                self.index_membership(pdu, &mut staging.batch)?;
+            }
+        }
         staging.room = Some(RoomRecord {
             room_version: room_version.clone(),
             state: id,
@@ -117,7 +110,7 @@ impl Rooms {
     }
 
     /// An event known but not in the timeline (no stream position).
-    fn stage_outlier(&self, staging: &mut Staging, pdu: &Pdu) -> Result<()> {
+    pub(super) fn stage_outlier(&self, staging: &mut Staging, pdu: &Pdu) -> Result<()> {
         if self.staged_pdu(staging, &pdu.event_id)?.is_some() {
             return Ok(());
         }

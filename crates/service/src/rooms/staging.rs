@@ -31,6 +31,10 @@ pub(super) struct Staging<'a> {
     pub(super) staged: Vec<Staged>,
     /// State snapshots written by this batch (pending in the state store).
     pub(super) snapshots: Vec<u64>,
+    /// Events from before the room's first event here (`/backfill`): they
+    /// go into the room's history, not its live timeline, and change
+    /// neither its current state nor anyone's membership.
+    pub(super) history: bool,
 }
 
 /// One staged event and the rows that need its stream position.
@@ -90,6 +94,7 @@ impl Rooms {
             short_of: HashMap::new(),
             staged: Vec::new(),
             snapshots: Vec::new(),
+            history: false,
         })
     }
 
