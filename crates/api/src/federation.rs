@@ -40,6 +40,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(make_leave)
         .ruma(send_leave)
         .ruma(invite)
+        .ruma(invite_v1)
         .ruma(user_keys_query)
         .ruma(user_keys_claim)
         .ruma(user_devices)
@@ -198,9 +199,37 @@ async fn send_leave(
 async fn invite(s: AppState, r: Ruma<create_invite::v2::Request>) -> ApiResult<create_invite::v2::Response> {
     let origin = r.origin()?;
     let body = &r.body;
-    // Stripped state, whether sent stripped or (since v1.16) as full PDUs.
-    let stripped = body
-        .invite_room_state
+    let stripped = stripped_state(&body.invite_room_state);
+    let signed = s
+        .federation
+        .receive_invite(origin, &body.room_id, &body.event_id, &body.room_version, &body.event, stripped)
+        .await?;
+    Ok(create_invite::v2::Response::new(raw(&signed)?))
+}
+
+/// `PUT /v1/invite`: the body is the invite itself, of a room of version 1
+/// or 2 (the spec: a v1 invite implies one of them; their events are
+/// hashed, signed and identified alike).
+async fn invite_v1(
+    s: AppState,
+    r: Ruma<create_invite::v1::Request>,
+) -> ApiResult<create_invite::v1::Response> {
+    let origin = r.origin()?;
+    let body = &r.body;
+    let event: Box<serde_json::value::RawValue> = serde_json::from_slice(&r.raw_body)
+        .map_err(|e| estuary_core::Error::bad_json(format!("Invalid invite: {e}")))?;
+    let stripped = stripped_state(&body.unsigned.invite_room_state);
+    let version = ruma::RoomVersionId::V1;
+    let signed = s
+        .federation
+        .receive_invite(origin, &body.room_id, &body.event_id, &version, &event, stripped)
+        .await?;
+    Ok(create_invite::v1::Response::new(raw(&signed)?))
+}
+
+/// Stripped state, whether sent stripped or (since v1.16) as full PDUs.
+fn stripped_state(events: &[ruma::api::federation::membership::RawStrippedState]) -> Vec<serde_json::Value> {
+    events
         .iter()
         .filter_map(|event| serde_json::to_value(event).ok())
         .map(|event| {
@@ -209,12 +238,7 @@ async fn invite(s: AppState, r: Ruma<create_invite::v2::Request>) -> ApiResult<c
                 keep.iter().filter_map(|k| event.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect(),
             )
         })
-        .collect();
-    let signed = s
-        .federation
-        .receive_invite(origin, &body.room_id, &body.event_id, &body.room_version, &body.event, stripped)
-        .await?;
-    Ok(create_invite::v2::Response::new(raw(&signed)?))
+        .collect()
 }
 
 /// A field of a JSON answer as a ruma type (an empty one when absent).

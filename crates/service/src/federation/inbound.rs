@@ -119,9 +119,10 @@ impl Federation {
         event_id: &EventId,
     ) -> Result<(Vec<Pdu>, Vec<Pdu>)> {
         self.require_in_room(origin, room_id)?;
-        let stored = self.rooms.stored(event_id)?.filter(|s| s.room_id == room_id);
-        if stored.is_none() {
-            return Err(Error::not_found("Unknown event in this room"));
+        // Outliers have no state here, and a rejected event's is none of the room's.
+        let placed = |s: &crate::rooms::StoredPdu| s.room_id == room_id && s.state_after != 0 && !s.rejected;
+        if !self.rooms.stored(event_id)?.is_some_and(|s| placed(&s)) {
+            return Err(Error::not_found("Unknown event in this room, or no state is known at it"));
         }
         self.rooms.state_and_auth_chain(event_id)
     }

@@ -185,7 +185,7 @@ impl Rooms {
     pub(super) fn authorize(&self, staging: &Staging, pdu: &Pdu, version: &RoomVersionId) -> Result<()> {
         let rules = version.rules().ok_or_else(unsupported_version)?;
         let fetch_event = |id: &ruma::EventId| {
-            self.staged_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)
+            self.staged_accepted_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)
         };
         let fetch_state = |t: &StateEventType, k: &str| self.staged_state_pdu(staging, t, k).ok().flatten();
         auth::check(pdu, &rules.authorization, fetch_event, fetch_state)
@@ -282,6 +282,7 @@ impl Rooms {
             state_before: state_before_id.unwrap_or(0),
             state_after: state_after_id,
             txn: txn.map(|t| (t.device_id, t.txn_id)),
+            rejected: false,
         };
         staging.staged.push(Staged { pdu, stored, joined_user, fan_out });
         Ok((state_after_id, state_after))
@@ -310,7 +311,13 @@ impl Rooms {
         let snapshots = std::mem::take(&mut staging.snapshots);
         let batch = std::mem::replace(&mut staging.batch, self.db.batch());
         let mut staged = std::mem::take(&mut staging.staged);
-        let (Some(room), Some(first)) = (staging.room.take(), staged.first()) else { return Ok(()) };
+        let (Some(room), Some(first)) = (staging.room.take(), staged.first()) else {
+            // Nothing for the timeline; events kept outside it (soft-failed
+            // or rejected) are still written.
+            let committed = if batch.is_empty() { Ok(()) } else { batch.commit().db() };
+            self.state.settle(&snapshots, committed.is_ok());
+            return committed;
+        };
         let room_id = first.pdu.room_id.clone();
         let room_key = room_id.to_string();
         let mut batch = batch;

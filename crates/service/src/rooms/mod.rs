@@ -80,6 +80,11 @@ pub struct StoredPdu {
     /// The sending device and its transaction ID, echoed to that device only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<(OwnedDeviceId, String)>,
+    /// Refused by the authorization rules: kept (outside the timeline, its
+    /// state after the same as before) so that later events naming it in
+    /// `prev_events` can be placed, but never an auth event or state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
 }
 
 impl StoredPdu {

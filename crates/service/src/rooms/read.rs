@@ -127,7 +127,7 @@ impl Rooms {
     ) -> Result<JsonValue> {
         let not_found = || Error::not_found("Event not found");
         let stored = self.stored(event_id)?.ok_or_else(not_found)?;
-        if stored.room_id != room_id || !self.can_see_event(Some(viewer), &stored)? {
+        if stored.room_id != room_id || stored.rejected || !self.can_see_event(Some(viewer), &stored)? {
             return Err(not_found());
         }
         let mut event = self.client_event(&stored, Some((viewer, device)))?;

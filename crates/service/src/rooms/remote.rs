@@ -8,7 +8,10 @@
 //! Also what a joining server asks of a resident one: the `make_join`
 //! template, and the state and auth chain at an event.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use estuary_core::{Error, Result};
 use estuary_events::{Pdu, PduTemplate, auth, builder::event_object, resolve};
@@ -18,8 +21,10 @@ use ruma::{
 };
 use serde_json::json;
 
+use estuary_storage::codec::Json;
+
 use super::{
-    RoomRecord, Rooms,
+    RoomRecord, Rooms, StoredPdu,
     append::unsupported_version,
     staging::{FanOut, Staging},
     state::StateMap,
@@ -108,22 +113,29 @@ impl Rooms {
             return Ok(Received::MissingPrevs(missing));
         }
         let version = room.room_version.clone();
-        if let Err(reason) = self.check_against_auth_events(staging, &pdu, &version)? {
-            return Ok(Received::Rejected(reason));
-        }
         let (before_id, before) = self.state_before(staging, &room, &pdu)?;
-        if let Err(reason) = self.check_against(staging, &pdu, &version, &before)? {
-            return Ok(Received::Rejected(format!("not allowed by the state before it: {reason}")));
+        let refusal = match self.check_against_auth_events(staging, &pdu, &version)? {
+            Err(reason) => Some(reason),
+            Ok(()) => self
+                .check_against(staging, &pdu, &version, &before)?
+                .err()
+                .map(|reason| format!("not allowed by the state before it: {reason}")),
+        };
+        if let Some(reason) = refusal {
+            self.stage_unlisted(staging, &pdu, before_id, true)?;
+            return Ok(Received::Rejected(reason));
         }
         if before_id != room.state
             && let Err(reason) = self.check_against(staging, &pdu, &version, &staging.state.clone())?
         {
+            self.stage_unlisted(staging, &pdu, before_id, false)?;
             return Ok(Received::SoftFailed(format!("not allowed by the current state: {reason}")));
         }
-        let (event_id, prevs, depth) = (pdu.event_id.clone(), pdu.prev_events.clone(), pdu.depth);
+        let (event_id, depth) = (pdu.event_id.clone(), pdu.depth);
+        let covered = self.covered_events(staging, &pdu.prev_events)?;
         let after = self.stage_event(staging, pdu, None, &version, (Some(before_id), before), fan_out)?;
         let mut extremities: Vec<OwnedEventId> =
-            room.extremities.iter().filter(|e| !prevs.contains(e)).cloned().collect();
+            room.extremities.iter().filter(|e| !covered.contains(*e)).cloned().collect();
         let (state_id, state) = if extremities.is_empty() {
             after
         } else {
@@ -140,6 +152,70 @@ impl Rooms {
             depth: room.depth.max(depth),
         });
         Ok(Received::Accepted)
+    }
+
+    /// The events an event with these `prev_events` follows: them, and
+    /// through any kept outside the timeline (soft-failed, rejected), their
+    /// own `prev_events`, so that an extremity only such events followed
+    /// stops being one.
+    fn covered_events(&self, staging: &Staging, prevs: &[OwnedEventId]) -> Result<HashSet<OwnedEventId>> {
+        let mut covered: HashSet<OwnedEventId> = prevs.iter().cloned().collect();
+        let mut walk: Vec<OwnedEventId> = prevs.to_vec();
+        // Bounded: a long run of unlisted events is cut short.
+        for _ in 0..100 {
+            let Some(id) = walk.pop() else { break };
+            let unlisted = match staging.unlisted.contains_key(&id) {
+                true => true,
+                false => {
+                    self.stored(&id)?.is_some_and(|s| s.stream == 0 && (s.rejected || s.state_after != 0))
+                }
+            };
+            if !unlisted {
+                continue;
+            }
+            if let Some(pdu) = self.staged_pdu(staging, &id)? {
+                for prev in pdu.prev_events {
+                    if covered.insert(prev.clone()) {
+                        walk.push(prev);
+                    }
+                }
+            }
+        }
+        Ok(covered)
+    }
+
+    /// Keep a received event outside the timeline: soft-failed (its state
+    /// after as if accepted, so events after it can be placed) or rejected
+    /// (its state after the same as before). It changes neither the room's
+    /// state nor its extremities, and nobody sees it.
+    fn stage_unlisted(&self, staging: &mut Staging, pdu: &Pdu, before_id: u64, rejected: bool) -> Result<()> {
+        let short = self.staged_event_short(staging, &pdu.event_id)?;
+        let after_id = match (&pdu.state_key, rejected) {
+            (Some(state_key), false) => {
+                let kind = StateEventType::from(pdu.kind.to_string());
+                let key = self.short.state_key_short_or_create(&kind, state_key, &mut staging.batch)?;
+                let id = self.short.allocate();
+                let parent = (before_id != 0).then_some(before_id);
+                self.state.store(id, parent, vec![(key, short)], Vec::new(), &mut staging.batch)?;
+                staging.snapshots.push(id);
+                id
+            }
+            _ => before_id,
+        };
+        let stored = StoredPdu {
+            event_id: pdu.event_id.clone(),
+            room_id: pdu.room_id.clone(),
+            json: pdu.json.clone(),
+            stream: 0,
+            state_before: before_id,
+            state_after: after_id,
+            txn: None,
+            rejected,
+        };
+        staging.batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored));
+        staging.note_event(short, pdu);
+        staging.unlisted.insert(pdu.event_id.clone(), (after_id, rejected));
+        Ok(())
     }
 
     /// The room being staged (from its create event's room).
@@ -161,8 +237,8 @@ impl Rooms {
         let rules = version.rules().ok_or_else(unsupported_version)?;
         let mut auth_state = HashMap::new();
         for id in &pdu.auth_events {
-            let Some(event) = self.staged_pdu(staging, id)? else {
-                return Ok(Err(format!("unknown auth event {id}")));
+            let Some(event) = self.staged_accepted_pdu(staging, id)? else {
+                return Ok(Err(format!("unknown or rejected auth event {id}")));
             };
             if event.room_id != pdu.room_id {
                 return Ok(Err(format!("auth event {id} is in another room")));
@@ -179,7 +255,7 @@ impl Rooms {
             auth_state.insert((StateEventType::RoomCreate, String::new()), create);
         }
         let fetch_event = |id: &EventId| {
-            self.staged_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)
+            self.staged_accepted_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)
         };
         Ok(auth::check(pdu, &rules.authorization, fetch_event, |t, k| {
             auth_state.get(&(t.clone(), k.to_owned())).cloned()
@@ -196,7 +272,7 @@ impl Rooms {
     ) -> Result<std::result::Result<(), String>> {
         let rules = version.rules().ok_or_else(unsupported_version)?;
         let fetch_event = |id: &EventId| {
-            self.staged_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)
+            self.staged_accepted_pdu(staging, id).ok().flatten().filter(|event| event.room_id == pdu.room_id)
         };
         let fetch_state = |t: &StateEventType, k: &str| {
             let key = self.short.state_key_short(t, k).ok().flatten()?;
@@ -236,6 +312,9 @@ impl Rooms {
     fn staged_state_after(&self, staging: &Staging, event_id: &EventId) -> Result<u64> {
         if let Some(staged) = staging.staged.iter().rev().find(|s| s.pdu.event_id == event_id) {
             return Ok(staged.stored.state_after);
+        }
+        if let Some((after, _)) = staging.unlisted.get(event_id) {
+            return Ok(*after);
         }
         self.stored(event_id)?
             .map(|stored| stored.state_after)

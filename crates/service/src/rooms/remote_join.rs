@@ -123,6 +123,7 @@ impl Rooms {
             state_before: 0,
             state_after: 0,
             txn: None,
+            rejected: false,
         };
         staging.batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored));
         staging.note_event(short, pdu);
@@ -181,6 +182,7 @@ impl Rooms {
             state_before: 0,
             state_after: 0,
             txn: None,
+            rejected: false,
         };
         let for_appservices = match &invite_state {
             Some(stripped) => self.stage_invite_for_appservices(&stored, stripped, &mut batch)?,

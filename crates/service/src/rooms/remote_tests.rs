@@ -174,21 +174,46 @@ async fn a_remote_join_and_message_enter_the_room() {
     assert!(rooms.check_consistency().unwrap().is_clean());
 }
 
+/// Events the rules refuse are kept as rejected: outside the timeline and
+/// every state, no state served at them, never an auth event; an event
+/// after one of them is placed with the state before it.
 #[tokio::test]
-async fn events_the_rules_refuse_are_not_stored() {
+async fn events_the_rules_refuse_are_kept_as_rejected() {
     let (_dir, services, room_id, _) = setup().await;
     let (rooms, remote) = (&services.rooms, Remote::new());
-    // mallory never joined: her message fails auth and leaves no trace.
+    // mallory never joined: her message fails auth.
     let stranger =
         remote.event(rooms, &room_id, "@mallory:remote.test", text("hi"), &extremities(rooms, &room_id));
     assert!(matches!(receive(rooms, &room_id, stranger.clone()).await, Received::Rejected(_)));
-    assert!(rooms.pdu(&stranger.event_id).unwrap().is_none());
+    let kept = rooms.stored(&stranger.event_id).unwrap().expect("kept as rejected");
+    assert!(kept.rejected && kept.stream == 0 && kept.state_after == kept.state_before);
     // A remote user cannot set the room's name (power level 50 needed).
     bob_joins(rooms, &remote, &room_id).await;
+    let state_before = rooms.require_room(&room_id).unwrap().state;
     let name = PduTemplate::state("m.room.name", "", json!({"name": "mine"}));
     let renamed = remote.event(rooms, &room_id, BOB, name, &extremities(rooms, &room_id));
     assert!(matches!(receive(rooms, &room_id, renamed.clone()).await, Received::Rejected(_)));
-    assert!(rooms.pdu(&renamed.event_id).unwrap().is_none());
+    assert!(rooms.stored(&renamed.event_id).unwrap().unwrap().rejected);
+    assert_eq!(rooms.require_room(&room_id).unwrap().state, state_before, "the room's state is unchanged");
+    let refused = services.federation.state_at(remote.name, &room_id, &renamed.event_id);
+    assert_eq!(refused.unwrap_err().errcode(), "M_NOT_FOUND", "no state is served at a rejected event");
+    // bob's next message follows the rejected rename: placed, with the state without it.
+    let after = remote.event(rooms, &room_id, BOB, text("oops"), std::slice::from_ref(&renamed.event_id));
+    assert_eq!(receive(rooms, &room_id, after.clone()).await, Received::Accepted);
+    let stored = rooms.stored(&after.event_id).unwrap().unwrap();
+    let state = rooms.load_state(stored.state_after).unwrap();
+    assert!(rooms.state_event_id(&state, &"m.room.name".into(), "").unwrap().is_none());
+    assert_eq!(extremities(rooms, &room_id), vec![after.event_id.clone()]);
+    // The rejected rename authorises nothing.
+    let bob = UserId::parse(BOB).unwrap();
+    let mut auth = join_auth(rooms, &rooms.pdu(&after.event_id).unwrap().unwrap());
+    auth.push(renamed.event_id.clone());
+    let citing =
+        remote.event_with(rooms, &room_id, &bob, text("see above"), &extremities(rooms, &room_id), &auth);
+    match receive(rooms, &room_id, citing).await {
+        Received::Rejected(reason) => assert!(reason.contains("rejected auth event"), "{reason}"),
+        other => panic!("an event citing a rejected auth event was {other:?}"),
+    }
     assert!(rooms.check_consistency().unwrap().is_clean());
 }
 
@@ -249,8 +274,21 @@ async fn an_event_valid_before_a_ban_but_not_after_is_soft_failed() {
         &join_auth(rooms, &join),
     );
     assert!(matches!(receive(rooms, &room_id, message.clone()).await, Received::SoftFailed(_)));
-    assert!(rooms.pdu(&message.event_id).unwrap().is_none(), "a soft-failed event is not in the timeline");
+    let kept = rooms.stored(&message.event_id).unwrap().expect("kept, outside the timeline");
+    assert_eq!((kept.stream, kept.rejected), (0, false), "a soft-failed event is not in the timeline");
     assert_eq!(extremities(rooms, &room_id).len(), 1, "nor a forward extremity");
+    // carol's event after both branches (bob's soft-failed message and the
+    // ban) is placed, with their states resolved: bob stays banned.
+    let carol = UserId::parse("@carol:remote.test").unwrap();
+    let before_ban = extremities(rooms, &room_id);
+    let mut prevs = before_ban.clone();
+    prevs.push(message.event_id.clone());
+    let joined = remote.event(rooms, &room_id, carol.as_str(), member(carol.as_str(), "join"), &before_ban);
+    assert_eq!(receive(rooms, &room_id, joined.clone()).await, Received::Accepted);
+    let prevs = vec![joined.event_id.clone(), message.event_id.clone()];
+    let after = remote.event(rooms, &room_id, carol.as_str(), text("after both"), &prevs);
+    assert_eq!(receive(rooms, &room_id, after.clone()).await, Received::Accepted);
+    assert!(!rooms.is_joined(&UserId::parse(BOB).unwrap(), &room_id).unwrap());
 }
 
 /// The auth events a message of bob's would cite right after his join.

@@ -35,6 +35,9 @@ pub(super) struct Staging<'a> {
     /// go into the room's history, not its live timeline, and change
     /// neither its current state nor anyone's membership.
     pub(super) history: bool,
+    /// Received events kept outside the timeline (soft-failed or rejected):
+    /// their state after, and whether rejected.
+    pub(super) unlisted: HashMap<OwnedEventId, (u64, bool)>,
 }
 
 /// One staged event and the rows that need its stream position.
@@ -95,6 +98,7 @@ impl Rooms {
             staged: Vec::new(),
             snapshots: Vec::new(),
             history: false,
+            unlisted: HashMap::new(),
         })
     }
 
@@ -116,6 +120,18 @@ impl Rooms {
             Some(pdu) => Ok(Some(pdu.clone())),
             None => self.pdu(event_id),
         }
+    }
+
+    /// An event, staged or stored, unless it was rejected: what the
+    /// authorization rules may read (a rejected event authorises nothing).
+    pub(super) fn staged_accepted_pdu(&self, staging: &Staging, event_id: &EventId) -> Result<Option<Pdu>> {
+        if let Some((_, rejected)) = staging.unlisted.get(event_id) {
+            return Ok((!rejected).then(|| staging.pdus.get(event_id).cloned()).flatten());
+        }
+        if let Some(pdu) = staging.pdus.get(event_id) {
+            return Ok(Some(pdu.clone()));
+        }
+        self.stored(event_id)?.filter(|stored| !stored.rejected).map(|stored| stored.pdu()).transpose()
     }
 
     /// The event ID of `(event_type, state_key)` in the staged state.
