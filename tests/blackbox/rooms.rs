@@ -387,6 +387,7 @@ async fn redaction_strips_content_in_storage() {
     let (_, event) = server.get(&path, Some(&alice.token)).await;
     assert_eq!(event["content"], json!({}), "{event}");
     assert_eq!(event["unsigned"]["redacted_because"]["event_id"], redaction["event_id"]);
+    assert_eq!(event["unsigned"]["redacted_by"], redaction["event_id"], "as Synapse names it too");
     let (_, redaction_event) = server
         .get(
             &room_path(&room, &format!("event/{}", redaction["event_id"].as_str().unwrap())),

@@ -357,8 +357,9 @@ async fn send_transaction(
             estuary_core::Error::forbidden("The transaction's origin is not the signing server").into()
         );
     }
+    // A malformed transaction, not an oversized body: 400, as Synapse answers.
     if r.body.pdus.len() > 50 || r.body.edus.len() > 100 {
-        return Err(estuary_core::Error::too_large("A transaction holds at most 50 PDUs and 100 EDUs").into());
+        return Err(estuary_core::Error::bad_json("A transaction holds at most 50 PDUs and 100 EDUs").into());
     }
     let results = s.federation.receive_transaction(origin, &r.body.pdus, &r.body.edus).await;
     Ok(send_transaction_message::v1::Response::new(results))

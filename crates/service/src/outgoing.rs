@@ -437,24 +437,7 @@ impl Outgoing {
         let Ok(server_name) = <&ruma::ServerName>::try_from(server) else {
             return (Outcome::Refused, taken);
         };
-        match self.federation.send(server_name, request).await {
-            Ok(response) => {
-                for (event_id, result) in response.pdus {
-                    if let Err(reason) = result {
-                        tracing::warn!(server, %event_id, "the server refused our event: {reason}");
-                    }
-                }
-                (Outcome::Delivered, taken)
-            }
-            Err(err) if err.is_permanent() => {
-                tracing::warn!(server, "the server refused a transaction; dropping it: {err}");
-                (Outcome::Refused, taken)
-            }
-            Err(err) => {
-                tracing::warn!(server, "sending a transaction failed; will retry: {err}");
-                (Outcome::Retry, taken)
-            }
-        }
+        (transaction_outcome(server, self.federation.send(server_name, request).await), taken)
     }
 
     async fn send_push(&self, job: &PushJob) -> Outcome {
@@ -553,5 +536,57 @@ impl AppserviceTransaction {
             request.device_unused_fallback_key_types.entry(user).or_default().insert(device, fallback);
         }
         request
+    }
+}
+
+/// What a `/send` answer means for the transaction's jobs.
+fn transaction_outcome(
+    server: &str,
+    answer: std::result::Result<
+        ruma::api::federation::transactions::send_transaction_message::v1::Response,
+        crate::federation::FederationError,
+    >,
+) -> Outcome {
+    match answer {
+        Ok(response) => {
+            for (event_id, result) in response.pdus {
+                if let Err(reason) = result {
+                    tracing::warn!(server, %event_id, "the server refused our event: {reason}");
+                }
+            }
+            Outcome::Delivered
+        }
+        // The server took the transaction (2xx); only its per-PDU results
+        // are unreadable (some servers answer `{}`).
+        Err(crate::federation::FederationError::Invalid(reason)) => {
+            tracing::debug!(server, "unreadable answer to a delivered transaction: {reason}");
+            Outcome::Delivered
+        }
+        Err(err) if err.is_permanent() => {
+            tracing::warn!(server, "the server refused a transaction; dropping it: {err}");
+            Outcome::Refused
+        }
+        Err(err) => {
+            tracing::warn!(server, "sending a transaction failed; will retry: {err}");
+            Outcome::Retry
+        }
+    }
+}
+
+#[cfg(test)]
+mod transaction_tests {
+    use super::{Outcome, transaction_outcome};
+    use crate::federation::FederationError;
+
+    #[test]
+    fn a_transaction_answered_2xx_is_delivered_even_when_its_body_is_unreadable() {
+        let unreadable = Err(FederationError::Invalid("missing field `pdus`".into()));
+        assert!(matches!(transaction_outcome("s", unreadable), Outcome::Delivered));
+        let refused = Err(FederationError::Status { status: 403, body: String::new() });
+        assert!(matches!(transaction_outcome("s", refused), Outcome::Refused));
+        let failed = Err(FederationError::Status { status: 502, body: String::new() });
+        assert!(matches!(transaction_outcome("s", failed), Outcome::Retry));
+        let limited = Err(FederationError::Status { status: 429, body: String::new() });
+        assert!(matches!(transaction_outcome("s", limited), Outcome::Retry));
     }
 }

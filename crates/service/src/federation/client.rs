@@ -37,8 +37,11 @@ pub enum FederationError {
     /// The server answered with an error status.
     #[error("answered {status}: {body}")]
     Status { status: u16, body: String },
+    /// The server answered 2xx, with a body that does not parse.
     #[error("invalid answer: {0}")]
     Invalid(String),
+    #[error("cannot build the request: {0}")]
+    Request(String),
 }
 
 impl FederationError {
@@ -172,10 +175,9 @@ impl FederationClient {
         if !self.allow_private && url_names_blocked_ip(&base_url) {
             return Err(FederationError::Unreachable(format!("{} is a private address", target.host)));
         }
-        let http_request = build(&base_url)
-            .map_err(|e| FederationError::Invalid(format!("cannot build the request: {e}")))?;
-        let request = reqwest::Request::try_from(http_request)
-            .map_err(|e| FederationError::Invalid(format!("cannot build the request: {e}")))?;
+        let http_request = build(&base_url).map_err(|e| FederationError::Request(e.to_string()))?;
+        let request =
+            reqwest::Request::try_from(http_request).map_err(|e| FederationError::Request(e.to_string()))?;
         let response =
             self.http.execute(request).await.map_err(|e| FederationError::Unreachable(error_chain(&e)))?;
         read_answer(response, MAX_RESPONSE_BYTES).await.map_err(|e| match e {

@@ -17,7 +17,7 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
-use super::Federation;
+use super::{Federation, pdus};
 use crate::rooms::{FanOut, Received, StoredPdu};
 
 /// An event as stored (its place, for visibility) and parsed.
@@ -342,8 +342,13 @@ impl Federation {
             }
         };
         if !self.acl_allows(origin, room_id).unwrap_or(false) {
-            tracing::info!(%origin, %room_id, "dropped events from a server the room's ACL bans");
-            return Vec::new();
+            tracing::info!(%origin, %room_id, "refused events from a server the room's ACL bans");
+            // Each PDU is answered with the refusal (no key is fetched for it).
+            let ids = raw.iter().filter_map(|json| {
+                let object = pdus::canonical_pdu(json).ok()?;
+                pdus::event_id(&object, &room.room_version).ok()
+            });
+            return ids.map(|id| (id, Err("The room's server ACL bans this server".to_owned()))).collect();
         }
         let mut results = Vec::new();
         let mut verified = Vec::new();

@@ -97,6 +97,12 @@ impl Federation {
             tracing::warn!(origin = %header.origin, key = %key_id, "request signed with an unknown key");
             return Err(Error::unauthorized("Unknown signing key"));
         }
+        // A body that is no canonical JSON (floats, integers out of range)
+        // cannot be signed at all: a bad request, not a bad signature.
+        let body = request.body();
+        if !body.is_empty() && serde_json::from_slice::<ruma::CanonicalJsonValue>(body).is_err() {
+            return Err(Error::bad_json("The request body is not canonical JSON"));
+        }
         let mut map = ruma::signatures::PublicKeyMap::new();
         map.insert(header.origin.to_string(), keys);
         header.verify_http_request(request, &self.config.server_name, &map).map_err(|e| {

@@ -105,6 +105,13 @@ impl StoredPdu {
         {
             event.insert("redacts".into(), redacts);
         }
+        // Synapse also names the redaction in `unsigned.redacted_by`, and
+        // clients and SyTest read it there.
+        if let Some(unsigned) = event.get_mut("unsigned").and_then(|u| u.as_object_mut())
+            && let Some(by) = unsigned.get("redacted_because").and_then(|b| b.get("event_id")).cloned()
+        {
+            unsigned.insert("redacted_by".into(), by);
+        }
         event.insert("event_id".into(), self.event_id.as_str().into());
         event.insert("room_id".into(), self.room_id.as_str().into());
         serde_json::Value::Object(event)

@@ -369,12 +369,13 @@ async fn a_server_the_acl_bans_can_neither_join_nor_send() {
     let refused = refused.unwrap_err();
     assert_eq!(refused.errcode(), "M_FORBIDDEN");
     assert!(refused.to_string().contains("server ACL"), "refused for another reason: {refused}");
-    // bob's message arrives in a transaction from the banned server: dropped
-    // before anything else (no key is even fetched).
+    // bob's message arrives in a transaction from the banned server: refused
+    // before anything else (no key is even fetched), and the answer says so.
     let message = remote.event(rooms, &room_id, BOB, text("still here"), &extremities(rooms, &room_id));
     let raw = serde_json::value::to_raw_value(&estuary_events::federation::outgoing_json(&message)).unwrap();
     let results = federation.receive_transaction(remote.name, &[raw], &[]).await;
-    assert!(results.is_empty(), "{results:?}");
+    let refusal = results.get(&message.event_id).expect("the PDU is answered").clone().unwrap_err();
+    assert!(refusal.contains("ACL"), "{refusal}");
     assert!(rooms.pdu(&message.event_id).unwrap().is_none());
     assert!(rooms.stored(&join.event_id).unwrap().is_some());
 }
