@@ -280,6 +280,11 @@ async fn server_server_requests_need_a_valid_signature() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
     assert!(started.elapsed() < Duration::from_secs(20), "refusing took {:?}", started.elapsed());
+    // The v1 invite (its body is the bare event), unsigned: 401, not 404.
+    let (status, body) = server
+        .raw(reqwest::Method::PUT, "/_matrix/federation/v1/invite/!r:remote.test/$e", None, b"{}".to_vec())
+        .await;
+    assert_eq!((status.as_u16(), body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
     // A join template for a room that does not exist, unsigned: 401, not 404.
     let (status, _) =
         server.get("/_matrix/federation/v1/make_join/!nope:localhost/@a:remote.test", None).await;

@@ -40,7 +40,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(make_leave)
         .ruma(send_leave)
         .ruma(invite)
-        .ruma(invite_v1)
+        .ruma_raw::<create_invite::v1::Request, _, _>(invite_v1)
         .ruma(user_keys_query)
         .ruma(user_keys_claim)
         .ruma(user_devices)
@@ -211,20 +211,33 @@ async fn invite(s: AppState, r: Ruma<create_invite::v2::Request>) -> ApiResult<c
 /// or 2 (the spec: a v1 invite implies one of them; their events are
 /// hashed, signed and identified alike).
 async fn invite_v1(
-    s: AppState,
-    r: Ruma<create_invite::v1::Request>,
-) -> ApiResult<create_invite::v1::Response> {
-    let origin = r.origin()?;
-    let body = &r.body;
-    let event: Box<serde_json::value::RawValue> = serde_json::from_slice(&r.raw_body)
-        .map_err(|e| estuary_core::Error::bad_json(format!("Invalid invite: {e}")))?;
-    let stripped = stripped_state(&body.unsigned.invite_room_state);
+    axum::extract::State(s): axum::extract::State<AppState>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    request: crate::ruma_wrapper::SignedRequest,
+) -> ApiResult<crate::ruma_wrapper::RumaResponse<create_invite::v1::Response>> {
+    use estuary_core::Error;
+    let bad = |e: &dyn std::fmt::Display| Error::bad_json(format!("Invalid invite: {e}"));
+    let room_id = ruma::RoomId::parse(&room_id).map_err(|e| Error::invalid_param(e.to_string()))?;
+    let event_id = ruma::EventId::parse(&event_id).map_err(|e| Error::invalid_param(e.to_string()))?;
+    let event: Box<serde_json::value::RawValue> =
+        serde_json::from_slice(&request.body).map_err(|e| bad(&e))?;
+    // The invite room state rides in the event's `unsigned`.
+    #[derive(serde::Deserialize, Default)]
+    struct Unsigned {
+        #[serde(default)]
+        invite_room_state: Vec<ruma::api::federation::membership::RawStrippedState>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Invite {
+        #[serde(default)]
+        unsigned: Unsigned,
+    }
+    let invite: Invite = serde_json::from_str(event.get()).map_err(|e| bad(&e))?;
+    let stripped = stripped_state(&invite.unsigned.invite_room_state);
     let version = ruma::RoomVersionId::V1;
-    let signed = s
-        .federation
-        .receive_invite(origin, &body.room_id, &body.event_id, &version, &event, stripped)
-        .await?;
-    Ok(create_invite::v1::Response::new(raw(&signed)?))
+    let signed =
+        s.federation.receive_invite(&request.origin, &room_id, &event_id, &version, &event, stripped).await?;
+    Ok(crate::ruma_wrapper::RumaResponse(create_invite::v1::Response::new(raw(&signed)?)))
 }
 
 /// Stripped state, whether sent stripped or (since v1.16) as full PDUs.

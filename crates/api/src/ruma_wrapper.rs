@@ -180,6 +180,26 @@ where
     }
 }
 
+/// A Server-Server request whose body ruma's type cannot hold (the v1
+/// invite, a PDU of any shape): the authenticated origin and the body as
+/// sent.
+pub struct SignedRequest {
+    pub origin: ruma::OwnedServerName,
+    pub body: bytes::Bytes,
+}
+
+impl FromRequest<AppState> for SignedRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let body = read_body(body, &parts, state.config.max_request_size).await?;
+        let http_request = http::Request::from_parts(parts, body.as_ref());
+        let origin = state.federation.authenticate(&http_request).await?;
+        Ok(Self { origin, body })
+    }
+}
+
 async fn path_args(parts: &mut Parts, state: &AppState) -> Result<Vec<String>, ApiError> {
     use axum::extract::FromRequestParts;
     let params = RawPathParams::from_request_parts(parts, state)

@@ -127,7 +127,8 @@ impl Federation {
         Ok(StateAt { event_id, state, auth_chain })
     }
 
-    async fn ask<R>(
+    /// A signed request to `server`, bounded in time; failures as text.
+    pub(super) async fn ask<R>(
         &self,
         server: &ServerName,
         request: R,

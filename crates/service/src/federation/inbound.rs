@@ -11,9 +11,7 @@ use estuary_core::{Error, Result};
 use estuary_events::Pdu;
 use ruma::{
     CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, ServerName, UserId,
-    api::federation::{event::get_missing_events, transactions::edu::Edu},
-    events::TimelineEventType,
-    serde::Raw,
+    api::federation::transactions::edu::Edu, events::TimelineEventType, serde::Raw,
 };
 use serde_json::value::RawValue;
 
@@ -24,7 +22,6 @@ use crate::rooms::{FanOut, Received, StoredPdu};
 type Event = (StoredPdu, Pdu);
 
 /// Most events fetched to fill one gap in a room's DAG.
-const MISSING_EVENTS_LIMIT: u64 = 20;
 
 impl Federation {
     /// `make_join`: the unsigned join event for `user_id` of `origin`.
@@ -371,46 +368,11 @@ impl Federation {
         results
     }
 
-    /// Receive one event; when its `prev_events` are unknown, fetch the gap
-    /// from the origin once (`get_missing_events`) and retry.
-    async fn receive_with_gap_fill(
+    pub(super) async fn receive_one(
         &self,
-        origin: &ServerName,
         room_id: &RoomId,
-        room_version: &RoomVersionId,
         pdu: Pdu,
-    ) -> std::result::Result<(), String> {
-        let event_id = pdu.event_id.clone();
-        let outcome = self.receive_one(room_id, pdu.clone()).await?;
-        let Received::MissingPrevs(_) = outcome else { return outcome_result(outcome) };
-        let extremities = self.rooms.room(room_id).ok().flatten().map(|r| r.extremities).unwrap_or_default();
-        let mut request =
-            get_missing_events::v1::Request::new(room_id.to_owned(), extremities, vec![event_id.clone()]);
-        request.limit = MISSING_EVENTS_LIMIT.try_into().unwrap_or_default();
-        let fetched = tokio::time::timeout(Duration::from_secs(30), self.client.send(origin, request)).await;
-        let events = match fetched {
-            Ok(Ok(response)) => response.events,
-            Ok(Err(err)) => {
-                tracing::warn!(%origin, %room_id, "fetching missing events failed: {err}");
-                return Err("missing prev_events".into());
-            }
-            Err(_) => {
-                tracing::warn!(%origin, %room_id, "fetching missing events timed out");
-                return Err("missing prev_events".into());
-            }
-        };
-        let mut gap: Vec<Pdu> = Vec::new();
-        for verified in self.verify_pdus(room_version, &events).await.into_iter().flatten() {
-            gap.push(verified.pdu);
-        }
-        gap.sort_by_key(|p| p.depth);
-        for earlier in gap {
-            let _ = self.receive_one(room_id, earlier).await;
-        }
-        outcome_result(self.receive_one(room_id, pdu).await?)
-    }
-
-    async fn receive_one(&self, room_id: &RoomId, pdu: Pdu) -> std::result::Result<Received, String> {
+    ) -> std::result::Result<Received, String> {
         let outcome = self.rooms.receive(room_id, vec![pdu], FanOut::None).await.map_err(|e| {
             tracing::error!(%room_id, "storing a received event failed: {e}");
             "internal error".to_owned()
@@ -492,7 +454,7 @@ impl Federation {
 /// a success even when the rules refused it (it was checked, and logged;
 /// servers answer so, and a sender cannot do better by retrying); only one
 /// that could not be processed is an error.
-fn outcome_result(outcome: Received) -> std::result::Result<(), String> {
+pub(super) fn outcome_result(outcome: Received) -> std::result::Result<(), String> {
     match outcome {
         Received::Accepted | Received::Known | Received::SoftFailed(_) | Received::Rejected(_) => Ok(()),
         Received::MissingPrevs(_) => Err("missing prev_events".into()),

@@ -9,6 +9,7 @@
 pub mod backfill;
 pub mod client;
 pub mod e2ee;
+mod gap;
 pub mod inbound;
 pub mod keys;
 pub mod membership;

@@ -40,6 +40,14 @@ pub struct StateAt {
     pub auth_chain: Vec<Pdu>,
 }
 
+/// A `prev_event` this server never received and could not fetch the gap
+/// to: the event itself and the state before it, as a remote server gave
+/// them (`/state_ids`, `/event`).
+pub struct PrevWithState {
+    pub prev: Pdu,
+    pub state: Vec<Pdu>,
+}
+
 /// A point in a room's timeline for `/messages`: just before `order`.
 pub(super) fn point_of_token(token: &str) -> Result<i64> {
     let invalid = || Error::invalid_param("Invalid pagination token");
@@ -130,6 +138,40 @@ impl Rooms {
         }
         self.persist(staging).await?;
         Ok(outcomes)
+    }
+
+    /// Receive an event across a gap `get_missing_events` did not fill: each
+    /// unknown `prev_event` is kept outside the timeline with the state a
+    /// remote server gave for it, and the event is then placed as usual,
+    /// its state before resolved from its `prev_events`' states.
+    pub async fn receive_across_gap(
+        &self,
+        room_id: &RoomId,
+        pdu: Pdu,
+        prevs: Vec<PrevWithState>,
+    ) -> Result<Received> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let room = self.require_room(room_id)?;
+        let mut staging = self.staging(Some(room))?;
+        for PrevWithState { prev, state } in prevs {
+            if !pdu.prev_events.contains(&prev.event_id)
+                || self.staged_pdu(&staging, &prev.event_id)?.is_some()
+            {
+                continue;
+            }
+            if prev.room_id != room_id || state.iter().any(|p| p.room_id != room_id) {
+                return Err(Error::forbidden("The remote server sent events of another room"));
+            }
+            for event in &state {
+                self.stage_outlier(&mut staging, event)?;
+            }
+            let (before, _) = self.stage_state_snapshot(&mut staging, &state)?;
+            self.stage_unlisted(&mut staging, &prev, before, false)?;
+        }
+        let outcome = self.stage_remote(&mut staging, pdu, FanOut::None)?;
+        self.persist(staging).await?;
+        Ok(outcome)
     }
 
     /// The state a remote server gave, its events (and their auth chain)

@@ -53,7 +53,7 @@ pub use check::ConsistencyReport;
 pub use context::Context;
 pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::{PublicRoomsPage, RoomList};
-pub use history::{BackfillPoint, StateAt};
+pub use history::{BackfillPoint, PrevWithState, StateAt};
 pub use notify::NotificationRow;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{passes, sender_wanted, type_wanted};

@@ -188,7 +188,13 @@ impl Rooms {
     /// after as if accepted, so events after it can be placed) or rejected
     /// (its state after the same as before). It changes neither the room's
     /// state nor its extremities, and nobody sees it.
-    fn stage_unlisted(&self, staging: &mut Staging, pdu: &Pdu, before_id: u64, rejected: bool) -> Result<()> {
+    pub(super) fn stage_unlisted(
+        &self,
+        staging: &mut Staging,
+        pdu: &Pdu,
+        before_id: u64,
+        rejected: bool,
+    ) -> Result<()> {
         let short = self.staged_event_short(staging, &pdu.event_id)?;
         let after_id = match (&pdu.state_key, rejected) {
             (Some(state_key), false) => {

@@ -500,3 +500,33 @@ async fn a_declined_remote_invite_shows_as_left_even_when_its_server_is_unreacha
     let again = services.federation.reject_remote_invite(&room_id, &alice, None).await;
     assert_eq!(again.unwrap_err().errcode(), "M_NOT_FOUND");
 }
+
+/// A gap `/get_missing_events` did not fill: bob's profile change Y never
+/// reached this server, and his message X follows it. With the state
+/// before Y (as the remote server gives it) X is placed, and the room's
+/// state takes Y in through resolution.
+#[tokio::test]
+async fn an_event_after_an_unfilled_gap_is_placed_with_the_state_given_for_it() {
+    let (_dir, services, room_id, _) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    bob_joins(rooms, &remote, &room_id).await;
+    let hello = remote.event(rooms, &room_id, BOB, text("hello"), &extremities(rooms, &room_id));
+    assert_eq!(receive(rooms, &room_id, hello.clone()).await, Received::Accepted);
+    // hello is a message: the state before it is the state before Y too.
+    let (state_before_y, _) = rooms.state_and_auth_chain(&hello.event_id).unwrap();
+    let renamed =
+        PduTemplate::state("m.room.member", BOB, json!({"membership": "join", "displayname": "Bobby"}));
+    let y = remote.event(rooms, &room_id, BOB, renamed, std::slice::from_ref(&hello.event_id));
+    let x = remote.event(rooms, &room_id, BOB, text("after the gap"), std::slice::from_ref(&y.event_id));
+    assert_eq!(receive(rooms, &room_id, x.clone()).await, Received::MissingPrevs(vec![y.event_id.clone()]));
+
+    let prevs = vec![super::PrevWithState { prev: y.clone(), state: state_before_y }];
+    assert_eq!(rooms.receive_across_gap(&room_id, x.clone(), prevs).await.unwrap(), Received::Accepted);
+    assert_eq!(extremities(rooms, &room_id), vec![x.event_id.clone()]);
+    let state = rooms.current_state(&rooms.require_room(&room_id).unwrap()).unwrap();
+    let member = rooms.state_pdu(&state, &"m.room.member".into(), BOB).unwrap().unwrap();
+    assert_eq!(member.event_id, y.event_id, "the missing event's state is the room's now");
+    let kept = rooms.stored(&y.event_id).unwrap().unwrap();
+    assert_eq!(kept.stream, 0, "the missing event itself stays outside the timeline");
+    assert!(rooms.check_consistency().unwrap().is_clean());
+}
