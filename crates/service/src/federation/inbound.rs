@@ -21,8 +21,6 @@ use crate::rooms::{FanOut, Received, StoredPdu};
 /// An event as stored (its place, for visibility) and parsed.
 type Event = (StoredPdu, Pdu);
 
-/// Most events fetched to fill one gap in a room's DAG.
-
 impl Federation {
     /// `make_join`: the unsigned join event for `user_id` of `origin`.
     pub fn make_join(
