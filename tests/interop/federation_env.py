@@ -256,6 +256,10 @@ def synapse_config(d, port, ca, cert, key, room_version=None):
         "enable_registration": True,
         "enable_registration_without_verification": True,
         "presence": {"enabled": True},
+        # Its room directory is served to other servers (step r); Synapse
+        # keeps it to itself by default.
+        "allow_public_rooms_over_federation": True,
+        "room_list_publication_rules": [{"action": "allow"}],
         "macaroon_secret_key": secrets.token_urlsafe(32),
         "form_secret": secrets.token_urlsafe(32),
         "registration_shared_secret": secrets.token_urlsafe(32),

@@ -31,6 +31,7 @@ servers, so every check below crosses federation in one direction or both:
   p. presence and status messages cross both ways
   q. bob fills a new room on B; alice, on A, which was never in it, joins
      and pages back to bob's first message (A backfills it from B)
+  r. alice lists B's public room directory through A and finds bob's room
 
 --only runs some of the steps (the Rust test grows the list as Estuary's
 federation grows); whatever a selected step needs (users, the first room) is
@@ -55,7 +56,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijklmnopq"
+STEPS = "abcdefghijklmnopqr"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -444,15 +445,19 @@ class Scenario:
         of its history and must fetch it from A (/backfill) when carol pages
         back. (In the first room B has everything already, through bob.)
         """
-        alice, carol = self.alice, self.carol
-        room = alice.call("POST", "/createRoom",
-                          {"preset": "public_chat", "name": "history " + self.tag})["room_id"]
-        first = f"history 0 {self.tag}"
+        self._late_joiner_pages_back(self.alice, self.a, self.carol, "history")
+
+    def _late_joiner_pages_back(self, owner, owner_server, joiner, label):
+        """owner fills a new room; joiner, on the other server, joins it and
+        pages back to its first message."""
+        room = owner.call("POST", "/createRoom",
+                          {"preset": "public_chat", "name": f"{label} {self.tag}"})["room_id"]
+        first = f"{label} 0 {self.tag}"
         for i in range(HISTORY_MESSAGES):
-            alice.send_text(room, first if i == 0 else f"history {i} {self.tag}")
-        carol.join(room, self.a.server_name)
-        bodies = self._page_back(carol, room, first)
-        print(f"  carol paged back through {len(bodies)} messages", flush=True)
+            owner.send_text(room, first if i == 0 else f"{label} {i} {self.tag}")
+        joiner.join(room, owner_server.server_name)
+        bodies = self._page_back(joiner, room, first)
+        print(f"  {joiner.user_id} paged back through {len(bodies)} messages", flush=True)
 
     def _page_back(self, user, room, wanted):
         """Pages /messages backwards (from the room's end: `from` is optional
@@ -480,14 +485,7 @@ class Scenario:
         alice's join and fetches it from B (/backfill, and /state for the
         oldest event it gets) when she pages back.
         """
-        alice, bob = self.alice, self.bob
-        room = bob.call("POST", "/createRoom", {"preset": "public_chat", "name": "b history " + self.tag})["room_id"]
-        first = f"b history 0 {self.tag}"
-        for i in range(HISTORY_MESSAGES):
-            bob.send_text(room, first if i == 0 else f"b history {i} {self.tag}")
-        alice.join(room, self.b.server_name)
-        bodies = self._page_back(alice, room, first)
-        print(f"  alice paged back through {len(bodies)} messages", flush=True)
+        self._late_joiner_pages_back(self.bob, self.b, self.alice, "b history")
 
     def step_h(self):
         """bob leaves the first room; alice sees his leave."""
@@ -612,14 +610,29 @@ class Scenario:
 
         B asks A's /_matrix/federation/v1/publicRooms for its client.
         """
-        alice, bob = self.alice, self.bob
-        name = "directory " + self.tag
-        room = alice.call("POST", "/createRoom", {"preset": "public_chat", "visibility": "public",
+        self._directory_through_other_server(self.alice, self.a, self.bob, "directory")
+
+    def step_r(self):
+        """alice lists B's room directory through A and finds bob's published room.
+
+        The mirror of step n: A asks B's /_matrix/federation/v1/publicRooms.
+        """
+        self._directory_through_other_server(self.bob, self.b, self.alice, "b directory")
+
+    def _directory_through_other_server(self, owner, owner_server, viewer, label):
+        """owner publishes a room; viewer finds it in owner_server's directory
+        (searched by name) through their own server."""
+        name = f"{label} {self.tag}"
+        room = owner.call("POST", "/createRoom", {"preset": "public_chat", "visibility": "public",
                                                   "name": name})["room_id"]
-        listed = bob.call("GET", "/publicRooms", query={"server": self.a.server_name, "limit": 100})
+        listed = viewer.call("POST", "/publicRooms", {"limit": 100, "filter": {"generic_search_term": name}},
+                             query={"server": owner_server.server_name})
         found = [r for r in listed.get("chunk", []) if r.get("room_id") == room]
         if not found or found[0].get("name") != name:
-            raise Failure(f"A's directory through B lacks {room} named {name!r}: {listed}")
+            raise Failure(f"{owner_server.label}'s directory lacks {room} named {name!r}: {listed}")
+        listed = viewer.call("GET", "/publicRooms", query={"server": owner_server.server_name, "limit": 100})
+        if not any(r.get("room_id") == room for r in listed.get("chunk", [])):
+            raise Failure(f"{owner_server.label}'s directory (GET) lacks {room}: {listed}")
 
     def step_o(self):
         """alice, on A, joins a room of bob's on B after messages, leaves, and rejoins after more.

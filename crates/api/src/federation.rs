@@ -55,6 +55,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(backfill)
         .ruma(missing_events)
         .ruma(event_auth)
+        .ruma(timestamp_to_event)
         .ruma(public_rooms)
         .ruma(public_rooms_filtered)
         .ruma_raw::<ruma::api::federation::openid::get_openid_userinfo::v1::Request, _, _>(openid_userinfo)
@@ -470,4 +471,21 @@ async fn public_rooms_filtered(
     response.prev_batch = page.prev_batch;
     response.total_room_count_estimate = ruma::UInt::new(page.total as u64);
     Ok(response)
+}
+
+/// `GET /timestamp_to_event/{roomId}`: the event closest to a time.
+async fn timestamp_to_event(
+    s: AppState,
+    r: Ruma<ruma::api::federation::event::get_event_by_timestamp::v1::Request>,
+) -> ApiResult<ruma::api::federation::event::get_event_by_timestamp::v1::Response> {
+    use estuary_service::rooms::Direction;
+    let body = &r.body;
+    let dir = match body.dir {
+        ruma::api::Direction::Forward => Direction::Forward,
+        _ => Direction::Backward,
+    };
+    let (event_id, ts) =
+        s.federation.event_at_timestamp(r.origin()?, &body.room_id, u64::from(body.ts.0), dir)?;
+    let ts = ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new(ts).unwrap_or_default());
+    Ok(ruma::api::federation::event::get_event_by_timestamp::v1::Response::new(event_id, ts))
 }

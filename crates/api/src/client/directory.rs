@@ -79,6 +79,18 @@ pub async fn public_rooms(
     request: Ruma<get_public_rooms::v3::Request>,
 ) -> ApiResult<get_public_rooms::v3::Response> {
     let body = &request.body;
+    if let Some(server) = remote_directory(&services, body.server.as_deref()) {
+        let filter = ruma::directory::Filter::new();
+        let network = ruma::directory::RoomNetwork::Matrix;
+        let answer = services
+            .federation
+            .remote_public_rooms(server, body.limit, body.since.clone(), filter, network)
+            .await?;
+        let mut response = get_public_rooms::v3::Response::new(answer.chunk);
+        (response.next_batch, response.prev_batch) = (answer.next_batch, answer.prev_batch);
+        response.total_room_count_estimate = answer.total_room_count_estimate;
+        return Ok(response);
+    }
     let limit = body.limit.map(|l| u64::from(l) as usize);
     let page = services.rooms.public_rooms(limit, body.since.as_deref(), None, &RoomList::Main)?;
     let mut response = get_public_rooms::v3::Response::new(chunks(&page)?);
@@ -93,6 +105,18 @@ pub async fn public_rooms_filtered(
     request: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> ApiResult<get_public_rooms_filtered::v3::Response> {
     let body = &request.body;
+    if let Some(server) = remote_directory(&services, body.server.as_deref()) {
+        let (filter, network) = (body.filter.clone(), body.room_network.clone());
+        let answer = services
+            .federation
+            .remote_public_rooms(server, body.limit, body.since.clone(), filter, network)
+            .await?;
+        let mut response = get_public_rooms_filtered::v3::Response::new();
+        (response.chunk, response.next_batch, response.prev_batch) =
+            (answer.chunk, answer.next_batch, answer.prev_batch);
+        response.total_room_count_estimate = answer.total_room_count_estimate;
+        return Ok(response);
+    }
     let limit = body.limit.map(|l| u64::from(l) as usize);
     let term = body.filter.generic_search_term.as_deref();
     let page =
@@ -103,6 +127,14 @@ pub async fn public_rooms_filtered(
     response.prev_batch = page.prev_batch;
     response.total_room_count_estimate = UInt::new(page.total as u64);
     Ok(response)
+}
+
+/// The other server whose directory a client asks for (`server`), if any.
+fn remote_directory<'a>(
+    services: &AppState,
+    server: Option<&'a ruma::ServerName>,
+) -> Option<&'a ruma::ServerName> {
+    server.filter(|s| *s != services.config.server_name && services.config.allow_federation)
 }
 
 /// The directory a `/publicRooms` search names: ours, a bridge network's

@@ -1,9 +1,12 @@
 //! Gaps in a room's DAG: an event from another server whose `prev_events`
 //! this server never received. The origin is asked for the missing events
-//! once (`/get_missing_events`, up to 20); an event whose past is still
-//! unknown after that gets the state before each unknown `prev_event` from
-//! the origin (`/state_ids`, and `/event` for what is not here), and is
-//! placed with their states resolved (`Rooms::receive_across_gap`).
+//! once (`/get_missing_events`, up to 20). A fetched event whose past is
+//! still unknown gets the state before each unknown `prev_event` from the
+//! origin (`/state_ids`, and `/event` for what is not here), and is placed
+//! with their states resolved (`Rooms::receive_across_gap`). The event the
+//! origin sent itself is refused if its past stays unknown, as Synapse
+//! does: a server that will not divulge an event's past gets no state
+//! taken on its word for it.
 
 use estuary_events::Pdu;
 use ruma::{
@@ -55,7 +58,7 @@ impl Federation {
         for earlier in gap {
             let _ = self.receive_placing(origin, room_id, room_version, earlier).await;
         }
-        outcome_result(self.receive_placing(origin, room_id, room_version, pdu).await?)
+        outcome_result(self.receive_one(room_id, pdu).await?)
     }
 
     /// Receive an event, and when its `prev_events` are still unknown, ask

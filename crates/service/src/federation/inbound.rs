@@ -198,6 +198,20 @@ impl Federation {
         self.for_server(origin, room_id, events)
     }
 
+    /// `/timestamp_to_event` for a server in the room: the closest event its
+    /// users may see.
+    pub fn event_at_timestamp(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        ts: u64,
+        dir: crate::rooms::Direction,
+    ) -> Result<(OwnedEventId, u64)> {
+        self.require_in_room(origin, room_id)?;
+        self.rooms
+            .event_near_timestamp(room_id, ts, dir, |stored| self.rooms.server_can_see_event(origin, stored))
+    }
+
     /// `get_missing_events`: events between `earliest` and `latest`, oldest first.
     pub fn missing_events(
         &self,

@@ -25,6 +25,35 @@ impl Federation {
         })
     }
 
+    /// Another server's room directory, for a client that names it
+    /// (`/publicRooms?server=`): one page, searched as the client asked.
+    pub async fn remote_public_rooms(
+        &self,
+        server: &ruma::ServerName,
+        limit: Option<ruma::UInt>,
+        since: Option<String>,
+        filter: ruma::directory::Filter,
+        room_network: ruma::directory::RoomNetwork,
+    ) -> Result<ruma::api::federation::directory::get_public_rooms_filtered::v1::Response> {
+        use ruma::api::federation::directory::get_public_rooms_filtered::v1::Request;
+        let mut request = Request::new();
+        (request.limit, request.since, request.filter, request.room_network) =
+            (limit, since, filter, room_network);
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(30), self.client.send(server, request));
+        match answer.await {
+            Ok(answer) => answer.map_err(|e| {
+                tracing::warn!(%server, "room directory query failed: {e}");
+                e.into()
+            }),
+            Err(_) => Err(Error::matrix(
+                502,
+                estuary_core::error::ErrorKind::Unknown,
+                format!("{server} did not answer in time"),
+            )),
+        }
+    }
+
     /// The room an alias of another server names, and servers to join it through.
     pub async fn remote_alias(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
         let request = get_room_information::v1::Request::new(alias.to_owned());

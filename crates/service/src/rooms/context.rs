@@ -96,6 +96,18 @@ impl Rooms {
         dir: Direction,
     ) -> Result<(OwnedEventId, u64)> {
         self.require_readable(viewer, room_id)?;
+        self.event_near_timestamp(room_id, ts, dir, |stored| self.can_see_event(Some(viewer), stored))
+    }
+
+    /// The event closest to `ts` in direction `dir` that `visible` lets
+    /// through (among the next 100 by time).
+    pub fn event_near_timestamp(
+        &self,
+        room_id: &RoomId,
+        ts: u64,
+        dir: Direction,
+        visible: impl Fn(&super::StoredPdu) -> Result<bool>,
+    ) -> Result<(OwnedEventId, u64)> {
         let prefix = (room_id.to_string(),).encode();
         let backwards = dir == Direction::Backward;
         let from = if backwards {
@@ -107,7 +119,7 @@ impl Rooms {
         for ((_, event_ts, _), event_id) in rows {
             let Ok(event_id) = EventId::parse(&event_id) else { continue };
             if let Some(stored) = self.stored(&event_id)?
-                && self.can_see_event(Some(viewer), &stored)?
+                && visible(&stored)?
             {
                 return Ok((event_id, event_ts));
             }

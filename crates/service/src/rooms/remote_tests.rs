@@ -530,3 +530,22 @@ async fn an_event_after_an_unfilled_gap_is_placed_with_the_state_given_for_it() 
     assert_eq!(kept.stream, 0, "the missing event itself stays outside the timeline");
     assert!(rooms.check_consistency().unwrap().is_clean());
 }
+
+/// `/timestamp_to_event` for a server in the room: the closest event
+/// before or after a time; a server with no member is refused.
+#[tokio::test]
+async fn timestamp_to_event_answers_servers_in_the_room() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    bob_joins(rooms, &remote, &room_id).await;
+    let message = rooms.send(&room_id, &alice, text("now"), None).await.unwrap();
+    let ts = u64::from(message.origin_server_ts.0);
+    let federation = &services.federation;
+    let (found, found_ts) =
+        federation.event_at_timestamp(remote.name, &room_id, ts + 1, super::Direction::Backward).unwrap();
+    assert_eq!((found, found_ts), (message.event_id.clone(), ts));
+    let after = federation.event_at_timestamp(remote.name, &room_id, ts + 1, super::Direction::Forward);
+    assert_eq!(after.unwrap_err().errcode(), "M_NOT_FOUND", "nothing after the last event");
+    let stranger: &ServerName = "elsewhere.test".try_into().unwrap();
+    assert!(federation.event_at_timestamp(stranger, &room_id, ts, super::Direction::Backward).is_err());
+}
