@@ -126,7 +126,7 @@ fn estuary_config(ca: &Path) -> (String, String) {
 
 /// The scenario's steps (tests/interop/synapse_federation.py) that pass;
 /// FEDERATION_STEPS overrides them while developing.
-const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r";
+const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s";
 
 /// A Synapse user joins a room on Estuary; messages, topic and power
 /// levels, typing and receipts flow both ways; a late joiner on Synapse

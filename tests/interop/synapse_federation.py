@@ -32,6 +32,8 @@ servers, so every check below crosses federation in one direction or both:
   q. bob fills a new room on B; alice, on A, which was never in it, joins
      and pages back to bob's first message (A backfills it from B)
   r. alice lists B's public room directory through A and finds bob's room
+  s. knocks both ways: bob knocks on alice's knock-only room on A, alice on
+     bob's on B; each owner sees the knock, invites, and the knocker joins
 
 --only runs some of the steps (the Rust test grows the list as Estuary's
 federation grows); whatever a selected step needs (users, the first room) is
@@ -56,7 +58,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijklmnopqr"
+STEPS = "abcdefghijklmnopqrs"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -618,6 +620,29 @@ class Scenario:
         The mirror of step n: A asks B's /_matrix/federation/v1/publicRooms.
         """
         self._directory_through_other_server(self.bob, self.b, self.alice, "b directory")
+
+    def step_s(self):
+        """Knocks across servers, both ways.
+
+        The knocker's server asks the room's for a template (make_knock)
+        and sends the signed knock (send_knock); the owner lets them in with
+        an invite, which the knocker accepts by joining.
+        """
+        self._knock_and_admit(self.alice, self.a, self.bob)
+        self._knock_and_admit(self.bob, self.b, self.alice)
+
+    def _knock_and_admit(self, owner, owner_server, knocker):
+        room = owner.call("POST", "/createRoom", {
+            "preset": "private_chat", "name": f"knock {self.tag}", "room_version": "10",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}],
+        })["room_id"]
+        via = owner_server.server_name
+        knocker.call("POST", f"/knock/{quote(room)}", {"reason": "let me in"}, {"via": via, "server_name": via})
+        owner.wait_for(f"{knocker.user_id}'s knock", membership(room, knocker.user_id, "knock"))
+        owner.call("POST", f"/rooms/{quote(room)}/invite", {"user_id": knocker.user_id})
+        knocker.wait_for("the invite after the knock", membership(room, knocker.user_id, "invite", sections=("invite",)))
+        knocker.join(room, via)
+        owner.wait_for(f"{knocker.user_id}'s join after the knock", membership(room, knocker.user_id, "join"))
 
     def _directory_through_other_server(self, owner, owner_server, viewer, label):
         """owner publishes a room; viewer finds it in owner_server's directory

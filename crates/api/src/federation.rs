@@ -18,7 +18,8 @@ use ruma::{
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
         membership::{
-            create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+            create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+            prepare_knock_event, prepare_leave_event,
         },
         query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
@@ -38,6 +39,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(make_join)
         .ruma(send_join)
         .ruma(make_leave)
+        .ruma(make_knock)
+        .ruma(send_knock)
         .ruma(send_leave)
         .ruma(invite)
         .ruma_raw::<create_invite::v1::Request, _, _>(invite_v1)
@@ -197,10 +200,32 @@ async fn send_leave(
     Ok(create_leave_event::v2::Response::new())
 }
 
+async fn make_knock(
+    s: AppState,
+    r: Ruma<prepare_knock_event::v1::Request>,
+) -> ApiResult<prepare_knock_event::v1::Response> {
+    let (version, template) =
+        s.federation.make_knock(r.origin()?, &r.body.room_id, &r.body.user_id, &r.body.ver)?;
+    Ok(prepare_knock_event::v1::Response::new(version, raw(&template)?))
+}
+
+async fn send_knock(
+    s: AppState,
+    r: Ruma<create_knock_event::v1::Request>,
+) -> ApiResult<create_knock_event::v1::Response> {
+    let body = &r.body;
+    let state = s.federation.send_knock(r.origin()?, &body.room_id, &body.event_id, &body.pdu).await?;
+    let state = estuary_service::federation::raw_pdus(&state)
+        .into_iter()
+        .map(ruma::api::federation::membership::RawStrippedState::Pdu)
+        .collect();
+    Ok(create_knock_event::v1::Response::new(state))
+}
+
 async fn invite(s: AppState, r: Ruma<create_invite::v2::Request>) -> ApiResult<create_invite::v2::Response> {
     let origin = r.origin()?;
     let body = &r.body;
-    let stripped = stripped_state(&body.invite_room_state);
+    let stripped = estuary_service::federation::stripped_events(&body.invite_room_state);
     let signed = s
         .federation
         .receive_invite(origin, &body.room_id, &body.event_id, &body.room_version, &body.event, stripped)
@@ -234,25 +259,11 @@ async fn invite_v1(
         unsigned: Unsigned,
     }
     let invite: Invite = serde_json::from_str(event.get()).map_err(|e| bad(&e))?;
-    let stripped = stripped_state(&invite.unsigned.invite_room_state);
+    let stripped = estuary_service::federation::stripped_events(&invite.unsigned.invite_room_state);
     let version = ruma::RoomVersionId::V1;
     let signed =
         s.federation.receive_invite(&request.origin, &room_id, &event_id, &version, &event, stripped).await?;
     Ok(crate::ruma_wrapper::RumaResponse(create_invite::v1::Response::new(raw(&signed)?)))
-}
-
-/// Stripped state, whether sent stripped or (since v1.16) as full PDUs.
-fn stripped_state(events: &[ruma::api::federation::membership::RawStrippedState]) -> Vec<serde_json::Value> {
-    events
-        .iter()
-        .filter_map(|event| serde_json::to_value(event).ok())
-        .map(|event| {
-            let keep = ["type", "state_key", "content", "sender"];
-            serde_json::Value::Object(
-                keep.iter().filter_map(|k| event.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect(),
-            )
-        })
-        .collect()
 }
 
 /// A field of a JSON answer as a ruma type (an empty one when absent).

@@ -704,8 +704,8 @@ impl Sync {
     /// Stripped state for an invite or knock: the room's key state and the user's membership.
     fn stripped_state(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
         let Some(room) = self.rooms.room(room_id)? else {
-            // An invite to a room on another server: what its server sent.
-            let Some(stub) = self.rooms.invite_stub(user, room_id)? else { return Ok(Vec::new()) };
+            // An invite to (or knock on) a room on another server: what its server sent.
+            let Some(stub) = self.rooms.pending_out_of_band(user, room_id)? else { return Ok(Vec::new()) };
             let mut events = stub.stripped;
             if let Some(invite) = self.rooms.pdu(&stub.event_id)? {
                 events.push(json!({"type": "m.room.member", "state_key": invite.state_key, "content": invite.content_value(), "sender": invite.sender}));

@@ -163,9 +163,11 @@ pub async fn leave(
     request: Ruma<leave_room::v3::Request>,
 ) -> ApiResult<leave_room::v3::Response> {
     let (room_id, user_id) = (&request.body.room_id, request.user()?);
-    if services.rooms.room(room_id)?.is_none() && services.rooms.invite_stub(user_id, room_id)?.is_some() {
-        // Declining an invite to a room on another server.
-        services.federation.reject_remote_invite(room_id, user_id, request.body.reason.clone()).await?;
+    if services.rooms.room(room_id)?.is_none()
+        && services.rooms.pending_out_of_band(user_id, room_id)?.is_some()
+    {
+        // Declining an invite to (or retracting a knock on) a room on another server.
+        services.federation.decline_remote_membership(room_id, user_id, request.body.reason.clone()).await?;
         return Ok(leave_room::v3::Response::new());
     }
     services.rooms.leave(room_id, user_id, request.body.reason.clone()).await?;
@@ -249,7 +251,28 @@ pub async fn knock(
     services: AppState,
     request: Ruma<ruma::api::client::knock::knock_room::v3::Request>,
 ) -> ApiResult<ruma::api::client::knock::knock_room::v3::Response> {
-    let room_id = resolve(&services, &request.body.room_id_or_alias).await?;
-    services.rooms.knock(&room_id, request.user()?, request.body.reason.clone()).await?;
+    let body = &request.body;
+    let (room_id, mut via) = match <&RoomAliasId>::try_from(&*body.room_id_or_alias) {
+        Ok(alias)
+            if alias.server_name() != services.config.server_name && services.config.allow_federation =>
+        {
+            match services.rooms.resolve_alias(alias)? {
+                Some(room_id) => (room_id, Vec::new()),
+                None => services.federation.remote_alias(alias).await?,
+            }
+        }
+        _ => (resolve(&services, &body.room_id_or_alias).await?, Vec::new()),
+    };
+    let (user_id, reason) = (request.user()?, body.reason.clone());
+    if services.rooms.room(&room_id)?.is_some() || !services.config.allow_federation {
+        services.rooms.knock(&room_id, user_id, reason).await?;
+        return Ok(ruma::api::client::knock::knock_room::v3::Response::new(room_id));
+    }
+    // A room on another server: knock through the servers the client or
+    // the alias names, or the one in the room ID.
+    via.extend(body.via.iter().cloned());
+    via.extend(room_id.server_name().map(ToOwned::to_owned));
+    via.dedup();
+    services.federation.knock_remote(&room_id, user_id, &via, reason).await?;
     Ok(ruma::api::client::knock::knock_room::v3::Response::new(room_id))
 }

@@ -30,6 +30,29 @@ impl Federation {
         user_id: &UserId,
         supported: &[RoomVersionId],
     ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        self.admit_template(origin, room_id, user_id, supported, "join")
+    }
+
+    /// `make_knock`: the unsigned knock event for `user_id` of `origin`.
+    pub fn make_knock(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        supported: &[RoomVersionId],
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        self.admit_template(origin, room_id, user_id, supported, "knock")
+    }
+
+    /// A join or knock template, when the origin's user may ask for one here.
+    fn admit_template(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        supported: &[RoomVersionId],
+        membership: &str,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
         if user_id.server_name() != origin {
             return Err(Error::forbidden("The user is not from the requesting server"));
         }
@@ -44,7 +67,21 @@ impl Federation {
         if !supported_here && !supported.contains(&room.room_version) {
             return Err(super::membership::incompatible(room.room_version.clone()));
         }
-        self.rooms.make_join(room_id, user_id)
+        self.rooms.make_membership(room_id, user_id, membership)
+    }
+
+    /// `send_knock`: a knock another server signed for one of its users,
+    /// entered into the room; returns the room's stripped state for the
+    /// knocking user to see.
+    pub async fn send_knock(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        json: &RawValue,
+    ) -> Result<Vec<Pdu>> {
+        self.send_membership(origin, room_id, event_id, json, "knock").await?;
+        self.rooms.stripped_state_pdus(room_id)
     }
 
     /// `make_leave`: the unsigned leave event for `user_id` of `origin`.

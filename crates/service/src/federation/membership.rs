@@ -166,24 +166,75 @@ impl Federation {
         Ok(events)
     }
 
-    /// Decline an invite to a room on another server: a leave event through
-    /// the inviting server (`make_leave`, sign, `send_leave`). When that
+    /// Knock on `room_id` on another server: ask each of `servers` in turn
+    /// for a knock template, sign it and send it; the knock and the room's
+    /// stripped state that server answers are kept for the user's sync.
+    pub async fn knock_remote(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        servers: &[OwnedServerName],
+        reason: Option<String>,
+    ) -> Result<()> {
+        let mut last_error = Error::not_found("No server to knock through");
+        for server in servers.iter().filter(|s| **s != self.config.server_name) {
+            match self.knock_through(server, room_id, user_id, reason.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(%server, %room_id, "knocking through the server failed: {err}");
+                    last_error = err;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn knock_through(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
+        use ruma::api::federation::membership::{create_knock_event, prepare_knock_event};
+        let mut request = prepare_knock_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
+        request.ver = supported_versions();
+        let answer = self.client.send(server, request).await?;
+        let version = answer.room_version;
+        if !supported_room_version(&version) {
+            return Err(incompatible(version));
+        }
+        let mut content = CanonicalJsonObject::new();
+        content.insert("membership".into(), "knock".into());
+        if let Some(reason) = reason {
+            content.insert("reason".into(), reason.into());
+        }
+        let template = Template { server, room_id, user_id, version: &version, event: &answer.event };
+        let pdu = self.sign_template(template, content)?;
+        let raw = to_raw_value(&pdus::outgoing_json(&pdu)).map_err(Error::internal)?;
+        let request = create_knock_event::v1::Request::new(room_id.to_owned(), pdu.event_id.clone(), raw);
+        let knock_room_state = self.client.send(server, request).await?.knock_room_state;
+        let stripped = super::stripped_events(&knock_room_state);
+        self.rooms.store_knock(pdu, version, stripped, server.to_owned()).await
+    }
+
+    /// Decline an invite to, or retract a knock on, a room on another
+    /// server: a leave event through the inviting server, or the one the
+    /// knock went through (`make_leave`, sign, `send_leave`). When that
     /// server cannot be reached, the refusal is logged and a leave built
-    /// here (after the invite) declines it for this server's user only.
-    /// Either way the leave takes the invite's place in the user's sync.
-    pub async fn reject_remote_invite(
+    /// here (after the invite or knock) declines it for this server's user
+    /// only. Either way the leave takes its place in the user's sync.
+    pub async fn decline_remote_membership(
         &self,
         room_id: &RoomId,
         user_id: &UserId,
         reason: Option<String>,
     ) -> Result<()> {
-        let stub = self
-            .rooms
-            .invite_stub(user_id, room_id)?
-            .ok_or_else(|| Error::not_found("No invite to this room"))?;
-        let invite =
-            self.rooms.pdu(&stub.event_id)?.ok_or_else(|| Error::not_found("No invite to this room"))?;
-        let server = invite.sender.server_name().to_owned();
+        let not_found = || Error::not_found("No invite to or knock on this room");
+        let stub = self.rooms.pending_out_of_band(user_id, room_id)?.ok_or_else(not_found)?;
+        let invite = self.rooms.pdu(&stub.event_id)?.ok_or_else(not_found)?;
+        // A knock is retracted where it went; an invite declined where it came from.
+        let server = stub.via.clone().unwrap_or_else(|| invite.sender.server_name().to_owned());
         let mut content = CanonicalJsonObject::new();
         content.insert("membership".into(), "leave".into());
         if let Some(reason) = reason {

@@ -154,6 +154,23 @@ impl Federation {
     }
 }
 
+/// Stripped state as this server keeps it (type, state key, content,
+/// sender), whether sent stripped or (since v1.16) as full PDUs.
+pub fn stripped_events(
+    events: &[ruma::api::federation::membership::RawStrippedState],
+) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .filter_map(|event| serde_json::to_value(event).ok())
+        .map(|event| {
+            let keep = ["type", "state_key", "content", "sender"];
+            serde_json::Value::Object(
+                keep.iter().filter_map(|k| event.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect(),
+            )
+        })
+        .collect()
+}
+
 /// A list of raw JSON objects from PDUs.
 pub fn raw_pdus(pdus: &[estuary_events::Pdu]) -> Vec<Box<serde_json::value::RawValue>> {
     pdus.iter().filter_map(|pdu| serde_json::value::to_raw_value(&pdus::outgoing_json(pdu)).ok()).collect()

@@ -386,7 +386,8 @@ impl Rooms {
         self.make_membership(room_id, user_id, "leave")
     }
 
-    fn make_membership(
+    /// A membership template (`make_join`, `make_leave`, `make_knock`).
+    pub fn make_membership(
         &self,
         room_id: &RoomId,
         user_id: &UserId,
@@ -424,6 +425,19 @@ impl Rooms {
             resolve::auth_chain(start, &fetch).iter().filter_map(|id| fetch(id)).collect();
         chain.sort_by_key(|p| p.depth);
         Ok((state, chain))
+    }
+
+    /// The room's key state as a user outside it sees it (an invite, a
+    /// knock): name, avatar, join rules, encryption and the like.
+    pub fn stripped_state_pdus(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
+        let state = self.current_state(&self.require_room(room_id)?)?;
+        let mut events = Vec::new();
+        for kind in super::INVITE_STATE {
+            if let Some(event) = self.state_pdu(&state, &StateEventType::from(*kind), "")? {
+                events.push(event);
+            }
+        }
+        Ok(events)
     }
 
     /// The other servers with a joined member in the room.

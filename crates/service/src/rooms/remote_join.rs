@@ -39,9 +39,12 @@ pub struct InviteStub {
     pub room_version: RoomVersionId,
     /// The stripped state the inviting server sent (name, avatar, …).
     pub stripped: Vec<serde_json::Value>,
-    /// `invite` or `leave` (older stubs are invites).
+    /// `invite`, `knock`, or `leave` (older stubs are invites).
     #[serde(default = "invite_membership")]
     pub membership: String,
+    /// For a knock: the server it went through (where a retraction goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<ruma::OwnedServerName>,
 }
 
 fn invite_membership() -> String {
@@ -144,8 +147,24 @@ impl Rooms {
             room_version,
             stripped,
             membership: invite_membership(),
+            via: None,
         };
         self.store_out_of_band_membership(invite, stub).await
+    }
+
+    /// Keep one of our users' knock on a room this server is not in, sent
+    /// through `via`, with the stripped state that server answered.
+    pub async fn store_knock(
+        &self,
+        knock: Pdu,
+        room_version: RoomVersionId,
+        stripped: Vec<serde_json::Value>,
+        via: ruma::OwnedServerName,
+    ) -> Result<()> {
+        let event_id = knock.event_id.clone();
+        let stub =
+            InviteStub { event_id, room_version, stripped, membership: "knock".to_owned(), via: Some(via) };
+        self.store_out_of_band_membership(knock, stub).await
     }
 
     /// Decline an invite to a room this server is not in: `leave` (sent to
@@ -154,9 +173,8 @@ impl Rooms {
     pub async fn store_declined_invite(&self, leave: Pdu) -> Result<()> {
         let user = UserId::parse(leave.state_key.clone().unwrap_or_default())
             .map_err(|e| Error::bad_json(e.to_string()))?;
-        let stub = self
-            .invite_stub(&user, &leave.room_id)?
-            .ok_or_else(|| Error::not_found("No invite to this room"))?;
+        let stub = self.pending_out_of_band(&user, &leave.room_id)?;
+        let stub = stub.ok_or_else(|| Error::not_found("No invite to or knock on this room"))?;
         let stub = InviteStub { event_id: leave.event_id.clone(), membership: "leave".to_owned(), ..stub };
         self.store_out_of_band_membership(leave, stub).await
     }
@@ -253,6 +271,12 @@ impl Rooms {
     /// The pending invite of a user to a room this server is not in.
     pub fn invite_stub(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<InviteStub>> {
         Ok(self.out_of_band_membership(user_id, room_id)?.filter(|stub| stub.membership == "invite"))
+    }
+
+    /// The user's pending invite to, or knock on, a room this server is not in.
+    pub fn pending_out_of_band(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<InviteStub>> {
+        let stub = self.out_of_band_membership(user_id, room_id)?;
+        Ok(stub.filter(|stub| stub.membership == "invite" || stub.membership == "knock"))
     }
 
     /// The user's invite to, or declined invite of, a room this server is not in.

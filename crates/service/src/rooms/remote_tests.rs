@@ -479,7 +479,7 @@ async fn a_declined_remote_invite_shows_as_left_even_when_its_server_is_unreacha
     let first = sync(None).await.unwrap();
     assert!(first["rooms"]["invite"][room_id.as_str()].is_object(), "{first}");
 
-    services.federation.reject_remote_invite(&room_id, &alice, Some("no thanks".into())).await.unwrap();
+    services.federation.decline_remote_membership(&room_id, &alice, Some("no thanks".into())).await.unwrap();
     assert_eq!(rooms.membership(&alice, &room_id).unwrap().as_deref(), Some("leave"));
     assert!(rooms.invite_stub(&alice, &room_id).unwrap().is_none(), "the invite is gone");
     let second = sync(first["next_batch"].as_str().map(str::to_owned)).await.unwrap();
@@ -497,7 +497,7 @@ async fn a_declined_remote_invite_shows_as_left_even_when_its_server_is_unreacha
     let third = sync(second["next_batch"].as_str().map(str::to_owned)).await.unwrap();
     assert!(third["rooms"]["leave"].as_object().unwrap().is_empty(), "shown once: {third}");
     // Declining again: there is no invite any more.
-    let again = services.federation.reject_remote_invite(&room_id, &alice, None).await;
+    let again = services.federation.decline_remote_membership(&room_id, &alice, None).await;
     assert_eq!(again.unwrap_err().errcode(), "M_NOT_FOUND");
 }
 
@@ -548,4 +548,46 @@ async fn timestamp_to_event_answers_servers_in_the_room() {
     assert_eq!(after.unwrap_err().errcode(), "M_NOT_FOUND", "nothing after the last event");
     let stranger: &ServerName = "elsewhere.test".try_into().unwrap();
     assert!(federation.event_at_timestamp(stranger, &room_id, ts, super::Direction::Backward).is_err());
+}
+
+/// A knock on a room of another server shows in the knocker's sync with the
+/// stripped state that server answered, and is retracted with a leave.
+#[tokio::test]
+async fn a_knock_on_a_remote_room_shows_in_sync_and_is_retracted_with_a_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config { allow_federation: false, ..Config::default() };
+    let db = Db::open(&dir.path().join("db"), &Default::default()).unwrap();
+    let services = Services::build(Arc::new(config), db).unwrap();
+    let alice = UserId::parse("@alice:localhost").unwrap();
+    let room_id = RoomId::parse("!elsewhere:remote.test").unwrap();
+    let version = ruma::RoomVersionId::V10;
+    let ctx = BuildContext {
+        room_id: Some(&room_id),
+        room_version: &version,
+        sender: alice.clone(),
+        prev_events: Vec::new(),
+        auth_events: Vec::new(),
+        depth: 4,
+        origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
+        server_name: "localhost".try_into().unwrap(),
+        key: services.federation.client.signing_key(),
+    };
+    let knock = build_pdu(member(alice.as_str(), "knock"), ctx).unwrap();
+    let stripped = vec![json!({"type": "m.room.name", "state_key": "", "content": {"name": "Knock here"}})];
+    let via: ruma::OwnedServerName = "remote.test".try_into().unwrap();
+    services.rooms.store_knock(knock, version, stripped, via).await.unwrap();
+    let request = || crate::sync::SyncRequest {
+        since: None,
+        filter: Default::default(),
+        full_state: false,
+        timeout: std::time::Duration::ZERO,
+        use_state_after: false,
+        set_presence: "offline".into(),
+    };
+    let first = services.sync.sync(&alice, None, request()).await.unwrap();
+    let knock_state = &first["rooms"]["knock"][room_id.as_str()]["knock_state"]["events"];
+    assert!(knock_state.as_array().unwrap().iter().any(|e| e["content"]["name"] == "Knock here"), "{first}");
+    services.federation.decline_remote_membership(&room_id, &alice, None).await.unwrap();
+    assert_eq!(services.rooms.membership(&alice, &room_id).unwrap().as_deref(), Some("leave"));
+    assert!(services.rooms.pending_out_of_band(&alice, &room_id).unwrap().is_none());
 }
