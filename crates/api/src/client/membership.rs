@@ -114,22 +114,31 @@ async fn join(
     services.federation.join_remote(room_id, user_id, &servers, reason).await
 }
 
+/// The room a room ID or alias names, and, for an alias of another
+/// server, the servers that server says are in it.
+async fn resolve_with_servers(
+    services: &AppState,
+    room_id_or_alias: &ruma::RoomOrAliasId,
+) -> Result<(ruma::OwnedRoomId, Vec<ruma::OwnedServerName>), Error> {
+    match <&RoomAliasId>::try_from(room_id_or_alias) {
+        Ok(alias)
+            if alias.server_name() != services.config.server_name && services.config.allow_federation =>
+        {
+            match services.rooms.resolve_alias(alias)? {
+                Some(room_id) => Ok((room_id, Vec::new())),
+                None => services.federation.remote_alias(alias).await,
+            }
+        }
+        _ => Ok((resolve(services, room_id_or_alias).await?, Vec::new())),
+    }
+}
+
 pub async fn join_by_id_or_alias(
     services: AppState,
     request: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
     let body = &request.body;
-    let (room_id, mut via) = match <&RoomAliasId>::try_from(&*body.room_id_or_alias) {
-        Ok(alias)
-            if alias.server_name() != services.config.server_name && services.config.allow_federation =>
-        {
-            match services.rooms.resolve_alias(alias)? {
-                Some(room_id) => (room_id, Vec::new()),
-                None => services.federation.remote_alias(alias).await?,
-            }
-        }
-        _ => (resolve(&services, &body.room_id_or_alias).await?, Vec::new()),
-    };
+    let (room_id, mut via) = resolve_with_servers(&services, &body.room_id_or_alias).await?;
     via.extend(body.via.iter().cloned());
     let custom = custom_member_content(&request);
     join(&services, &room_id, request.user()?, body.reason.clone(), custom, &via).await?;
@@ -252,17 +261,7 @@ pub async fn knock(
     request: Ruma<ruma::api::client::knock::knock_room::v3::Request>,
 ) -> ApiResult<ruma::api::client::knock::knock_room::v3::Response> {
     let body = &request.body;
-    let (room_id, mut via) = match <&RoomAliasId>::try_from(&*body.room_id_or_alias) {
-        Ok(alias)
-            if alias.server_name() != services.config.server_name && services.config.allow_federation =>
-        {
-            match services.rooms.resolve_alias(alias)? {
-                Some(room_id) => (room_id, Vec::new()),
-                None => services.federation.remote_alias(alias).await?,
-            }
-        }
-        _ => (resolve(&services, &body.room_id_or_alias).await?, Vec::new()),
-    };
+    let (room_id, mut via) = resolve_with_servers(&services, &body.room_id_or_alias).await?;
     let (user_id, reason) = (request.user()?, body.reason.clone());
     if services.rooms.room(&room_id)?.is_some() || !services.config.allow_federation {
         services.rooms.knock(&room_id, user_id, reason).await?;

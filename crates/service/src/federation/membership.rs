@@ -59,12 +59,31 @@ impl Federation {
         servers: &[OwnedServerName],
         reason: Option<String>,
     ) -> Result<()> {
-        let mut last_error = Error::not_found("No server to join the room through");
+        self.first_server_that(servers, room_id, "joining", |server| {
+            self.join_through(server, room_id, user_id, reason.clone())
+        })
+        .await
+    }
+
+    /// Try `action` through each of `servers` (not this one) in turn until
+    /// one succeeds; each failure is logged, and the last is the answer.
+    async fn first_server_that<'a, F, Fut>(
+        &self,
+        servers: &'a [OwnedServerName],
+        room_id: &RoomId,
+        what: &str,
+        mut action: F,
+    ) -> Result<()>
+    where
+        F: FnMut(&'a ServerName) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut last_error = Error::not_found(format!("No server to go through for {what}"));
         for server in servers.iter().filter(|s| **s != self.config.server_name) {
-            match self.join_through(server, room_id, user_id, reason.clone()).await {
+            match action(server).await {
                 Ok(()) => return Ok(()),
                 Err(err) => {
-                    tracing::warn!(%server, %room_id, "joining through the server failed: {err}");
+                    tracing::warn!(%server, %room_id, "{what} through the server failed: {err}");
                     last_error = err;
                 }
             }
@@ -176,17 +195,10 @@ impl Federation {
         servers: &[OwnedServerName],
         reason: Option<String>,
     ) -> Result<()> {
-        let mut last_error = Error::not_found("No server to knock through");
-        for server in servers.iter().filter(|s| **s != self.config.server_name) {
-            match self.knock_through(server, room_id, user_id, reason.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(err) => {
-                    tracing::warn!(%server, %room_id, "knocking through the server failed: {err}");
-                    last_error = err;
-                }
-            }
-        }
-        Err(last_error)
+        self.first_server_that(servers, room_id, "knocking", |server| {
+            self.knock_through(server, room_id, user_id, reason.clone())
+        })
+        .await
     }
 
     async fn knock_through(
