@@ -188,7 +188,9 @@ impl Federation {
     /// One event, for a server in its room (redacted when the room's
     /// history visibility hides it from that server).
     pub fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Pdu> {
-        let stored = self.rooms.stored(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        // A rejected event is kept only to place what follows it: not served.
+        let stored = self.rooms.stored(event_id)?.filter(|s| !s.rejected);
+        let stored = stored.ok_or_else(|| Error::not_found("Unknown event"))?;
         let room_id = stored.room_id.clone();
         self.require_in_room(origin, &room_id)?;
         let pdu = stored.pdu()?;

@@ -197,6 +197,8 @@ async fn events_the_rules_refuse_are_kept_as_rejected() {
     assert_eq!(rooms.require_room(&room_id).unwrap().state, state_before, "the room's state is unchanged");
     let refused = services.federation.state_at(remote.name, &room_id, &renamed.event_id);
     assert_eq!(refused.unwrap_err().errcode(), "M_NOT_FOUND", "no state is served at a rejected event");
+    let served = services.federation.event(remote.name, &renamed.event_id);
+    assert_eq!(served.unwrap_err().errcode(), "M_NOT_FOUND", "nor the event itself");
     // bob's next message follows the rejected rename: placed, with the state without it.
     let after = remote.event(rooms, &room_id, BOB, text("oops"), std::slice::from_ref(&renamed.event_id));
     assert_eq!(receive(rooms, &room_id, after.clone()).await, Received::Accepted);
