@@ -384,9 +384,13 @@ impl Rooms {
             return Ok(false);
         }
         let mut servers = self.joined_servers(room_id)?;
-        // A membership event also reaches its target's server (an invite,
-        // a kick), and a join brings its server in for what follows.
-        for event in staged.iter().filter(|e| e.pdu.kind == TimelineEventType::RoomMember) {
+        // A membership event also reaches its target's server (a kick, a
+        // rescinded invite), and a join brings its server in for what
+        // follows. An invite does not: the invitee's server countersigned it
+        // (`/invite`) and is not in the room.
+        let is_invite = |e: &&Staged| e.pdu.content_value()["membership"] == "invite";
+        let memberships = staged.iter().filter(|e| e.pdu.kind == TimelineEventType::RoomMember);
+        for event in memberships.filter(|e| !is_invite(e)) {
             if let Some(server) = event.pdu.state_key.as_deref().and_then(crate::federation::server_of)
                 && server != self.config.server_name
             {

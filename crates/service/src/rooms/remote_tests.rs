@@ -593,3 +593,20 @@ async fn a_knock_on_a_remote_room_shows_in_sync_and_is_retracted_with_a_leave() 
     assert_eq!(services.rooms.membership(&alice, &room_id).unwrap().as_deref(), Some("leave"));
     assert!(services.rooms.pending_out_of_band(&alice, &room_id).unwrap().is_none());
 }
+
+/// An invite of another server's user is not queued for that server (it
+/// countersigned the invite and is not in the room); rescinding the invite
+/// is, so the invitee's server hears of it.
+#[tokio::test]
+async fn an_invite_is_not_resent_to_the_invitees_server_but_its_rescinding_is() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let rooms = &services.rooms;
+    let dave = UserId::parse("@dave:remote.test").unwrap();
+    let template = rooms.invite_template(&dave, None, false).unwrap();
+    let countersigned = |pdu: Pdu, _, _| async move { Ok(pdu.json) };
+    rooms.invite_remote(&room_id, &alice, template, countersigned).await.unwrap();
+    let destination = crate::outgoing::server_destination("remote.test".try_into().unwrap());
+    assert!(services.outgoing.jobs_for(&destination).unwrap().is_empty());
+    rooms.kick(&room_id, &alice, &dave, None).await.unwrap();
+    assert_eq!(services.outgoing.jobs_for(&destination).unwrap().len(), 1, "the rescinded invite is sent");
+}
