@@ -263,7 +263,10 @@ async fn invite_v1(
     let version = ruma::RoomVersionId::V1;
     let signed =
         s.federation.receive_invite(&request.origin, &room_id, &event_id, &version, &event, stripped).await?;
-    Ok(crate::ruma_wrapper::RumaResponse(create_invite::v1::Response::new(raw(&signed)?)))
+    // The spec's answer is `[200, {"event": …}]`; ruma's type writes only
+    // the `[200, …]` around what it is given, so the container is ours.
+    let answer = raw(&serde_json::json!({ "event": signed }))?;
+    Ok(crate::ruma_wrapper::RumaResponse(create_invite::v1::Response::new(answer)))
 }
 
 /// A field of a JSON answer as a ruma type (an empty one when absent).

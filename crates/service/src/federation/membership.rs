@@ -397,13 +397,6 @@ impl Federation {
             .map_err(Error::internal)?;
             self.rooms.store_invite_stub(signed, room_version.clone(), stripped).await?;
         }
-        // Events of rooms v1 and v2 carry their ID: the answer keeps it.
-        if room_version
-            .rules()
-            .is_some_and(|r| matches!(r.event_id_format, ruma::room_version_rules::EventIdFormatVersion::V1))
-        {
-            object.insert("event_id".into(), pdu.event_id.to_string().into());
-        }
         object.remove("unsigned");
         Ok(object)
     }
