@@ -147,7 +147,7 @@ impl Federation {
     }
 
     /// The events that verify and belong to the room; the others are logged.
-    async fn verified_in_room(
+    pub(super) async fn verified_in_room(
         &self,
         server: &ServerName,
         room_id: &RoomId,

@@ -50,10 +50,7 @@ impl Federation {
                 Vec::new()
             }
         };
-        let mut gap: Vec<Pdu> = Vec::new();
-        for verified in self.verify_pdus(room_version, &events).await.into_iter().flatten() {
-            gap.push(verified.pdu);
-        }
+        let mut gap = self.verified_in_room(origin, room_id, room_version, &events).await;
         gap.sort_by_key(|p| p.depth);
         for earlier in gap {
             let _ = self.receive_placing(origin, room_id, room_version, earlier).await;

@@ -40,6 +40,17 @@ fn now_ts() -> CanonicalJsonValue {
     CanonicalJsonValue::Integer(ruma::Int::new(estuary_core::time::now_millis() as i64).unwrap_or_default())
 }
 
+/// A membership event's content as we fill a template: the membership,
+/// and the user's reason if they gave one.
+fn membership_content(membership: &str, reason: Option<String>) -> CanonicalJsonObject {
+    let mut content = CanonicalJsonObject::new();
+    content.insert("membership".into(), membership.into());
+    if let Some(reason) = reason {
+        content.insert("reason".into(), reason.into());
+    }
+    content
+}
+
 /// The room versions this server can join, as `make_join`'s `ver` lists them.
 fn supported_versions() -> Vec<RoomVersionId> {
     (1..=12)
@@ -216,11 +227,7 @@ impl Federation {
         if !supported_room_version(&version) {
             return Err(incompatible(version));
         }
-        let mut content = CanonicalJsonObject::new();
-        content.insert("membership".into(), "knock".into());
-        if let Some(reason) = reason {
-            content.insert("reason".into(), reason.into());
-        }
+        let content = membership_content("knock", reason);
         let template = Template { server, room_id, user_id, version: &version, event: &answer.event };
         let pdu = self.sign_template(template, content)?;
         let raw = to_raw_value(&pdus::outgoing_json(&pdu)).map_err(Error::internal)?;
@@ -247,11 +254,7 @@ impl Federation {
         let invite = self.rooms.pdu(&stub.event_id)?.ok_or_else(not_found)?;
         // A knock is retracted where it went; an invite declined where it came from.
         let server = stub.via.clone().unwrap_or_else(|| invite.sender.server_name().to_owned());
-        let mut content = CanonicalJsonObject::new();
-        content.insert("membership".into(), "leave".into());
-        if let Some(reason) = reason {
-            content.insert("reason".into(), reason.into());
-        }
+        let content = membership_content("leave", reason);
         let sent = match self.enabled() {
             true => self.leave_through(&server, room_id, user_id, content.clone()).await,
             false => Err(Error::forbidden("Federation is disabled")),

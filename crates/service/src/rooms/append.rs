@@ -240,12 +240,7 @@ impl Rooms {
                         add_replaces_state(&mut pdu, previous.as_ref());
                     }
                 }
-                let id = self.short.allocate();
-                let batch = &mut staging.batch;
-                let after =
-                    self.state.store(id, state_before_id, vec![(key, event_short)], Vec::new(), batch)?;
-                staging.snapshots.push(id);
-                (id, after)
+                self.stage_snapshot(staging, state_before_id, vec![(key, event_short)], Vec::new())?
             }
         };
         let opens =

@@ -121,7 +121,8 @@ impl Rooms {
         staging.history = true;
         let mut supplied = match state_at {
             Some(given) => {
-                Some((given.event_id.clone(), self.stage_remote_state(&mut staging, room_id, given)?))
+                let state = self.stage_given_state(&mut staging, room_id, &given.state, &given.auth_chain)?;
+                Some((given.event_id, state))
             }
             None => None,
         };
@@ -160,13 +161,10 @@ impl Rooms {
             {
                 continue;
             }
-            if prev.room_id != room_id || state.iter().any(|p| p.room_id != room_id) {
+            if prev.room_id != room_id {
                 return Err(Error::forbidden("The remote server sent events of another room"));
             }
-            for event in &state {
-                self.stage_outlier(&mut staging, event)?;
-            }
-            let (before, _) = self.stage_state_snapshot(&mut staging, &state)?;
+            let (before, _) = self.stage_given_state(&mut staging, room_id, &state, &[])?;
             self.stage_unlisted(&mut staging, &prev, before, false)?;
         }
         let outcome = self.stage_remote(&mut staging, pdu, FanOut::None)?;
@@ -174,21 +172,23 @@ impl Rooms {
         Ok(outcome)
     }
 
-    /// The state a remote server gave, its events (and their auth chain)
-    /// kept as outliers, as one snapshot.
-    fn stage_remote_state(
+    /// The state a remote server gave: its events (and their auth chain)
+    /// kept as outliers, the state as one snapshot. Refused whole when any
+    /// event is of another room.
+    pub(super) fn stage_given_state(
         &self,
         staging: &mut Staging,
         room_id: &RoomId,
-        given: StateAt,
+        state: &[Pdu],
+        auth_chain: &[Pdu],
     ) -> Result<(u64, Arc<StateMap>)> {
-        for pdu in given.auth_chain.iter().chain(&given.state) {
+        for pdu in auth_chain.iter().chain(state) {
             if pdu.room_id != room_id {
-                return Err(Error::forbidden("The remote server sent state of another room"));
+                return Err(Error::forbidden("The remote server sent events of another room"));
             }
             self.stage_outlier(staging, pdu)?;
         }
-        self.stage_state_snapshot(staging, &given.state)
+        self.stage_state_snapshot(staging, state)
     }
 
     fn stage_history(
@@ -219,23 +219,12 @@ impl Rooms {
         // The given state stands only for a past that is not here.
         let before = match (supplied, missing.is_empty()) {
             (Some(state), false) => state,
-            (_, true) => {
-                snapshots.sort_unstable();
-                snapshots.dedup();
-                match snapshots.as_slice() {
-                    [] => (0, Arc::new(StateMap::new())),
-                    [one] => (*one, self.state.load(*one)?),
-                    _ => self.resolve_snapshots(staging, &room.room_version, &snapshots)?,
-                }
-            }
+            (_, true) => self.state_after_all(staging, &room.room_version, snapshots)?,
             (None, false) => return Ok(Received::MissingPrevs(missing)),
         };
         let version = room.room_version.clone();
-        if let Err(reason) = self.check_against_auth_events(staging, &pdu, &version)? {
+        if let Some(reason) = self.auth_refusal(staging, &pdu, &version, &before.1)? {
             return Ok(Received::Rejected(reason));
-        }
-        if let Err(reason) = self.check_against(staging, &pdu, &version, &before.1)? {
-            return Ok(Received::Rejected(format!("not allowed by the state before it: {reason}")));
         }
         // Snapshot 0 is the empty state before a create event.
         let before_id = (before.0 != 0).then_some(before.0);
@@ -244,11 +233,7 @@ impl Rooms {
     }
 
     /// A snapshot holding exactly the given state events.
-    pub(super) fn stage_state_snapshot(
-        &self,
-        staging: &mut Staging,
-        state: &[Pdu],
-    ) -> Result<(u64, Arc<StateMap>)> {
+    fn stage_state_snapshot(&self, staging: &mut Staging, state: &[Pdu]) -> Result<(u64, Arc<StateMap>)> {
         let mut changes = Vec::with_capacity(state.len());
         for pdu in state {
             let Some(state_key) = &pdu.state_key else { continue };
@@ -257,10 +242,7 @@ impl Rooms {
             let event = self.staged_event_short(staging, &pdu.event_id)?;
             changes.push((key, event));
         }
-        let id = self.short.allocate();
-        let snapshot = self.state.store(id, None, changes, Vec::new(), &mut staging.batch)?;
-        staging.snapshots.push(id);
-        Ok((id, snapshot))
+        self.stage_snapshot(staging, None, changes, Vec::new())
     }
 
     /// Up to `limit` event IDs of the room's timeline and history, as one

@@ -236,9 +236,12 @@ impl Rooms {
         let from = query.from.as_deref().map(history::point_of_token).transpose()?;
         let to = query.to.as_deref().map(history::point_of_token).transpose()?;
         let now = i64::try_from(self.streams.current() + 1).map_err(Error::internal)?;
-        // Forwards without a token: from the oldest history here.
-        let oldest = -i64::try_from(self.oldest_history_order(room_id)?).map_err(Error::internal)?;
-        let start = from.unwrap_or(if backwards { now } else { oldest });
+        let start = match (from, backwards) {
+            (Some(from), _) => from,
+            (None, true) => now,
+            // Forwards without a token: from the oldest history here.
+            (None, false) => -i64::try_from(self.oldest_history_order(room_id)?).map_err(Error::internal)?,
+        };
         let mut chunk = Vec::new();
         let mut cursor = start;
         let mut exhausted = false;

@@ -114,14 +114,7 @@ impl Rooms {
         }
         let version = room.room_version.clone();
         let (before_id, before) = self.state_before(staging, &room, &pdu)?;
-        let refusal = match self.check_against_auth_events(staging, &pdu, &version)? {
-            Err(reason) => Some(reason),
-            Ok(()) => self
-                .check_against(staging, &pdu, &version, &before)?
-                .err()
-                .map(|reason| format!("not allowed by the state before it: {reason}")),
-        };
-        if let Some(reason) = refusal {
+        if let Some(reason) = self.auth_refusal(staging, &pdu, &version, &before)? {
             self.stage_unlisted(staging, &pdu, before_id, true)?;
             return Ok(Received::Rejected(reason));
         }
@@ -200,11 +193,8 @@ impl Rooms {
             (Some(state_key), false) => {
                 let kind = StateEventType::from(pdu.kind.to_string());
                 let key = self.short.state_key_short_or_create(&kind, state_key, &mut staging.batch)?;
-                let id = self.short.allocate();
                 let parent = (before_id != 0).then_some(before_id);
-                self.state.store(id, parent, vec![(key, short)], Vec::new(), &mut staging.batch)?;
-                staging.snapshots.push(id);
-                id
+                self.stage_snapshot(staging, parent, vec![(key, short)], Vec::new())?.0
             }
             _ => before_id,
         };
@@ -232,9 +222,25 @@ impl Rooms {
         Ok(create.room_id)
     }
 
+    /// Why the authorization rules refuse a received event, by its own auth
+    /// events or by the state before it; `None` when they allow it.
+    pub(super) fn auth_refusal(
+        &self,
+        staging: &Staging,
+        pdu: &Pdu,
+        version: &RoomVersionId,
+        before: &StateMap,
+    ) -> Result<Option<String>> {
+        if let Err(reason) = self.check_against_auth_events(staging, pdu, version)? {
+            return Ok(Some(reason));
+        }
+        let refused = self.check_against(staging, pdu, version, before)?.err();
+        Ok(refused.map(|reason| format!("not allowed by the state before it: {reason}")))
+    }
+
     /// The authorization rules with the event's own auth events as state;
     /// each must be known and belong to the same room.
-    pub(super) fn check_against_auth_events(
+    fn check_against_auth_events(
         &self,
         staging: &Staging,
         pdu: &Pdu,
@@ -269,7 +275,7 @@ impl Rooms {
     }
 
     /// The authorization rules against a state snapshot.
-    pub(super) fn check_against(
+    fn check_against(
         &self,
         staging: &Staging,
         pdu: &Pdu,
@@ -306,11 +312,24 @@ impl Rooms {
         for prev in &prevs {
             snapshots.push(self.staged_state_after(staging, prev)?);
         }
+        self.state_after_all(staging, &room.room_version, snapshots)
+    }
+
+    /// The state after all of `snapshots` (the states after an event's
+    /// `prev_events`): the one, their resolution when they differ, empty
+    /// when there is none (before a create event).
+    pub(super) fn state_after_all(
+        &self,
+        staging: &mut Staging,
+        version: &RoomVersionId,
+        mut snapshots: Vec<u64>,
+    ) -> Result<(u64, Arc<StateMap>)> {
         snapshots.sort_unstable();
         snapshots.dedup();
         match snapshots.as_slice() {
+            [] => Ok((0, Arc::new(StateMap::new()))),
             [one] => Ok((*one, self.state.load(*one)?)),
-            _ => self.resolve_snapshots(staging, &room.room_version, &snapshots),
+            _ => self.resolve_snapshots(staging, version, &snapshots),
         }
     }
 
@@ -360,10 +379,7 @@ impl Rooms {
         let changes: Vec<(u64, u64)> =
             full.iter().filter(|(k, v)| parent_state.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
         let removed: Vec<u64> = parent_state.keys().filter(|k| !full.contains_key(k)).copied().collect();
-        let id = self.short.allocate();
-        let state = self.state.store(id, Some(parent), changes, removed, &mut staging.batch)?;
-        staging.snapshots.push(id);
-        Ok((id, state))
+        self.stage_snapshot(staging, Some(parent), changes, removed)
     }
 
     /// The `make_join` answer: an unsigned join event for `user_id` on top

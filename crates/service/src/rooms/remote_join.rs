@@ -31,13 +31,14 @@ pub const INVITE_STATE: &[&str] = &[
 ];
 
 /// A user's membership in a room this server is not in (an "out-of-band"
-/// membership): an invite, or the leave that declined it.
+/// membership): an invite, a knock, or the leave that declined or
+/// retracted one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InviteStub {
-    /// The invite, or the leave that declined it.
+    /// The invite, the knock, or the leave that ended one.
     pub event_id: ruma::OwnedEventId,
     pub room_version: RoomVersionId,
-    /// The stripped state the inviting server sent (name, avatar, …).
+    /// The stripped state the other server sent (name, avatar, …).
     pub stripped: Vec<serde_json::Value>,
     /// `invite`, `knock`, or `leave` (older stubs are invites).
     #[serde(default = "invite_membership")]
@@ -73,17 +74,11 @@ impl Rooms {
         if existing.is_some() && self.stored(&join.event_id)?.is_some() {
             return Ok(());
         }
-        let mut staging = self.staging(None)?;
-        for pdu in auth_chain.iter().chain(&state) {
-            if pdu.room_id != room_id {
-                return Err(Error::forbidden("The resident server sent events of another room"));
-            }
-            self.stage_outlier(&mut staging, pdu)?;
-        }
         if !state.iter().any(|p| p.kind == ruma::events::TimelineEventType::RoomCreate) {
             return Err(Error::forbidden("The resident server's state has no create event"));
         }
-        let (id, snapshot) = self.stage_state_snapshot(&mut staging, &state)?;
+        let mut staging = self.staging(None)?;
+        let (id, snapshot) = self.stage_given_state(&mut staging, room_id, &state, &auth_chain)?;
         staging.state = snapshot;
         let mut depth = 0;
         for pdu in &state {
@@ -167,9 +162,10 @@ impl Rooms {
         self.store_out_of_band_membership(knock, stub).await
     }
 
-    /// Decline an invite to a room this server is not in: `leave` (sent to
-    /// the inviting server, or built here when it could not be reached)
-    /// takes the invite's place, and the user's sync shows the room as left.
+    /// Decline an invite to (or retract a knock on) a room this server is
+    /// not in: `leave` (sent to the other server, or built here when it
+    /// could not be reached) takes its place, and the user's sync shows the
+    /// room as left.
     pub async fn store_declined_invite(&self, leave: Pdu) -> Result<()> {
         let user = UserId::parse(leave.state_key.clone().unwrap_or_default())
             .map_err(|e| Error::bad_json(e.to_string()))?;
@@ -279,7 +275,8 @@ impl Rooms {
         Ok(stub.filter(|stub| stub.membership == "invite" || stub.membership == "knock"))
     }
 
-    /// The user's invite to, or declined invite of, a room this server is not in.
+    /// The user's out-of-band membership of a room this server is not in,
+    /// pending or ended.
     pub fn out_of_band_membership(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<InviteStub>> {
         Ok(self.useridroomid_invite.get(&(user_id.to_string(), room_id.to_string())).db()?.map(|Json(s)| s))
     }

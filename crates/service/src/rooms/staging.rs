@@ -122,6 +122,21 @@ impl Rooms {
         }
     }
 
+    /// A new state snapshot in the batch: `parent` with `changes` set and
+    /// `removed` gone (pending in the state store until the commit).
+    pub(super) fn stage_snapshot(
+        &self,
+        staging: &mut Staging,
+        parent: Option<u64>,
+        changes: Vec<(u64, u64)>,
+        removed: Vec<u64>,
+    ) -> Result<(u64, Arc<StateMap>)> {
+        let id = self.short.allocate();
+        let state = self.state.store(id, parent, changes, removed, &mut staging.batch)?;
+        staging.snapshots.push(id);
+        Ok((id, state))
+    }
+
     /// An event, staged or stored, unless it was rejected: what the
     /// authorization rules may read (a rejected event authorises nothing).
     pub(super) fn staged_accepted_pdu(&self, staging: &Staging, event_id: &EventId) -> Result<Option<Pdu>> {
