@@ -461,3 +461,55 @@ async fn backup_auth_data_is_kept_as_sent() {
         );
     }
 }
+
+/// A user-signing key, and another user's key signed with it, are their
+/// owner's alone: nobody else sees them in `device_lists` nor in a key query.
+/// An invited user is a device-list change (one may encrypt for them), and
+/// a UIA password stage may name the user the legacy way (`user`).
+#[tokio::test]
+async fn user_signing_keys_and_their_signatures_stay_private() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let path = "/_matrix/client/v3/keys/device_signing/upload";
+    for (user, name) in [(&alice, "ALICEMASTER"), (&bob, "BOBMASTER")] {
+        let keys = json!({"master_key": cross_key(user, "master", name)});
+        assert_eq!(server.post(path, Some(&user.token), keys).await.0, 200);
+    }
+    let next_batch = |body: Value| body["next_batch"].as_str().unwrap().to_owned();
+    let alice_since = next_batch(sync(&server, &alice, "").await);
+    let bob_since = next_batch(sync(&server, &bob, "").await);
+
+    let user_signing = json!({"user_signing_key": cross_key(&alice, "user_signing", "USK"),
+        "auth": {"type": "m.login.password", "user": alice.user_id, "password": crate::harness::PASSWORD}});
+    let (status, body) = server.post(path, Some(&alice.token), user_signing).await;
+    assert_eq!(status, 200, "a legacy `user` in the password stage is accepted: {body}");
+    let bob_id = bob.user_id.clone();
+    let mut signed = cross_key(&bob, "master", "BOBMASTER");
+    signed["signatures"] = json!({alice.user_id.clone(): {"ed25519:USK": "cross-signature"}});
+    let upload = json!({bob_id.clone(): {"BOBMASTER": signed}});
+    let (status, body) =
+        server.post("/_matrix/client/v3/keys/signatures/upload", Some(&alice.token), upload).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failures"], json!({}));
+
+    let body = sync(&server, &bob, &format!("?since={bob_since}&timeout=0")).await;
+    assert_eq!(body["device_lists"]["changed"], json!([]), "bob hears of neither: {body}");
+    let body = sync(&server, &alice, &format!("?since={alice_since}")).await;
+    let changed = body["device_lists"]["changed"].as_array().unwrap().clone();
+    assert!(changed.contains(&json!(alice.user_id)) && changed.contains(&json!(bob_id)), "{body}");
+    let query = json!({"device_keys": {bob_id.clone(): []}});
+    let (_, theirs) = server.post("/_matrix/client/v3/keys/query", Some(&bob.token), query.clone()).await;
+    assert!(theirs["master_keys"][&bob_id]["signatures"].get(&alice.user_id).is_none(), "{theirs}");
+    let (_, mine) = server.post("/_matrix/client/v3/keys/query", Some(&alice.token), query).await;
+    assert_eq!(mine["master_keys"][&bob_id]["signatures"][&alice.user_id]["ed25519:USK"], "cross-signature");
+
+    let next = sync(&server, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    let invite = json!({"user_id": carol.user_id});
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), Some(&alice.token), invite).await;
+    let body = sync(&server, &alice, &format!("?since={next}")).await;
+    assert_eq!(body["device_lists"]["changed"], json!([carol.user_id]), "{body}");
+}

@@ -158,7 +158,10 @@ where
             access_token.as_deref(),
             parts.uri.query(),
         )?;
-        let bytes = read_body(body, &parts, state.config.max_request_size).await?;
+        let mut bytes = read_body(body, &parts, state.config.max_request_size).await?;
+        if <R::Authentication as Auth>::KIND != AuthKind::ServerSignatures {
+            bytes = with_password_identifier(bytes);
+        }
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let raw_query = parts.uri.query().map(str::to_owned);
         let http_request = http::Request::from_parts(parts, bytes.as_ref());
@@ -358,6 +361,22 @@ async fn read_body(body: Body, parts: &Parts, limit: u64) -> Result<bytes::Bytes
     Ok(bytes)
 }
 
+/// A UIA password stage naming the user the pre-r0.4 way (`"user": "…"`,
+/// which clients and SyTest still send, and Synapse accepts) gets the
+/// `identifier` ruma's type requires; any other body is left as sent.
+fn with_password_identifier(bytes: bytes::Bytes) -> bytes::Bytes {
+    if !bytes.windows(16).any(|w| w == b"m.login.password") {
+        return bytes;
+    }
+    let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return bytes };
+    let Some(auth) = body.get_mut("auth").filter(|a| a.is_object()) else { return bytes };
+    if auth["type"] != "m.login.password" || !auth["identifier"].is_null() || !auth["user"].is_string() {
+        return bytes;
+    }
+    auth["identifier"] = serde_json::json!({"type": "m.id.user", "user": auth["user"]});
+    serde_json::to_vec(&body).map(bytes::Bytes::from).unwrap_or(bytes)
+}
+
 /// Client API bodies are JSON unless the client declares another type (media uploads).
 fn looks_like_json_body(parts: &Parts) -> bool {
     match parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
@@ -457,7 +476,23 @@ impl axum::extract::FromRequestParts<AppState> for AuthedDevice {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, with_password_identifier};
+
+    #[test]
+    fn a_legacy_password_stage_gets_an_identifier() {
+        let legacy = br#"{"auth":{"type":"m.login.password","user":"@a:hs","password":"p"},"k":1}"#;
+        let body: serde_json::Value =
+            serde_json::from_slice(&with_password_identifier(bytes::Bytes::from_static(legacy))).unwrap();
+        assert_eq!(body["auth"]["identifier"], serde_json::json!({"type": "m.id.user", "user": "@a:hs"}));
+        assert_eq!(body["k"], 1);
+        for unchanged in [
+            &br#"{"auth":{"type":"m.login.password","identifier":{"type":"m.id.user","user":"a"},"user":"b"}}"#[..],
+            br#"["m.login.password"]"#,
+            br#"{"auth":"m.login.password"}"#,
+        ] {
+            assert_eq!(&with_password_identifier(bytes::Bytes::copy_from_slice(unchanged))[..], unchanged);
+        }
+    }
 
     #[test]
     fn percent_decoding() {

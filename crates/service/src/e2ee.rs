@@ -33,6 +33,36 @@ pub struct E2ee {
     fallback_keys: FallbackTable,
     stream_keychange: Table<u64, String>,
     cross_signing: Table<(String, String), Json<JsonValue>>,
+    /// Our user → the stream ID of their last `m.device_list_update`.
+    userid_devicelistid: Table<String, u64>,
+    /// Another server's user → their devices and keys, kept up to date by
+    /// that server's updates while we share a room with them.
+    remote_device_lists: Table<String, Json<RemoteDeviceList>>,
+}
+
+/// Builds a key change's EDU from its stream position and the user's
+/// previous `m.device_list_update`.
+type EduOf<'a> = dyn Fn(u64, Option<u64>) -> Result<JsonValue> + 'a;
+
+/// Another server's user's device list, as this server caches it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteDeviceList {
+    /// The stream ID of the last update applied (or of the resync): updates
+    /// up to it are in here.
+    pub stream_id: u64,
+    /// Device ID → device keys, with `unsigned.device_display_name`.
+    pub devices: BTreeMap<String, JsonValue>,
+    pub master_key: Option<JsonValue>,
+    pub self_signing_key: Option<JsonValue>,
+}
+
+/// A cross-signing key as `requester` may see it: another user's signature
+/// on it was made with that user's user-signing key, which only they see.
+fn visible_signatures(mut key: JsonValue, owner: &UserId, requester: &UserId) -> JsonValue {
+    if let Some(signatures) = key.get_mut("signatures").and_then(JsonValue::as_object_mut) {
+        signatures.retain(|signer, _| signer == owner.as_str() || signer == requester.as_str());
+    }
+    key
 }
 
 /// The kinds of cross-signing key, as stored.
@@ -61,6 +91,8 @@ impl E2ee {
             fallback_keys: db.table("useriddevicealgorithm_fallbackkey").db()?,
             stream_keychange: db.table("stream_keychange").db()?,
             cross_signing: db.table("useridkind_crosssigningkey").db()?,
+            userid_devicelistid: db.table("userid_devicelistid").db()?,
+            remote_device_lists: db.table("remoteuserid_devicelist").db()?,
         })
     }
 
@@ -69,11 +101,52 @@ impl E2ee {
         Ok(table.last().db()?.map(|(k, _)| k).unwrap_or(0))
     }
 
-    /// Record that a user's devices or keys changed, and wake those who care.
-    /// For one of our users, the servers sharing a room with them hear of
-    /// it too (`m.device_list_update`, in the same write); with no previous
-    /// stream IDs, they fetch the whole list from `/user/devices`.
-    pub fn device_list_changed(&self, user_id: &UserId) -> Result<()> {
+    /// Record that one of a user's devices changed (new, renamed, new keys
+    /// or signatures, deleted), and wake those who care. For one of our
+    /// users, the servers sharing a room with them hear of it in the same
+    /// write: an `m.device_list_update` whose `prev_id` is the user's
+    /// previous update, so a server that missed one resyncs.
+    pub fn device_changed(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+        let edu = |position: u64, prev: Option<u64>| -> Result<JsonValue> {
+            let device = self.accounts.device(user_id, device_id)?;
+            let mut content = json!({
+                "user_id": user_id, "device_id": device_id, "stream_id": position,
+                "prev_id": prev.into_iter().collect::<Vec<_>>(), "deleted": device.is_none(),
+            });
+            if let Some(name) = device.and_then(|d| d.display_name) {
+                content["device_display_name"] = json!(name);
+            }
+            if let Some(Json(keys)) =
+                self.device_keys.get(&(user_id.to_string(), device_id.to_string())).db()?
+            {
+                content["keys"] = keys;
+            }
+            Ok(json!({"edu_type": "m.device_list_update", "content": content}))
+        };
+        self.key_change(user_id, Some(&edu))
+    }
+
+    /// Record that a user's cross-signing keys changed; for one of our users,
+    /// servers sharing a room hear of it (`m.signing_key_update`).
+    pub fn cross_signing_changed(&self, user_id: &UserId) -> Result<()> {
+        let edu = |_: u64, _: Option<u64>| -> Result<JsonValue> {
+            let mut content = json!({"user_id": user_id});
+            for (kind, field) in [("master", "master_key"), ("self_signing", "self_signing_key")] {
+                if let Some(Json(key)) =
+                    self.cross_signing.get(&(user_id.to_string(), kind.to_owned())).db()?
+                {
+                    content[field] = key;
+                }
+            }
+            Ok(json!({"edu_type": "m.signing_key_update", "content": content}))
+        };
+        self.key_change(user_id, Some(&edu))
+    }
+
+    /// Record a key change: in the stream (sync's `device_lists`), to the
+    /// bridges that see the user, and, for one of our users, as the EDU
+    /// `edu(position, previous update)` builds to the servers sharing a room.
+    fn key_change(&self, user_id: &UserId, edu: Option<&EduOf<'_>>) -> Result<()> {
         let table = &self.stream_keychange;
         let mates = self.rooms.room_mates(user_id)?;
         let local = user_id.server_name() == self.config.server_name;
@@ -84,22 +157,29 @@ impl E2ee {
             .collect();
         servers.sort();
         servers.dedup();
-        let device = self.accounts.devices(user_id)?.into_iter().next().map(|(id, _)| id.to_string());
         let bridges: Vec<_> = self
             .rooms
             .appservices_seeing(user_id)?
             .into_iter()
             .filter(|a| a.device_extensions && a.registration.url.is_some())
             .collect();
+        let last_update = self.userid_devicelistid.get(&user_id.to_string()).db()?;
+        let mut failed = None;
         self.streams.commit(self.db.batch(), |position, batch| {
             batch.put(table, &position, &user_id.to_string());
-            let edu = json!({"edu_type": "m.device_list_update", "content": {
-                "user_id": user_id, "device_id": device.clone().unwrap_or_default(),
-                "stream_id": position, "prev_id": [], "deleted": false,
-            }});
-            for server in &servers {
-                let job = crate::outgoing::Job::Edu { edu: edu.clone() };
-                self.outgoing.stage(batch, &crate::outgoing::server_destination(server), job);
+            if let Some(edu) = edu.filter(|_| local) {
+                match edu(position, last_update) {
+                    Ok(edu) => {
+                        if edu["edu_type"] == "m.device_list_update" {
+                            batch.put(&self.userid_devicelistid, &user_id.to_string(), &position);
+                        }
+                        for server in &servers {
+                            let job = crate::outgoing::Job::Edu { edu: edu.clone() };
+                            self.outgoing.stage(batch, &crate::outgoing::server_destination(server), job);
+                        }
+                    }
+                    Err(err) => failed = Some(err),
+                }
             }
             for appservice in &bridges {
                 let job =
@@ -107,6 +187,9 @@ impl E2ee {
                 self.outgoing.stage(batch, &appservice.destination(), job);
             }
         })?;
+        if let Some(err) = failed {
+            tracing::warn!(%user_id, "device list update not sent to other servers: {err}");
+        }
         if !servers.is_empty() || !bridges.is_empty() {
             self.outgoing.wake();
         }
@@ -114,9 +197,30 @@ impl E2ee {
         Ok(())
     }
 
-    /// The position of the latest device or key change (`/user/devices`' stream ID).
-    pub fn latest_key_change(&self) -> u64 {
-        self.stream_keychange.last().ok().flatten().map_or(0, |(k, _)| k)
+    /// The stream ID of a user's last `m.device_list_update` (what
+    /// `/user/devices` answers, so a server's cache lines up with the next).
+    pub fn device_list_stream_id(&self, user_id: &UserId) -> Result<u64> {
+        Ok(self.userid_devicelistid.get(&user_id.to_string()).db()?.unwrap_or(0))
+    }
+
+    /// Another server's user's devices as cached here, if they are.
+    pub fn remote_device_list(&self, user_id: &UserId) -> Result<Option<RemoteDeviceList>> {
+        Ok(self.remote_device_lists.get(&user_id.to_string()).db()?.map(|Json(list)| list))
+    }
+
+    /// Cache another server's user's devices (a resync, an update applied,
+    /// or `None` to forget them), and tell those sharing a room with them.
+    pub fn store_remote_device_list(&self, user_id: &UserId, list: Option<&RemoteDeviceList>) -> Result<()> {
+        let mates = self.rooms.room_mates(user_id)?;
+        self.streams.commit(self.db.batch(), |position, batch| {
+            batch.put(&self.stream_keychange, &position, &user_id.to_string());
+            match list {
+                Some(list) => batch.put(&self.remote_device_lists, &user_id.to_string(), &Json(list.clone())),
+                None => batch.delete(&self.remote_device_lists, &user_id.to_string()),
+            }
+        })?;
+        self.streams.notify(mates.iter().map(|u| &**u));
+        Ok(())
     }
 
     /// `/keys/upload`. Returns the one-time key counts of the device.
@@ -158,7 +262,7 @@ impl E2ee {
         }
         batch.commit().db()?;
         if changed {
-            self.device_list_changed(user_id)?;
+            self.device_changed(user_id, device_id)?;
         }
         self.key_counts_to_bridge(user_id, device_id)?;
         self.one_time_key_counts(user_id, device_id)
@@ -205,18 +309,30 @@ impl E2ee {
             .collect())
     }
 
-    /// `/keys/query` for local users: device keys with their display names,
-    /// and cross-signing keys (a user-signing key only for its owner).
+    /// `/keys/query` for local users and the other servers' users cached
+    /// here: device keys with their display names, and cross-signing keys
+    /// (a user-signing key only for its owner).
     pub fn query(&self, requester: &UserId, requests: Vec<(OwnedUserId, Vec<String>)>) -> Result<JsonValue> {
         let mut device_keys = Map::new();
         let mut failures = Map::new();
         let mut cross: [Map<String, JsonValue>; 3] = Default::default();
         for (user, devices) in requests {
             if !self.accounts.is_local(&user) {
-                failures.insert(
-                    user.server_name().to_string(),
-                    json!({"errcode": "M_UNAVAILABLE", "error": "Keys of users on other servers are not fetched yet"}),
-                );
+                let Some(list) = self.remote_device_list(&user)? else {
+                    failures.insert(
+                        user.server_name().to_string(),
+                        json!({"errcode": "M_UNAVAILABLE", "error": "The user's devices are not known here"}),
+                    );
+                    continue;
+                };
+                let wanted = |device: &String| devices.is_empty() || devices.contains(device);
+                let per_device = list.devices.into_iter().filter(|(d, _)| wanted(d)).collect();
+                device_keys.insert(user.to_string(), JsonValue::Object(per_device));
+                for (i, key) in [list.master_key, list.self_signing_key].into_iter().enumerate() {
+                    if let Some(key) = key {
+                        cross[i].insert(user.to_string(), key);
+                    }
+                }
                 continue;
             }
             let mut per_device = Map::new();
@@ -240,7 +356,7 @@ impl E2ee {
                 if let Some(Json(key)) =
                     self.cross_signing.get(&(user.to_string(), (*kind).to_owned())).db()?
                 {
-                    cross[i].insert(user.to_string(), key);
+                    cross[i].insert(user.to_string(), visible_signatures(key, &user, requester));
                 }
             }
         }
@@ -274,6 +390,7 @@ impl E2ee {
         if !keys.is_empty() && !has_master {
             return Err(Error::missing_param("Upload a master key before the other cross-signing keys"));
         }
+        let only_user_signing = keys.iter().all(|(kind, _)| *kind == "user_signing");
         let mut batch = self.db.batch();
         for (kind, key) in keys {
             if key["user_id"] != user_id.as_str() || !key["keys"].is_object() || !key["usage"].is_array() {
@@ -282,7 +399,10 @@ impl E2ee {
             batch.put(&self.cross_signing, &(user_id.to_string(), kind.to_owned()), &Json(key));
         }
         batch.commit().db()?;
-        self.device_list_changed(user_id)
+        if only_user_signing {
+            return self.private_key_change(user_id, user_id);
+        }
+        self.cross_signing_changed(user_id)
     }
 
     /// `/keys/signatures/upload`: merge signatures into the signed device or
@@ -347,12 +467,19 @@ impl E2ee {
                     .unwrap_or("master");
                 self.cross_signing.put(&(user.to_string(), kind.to_owned()), &Json(keys)).db()?;
             }
-            changed.push(user);
+            // A signed device is that device's change; a signed
+            // cross-signing key is a signing key update.
+            changed.push((user, is_device.then_some(key_id)));
         }
         changed.sort();
         changed.dedup();
-        for user in changed {
-            self.device_list_changed(&user)?;
+        for (user, device) in changed {
+            match device {
+                Some(device) => self.device_changed(&user, device.as_str().into())?,
+                // Another user's key signed with our user-signing key.
+                None if user != signer => self.private_key_change(&user, signer)?,
+                None => self.cross_signing_changed(&user)?,
+            }
         }
         Ok(json!({"failures": failures}))
     }
@@ -386,17 +513,32 @@ impl E2ee {
         Ok(json!({"one_time_keys": claimed, "failures": {}}))
     }
 
-    /// Users whose devices or keys changed at positions `from..=to`; callers
-    /// narrow them to those sharing a room with the viewer.
-    pub fn key_changes_between(&self, from: u64, to: u64) -> Result<BTreeSet<String>> {
+    /// Users whose devices or keys changed at positions `from..=to` as
+    /// `viewer` sees them; callers narrow them to those sharing a room.
+    pub fn key_changes_between(&self, viewer: &UserId, from: u64, to: u64) -> Result<BTreeSet<String>> {
         Ok(self
             .stream_keychange
             .scan_from(&[], Some(&from.encode()), false, usize::MAX)
             .db()?
             .into_iter()
             .take_while(|(position, _)| *position <= to)
-            .map(|(_, user)| user)
+            .filter_map(|(_, row)| match row.split_once(' ') {
+                // A change only one user sees (see `private_key_change`).
+                Some((user, only_for)) => (only_for == viewer.as_str()).then(|| user.to_owned()),
+                None => Some(row),
+            })
             .collect())
+    }
+
+    /// A change of `user_id`'s keys only `viewer` may see: a user-signing
+    /// key (its owner's), or a signature made with one (its signer's). No
+    /// other user nor server hears of it.
+    fn private_key_change(&self, user_id: &UserId, viewer: &UserId) -> Result<()> {
+        self.streams.commit(self.db.batch(), |position, batch| {
+            batch.put(&self.stream_keychange, &position, &format!("{user_id} {viewer}"));
+        })?;
+        self.streams.notify([viewer]);
+        Ok(())
     }
 
     /// Forget a deleted device's keys.
@@ -411,6 +553,6 @@ impl E2ee {
             batch.delete(&self.fallback_keys, &key);
         }
         batch.commit().db()?;
-        self.device_list_changed(user_id)
+        self.device_changed(user_id, device_id)
     }
 }

@@ -15,6 +15,7 @@ pub mod ephemeral;
 pub mod event_stream;
 pub mod federation;
 pub mod filters;
+mod locks;
 pub mod media;
 pub mod outgoing;
 pub mod peek;

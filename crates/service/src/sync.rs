@@ -263,7 +263,8 @@ impl Sync {
     }
 
     /// Users who joined a room with the syncing user in the window (all
-    /// members of a room the user joined), and users who left one. `rooms`
+    /// members of a room the user joined) or were invited to one, and users
+    /// who left one. `rooms`
     /// are those with events in the window.
     fn member_changes(
         &self,
@@ -280,7 +281,7 @@ impl Sync {
                 } else {
                     vec![change.user_id]
                 };
-                let target = if change.is_joined { &mut joined } else { &mut parted };
+                let target = if change.is_joined || change.is_invited { &mut joined } else { &mut parted };
                 target.extend(affected.into_iter().map(|u| u.to_string()));
             }
         }
@@ -297,17 +298,19 @@ impl Sync {
         joined: &BTreeSet<String>,
         parted: BTreeSet<String>,
     ) -> Result<(Vec<String>, Vec<String>)> {
-        let mut changed = self.e2ee.key_changes_between(since, to)?;
-        changed.extend(joined.iter().cloned());
-        if changed.is_empty() && parted.is_empty() {
+        let changed = self.e2ee.key_changes_between(user, since, to)?;
+        if changed.is_empty() && joined.is_empty() && parted.is_empty() {
             // The common case: nothing to narrow, so no room-mate scan.
             return Ok((Vec::new(), Vec::new()));
         }
         let mates: BTreeSet<String> =
             self.rooms.room_mates(user)?.into_iter().map(|u| u.to_string()).collect();
         let left: Vec<String> = parted.into_iter().filter(|u| !mates.contains(u)).collect();
-        let changed = changed.into_iter().filter(|u| mates.contains(u) && !left.contains(u)).collect();
-        Ok((changed, left))
+        // Key changes of those sharing a room; and everyone who newly shares
+        // one or is newly invited to one (not yet a room-mate).
+        let mut changed: BTreeSet<String> = changed.into_iter().filter(|u| mates.contains(u)).collect();
+        changed.extend(joined.iter().cloned());
+        Ok((changed.into_iter().filter(|u| !left.contains(u)).collect(), left))
     }
 
     /// `m.presence` events: changes in the window, and the presence of
@@ -622,9 +625,6 @@ impl Sync {
 
     /// A declined invite to a room this server is not in: the leave alone.
     fn declined_invite(&self, w: &Window<'_>, room_id: &RoomId) -> Result<Option<JsonValue>> {
-        if self.rooms.room(room_id)?.is_some() {
-            return Ok(None);
-        }
         let Some(stub) = self.rooms.out_of_band_membership(w.user, room_id)? else { return Ok(None) };
         let Some(stored) = self.rooms.stored(&stub.event_id)? else { return Ok(None) };
         let event = in_format(w, &stored, self.rooms.client_event(&stored, Some((w.user, w.device)))?);
@@ -666,16 +666,14 @@ impl Sync {
         if w.ignored.is_empty() {
             return Ok(false);
         }
-        let invite = match self.rooms.room(room_id)? {
-            Some(room) => {
+        let invite = match (self.rooms.invite_stub(w.user, room_id)?, self.rooms.room(room_id)?) {
+            (Some(stub), _) => self.rooms.pdu(&stub.event_id)?,
+            (None, Some(room)) => {
                 let state = self.rooms.current_state(&room)?;
                 let member = ruma::events::StateEventType::RoomMember;
                 self.rooms.state_pdu(&state, &member, w.user.as_str())?
             }
-            None => match self.rooms.invite_stub(w.user, room_id)? {
-                Some(stub) => self.rooms.pdu(&stub.event_id)?,
-                None => None,
-            },
+            (None, None) => None,
         };
         Ok(invite.is_some_and(|invite| w.ignored.contains(invite.sender.as_str())))
     }
@@ -703,15 +701,15 @@ impl Sync {
 
     /// Stripped state for an invite or knock: the room's key state and the user's membership.
     fn stripped_state(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
-        let Some(room) = self.rooms.room(room_id)? else {
-            // An invite to (or knock on) a room on another server: what its server sent.
-            let Some(stub) = self.rooms.pending_out_of_band(user, room_id)? else { return Ok(Vec::new()) };
+        // An invite to (or knock on) a room this server is not in: what its server sent.
+        if let Some(stub) = self.rooms.pending_out_of_band(user, room_id)? {
             let mut events = stub.stripped;
             if let Some(invite) = self.rooms.pdu(&stub.event_id)? {
                 events.push(json!({"type": "m.room.member", "state_key": invite.state_key, "content": invite.content_value(), "sender": invite.sender}));
             }
             return Ok(events);
-        };
+        }
+        let Some(room) = self.rooms.room(room_id)? else { return Ok(Vec::new()) };
         let state = self.rooms.current_state(&room)?;
         let mut events = Vec::new();
         let keys = INVITE_STATE

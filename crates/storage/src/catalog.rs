@@ -61,6 +61,12 @@ pub const TABLES: &[&str] = &[
     "useridversionroomsession_backupkey",
     // Stream position → user ID whose devices or keys changed (device_lists).
     "stream_keychange",
+    // Our user ID → stream ID of their last m.device_list_update (the next one's prev_id).
+    "userid_devicelistid",
+    // Another server's user ID → their cached device list (devices, cross-signing keys,
+    // stream ID). Written by E2ee; dropped by the membership index when they or we
+    // (re)join a room, since updates sent while no room was shared never came.
+    "remoteuserid_devicelist",
     // User ID → (device ID, device data): the user's dehydrated device (MSC3814).
     "userid_dehydrateddevice",
     // (room ID, "<field>:<term>", stream) → occurrences: the full-text search index.

@@ -53,7 +53,7 @@ pub async fn update(
         services.accounts.set_device_display_name(user, &body.device_id, body.display_name.clone())?;
     }
     // The name is shown to others in `/keys/query`: a device-list change.
-    services.e2ee.device_list_changed(user)?;
+    services.e2ee.device_changed(user, &body.device_id)?;
     let status = if create { http::StatusCode::CREATED } else { http::StatusCode::OK };
     Ok((status, axum::Json(serde_json::json!({}))))
 }

@@ -90,7 +90,12 @@ async fn join(
     custom: serde_json::Map<String, serde_json::Value>,
     via: &[ruma::OwnedServerName],
 ) -> Result<(), Error> {
-    if services.rooms.room(room_id)?.is_some() {
+    // A room this server left is joined through the servers still in it:
+    // its state here stopped when we left.
+    let known = services.rooms.room(room_id)?.is_some();
+    let residents = if known { services.rooms.joined_servers(room_id)? } else { Vec::new() };
+    let stale = !residents.is_empty() && !services.rooms.is_resident(room_id)?;
+    if known && !(stale && services.config.allow_federation) {
         if is_guest(services, user_id)? && !services.rooms.guests_can_join(room_id)? {
             return Err(Error::forbidden("Guests may only join rooms whose guest access is can_join"));
         }
@@ -104,10 +109,14 @@ async fn join(
     {
         servers.push(invite.sender.server_name().to_owned());
     }
+    servers.extend(residents);
     if let Some(server) = room_id.server_name() {
         servers.push(server.to_owned());
     }
-    servers.dedup();
+    let ours = &services.config.server_name;
+    servers.retain(|s| s != ours);
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|s| seen.insert(s.clone()));
     if servers.is_empty() || !services.config.allow_federation {
         return Err(Error::not_found("Unknown room"));
     }
@@ -172,10 +181,8 @@ pub async fn leave(
     request: Ruma<leave_room::v3::Request>,
 ) -> ApiResult<leave_room::v3::Response> {
     let (room_id, user_id) = (&request.body.room_id, request.user()?);
-    if services.rooms.room(room_id)?.is_none()
-        && services.rooms.pending_out_of_band(user_id, room_id)?.is_some()
-    {
-        // Declining an invite to (or retracting a knock on) a room on another server.
+    if services.rooms.pending_out_of_band(user_id, room_id)?.is_some() {
+        // Declining an invite to (or retracting a knock on) a room this server is not in.
         services.federation.decline_remote_membership(room_id, user_id, request.body.reason.clone()).await?;
         return Ok(leave_room::v3::Response::new());
     }

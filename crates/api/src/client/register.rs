@@ -156,7 +156,7 @@ fn logged_in(
     let accounts = &services.accounts;
     let display_name = params.initial_device_display_name;
     let tokens = accounts.issue_tokens(&user_id, params.device_id, display_name, params.refresh_token)?;
-    services.e2ee.device_list_changed(&user_id)?;
+    services.e2ee.device_changed(&user_id, &tokens.device_id)?;
     let mut response = register::v3::Response::new(user_id);
     response.access_token = Some(tokens.access_token);
     response.device_id = Some(tokens.device_id);

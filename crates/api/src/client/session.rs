@@ -67,7 +67,7 @@ pub async fn login(services: AppState, request: Ruma<login::v3::Request>) -> Api
         body.refresh_token,
     )?;
     // A new device is a device-list change for everyone sharing a room.
-    services.e2ee.device_list_changed(&user_id)?;
+    services.e2ee.device_changed(&user_id, &tokens.device_id)?;
     Ok(login_response(user_id, tokens, &services))
 }
 

@@ -43,7 +43,7 @@ fn note_failure(answer: &mut JsonValue, server: &ServerName, what: &str, reason:
 }
 
 impl Federation {
-    fn is_local(&self, user: &UserId) -> bool {
+    pub(super) fn is_local(&self, user: &UserId) -> bool {
         user.server_name() == self.config.server_name
     }
 
@@ -55,12 +55,19 @@ impl Federation {
         requester: &UserId,
         requests: Vec<(OwnedUserId, Vec<String>)>,
     ) -> Result<JsonValue> {
-        let (local, remote): (Vec<_>, Vec<_>) =
+        let (mut here, remote): (Vec<_>, Vec<_>) =
             requests.into_iter().partition(|(user, _)| self.is_local(user));
-        let mut answer = self.e2ee.query(requester, local)?;
         if !self.enabled() {
-            return Ok(answer);
+            return self.e2ee.query(requester, here);
         }
+        // Other servers' users sharing a room with ours are answered from
+        // the cache (fetched whole the first time); the others are asked.
+        let remote_users: Vec<OwnedUserId> = remote.iter().map(|(user, _)| user.clone()).collect();
+        let cached = self.cache_device_lists(&remote_users).await;
+        let (from_cache, remote): (Vec<_>, Vec<_>) =
+            remote.into_iter().partition(|(user, _)| cached.contains(user));
+        here.extend(from_cache);
+        let mut answer = self.e2ee.query(requester, here)?;
         let queries = by_server(remote).into_iter().map(|(server, users)| async move {
             let request: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>> = users
                 .into_iter()
@@ -178,14 +185,15 @@ impl Federation {
     }
 
     /// `/user/devices/{userId}`: a user's devices with their keys, and their
-    /// cross-signing keys; the stream ID is the latest key change.
+    /// cross-signing keys; the stream ID is the user's last
+    /// `m.device_list_update`, which the next one names as its `prev_id`.
     pub fn serve_devices(&self, user_id: &UserId) -> Result<(u64, JsonValue)> {
         if !self.is_local(user_id) {
             return Err(Error::not_found("The user is not on this server"));
         }
         let requester = UserId::parse(format!("@:{}", self.config.server_name)).map_err(Error::internal)?;
         let keys = self.e2ee.query(&requester, vec![(user_id.to_owned(), Vec::new())])?;
-        Ok((self.e2ee.latest_key_change(), keys))
+        Ok((self.e2ee.device_list_stream_id(user_id)?, keys))
     }
 
     /// `m.direct_to_device`: deliver to our users' devices.
@@ -214,19 +222,6 @@ impl Federation {
         let via: OwnedDeviceId = format!("federation:{origin}").into();
         if let Err(err) = self.to_device.send(&sender, &via, message_id, event_type, targets) {
             tracing::warn!(%origin, "to-device messages from the server not delivered: {err}");
-        }
-    }
-
-    /// `m.device_list_update` / `m.signing_key_update`: the user's devices
-    /// changed; our users who share a room with them hear of it in sync and
-    /// query the keys again.
-    pub(super) fn receive_device_list_update(&self, origin: &ServerName, content: &JsonValue) {
-        let Some(user) = content["user_id"].as_str().and_then(|u| UserId::parse(u).ok()) else { return };
-        if user.server_name() != origin {
-            return;
-        }
-        if let Err(err) = self.e2ee.device_list_changed(&user) {
-            tracing::warn!(%origin, "device list update not recorded: {err}");
         }
     }
 }

@@ -371,7 +371,7 @@ impl Federation {
             results.extend(outcome);
         }
         for edu in edus {
-            self.receive_edu(origin, edu);
+            self.receive_edu(origin, edu).await;
         }
         results
     }
@@ -428,11 +428,14 @@ impl Federation {
             tracing::error!(%room_id, "storing a received event failed: {e}");
             "internal error".to_owned()
         })?;
-        Ok(outcome.into_iter().next().map_or(Received::Known, |(_, o)| o))
+        let outcome = outcome.into_iter().next().map_or(Received::Known, |(_, o)| o);
+        tracing::debug!(%room_id, ?outcome, "received an event");
+        Ok(outcome)
     }
 
-    /// Typing notifications and read receipts from the origin's users.
-    fn receive_edu(&self, origin: &ServerName, edu: &Raw<Edu>) {
+    /// Ephemeral news from the origin's users: typing, receipts, presence,
+    /// to-device messages, device and signing key changes.
+    async fn receive_edu(&self, origin: &ServerName, edu: &Raw<Edu>) {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(edu.json().get()) else { return };
         let content = &value["content"];
         match value["edu_type"].as_str() {
@@ -493,9 +496,8 @@ impl Federation {
                 }
             }
             Some("m.direct_to_device") => self.receive_to_device(origin, content),
-            Some("m.device_list_update" | "m.signing_key_update") => {
-                self.receive_device_list_update(origin, content);
-            }
+            Some("m.device_list_update") => self.receive_device_list_update(origin, content).await,
+            Some("m.signing_key_update") => self.receive_signing_key_update(origin, content).await,
             _ => {}
         }
     }

@@ -391,7 +391,10 @@ impl Federation {
         let mut object = pdu.json.clone();
         pdus::add_signature(&mut object, room_version, &self.config.server_name, self.client.signing_key())
             .map_err(|e| Error::internal(e.to_string()))?;
-        if self.rooms.room(room_id)?.is_none() {
+        // A room none of our users is in (any more) gets no events from the
+        // inviting server: the invite is kept out of band. When we are in
+        // it, the invite comes as an event like any other.
+        if self.rooms.room(room_id)?.is_none() || !self.rooms.is_resident(room_id)? {
             let signed = estuary_events::Pdu::from_json(
                 pdu.event_id.clone(),
                 Some(room_id.to_owned()),

@@ -8,6 +8,7 @@
 
 pub mod backfill;
 pub mod client;
+mod device_lists;
 pub mod e2ee;
 mod gap;
 pub mod inbound;
@@ -40,6 +41,8 @@ pub struct Federation {
     presence: Arc<crate::presence::Presence>,
     /// Rooms whose last backfill brought nothing, and when (not asked again soon).
     backfill_misses: backfill::Misses,
+    /// One other server's user's device list changes at a time.
+    device_list_locks: crate::locks::KeyedLocks<ruma::OwnedUserId>,
 }
 
 /// What the federation service works with, besides its own parts.
@@ -74,6 +77,7 @@ impl Federation {
             outgoing,
             presence,
             backfill_misses,
+            device_list_locks: Default::default(),
         }
     }
 

@@ -26,7 +26,7 @@ use super::{
     staging::{FanOut, Staged, Staging},
     state::StateMap,
 };
-use crate::storage_error::StorageResultExt;
+use crate::{federation::server_of, storage_error::StorageResultExt};
 
 /// A client transaction: sends with the same one are idempotent.
 #[derive(Clone, Debug)]
@@ -448,12 +448,35 @@ impl Rooms {
         let Some(target) = pdu.state_key.as_deref() else { return Ok(()) };
         let membership = pdu.content_value()["membership"].as_str().unwrap_or("leave").to_owned();
         let room = pdu.room_id.to_string();
+        let row = (target.to_owned(), room.clone());
+        if membership == "join" && self.useridroomid_membership.get(&row).db()?.as_deref() != Some("join") {
+            self.forget_remote_devices(target, batch);
+            if server_of(target).is_some_and(|s| s == self.config.server_name) {
+                // Our first member: this server shares the room again.
+                let members = self.members_with_membership(&pdu.room_id, "join")?;
+                if !members.iter().any(|m| m.server_name() == self.config.server_name) {
+                    members.iter().for_each(|m| self.forget_remote_devices(m.as_str(), batch));
+                }
+            }
+        }
+        // The room's own events now say the membership: an out-of-band
+        // invite, knock or leave kept while we were not in it is done with.
+        batch.delete(&self.useridroomid_invite, &row);
         batch.put(&self.useridroomid_membership, &(target.to_owned(), room.clone()), &membership);
         batch.put(&self.roomiduserid_membership, &(room.clone(), target.to_owned()), &membership);
         if membership == "join" || membership == "invite" || membership == "knock" {
             batch.delete(&self.useridroomid_forgotten, &(target.to_owned(), room));
         }
         Ok(())
+    }
+
+    /// Another server's user who joins a room with us, or is in a room we
+    /// (re)join, may have changed devices while no room was shared, and
+    /// their server told us nothing: their cached devices are fetched again.
+    pub(super) fn forget_remote_devices(&self, user_id: &str, batch: &mut estuary_storage::Batch) {
+        if server_of(user_id).is_some_and(|s| s != self.config.server_name) {
+            batch.delete(&self.remote_device_lists, &user_id.to_owned());
+        }
     }
 
     /// A redaction that passed auth strips its target in storage, when the

@@ -34,10 +34,7 @@ mod timeline;
 mod upgrade;
 mod visibility;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use estuary_core::{Config, Error, Result};
 use estuary_events::{Pdu, ServerSigningKey};
@@ -133,16 +130,6 @@ pub struct RoomRecord {
     pub depth: u64,
 }
 
-/// One write lock per room being written; see `Rooms::room_lock`.
-struct RoomLocks {
-    map: HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>,
-    /// The size at which idle locks are dropped.
-    prune_at: usize,
-}
-
-/// Below this many room locks, none are dropped.
-const ROOM_LOCKS_KEPT: usize = 1024;
-
 /// `global` keys of the server signing key.
 const SIGNING_KEY: &str = "signing_key_pkcs8";
 const SIGNING_KEY_VERSION: &str = "signing_key_version";
@@ -167,6 +154,9 @@ pub struct Rooms {
     useridroomid_membership: Table<(String, String), String>,
     roomiduserid_membership: Table<(String, String), String>,
     useridroomid_forgotten: Table<(String, String), String>,
+    /// E2ee's cache of other servers' users' devices: dropped here when
+    /// sharing a room with them starts again (see `index_membership`).
+    remote_device_lists: Table<String, Json<serde_json::Value>>,
     useridroomid_invite: Table<(String, String), Json<remote_join::InviteStub>>,
     useridroomid_joinstream: Table<(String, String), u64>,
     useriddevicetxn_eventid: Table<(String, String, String), String>,
@@ -187,7 +177,8 @@ pub struct Rooms {
     roomidtermstream_count: Table<(String, String, u64), u64>,
     tokenizer: crate::search::tokenize::Tokenizer,
     /// One writer per room at a time: prev_events and state stay consistent.
-    room_locks: Mutex<RoomLocks>,
+    /// One write lock per room being written; see `Rooms::room_lock`.
+    room_locks: crate::locks::KeyedLocks<OwnedRoomId>,
     /// The timestamp of the last create event built (see `create_ts`).
     last_create_ts: std::sync::atomic::AtomicU64,
     /// Aliases being written by a request right now (see `claim_alias`).
@@ -226,6 +217,7 @@ impl Rooms {
             useridroomid_membership: db.table("useridroomid_membership").db()?,
             roomiduserid_membership: db.table("roomiduserid_membership").db()?,
             useridroomid_forgotten: db.table("useridroomid_forgotten").db()?,
+            remote_device_lists: db.table("remoteuserid_devicelist").db()?,
             useridroomid_invite: db.table("useridroomid_invite").db()?,
             useridroomid_joinstream: db.table("useridroomid_joinstream").db()?,
             useriddevicetxn_eventid: db.table("useriddevicetxn_eventid").db()?,
@@ -245,7 +237,7 @@ impl Rooms {
             networkroomid: db.table("networkroomid").db()?,
             roomidtermstream_count: db.table("roomidtermstream_count").db()?,
             tokenizer: crate::search::tokenize::Tokenizer::new(&config.search_language),
-            room_locks: Mutex::new(RoomLocks { map: HashMap::new(), prune_at: ROOM_LOCKS_KEPT }),
+            room_locks: Default::default(),
             aliases_claimed: Mutex::default(),
             last_create_ts: Default::default(),
             streams,
@@ -273,13 +265,7 @@ impl Rooms {
     /// dropped when the map doubles, so it grows with the rooms being
     /// written now, not with every room ever written.
     fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.room_locks.lock().expect("room locks");
-        if locks.map.len() >= locks.prune_at {
-            // Under the map's mutex, a count of 1 means only the map holds it.
-            locks.map.retain(|_, lock| Arc::strong_count(lock) > 1);
-            locks.prune_at = (locks.map.len() * 2).max(ROOM_LOCKS_KEPT);
-        }
-        locks.map.entry(room_id.to_owned()).or_default().clone()
+        self.room_locks.get(room_id)
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
@@ -375,32 +361,4 @@ pub fn load_or_create_signing_key(db: &Db) -> Result<ServerSigningKey> {
     batch.commit().db()?;
     tracing::info!(key_id = %key.key_id(), "generated the server signing key");
     Ok(key)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use estuary_core::Config;
-    use estuary_storage::Db;
-    use ruma::RoomId;
-
-    use crate::Services;
-
-    /// Idle room locks are dropped as the map grows; a held one never is.
-    #[test]
-    fn idle_room_locks_are_dropped_held_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &Default::default()).unwrap();
-        let services = Services::build(Arc::new(Config::default()), db).unwrap();
-        let rooms = &services.rooms;
-        let busy = RoomId::parse("!busy:localhost").unwrap();
-        let held = rooms.room_lock(&busy);
-        for i in 0..5000 {
-            drop(rooms.room_lock(&RoomId::parse(format!("!idle{i}:localhost")).unwrap()));
-        }
-        let size = rooms.room_locks.lock().unwrap().map.len();
-        assert!(size <= super::ROOM_LOCKS_KEPT, "{size} locks kept for 1 busy room");
-        assert!(Arc::ptr_eq(&held, &rooms.room_lock(&busy)), "a held lock was replaced");
-    }
 }

@@ -456,6 +456,13 @@ impl Rooms {
         Ok(events)
     }
 
+    /// Whether one of our users is joined to the room: only then does the
+    /// room's state here follow the room (other servers send us its events).
+    pub fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
+        let ours = &self.config.server_name;
+        Ok(self.members_with_membership(room_id, "join")?.iter().any(|u| u.server_name() == ours))
+    }
+
     /// The other servers with a joined member in the room.
     pub fn joined_servers(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
         let mut servers: Vec<OwnedServerName> = self

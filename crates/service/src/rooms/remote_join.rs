@@ -83,8 +83,10 @@ impl Rooms {
         let mut depth = 0;
         for pdu in &state {
             depth = depth.max(pdu.depth);
-            if pdu.kind == ruma::events::TimelineEventType::RoomMember && pdu.state_key.is_some() {
+            if let (ruma::events::TimelineEventType::RoomMember, Some(member)) = (&pdu.kind, &pdu.state_key) {
                 self.index_membership(pdu, &mut staging.batch)?;
+                // While we were out, their servers sent us no device updates.
+                self.forget_remote_devices(member, &mut staging.batch);
             }
         }
         staging.room = Some(RoomRecord {

@@ -610,3 +610,39 @@ async fn an_invite_is_not_resent_to_the_invitees_server_but_its_rescinding_is() 
     rooms.kick(&room_id, &alice, &dave, None).await.unwrap();
     assert_eq!(services.outgoing.jobs_for(&destination).unwrap().len(), 1, "the rescinded invite is sent");
 }
+
+/// A remote user's cached devices answer key queries; when they leave and
+/// join again (their server sent no updates meanwhile) the cache is dropped
+/// so it is fetched anew, and room-mates see them in `device_lists.changed`
+/// even though they are joined at both ends of the window.
+#[tokio::test]
+async fn a_remote_rejoin_drops_cached_devices_and_shows_in_device_lists() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let join = bob_joins(rooms, &remote, &room_id).await;
+    let bob = UserId::parse(BOB).unwrap();
+    let keys = json!({"user_id": BOB, "device_id": "PHONE", "keys": {"ed25519:PHONE": "k"}});
+    let list = crate::e2ee::RemoteDeviceList {
+        stream_id: 4,
+        devices: [("PHONE".to_owned(), keys.clone())].into(),
+        ..Default::default()
+    };
+    services.e2ee.store_remote_device_list(&bob, Some(&list)).unwrap();
+    let answer = services.e2ee.query(&alice, vec![(bob.clone(), Vec::new())]).unwrap();
+    assert_eq!(answer["device_keys"][BOB]["PHONE"], keys);
+
+    // A message changes nothing; a leave and a rejoin drop the cache.
+    let message = remote.event(rooms, &room_id, BOB, text("hi"), std::slice::from_ref(&join.event_id));
+    assert_eq!(receive(rooms, &room_id, message.clone()).await, Received::Accepted);
+    assert!(services.e2ee.remote_device_list(&bob).unwrap().is_some());
+    let since = services.streams.current();
+    let leave =
+        remote.event(rooms, &room_id, BOB, member(BOB, "leave"), std::slice::from_ref(&message.event_id));
+    assert_eq!(receive(rooms, &room_id, leave.clone()).await, Received::Accepted);
+    let rejoin =
+        remote.event(rooms, &room_id, BOB, member(BOB, "join"), std::slice::from_ref(&leave.event_id));
+    assert_eq!(receive(rooms, &room_id, rejoin).await, Received::Accepted);
+    assert_eq!(services.e2ee.remote_device_list(&bob).unwrap(), None);
+    let (changed, left) = services.sync.key_changes(&alice, since, services.streams.current()).unwrap();
+    assert_eq!((changed, left), (vec![BOB.to_owned()], Vec::<String>::new()));
+}

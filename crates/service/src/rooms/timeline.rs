@@ -117,11 +117,11 @@ impl Rooms {
         user_id: &UserId,
         room_id: &RoomId,
     ) -> Result<Option<u64>> {
-        let Some(room) = self.room(room_id)? else {
-            // An invite to a room on another server (or its refusal): that event's position.
-            let Some(stub) = self.out_of_band_membership(user_id, room_id)? else { return Ok(None) };
+        // An invite to a room this server is not in (or its refusal): that event's position.
+        if let Some(stub) = self.out_of_band_membership(user_id, room_id)? {
             return Ok(self.stored(&stub.event_id)?.map(|stored| stored.stream));
-        };
+        }
+        let Some(room) = self.room(room_id)? else { return Ok(None) };
         let state = self.state.load(room.state)?;
         let Some(id) =
             self.state_event_id(&state, &ruma::events::StateEventType::RoomMember, user_id.as_str())?
@@ -166,11 +166,14 @@ impl Rooms {
 pub struct MemberChange {
     pub user_id: ruma::OwnedUserId,
     pub is_joined: bool,
+    /// Newly invited: their devices matter to whoever may encrypt for them.
+    pub is_invited: bool,
 }
 
 impl Rooms {
     /// Members whose joined-ness changed between the state before position
-    /// `from` and the state at `to` (device lists follow joins and leaves).
+    /// `from` and the state at `to`, and those newly invited (device lists
+    /// follow joins, invites and leaves).
     pub(crate) fn member_changes(&self, room_id: &RoomId, from: u64, to: u64) -> Result<Vec<MemberChange>> {
         let last_event =
             |position| Ok::<_, Error>(self.room_events_between(room_id, 0, position, 1)?.0.pop());
@@ -192,17 +195,29 @@ impl Rooms {
             let Some(user_id) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
                 continue;
             };
-            let was_joined = match &base {
-                Some(base) => self
-                    .state_pdu(base, &ruma::events::StateEventType::RoomMember, user_id.as_str())?
-                    .is_some_and(|p| joined(&p)),
-                None => false,
+            let was = match &base {
+                Some(base) => {
+                    self.state_pdu(base, &ruma::events::StateEventType::RoomMember, user_id.as_str())?
+                }
+                None => None,
             };
+            let was_joined = was.as_ref().is_some_and(joined);
             let is_joined = joined(&pdu);
-            if was_joined != is_joined {
-                changes.push(MemberChange { user_id, is_joined });
+            let is_invited = pdu.content_value()["membership"] == "invite"
+                && was.as_ref().is_none_or(|p| p.content_value()["membership"] != "invite");
+            // Left and joined again within the window: as good as new (their
+            // devices may have changed meanwhile, unannounced).
+            let rejoined = is_joined && was_joined && previous_membership(&stored.json) != Some("join");
+            if was_joined != is_joined || rejoined || is_invited {
+                changes.push(MemberChange { user_id, is_joined, is_invited });
             }
         }
         Ok(changes)
     }
+}
+
+/// The membership a member event replaced, from its `unsigned.prev_content`.
+fn previous_membership(json: &ruma::CanonicalJsonObject) -> Option<&str> {
+    let unsigned = json.get("unsigned")?.as_object()?;
+    unsigned.get("prev_content")?.as_object()?.get("membership")?.as_str()
 }
