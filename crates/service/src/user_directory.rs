@@ -39,7 +39,11 @@ impl UserDirectory {
         let mut users: BTreeSet<OwnedUserId> = self.rooms.room_mates(searcher)?.into_iter().collect();
         users.remove(searcher);
         for room_id in self.rooms.open_rooms()? {
-            users.extend(self.rooms.members_with_membership(&room_id, "join")?);
+            let members = self.rooms.members_with_membership(&room_id, "join")?;
+            // A room this server left: who is in it is no longer known here.
+            if members.iter().any(|m| self.accounts.is_local(m)) {
+                users.extend(members);
+            }
         }
         Ok(users)
     }
@@ -83,9 +87,17 @@ impl UserDirectory {
         self.field(user_id, ProfileFieldName::DisplayName)
     }
 
+    /// A profile field: our users' own; another server's user's from their
+    /// member event in a room they are in here.
     fn field(&self, user_id: &UserId, field: ProfileFieldName) -> Result<Option<String>> {
         if !self.accounts.is_local(user_id) {
-            return Ok(None);
+            let key = match field {
+                ProfileFieldName::DisplayName => "displayname",
+                ProfileFieldName::AvatarUrl => "avatar_url",
+                _ => return Ok(None),
+            };
+            let content = self.rooms.joined_member_content(user_id)?;
+            return Ok(content.and_then(|c| c[key].as_str().map(str::to_owned)));
         }
         self.profiles.field_string(user_id, &field)
     }

@@ -2,7 +2,7 @@
 //! rustls with the system's roots plus `federation_trusted_ca_paths`), every
 //! request a ruma endpoint type signed with `X-Matrix` for its destination.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use estuary_core::{Config, Error, Result};
 use estuary_events::ServerSigningKey;
@@ -72,12 +72,18 @@ impl From<FederationError> for Error {
 /// our own network).
 struct VettingResolver {
     allow_private: bool,
+    /// Hostname → the SRV target to connect to in its place.
+    srv_targets: SrvTargets,
 }
+
+/// Which hosts are reached through an SRV record's target (see `Resolver`).
+type SrvTargets = Arc<std::sync::Mutex<HashMap<String, String>>>;
 
 impl reqwest::dns::Resolve for VettingResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow_private = self.allow_private;
-        let host = name.as_str().to_owned();
+        let target = self.srv_targets.lock().expect("SRV targets").get(name.as_str()).cloned();
+        let host = target.unwrap_or_else(|| name.as_str().to_owned());
         Box::pin(async move {
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> =
@@ -93,6 +99,10 @@ impl reqwest::dns::Resolve for VettingResolver {
 /// The HTTP side of federation.
 pub struct FederationClient {
     pub(super) http: reqwest::Client,
+    /// For `.well-known` lookups, which go to the hostname itself, never
+    /// to an SRV target.
+    well_known_http: reqwest::Client,
+    srv_targets: SrvTargets,
     resolver: Resolver,
     server_name: ruma::OwnedServerName,
     key: Arc<ServerSigningKey>,
@@ -102,18 +112,11 @@ pub struct FederationClient {
 
 impl FederationClient {
     pub fn new(config: &Config, key: Arc<ServerSigningKey>) -> Result<Self> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("Estuary/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(VettingResolver {
-                allow_private: config.federation_allow_private_addresses,
-            }));
-        builder = with_trusted_roots(builder, config)?;
+        let srv_targets = SrvTargets::default();
         Ok(Self {
-            http: builder.build().map_err(Error::internal)?,
+            http: http_client(config, srv_targets.clone(), reqwest::redirect::Policy::none())?,
+            well_known_http: http_client(config, SrvTargets::default(), well_known_redirects(config))?,
+            srv_targets,
             resolver: Resolver::new(),
             server_name: config.server_name.clone(),
             key,
@@ -170,7 +173,14 @@ impl FederationClient {
         if !self.enabled {
             return Err(FederationError::Disabled);
         }
-        let target = self.resolver.resolve(&self.http, destination).await;
+        let target = self.resolver.resolve(&self.well_known_http, destination).await;
+        {
+            let mut srv_targets = self.srv_targets.lock().expect("SRV targets");
+            match &target.connect_to {
+                Some(connect_to) => srv_targets.insert(target.host.clone(), connect_to.clone()),
+                None => srv_targets.remove(&target.host),
+            };
+        }
         let base_url = target.base_url();
         if !self.allow_private && url_names_blocked_ip(&base_url) {
             return Err(FederationError::Unreachable(format!("{} is a private address", target.host)));
@@ -185,6 +195,42 @@ impl FederationClient {
             AnswerError::Status { status, body } => FederationError::Status { status, body },
         })
     }
+}
+
+/// The HTTP client of federation requests: bounded waits, no redirects,
+/// only public addresses (unless configured), the configured extra CAs.
+fn http_client(
+    config: &Config,
+    srv_targets: SrvTargets,
+    redirects: reqwest::redirect::Policy,
+) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(redirects)
+        .user_agent(concat!("Estuary/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(VettingResolver {
+            allow_private: config.federation_allow_private_addresses,
+            srv_targets,
+        }));
+    with_trusted_roots(builder, config)?.build().map_err(Error::internal)
+}
+
+/// `.well-known` may redirect (the spec says to follow, avoiding loops): up
+/// to 5 times, never to an address literal of a private network (host
+/// names are vetted when resolved).
+fn well_known_redirects(config: &Config) -> reqwest::redirect::Policy {
+    let allow_private = config.federation_allow_private_addresses;
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if !allow_private && url_names_blocked_ip(attempt.url().as_str()) {
+            attempt.error("redirect to a private address")
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// `builder` trusting the extra certificate authorities of

@@ -385,16 +385,16 @@ impl Federation {
         let Some(invitee) = invitee.filter(|u| valid && u.server_name() == self.config.server_name) else {
             return Err(Error::bad_json("Not an invite of a user of this server"));
         };
-        if !self.accounts.exists(&invitee)? {
-            return Err(Error::not_found("Unknown user"));
-        }
         let mut object = pdu.json.clone();
         pdus::add_signature(&mut object, room_version, &self.config.server_name, self.client.signing_key())
             .map_err(|e| Error::internal(e.to_string()))?;
         // A room none of our users is in (any more) gets no events from the
         // inviting server: the invite is kept out of band. When we are in
-        // it, the invite comes as an event like any other.
-        if self.rooms.room(room_id)?.is_none() || !self.rooms.is_resident(room_id)? {
+        // it, the invite comes as an event like any other. An invite of a
+        // user who does not exist is signed as Synapse does (the spec lists
+        // no error for it) and kept nowhere.
+        let out_of_band = self.rooms.room(room_id)?.is_none() || !self.rooms.is_resident(room_id)?;
+        if out_of_band && self.accounts.exists(&invitee)? {
             let signed = estuary_events::Pdu::from_json(
                 pdu.event_id.clone(),
                 Some(room_id.to_owned()),

@@ -2,9 +2,11 @@
 //! where to connect for a server name, and under which name to present the
 //! request (the `Host` header and the certificate checked).
 //!
-//! Implemented: IP literals, explicit ports, `/.well-known/matrix/server`
-//! delegation (cached), and port 8448. SRV records are not looked up yet: a
-//! server that publishes only SRV is reached on 8448 of its hostname.
+//! In the spec's order: IP literals, explicit ports, `/.well-known/matrix/server`
+//! delegation, SRV records (`_matrix-fed._tcp`, then the deprecated
+//! `_matrix._tcp`), and port 8448. `.well-known` answers and SRV records
+//! are cached. An SRV target is connected to while TLS and `Host` still
+//! name the server (or its delegated) hostname, as the spec requires.
 
 use std::{
     collections::HashMap,
@@ -13,7 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use hickory_resolver::TokioResolver;
 use ruma::ServerName;
+
+/// How long an SRV answer (or its absence) is trusted.
+const SRV_TTL: Duration = Duration::from_secs(3600);
+const SRV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a `.well-known` answer (or its absence) is trusted.
 const WELL_KNOWN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -28,6 +35,8 @@ pub struct Destination {
     /// The host and port in the URL: what TLS verifies and `Host` names.
     pub host: String,
     pub port: u16,
+    /// An SRV record's target: the host whose addresses are connected to.
+    pub connect_to: Option<String>,
 }
 
 impl Destination {
@@ -58,15 +67,19 @@ fn host_and_port(name: &str) -> (String, Option<u16>) {
 pub fn without_lookup(name: &str) -> Option<Destination> {
     let (host, port) = host_and_port(name);
     if host.parse::<IpAddr>().is_ok() {
-        return Some(Destination { host, port: port.unwrap_or(8448) });
+        return Some(Destination { host, port: port.unwrap_or(8448), connect_to: None });
     }
-    port.map(|port| Destination { host, port })
+    port.map(|port| Destination { host, port, connect_to: None })
 }
 
-/// A delegated server name from `.well-known` resolves like a server name,
-/// except that it is not asked for `.well-known` again.
-pub fn delegated(delegated: &str) -> Destination {
-    without_lookup(delegated).unwrap_or_else(|| Destination { host: delegated.to_owned(), port: 8448 })
+/// The SRV record to use, as (priority, weight, target, port): the lowest
+/// priority, then the highest weight. A target of `.` says the service is
+/// not offered there.
+pub fn pick_srv(mut records: Vec<(u16, u16, String, u16)>) -> Option<(String, u16)> {
+    records.sort_by_key(|(priority, weight, _, _)| (*priority, std::cmp::Reverse(*weight)));
+    let (_, _, target, port) = records.into_iter().next()?;
+    let target = target.trim_end_matches('.').to_owned();
+    (!target.is_empty()).then_some((target, port))
 }
 
 /// The `m.server` of a `.well-known/matrix/server` body, if valid.
@@ -77,14 +90,25 @@ pub fn parse_well_known(body: &[u8]) -> Option<String> {
     <&ServerName>::try_from(server).ok().map(|_| server.to_owned())
 }
 
-/// Resolves server names, caching `.well-known` answers.
+/// Resolves server names, caching `.well-known` answers and SRV records.
 pub struct Resolver {
     well_known: Mutex<HashMap<String, (Instant, Option<String>)>>,
+    srv: Mutex<HashMap<String, (Instant, Option<(String, u16)>)>>,
+    /// The system's DNS servers, for SRV records; `None` when they cannot
+    /// be read (then no SRV lookups: hostnames are reached on 8448).
+    dns: Option<TokioResolver>,
 }
 
 impl Resolver {
     pub fn new() -> Self {
-        Self { well_known: Mutex::new(HashMap::new()) }
+        let dns = match TokioResolver::builder_tokio() {
+            Ok(builder) => Some(builder.build()),
+            Err(err) => {
+                tracing::warn!("no DNS configuration for SRV lookups: {err}");
+                None
+            }
+        };
+        Self { well_known: Mutex::new(HashMap::new()), srv: Mutex::new(HashMap::new()), dns }
     }
 
     /// Where to reach `name`.
@@ -92,10 +116,47 @@ impl Resolver {
         if let Some(destination) = without_lookup(name.as_str()) {
             return destination;
         }
-        match self.well_known(http, name.as_str()).await {
-            Some(server) => delegated(&server),
-            None => Destination { host: name.as_str().to_owned(), port: 8448 },
+        // A delegated name resolves like a server name, without asking
+        // `.well-known` again.
+        let host = match self.well_known(http, name.as_str()).await {
+            Some(delegated) => match without_lookup(&delegated) {
+                Some(destination) => return destination,
+                None => delegated,
+            },
+            None => name.as_str().to_owned(),
+        };
+        match self.srv(&host).await {
+            Some((target, port)) => Destination { host, port, connect_to: Some(target) },
+            None => Destination { host, port: 8448, connect_to: None },
         }
+    }
+
+    async fn srv(&self, host: &str) -> Option<(String, u16)> {
+        if let Some((until, answer)) = self.srv.lock().expect("SRV cache").get(host)
+            && *until > Instant::now()
+        {
+            return answer.clone();
+        }
+        let dns = self.dns.as_ref()?;
+        let mut answer = None;
+        for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
+            let query = format!("{service}.{host}.");
+            let Ok(Ok(found)) = tokio::time::timeout(SRV_TIMEOUT, dns.srv_lookup(query)).await else {
+                continue;
+            };
+            let records =
+                found.iter().map(|r| (r.priority(), r.weight(), r.target().to_utf8(), r.port())).collect();
+            answer = pick_srv(records);
+            if answer.is_some() {
+                break;
+            }
+        }
+        let mut cache = self.srv.lock().expect("SRV cache");
+        if cache.len() >= WELL_KNOWN_CACHED {
+            cache.retain(|_, (until, _)| *until > Instant::now());
+        }
+        cache.insert(host.to_owned(), (Instant::now() + SRV_TTL, answer.clone()));
+        answer
     }
 
     async fn well_known(&self, http: &reqwest::Client, host: &str) -> Option<String> {
@@ -140,7 +201,7 @@ mod tests {
     use super::*;
 
     fn dest(host: &str, port: u16) -> Option<Destination> {
-        Some(Destination { host: host.into(), port })
+        Some(Destination { host: host.into(), port, connect_to: None })
     }
 
     #[test]
@@ -155,21 +216,30 @@ mod tests {
 
     #[test]
     fn urls_bracket_ipv6_hosts() {
-        assert_eq!(Destination { host: "::1".into(), port: 1 }.base_url(), "https://[::1]:1");
-        assert_eq!(Destination { host: "a.test".into(), port: 2 }.base_url(), "https://a.test:2");
+        assert_eq!(dest("::1", 1).unwrap().base_url(), "https://[::1]:1");
+        assert_eq!(dest("a.test", 2).unwrap().base_url(), "https://a.test:2");
     }
 
     #[test]
-    fn well_known_delegation_resolves_the_delegated_name() {
+    fn well_known_answers_are_checked() {
         let body = br#"{"m.server": "matrix.example.org:443"}"#;
         let server = parse_well_known(body).unwrap();
-        assert_eq!(delegated(&server), Destination { host: "matrix.example.org".into(), port: 443 });
-        assert_eq!(
-            delegated("matrix.example.org"),
-            Destination { host: "matrix.example.org".into(), port: 8448 }
-        );
+        assert_eq!(without_lookup(&server), dest("matrix.example.org", 443), "a delegated port decides");
         assert_eq!(parse_well_known(br#"{"m.server": "not a name!"}"#), None);
         assert_eq!(parse_well_known(b"<html>"), None);
         assert_eq!(parse_well_known(br#"{"m.server": 5}"#), None);
+    }
+
+    #[test]
+    fn the_srv_record_with_the_lowest_priority_and_highest_weight_is_used() {
+        let record = |priority, weight, target: &str, port| (priority, weight, target.to_owned(), port);
+        let records = vec![
+            record(20, 100, "backup.example.org.", 8448),
+            record(10, 5, "light.example.org.", 8449),
+            record(10, 50, "matrix.example.org.", 443),
+        ];
+        assert_eq!(pick_srv(records), Some(("matrix.example.org".to_owned(), 443)));
+        assert_eq!(pick_srv(vec![record(0, 0, ".", 0)]), None, "`.`: no service here");
+        assert_eq!(pick_srv(Vec::new()), None);
     }
 }

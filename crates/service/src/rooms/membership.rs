@@ -42,6 +42,18 @@ impl Rooms {
             .collect())
     }
 
+    /// A user's member event content in one of the rooms they are joined to
+    /// (their display name and avatar as other servers' users are known).
+    pub fn joined_member_content(&self, user_id: &UserId) -> Result<Option<JsonValue>> {
+        let Some(room_id) = self.rooms_with_membership(user_id, "join")?.into_iter().next() else {
+            return Ok(None);
+        };
+        let Some(room) = self.room(&room_id)? else { return Ok(None) };
+        let state = self.current_state(&room)?;
+        let member = ruma::events::StateEventType::RoomMember;
+        Ok(self.state_pdu(&state, &member, user_id.as_str())?.map(|pdu| pdu.content_value()))
+    }
+
     /// The user and everyone who shares a joined room with them, sorted.
     pub fn room_mates(&self, user_id: &UserId) -> Result<Vec<OwnedUserId>> {
         let mut users = vec![user_id.to_owned()];

@@ -234,6 +234,15 @@ impl Rooms {
         if let Err(reason) = self.check_against_auth_events(staging, pdu, version)? {
             return Ok(Some(reason));
         }
+        // A redaction names its target by ID only: one in another room is a
+        // forgery (no server may redact across rooms), whatever the rules say.
+        if pdu.kind == TimelineEventType::RoomRedaction
+            && let Some(target) =
+                pdu.redacts.as_ref().map(|id| self.staged_pdu(staging, id)).transpose()?.flatten()
+            && target.room_id != pdu.room_id
+        {
+            return Ok(Some("it redacts an event of another room".to_owned()));
+        }
         let refused = self.check_against(staging, pdu, version, before)?.err();
         Ok(refused.map(|reason| format!("not allowed by the state before it: {reason}")))
     }

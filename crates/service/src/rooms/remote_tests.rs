@@ -646,3 +646,24 @@ async fn a_remote_rejoin_drops_cached_devices_and_shows_in_device_lists() {
     let (changed, left) = services.sync.key_changes(&alice, since, services.streams.current()).unwrap();
     assert_eq!((changed, left), (vec![BOB.to_owned()], Vec::<String>::new()));
 }
+
+/// A redaction whose target is an event of another room is refused: no
+/// server may redact across rooms, whatever the rules say of the redaction.
+#[tokio::test]
+async fn a_redaction_of_another_rooms_event_is_refused() {
+    let (_dir, services, room_a, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let create = CreateRoom { preset: Some(Preset::PublicChat), ..Default::default() };
+    let room_b = rooms.create_room(&alice, create).await.unwrap();
+    let join_a = bob_joins(rooms, &remote, &room_a).await;
+    bob_joins(rooms, &remote, &room_b).await;
+    let message = remote.event(rooms, &room_a, BOB, text("mine"), std::slice::from_ref(&join_a.event_id));
+    assert_eq!(receive(rooms, &room_a, message.clone()).await, Received::Accepted);
+    let mut redaction = PduTemplate::message("m.room.redaction", json!({"redacts": message.event_id}));
+    redaction.redacts = Some(message.event_id.clone());
+    let redaction = remote.event(rooms, &room_b, BOB, redaction, &extremities(rooms, &room_b));
+    let outcome = receive(rooms, &room_b, redaction).await;
+    assert!(matches!(&outcome, Received::Rejected(r) if r.contains("another room")), "{outcome:?}");
+    let kept = rooms.pdu(&message.event_id).unwrap().unwrap();
+    assert_eq!(kept.content_value()["body"], "mine", "the target is untouched");
+}
