@@ -75,7 +75,7 @@ pub fn without_lookup(name: &str) -> Option<Destination> {
 /// The SRV record to use, as (priority, weight, target, port): the lowest
 /// priority, then the highest weight. A target of `.` says the service is
 /// not offered there.
-pub fn pick_srv(mut records: Vec<(u16, u16, String, u16)>) -> Option<(String, u16)> {
+pub fn pick_srv(mut records: Vec<(u16, u16, String, u16)>) -> Option<SrvTarget> {
     records.sort_by_key(|(priority, weight, _, _)| (*priority, std::cmp::Reverse(*weight)));
     let (_, _, target, port) = records.into_iter().next()?;
     let target = target.trim_end_matches('.').to_owned();
@@ -90,10 +90,13 @@ pub fn parse_well_known(body: &[u8]) -> Option<String> {
     <&ServerName>::try_from(server).ok().map(|_| server.to_owned())
 }
 
+/// An SRV record's target host and port.
+type SrvTarget = (String, u16);
+
 /// Resolves server names, caching `.well-known` answers and SRV records.
 pub struct Resolver {
     well_known: Mutex<HashMap<String, (Instant, Option<String>)>>,
-    srv: Mutex<HashMap<String, (Instant, Option<(String, u16)>)>>,
+    srv: Mutex<HashMap<String, (Instant, Option<SrvTarget>)>>,
     /// The system's DNS servers, for SRV records; `None` when they cannot
     /// be read (then no SRV lookups: hostnames are reached on 8448).
     dns: Option<TokioResolver>,
@@ -131,7 +134,7 @@ impl Resolver {
         }
     }
 
-    async fn srv(&self, host: &str) -> Option<(String, u16)> {
+    async fn srv(&self, host: &str) -> Option<SrvTarget> {
         if let Some((until, answer)) = self.srv.lock().expect("SRV cache").get(host)
             && *until > Instant::now()
         {
