@@ -126,7 +126,7 @@ fn estuary_config(ca: &Path) -> (String, String) {
 
 /// The scenario's steps (tests/interop/synapse_federation.py) that pass;
 /// FEDERATION_STEPS overrides them while developing.
-const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s";
+const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t";
 
 /// A Synapse user joins a room on Estuary; messages, topic and power
 /// levels, typing and receipts flow both ways; a late joiner on Synapse
@@ -136,7 +136,8 @@ const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s";
 /// Synapse are read from Estuary; Estuary is killed (kill -9) and
 /// restarted mid-conversation and nothing sent to it or by it is lost;
 /// an Estuary user joins a Synapse room with history, leaves and rejoins;
-/// presence and status messages cross both ways.
+/// presence and status messages cross both ways; users join restricted
+/// rooms through membership of an allowed room, both ways.
 #[tokio::test]
 async fn synapse_and_estuary_federate_both_ways() {
     let Some(python) = synapse_python() else { return };

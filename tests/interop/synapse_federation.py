@@ -58,7 +58,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijklmnopqrs"
+STEPS = "abcdefghijklmnopqrst"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -630,6 +630,30 @@ class Scenario:
         """
         self._knock_and_admit(self.alice, self.a, self.bob)
         self._knock_and_admit(self.bob, self.b, self.alice)
+
+    def step_t(self):
+        """Restricted rooms, both ways: a user in an allowed room joins
+        without an invite.
+
+        The room's server vouches for the join (make_join names one of its
+        members in join_authorised_via_users_server) and signs it in
+        send_join; the joining server accepts the countersigned event.
+        """
+        self._restricted_join(self.alice, self.a, self.bob)
+        self._restricted_join(self.bob, self.b, self.alice)
+
+    def _restricted_join(self, owner, owner_server, joiner):
+        via = owner_server.server_name
+        allowed = owner.call("POST", "/createRoom", {"preset": "public_chat", "name": f"allowed {self.tag}"})["room_id"]
+        joiner.join(allowed, via)
+        owner.wait_for(f"{joiner.user_id}'s join of the allowed room", membership(allowed, joiner.user_id, "join"))
+        rule = {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": allowed}]}
+        room = owner.call("POST", "/createRoom", {
+            "preset": "private_chat", "name": f"restricted {self.tag}", "room_version": "10",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": rule}],
+        })["room_id"]
+        joiner.join(room, via)
+        owner.wait_for(f"{joiner.user_id}'s join of the restricted room", membership(room, joiner.user_id, "join"))
 
     def _knock_and_admit(self, owner, owner_server, knocker):
         room = owner.call("POST", "/createRoom", {

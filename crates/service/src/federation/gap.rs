@@ -7,11 +7,18 @@
 //! origin sent itself is refused if its past stays unknown, as Synapse
 //! does: a server that will not divulge an event's past gets no state
 //! taken on its word for it.
+//!
+//! An event whose auth events are unknown here first gets them from the
+//! origin (`/event_auth`): kept as outliers, each checked against its own
+//! auth events, those of another room dropped.
 
 use estuary_events::Pdu;
 use ruma::{
     OwnedEventId, RoomId, RoomVersionId, ServerName,
-    api::federation::event::{get_event, get_missing_events, get_room_state_ids},
+    api::federation::{
+        authorization::get_event_authorization,
+        event::{get_event, get_missing_events, get_room_state_ids},
+    },
 };
 
 use super::{Federation, inbound::outcome_result};
@@ -24,6 +31,8 @@ const PREVS_WITH_STATE: usize = 5;
 /// Events fetched one by one (`/event`) for one state, at most: a bigger
 /// unknown state is not taken from a gap.
 const STATE_EVENTS_FETCHED: usize = 500;
+/// The longest auth chain taken from `/event_auth` for one event.
+const AUTH_CHAIN_FETCHED: usize = 2_000;
 
 impl Federation {
     /// Receive one event; when its `prev_events` are unknown, fetch the gap
@@ -37,6 +46,7 @@ impl Federation {
         pdu: Pdu,
     ) -> std::result::Result<(), String> {
         let event_id = pdu.event_id.clone();
+        self.fetch_missing_auth_events(origin, room_id, room_version, &pdu).await;
         let outcome = self.receive_one(room_id, pdu.clone()).await?;
         let Received::MissingPrevs(_) = outcome else { return outcome_result(outcome) };
         let extremities = self.rooms.room(room_id).ok().flatten().map(|r| r.extremities).unwrap_or_default();
@@ -67,6 +77,7 @@ impl Federation {
         room_version: &RoomVersionId,
         pdu: Pdu,
     ) -> std::result::Result<Received, String> {
+        self.fetch_missing_auth_events(origin, room_id, room_version, &pdu).await;
         let outcome = self.receive_one(room_id, pdu.clone()).await?;
         let Received::MissingPrevs(missing) = outcome else { return Ok(outcome) };
         let mut prevs = Vec::new();
@@ -110,6 +121,38 @@ impl Federation {
             return Err("events of another room".into());
         }
         Ok(PrevWithState { prev, state })
+    }
+
+    /// The auth events of `pdu` this server lacks, from `origin`'s
+    /// `/event_auth`, kept as outliers. Failures are logged: the event is
+    /// then refused for its unknown auth events, as before.
+    async fn fetch_missing_auth_events(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        room_version: &RoomVersionId,
+        pdu: &Pdu,
+    ) {
+        match self.rooms.unknown_events(&pdu.auth_events) {
+            Ok(missing) if !missing.is_empty() => {}
+            _ => return,
+        }
+        let request = get_event_authorization::v1::Request::new(room_id.to_owned(), pdu.event_id.clone());
+        let chain = match self.ask(origin, request).await {
+            Ok(answer) if answer.auth_chain.len() <= AUTH_CHAIN_FETCHED => answer.auth_chain,
+            Ok(answer) => {
+                tracing::warn!(%origin, %room_id, "an auth chain of {} events is too long", answer.auth_chain.len());
+                return;
+            }
+            Err(reason) => {
+                tracing::warn!(%origin, %room_id, "fetching missing auth events failed: {reason}");
+                return;
+            }
+        };
+        let chain = self.verified_in_room(origin, room_id, room_version, &chain).await;
+        if let Err(err) = self.rooms.receive_auth_chain(room_id, chain).await {
+            tracing::warn!(%origin, %room_id, "storing fetched auth events failed: {err}");
+        }
     }
 
     /// One event from `origin` (`/event`), verified.

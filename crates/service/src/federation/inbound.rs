@@ -98,6 +98,36 @@ impl Federation {
         self.rooms.make_leave(room_id, user_id)
     }
 
+    /// A join to a restricted room that one of our members vouches for
+    /// (`join_authorised_via_users_server`, put there by our `make_join`)
+    /// must carry our signature: added when the joining user may still join
+    /// through an allowed room. Any other event is returned as it came.
+    fn countersign_restricted_join(
+        &self,
+        room_id: &RoomId,
+        room_version: &RoomVersionId,
+        json: &RawValue,
+    ) -> Result<Box<RawValue>> {
+        let mut object = pdus::canonical_pdu(json).map_err(|e| Error::bad_json(e.0))?;
+        let authoriser = object
+            .get("content")
+            .and_then(|c| c.as_object())
+            .and_then(|c| c.get("join_authorised_via_users_server"))
+            .and_then(|a| a.as_str())
+            .and_then(|a| UserId::parse(a).ok());
+        let Some(authoriser) = authoriser.filter(|a| a.server_name() == self.config.server_name) else {
+            return Ok(json.to_owned());
+        };
+        let sender = object.get("sender").and_then(|s| s.as_str()).and_then(|s| UserId::parse(s).ok());
+        let sender = sender.ok_or_else(|| Error::bad_json("The join has no valid sender"))?;
+        if self.rooms.restricted_join_authoriser(room_id, &sender)?.is_none() {
+            return Err(Error::forbidden(format!("{authoriser} cannot vouch for this join")));
+        }
+        pdus::add_signature(&mut object, room_version, &self.config.server_name, self.client.signing_key())
+            .map_err(|e| Error::internal(e.0))?;
+        serde_json::value::to_raw_value(&object).map_err(Error::internal)
+    }
+
     /// `send_join` / `send_leave`: a membership event another server signed
     /// for one of its users, entered into the room and sent on to the other
     /// servers. Returns the event.
@@ -111,8 +141,12 @@ impl Federation {
     ) -> Result<Pdu> {
         let room = self.rooms.require_room(room_id)?;
         self.require_acl(origin, room_id)?;
+        let json = match membership {
+            "join" => self.countersign_restricted_join(room_id, &room.room_version, json)?,
+            _ => json.to_owned(),
+        };
         let verified = self
-            .verify_pdus(&room.room_version, std::slice::from_ref(&json.to_owned()))
+            .verify_pdus(&room.room_version, std::slice::from_ref(&json))
             .await
             .pop()
             .ok_or_else(|| Error::internal("no PDU"))?

@@ -154,6 +154,7 @@ impl Rooms {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
         let room = self.require_room(room_id)?;
+        let version = room.room_version.clone();
         let mut staging = self.staging(Some(room))?;
         for PrevWithState { prev, state } in prevs {
             if !pdu.prev_events.contains(&prev.event_id)
@@ -164,8 +165,14 @@ impl Rooms {
             if prev.room_id != room_id {
                 return Err(Error::forbidden("The remote server sent events of another room"));
             }
-            let (before, _) = self.stage_given_state(&mut staging, room_id, &state, &[])?;
-            self.stage_unlisted(&mut staging, &prev, before, false)?;
+            let (before_id, before) = self.stage_given_state(&mut staging, room_id, &state, &[])?;
+            // The state is the other server's word; the event must still be
+            // allowed by it and by its own auth events (of this room).
+            let refused = self.auth_refusal(&staging, &prev, &version, &before)?;
+            if let Some(reason) = &refused {
+                tracing::info!(%room_id, event_id = %prev.event_id, "event before a gap refused: {reason}");
+            }
+            self.stage_unlisted(&mut staging, &prev, before_id, refused.is_some())?;
         }
         let outcome = self.stage_remote(&mut staging, pdu, FanOut::None)?;
         self.persist(staging).await?;

@@ -129,9 +129,14 @@ impl Rooms {
         Ok(())
     }
 
-    /// For a restricted room (v8+) that the user may join through membership
-    /// of an allowed room: a local member who may invite, to vouch for the join.
-    fn restricted_join_authoriser(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<OwnedUserId>> {
+    /// For a restricted room (v8+) that the user (ours or another server's)
+    /// may join through membership of an allowed room this server is in: a
+    /// local member who may invite, to vouch for the join.
+    pub fn restricted_join_authoriser(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<OwnedUserId>> {
         let room = self.require_room(room_id)?;
         let state = self.state.load(room.state)?;
         let Some(rules) = self.state_pdu(&state, &ruma::events::StateEventType::RoomJoinRules, "")? else {

@@ -247,6 +247,47 @@ impl Rooms {
         Ok(refused.map(|reason| format!("not allowed by the state before it: {reason}")))
     }
 
+    /// Which of these events are not stored here at all.
+    pub fn unknown_events(&self, event_ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>> {
+        let mut unknown = Vec::new();
+        for id in event_ids {
+            if self.stored(id)?.is_none() {
+                unknown.push(id.clone());
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// Events of another server's auth chain (`/event_auth`), kept as
+    /// outliers, oldest first, each only if its own auth events allow it:
+    /// they let later events be checked against their auth events.
+    pub async fn receive_auth_chain(&self, room_id: &RoomId, mut chain: Vec<Pdu>) -> Result<()> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let room = self.require_room(room_id)?;
+        let version = room.room_version.clone();
+        let mut staging = self.staging(Some(room))?;
+        chain.sort_by_key(|pdu| pdu.depth);
+        for pdu in chain {
+            if pdu.room_id != room_id || self.staged_pdu(&staging, &pdu.event_id)?.is_some() {
+                continue;
+            }
+            let allowed = match pdu.kind {
+                // A create event has no auth events: the room's own is known.
+                TimelineEventType::RoomCreate => Err("a second create event".to_owned()),
+                _ => self.check_against_auth_events(&staging, &pdu, &version)?,
+            };
+            match allowed {
+                Ok(()) => self.stage_outlier(&mut staging, &pdu)?,
+                Err(reason) => {
+                    tracing::info!(%room_id, event_id = %pdu.event_id, "fetched auth event refused: {reason}")
+                }
+            }
+        }
+        self.persist(staging).await?;
+        Ok(())
+    }
+
     /// The authorization rules with the event's own auth events as state;
     /// each must be known and belong to the same room.
     fn check_against_auth_events(
@@ -421,8 +462,15 @@ impl Rooms {
         let room = self.require_room(room_id)?;
         let version = room.room_version.clone();
         let staging = self.staging(Some(room))?;
-        let template =
+        let mut template =
             PduTemplate::state("m.room.member", user_id.as_str(), json!({"membership": membership}));
+        // A restricted room's join is vouched for by one of our members when
+        // the user is in an allowed room; `send_join` then signs it here.
+        if membership == "join"
+            && let Some(authoriser) = self.restricted_join_authoriser(room_id, user_id)?
+        {
+            template.content["join_authorised_via_users_server"] = authoriser.to_string().into();
+        }
         let mut object = self.with_local_context(&staging, room_id, user_id, template, |template, ctx| {
             event_object(template, &ctx).map_err(super::append::build_error)
         })?;

@@ -667,3 +667,82 @@ async fn a_redaction_of_another_rooms_event_is_refused() {
     let kept = rooms.pdu(&message.event_id).unwrap().unwrap();
     assert_eq!(kept.content_value()["body"], "mine", "the target is untouched");
 }
+
+/// Auth events fetched from another server (`/event_auth`) are kept as
+/// outliers when their own auth events allow them; one they do not allow,
+/// and one of another room, are not kept.
+#[tokio::test]
+async fn fetched_auth_events_are_kept_as_outliers_when_their_auth_events_allow_them() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let create = CreateRoom { preset: Some(Preset::PublicChat), ..Default::default() };
+    let other_room = rooms.create_room(&alice, create).await.unwrap();
+    let join = remote.event(rooms, &room_id, BOB, member(BOB, "join"), &extremities(rooms, &room_id));
+    // bob's message before any join of his: his auth events do not allow it.
+    let unjoined = remote.event(rooms, &room_id, BOB, text("early"), &extremities(rooms, &room_id));
+    let elsewhere =
+        remote.event(rooms, &other_room, BOB, member(BOB, "join"), &extremities(rooms, &other_room));
+    let ids = [join.event_id.clone(), unjoined.event_id.clone(), elsewhere.event_id.clone()];
+    assert_eq!(rooms.unknown_events(&ids).unwrap(), ids.to_vec());
+
+    rooms.receive_auth_chain(&room_id, vec![unjoined, elsewhere, join.clone()]).await.unwrap();
+    assert_eq!(rooms.unknown_events(&ids).unwrap(), ids[1..].to_vec(), "only the join is kept");
+    let stored = rooms.stored(&join.event_id).unwrap().unwrap();
+    assert_eq!((stored.stream, stored.state_after), (0, 0), "an outlier: no place in the timeline");
+    let bob = UserId::parse(BOB).unwrap();
+    assert!(!rooms.is_joined(&bob, &room_id).unwrap(), "an outlier changes no membership");
+}
+
+/// An event before a gap is placed with the state the other server gave
+/// for it, but only if that state and its own auth events allow it: a
+/// refused one changes no state for what follows.
+#[tokio::test]
+async fn an_event_before_a_gap_that_the_rules_refuse_changes_no_state() {
+    let (_dir, services, room_id, _) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    bob_joins(rooms, &remote, &room_id).await;
+    let hello = remote.event(rooms, &room_id, BOB, text("hello"), &extremities(rooms, &room_id));
+    assert_eq!(receive(rooms, &room_id, hello.clone()).await, Received::Accepted);
+    let (state_before_y, _) = rooms.state_and_auth_chain(&hello.event_id).unwrap();
+    // carol is no member: her topic is not allowed.
+    let topic = PduTemplate::state("m.room.topic", "", json!({"topic": "forged"}));
+    let y = remote.event(rooms, &room_id, "@carol:remote.test", topic, std::slice::from_ref(&hello.event_id));
+    let x = remote.event(rooms, &room_id, BOB, text("after the gap"), std::slice::from_ref(&y.event_id));
+    let prevs = vec![super::PrevWithState { prev: y.clone(), state: state_before_y }];
+    assert_eq!(rooms.receive_across_gap(&room_id, x.clone(), prevs).await.unwrap(), Received::Accepted);
+    let state = rooms.current_state(&rooms.require_room(&room_id).unwrap()).unwrap();
+    let topic = rooms.state_pdu(&state, &"m.room.topic".into(), "").unwrap();
+    assert!(topic.is_none_or(|t| t.event_id != y.event_id), "the refused event's state is not taken");
+    assert!(rooms.stored(&y.event_id).unwrap().unwrap().rejected);
+    assert!(rooms.check_consistency().unwrap().is_clean());
+}
+
+/// Another server's user who is in a room a restricted room allows gets a
+/// `make_join` template vouched for by one of our members who may invite,
+/// and that join is accepted; one in no allowed room is refused a template.
+#[tokio::test]
+async fn a_restricted_room_admits_a_remote_member_of_an_allowed_room() {
+    let (_dir, services, allowed_room, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let create = CreateRoom { preset: Some(Preset::PrivateChat), ..Default::default() };
+    let restricted = rooms.create_room(&alice, create).await.unwrap();
+    let rule =
+        json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": allowed_room}]});
+    rooms.send(&restricted, &alice, PduTemplate::state("m.room.join_rules", "", rule), None).await.unwrap();
+    let bob = UserId::parse(BOB).unwrap();
+    let refused = rooms.make_membership(&restricted, &bob, "join");
+    assert!(refused.is_err(), "bob is in no allowed room yet");
+
+    bob_joins(rooms, &remote, &allowed_room).await;
+    let (_, template) = rooms.make_membership(&restricted, &bob, "join").unwrap();
+    let content = template["content"].as_object().unwrap();
+    assert_eq!(content["join_authorised_via_users_server"].as_str(), Some(alice.as_str()));
+    let join = PduTemplate::state(
+        "m.room.member",
+        BOB,
+        json!({"membership": "join", "join_authorised_via_users_server": alice}),
+    );
+    let join = remote.event(rooms, &restricted, BOB, join, &extremities(rooms, &restricted));
+    assert_eq!(receive(rooms, &restricted, join).await, Received::Accepted);
+    assert!(rooms.is_joined(&bob, &restricted).unwrap());
+}
