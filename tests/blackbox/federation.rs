@@ -126,7 +126,7 @@ fn estuary_config(ca: &Path) -> (String, String) {
 
 /// The scenario's steps (tests/interop/synapse_federation.py) that pass;
 /// FEDERATION_STEPS overrides them while developing.
-const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t";
+const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t,u";
 
 /// A Synapse user joins a room on Estuary; messages, topic and power
 /// levels, typing and receipts flow both ways; a late joiner on Synapse
@@ -137,7 +137,8 @@ const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t";
 /// restarted mid-conversation and nothing sent to it or by it is lost;
 /// an Estuary user joins a Synapse room with history, leaves and rejoins;
 /// presence and status messages cross both ways; users join restricted
-/// rooms through membership of an allowed room, both ways.
+/// rooms through membership of an allowed room, and list the other
+/// server's spaces (`/hierarchy` over federation), both ways.
 #[tokio::test]
 async fn synapse_and_estuary_federate_both_ways() {
     let Some(python) = synapse_python() else { return };

@@ -58,7 +58,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijklmnopqrst"
+STEPS = "abcdefghijklmnopqrstu"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -123,7 +123,8 @@ class Server:
     def request(self, method, path, body=None, query=None, token=None, timeout=30):
         """Returns (status, JSON body); 4xx and 5xx are answers, not exceptions,
         so that callers can handle UIA's 401."""
-        url = self.url + "/_matrix/client/v3" + path
+        # Paths that name their version (`/v1/...`) keep it; the rest are v3.
+        url = self.url + "/_matrix/client" + (path if path.startswith("/v1/") else "/v3" + path)
         if query:
             url += "?" + urllib.parse.urlencode(query, doseq=True)
         data = None if body is None else json.dumps(body).encode()
@@ -641,6 +642,33 @@ class Scenario:
         """
         self._restricted_join(self.alice, self.a, self.bob)
         self._restricted_join(self.bob, self.b, self.alice)
+
+    def step_u(self):
+        """Spaces across servers, both ways: a user in a space of the other
+        server lists it with a child room their own server has never seen.
+
+        Their server asks the space's (/_matrix/federation/v1/hierarchy)
+        for the child.
+        """
+        self._space_from_other_server(self.alice, self.a, self.bob)
+        self._space_from_other_server(self.bob, self.b, self.alice)
+
+    def _space_from_other_server(self, owner, owner_server, viewer):
+        via = owner_server.server_name
+        child = owner.call("POST", "/createRoom", {"preset": "public_chat", "name": f"child {self.tag}"})["room_id"]
+        space = owner.call("POST", "/createRoom", {
+            "preset": "public_chat", "name": f"space {self.tag}", "creation_content": {"type": "m.space"},
+            "initial_state": [{"type": "m.space.child", "state_key": child, "content": {"via": [via]}}],
+        })["room_id"]
+        # In the space, but never in the child: the viewer's server asks the
+        # owner's for the child (Synapse walks no space its user is not in).
+        viewer.join(space, via)
+        listed = viewer.call("GET", f"/v1/rooms/{quote(space)}/hierarchy", query={"limit": 10})
+        found = {room.get("room_id"): room for room in listed.get("rooms", [])}
+        if space not in found or child not in found:
+            raise Failure(f"{owner_server.label}'s space {space} with {child} not listed: {listed}")
+        if found[space].get("room_type") != "m.space" or not found[space].get("children_state"):
+            raise Failure(f"the space is listed without its type or children: {found[space]}")
 
     def _restricted_join(self, owner, owner_server, joiner):
         via = owner_server.server_name

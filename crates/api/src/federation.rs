@@ -61,6 +61,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(timestamp_to_event)
         .ruma(public_rooms)
         .ruma(public_rooms_filtered)
+        .ruma(hierarchy)
         .ruma_raw::<ruma::api::federation::openid::get_openid_userinfo::v1::Request, _, _>(openid_userinfo)
 }
 
@@ -74,6 +75,24 @@ async fn openid_userinfo(
     let token = query.get("access_token").ok_or_else(estuary_core::Error::missing_token)?;
     let user = s.accounts.openid_user(token)?;
     Ok(axum::Json(serde_json::json!({"sub": user})))
+}
+
+/// `GET /hierarchy/{roomId}`: a room of a space and its children, as
+/// the asking server may see them.
+async fn hierarchy(
+    s: AppState,
+    r: Ruma<ruma::api::federation::space::get_hierarchy::v1::Request>,
+) -> ApiResult<ruma::api::federation::space::get_hierarchy::v1::Response> {
+    use ruma::api::federation::space::get_hierarchy::v1::Response;
+    let (room, children, inaccessible) =
+        s.federation.serve_hierarchy(r.origin()?, &r.body.room_id, r.body.suggested_only)?;
+    fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, estuary_core::Error> {
+        serde_json::from_value(value).map_err(estuary_core::Error::internal)
+    }
+    let mut response = Response::new(parse(room)?);
+    response.children = children.into_iter().map(parse).collect::<Result<_, _>>()?;
+    response.inaccessible_children = inaccessible;
+    Ok(response)
 }
 
 fn now() -> MilliSecondsSinceUnixEpoch {

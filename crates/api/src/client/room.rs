@@ -367,14 +367,15 @@ pub async fn hierarchy(
 ) -> ApiResult<ruma::api::client::space::get_hierarchy::v1::Response> {
     use ruma::api::client::space::get_hierarchy::v1::Response;
     let body = &request.body;
-    let (rooms, next) = services.rooms.hierarchy(
-        request.user()?,
-        &body.room_id,
-        body.suggested_only,
-        body.max_depth.map(|d| u64::from(d) as usize),
-        body.from.as_deref(),
-        body.limit.map_or(50, |l| u64::from(l) as usize),
-    )?;
+    let walk = estuary_service::federation::HierarchyRequest {
+        viewer: request.user()?,
+        root: &body.room_id,
+        suggested_only: body.suggested_only,
+        max_depth: body.max_depth.map(|d| u64::from(d) as usize),
+        from: body.from.as_deref(),
+        limit: body.limit.map_or(50, |l| u64::from(l) as usize),
+    };
+    let (rooms, next) = services.federation.hierarchy(walk).await?;
     let mut response = Response::new();
     response.rooms = rooms
         .into_iter()

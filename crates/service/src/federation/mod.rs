@@ -16,6 +16,8 @@ pub mod keys;
 pub mod membership;
 pub mod query;
 pub mod resolve;
+mod space;
+pub use space::HierarchyRequest;
 
 use std::sync::Arc;
 

@@ -28,6 +28,7 @@ mod remote_join;
 mod remote_tests;
 mod search_index;
 mod short;
+mod space;
 mod staging;
 pub mod state;
 mod timeline;

@@ -1,7 +1,5 @@
 //! Room upgrades and space hierarchies.
 
-use std::collections::{HashSet, VecDeque};
-
 use estuary_core::{Error, Result};
 use estuary_events::PduTemplate;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::StateEventType};
@@ -145,83 +143,5 @@ impl Rooms {
             tracing::debug!(%room, "could not restrict the old room's power levels: {err}");
         }
         Ok(())
-    }
-
-    /// A space and the rooms below it, breadth first (local rooms only, for now).
-    pub fn hierarchy(
-        &self,
-        viewer: &UserId,
-        root: &RoomId,
-        suggested_only: bool,
-        max_depth: Option<usize>,
-        from: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<JsonValue>, Option<String>)> {
-        if !self.can_preview(viewer, root)? {
-            return Err(Error::forbidden("You cannot see this space"));
-        }
-        let offset = match from {
-            Some(token) => token
-                .strip_prefix('p')
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| Error::invalid_param("Invalid `from` token"))?,
-            None => 0usize,
-        };
-        let mut seen = HashSet::new();
-        let mut queue = VecDeque::from([(root.to_owned(), 0usize)]);
-        let mut rooms = Vec::new();
-        while let Some((room_id, depth)) = queue.pop_front() {
-            if rooms.len() >= 1_000 || !seen.insert(room_id.clone()) {
-                continue;
-            }
-            if self.room(&room_id)?.is_none() || !self.can_preview(viewer, &room_id)? {
-                continue;
-            }
-            let children = self.space_children(&room_id, suggested_only)?;
-            if max_depth.is_none_or(|max| depth < max) {
-                queue.extend(
-                    children
-                        .iter()
-                        .filter_map(|c| c["state_key"].as_str())
-                        .filter_map(|id| RoomId::parse(id).ok())
-                        .map(|id| (id, depth + 1)),
-                );
-            }
-            let mut chunk = self.room_summary(&room_id)?;
-            chunk["children_state"] = JsonValue::Array(children);
-            rooms.push(chunk);
-        }
-        let limit = limit.clamp(1, 100);
-        let next = (offset + limit < rooms.len()).then(|| format!("p{}", offset + limit));
-        Ok((rooms.into_iter().skip(offset).take(limit).collect(), next))
-    }
-
-    /// Joined, world-readable or publicly joinable rooms can be previewed.
-    fn can_preview(&self, viewer: &UserId, room_id: &RoomId) -> Result<bool> {
-        if self.is_joined(viewer, room_id)? {
-            return Ok(true);
-        }
-        let summary = self.room_summary(room_id)?;
-        Ok(summary["world_readable"] == true || summary["join_rule"] == "public")
-    }
-
-    /// The `m.space.child` events of a room (stripped), valid ones only.
-    fn space_children(&self, room_id: &RoomId, suggested_only: bool) -> Result<Vec<JsonValue>> {
-        let room = self.require_room(room_id)?;
-        let state = self.state.load(room.state)?;
-        Ok(self
-            .state_pdus(&state)?
-            .into_iter()
-            .filter(|pdu| pdu.kind.to_string() == "m.space.child")
-            .filter_map(|pdu| {
-                let content = pdu.content_value();
-                let valid = content["via"].as_array().is_some_and(|v| !v.is_empty());
-                let suggested = content["suggested"] == true;
-                (valid && (!suggested_only || suggested)).then(|| {
-                    json!({"type": "m.space.child", "state_key": pdu.state_key, "content": content,
-                           "sender": pdu.sender, "origin_server_ts": pdu.origin_server_ts})
-                })
-            })
-            .collect())
     }
 }
