@@ -38,6 +38,10 @@ enum Command {
     /// the server stopped (a running server answers the same check at
     /// GET /_estuary/admin/v1/consistency).
     Check,
+    /// Replace the server's signing key with a new one, with the server
+    /// stopped. The old key stays in the key response's `old_verify_keys`,
+    /// so other servers still verify what it signed.
+    RotateSigningKey,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
     };
     let result = match args.command {
         Some(Command::Check) => return check(config),
+        Some(Command::RotateSigningKey) => return rotate_signing_key(&config),
         None => runtime.block_on(run(config)),
     };
     match result {
@@ -105,6 +110,20 @@ fn check(config: Arc<Config>) -> ExitCode {
         }
         Err(err) => {
             eprintln!("estuary check: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `estuary rotate-signing-key`: a new signing key on a stopped server.
+fn rotate_signing_key(config: &Config) -> ExitCode {
+    match open(config).and_then(|db| Ok(estuary_service::rooms::rotate_signing_key(&db)?)) {
+        Ok((old, new)) => {
+            println!("signing key rotated: {old} is now an old verify key, {new} signs from now on");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("estuary rotate-signing-key: {err:#}");
             ExitCode::from(2)
         }
     }

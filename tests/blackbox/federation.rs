@@ -292,3 +292,32 @@ async fn server_server_requests_need_a_valid_signature() {
         server.get("/_matrix/federation/v1/make_join/!nope:localhost/@a:remote.test", None).await;
     assert_eq!(status.as_u16(), 401);
 }
+
+/// `estuary rotate-signing-key` on a stopped server: the key response then
+/// names the new key, signs with it, and keeps the old one in
+/// `old_verify_keys` with the time it expired.
+#[tokio::test]
+async fn a_rotated_signing_key_stays_as_an_old_verify_key() {
+    let server = TestServer::start().await;
+    let (_, before) = server.get("/_matrix/key/v2/server", None).await;
+    let old_id = before["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    let old_key = before["verify_keys"][&old_id]["key"].clone();
+    let dir = server.kill();
+    let rotate = std::process::Command::new(env!("CARGO_BIN_EXE_estuary"))
+        .arg("--config")
+        .arg(dir.path().join("estuary.toml"))
+        .arg("rotate-signing-key")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(rotate.status.success(), "{}", String::from_utf8_lossy(&rotate.stderr));
+
+    let server = TestServer::start_in(dir, "");
+    let (status, after) = server.get("/_matrix/key/v2/server", None).await;
+    assert_eq!(status, 200, "{after}");
+    let new_id = after["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    assert_ne!(new_id, old_id, "{after}");
+    assert!(after["signatures"]["localhost"][&new_id].is_string(), "signed with the new key: {after}");
+    assert_eq!(after["old_verify_keys"][&old_id]["key"], old_key, "{after}");
+    assert!(after["old_verify_keys"][&old_id]["expired_ts"].as_u64().unwrap() > 0);
+}

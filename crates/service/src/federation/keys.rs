@@ -40,6 +40,9 @@ pub struct KnownKeys {
 pub struct ServerKeys {
     server_name: OwnedServerName,
     key: Arc<ServerSigningKey>,
+    /// Keys this server signed with before a rotation (key ID → key and
+    /// when it expired), listed in our key response.
+    old_verify_keys: CanonicalJsonObject,
     trusted_key_servers: Vec<OwnedServerName>,
     servername_keys: Table<String, Json<KnownKeys>>,
     cache: Mutex<HashMap<OwnedServerName, KnownKeys>>,
@@ -53,9 +56,15 @@ impl ServerKeys {
         key: Arc<ServerSigningKey>,
         trusted_key_servers: Vec<OwnedServerName>,
     ) -> Result<Self> {
+        let old_verify_keys = crate::rooms::old_verify_keys(db)?;
+        let old_verify_keys = match serde_json::from_value(serde_json::Value::Object(old_verify_keys)) {
+            Ok(CanonicalJsonValue::Object(keys)) => keys,
+            _ => CanonicalJsonObject::new(),
+        };
         Ok(Self {
             server_name,
             key,
+            old_verify_keys,
             trusted_key_servers,
             servername_keys: db.table("servername_keys").db()?,
             cache: Mutex::new(HashMap::new()),
@@ -72,7 +81,7 @@ impl ServerKeys {
         let mut object = CanonicalJsonObject::new();
         object.insert("server_name".into(), self.server_name.as_str().into());
         object.insert("verify_keys".into(), verify_keys.into());
-        object.insert("old_verify_keys".into(), CanonicalJsonObject::new().into());
+        object.insert("old_verify_keys".into(), self.old_verify_keys.clone().into());
         object.insert("valid_until_ts".into(), int(now_millis() + OWN_KEYS_VALID));
         self.sign(&mut object);
         object

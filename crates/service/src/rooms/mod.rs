@@ -45,6 +45,7 @@ use ruma::{
     events::StateEventType,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::{Value as JsonValue, json};
 
 pub use append::{Txn, unsupported_version};
 pub use check::ConsistencyReport;
@@ -342,6 +343,45 @@ impl Rooms {
         pdus.sort_by(|a, b| (&a.kind, &a.state_key).cmp(&(&b.kind, &b.state_key)));
         Ok(pdus)
     }
+}
+
+/// `global` key of the keys this server signed with before a rotation:
+/// JSON `{key ID: {"key": public key, "expired_ts": ms}}`.
+const OLD_VERIFY_KEYS: &str = "old_verify_keys";
+
+/// The keys this server signed with before (`old_verify_keys` of its key
+/// response), so others still verify events it signed with them.
+pub fn old_verify_keys(db: &Db) -> Result<serde_json::Map<String, JsonValue>> {
+    let global: Table<String, String> = db.table("global").db()?;
+    Ok(global
+        .get(&OLD_VERIFY_KEYS.to_owned())
+        .db()?
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default())
+}
+
+/// Replace the signing key with a new one (run with the server stopped):
+/// the old key's public half joins `old_verify_keys`, expired now.
+/// Returns the old and the new key IDs.
+pub fn rotate_signing_key(db: &Db) -> Result<(String, String)> {
+    use base64::Engine;
+    let old = load_or_create_signing_key(db)?;
+    let mut old_keys = old_verify_keys(db)?;
+    old_keys.insert(
+        old.key_id(),
+        json!({"key": old.public_key_base64(), "expired_ts": estuary_core::time::now_millis()}),
+    );
+    let version = format!("a_{}", crate::accounts::tokens::random_token(4));
+    let key = ServerSigningKey::generate(&version).map_err(Error::internal)?;
+    let global: Table<String, String> = db.table("global").db()?;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut batch = db.batch();
+    batch.put(&global, &SIGNING_KEY.to_owned(), &engine.encode(key.pkcs8()));
+    batch.put(&global, &SIGNING_KEY_VERSION.to_owned(), &version);
+    batch.put(&global, &OLD_VERIFY_KEYS.to_owned(), &JsonValue::Object(old_keys).to_string());
+    batch.commit().db()?;
+    tracing::info!(old = %old.key_id(), new = %key.key_id(), "rotated the server signing key");
+    Ok((old.key_id(), key.key_id()))
 }
 
 pub fn load_or_create_signing_key(db: &Db) -> Result<ServerSigningKey> {
