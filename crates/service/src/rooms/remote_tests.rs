@@ -159,6 +159,15 @@ async fn bob_joins(rooms: &Rooms, remote: &Remote, room_id: &RoomId) -> Pdu {
     join
 }
 
+/// bob joins and says hello; returns the hello and the state before it.
+async fn bob_says_hello(rooms: &Rooms, remote: &Remote, room_id: &RoomId) -> (Pdu, Vec<Pdu>) {
+    bob_joins(rooms, remote, room_id).await;
+    let hello = remote.event(rooms, room_id, BOB, text("hello"), &extremities(rooms, room_id));
+    assert_eq!(receive(rooms, room_id, hello.clone()).await, Received::Accepted);
+    let (state, _) = rooms.state_and_auth_chain(&hello.event_id).unwrap();
+    (hello, state)
+}
+
 #[tokio::test]
 async fn a_remote_join_and_message_enter_the_room() {
     let (_dir, services, room_id, _) = setup().await;
@@ -511,11 +520,8 @@ async fn a_declined_remote_invite_shows_as_left_even_when_its_server_is_unreacha
 async fn an_event_after_an_unfilled_gap_is_placed_with_the_state_given_for_it() {
     let (_dir, services, room_id, _) = setup().await;
     let (rooms, remote) = (&services.rooms, Remote::new());
-    bob_joins(rooms, &remote, &room_id).await;
-    let hello = remote.event(rooms, &room_id, BOB, text("hello"), &extremities(rooms, &room_id));
-    assert_eq!(receive(rooms, &room_id, hello.clone()).await, Received::Accepted);
     // hello is a message: the state before it is the state before Y too.
-    let (state_before_y, _) = rooms.state_and_auth_chain(&hello.event_id).unwrap();
+    let (hello, state_before_y) = bob_says_hello(rooms, &remote, &room_id).await;
     let renamed =
         PduTemplate::state("m.room.member", BOB, json!({"membership": "join", "displayname": "Bobby"}));
     let y = remote.event(rooms, &room_id, BOB, renamed, std::slice::from_ref(&hello.event_id));
@@ -700,10 +706,8 @@ async fn fetched_auth_events_are_kept_as_outliers_when_their_auth_events_allow_t
 async fn an_event_before_a_gap_that_the_rules_refuse_changes_no_state() {
     let (_dir, services, room_id, _) = setup().await;
     let (rooms, remote) = (&services.rooms, Remote::new());
-    bob_joins(rooms, &remote, &room_id).await;
-    let hello = remote.event(rooms, &room_id, BOB, text("hello"), &extremities(rooms, &room_id));
-    assert_eq!(receive(rooms, &room_id, hello.clone()).await, Received::Accepted);
-    let (state_before_y, _) = rooms.state_and_auth_chain(&hello.event_id).unwrap();
+    // hello is a message: the state before it is the state before Y too.
+    let (hello, state_before_y) = bob_says_hello(rooms, &remote, &room_id).await;
     // carol is no member: her topic is not allowed.
     let topic = PduTemplate::state("m.room.topic", "", json!({"topic": "forged"}));
     let y = remote.event(rooms, &room_id, "@carol:remote.test", topic, std::slice::from_ref(&hello.event_id));
