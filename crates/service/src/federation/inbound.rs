@@ -185,8 +185,11 @@ impl Federation {
         event_id: &EventId,
     ) -> Result<(Vec<Pdu>, Vec<Pdu>)> {
         self.require_in_room(origin, room_id)?;
-        // Outliers have no state here, and a rejected event's is none of the room's.
-        let placed = |s: &crate::rooms::StoredPdu| s.room_id == room_id && s.state_after != 0 && !s.rejected;
+        // Outliers have no state here, a rejected event's is none of the
+        // room's, and one before a gap has only another server's word.
+        let placed = |s: &crate::rooms::StoredPdu| {
+            s.room_id == room_id && s.state_after != 0 && !s.rejected && !s.state_from_peer
+        };
         if !self.rooms.stored(event_id)?.is_some_and(|s| placed(&s)) {
             return Err(Error::not_found("Unknown event in this room, or no state is known at it"));
         }

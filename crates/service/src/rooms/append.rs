@@ -278,6 +278,7 @@ impl Rooms {
             state_after: state_after_id,
             txn: txn.map(|t| (t.device_id, t.txn_id)),
             rejected: false,
+            state_from_peer: false,
         };
         staging.staged.push(Staged { pdu, stored, joined_user, fan_out });
         Ok((state_after_id, state_after))

@@ -19,7 +19,7 @@ use ruma::{EventId, OwnedEventId, RoomId, events::StateEventType};
 
 use super::{
     Rooms,
-    remote::Received,
+    remote::{Received, Unlisted},
     staging::{FanOut, Staging},
     state::StateMap,
 };
@@ -172,7 +172,8 @@ impl Rooms {
             if let Some(reason) = &refused {
                 tracing::info!(%room_id, event_id = %prev.event_id, "event before a gap refused: {reason}");
             }
-            self.stage_unlisted(&mut staging, &prev, before_id, refused.is_some())?;
+            let unlisted = if refused.is_some() { Unlisted::Rejected } else { Unlisted::BeforeGap };
+            self.stage_unlisted(&mut staging, &prev, before_id, unlisted)?;
         }
         let outcome = self.stage_remote(&mut staging, pdu, FanOut::None)?;
         self.persist(staging).await?;

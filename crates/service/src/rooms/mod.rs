@@ -84,6 +84,11 @@ pub struct StoredPdu {
     /// `prev_events` can be placed, but never an auth event or state.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rejected: bool,
+    /// Placed with the state another server gave for it (an event before a
+    /// gap): that state is the other server's word, so it is never served
+    /// as the room's state at this event, as an outlier's is not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub state_from_peer: bool,
 }
 
 impl StoredPdu {

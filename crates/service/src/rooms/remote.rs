@@ -45,6 +45,17 @@ pub enum Received {
     MissingPrevs(Vec<OwnedEventId>),
 }
 
+/// Why a received event is kept outside the timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unlisted {
+    /// Refused by the rules: its state after is the state before.
+    Rejected,
+    /// Allowed by the state before it, not by the current state.
+    SoftFailed,
+    /// An event before a gap, allowed by the state another server gave.
+    BeforeGap,
+}
+
 /// How a received event's `prev_events` are checked.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum PrevEvents {
@@ -115,13 +126,13 @@ impl Rooms {
         let version = room.room_version.clone();
         let (before_id, before) = self.state_before(staging, &room, &pdu)?;
         if let Some(reason) = self.auth_refusal(staging, &pdu, &version, &before)? {
-            self.stage_unlisted(staging, &pdu, before_id, true)?;
+            self.stage_unlisted(staging, &pdu, before_id, Unlisted::Rejected)?;
             return Ok(Received::Rejected(reason));
         }
         if before_id != room.state
             && let Err(reason) = self.check_against(staging, &pdu, &version, &staging.state.clone())?
         {
-            self.stage_unlisted(staging, &pdu, before_id, false)?;
+            self.stage_unlisted(staging, &pdu, before_id, Unlisted::SoftFailed)?;
             return Ok(Received::SoftFailed(format!("not allowed by the current state: {reason}")));
         }
         let (event_id, depth) = (pdu.event_id.clone(), pdu.depth);
@@ -186,8 +197,9 @@ impl Rooms {
         staging: &mut Staging,
         pdu: &Pdu,
         before_id: u64,
-        rejected: bool,
+        unlisted: Unlisted,
     ) -> Result<()> {
+        let rejected = unlisted == Unlisted::Rejected;
         let short = self.staged_event_short(staging, &pdu.event_id)?;
         let after_id = match (&pdu.state_key, rejected) {
             (Some(state_key), false) => {
@@ -207,6 +219,7 @@ impl Rooms {
             state_after: after_id,
             txn: None,
             rejected,
+            state_from_peer: unlisted == Unlisted::BeforeGap,
         };
         staging.batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored));
         staging.note_event(short, pdu);

@@ -124,6 +124,7 @@ impl Rooms {
             state_after: 0,
             txn: None,
             rejected: false,
+            state_from_peer: false,
         };
         staging.batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored));
         staging.note_event(short, pdu);
@@ -199,6 +200,7 @@ impl Rooms {
             state_after: 0,
             txn: None,
             rejected: false,
+            state_from_peer: false,
         };
         let for_appservices = match &invite_state {
             Some(stripped) => self.stage_invite_for_appservices(&stored, stripped, &mut batch)?,

@@ -536,6 +536,7 @@ async fn an_event_after_an_unfilled_gap_is_placed_with_the_state_given_for_it() 
     assert_eq!(member.event_id, y.event_id, "the missing event's state is the room's now");
     let kept = rooms.stored(&y.event_id).unwrap().unwrap();
     assert_eq!(kept.stream, 0, "the missing event itself stays outside the timeline");
+    assert!(kept.state_from_peer, "its state is the other server's word: never served as the room's");
     assert!(rooms.check_consistency().unwrap().is_clean());
 }
 
