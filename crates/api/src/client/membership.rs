@@ -95,13 +95,20 @@ async fn join(
     let known = services.rooms.room(room_id)?.is_some();
     let residents = if known { services.rooms.joined_servers(room_id)? } else { Vec::new() };
     let stale = !residents.is_empty() && !services.rooms.is_resident(room_id)?;
+    let guest_refused = || Error::forbidden("Guests may only join rooms whose guest access is can_join");
+    let guest = is_guest(services, user_id)?;
     if known && !(stale && services.config.allow_federation) {
-        if is_guest(services, user_id)? && !services.rooms.guests_can_join(room_id)? {
-            return Err(Error::forbidden("Guests may only join rooms whose guest access is can_join"));
+        if guest && !services.rooms.guests_can_join(room_id)? {
+            return Err(guest_refused());
         }
         services.rooms.join(room_id, user_id, reason, custom).await?;
         super::room::carry_over(services, user_id, room_id);
         return Ok(());
+    }
+    // A room elsewhere: a guest joins only when the invite's room state
+    // says guests can (the other server cannot tell a guest from a user).
+    if guest && !services.rooms.invited_guests_can_join(user_id, room_id)? {
+        return Err(guest_refused());
     }
     let mut servers = via.to_vec();
     if let Some(stub) = services.rooms.invite_stub(user_id, room_id)?

@@ -128,8 +128,8 @@ impl Federation {
             Some(event) => self.verified(&version, event).await?,
             None => pdu,
         };
-        let state = self.all_verified(&version, &room_state.state).await?;
-        let auth_chain = self.all_verified(&version, &room_state.auth_chain).await?;
+        let state = self.valid_events(server, &version, &room_state.state).await;
+        let auth_chain = self.valid_events(server, &version, &room_state.auth_chain).await;
         self.rooms.enter_remote_room(room_id, &version, state, auth_chain, join).await
     }
 
@@ -175,25 +175,27 @@ impl Federation {
         }
     }
 
-    /// Every event verified (signatures and hashes); any bad one refuses all.
-    async fn all_verified(
+    /// The events whose signatures verify (a bad hash keeps the redacted
+    /// form); one that does not is dropped with a warning, as Synapse
+    /// does: the join then stands or falls on what remains (a missing
+    /// create event or join authorisation still refuses it).
+    async fn valid_events(
         &self,
+        server: &ServerName,
         version: &RoomVersionId,
         raw: &[Box<RawValue>],
-    ) -> Result<Vec<estuary_events::Pdu>> {
+    ) -> Vec<estuary_events::Pdu> {
         let mut events = Vec::with_capacity(raw.len());
         for outcome in self.verify_pdus(version, raw).await {
             match outcome {
                 Ok(verified) => events.push(verified.pdu),
                 Err((id, reason)) => {
-                    return Err(Error::forbidden(format!(
-                        "The resident server sent an invalid event {}: {reason}",
-                        id.map(|i| i.to_string()).unwrap_or_default()
-                    )));
+                    let id = id.map(|i| i.to_string()).unwrap_or_default();
+                    tracing::warn!(%server, event_id = %id, "dropped an invalid event of a join's state: {reason}");
                 }
             }
         }
-        Ok(events)
+        events
     }
 
     /// Knock on `room_id` on another server: ask each of `servers` in turn

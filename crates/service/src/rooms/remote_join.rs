@@ -28,6 +28,10 @@ pub const INVITE_STATE: &[&str] = &[
     "m.room.avatar",
     "m.room.canonical_alias",
     "m.room.encryption",
+    "m.room.topic",
+    // Beyond the spec's list: tells an invited guest's server whether
+    // guests may join.
+    "m.room.guest_access",
 ];
 
 /// A user's membership in a room this server is not in (an "out-of-band"
@@ -271,6 +275,15 @@ impl Rooms {
     /// The pending invite of a user to a room this server is not in.
     pub fn invite_stub(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<InviteStub>> {
         Ok(self.out_of_band_membership(user_id, room_id)?.filter(|stub| stub.membership == "invite"))
+    }
+
+    /// Whether the room state of the user's invite to a room this server is
+    /// not in lets guests join (`m.room.guest_access` `can_join`).
+    pub fn invited_guests_can_join(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
+        let Some(stub) = self.invite_stub(user_id, room_id)? else { return Ok(false) };
+        Ok(stub.stripped.iter().any(|event| {
+            event["type"] == "m.room.guest_access" && event["content"]["guest_access"] == "can_join"
+        }))
     }
 
     /// The user's pending invite to, or knock on, a room this server is not in.
