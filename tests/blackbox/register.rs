@@ -190,6 +190,16 @@ async fn guests_refused_unless_enabled() {
     let token = body["access_token"].as_str().unwrap();
     let (_, whoami) = server.get("/_matrix/client/v3/account/whoami", Some(token)).await;
     assert_eq!(whoami["is_guest"], true);
+
+    // Guests registering at once each get their own user ID.
+    let path = format!("{REGISTER}?kind=guest");
+    let at_once = (0..8).map(|_| server.post(&path, None, json!({})));
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, body) in futures::future::join_all(at_once).await {
+        assert_eq!(status, 200, "{body}");
+        ids.insert(body["user_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 8, "{ids:?}");
 }
 
 #[tokio::test]

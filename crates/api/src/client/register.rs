@@ -57,7 +57,7 @@ pub async fn register(
             )
             .into());
         }
-        let user_id = accounts.next_guest_user_id()?;
+        let user_id = accounts.next_guest_user_id().await?;
         accounts.create_account(&user_id, params.password.take(), true).await?;
         return new_account(&services, user_id, params).await;
     }

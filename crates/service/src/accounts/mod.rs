@@ -238,13 +238,22 @@ impl Accounts {
         Ok(account)
     }
 
-    /// A fresh numeric user ID for a guest.
-    pub fn next_guest_user_id(&self) -> Result<OwnedUserId> {
-        let _ = &self.registration_lock;
+    /// A fresh numeric user ID for a guest: the counter is read and moved
+    /// on under the registration lock, so two guests registering at once
+    /// get two IDs; a number someone registered as a name is skipped.
+    pub async fn next_guest_user_id(&self) -> Result<OwnedUserId> {
+        let _guard = self.registration_lock.lock().await;
         let key = "guest_counter".to_owned();
-        let next: u64 = self.global.get(&key).db()?.and_then(|v| v.parse().ok()).unwrap_or(1);
-        self.global.put(&key, &(next + 1).to_string()).db()?;
-        UserId::parse_with_server_name(next.to_string(), self.server_name()).map_err(Error::internal)
+        let mut next: u64 = self.global.get(&key).db()?.and_then(|v| v.parse().ok()).unwrap_or(1);
+        loop {
+            let user_id = UserId::parse_with_server_name(next.to_string(), self.server_name())
+                .map_err(Error::internal)?;
+            next += 1;
+            if self.account(&user_id)?.is_none() {
+                self.global.put(&key, &next.to_string()).db()?;
+                return Ok(user_id);
+            }
+        }
     }
 
     // ----- Passwords -----
