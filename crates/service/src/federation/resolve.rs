@@ -27,7 +27,8 @@ const WELL_KNOWN_TTL: Duration = Duration::from_secs(24 * 3600);
 const WELL_KNOWN_MISS_TTL: Duration = Duration::from_secs(3600);
 const WELL_KNOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const WELL_KNOWN_MAX_BYTES: usize = 50 * 1024;
-const WELL_KNOWN_CACHED: usize = 10_000;
+/// Hosts whose answers each cache keeps before it drops the expired ones.
+const HOSTS_CACHED: usize = 10_000;
 
 /// Where to send requests for a server name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,8 +96,8 @@ type SrvTarget = (String, u16);
 
 /// Resolves server names, caching `.well-known` answers and SRV records.
 pub struct Resolver {
-    well_known: Mutex<HashMap<String, (Instant, Option<String>)>>,
-    srv: Mutex<HashMap<String, (Instant, Option<SrvTarget>)>>,
+    well_known: TtlCache<Option<String>>,
+    srv: TtlCache<Option<SrvTarget>>,
     /// The system's DNS servers, for SRV records; `None` when they cannot
     /// be read (then no SRV lookups: hostnames are reached on 8448).
     dns: Option<TokioResolver>,
@@ -111,7 +112,7 @@ impl Resolver {
                 None
             }
         };
-        Self { well_known: Mutex::new(HashMap::new()), srv: Mutex::new(HashMap::new()), dns }
+        Self { well_known: TtlCache::new(), srv: TtlCache::new(), dns }
     }
 
     /// Where to reach `name`.
@@ -135,10 +136,8 @@ impl Resolver {
     }
 
     async fn srv(&self, host: &str) -> Option<SrvTarget> {
-        if let Some((until, answer)) = self.srv.lock().expect("SRV cache").get(host)
-            && *until > Instant::now()
-        {
-            return answer.clone();
+        if let Some(answer) = self.srv.fresh(host) {
+            return answer;
         }
         let dns = self.dns.as_ref()?;
         let mut answer = None;
@@ -154,28 +153,44 @@ impl Resolver {
                 break;
             }
         }
-        let mut cache = self.srv.lock().expect("SRV cache");
-        if cache.len() >= WELL_KNOWN_CACHED {
-            cache.retain(|_, (until, _)| *until > Instant::now());
-        }
-        cache.insert(host.to_owned(), (Instant::now() + SRV_TTL, answer.clone()));
+        self.srv.keep(host, answer.clone(), SRV_TTL);
         answer
     }
 
     async fn well_known(&self, http: &reqwest::Client, host: &str) -> Option<String> {
-        if let Some((until, answer)) = self.well_known.lock().expect("well-known cache").get(host)
-            && *until > Instant::now()
-        {
-            return answer.clone();
+        if let Some(answer) = self.well_known.fresh(host) {
+            return answer;
         }
         let answer = fetch_well_known(http, host).await;
         let ttl = if answer.is_some() { WELL_KNOWN_TTL } else { WELL_KNOWN_MISS_TTL };
-        let mut cache = self.well_known.lock().expect("well-known cache");
-        if cache.len() >= WELL_KNOWN_CACHED {
-            cache.retain(|_, (until, _)| *until > Instant::now());
-        }
-        cache.insert(host.to_owned(), (Instant::now() + ttl, answer.clone()));
+        self.well_known.keep(host, answer.clone(), ttl);
         answer
+    }
+}
+
+/// Answers per host, each trusted until it expires; expired ones are
+/// dropped when the cache reaches `HOSTS_CACHED`.
+struct TtlCache<V> {
+    entries: Mutex<HashMap<String, (Instant, V)>>,
+}
+
+impl<V: Clone> TtlCache<V> {
+    fn new() -> Self {
+        Self { entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// The answer for `host`, if one is cached and still trusted.
+    fn fresh(&self, host: &str) -> Option<V> {
+        let entries = self.entries.lock().expect("resolver cache");
+        entries.get(host).filter(|(until, _)| *until > Instant::now()).map(|(_, answer)| answer.clone())
+    }
+
+    fn keep(&self, host: &str, answer: V, ttl: Duration) {
+        let mut entries = self.entries.lock().expect("resolver cache");
+        if entries.len() >= HOSTS_CACHED {
+            entries.retain(|_, (until, _)| *until > Instant::now());
+        }
+        entries.insert(host.to_owned(), (Instant::now() + ttl, answer));
     }
 }
 
@@ -231,6 +246,18 @@ mod tests {
         assert_eq!(parse_well_known(br#"{"m.server": "not a name!"}"#), None);
         assert_eq!(parse_well_known(b"<html>"), None);
         assert_eq!(parse_well_known(br#"{"m.server": 5}"#), None);
+    }
+
+    #[test]
+    fn cached_answers_expire() {
+        let cache: TtlCache<Option<String>> = TtlCache::new();
+        assert_eq!(cache.fresh("a.test"), None, "nothing cached");
+        cache.keep("a.test", Some("b.test".into()), Duration::from_secs(60));
+        cache.keep("c.test", None, Duration::from_secs(60));
+        assert_eq!(cache.fresh("a.test"), Some(Some("b.test".into())));
+        assert_eq!(cache.fresh("c.test"), Some(None), "an absence is cached too");
+        cache.keep("a.test", Some("b.test".into()), Duration::ZERO);
+        assert_eq!(cache.fresh("a.test"), None, "an expired answer is asked again");
     }
 
     #[test]
