@@ -123,7 +123,7 @@ impl E2ee {
             }
             Ok(json!({"edu_type": "m.device_list_update", "content": content}))
         };
-        self.key_change(user_id, Some(&edu))
+        self.key_change(user_id, Some(&edu), |_| {})
     }
 
     /// Record that a user's cross-signing keys changed; for one of our users,
@@ -140,13 +140,19 @@ impl E2ee {
             }
             Ok(json!({"edu_type": "m.signing_key_update", "content": content}))
         };
-        self.key_change(user_id, Some(&edu))
+        self.key_change(user_id, Some(&edu), |_| {})
     }
 
     /// Record a key change: in the stream (sync's `device_lists`), to the
     /// bridges that see the user, and, for one of our users, as the EDU
-    /// `edu(position, previous update)` builds to the servers sharing a room.
-    fn key_change(&self, user_id: &UserId, edu: Option<&EduOf<'_>>) -> Result<()> {
+    /// `edu(position, previous update)` builds to the servers sharing a room;
+    /// `stage` adds the change itself to the same write.
+    fn key_change(
+        &self,
+        user_id: &UserId,
+        edu: Option<&EduOf<'_>>,
+        stage: impl FnOnce(&mut estuary_storage::Batch),
+    ) -> Result<()> {
         let table = &self.stream_keychange;
         let mates = self.rooms.room_mates(user_id)?;
         let local = user_id.server_name() == self.config.server_name;
@@ -167,6 +173,7 @@ impl E2ee {
         let mut failed = None;
         self.streams.commit(self.db.batch(), |position, batch| {
             batch.put(table, &position, &user_id.to_string());
+            stage(batch);
             if let Some(edu) = edu.filter(|_| local) {
                 match edu(position, last_update) {
                     Ok(edu) => {
@@ -209,18 +216,13 @@ impl E2ee {
     }
 
     /// Cache another server's user's devices (a resync, an update applied,
-    /// or `None` to forget them), and tell those sharing a room with them.
+    /// or `None` to forget them): a key change like any other, which those
+    /// sharing a room and the bridges that see the user hear of.
     pub fn store_remote_device_list(&self, user_id: &UserId, list: Option<&RemoteDeviceList>) -> Result<()> {
-        let mates = self.rooms.room_mates(user_id)?;
-        self.streams.commit(self.db.batch(), |position, batch| {
-            batch.put(&self.stream_keychange, &position, &user_id.to_string());
-            match list {
-                Some(list) => batch.put(&self.remote_device_lists, &user_id.to_string(), &Json(list.clone())),
-                None => batch.delete(&self.remote_device_lists, &user_id.to_string()),
-            }
-        })?;
-        self.streams.notify(mates.iter().map(|u| &**u));
-        Ok(())
+        self.key_change(user_id, None, |batch| match list {
+            Some(list) => batch.put(&self.remote_device_lists, &user_id.to_string(), &Json(list.clone())),
+            None => batch.delete(&self.remote_device_lists, &user_id.to_string()),
+        })
     }
 
     /// `/keys/upload`. Returns the one-time key counts of the device.
