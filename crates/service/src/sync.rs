@@ -264,8 +264,7 @@ impl Sync {
 
     /// Users who joined a room with the syncing user in the window (all
     /// members of a room the user joined) or were invited to one, and users
-    /// who left one. `rooms`
-    /// are those with events in the window.
+    /// who left one. `rooms` are those with events in the window.
     fn member_changes(
         &self,
         user: &UserId,

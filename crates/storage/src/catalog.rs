@@ -59,7 +59,8 @@ pub const TABLES: &[&str] = &[
     "useridversion_backup",
     // (user ID, backup version, room ID, session ID) → backed-up room key (JSON).
     "useridversionroomsession_backupkey",
-    // Stream position → user ID whose devices or keys changed (device_lists).
+    // Stream position → user ID whose devices or keys changed (device_lists), or
+    // "<user ID> <viewer>" for a change only that viewer sees (user-signing keys).
     "stream_keychange",
     // Our user ID → stream ID of their last m.device_list_update (the next one's prev_id).
     "userid_devicelistid",

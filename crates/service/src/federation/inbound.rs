@@ -59,8 +59,7 @@ impl Federation {
         let room = self.rooms.require_room(room_id)?;
         self.require_acl(origin, room_id)?;
         // A room none of our users is in any more is not ours to admit to.
-        let local = &self.config.server_name;
-        if !self.rooms.members_with_membership(room_id, "join")?.iter().any(|u| u.server_name() == local) {
+        if !self.rooms.is_resident(room_id)? {
             return Err(Error::not_found("This server has no member in the room"));
         }
         let supported_here = supported.is_empty() && room.room_version == RoomVersionId::V1;

@@ -183,8 +183,8 @@ pub struct Rooms {
     networkroomid: Table<(String, String), String>,
     roomidtermstream_count: Table<(String, String, u64), u64>,
     tokenizer: crate::search::tokenize::Tokenizer,
-    /// One writer per room at a time: prev_events and state stay consistent.
-    /// One write lock per room being written; see `Rooms::room_lock`.
+    /// One writer per room at a time: prev_events and state stay consistent
+    /// (see `Rooms::room_lock`).
     room_locks: crate::locks::KeyedLocks<OwnedRoomId>,
     /// The timestamp of the last create event built (see `create_ts`).
     last_create_ts: std::sync::atomic::AtomicU64,

@@ -751,3 +751,63 @@ async fn a_restricted_room_admits_a_remote_member_of_an_allowed_room() {
     assert_eq!(receive(rooms, &restricted, join).await, Received::Accepted);
     assert!(rooms.is_joined(&bob, &restricted).unwrap());
 }
+
+/// A change of another server's user's cached devices reaches a bridge that
+/// sees them (MSC3202 device lists), as our own users' changes do.
+#[tokio::test]
+async fn a_remote_users_device_change_reaches_a_bridge_in_their_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let registration = dir.path().join("bridge.yaml");
+    let yaml = "id: bridge\nurl: http://127.0.0.1:9\nas_token: a\nhs_token: h\nsender_localpart: bridgebot\n\
+                org.matrix.msc3202: true\nnamespaces:\n  users:\n    - exclusive: true\n      regex: \"@bridge_.*:localhost\"\n";
+    std::fs::write(&registration, yaml).unwrap();
+    let config = Config { appservice_registrations: vec![registration], ..Config::default() };
+    let db = Db::open(&dir.path().join("db"), &Default::default()).unwrap();
+    let services = Services::build(Arc::new(config), db).unwrap();
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let ghost = UserId::parse("@bridge_ghost:localhost").unwrap();
+    let create = CreateRoom { preset: Some(Preset::PublicChat), ..Default::default() };
+    let room_id = rooms.create_room(&ghost, create).await.unwrap();
+    bob_joins(rooms, &remote, &room_id).await;
+    let bob = UserId::parse(BOB).unwrap();
+    services.e2ee.store_remote_device_list(&bob, Some(&Default::default())).unwrap();
+    let jobs = services.outgoing.jobs_for("as bridge").unwrap();
+    let told = jobs.iter().any(|job| {
+        matches!(job, crate::outgoing::Job::AppserviceDeviceList { as_device_list_changed } if *as_device_list_changed == bob)
+    });
+    assert!(told, "{jobs:?}");
+}
+
+/// `/hierarchy` for another server: an unknown room and a private room
+/// its users are not in are 404; a public space is served with the child
+/// it may see and, by ID only, the one it may not.
+#[tokio::test]
+async fn a_space_is_served_to_servers_as_they_may_see_it() {
+    let (_dir, services, public_child, alice) = setup().await;
+    let rooms = &services.rooms;
+    let private = CreateRoom { preset: Some(Preset::PrivateChat), ..Default::default() };
+    let private_child = rooms.create_room(&alice, private.clone()).await.unwrap();
+    let mut space = CreateRoom { preset: Some(Preset::PublicChat), ..Default::default() };
+    space.creation_content = json!({"type": "m.space"}).as_object().cloned();
+    let space = rooms.create_room(&alice, space).await.unwrap();
+    for child in [&public_child, &private_child] {
+        let content = json!({"via": ["localhost"]});
+        rooms
+            .send(&space, &alice, PduTemplate::state("m.space.child", child.as_str(), content), None)
+            .await
+            .unwrap();
+    }
+    let origin: &ServerName = "remote.test".try_into().unwrap();
+    let federation = &services.federation;
+    let unknown = RoomId::parse("!unknown:localhost").unwrap();
+    for hidden in [&unknown, &private_child] {
+        let refused = federation.serve_hierarchy(origin, hidden, false).unwrap_err();
+        assert_eq!(refused.errcode(), "M_NOT_FOUND", "{hidden}");
+    }
+    let (room, children, inaccessible) = federation.serve_hierarchy(origin, &space, false).unwrap();
+    assert_eq!(room["room_type"], "m.space");
+    assert_eq!(room["children_state"].as_array().unwrap().len(), 2);
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0]["room_id"], public_child.as_str());
+    assert_eq!(inaccessible, vec![private_child]);
+}
