@@ -115,7 +115,7 @@ fn estuary_config(ca: &Path) -> (String, String) {
     let config = format!(
         "server_name = \"localhost:{port}\"\nport = {port}\nallow_registration = true\n\
          tls_certificate_path = \"{cert}\"\ntls_private_key_path = \"{key}\"\n\
-         federation_port = 0\ntrusted_key_servers = []\n\
+         federation_port = 0\ntrusted_key_servers = []\nallow_guest_access = true\n\
          federation_trusted_ca_paths = [\"{ca}\"]\nfederation_allow_private_addresses = true\n",
         cert = ca.join("localhost.pem").display(),
         key = ca.join("localhost.key").display(),
@@ -126,7 +126,7 @@ fn estuary_config(ca: &Path) -> (String, String) {
 
 /// The scenario's steps (tests/interop/synapse_federation.py) that pass;
 /// FEDERATION_STEPS overrides them while developing.
-const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t,u";
+const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t,u,v,w";
 
 /// A Synapse user joins a room on Estuary; messages, topic and power
 /// levels, typing and receipts flow both ways; a late joiner on Synapse
@@ -138,7 +138,9 @@ const STEPS: &str = "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t,u";
 /// an Estuary user joins a Synapse room with history, leaves and rejoins;
 /// presence and status messages cross both ways; users join restricted
 /// rooms through membership of an allowed room, and list the other
-/// server's spaces (`/hierarchy` over federation), both ways.
+/// server's spaces (`/hierarchy` over federation), both ways; a guest on
+/// Estuary leaves when a Synapse user revokes guest access; a room
+/// upgraded on Synapse takes Estuary's alias, directory entry and tags.
 #[tokio::test]
 async fn synapse_and_estuary_federate_both_ways() {
     let Some(python) = synapse_python() else { return };
@@ -282,6 +284,17 @@ async fn server_server_requests_need_a_valid_signature() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
     assert!(started.elapsed() < Duration::from_secs(20), "refusing took {:?}", started.elapsed());
+    // An origin that is no server name (a port that is not a number):
+    // the header itself is malformed, a bad request.
+    let malformed = r#"X-Matrix origin="localhost:http",destination="localhost",key="ed25519:1",sig="AAAA""#;
+    let response = server
+        .http()
+        .get(format!("{}/_matrix/federation/v1/query/profile?user_id=@a:localhost", server.base))
+        .header("Authorization", malformed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
     // The v1 invite (its body is the bare event), unsigned: 401, not 404.
     let (status, body) = server
         .raw(reqwest::Method::PUT, "/_matrix/federation/v1/invite/!r:remote.test/$e", None, b"{}".to_vec())

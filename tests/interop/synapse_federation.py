@@ -58,7 +58,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-STEPS = "abcdefghijklmnopqrstu"
+STEPS = "abcdefghijklmnopqrstuvw"
 # One wait for something to arrive over federation; the whole run has its own
 # deadline (--timeout).
 WAIT_SECONDS = 30
@@ -652,6 +652,59 @@ class Scenario:
         """
         self._space_from_other_server(self.alice, self.a, self.bob)
         self._space_from_other_server(self.bob, self.b, self.alice)
+
+    def step_v(self):
+        """A guest on A leaves a room when bob, on B, revokes guest access.
+
+        A sees the m.room.guest_access change arrive over federation and has
+        its guests leave, as for a change made on A.
+        """
+        alice, bob = self.alice, self.bob
+        room = alice.call("POST", "/createRoom", {
+            "preset": "public_chat", "name": f"guests {self.tag}",
+            "initial_state": [{"type": "m.room.guest_access", "state_key": "",
+                               "content": {"guest_access": "can_join"}}],
+            "power_level_content_override": {"users": {alice.user_id: 100, bob.user_id: 100}},
+        })["room_id"]
+        bob.join(room, self.a.server_name)
+        status, answer = self.a.request("POST", "/register", {}, {"kind": "guest"})
+        if status != 200:
+            raise Failure(f"guest registration on A: {status} {answer}")
+        guest = User(self.a, answer["user_id"], answer["access_token"], self.deadline)
+        guest.call("POST", f"/rooms/{quote(room)}/join", {})
+        bob.wait_for("the guest's join", membership(room, guest.user_id, "join"))
+        bob.call("PUT", f"/rooms/{quote(room)}/state/m.room.guest_access", {"guest_access": "forbidden"})
+        alice.wait_for("the guest's leave after bob revoked guest access", membership(room, guest.user_id, "leave"))
+
+    def step_w(self):
+        """bob, on B, upgrades a room alice, on A, named and published: her join of the new room moves A's alias and directory entry, and her tag follows.
+
+        The upgrading server moves only its own aliases; A does the same for
+        its own when its first user joins the new room.
+        """
+        alice, bob = self.alice, self.bob
+        room = bob.call("POST", "/createRoom", {
+            "preset": "public_chat", "name": f"old {self.tag}", "room_version": "10",
+            "power_level_content_override": {"users": {alice.user_id: 100, bob.user_id: 100}},
+        })["room_id"]
+        alice.join(room, self.b.server_name)
+        alias = f"#old-{self.tag}:{self.a.server_name}"
+        alice.call("PUT", f"/directory/room/{quote(alias)}", {"room_id": room})
+        alice.call("PUT", f"/directory/list/room/{quote(room)}", {"visibility": "public"})
+        alice.call("PUT", f"/user/{quote(alice.user_id)}/rooms/{quote(room)}/tags/u.work", {"order": 0.5})
+        new = bob.call("POST", f"/rooms/{quote(room)}/upgrade", {"new_version": "11"})["replacement_room"]
+        alice.wait_for("the tombstone", state_event(room, "m.room.tombstone",
+                                                    lambda c: c.get("replacement_room") == new))
+        alice.join(new, self.b.server_name)
+        if alice.call("GET", f"/directory/room/{quote(alias)}").get("room_id") != new:
+            raise Failure(f"A's alias {alias} does not name the new room {new}")
+        for room_id, visibility in ((new, "public"), (room, "private")):
+            listed = alice.call("GET", f"/directory/list/room/{quote(room_id)}")
+            if listed.get("visibility") != visibility:
+                raise Failure(f"A's directory shows {room_id} as {listed}, not {visibility}")
+        tags = alice.call("GET", f"/user/{quote(alice.user_id)}/rooms/{quote(new)}/tags")
+        if "u.work" not in tags.get("tags", {}):
+            raise Failure(f"alice's tag did not follow her to the new room: {tags}")
 
     def _space_from_other_server(self, owner, owner_server, viewer):
         via = owner_server.server_name

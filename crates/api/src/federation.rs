@@ -3,6 +3,8 @@
 //! service with the authenticated origin, and shapes ruma's response.
 
 use axum::Router;
+use estuary_core::time::now_millis;
+use estuary_service::federation::KeyCriteria;
 use estuary_service::federation::raw_pdus;
 use ruma::{
     MilliSecondsSinceUnixEpoch,
@@ -111,13 +113,16 @@ async fn server_keys(
 }
 
 /// `GET /_matrix/key/v2/query/{serverName}/{keyId}` (deprecated): the
-/// notary's answer for the server, whatever the key ID.
+/// notary's answer for that key of the server.
 pub(crate) async fn remote_server_keys_by_id(
     axum::extract::State(s): axum::extract::State<AppState>,
-    axum::extract::Path((server, _key_id)): axum::extract::Path<(String, String)>,
+    axum::extract::Path((server, key_id)): axum::extract::Path<(String, String)>,
 ) -> axum::Json<serde_json::Value> {
     let keys = match <&ruma::ServerName>::try_from(server.as_str()) {
-        Ok(server) => notary_answer(&s, server).await.into_iter().collect::<Vec<_>>(),
+        Ok(server) => {
+            let criteria = KeyCriteria { key_ids: vec![key_id], valid_until: now_millis() };
+            notary_answer(&s, server, &criteria).await
+        }
         Err(_) => Vec::new(),
     };
     axum::Json(serde_json::json!({ "server_keys": keys }))
@@ -130,33 +135,47 @@ pub(crate) async fn server_keys_by_id(
     axum::Json(s.federation.keys.own_keys())
 }
 
-/// Notary: the keys of a server (fetched if we hold none valid),
-/// countersigned by us.
+/// Notary: the key responses of a server that answer `criteria` (fetched
+/// if we hold none valid long enough), countersigned by us.
 async fn notary_answer(
     s: &AppState,
     server: &ruma::ServerName,
-) -> Option<Raw<ruma::api::federation::discovery::ServerSigningKeys>> {
-    let response = s.federation.keys.notary_response(&s.federation.client, server).await?;
-    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(response).ok()?;
-    s.federation.keys.sign(&mut object);
-    to_raw_value(&object).ok().map(Raw::from_json)
+    criteria: &KeyCriteria,
+) -> Vec<Raw<ruma::api::federation::discovery::ServerSigningKeys>> {
+    let responses = s.federation.keys.notary_responses(&s.federation.client, server, criteria).await;
+    let countersign = |response| {
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(response).ok()?;
+        s.federation.keys.sign(&mut object);
+        to_raw_value(&object).ok().map(Raw::from_json)
+    };
+    responses.into_iter().filter_map(countersign).collect()
 }
 
 async fn remote_server_keys(
     s: AppState,
     r: Ruma<get_remote_server_keys::v2::Request>,
 ) -> ApiResult<get_remote_server_keys::v2::Response> {
-    let keys = notary_answer(&s, &r.body.server_name).await.into_iter().collect();
-    Ok(get_remote_server_keys::v2::Response::new(keys))
+    let valid_until = u64::from(r.body.minimum_valid_until_ts.get());
+    let criteria = KeyCriteria { key_ids: Vec::new(), valid_until };
+    Ok(get_remote_server_keys::v2::Response::new(notary_answer(&s, &r.body.server_name, &criteria).await))
 }
 
+/// `POST /_matrix/key/v2/query`: for each server, the keys asked for
+/// (all when none are named), valid until the time asked (now if unsaid).
 async fn remote_server_keys_batch(
     s: AppState,
     r: Ruma<get_remote_server_keys_batch::v2::Request>,
 ) -> ApiResult<get_remote_server_keys_batch::v2::Response> {
     let mut keys = Vec::new();
-    for server in r.body.server_keys.keys() {
-        keys.extend(notary_answer(&s, server).await);
+    for (server, wanted) in &r.body.server_keys {
+        let valid_until = wanted
+            .values()
+            .filter_map(|c| c.minimum_valid_until_ts)
+            .map(|ts| u64::from(ts.get()))
+            .max()
+            .unwrap_or_else(now_millis);
+        let key_ids = wanted.keys().map(|id| id.to_string()).collect();
+        keys.extend(notary_answer(&s, server, &KeyCriteria { key_ids, valid_until }).await);
     }
     Ok(get_remote_server_keys_batch::v2::Response::new(keys))
 }

@@ -13,6 +13,7 @@ pub mod fuzz;
 pub mod keys;
 pub mod pdu;
 pub mod resolve;
+pub mod resolve_v1;
 
 pub use builder::{BuiltPdu, PduTemplate, build_pdu};
 pub use keys::ServerSigningKey;

@@ -1,4 +1,5 @@
-//! State resolution v2 (and v2.1 for room version 12) over forked state.
+//! State resolution v2 (and v2.1 for room version 12) over forked state;
+//! room version 1 resolves with v1 (`resolve_v1`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -34,7 +35,9 @@ pub fn resolve(
     fetch: impl Fn(&EventId) -> Option<Pdu>,
 ) -> Result<StateMap<OwnedEventId>, String> {
     let rules = room_version.rules().ok_or("unsupported room version")?;
-    let v2 = rules.state_res.v2_rules().ok_or("room version 1 state resolution is not supported")?;
+    let Some(v2) = rules.state_res.v2_rules() else {
+        return Ok(crate::resolve_v1::resolve_v1(&rules.authorization, states, fetch));
+    };
     let auth_chains = states
         .iter()
         .map(|state| auth_chain(state.values().cloned(), &fetch).into_iter().collect::<EventIdSet<_>>())

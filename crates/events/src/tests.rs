@@ -345,7 +345,7 @@ fn auth_rules_allow_members_and_refuse_strangers() {
 
 #[test]
 fn state_resolution_applies_power_changes_first() {
-    for version in [RoomVersionId::V10, RoomVersionId::V12] {
+    for version in [RoomVersionId::V1, RoomVersionId::V10, RoomVersionId::V12] {
         let mut base = TestRoom::new(version.clone());
         base.send("bob", member("bob", "join")).unwrap();
         base.send("alice", PduTemplate::state("m.room.topic", "", json!({"topic": "base"}))).unwrap();
@@ -399,6 +399,33 @@ fn state_resolution_orders_plain_conflicts_by_time() {
     let resolved = resolve::resolve(&RoomVersionId::V11, &[state_b, state_a], base.fetch()).unwrap();
     assert_eq!(resolved[&(StateEventType::RoomName, String::new())], later.event_id);
     assert_ne!(first.event_id, later.event_id);
+}
+
+/// Room version 1 (`resolve_v1`): a plain conflict takes the deepest event
+/// that passes auth, whatever its time; a member's conflicting events are
+/// replayed oldest first, so a ban after a join stands.
+#[test]
+fn state_resolution_v1_takes_the_deepest_event() {
+    let mut base = TestRoom::new(RoomVersionId::V1);
+    base.send("carol", member("carol", "join")).unwrap();
+    let fork_point = (base.state.clone(), base.head.clone(), base.depth, base.ts);
+    base.send("alice", PduTemplate::state("m.room.name", "", json!({"name": "a1"}))).unwrap();
+    let deeper = base.send("alice", PduTemplate::state("m.room.name", "", json!({"name": "a2"}))).unwrap();
+    let ban = base.send("alice", member("carol", "ban")).unwrap();
+    let state_a = base.state.clone();
+    base.state = fork_point.0;
+    base.head = fork_point.1;
+    base.depth = fork_point.2;
+    base.ts = fork_point.3 + 100;
+    let later = base.send("alice", PduTemplate::state("m.room.name", "", json!({"name": "b"}))).unwrap();
+    let state_b = base.state.clone();
+    for states in [[state_a.clone(), state_b.clone()], [state_b, state_a]] {
+        let resolved = resolve::resolve(&RoomVersionId::V1, &states, base.fetch()).unwrap();
+        assert_eq!(resolved[&(StateEventType::RoomName, String::new())], deeper.event_id);
+        assert_ne!(resolved[&(StateEventType::RoomName, String::new())], later.event_id);
+        let carol = (StateEventType::RoomMember, user("carol").to_string());
+        assert_eq!(resolved[&carol], ban.event_id);
+    }
 }
 
 /// A PDU as another server would send it: its JSON, with an `unsigned`

@@ -15,6 +15,7 @@ pub mod ephemeral;
 pub mod event_stream;
 pub mod federation;
 pub mod filters;
+pub mod guests;
 mod locks;
 pub mod media;
 pub mod outgoing;

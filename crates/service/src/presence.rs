@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use estuary_core::{Config, Error, Result, time::now_millis};
 use estuary_storage::{Db, Key, Table, codec::Json};
-use ruma::UserId;
+use ruma::{OwnedUserId, ServerName, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
 
@@ -142,6 +142,32 @@ impl Presence {
             );
         }
         Ok(true)
+    }
+
+    /// Send `server` the presence of those of `users` that are ours and
+    /// have one (when a room newly joins our users and theirs, neither
+    /// side waits for the next change to see the other).
+    pub fn share_with(&self, server: &ServerName, users: &[OwnedUserId]) -> Result<()> {
+        if !self.config.presence || !self.config.allow_federation || server == self.config.server_name {
+            return Ok(());
+        }
+        let mut push = Vec::new();
+        for user_id in users.iter().filter(|u| u.server_name() == self.config.server_name) {
+            if let Some(Json(record)) = self.userid_presence.get(&user_id.to_string()).db()? {
+                let mut update = render(&record);
+                update["user_id"] = user_id.as_str().into();
+                push.push(update);
+            }
+        }
+        if push.is_empty() {
+            return Ok(());
+        }
+        let edu = json!({"edu_type": "m.presence", "content": {"push": push}});
+        let mut batch = self.db.batch();
+        self.outgoing.stage(&mut batch, &crate::outgoing::server_destination(server), Job::Edu { edu });
+        batch.commit().db()?;
+        self.outgoing.wake();
+        Ok(())
     }
 
     /// Queue the user's new presence for the appservices that receive

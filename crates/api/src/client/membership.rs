@@ -34,31 +34,6 @@ pub(crate) fn is_guest(services: &AppState, user_id: &ruma::UserId) -> Result<bo
     Ok(services.accounts.account(user_id)?.is_some_and(|a| a.guest))
 }
 
-/// When a room stops allowing guests, the guests in it are made to leave
-/// (best effort: one that cannot be removed is logged).
-pub(crate) async fn remove_guests(
-    services: &AppState,
-    room_id: &RoomId,
-    by: &ruma::UserId,
-) -> Result<(), Error> {
-    if services.rooms.guests_can_join(room_id)? {
-        return Ok(());
-    }
-    for member in services.rooms.members_with_membership(room_id, "join")? {
-        if services.accounts.is_local(&member) && is_guest(services, &member)? {
-            let leave = estuary_events::PduTemplate::state(
-                "m.room.member",
-                member.as_str(),
-                serde_json::json!({"membership": "leave"}),
-            );
-            if let Err(err) = services.rooms.send(room_id, by, leave, None).await {
-                tracing::warn!(%room_id, guest = %member, "could not remove a guest after guest access was revoked: {err}");
-            }
-        }
-    }
-    Ok(())
-}
-
 pub async fn join_by_id(
     services: AppState,
     request: Ruma<join_room_by_id::v3::Request>,
@@ -102,6 +77,7 @@ async fn join(
             return Err(guest_refused());
         }
         services.rooms.join(room_id, user_id, reason, custom).await?;
+        services.federation.share_presence_on_join(room_id, user_id);
         super::room::carry_over(services, user_id, room_id);
         return Ok(());
     }
@@ -127,7 +103,12 @@ async fn join(
     if servers.is_empty() || !services.config.allow_federation {
         return Err(Error::not_found("Unknown room"));
     }
-    services.federation.join_remote(room_id, user_id, &servers, reason).await
+    services.federation.join_remote(room_id, user_id, &servers, reason).await?;
+    if let Err(err) = services.rooms.follow_upgrade(room_id) {
+        tracing::warn!(%room_id, "could not move this server's aliases to the upgraded room: {err}");
+    }
+    super::room::carry_over(services, user_id, room_id);
+    Ok(())
 }
 
 /// The room a room ID or alias names, and, for an alias of another

@@ -192,7 +192,7 @@ pub async fn send_state(
     template.origin_server_ts = request.massaged_ts()?;
     let pdu = services.rooms.send(&body.room_id, request.user()?, template, None).await?;
     if body.event_type == StateEventType::RoomGuestAccess {
-        super::membership::remove_guests(&services, &body.room_id, request.user()?).await?;
+        estuary_service::guests::remove_revoked(&services.rooms, &services.accounts, &body.room_id).await?;
     }
     Ok(Json(json!({"event_id": pdu.event_id})))
 }

@@ -167,6 +167,10 @@ impl Federation {
         let outcome =
             self.rooms.receive(room_id, vec![pdu.clone()], FanOut::AllBut(origin.to_owned())).await?;
         match outcome.into_iter().next().map(|(_, o)| o) {
+            Some(Received::Accepted) if membership == "join" => {
+                self.share_presence_on_join(room_id, &pdu.sender);
+                Ok(pdu)
+            }
             Some(Received::Accepted | Received::Known) => Ok(pdu),
             Some(Received::MissingPrevs(_)) => {
                 Err(Error::bad_json("The event's prev_events are unknown here"))
@@ -447,10 +451,29 @@ impl Federation {
             }
         }
         verified.sort_by_key(|p| p.depth);
+        let mut guest_access_changed = false;
         for pdu in verified {
             let event_id = pdu.event_id.clone();
+            let is_guest_access = pdu.kind == TimelineEventType::RoomGuestAccess;
+            let joined = (pdu.kind == TimelineEventType::RoomMember
+                && pdu.content_value()["membership"] == "join")
+                .then(|| pdu.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()))
+                .flatten()
+                // A profile change is no new join.
+                .filter(|user| {
+                    self.rooms.membership(user, room_id).ok().flatten().as_deref() != Some("join")
+                });
             let outcome = self.receive_with_gap_fill(origin, room_id, &room.room_version, pdu).await;
+            guest_access_changed |= is_guest_access && outcome.is_ok();
+            if let Some(joined) = joined.filter(|_| outcome.is_ok()) {
+                self.share_presence_on_join(room_id, &joined);
+            }
             results.push((event_id, outcome));
+        }
+        if guest_access_changed
+            && let Err(err) = crate::guests::remove_revoked(&self.rooms, &self.accounts, room_id).await
+        {
+            tracing::warn!(%room_id, "could not remove guests after guest access changed: {err}");
         }
         results
     }

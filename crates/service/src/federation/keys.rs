@@ -35,6 +35,18 @@ pub struct KnownKeys {
     pub keys: BTreeMap<String, (String, u64)>,
     /// The latest signed key response, as notary queries return it.
     pub response: serde_json::Value,
+    /// Key ID → the latest response that listed it as a current key: a
+    /// notary still answers for a key its server has since dropped.
+    #[serde(default)]
+    pub responses: BTreeMap<String, serde_json::Value>,
+}
+
+/// What a notary query asks of one server's keys: these key IDs (any when
+/// empty), in a response valid until at least `valid_until` ms.
+#[derive(Clone, Debug, Default)]
+pub struct KeyCriteria {
+    pub key_ids: Vec<String>,
+    pub valid_until: u64,
 }
 
 pub struct ServerKeys {
@@ -103,21 +115,59 @@ impl ServerKeys {
         self.known(server).map(|known| known.response).filter(|r| !r.is_null())
     }
 
-    /// A notary's answer for `server`: its key response, fetched first when
-    /// we hold none that is still valid (an expired one is better than
-    /// none, as the spec asks).
-    pub async fn notary_response(
+    /// A notary's answer for `server`: the key responses that list the
+    /// keys asked for, fetched again first when those held are not valid
+    /// long enough (expired ones are better than none, as the spec asks).
+    pub async fn notary_responses(
         &self,
         client: &FederationClient,
         server: &ServerName,
-    ) -> Option<serde_json::Value> {
-        let valid = self
-            .known(server)
-            .is_some_and(|k| k.response["valid_until_ts"].as_u64().is_some_and(|until| until > now_millis()));
-        if !valid && server != self.server_name {
-            self.keys_for(client, server, &[], now_millis()).await;
+        criteria: &KeyCriteria,
+    ) -> Vec<serde_json::Value> {
+        if server == self.server_name {
+            return self.stored_response(server).into_iter().collect();
         }
-        self.stored_response(server)
+        if let Some(valid) = self.stored_responses(server, criteria, true) {
+            return valid;
+        }
+        // Asked for by another server: fetched now, even if the last fetch
+        // failed a moment ago (the pause spares a dead server our own
+        // repeated checks, not a notary query).
+        if let Err(err) = self.fetch(client, server).await {
+            tracing::warn!(server = %server, "cannot fetch the server's signing keys for a notary query: {err}");
+        }
+        self.stored_responses(server, criteria, false).unwrap_or_default()
+    }
+
+    /// The held responses answering `criteria`. With `require_valid`, all
+    /// asked-for keys must be in responses valid long enough, else `None`.
+    fn stored_responses(
+        &self,
+        server: &ServerName,
+        criteria: &KeyCriteria,
+        require_valid: bool,
+    ) -> Option<Vec<serde_json::Value>> {
+        let known = self.known(server)?;
+        let valid =
+            |r: &serde_json::Value| r["valid_until_ts"].as_u64().is_some_and(|u| u >= criteria.valid_until);
+        let candidates: Vec<Option<&serde_json::Value>> = if criteria.key_ids.is_empty() {
+            vec![Some(&known.response).filter(|r| !r.is_null())]
+        } else {
+            criteria.key_ids.iter().map(|id| known.responses.get(id)).collect()
+        };
+        let mut answer: Vec<serde_json::Value> = Vec::new();
+        for candidate in candidates {
+            match candidate {
+                Some(r) if !require_valid || valid(r) => {
+                    if !answer.contains(r) {
+                        answer.push(r.clone());
+                    }
+                }
+                _ if require_valid => return None,
+                _ => {}
+            }
+        }
+        Some(answer)
     }
 
     fn known(&self, server: &ServerName) -> Option<KnownKeys> {
@@ -151,24 +201,27 @@ impl ServerKeys {
             Some(known) if usable(&known) => return key_set(&known),
             _ => {}
         }
+        self.refresh(client, server).await;
+        // Whatever we have: an expired key still verifies what it signed
+        // while it was valid; the callers' signature checks decide.
+        self.known(server).map(|k| key_set(&k)).unwrap_or_default()
+    }
+
+    /// Fetch `server`'s keys again, unless that failed a moment ago.
+    async fn refresh(&self, client: &FederationClient, server: &ServerName) {
         let recently_failed = self
             .failed
             .lock()
             .expect("failed fetches")
             .get(server)
             .is_some_and(|at| at.elapsed() < FAILED_FETCH_PAUSE);
-        if !recently_failed {
-            match self.fetch(client, server).await {
-                Ok(()) => {}
-                Err(err) => {
-                    tracing::warn!(server = %server, "cannot fetch the server's signing keys: {err}");
-                    self.failed.lock().expect("failed fetches").insert(server.to_owned(), Instant::now());
-                }
-            }
+        if recently_failed {
+            return;
         }
-        // Whatever we have: an expired key still verifies what it signed
-        // while it was valid; the callers' signature checks decide.
-        self.known(server).map(|k| key_set(&k)).unwrap_or_default()
+        if let Err(err) = self.fetch(client, server).await {
+            tracing::warn!(server = %server, "cannot fetch the server's signing keys: {err}");
+            self.failed.lock().expect("failed fetches").insert(server.to_owned(), Instant::now());
+        }
     }
 
     /// Fetch `server`'s keys from it, else from the trusted notaries.
@@ -241,6 +294,9 @@ impl ServerKeys {
         signatures::verify_json(&map, &object).map_err(|e| format!("key response signature: {e}"))?;
         // Keep old keys we knew that the new response no longer lists.
         let mut merged = self.known(server).unwrap_or_default();
+        for key_id in current_keys(&object).into_keys() {
+            merged.responses.insert(key_id, known.response.clone());
+        }
         merged.keys.extend(known.keys);
         merged.response = known.response;
         self.servername_keys.put(&server.to_string(), &Json(merged.clone())).map_err(|e| e.to_string())?;
@@ -294,7 +350,7 @@ pub fn parse_key_response(
     }
     keys.extend(current);
     let response = serde_json::to_value(object).map_err(|e| e.to_string())?;
-    Ok(KnownKeys { keys, response })
+    Ok(KnownKeys { keys, response, responses: BTreeMap::new() })
 }
 
 fn key_set(known: &KnownKeys) -> PublicKeySet {

@@ -73,7 +73,28 @@ impl Federation {
         self.first_server_that(servers, room_id, "joining", |server| {
             self.join_through(server, room_id, user_id, reason.clone())
         })
-        .await
+        .await?;
+        self.share_presence_on_join(room_id, user_id);
+        Ok(())
+    }
+
+    /// After `user_id` joined `room_id`: a user of ours has their presence
+    /// sent to the room's other servers; another server's user has our
+    /// members' presence sent to their server. Best effort, logged.
+    pub fn share_presence_on_join(&self, room_id: &RoomId, user_id: &UserId) {
+        let result = if user_id.server_name() == self.config.server_name {
+            self.rooms.joined_servers(room_id).and_then(|servers| {
+                let user = [user_id.to_owned()];
+                servers.iter().try_for_each(|server| self.presence.share_with(server, &user))
+            })
+        } else {
+            self.rooms
+                .members_with_membership(room_id, "join")
+                .and_then(|members| self.presence.share_with(user_id.server_name(), &members))
+        };
+        if let Err(err) = result {
+            tracing::warn!(%room_id, %user_id, "could not share presence after a join: {err}");
+        }
     }
 
     /// Try `action` through each of `servers` (not this one) in turn until

@@ -28,7 +28,7 @@ use ruma::{OwnedServerName, RoomVersionId, ServerName, api::federation::authenti
 use crate::{Accounts, ephemeral::Ephemeral, rooms::Rooms};
 
 pub use client::{FederationClient, FederationError};
-pub use keys::ServerKeys;
+pub use keys::{KeyCriteria, ServerKeys};
 
 pub struct Federation {
     pub config: Arc<Config>,
@@ -93,8 +93,15 @@ impl Federation {
         if !self.enabled() {
             return Err(Error::forbidden("Federation is disabled on this server"));
         }
-        let header = XMatrix::extract_from_http_headers(request.headers())
-            .map_err(|e| Error::unauthorized(format!("Invalid X-Matrix authorization: {e}")))?;
+        // No credentials are unauthorised; credentials that do not parse
+        // (an origin such as `localhost:http`) are a bad request.
+        let header = XMatrix::extract_from_http_headers(request.headers()).map_err(|e| {
+            let message = format!("Invalid X-Matrix authorization: {e}");
+            match request.headers().contains_key(http::header::AUTHORIZATION) {
+                true => Error::matrix(400, estuary_core::error::ErrorKind::Unauthorized, message),
+                false => Error::unauthorized(message),
+            }
+        })?;
         let key_id = header.key.to_string();
         let keys = self
             .keys

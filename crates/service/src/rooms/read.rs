@@ -144,7 +144,7 @@ impl Rooms {
 
     /// The whole visible state of a room, as client events.
     pub fn room_state(&self, viewer: &UserId, room_id: &RoomId) -> Result<Vec<JsonValue>> {
-        let state = self.visible_state(viewer, room_id)?;
+        let state = self.state_for_client(viewer, room_id)?;
         self.stored_client_events(self.state_pdus(&state)?)
     }
 
@@ -156,7 +156,7 @@ impl Rooms {
         event_type: &StateEventType,
         state_key: &str,
     ) -> Result<JsonValue> {
-        let state = self.visible_state(viewer, room_id)?;
+        let state = self.state_for_client(viewer, room_id)?;
         let pdu = self
             .state_pdu(&state, event_type, state_key)?
             .ok_or_else(|| Error::not_found("No such state event"))?;
@@ -173,7 +173,7 @@ impl Rooms {
         membership: Option<&str>,
         not_membership: Option<&str>,
     ) -> Result<Vec<JsonValue>> {
-        let mut state = self.visible_state(viewer, room_id)?;
+        let mut state = self.state_for_client(viewer, room_id)?;
         if let Some(at) = at {
             let position = parse_token(at)?;
             let prefix = (room_id.to_string(),);

@@ -97,9 +97,7 @@ impl Rooms {
         };
         let new_room = self.create_room(user, request).await?;
 
-        for alias in self.room_aliases(old)? {
-            self.move_alias(&alias, &new_room)?;
-        }
+        self.move_directory_entries(old, &new_room)?;
         if let Some(mut canonical) = content("m.room.canonical_alias")? {
             self.send(
                 &new_room,
@@ -111,15 +109,35 @@ impl Rooms {
             canonical = json!({});
             self.send(old, user, PduTemplate::state("m.room.canonical_alias", "", canonical), None).await?;
         }
-        if self.is_public(old)? {
-            self.set_public(old, false)?;
-            self.set_public(&new_room, true)?;
-        }
         if chosen_id.is_none() {
             self.send(old, user, tombstone(&new_room), None).await?;
         }
         self.lock_down(old, user, old_power).await?;
         Ok(new_room)
+    }
+
+    /// This server's aliases of `old` now name `new`, and `new` takes
+    /// `old`'s place in the public room directory.
+    fn move_directory_entries(&self, old: &RoomId, new: &RoomId) -> Result<()> {
+        for alias in self.room_aliases(old)? {
+            self.move_alias(&alias, new)?;
+        }
+        if self.is_public(old)? {
+            self.set_public(old, false)?;
+            self.set_public(new, true)?;
+        }
+        Ok(())
+    }
+
+    /// After this server's first join to `room_id` through another server:
+    /// when the room is an upgrade, this server's aliases and directory
+    /// entry of its predecessor move to it, as the upgrading server did
+    /// with its own.
+    pub fn follow_upgrade(&self, room_id: &RoomId) -> Result<()> {
+        match self.predecessor(room_id)? {
+            Some(old) => self.move_directory_entries(&old, room_id),
+            None => Ok(()),
+        }
     }
 
     /// The room this one replaced (its create event's `predecessor`).

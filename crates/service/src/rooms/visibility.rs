@@ -137,6 +137,20 @@ impl Rooms {
         Err(Error::forbidden("You are not in this room"))
     }
 
+    /// The state a client's state and member requests show: as
+    /// `visible_state`, but a banned user is refused unless the room is
+    /// world-readable (as on Synapse, which clients and SyTest expect: the
+    /// ban is not their leaving).
+    pub fn state_for_client(&self, viewer: &UserId, room_id: &RoomId) -> Result<Arc<StateMap>> {
+        let state = self.visible_state(viewer, room_id)?;
+        if self.membership(viewer, room_id)?.as_deref() == Some("ban")
+            && self.history_visibility(&state)? != "world_readable"
+        {
+            return Err(Error::forbidden("You are banned from this room"));
+        }
+        Ok(state)
+    }
+
     /// Whether `viewer` may read the room's timeline at all.
     pub fn require_readable(&self, viewer: &UserId, room_id: &RoomId) -> Result<()> {
         self.visible_state(viewer, room_id).map(|_| ())
