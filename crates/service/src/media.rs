@@ -51,6 +51,8 @@ pub struct Media {
     federation: Arc<crate::federation::FederationClient>,
     blobs: BlobStore,
     previewer: preview::Previewer,
+    /// Fetches the URL another server's media download redirects to.
+    redirect_fetcher: preview::VettedFetcher,
     records: Table<(String, String), Json<MediaRecord>>,
 }
 
@@ -69,8 +71,11 @@ impl Media {
     ) -> Result<Self> {
         let blobs = BlobStore::open(config.media_dir())?;
         let roots = crate::federation::client::trusted_roots(&config)?;
-        let previewer = preview::Previewer::new(&config.url_preview_ip_allowlist, roots)?;
-        Ok(Self { config, federation, blobs, previewer, records: db.table("servermediaid_media").db()? })
+        let previewer = preview::Previewer::new(&config.url_preview_ip_allowlist, roots.clone())?;
+        let redirect_fetcher =
+            preview::VettedFetcher::new(config.federation_allow_private_addresses, roots, "remote media");
+        let records = db.table("servermediaid_media").db()?;
+        Ok(Self { config, federation, blobs, previewer, redirect_fetcher, records })
     }
 
     pub(crate) fn server_name(&self) -> &ruma::ServerName {
@@ -189,23 +194,31 @@ impl Media {
                 return Err(err.into());
             }
         };
-        let FileOrLocation::File(content) = content else {
-            return Err(Error::matrix(
-                502,
-                ErrorKind::Unknown,
-                "The media's server redirects elsewhere (not supported)",
-            ));
+        let max = self.config.max_upload_size;
+        let (bytes, content_type, filename) = match content {
+            FileOrLocation::File(content) => {
+                (content.file, content.content_type, content.content_disposition.and_then(|d| d.filename))
+            }
+            // The server keeps its media elsewhere (a CDN, object storage):
+            // a plain GET of that URL, vetted like any URL named by others.
+            FileOrLocation::Location(url) => {
+                let fetched = self.redirect_fetcher.fetch(&url, max).await.inspect_err(|err| {
+                    tracing::warn!(server = server_name, "fetching media from where the server redirects failed: {err}")
+                })?;
+                (fetched.body, fetched.content_type, None)
+            }
+            _ => return Err(Error::matrix(502, ErrorKind::Unknown, "The media's server answered in an unknown form")),
         };
-        if content.file.len() as u64 > self.config.max_upload_size {
+        if bytes.len() as u64 > max {
             return Err(Error::too_large("The remote media is larger than this server accepts"));
         }
-        let size = content.file.len() as u64;
-        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(content.file))]);
-        let (sha256, _) = self.blobs.store(body, self.config.max_upload_size).await?;
+        let size = bytes.len() as u64;
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(bytes))]);
+        let (sha256, _) = self.blobs.store(body, max).await?;
         let record = MediaRecord {
             sha256: Some(sha256),
-            content_type: content.content_type,
-            filename: content.content_disposition.and_then(|d| d.filename),
+            content_type,
+            filename,
             size,
             uploader: None,
             created_ts: now_ms(),

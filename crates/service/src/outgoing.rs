@@ -332,7 +332,9 @@ impl Outgoing {
                     if let (Some(first), Some(last)) = (done.first(), done.last()) {
                         self.destination_txn.put(&destination.to_owned(), &Json((*first, *last))).db()?;
                     }
-                    self.back_off(destination);
+                    if self.back_off(destination) >= MAX_BACKOFF && destination.starts_with(FEDERATION_PREFIX) {
+                        self.catch_up(destination)?;
+                    }
                     return Ok(());
                 }
             }
@@ -355,7 +357,40 @@ impl Outgoing {
             .collect())
     }
 
-    fn back_off(&self, destination: &str) {
+    /// A server unreachable for long (its backoff at the maximum) gets its
+    /// queue cut to what still matters when it returns, as Synapse's
+    /// catch-up does: see `stale_jobs`. Logged with the figures.
+    fn catch_up(&self, destination: &str) -> Result<()> {
+        let prefix = estuary_storage::Key::encode(&(destination.to_owned(),));
+        let jobs: Vec<(u64, Job)> = self
+            .queue
+            .scan_raw_prefix(&prefix, usize::MAX)
+            .db()?
+            .into_iter()
+            .map(|((_, seq), Json(job))| (seq, job))
+            .collect();
+        let pending = self.destination_txn.get(&destination.to_owned()).db()?.map(|Json((_, last))| last);
+        let stale = stale_jobs(&jobs, pending);
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        for seq in &stale {
+            batch.delete(&self.queue, &(destination.to_owned(), *seq));
+        }
+        batch.commit().db()?;
+        let server = destination.trim_start_matches(FEDERATION_PREFIX);
+        tracing::warn!(
+            %server,
+            queued = jobs.len(),
+            dropped = stale.len(),
+            "server unreachable for long: its queue is cut to the latest event of each room and what must not be lost"
+        );
+        Ok(())
+    }
+
+    /// Back off after a failure; returns the new delay.
+    fn back_off(&self, destination: &str) -> Duration {
         let (first, max) = if destination.starts_with(APPSERVICE_PREFIX) {
             (FIRST_APPSERVICE_BACKOFF, MAX_APPSERVICE_BACKOFF)
         } else {
@@ -364,6 +399,7 @@ impl Outgoing {
         let mut backoff = self.backoff.lock().expect("backoff");
         let delay = backoff.get(destination).map_or(first, |(_, d)| (*d * 2).min(max));
         backoff.insert(destination.to_owned(), (Instant::now() + delay, delay));
+        delay
     }
 
     /// One transaction to an appservice: up to 100 items of each kind from
@@ -540,6 +576,36 @@ impl AppserviceTransaction {
 }
 
 /// What a `/send` answer means for the transaction's jobs.
+/// Of a long-unreachable server's queued jobs (oldest first), those no
+/// longer worth sending: every PDU but the newest of its room (the server
+/// fetches the ones before with `get_missing_events`, as after any gap),
+/// and typing, receipt and presence EDUs, stale by then. To-device
+/// messages and device-list and signing-key updates stay, and so does
+/// every job up to `pending` (the transaction being retried, which must
+/// keep its content).
+fn stale_jobs(jobs: &[(u64, Job)], pending: Option<u64>) -> Vec<u64> {
+    const EPHEMERAL: [&str; 3] = ["m.typing", "m.receipt", "m.presence"];
+    let mut rooms_seen = HashSet::new();
+    let mut stale = Vec::new();
+    for (seq, job) in jobs.iter().rev() {
+        if pending.is_some_and(|last| *seq <= last) {
+            continue;
+        }
+        let is_stale = match job {
+            Job::Pdu { pdu } => match pdu["room_id"].as_str() {
+                Some(room) => !rooms_seen.insert(room.to_owned()),
+                None => false,
+            },
+            Job::Edu { edu } => edu["edu_type"].as_str().is_some_and(|kind| EPHEMERAL.contains(&kind)),
+            _ => false,
+        };
+        if is_stale {
+            stale.push(*seq);
+        }
+    }
+    stale
+}
+
 fn transaction_outcome(
     server: &str,
     answer: std::result::Result<
@@ -575,8 +641,32 @@ fn transaction_outcome(
 
 #[cfg(test)]
 mod transaction_tests {
-    use super::{Outcome, transaction_outcome};
+    use super::{Job, Outcome, stale_jobs, transaction_outcome};
     use crate::federation::FederationError;
+
+    #[test]
+    fn a_long_unreachable_server_catches_up_with_the_latest_event_of_each_room() {
+        let pdu = |room: &str| Job::Pdu { pdu: serde_json::json!({"room_id": room}) };
+        let edu = |kind: &str| Job::Edu { edu: serde_json::json!({"edu_type": kind, "content": {}}) };
+        let jobs = vec![
+            (1, pdu("!a:x")),
+            (2, edu("m.typing")),
+            (3, pdu("!a:x")),
+            (4, pdu("!b:x")),
+            (5, edu("m.direct_to_device")),
+            (6, edu("m.receipt")),
+            (7, pdu("!a:x")),
+            (8, edu("m.device_list_update")),
+            (9, edu("m.presence")),
+        ];
+        let mut stale = stale_jobs(&jobs, None);
+        stale.sort();
+        assert_eq!(stale, vec![1, 2, 3, 6, 9]);
+        // The transaction being retried (jobs 1 to 3) keeps its content.
+        let mut stale = stale_jobs(&jobs, Some(3));
+        stale.sort();
+        assert_eq!(stale, vec![6, 9]);
+    }
 
     #[test]
     fn a_transaction_answered_2xx_is_delivered_even_when_its_body_is_unreadable() {

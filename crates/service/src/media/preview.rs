@@ -19,7 +19,7 @@ use futures::StreamExt;
 use regex::Regex;
 use serde_json::{Map, Value as JsonValue};
 
-const MAX_BYTES: usize = 4 * 1024 * 1024;
+const MAX_BYTES: u64 = 4 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REDIRECTS: usize = 5;
 const CACHE_TTL: Duration = Duration::from_secs(3600);
@@ -99,15 +99,34 @@ fn is_blocked_v4(v4: Ipv4Addr) -> bool {
         || a >= 240
 }
 
-pub struct Previewer {
+/// HTTP GETs of URLs named by others (a page to preview, a media
+/// server's redirect): every hop's address vetted, connections pinned to
+/// it, redirects followed by hand, time and size bounded.
+pub struct VettedFetcher {
     allowlist: Vec<IpRange>,
+    /// Private and reserved addresses too (`federation_allow_private_addresses`
+    /// for media of test networks).
+    allow_private: bool,
     /// Extra certificate authorities (`federation_trusted_ca_paths`).
     roots: Vec<reqwest::Certificate>,
+    /// What is fetched, for errors and the user agent: "URL preview".
+    purpose: &'static str,
+}
+
+/// A fetched body, the URL it came from after redirects, and its type.
+pub struct Fetched {
+    pub body: Vec<u8>,
+    pub url: reqwest::Url,
+    pub content_type: Option<String>,
+}
+
+pub struct Previewer {
+    fetcher: VettedFetcher,
     cache: Mutex<HashMap<String, (Instant, JsonValue)>>,
 }
 
-fn refused(reason: &str) -> Error {
-    Error::forbidden(format!("Cannot preview this URL: {reason}"))
+fn refused(purpose: &str, reason: &str) -> Error {
+    Error::forbidden(format!("{purpose} refused: {reason}"))
 }
 
 impl Previewer {
@@ -119,11 +138,8 @@ impl Previewer {
                     .ok_or_else(|| Error::internal(format!("url_preview_ip_allowlist: bad entry {text}")))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { allowlist, roots, cache: Mutex::new(HashMap::new()) })
-    }
-
-    fn allowed(&self, ip: IpAddr) -> bool {
-        !is_blocked(ip) || self.allowlist.iter().any(|range| range.contains(ip))
+        let fetcher = VettedFetcher { allowlist, allow_private: false, roots, purpose: "URL preview" };
+        Ok(Self { fetcher, cache: Mutex::new(HashMap::new()) })
     }
 
     /// OpenGraph data of a page (`og:title`, `og:description`, …); its
@@ -134,7 +150,7 @@ impl Previewer {
         {
             return Ok(cached.clone());
         }
-        let (body, final_url) = self.fetch(url).await?;
+        let Fetched { body, url: final_url, .. } = self.fetcher.fetch(url, MAX_BYTES).await?;
         let mut data = opengraph(&String::from_utf8_lossy(&body), &final_url);
         if let Some(image) = data["og:image"].as_str().and_then(|i| final_url.join(i).ok()) {
             match self.image(&image, media, viewer).await {
@@ -163,7 +179,7 @@ impl Previewer {
         media: &super::Media,
         viewer: &ruma::UserId,
     ) -> Result<Map<String, JsonValue>> {
-        let (bytes, _) = self.fetch(url.as_str()).await?;
+        let bytes = self.fetcher.fetch(url.as_str(), MAX_BYTES).await?.body;
         let format = image::ImageReader::new(std::io::Cursor::new(&bytes))
             .with_guessed_format()
             .map_err(|e| Error::invalid_param(format!("unreadable image: {e}")))?;
@@ -182,11 +198,21 @@ impl Previewer {
         }
         Ok(fields)
     }
+}
+
+impl VettedFetcher {
+    pub fn new(allow_private: bool, roots: Vec<reqwest::Certificate>, purpose: &'static str) -> Self {
+        Self { allowlist: Vec::new(), allow_private, roots, purpose }
+    }
+
+    fn allowed(&self, ip: IpAddr) -> bool {
+        self.allow_private || !is_blocked(ip) || self.allowlist.iter().any(|range| range.contains(ip))
+    }
 
     /// A vetted address for a URL's host.
     async fn vet(&self, url: &reqwest::Url) -> Result<SocketAddr> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::invalid_param("Only http and https URLs can be previewed"));
+            return Err(Error::invalid_param(format!("{}: only http and https URLs", self.purpose)));
         }
         let host = url.host_str().ok_or_else(|| Error::invalid_param("URL has no host"))?;
         let port = url.port_or_known_default().unwrap_or(80);
@@ -198,18 +224,19 @@ impl Previewer {
             })?
             .collect();
         if addresses.is_empty() {
-            return Err(refused("the host has no address"));
+            return Err(refused(self.purpose, "the host has no address"));
         }
         // Every address must pass, or DNS could hand the client another one.
         if let Some(bad) = addresses.iter().find(|a| !self.allowed(a.ip())) {
-            tracing::debug!(%url, ip = %bad.ip(), "URL preview refused a blocked address");
-            return Err(refused("its address is private or reserved"));
+            tracing::debug!(%url, ip = %bad.ip(), purpose = self.purpose, "refused a blocked address");
+            return Err(refused(self.purpose, "its address is private or reserved"));
         }
         Ok(addresses[0])
     }
 
-    /// Fetch following up to `MAX_REDIRECTS` redirects, each hop vetted.
-    async fn fetch(&self, url: &str) -> Result<(Vec<u8>, reqwest::Url)> {
+    /// Fetch following up to `MAX_REDIRECTS` redirects, each hop vetted;
+    /// a body over `max_bytes` is refused.
+    pub async fn fetch(&self, url: &str, max_bytes: u64) -> Result<Fetched> {
         let mut url = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("Invalid URL"))?;
         for _ in 0..=MAX_REDIRECTS {
             let address = self.vet(&url).await?;
@@ -221,7 +248,7 @@ impl Previewer {
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(TIMEOUT)
                 .resolve(url.host_str().unwrap_or_default(), address)
-                .user_agent(concat!("Estuary/", env!("CARGO_PKG_VERSION"), " (URL preview)"))
+                .user_agent(format!("Estuary/{} ({})", env!("CARGO_PKG_VERSION"), self.purpose))
                 .build()
                 .map_err(Error::internal)?;
             let failed = |e: reqwest::Error| {
@@ -237,8 +264,8 @@ impl Previewer {
                     .headers()
                     .get(reqwest::header::LOCATION)
                     .and_then(|l| l.to_str().ok())
-                    .ok_or_else(|| refused("a redirect without a location"))?;
-                url = url.join(location).map_err(|_| refused("a bad redirect"))?;
+                    .ok_or_else(|| refused(self.purpose, "a redirect without a location"))?;
+                url = url.join(location).map_err(|_| refused(self.purpose, "a bad redirect"))?;
                 continue;
             }
             if !response.status().is_success() {
@@ -248,18 +275,23 @@ impl Previewer {
                     format!("The URL answered {}", response.status()),
                 ));
             }
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let mut body = Vec::new();
             let mut stream = response.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(failed)?;
-                if body.len() + chunk.len() > MAX_BYTES {
-                    return Err(Error::too_large("The page is too large to preview"));
+                if (body.len() + chunk.len()) as u64 > max_bytes {
+                    return Err(Error::too_large(format!("{}: the answer is too large", self.purpose)));
                 }
                 body.extend_from_slice(&chunk);
             }
-            return Ok((body, url));
+            return Ok(Fetched { body, url, content_type });
         }
-        Err(refused("too many redirects"))
+        Err(refused(self.purpose, "too many redirects"))
     }
 }
 
@@ -340,6 +372,43 @@ mod tests {
         assert!(range.contains("127.9.9.9".parse().unwrap()));
         assert!(!range.contains("128.0.0.1".parse().unwrap()));
         assert!(IpRange::parse("::1").unwrap().contains("::1".parse().unwrap()));
+    }
+
+    /// A local web server answering `/moved` with a redirect to `/file`,
+    /// which is five bytes of PNG; `requests` answers, then it stops.
+    async fn redirecting_server(requests: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for _ in 0..requests {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                let mut buffer = vec![0u8; 4096];
+                let read = socket.read(&mut buffer).await.unwrap_or(0);
+                let answer = if buffer[..read].starts_with(b"GET /moved ") {
+                    "HTTP/1.1 302 Found\r\nLocation: /file\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+                };
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://127.0.0.1:{port}/moved")
+    }
+
+    #[tokio::test]
+    async fn vetted_fetches_follow_redirects_and_refuse_private_addresses() {
+        let url = redirecting_server(4).await;
+        let strict = VettedFetcher::new(false, Vec::new(), "remote media");
+        let refused = strict.fetch(&url, 100).await.err().expect("loopback is refused");
+        assert!(refused.to_string().contains("private or reserved"), "{refused}");
+        let open = VettedFetcher::new(true, Vec::new(), "remote media");
+        let fetched = open.fetch(&url, 100).await.unwrap();
+        assert_eq!(fetched.body, b"hello");
+        assert_eq!(fetched.content_type.as_deref(), Some("image/png"));
+        assert_eq!(fetched.url.path(), "/file");
+        let too_large = open.fetch(&url, 4).await.err().expect("five bytes exceed four");
+        assert!(matches!(too_large, Error::Matrix { status: 413, .. }), "{too_large}");
     }
 
     #[test]
