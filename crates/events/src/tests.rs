@@ -99,6 +99,13 @@ fn user(name: &str) -> ruma::OwnedUserId {
     UserId::parse(format!("@{name}:example.org")).unwrap()
 }
 
+struct ForkPoint {
+    state: StateMap<OwnedEventId>,
+    head: Vec<OwnedEventId>,
+    depth: u64,
+    ts: u64,
+}
+
 impl TestRoom {
     /// A room created by alice, who joins; power levels give bob 50.
     fn new(version: RoomVersionId) -> Self {
@@ -128,6 +135,19 @@ impl TestRoom {
         room.send("alice", PduTemplate::state("m.room.join_rules", "", json!({"join_rule": "public"})))
             .unwrap();
         room
+    }
+
+    /// Where a fork starts: the state, head, depth and time now.
+    fn fork_point(&self) -> ForkPoint {
+        ForkPoint { state: self.state.clone(), head: self.head.clone(), depth: self.depth, ts: self.ts }
+    }
+
+    /// Build from `point` again (another fork), `later` ms after it.
+    fn return_to(&mut self, point: &ForkPoint, later: u64) {
+        self.state = point.state.clone();
+        self.head = point.head.clone();
+        self.depth = point.depth;
+        self.ts = point.ts + later;
     }
 
     fn fetch(&self) -> impl Fn(&EventId) -> Option<Pdu> + '_ {
@@ -349,7 +369,7 @@ fn state_resolution_applies_power_changes_first() {
         let mut base = TestRoom::new(version.clone());
         base.send("bob", member("bob", "join")).unwrap();
         base.send("alice", PduTemplate::state("m.room.topic", "", json!({"topic": "base"}))).unwrap();
-        let fork_point = (base.state.clone(), base.head.clone(), base.depth, base.ts);
+        let fork_point = base.fork_point();
 
         // Fork A: alice demotes bob.
         let mut users = json!({"@bob:example.org": 0});
@@ -362,10 +382,7 @@ fn state_resolution_applies_power_changes_first() {
         let state_a = base.state.clone();
 
         // Fork B (from the fork point, later in time): bob changes the topic.
-        base.state = fork_point.0.clone();
-        base.head = fork_point.1.clone();
-        base.depth = fork_point.2;
-        base.ts = fork_point.3 + 10;
+        base.return_to(&fork_point, 10);
         let topic =
             base.send("bob", PduTemplate::state("m.room.topic", "", json!({"topic": "bob's"}))).unwrap();
         let state_b = base.state.clone();
@@ -383,13 +400,10 @@ fn state_resolution_applies_power_changes_first() {
 #[test]
 fn state_resolution_orders_plain_conflicts_by_time() {
     let mut base = TestRoom::new(RoomVersionId::V11);
-    let fork_point = (base.state.clone(), base.head.clone(), base.depth, base.ts);
+    let fork_point = base.fork_point();
     let first = base.send("alice", PduTemplate::state("m.room.name", "", json!({"name": "first"}))).unwrap();
     let state_a = base.state.clone();
-    base.state = fork_point.0;
-    base.head = fork_point.1;
-    base.depth = fork_point.2;
-    base.ts = fork_point.3 + 100;
+    base.return_to(&fork_point, 100);
     let later = base.send("alice", PduTemplate::state("m.room.name", "", json!({"name": "later"}))).unwrap();
     let state_b = base.state.clone();
     let resolved =
@@ -408,15 +422,12 @@ fn state_resolution_orders_plain_conflicts_by_time() {
 fn state_resolution_v1_takes_the_deepest_event() {
     let mut base = TestRoom::new(RoomVersionId::V1);
     base.send("carol", member("carol", "join")).unwrap();
-    let fork_point = (base.state.clone(), base.head.clone(), base.depth, base.ts);
+    let fork_point = base.fork_point();
     base.send("alice", PduTemplate::state("m.room.name", "", json!({"name": "a1"}))).unwrap();
     let deeper = base.send("alice", PduTemplate::state("m.room.name", "", json!({"name": "a2"}))).unwrap();
     let ban = base.send("alice", member("carol", "ban")).unwrap();
     let state_a = base.state.clone();
-    base.state = fork_point.0;
-    base.head = fork_point.1;
-    base.depth = fork_point.2;
-    base.ts = fork_point.3 + 100;
+    base.return_to(&fork_point, 100);
     let later = base.send("alice", PduTemplate::state("m.room.name", "", json!({"name": "b"}))).unwrap();
     let state_b = base.state.clone();
     for states in [[state_a.clone(), state_b.clone()], [state_b, state_a]] {

@@ -203,11 +203,20 @@ impl Media {
             // a plain GET of that URL, vetted like any URL named by others.
             FileOrLocation::Location(url) => {
                 let fetched = self.redirect_fetcher.fetch(&url, max).await.inspect_err(|err| {
-                    tracing::warn!(server = server_name, "fetching media from where the server redirects failed: {err}")
+                    tracing::warn!(
+                        server = server_name,
+                        "fetching media from where the server redirects failed: {err}"
+                    )
                 })?;
                 (fetched.body, fetched.content_type, None)
             }
-            _ => return Err(Error::matrix(502, ErrorKind::Unknown, "The media's server answered in an unknown form")),
+            _ => {
+                return Err(Error::matrix(
+                    502,
+                    ErrorKind::Unknown,
+                    "The media's server answered in an unknown form",
+                ));
+            }
         };
         if bytes.len() as u64 > max {
             return Err(Error::too_large("The remote media is larger than this server accepts"));

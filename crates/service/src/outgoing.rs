@@ -332,7 +332,8 @@ impl Outgoing {
                     if let (Some(first), Some(last)) = (done.first(), done.last()) {
                         self.destination_txn.put(&destination.to_owned(), &Json((*first, *last))).db()?;
                     }
-                    if self.back_off(destination) >= MAX_BACKOFF && destination.starts_with(FEDERATION_PREFIX) {
+                    if self.back_off(destination) >= MAX_BACKOFF && destination.starts_with(FEDERATION_PREFIX)
+                    {
                         self.catch_up(destination)?;
                     }
                     return Ok(());

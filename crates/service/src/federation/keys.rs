@@ -163,8 +163,8 @@ impl ServerKeys {
                         answer.push(r.clone());
                     }
                 }
-                _ if require_valid => return None,
-                _ => {}
+                Some(_) | None if require_valid => return None,
+                Some(_) | None => {}
             }
         }
         Some(answer)
@@ -355,4 +355,41 @@ pub fn parse_key_response(
 
 fn key_set(known: &KnownKeys) -> PublicKeySet {
     known.keys.iter().filter_map(|(id, (key, _))| Some((id.clone(), Base64::parse(key).ok()?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_of_server(db: &Db, name: &str, version: &str) -> ServerKeys {
+        let key = Arc::new(ServerSigningKey::generate(version).unwrap());
+        ServerKeys::new(db, ServerName::parse(name).unwrap(), key, Vec::new()).unwrap()
+    }
+
+    /// A notary keeps, for each key, the latest response that listed it: a
+    /// server that forgets a key cannot make the notary forget it too.
+    #[test]
+    fn a_notary_answers_for_a_key_its_server_has_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &Default::default()).unwrap();
+        let notary = keys_of_server(&db, "notary.test", "n");
+        let origin = ServerName::parse("origin.test").unwrap();
+        let first = keys_of_server(&db, "origin.test", "key_1").own_keys();
+        let second = keys_of_server(&db, "origin.test", "key_2").own_keys();
+        for response in [&first, &second] {
+            notary.accept(&origin, &serde_json::to_string(response).unwrap(), None).unwrap();
+        }
+        let ask = |key_ids: &[&str], valid_until: u64, require_valid: bool| {
+            let key_ids = key_ids.iter().map(|id| id.to_string()).collect();
+            notary.stored_responses(&origin, &KeyCriteria { key_ids, valid_until }, require_valid)
+        };
+        let as_value = |object: &CanonicalJsonObject| serde_json::to_value(object).unwrap();
+        assert_eq!(ask(&["ed25519:key_1"], 0, true), Some(vec![as_value(&first)]));
+        assert_eq!(ask(&["ed25519:key_2"], 0, true), Some(vec![as_value(&second)]));
+        assert_eq!(ask(&[], 0, true), Some(vec![as_value(&second)]), "no key named: the latest");
+        // Valid for too short a time: fetch first (None), else the expired one.
+        assert_eq!(ask(&["ed25519:key_1"], u64::MAX, true), None);
+        assert_eq!(ask(&["ed25519:key_1"], u64::MAX, false), Some(vec![as_value(&first)]));
+        assert_eq!(ask(&["ed25519:unknown"], 0, true), None);
+    }
 }

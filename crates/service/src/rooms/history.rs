@@ -15,7 +15,10 @@ use std::sync::Arc;
 
 use estuary_core::{Error, Result};
 use estuary_events::Pdu;
-use ruma::{EventId, OwnedEventId, RoomId, events::StateEventType};
+use ruma::{
+    EventId, OwnedEventId, RoomId, RoomVersionId,
+    events::{StateEventType, TimelineEventType},
+};
 
 use super::{
     Rooms,
@@ -165,6 +168,7 @@ impl Rooms {
             if prev.room_id != room_id {
                 return Err(Error::forbidden("The remote server sent events of another room"));
             }
+            let state = self.without_refused_state(&staging, &version, state)?;
             let (before_id, before) = self.stage_given_state(&mut staging, room_id, &state, &[])?;
             // The state is the other server's word; the event must still be
             // allowed by it and by its own auth events (of this room).
@@ -178,6 +182,40 @@ impl Rooms {
         let outcome = self.stage_remote(&mut staging, pdu, FanOut::None)?;
         self.persist(staging).await?;
         Ok(outcome)
+    }
+
+    /// A state another server gave, where an event its own auth events
+    /// (all known here) refuse counts for nothing, as a rejected event: a
+    /// forged power level slipped into it gives way to the one it claimed
+    /// to replace (its auth event of the same type and key), or to none.
+    /// Events whose auth events are not all here cannot be judged and stay.
+    fn without_refused_state(
+        &self,
+        staging: &Staging,
+        version: &RoomVersionId,
+        state: Vec<Pdu>,
+    ) -> Result<Vec<Pdu>> {
+        let mut kept: Vec<Pdu> = Vec::with_capacity(state.len());
+        for pdu in state {
+            let mut auth_events = Vec::with_capacity(pdu.auth_events.len());
+            for id in &pdu.auth_events {
+                auth_events.push(self.staged_accepted_pdu(staging, id)?);
+            }
+            let judged = pdu.kind != TimelineEventType::RoomCreate && auth_events.iter().all(Option::is_some);
+            let Err(reason) =
+                (if judged { self.check_against_auth_events(staging, &pdu, version)? } else { Ok(()) })
+            else {
+                kept.push(pdu);
+                continue;
+            };
+            tracing::info!(room_id = %pdu.room_id, event_id = %pdu.event_id, "a state event another server gave is refused: {reason}");
+            let replaced = auth_events
+                .into_iter()
+                .flatten()
+                .find(|a| a.kind == pdu.kind && a.state_key == pdu.state_key);
+            kept.extend(replaced);
+        }
+        Ok(kept)
     }
 
     /// The state a remote server gave: its events (and their auth chain)

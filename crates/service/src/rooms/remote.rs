@@ -303,7 +303,7 @@ impl Rooms {
 
     /// The authorization rules with the event's own auth events as state;
     /// each must be known and belong to the same room.
-    fn check_against_auth_events(
+    pub(super) fn check_against_auth_events(
         &self,
         staging: &Staging,
         pdu: &Pdu,

@@ -134,11 +134,18 @@ fn text(body: &str) -> PduTemplate {
 }
 
 async fn setup() -> (tempfile::TempDir, Services, OwnedRoomId, OwnedUserId) {
+    setup_version(None).await
+}
+
+/// alice's public room, of `version` (the default when `None`).
+async fn setup_version(
+    version: Option<ruma::RoomVersionId>,
+) -> (tempfile::TempDir, Services, OwnedRoomId, OwnedUserId) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), &Default::default()).unwrap();
     let services = Services::build(Arc::new(Config::default()), db).unwrap();
     let alice = UserId::parse("@alice:localhost").unwrap();
-    let create = CreateRoom { preset: Some(Preset::PublicChat), ..Default::default() };
+    let create = CreateRoom { preset: Some(Preset::PublicChat), room_version: version, ..Default::default() };
     let room_id = services.rooms.create_room(&alice, create).await.unwrap();
     (dir, services, room_id, alice)
 }
@@ -719,6 +726,39 @@ async fn an_event_before_a_gap_that_the_rules_refuse_changes_no_state() {
     let topic = rooms.state_pdu(&state, &"m.room.topic".into(), "").unwrap();
     assert!(topic.is_none_or(|t| t.event_id != y.event_id), "the refused event's state is not taken");
     assert!(rooms.stored(&y.event_id).unwrap().unwrap().rejected);
+    assert!(rooms.check_consistency().unwrap().is_clean());
+}
+
+/// A state given for an event before a gap that slips in a forged power
+/// level (bob, who has none, gives himself 100 and alice 0): its own auth
+/// events refuse it, so the power levels it claimed to replace stand. In
+/// a room of version 1, whose state resolution never checks an event
+/// against its auth events, the forgery would otherwise win.
+#[tokio::test]
+async fn a_forged_power_level_in_a_given_state_counts_for_nothing() {
+    let (_dir, services, room_id, alice) = setup_version(Some(ruma::RoomVersionId::V1)).await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    let (hello, mut state_before_y) = bob_says_hello(rooms, &remote, &room_id).await;
+    let real_power = rooms
+        .state_pdu(
+            &rooms.current_state(&rooms.require_room(&room_id).unwrap()).unwrap(),
+            &"m.room.power_levels".into(),
+            "",
+        )
+        .unwrap()
+        .unwrap();
+    let forged =
+        PduTemplate::state("m.room.power_levels", "", json!({"users": {BOB: 100, alice.as_str(): 0}}));
+    let forged = remote.event(rooms, &room_id, BOB, forged, std::slice::from_ref(&hello.event_id));
+    state_before_y.retain(|pdu| pdu.event_id != real_power.event_id);
+    state_before_y.push(forged.clone());
+    let y = remote.event(rooms, &room_id, BOB, text("before the gap"), std::slice::from_ref(&hello.event_id));
+    let x = remote.event(rooms, &room_id, BOB, text("after the gap"), std::slice::from_ref(&y.event_id));
+    let prevs = vec![super::PrevWithState { prev: y.clone(), state: state_before_y }];
+    assert_eq!(rooms.receive_across_gap(&room_id, x.clone(), prevs).await.unwrap(), Received::Accepted);
+    let state = rooms.current_state(&rooms.require_room(&room_id).unwrap()).unwrap();
+    let power = rooms.state_pdu(&state, &"m.room.power_levels".into(), "").unwrap().unwrap();
+    assert_eq!(power.event_id, real_power.event_id, "the forged power levels never count");
     assert!(rooms.check_consistency().unwrap().is_clean());
 }
 
