@@ -168,7 +168,7 @@ impl Federation {
             self.rooms.receive(room_id, vec![pdu.clone()], FanOut::AllBut(origin.to_owned())).await?;
         match outcome.into_iter().next().map(|(_, o)| o) {
             Some(Received::Accepted) if membership == "join" => {
-                self.share_presence_on_join(room_id, &pdu.sender);
+                self.share_presence_after_send_join(room_id, &pdu.sender);
                 Ok(pdu)
             }
             Some(Received::Accepted | Received::Known) => Ok(pdu),

@@ -82,19 +82,20 @@ impl Federation {
     /// sent to the room's other servers; another server's user has our
     /// members' presence sent to their server. Best effort, logged.
     pub fn share_presence_on_join(&self, room_id: &RoomId, user_id: &UserId) {
-        let result = if user_id.server_name() == self.config.server_name {
-            self.rooms.joined_servers(room_id).and_then(|servers| {
-                let user = [user_id.to_owned()];
-                servers.iter().try_for_each(|server| self.presence.share_with(server, &user))
-            })
-        } else {
-            self.rooms
-                .members_with_membership(room_id, "join")
-                .and_then(|members| self.presence.share_with(user_id.server_name(), &members))
-        };
-        if let Err(err) = result {
-            tracing::warn!(%room_id, %user_id, "could not share presence after a join: {err}");
-        }
+        let ours = user_id.server_name() == self.config.server_name;
+        share_presence_on_join(&self.rooms, &self.presence, ours, room_id, user_id);
+    }
+
+    /// The same for a join this server countersigned (`send_join`), a
+    /// moment later: the joining server takes presence only of users it
+    /// shares a room with, and it stores the room after our answer.
+    pub(super) fn share_presence_after_send_join(&self, room_id: &RoomId, user_id: &UserId) {
+        let (rooms, presence) = (self.rooms.clone(), self.presence.clone());
+        let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(SEND_JOIN_PRESENCE_DELAY).await;
+            share_presence_on_join(&rooms, &presence, false, &room_id, &user_id);
+        });
     }
 
     /// Try `action` through each of `servers` (not this one) in turn until
@@ -428,5 +429,30 @@ impl Federation {
         }
         object.remove("unsigned");
         Ok(object)
+    }
+}
+
+/// How long after answering a `send_join` our members' presence follows.
+const SEND_JOIN_PRESENCE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn share_presence_on_join(
+    rooms: &crate::rooms::Rooms,
+    presence: &crate::presence::Presence,
+    user_is_ours: bool,
+    room_id: &RoomId,
+    user_id: &UserId,
+) {
+    let result = if user_is_ours {
+        rooms.joined_servers(room_id).and_then(|servers| {
+            let user = [user_id.to_owned()];
+            servers.iter().try_for_each(|server| presence.share_with(server, &user))
+        })
+    } else {
+        rooms
+            .members_with_membership(room_id, "join")
+            .and_then(|members| presence.share_with(user_id.server_name(), &members))
+    };
+    if let Err(err) = result {
+        tracing::warn!(%room_id, %user_id, "could not share presence after a join: {err}");
     }
 }
