@@ -12,8 +12,7 @@ use ruma::{
     api::{
         IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
         auth_scheme::NoAuthentication,
-        error::IntoHttpError,
-        federation::authentication::{ServerSignatures, XMatrixSigningInput},
+        federation::authentication::{ServerSignatures, XMatrix, XMatrixSigningInput},
         path_builder::PathBuilder,
     },
 };
@@ -145,8 +144,37 @@ impl FederationClient {
     {
         let input =
             XMatrixSigningInput::new(self.server_name.clone(), destination.to_owned(), &self.key.keypair);
-        let answer = self.execute(destination, |url| request.try_into_http_request(url, input, ())).await?;
+        let build = |url: &str| request.try_into_http_request(url, input, ()).map_err(|e| e.to_string());
+        let answer = self.execute(destination, build).await?;
         parse_answer::<R::IncomingResponse>(&answer).map_err(FederationError::Invalid)
+    }
+
+    /// Send a signed `PUT` of `body` to the path of `segments` (each
+    /// percent-encoded), for a request ruma's types cannot carry (the v1
+    /// invite, whose body is the whole PDU); returns the answer's body.
+    pub async fn put_json(
+        &self,
+        destination: &ServerName,
+        segments: &[&str],
+        body: &serde_json::Value,
+    ) -> Result<Vec<u8>, FederationError> {
+        let body = serde_json::to_vec(body).map_err(|e| FederationError::Request(e.to_string()))?;
+        let build = |base_url: &str| -> Result<http::Request<Vec<u8>>, String> {
+            let mut url = reqwest::Url::parse(base_url).map_err(|e| e.to_string())?;
+            url.path_segments_mut().map_err(|()| "a base URL without a path".to_owned())?.extend(segments);
+            let mut request = http::Request::builder()
+                .method(http::Method::PUT)
+                .uri(url.as_str())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .map_err(|e| e.to_string())?;
+            let input =
+                XMatrixSigningInput::new(self.server_name.clone(), destination.to_owned(), &self.key.keypair);
+            let signature = XMatrix::sign_http_request(&request, input).map_err(|e| e.to_string())?;
+            request.headers_mut().insert(http::header::AUTHORIZATION, http::HeaderValue::from(&signature));
+            Ok(request)
+        };
+        Ok(self.execute(destination, build).await?.into_body())
     }
 
     /// Send a request that needs no signature (key queries).
@@ -159,7 +187,8 @@ impl FederationClient {
         R: OutgoingRequest<Authentication = NoAuthentication>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = ()>,
     {
-        let answer = self.execute(destination, |url| request.try_into_http_request(url, (), ())).await?;
+        let build = |url: &str| request.try_into_http_request(url, (), ()).map_err(|e| e.to_string());
+        let answer = self.execute(destination, build).await?;
         parse_answer::<R::IncomingResponse>(&answer).map_err(FederationError::Invalid)
     }
 
@@ -168,7 +197,7 @@ impl FederationClient {
     async fn execute(
         &self,
         destination: &ServerName,
-        build: impl FnOnce(&str) -> Result<http::Request<Vec<u8>>, IntoHttpError>,
+        build: impl FnOnce(&str) -> Result<http::Request<Vec<u8>>, String>,
     ) -> Result<http::Response<Vec<u8>>, FederationError> {
         if !self.enabled {
             return Err(FederationError::Disabled);
@@ -185,7 +214,7 @@ impl FederationClient {
         if !self.allow_private && url_names_blocked_ip(&base_url) {
             return Err(FederationError::Unreachable(format!("{} is a private address", target.host)));
         }
-        let http_request = build(&base_url).map_err(|e| FederationError::Request(e.to_string()))?;
+        let http_request = build(&base_url).map_err(FederationError::Request)?;
         let request =
             reqwest::Request::try_from(http_request).map_err(|e| FederationError::Request(e.to_string()))?;
         let response =

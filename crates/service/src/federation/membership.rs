@@ -3,6 +3,7 @@
 
 use estuary_core::{Error, Result, error::ErrorKind};
 use estuary_events::{
+    Pdu,
     builder::{claim_template, sign_object},
     federation as pdus,
 };
@@ -14,7 +15,7 @@ use ruma::{
 };
 use serde_json::value::{RawValue, to_raw_value};
 
-use super::Federation;
+use super::{Federation, FederationError};
 use crate::rooms::supported_room_version;
 
 /// A membership event template a resident server answered with.
@@ -344,7 +345,8 @@ impl Federation {
     }
 
     /// Invite a user of another server into one of our rooms: its server
-    /// countersigns the invite (`PUT /v2/invite`) before it is persisted.
+    /// countersigns the invite (`PUT /v2/invite`; `/v1/invite` for a room
+    /// of version 1 or 2 when the server knows no v2) before it is persisted.
     pub async fn invite_remote(
         &self,
         room_id: &RoomId,
@@ -356,30 +358,78 @@ impl Federation {
         self.rooms.require_not_joined(invitee, room_id)?;
         let template = self.rooms.invite_template(invitee, reason, is_direct)?;
         let server = invitee.server_name().to_owned();
-        let client = &self.client;
         self.rooms
             .invite_remote(room_id, sender, template, |pdu, version, invite_state| async move {
-                let raw = to_raw_value(&pdus::outgoing_json(&pdu)).map_err(Error::internal)?;
-                let mut request = create_invite::v2::Request::new(
-                    room_id.to_owned(),
-                    pdu.event_id.clone(),
-                    version,
-                    raw,
-                    Vec::new(),
-                );
-                request.invite_room_state = crate::federation::raw_pdus(&invite_state)
-                    .into_iter()
-                    .map(ruma::api::federation::membership::RawStrippedState::Pdu)
-                    .collect();
-                let answer = client.send(&server, request).await.map_err(|e| {
+                let answer = match self.send_invite_v2(&server, &pdu, &version, &invite_state).await {
+                    Err(err)
+                        if knows_no_v2(&err) && matches!(version, RoomVersionId::V1 | RoomVersionId::V2) =>
+                    {
+                        self.send_invite_v1(&server, &pdu, &invite_state).await
+                    }
+                    answer => answer,
+                };
+                let event = answer.map_err(|e| {
                     tracing::warn!(%server, %room_id, "the invitee's server did not take the invite: {e}");
                     Error::from(e)
                 })?;
-                serde_json::from_str::<CanonicalJsonObject>(answer.event.get()).map_err(|e| {
+                serde_json::from_str::<CanonicalJsonObject>(event.get()).map_err(|e| {
                     Error::bad_json(format!("The invitee's server returned an invalid invite: {e}"))
                 })
             })
             .await
+    }
+
+    /// `PUT /v2/invite`: the countersigned event.
+    async fn send_invite_v2(
+        &self,
+        server: &ServerName,
+        pdu: &Pdu,
+        version: &RoomVersionId,
+        invite_state: &[Pdu],
+    ) -> std::result::Result<Box<RawValue>, FederationError> {
+        let raw =
+            to_raw_value(&pdus::outgoing_json(pdu)).map_err(|e| FederationError::Request(e.to_string()))?;
+        let mut request = create_invite::v2::Request::new(
+            pdu.room_id.clone(),
+            pdu.event_id.clone(),
+            version.clone(),
+            raw,
+            Vec::new(),
+        );
+        request.invite_room_state = crate::federation::raw_pdus(invite_state)
+            .into_iter()
+            .map(ruma::api::federation::membership::RawStrippedState::Pdu)
+            .collect();
+        Ok(self.client.send(server, request).await?.event)
+    }
+
+    /// `PUT /v1/invite`: the body is the event itself, the room's stripped
+    /// state in its `unsigned`; the answer is `[200, {"event": …}]`. Ruma's
+    /// v1 request holds only some of the event's fields, so it is sent raw.
+    async fn send_invite_v1(
+        &self,
+        server: &ServerName,
+        pdu: &Pdu,
+        invite_state: &[Pdu],
+    ) -> std::result::Result<Box<RawValue>, FederationError> {
+        let mut body = serde_json::to_value(pdus::outgoing_json(pdu))
+            .map_err(|e| FederationError::Request(e.to_string()))?;
+        let stripped: Vec<serde_json::Value> = invite_state
+            .iter()
+            .map(|p| {
+                serde_json::json!({"type": p.kind, "state_key": p.state_key, "sender": p.sender, "content": p.content_value()})
+            })
+            .collect();
+        body["unsigned"]["invite_room_state"] = stripped.into();
+        let segments = ["_matrix", "federation", "v1", "invite", pdu.room_id.as_str(), pdu.event_id.as_str()];
+        let answer = self.client.put_json(server, &segments, &body).await?;
+        #[derive(serde::Deserialize)]
+        struct Invited {
+            event: Box<RawValue>,
+        }
+        let (_, Invited { event }): (u16, Invited) =
+            serde_json::from_slice(&answer).map_err(|e| FederationError::Invalid(e.to_string()))?;
+        Ok(event)
     }
 
     /// `PUT /invite`: another server invites one of our users. Returns the
@@ -454,5 +504,15 @@ fn share_presence_on_join(
     };
     if let Err(err) = result {
         tracing::warn!(%room_id, %user_id, "could not share presence after a join: {err}");
+    }
+}
+
+/// Whether a server refused a v2 request for not knowing the endpoint
+/// (404, or 400 `M_UNRECOGNIZED`), so the v1 one is worth trying.
+fn knows_no_v2(err: &FederationError) -> bool {
+    match err {
+        FederationError::Status { status: 404, .. } => true,
+        FederationError::Status { status: 400, body } => body.contains("M_UNRECOGNIZED"),
+        _ => false,
     }
 }
