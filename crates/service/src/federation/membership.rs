@@ -516,3 +516,18 @@ fn knows_no_v2(err: &FederationError) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{FederationError, knows_no_v2};
+
+    #[test]
+    fn only_an_unknown_endpoint_sends_an_invite_through_v1() {
+        let status = |status, body: &str| FederationError::Status { status, body: body.to_owned() };
+        assert!(knows_no_v2(&status(404, "")));
+        assert!(knows_no_v2(&status(400, r#"{"errcode":"M_UNRECOGNIZED"}"#)));
+        assert!(!knows_no_v2(&status(400, r#"{"errcode":"M_BAD_JSON"}"#)));
+        assert!(!knows_no_v2(&status(403, r#"{"errcode":"M_FORBIDDEN"}"#)));
+        assert!(!knows_no_v2(&FederationError::Unreachable("down".into())));
+    }
+}

@@ -729,6 +729,35 @@ async fn an_event_before_a_gap_that_the_rules_refuse_changes_no_state() {
     assert!(rooms.check_consistency().unwrap().is_clean());
 }
 
+/// An event whose `prev_events` are one known event and one before a gap:
+/// its state resolves both, so state only the given side holds (a key
+/// this server never saw, read back before the batch commits) is the
+/// room's after it. In room version 1 (v1 resolution) and the default.
+#[tokio::test]
+async fn a_gap_beside_a_known_event_resolves_both_states() {
+    for version in [Some(ruma::RoomVersionId::V1), None] {
+        let (_dir, services, room_id, _) = setup_version(version).await;
+        let (rooms, remote) = (&services.rooms, Remote::new());
+        let (hello, mut state_before_y) = bob_says_hello(rooms, &remote, &room_id).await;
+        let t = PduTemplate::state("m.room.topic", "", json!({"topic": "given"}));
+        let t = remote.event(rooms, &room_id, "@alice:localhost", t, std::slice::from_ref(&hello.event_id));
+        state_before_y.push(t.clone());
+        let renamed =
+            PduTemplate::state("m.room.member", BOB, json!({"membership": "join", "displayname": "Bobby"}));
+        let y = remote.event(rooms, &room_id, BOB, renamed, std::slice::from_ref(&hello.event_id));
+        let prevs_of_x = [hello.event_id.clone(), y.event_id.clone()];
+        let x = remote.event(rooms, &room_id, BOB, text("after the gap"), &prevs_of_x);
+        let prevs = vec![super::PrevWithState { prev: y.clone(), state: state_before_y }];
+        assert_eq!(rooms.receive_across_gap(&room_id, x.clone(), prevs).await.unwrap(), Received::Accepted);
+        let state = rooms.current_state(&rooms.require_room(&room_id).unwrap()).unwrap();
+        let topic = rooms.state_pdu(&state, &"m.room.topic".into(), "").unwrap().map(|p| p.event_id);
+        assert_eq!(topic, Some(t.event_id.clone()), "the given state's topic");
+        let member = rooms.state_pdu(&state, &"m.room.member".into(), BOB).unwrap().unwrap();
+        assert_eq!(member.event_id, y.event_id);
+        assert!(rooms.check_consistency().unwrap().is_clean());
+    }
+}
+
 /// A state given for an event before a gap that slips in a forged power
 /// level (bob, who has none, gives himself 100 and alice 0): its own auth
 /// events refuse it, so the power levels it claimed to replace stand. In

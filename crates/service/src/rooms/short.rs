@@ -18,6 +18,9 @@ pub struct ShortIds {
     next: AtomicU64,
     /// (type, state_key) → short ID: every key ever seen (a bounded vocabulary).
     statekeys: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+    /// Short ID → (type, state_key) of the keys allocated by this process:
+    /// a key is read back (state resolution) before its batch commits.
+    new_statekeys: std::sync::Mutex<std::collections::HashMap<u64, (String, String)>>,
 }
 
 impl ShortIds {
@@ -45,6 +48,7 @@ impl ShortIds {
             short_statekey,
             next: AtomicU64::new(highest + 1),
             statekeys: Default::default(),
+            new_statekeys: Default::default(),
         })
     }
 
@@ -74,6 +78,9 @@ impl ShortIds {
 
     /// The (event type, state key) a state key short ID stands for.
     pub fn state_key_of(&self, short: u64) -> Result<Option<(String, String)>> {
+        if let Some(key) = self.new_statekeys.lock().expect("state key cache").get(&short) {
+            return Ok(Some(key.clone()));
+        }
         Ok(self.short_statekey.get(&short).db()?.map(|Json(key)| key))
     }
 
@@ -102,7 +109,11 @@ impl ShortIds {
             None => {
                 let short = match self.statekey_short.get(&key).db()? {
                     Some(short) => short,
-                    None => self.allocate(),
+                    None => {
+                        let short = self.allocate();
+                        self.new_statekeys.lock().expect("state key cache").insert(short, key.clone());
+                        short
+                    }
                 };
                 cache.insert(key.clone(), short);
                 short
@@ -129,6 +140,8 @@ mod tests {
         let a = shorts.state_key_short_or_create(&kind, "", &mut first).unwrap();
         let b = shorts.state_key_short_or_create(&kind, "", &mut second).unwrap();
         assert_eq!(a, b);
+        // Read back before either commits (state resolution does).
+        assert_eq!(shorts.state_key_of(a).unwrap(), Some(("m.room.power_levels".to_owned(), String::new())));
         second.commit().unwrap();
         first.commit().unwrap();
         let reopened = ShortIds::new(&db).unwrap();
