@@ -160,6 +160,9 @@ async fn remote_server_keys(
     Ok(get_remote_server_keys::v2::Response::new(notary_answer(&s, &r.body.server_name, &criteria).await))
 }
 
+/// Servers answered per notary query (`POST /_matrix/key/v2/query`).
+const MAX_NOTARY_SERVERS: usize = 20;
+
 /// `POST /_matrix/key/v2/query`: for each server, the keys asked for
 /// (all when none are named), valid until the time asked (now if unsaid).
 async fn remote_server_keys_batch(
@@ -167,7 +170,8 @@ async fn remote_server_keys_batch(
     r: Ruma<get_remote_server_keys_batch::v2::Request>,
 ) -> ApiResult<get_remote_server_keys_batch::v2::Response> {
     let mut keys = Vec::new();
-    for (server, wanted) in &r.body.server_keys {
+    // Each server named may cost a fetch: a bounded number per query.
+    for (server, wanted) in r.body.server_keys.iter().take(MAX_NOTARY_SERVERS) {
         let valid_until = wanted
             .values()
             .filter_map(|c| c.minimum_valid_until_ts)

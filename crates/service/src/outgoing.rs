@@ -576,7 +576,6 @@ impl AppserviceTransaction {
     }
 }
 
-/// What a `/send` answer means for the transaction's jobs.
 /// Of a long-unreachable server's queued jobs (oldest first), those no
 /// longer worth sending: every PDU but the newest of its room (the server
 /// fetches the ones before with `get_missing_events`, as after any gap),
@@ -607,6 +606,7 @@ fn stale_jobs(jobs: &[(u64, Job)], pending: Option<u64>) -> Vec<u64> {
     stale
 }
 
+/// What a `/send` answer means for the transaction's jobs.
 fn transaction_outcome(
     server: &str,
     answer: std::result::Result<

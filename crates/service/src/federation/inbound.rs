@@ -465,7 +465,10 @@ impl Federation {
                 });
             let outcome = self.receive_with_gap_fill(origin, room_id, &room.room_version, pdu).await;
             guest_access_changed |= is_guest_access && outcome.is_ok();
-            if let Some(joined) = joined.filter(|_| outcome.is_ok()) {
+            // A refused join (also answered `Ok`) shares nothing.
+            if let Some(joined) = joined
+                .filter(|user| self.rooms.membership(user, room_id).ok().flatten().as_deref() == Some("join"))
+            {
                 self.share_presence_on_join(room_id, &joined);
             }
             results.push((event_id, outcome));

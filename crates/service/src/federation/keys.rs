@@ -26,6 +26,13 @@ use crate::storage_error::StorageResultExt;
 const OWN_KEYS_VALID: u64 = 7 * 24 * 3600 * 1000;
 /// After a failed fetch, how long before asking that server again.
 const FAILED_FETCH_PAUSE: Duration = Duration::from_secs(60);
+/// A key response listing more keys than this (current and old) is
+/// refused: every key held costs memory and storage, and a server has a
+/// handful at most.
+const MAX_KEYS_PER_RESPONSE: usize = 16;
+/// Keys (and responses kept for them) remembered per server: the ones
+/// valid longest stay.
+const MAX_KEYS_PER_SERVER: usize = 32;
 
 /// One server's keys as we know them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -39,6 +46,24 @@ pub struct KnownKeys {
     /// notary still answers for a key its server has since dropped.
     #[serde(default)]
     pub responses: BTreeMap<String, serde_json::Value>,
+}
+
+impl KnownKeys {
+    /// At most `MAX_KEYS_PER_SERVER` keys, those valid longest, and a
+    /// kept response only for a key still held.
+    fn bound(&mut self) {
+        if self.keys.len() > MAX_KEYS_PER_SERVER {
+            let mut by_validity: Vec<(u64, String)> =
+                self.keys.iter().map(|(id, (_, until))| (*until, id.clone())).collect();
+            by_validity.sort();
+            let excess = self.keys.len() - MAX_KEYS_PER_SERVER;
+            for (_, id) in by_validity.into_iter().take(excess) {
+                self.keys.remove(&id);
+            }
+        }
+        let keys = &self.keys;
+        self.responses.retain(|id, _| keys.contains_key(id));
+    }
 }
 
 /// What a notary query asks of one server's keys: these key IDs (any when
@@ -153,7 +178,13 @@ impl ServerKeys {
         let candidates: Vec<Option<&serde_json::Value>> = if criteria.key_ids.is_empty() {
             vec![Some(&known.response).filter(|r| !r.is_null())]
         } else {
-            criteria.key_ids.iter().map(|id| known.responses.get(id)).collect()
+            // Records from before responses were kept per key have only
+            // the latest: it answers for the keys it lists, old ones too.
+            let lists = |id: &String| {
+                ["verify_keys", "old_verify_keys"].iter().any(|field| known.response[field].get(id).is_some())
+            };
+            let latest = |id: &String| lists(id).then_some(&known.response);
+            criteria.key_ids.iter().map(|id| known.responses.get(id).or_else(|| latest(id))).collect()
         };
         let mut answer: Vec<serde_json::Value> = Vec::new();
         for candidate in candidates {
@@ -283,6 +314,12 @@ impl ServerKeys {
         let object: CanonicalJsonObject =
             serde_json::from_str(json).map_err(|e| format!("bad key response: {e}"))?;
         let known = parse_key_response(server, &object)?;
+        if known.keys.len() > MAX_KEYS_PER_RESPONSE {
+            return Err(format!(
+                "the key response lists {} keys, more than {MAX_KEYS_PER_RESPONSE}",
+                known.keys.len()
+            ));
+        }
         let mut map = PublicKeyMap::new();
         map.insert(
             server.to_string(),
@@ -299,6 +336,7 @@ impl ServerKeys {
         }
         merged.keys.extend(known.keys);
         merged.response = known.response;
+        merged.bound();
         self.servername_keys.put(&server.to_string(), &Json(merged.clone())).map_err(|e| e.to_string())?;
         self.cache.lock().expect("key cache").insert(server.to_owned(), merged);
         self.failed.lock().expect("failed fetches").remove(server);

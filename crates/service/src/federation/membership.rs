@@ -346,7 +346,8 @@ impl Federation {
 
     /// Invite a user of another server into one of our rooms: its server
     /// countersigns the invite (`PUT /v2/invite`; `/v1/invite` for a room
-    /// of version 1 or 2 when the server knows no v2) before it is persisted.
+    /// of version 1 or 2 when v2 is answered 400 or 404) before it is
+    /// persisted.
     pub async fn invite_remote(
         &self,
         room_id: &RoomId,
@@ -507,14 +508,10 @@ fn share_presence_on_join(
     }
 }
 
-/// Whether a server refused a v2 request for not knowing the endpoint
-/// (404, or 400 `M_UNRECOGNIZED`), so the v1 one is worth trying.
+/// Whether a server's answer to `/v2/invite` calls for `/v1/invite`: a
+/// 400 or a 404, as the spec says (the server may be older).
 fn knows_no_v2(err: &FederationError) -> bool {
-    match err {
-        FederationError::Status { status: 404, .. } => true,
-        FederationError::Status { status: 400, body } => body.contains("M_UNRECOGNIZED"),
-        _ => false,
-    }
+    matches!(err, FederationError::Status { status: 400 | 404, .. })
 }
 
 #[cfg(test)]
@@ -522,11 +519,10 @@ mod tests {
     use super::{FederationError, knows_no_v2};
 
     #[test]
-    fn only_an_unknown_endpoint_sends_an_invite_through_v1() {
+    fn a_400_or_404_sends_an_invite_through_v1() {
         let status = |status, body: &str| FederationError::Status { status, body: body.to_owned() };
         assert!(knows_no_v2(&status(404, "")));
         assert!(knows_no_v2(&status(400, r#"{"errcode":"M_UNRECOGNIZED"}"#)));
-        assert!(!knows_no_v2(&status(400, r#"{"errcode":"M_BAD_JSON"}"#)));
         assert!(!knows_no_v2(&status(403, r#"{"errcode":"M_FORBIDDEN"}"#)));
         assert!(!knows_no_v2(&FederationError::Unreachable("down".into())));
     }

@@ -187,8 +187,10 @@ impl Rooms {
     /// A state another server gave, where an event its own auth events
     /// (all known here) refuse counts for nothing, as a rejected event: a
     /// forged power level slipped into it gives way to the one it claimed
-    /// to replace (its auth event of the same type and key), or to none.
-    /// Events whose auth events are not all here cannot be judged and stay.
+    /// to replace (its auth event of the same type and key), else to the
+    /// room's current one. Power levels and join rules whose auth events
+    /// are not all here are treated so too (a forger could name an unknown
+    /// one to escape the check); other events that cannot be judged stay.
     fn without_refused_state(
         &self,
         staging: &Staging,
@@ -201,18 +203,30 @@ impl Rooms {
             for id in &pdu.auth_events {
                 auth_events.push(self.staged_accepted_pdu(staging, id)?);
             }
-            let judged = pdu.kind != TimelineEventType::RoomCreate && auth_events.iter().all(Option::is_some);
-            let Err(reason) =
-                (if judged { self.check_against_auth_events(staging, &pdu, version)? } else { Ok(()) })
-            else {
+            let all_known = auth_events.iter().all(Option::is_some);
+            let verdict = match pdu.kind {
+                TimelineEventType::RoomCreate => Ok(()),
+                _ if all_known => self.check_against_auth_events(staging, &pdu, version)?,
+                TimelineEventType::RoomPowerLevels | TimelineEventType::RoomJoinRules => {
+                    Err("some of its auth events are unknown here".to_owned())
+                }
+                _ => Ok(()),
+            };
+            let Err(reason) = verdict else {
                 kept.push(pdu);
                 continue;
             };
             tracing::info!(room_id = %pdu.room_id, event_id = %pdu.event_id, "a state event another server gave is refused: {reason}");
-            let replaced = auth_events
+            let kind = StateEventType::from(pdu.kind.to_string());
+            let state_key = pdu.state_key.as_deref().unwrap_or_default();
+            let replaced = match auth_events
                 .into_iter()
                 .flatten()
-                .find(|a| a.kind == pdu.kind && a.state_key == pdu.state_key);
+                .find(|a| a.kind == pdu.kind && a.state_key == pdu.state_key)
+            {
+                Some(auth_event) => Some(auth_event),
+                None => self.staged_state_pdu(staging, &kind, state_key)?,
+            };
             kept.extend(replaced);
         }
         Ok(kept)

@@ -765,30 +765,37 @@ async fn a_gap_beside_a_known_event_resolves_both_states() {
 /// against its auth events, the forgery would otherwise win.
 #[tokio::test]
 async fn a_forged_power_level_in_a_given_state_counts_for_nothing() {
-    let (_dir, services, room_id, alice) = setup_version(Some(ruma::RoomVersionId::V1)).await;
-    let (rooms, remote) = (&services.rooms, Remote::new());
-    let (hello, mut state_before_y) = bob_says_hello(rooms, &remote, &room_id).await;
-    let real_power = rooms
-        .state_pdu(
-            &rooms.current_state(&rooms.require_room(&room_id).unwrap()).unwrap(),
-            &"m.room.power_levels".into(),
-            "",
-        )
-        .unwrap()
-        .unwrap();
-    let forged =
-        PduTemplate::state("m.room.power_levels", "", json!({"users": {BOB: 100, alice.as_str(): 0}}));
-    let forged = remote.event(rooms, &room_id, BOB, forged, std::slice::from_ref(&hello.event_id));
-    state_before_y.retain(|pdu| pdu.event_id != real_power.event_id);
-    state_before_y.push(forged.clone());
-    let y = remote.event(rooms, &room_id, BOB, text("before the gap"), std::slice::from_ref(&hello.event_id));
-    let x = remote.event(rooms, &room_id, BOB, text("after the gap"), std::slice::from_ref(&y.event_id));
-    let prevs = vec![super::PrevWithState { prev: y.clone(), state: state_before_y }];
-    assert_eq!(rooms.receive_across_gap(&room_id, x.clone(), prevs).await.unwrap(), Received::Accepted);
-    let state = rooms.current_state(&rooms.require_room(&room_id).unwrap()).unwrap();
-    let power = rooms.state_pdu(&state, &"m.room.power_levels".into(), "").unwrap().unwrap();
-    assert_eq!(power.event_id, real_power.event_id, "the forged power levels never count");
-    assert!(rooms.check_consistency().unwrap().is_clean());
+    // The forgery's auth events: the room's own (refused by them), or one
+    // made up that is unknown here (it cannot be judged, and still counts
+    // for nothing: the room's power levels stand).
+    for made_up_auth_event in [false, true] {
+        let (_dir, services, room_id, alice) = setup_version(Some(ruma::RoomVersionId::V1)).await;
+        let (rooms, remote) = (&services.rooms, Remote::new());
+        let (hello, mut state_before_y) = bob_says_hello(rooms, &remote, &room_id).await;
+        let current = || rooms.current_state(&rooms.require_room(&room_id).unwrap()).unwrap();
+        let real_power = rooms.state_pdu(&current(), &"m.room.power_levels".into(), "").unwrap().unwrap();
+        let forged =
+            PduTemplate::state("m.room.power_levels", "", json!({"users": {BOB: 100, alice.as_str(): 0}}));
+        let forged = if made_up_auth_event {
+            let bob = UserId::parse(BOB).unwrap();
+            let unknown = OwnedEventId::try_from("$made-up:remote.test").unwrap();
+            let create = rooms.state_event_id(&current(), &"m.room.create".into(), "").unwrap().unwrap();
+            let prev = std::slice::from_ref(&hello.event_id);
+            remote.event_with(rooms, &room_id, &bob, forged, prev, &[create, unknown])
+        } else {
+            remote.event(rooms, &room_id, BOB, forged, std::slice::from_ref(&hello.event_id))
+        };
+        state_before_y.retain(|pdu| pdu.event_id != real_power.event_id);
+        state_before_y.push(forged.clone());
+        let y =
+            remote.event(rooms, &room_id, BOB, text("before the gap"), std::slice::from_ref(&hello.event_id));
+        let x = remote.event(rooms, &room_id, BOB, text("after the gap"), std::slice::from_ref(&y.event_id));
+        let prevs = vec![super::PrevWithState { prev: y.clone(), state: state_before_y }];
+        assert_eq!(rooms.receive_across_gap(&room_id, x.clone(), prevs).await.unwrap(), Received::Accepted);
+        let power = rooms.state_pdu(&current(), &"m.room.power_levels".into(), "").unwrap().unwrap();
+        assert_eq!(power.event_id, real_power.event_id, "the forged power levels never count");
+        assert!(rooms.check_consistency().unwrap().is_clean());
+    }
 }
 
 /// Another server's user who is in a room a restricted room allows gets a

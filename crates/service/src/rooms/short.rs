@@ -23,6 +23,10 @@ pub struct ShortIds {
     new_statekeys: std::sync::Mutex<std::collections::HashMap<u64, (String, String)>>,
 }
 
+/// New state keys remembered before their batches commit (see
+/// `remember_new_key`).
+const NEW_KEYS_KEPT: usize = 4096;
+
 impl ShortIds {
     pub fn new(db: &Db) -> Result<Self> {
         let short_eventid: Table<u64, String> = db.table("short_eventid").db()?;
@@ -92,6 +96,25 @@ impl ShortIds {
         self.statekey_short.get(&key).db()
     }
 
+    /// Remember a key allocated now, until its batch has committed: past
+    /// `NEW_KEYS_KEPT` of them, those already written are forgotten.
+    fn remember_new_key(&self, short: u64, key: (String, String)) -> Result<()> {
+        let mut new_keys = self.new_statekeys.lock().expect("state key cache");
+        if new_keys.len() >= NEW_KEYS_KEPT {
+            let mut written = Vec::new();
+            for short in new_keys.keys() {
+                if self.short_statekey.get(short).db()?.is_some() {
+                    written.push(*short);
+                }
+            }
+            for short in written {
+                new_keys.remove(&short);
+            }
+        }
+        new_keys.insert(short, key);
+        Ok(())
+    }
+
     /// The short ID of a state key, created if new. Two rooms may meet the
     /// same new key at once, so allocation happens under a lock and the
     /// mapping is remembered in memory until (and after) its batch commits;
@@ -111,7 +134,7 @@ impl ShortIds {
                     Some(short) => short,
                     None => {
                         let short = self.allocate();
-                        self.new_statekeys.lock().expect("state key cache").insert(short, key.clone());
+                        self.remember_new_key(short, key.clone())?;
                         short
                     }
                 };

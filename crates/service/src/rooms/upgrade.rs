@@ -132,12 +132,18 @@ impl Rooms {
     /// After this server's first join to `room_id` through another server:
     /// when the room is an upgrade, this server's aliases and directory
     /// entry of its predecessor move to it, as the upgrading server did
-    /// with its own.
+    /// with its own. Only when the old room, as this server knows it, names
+    /// this one in its tombstone: any room can claim a predecessor.
     pub fn follow_upgrade(&self, room_id: &RoomId) -> Result<()> {
-        match self.predecessor(room_id)? {
-            Some(old) => self.move_directory_entries(&old, room_id),
-            None => Ok(()),
+        let Some(old) = self.predecessor(room_id)? else { return Ok(()) };
+        let Some(old_room) = self.room(&old)? else { return Ok(()) };
+        let state = self.state.load(old_room.state)?;
+        let tombstone = self.state_pdu(&state, &StateEventType::RoomTombstone, "")?;
+        let replaced_by = tombstone.map(|t| t.content_value()["replacement_room"].clone());
+        if replaced_by.as_ref().and_then(|r| r.as_str()) != Some(room_id.as_str()) {
+            return Ok(());
         }
+        self.move_directory_entries(&old, room_id)
     }
 
     /// The room this one replaced (its create event's `predecessor`).
