@@ -12,6 +12,19 @@ async fn versions_lists_spec_versions() {
     assert!(versions.contains(&"v1.1") && versions.contains(&"r0.6.1"), "{versions:?}");
 }
 
+/// What load balancers and admin tools ask without a token: the health
+/// check (a write to the database) and the server version.
+#[tokio::test]
+async fn health_and_server_version_answer_without_a_token() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get("/health", None).await;
+    assert_eq!((status.as_u16(), body), (200, serde_json::Value::String("OK".into())));
+    let (status, body) = server.get("/_synapse/admin/v1/server_version", None).await;
+    assert_eq!(status, 200);
+    let version = body["server_version"].as_str().unwrap_or_default();
+    assert!(version.starts_with("Estuary "), "{body}");
+}
+
 #[tokio::test]
 async fn well_known_client_and_server() {
     let server = TestServer::start_with("well_known_server = \"matrix.example.org:443\"\nwell_known_client = \"https://matrix.example.org\"\n").await;

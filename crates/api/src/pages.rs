@@ -1,4 +1,6 @@
-//! Non-Matrix pages: the human page at `/`, fallbacks for unknown routes.
+//! Non-Matrix pages: the human page at `/`, the health check and server
+//! version that load balancers and admin tools ask, fallbacks for unknown
+//! routes.
 
 use axum::{
     extract::State,
@@ -18,6 +20,28 @@ pub async fn root(State(services): State<AppState>) -> impl IntoResponse {
          </body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
     ))
+}
+
+/// `GET /health`: `200 OK` while the database is open and takes writes,
+/// else `503` (the admin's log has the cause).
+pub async fn health(State(services): State<AppState>) -> impl IntoResponse {
+    match tokio::task::spawn_blocking(move || services.check_health()).await {
+        Ok(Ok(())) => (axum::http::StatusCode::OK, "OK"),
+        Ok(Err(err)) => {
+            tracing::error!("health check: the database refused a write: {err}");
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+        }
+        Err(err) => {
+            tracing::error!("health check failed: {err}");
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "health check failed")
+        }
+    }
+}
+
+/// `GET /_synapse/admin/v1/server_version` (no authentication), as admin
+/// tools ask it.
+pub async fn server_version() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"server_version": concat!("Estuary ", env!("CARGO_PKG_VERSION"))}))
 }
 
 fn html_escape(text: &str) -> String {

@@ -35,6 +35,8 @@ pub fn build(services: AppState) -> Router {
         .route("/_matrix/key/v2/server/{key_id}", get(federation::server_keys_by_id))
         .route("/_matrix/key/v2/query/{server_name}/{key_id}", get(federation::remote_server_keys_by_id))
         .route("/", get(pages::root))
+        .route("/health", get(pages::health))
+        .route("/_synapse/admin/v1/server_version", get(pages::server_version))
         .fallback(pages::not_found)
         .method_not_allowed_fallback(pages::method_not_allowed)
         .with_state(services);

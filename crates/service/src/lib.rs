@@ -71,6 +71,14 @@ pub struct Services {
 }
 
 impl Services {
+    /// Whether the database takes writes now (`GET /health`): one small
+    /// row of `global` is written, as any acknowledged write is.
+    pub fn check_health(&self) -> Result<()> {
+        use storage_error::StorageResultExt;
+        let global: estuary_storage::Table<String, String> = self.db.table("global").db()?;
+        global.put(&"health_checked_at".to_owned(), &estuary_core::time::now_millis().to_string()).db()
+    }
+
     pub fn build(config: Arc<Config>, db: Db) -> Result<Self> {
         let accounts = Arc::new(Accounts::new(config.clone(), &db)?);
         let profile = Arc::new(profile::Profiles::new(&db, accounts.clone())?);
