@@ -16,7 +16,7 @@ pub async fn remove_revoked(rooms: &Rooms, accounts: &Accounts, room_id: &RoomId
         return Ok(());
     }
     for member in rooms.members_with_membership(room_id, "join")? {
-        if !accounts.is_local(&member) || !accounts.account(&member)?.is_some_and(|a| a.guest) {
+        if !accounts.is_local(&member) || !accounts.is_guest(&member)? {
             continue;
         }
         let leave =

@@ -131,9 +131,8 @@ impl Presence {
         if servers.is_empty() {
             return Ok(false);
         }
-        let mut update = render(record);
-        update["user_id"] = user_id.as_str().into();
-        let edu = json!({"edu_type": "m.presence", "content": {"push": [update]}});
+        let edu =
+            json!({"edu_type": "m.presence", "content": {"push": [federation_update(user_id, record)]}});
         for server in &servers {
             self.outgoing.stage(
                 batch,
@@ -154,9 +153,7 @@ impl Presence {
         let mut push = Vec::new();
         for user_id in users.iter().filter(|u| u.server_name() == self.config.server_name) {
             if let Some(Json(record)) = self.userid_presence.get(&user_id.to_string()).db()? {
-                let mut update = render(&record);
-                update["user_id"] = user_id.as_str().into();
-                push.push(update);
+                push.push(federation_update(user_id, &record));
             }
         }
         if push.is_empty() {
@@ -271,6 +268,13 @@ impl Presence {
 }
 
 /// A presence record as clients see it, now.
+/// A user's presence as an `m.presence` EDU's `push` carries it.
+fn federation_update(user_id: &UserId, record: &Record) -> JsonValue {
+    let mut update = render(record);
+    update["user_id"] = user_id.as_str().into();
+    update
+}
+
 fn render(record: &Record) -> JsonValue {
     let ago = now_millis().saturating_sub(record.last_active_ts);
     let presence =

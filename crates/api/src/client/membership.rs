@@ -30,10 +30,6 @@ pub(crate) async fn resolve(services: &AppState, room: &RoomOrAliasId) -> Result
     Err(Error::not_found("Unknown room alias"))
 }
 
-pub(crate) fn is_guest(services: &AppState, user_id: &ruma::UserId) -> Result<bool, Error> {
-    Ok(services.accounts.account(user_id)?.is_some_and(|a| a.guest))
-}
-
 pub async fn join_by_id(
     services: AppState,
     request: Ruma<join_room_by_id::v3::Request>,
@@ -71,7 +67,7 @@ async fn join(
     let residents = if known { services.rooms.joined_servers(room_id)? } else { Vec::new() };
     let stale = !residents.is_empty() && !services.rooms.is_resident(room_id)?;
     let guest_refused = || Error::forbidden("Guests may only join rooms whose guest access is can_join");
-    let guest = is_guest(services, user_id)?;
+    let guest = services.accounts.is_guest(user_id)?;
     if known && !(stale && services.config.allow_federation) {
         if guest && !services.rooms.guests_can_join(room_id)? {
             return Err(guest_refused());

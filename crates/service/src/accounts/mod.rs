@@ -100,6 +100,11 @@ impl Accounts {
         user_id.server_name() == self.server_name()
     }
 
+    /// Whether `user_id` is a guest account of this server.
+    pub fn is_guest(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.account(user_id)?.is_some_and(|a| a.guest))
+    }
+
     pub fn account(&self, user_id: &UserId) -> Result<Option<Account>> {
         Ok(self.userid_account.get(&user_id.to_string()).db()?.map(|Json(a)| a))
     }

@@ -397,10 +397,7 @@ impl Federation {
             raw,
             Vec::new(),
         );
-        request.invite_room_state = crate::federation::raw_pdus(invite_state)
-            .into_iter()
-            .map(ruma::api::federation::membership::RawStrippedState::Pdu)
-            .collect();
+        request.invite_room_state = invite_room_state(invite_state);
         Ok(self.client.send(server, request).await?.event)
     }
 
@@ -415,12 +412,7 @@ impl Federation {
     ) -> std::result::Result<Box<RawValue>, FederationError> {
         let mut body = serde_json::to_value(pdus::outgoing_json(pdu))
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        let stripped: Vec<serde_json::Value> = invite_state
-            .iter()
-            .map(|p| {
-                serde_json::json!({"type": p.kind, "state_key": p.state_key, "sender": p.sender, "content": p.content_value()})
-            })
-            .collect();
+        let stripped = crate::federation::stripped_events(&invite_room_state(invite_state));
         body["unsigned"]["invite_room_state"] = stripped.into();
         let segments = ["_matrix", "federation", "v1", "invite", pdu.room_id.as_str(), pdu.event_id.as_str()];
         let answer = self.client.put_json(server, &segments, &body).await?;
@@ -481,6 +473,12 @@ impl Federation {
         object.remove("unsigned");
         Ok(object)
     }
+}
+
+/// The room state an invite carries, as full PDUs (spec v1.16).
+fn invite_room_state(state: &[Pdu]) -> Vec<ruma::api::federation::membership::RawStrippedState> {
+    let pdus = crate::federation::raw_pdus(state).into_iter();
+    pdus.map(ruma::api::federation::membership::RawStrippedState::Pdu).collect()
 }
 
 /// How long after answering a `send_join` our members' presence follows.
