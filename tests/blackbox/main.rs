@@ -2,6 +2,7 @@
 //! port with a temporary database and speaks HTTP to it.
 
 mod accounts;
+mod admin;
 mod appservice;
 mod calls;
 mod concurrency;

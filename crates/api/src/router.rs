@@ -19,18 +19,7 @@ use crate::{
 };
 
 pub fn build(services: AppState) -> Router {
-    let router = federation::routes(client::routes(Router::new()))
-        .route(
-            "/_synapse/admin/v1/media/{server_name}/{media_id}",
-            axum::routing::delete(admin::delete_media),
-        )
-        .route("/_synapse/admin/v1/purge_media_cache", axum::routing::post(admin::purge_media_cache))
-        .route("/_estuary/admin/v1/consistency", get(admin::consistency))
-        .route(
-            "/_estuary/admin/v1/appservices",
-            get(admin::list_appservices).post(admin::register_appservice),
-        )
-        .route("/_estuary/admin/v1/appservices/{id}", axum::routing::delete(admin::remove_appservice))
+    let router = admin::routes(federation::routes(client::routes(Router::new())))
         // The deprecated form naming a key ID: the same answer, all keys.
         .route("/_matrix/key/v2/server/{key_id}", get(federation::server_keys_by_id))
         .route("/_matrix/key/v2/query/{server_name}/{key_id}", get(federation::remote_server_keys_by_id))

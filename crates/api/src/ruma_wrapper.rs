@@ -152,12 +152,8 @@ where
         let expected = R::PATH_BUILDER.all_paths().next().map_or(0, |p| p.matches('{').count());
         path_args.resize(expected.max(path_args.len()), String::new());
         let access_token = access_token(&parts);
-        let caller = authenticate(
-            state,
-            <R::Authentication as Auth>::KIND,
-            access_token.as_deref(),
-            parts.uri.query(),
-        )?;
+        let caller =
+            authenticate(state, <R::Authentication as Auth>::KIND, access_token.as_deref(), &parts.uri)?;
         let mut bytes = read_body(body, &parts, state.config.max_request_size).await?;
         if <R::Authentication as Auth>::KIND != AuthKind::ServerSignatures {
             bytes = with_password_identifier(bytes);
@@ -260,12 +256,25 @@ struct Caller {
     appservice: Option<Arc<Appservice>>,
 }
 
+/// A locked account gets 401 `M_USER_LOCKED` (with `soft_logout`) on
+/// everything but logging out, as the spec says: its sessions are kept.
+fn refuse_if_locked(state: &AppState, user: &UserId, path: &str) -> Result<(), ApiError> {
+    if state.accounts.restrictions.of(user).locked
+        && !path.ends_with("/logout")
+        && !path.ends_with("/logout/all")
+    {
+        return Err(Error::matrix(401, ErrorKind::UserLocked, "This account has been locked").into());
+    }
+    Ok(())
+}
+
 fn authenticate(
     state: &AppState,
     kind: AuthKind,
     token: Option<&str>,
-    query: Option<&str>,
+    uri: &http::Uri,
 ) -> Result<Caller, ApiError> {
+    let (path, query) = (uri.path(), uri.query());
     match (kind, token) {
         (AuthKind::None, _) | (AuthKind::AccessTokenOptional | AuthKind::AppserviceTokenOptional, None) => {
             Ok(Caller::default())
@@ -276,6 +285,7 @@ fn authenticate(
                 return masquerade(state, appservice, query);
             }
             let session = state.accounts.authenticate(token)?;
+            refuse_if_locked(state, &session.user_id, path)?;
             Ok(Caller { user: Some(session.user_id), device: Some(session.device_id), appservice: None })
         }
         (AuthKind::AppserviceToken, Some(token)) => {
@@ -453,7 +463,7 @@ impl axum::extract::FromRequestParts<AppState> for AuthedUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = access_token(parts);
-        let caller = authenticate(state, AuthKind::AccessToken, token.as_deref(), parts.uri.query())?;
+        let caller = authenticate(state, AuthKind::AccessToken, token.as_deref(), &parts.uri)?;
         caller.user.map(Self).ok_or_else(|| Error::missing_token().into())
     }
 }
@@ -466,7 +476,7 @@ impl axum::extract::FromRequestParts<AppState> for AuthedDevice {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = access_token(parts);
-        let caller = authenticate(state, AuthKind::AccessToken, token.as_deref(), parts.uri.query())?;
+        let caller = authenticate(state, AuthKind::AccessToken, token.as_deref(), &parts.uri)?;
         match (caller.user, caller.device) {
             (Some(user), Some(device)) => Ok(Self(user, device)),
             _ => Err(Error::missing_token().into()),

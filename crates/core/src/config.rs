@@ -38,6 +38,9 @@ pub struct Config {
     pub allow_registration: bool,
     /// When set, registration also requires this token (`m.login.registration_token`).
     pub registration_token: Option<String>,
+    /// Registration requires a registration token that admins create with
+    /// the admin API (`/_synapse/admin/v1/registration_tokens`).
+    pub registration_requires_token: bool,
     /// Allow guest accounts (`/register?kind=guest`).
     pub allow_guest_access: bool,
     /// Largest request body accepted, in bytes (413 `M_TOO_LARGE` above).
@@ -162,6 +165,7 @@ impl Default for Config {
             memory_budget_mb: 32,
             allow_registration: false,
             registration_token: None,
+            registration_requires_token: false,
             allow_guest_access: false,
             max_request_size: 20 * 1024 * 1024,
             refreshable_access_token_lifetime: 300,
@@ -367,6 +371,7 @@ impl Config {
             "memory_budget_mb",
             "allow_registration",
             "registration_token",
+            "registration_requires_token",
             "allow_guest_access",
             "max_request_size",
             "refreshable_access_token_lifetime",

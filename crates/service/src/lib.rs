@@ -8,6 +8,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod appservices;
 pub mod backup;
+mod deactivation;
 pub mod delayed;
 pub mod devices;
 pub mod e2ee;

@@ -7,6 +7,8 @@ pub const TABLES: &[&str] = &[
     "global",
     // Accounts: user ID → account record (password hash, admin, deactivated).
     "userid_account",
+    // Registration token an admin created → its limits and completed uses.
+    "registrationtoken_token",
     // Access token → session (user, device, expiry). O(1) token lookup.
     "token_session",
     // Refresh token → session it renews.

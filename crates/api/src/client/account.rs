@@ -2,6 +2,7 @@
 
 use ruma::api::client::{
     account::{change_password, deactivate, whoami},
+    admin,
     uiaa::{AuthFlow, AuthType},
 };
 
@@ -70,12 +71,7 @@ pub async fn deactivate(
     if request.appservice.is_none() {
         require_password(&services, "deactivate", &user_id, request.body.auth.as_ref()).await?;
     }
-    services.devices.delete_all(&user_id)?;
-    services.accounts.deactivate(&user_id)?;
-    services.profile.clear(&user_id)?;
-    if request.body.erase {
-        services.rooms.erase_user(&user_id)?;
-    }
+    services.deactivate_user(&user_id, request.body.erase).await?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport))
 }
 
@@ -126,4 +122,57 @@ pub async fn whois(
         response.devices.insert(device_id.to_string(), info);
     }
     Ok(response)
+}
+
+/// The target of the spec's account moderation endpoints (`/admin/lock`,
+/// `/admin/suspend`): the caller must be a server admin, the target a local
+/// account (404 otherwise).
+fn moderated_user(services: &AppState, caller: &ruma::UserId, target: &ruma::UserId) -> ApiResult<()> {
+    if !services.accounts.account(caller)?.is_some_and(|a| a.admin) {
+        return Err(Error::forbidden("You are not a server admin").into());
+    }
+    if !services.accounts.is_local(target) || !services.accounts.exists(target)? {
+        return Err(Error::not_found("User not found").into());
+    }
+    Ok(())
+}
+
+pub async fn is_locked(
+    services: AppState,
+    request: Ruma<admin::is_user_locked::v1::Request>,
+) -> ApiResult<admin::is_user_locked::v1::Response> {
+    moderated_user(&services, request.user()?, &request.body.user_id)?;
+    let locked = services.accounts.restrictions.of(&request.body.user_id).locked;
+    Ok(admin::is_user_locked::v1::Response::new(locked))
+}
+
+pub async fn lock(
+    services: AppState,
+    request: Ruma<admin::lock_user::v1::Request>,
+) -> ApiResult<admin::lock_user::v1::Response> {
+    let (admin, body) = (request.user()?, &request.body);
+    moderated_user(&services, admin, &body.user_id)?;
+    services.accounts.restrictions.update(&body.user_id, |r| r.locked = body.locked)?;
+    tracing::info!(%admin, target = %body.user_id, locked = body.locked, "admin changed a lock");
+    Ok(admin::lock_user::v1::Response::new(body.locked))
+}
+
+pub async fn is_suspended(
+    services: AppState,
+    request: Ruma<admin::is_user_suspended::v1::Request>,
+) -> ApiResult<admin::is_user_suspended::v1::Response> {
+    moderated_user(&services, request.user()?, &request.body.user_id)?;
+    let suspended = services.accounts.restrictions.of(&request.body.user_id).suspended;
+    Ok(admin::is_user_suspended::v1::Response::new(suspended))
+}
+
+pub async fn suspend(
+    services: AppState,
+    request: Ruma<admin::suspend_user::v1::Request>,
+) -> ApiResult<admin::suspend_user::v1::Response> {
+    let (admin, body) = (request.user()?, &request.body);
+    moderated_user(&services, admin, &body.user_id)?;
+    services.accounts.restrictions.update(&body.user_id, |r| r.suspended = body.suspended)?;
+    tracing::info!(%admin, target = %body.user_id, suspended = body.suspended, "admin changed a suspension");
+    Ok(admin::suspend_user::v1::Response::new(body.suspended))
 }

@@ -61,6 +61,7 @@ async fn join(
     custom: serde_json::Map<String, serde_json::Value>,
     via: &[ruma::OwnedServerName],
 ) -> Result<(), Error> {
+    super::refuse_if_suspended(services, user_id)?;
     // A room this server left is joined through the servers still in it:
     // its state here stopped when we left.
     let known = services.rooms.room(room_id)?.is_some();
@@ -148,6 +149,10 @@ pub async fn invite(
     };
     let reason = recipient.reason.clone();
     let (room_id, sender, invitee) = (&request.body.room_id, request.user()?, &recipient.user_id);
+    super::refuse_if_suspended(&services, sender)?;
+    if super::shadow_banned_event_id(&services, sender).is_some() {
+        return Ok(invite_user::v3::Response::new());
+    }
     if invitee.server_name() != services.config.server_name && services.config.allow_federation {
         services.federation.invite_remote(room_id, sender, invitee, reason, false).await?;
     } else {
@@ -254,6 +259,7 @@ pub async fn knock(
     let body = &request.body;
     let (room_id, mut via) = resolve_with_servers(&services, &body.room_id_or_alias).await?;
     let (user_id, reason) = (request.user()?, body.reason.clone());
+    super::refuse_if_suspended(&services, user_id)?;
     if services.rooms.room(&room_id)?.is_some() || !services.config.allow_federation {
         services.rooms.knock(&room_id, user_id, reason).await?;
         return Ok(ruma::api::client::knock::knock_room::v3::Response::new(room_id));

@@ -45,6 +45,30 @@ pub(crate) fn require_self(sender: &UserId, user_id: &UserId, what: &str) -> Res
     Ok(())
 }
 
+/// An action a suspended user may not take (joining, inviting, sending,
+/// changing the profile): 403 `M_USER_SUSPENDED`.
+pub(crate) fn refuse_if_suspended(services: &AppState, user: &UserId) -> Result<(), Error> {
+    if services.accounts.restrictions.of(user).suspended {
+        return Err(Error::matrix(
+            403,
+            estuary_core::error::ErrorKind::UserSuspended,
+            "You cannot perform this action while suspended.",
+        ));
+    }
+    Ok(())
+}
+
+/// What a shadow-banned user sends looks accepted and reaches no one: an
+/// event ID that names nothing.
+pub(crate) fn shadow_banned_event_id(services: &AppState, user: &UserId) -> Option<String> {
+    services
+        .accounts
+        .restrictions
+        .of(user)
+        .shadow_banned
+        .then(|| format!("${}", estuary_service::accounts::tokens::random_token(43)))
+}
+
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router
         // Discovery
@@ -76,6 +100,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(account::whoami)
         .ruma(account::request_openid_token)
         .ruma(account::whois)
+        .ruma(account::is_locked)
+        .ruma(account::lock)
+        .ruma(account::is_suspended)
+        .ruma(account::suspend)
         .ruma(account::change_password)
         .ruma(account::deactivate)
         // Devices
@@ -227,6 +255,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(relations::timestamp_to_event)
         .ruma(relations::report_event)
         .ruma(relations::report_a_room)
+        .ruma(relations::report_a_user)
         // Membership
         .ruma(membership::join_by_id)
         .ruma(membership::join_by_id_or_alias)

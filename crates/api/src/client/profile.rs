@@ -57,6 +57,7 @@ pub async fn set_field(
     request: Ruma<set_profile_field::v3::Request>,
 ) -> ApiResult<set_profile_field::v3::Response> {
     let sender = request.user()?;
+    super::refuse_if_suspended(&services, sender)?;
     let value = request.body.value.clone();
     let in_member_events = matches!(value.field_name().as_str(), "displayname" | "avatar_url");
     services.profile.set_field(sender, &request.body.user_id, value)?;
@@ -71,6 +72,7 @@ pub async fn delete_field(
     request: Ruma<delete_profile_field::v3::Request>,
 ) -> ApiResult<delete_profile_field::v3::Response> {
     let sender = request.user()?;
+    super::refuse_if_suspended(&services, sender)?;
     services.profile.delete_field(sender, &request.body.user_id, &request.body.field)?;
     if matches!(request.body.field.as_str(), "displayname" | "avatar_url") {
         services.rooms.propagate_profile(sender).await?;

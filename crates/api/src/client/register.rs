@@ -97,8 +97,9 @@ pub async fn register(
             return Err(Error::forbidden("A guest can only upgrade its own account").into());
         }
         let flows = accounts.registration_flows()?;
-        registration_uia(&services, flows, &params, body.auth.as_ref()).await?;
+        let session = registration_uia(&services, flows, &params, body.auth.as_ref()).await?;
         accounts.upgrade_guest(&guest, params.password.take()).await?;
+        registered(&services, &session, &guest).await?;
         return logged_in(&services, guest, params);
     }
     // Check the name first so clients learn of a taken name before UIA.
@@ -107,21 +108,31 @@ pub async fn register(
     let user_id = username::user_id_for_registration(&requested, accounts.server_name())?;
     accounts.check_available(&user_id)?;
     services.appservices.check_not_exclusive(&user_id, None)?;
-    registration_uia(&services, flows, &params, body.auth.as_ref()).await?;
+    let session = registration_uia(&services, flows, &params, body.auth.as_ref()).await?;
     accounts.create_account(&user_id, params.password.take(), false).await?;
-    if let Some(session) = &session {
-        accounts.uiaa.set_result(session, user_id.to_string());
-    }
+    registered(&services, &session, &user_id).await?;
     new_account(&services, user_id, params).await
 }
 
-/// One step of the registration flows; the session remembers `params`.
+/// A registration's session is done: it answers the same again, and the
+/// registration token it passed with counts one use.
+async fn registered(services: &AppState, session: &str, user_id: &ruma::UserId) -> Result<(), Error> {
+    let accounts = &services.accounts;
+    if let Some(token) = accounts.uiaa.registration_token(session) {
+        accounts.use_registration_token(&token).await?;
+    }
+    accounts.uiaa.set_result(session, user_id.to_string());
+    Ok(())
+}
+
+/// One step of the registration flows (the session remembers `params`);
+/// the session's ID once complete.
 async fn registration_uia(
     services: &AppState,
     flows: Vec<ruma::api::client::uiaa::AuthFlow>,
     params: &RegistrationParams,
     auth: Option<&ruma::api::client::uiaa::AuthData>,
-) -> Result<(), Error> {
+) -> Result<String, Error> {
     let accounts = &services.accounts;
     let remember = serde_json::to_value(params).map_err(Error::from)?;
     let uiaa = UiaaRequest { flows, purpose: "register".to_owned(), user_id: None, params: Some(remember) };

@@ -11,6 +11,7 @@ use ruma::{
                 get_relating_events, get_relating_events_with_rel_type,
                 get_relating_events_with_rel_type_and_event_type,
             },
+            reporting::report_user,
             room::{get_event_by_timestamp, report_content, report_room},
             threads::get_threads,
         },
@@ -173,7 +174,7 @@ pub async fn report_event(
     request: Ruma<report_content::v3::Request>,
 ) -> ApiResult<report_content::v3::Response> {
     let body = &request.body;
-    services.rooms.report(request.user()?, &body.room_id, Some(&body.event_id), body.reason.clone(), None)?;
+    services.rooms.report(request.user()?, &body.room_id, Some(&body.event_id), body.reason.clone())?;
     Ok(report_content::v3::Response::new())
 }
 
@@ -182,6 +183,20 @@ pub async fn report_a_room(
     request: Ruma<report_room::v3::Request>,
 ) -> ApiResult<report_room::v3::Response> {
     let body = &request.body;
-    services.rooms.report(request.user()?, &body.room_id, None, Some(body.reason.clone()), None)?;
+    services.rooms.report(request.user()?, &body.room_id, None, Some(body.reason.clone()))?;
     Ok(report_room::v3::Response::new())
+}
+
+/// `POST /users/{userId}/report`. A local user must exist (404 otherwise);
+/// another server's users are taken as named, since this server cannot tell.
+pub async fn report_a_user(
+    services: AppState,
+    request: Ruma<report_user::v3::Request>,
+) -> ApiResult<report_user::v3::Response> {
+    let body = &request.body;
+    if services.accounts.is_local(&body.user_id) && !services.accounts.exists(&body.user_id)? {
+        return Err(estuary_core::Error::not_found("The user was not found").into());
+    }
+    services.rooms.report_user(request.user()?, &body.user_id, body.reason.clone())?;
+    Ok(report_user::v3::Response::new())
 }

@@ -46,6 +46,7 @@ pub async fn create(
     request: Ruma<create_room::v3::Request>,
 ) -> ApiResult<create_room::v3::Response> {
     let body = &request.body;
+    super::refuse_if_suspended(&services, request.user()?)?;
     let preset = body.preset.as_ref().map(|p| match p.as_str() {
         "public_chat" => Ok(Preset::PublicChat),
         "trusted_private_chat" => Ok(Preset::TrustedPrivateChat),
@@ -127,6 +128,10 @@ pub async fn send_message(
 ) -> ApiResult<Json<JsonValue>> {
     let body = &request.body;
     let content = raw_content(&body.body)?;
+    super::refuse_if_suspended(&services, request.user()?)?;
+    if let Some(event_id) = super::shadow_banned_event_id(&services, request.user()?) {
+        return Ok(Json(json!({"event_id": event_id})));
+    }
     if let Some(delay_ms) = requested_delay(&request)? {
         let delay_id = services.delayed.schedule(ScheduleRequest {
             user_id: request.user()?,
@@ -161,6 +166,10 @@ pub async fn send_message_without_txn(
     if !content.is_object() {
         return Err(Error::bad_json("Event content must be a JSON object").into());
     }
+    super::refuse_if_suspended(&services, &user)?;
+    if let Some(event_id) = super::shadow_banned_event_id(&services, &user) {
+        return Ok(Json(json!({"event_id": event_id})));
+    }
     let pdu = services.rooms.send(&room_id, &user, PduTemplate::message(event_type, content), None).await?;
     Ok(Json(json!({"event_id": pdu.event_id})))
 }
@@ -174,6 +183,15 @@ pub async fn send_state(
     let content = raw_content(&body.body)?;
     if body.event_type == StateEventType::RoomCanonicalAlias {
         check_canonical_alias(&services, &body.room_id, &content)?;
+    }
+    let own_leave = body.event_type == StateEventType::RoomMember
+        && body.state_key == request.user()?.as_str()
+        && content["membership"] == "leave";
+    if !own_leave {
+        super::refuse_if_suspended(&services, request.user()?)?;
+        if let Some(event_id) = super::shadow_banned_event_id(&services, request.user()?) {
+            return Ok(Json(json!({"event_id": event_id})));
+        }
     }
     if let Some(delay_ms) = requested_delay(&request)? {
         let delay_id = services.delayed.schedule(ScheduleRequest {
@@ -307,6 +325,10 @@ async fn redact_event_as(
     let state = rooms.current_state(&room)?;
     if !own && !rooms.power_levels(&state, &room.room_version)?.user_can_redact_event_of_other(user) {
         return Err(Error::forbidden("You may not redact other users' events"));
+    }
+    if !own {
+        // A suspended user may still redact their own events (the spec's advice).
+        super::refuse_if_suspended(services, user)?;
     }
     let mut content = json!({});
     if let Some(reason) = reason {

@@ -1,8 +1,11 @@
 //! Accounts: users, passwords, devices, access and refresh tokens,
 //! registration rules and User-Interactive Authentication.
 
+mod admin;
 mod password;
 pub mod records;
+pub mod registration_tokens;
+pub mod restrictions;
 pub mod tokens;
 pub mod uiaa;
 pub mod username;
@@ -17,6 +20,7 @@ use ruma::{
 };
 
 pub use records::{Account, Device, LoginToken, Session};
+pub use restrictions::Restrictions;
 pub use uiaa::{UiaaRequest, UiaaSessions};
 
 use crate::storage_error::StorageResultExt;
@@ -51,9 +55,11 @@ pub struct Accounts {
     openidtoken_user: Table<String, Json<LoginToken>>,
     userdeviceid_device: Table<(String, String), Json<Device>>,
     global: Table<String, String>,
+    registrationtoken_token: Table<String, Json<registration_tokens::StoredToken>>,
     /// Serialises account creation so two registrations of one name cannot race.
     registration_lock: tokio::sync::Mutex<()>,
     pub uiaa: UiaaSessions,
+    pub restrictions: restrictions::AccountRestrictions,
 }
 
 impl Accounts {
@@ -68,8 +74,10 @@ impl Accounts {
             openidtoken_user: db.table("openidtoken_user").db()?,
             userdeviceid_device: db.table("userdeviceid_device").db()?,
             global: db.table("global").db()?,
+            registrationtoken_token: db.table("registrationtoken_token").db()?,
             registration_lock: tokio::sync::Mutex::new(()),
             uiaa: UiaaSessions::default(),
+            restrictions: restrictions::AccountRestrictions::new(db)?,
         };
         accounts.mark_first_account_of_older_databases()?;
         Ok(accounts)
@@ -133,10 +141,12 @@ impl Accounts {
         self.global.get(&FIRST_RUN_TOKEN_KEY.to_owned()).db()
     }
 
-    /// With registration closed and no account yet, create (once) and log a
-    /// token that lets the first user register from any client.
+    /// With registration closed (or open only with tokens, none of which an
+    /// admin can have created yet) and no account yet, create (once) and log
+    /// a token that lets the first user register from any client.
     pub fn announce_first_run_token(&self) -> Result<()> {
-        if self.config.allow_registration || self.has_first_account()? {
+        let open_without_token = self.config.allow_registration && !self.registration_requires_token();
+        if open_without_token || self.has_first_account()? {
             return Ok(());
         }
         let token = match self.first_run_token()? {
@@ -148,8 +158,8 @@ impl Accounts {
             }
         };
         tracing::warn!(
-            "This server has no account yet and registration is closed. Register the first \
-             account (it becomes a server admin) from any Matrix client with the registration \
+            "This server has no account yet and registration is closed or needs a token. Register \
+             the first account (it becomes a server admin) from any Matrix client with the registration \
              token: {token}"
         );
         Ok(())
@@ -158,9 +168,9 @@ impl Accounts {
     /// The UIA flows `/register` offers, or 403 when registration is closed.
     pub fn registration_flows(&self) -> Result<Vec<AuthFlow>> {
         if self.config.allow_registration {
-            let stage = match self.config.registration_token {
-                Some(_) => AuthType::RegistrationToken,
-                None => AuthType::Dummy,
+            let stage = match self.registration_requires_token() {
+                true => AuthType::RegistrationToken,
+                false => AuthType::Dummy,
             };
             return Ok(vec![AuthFlow::new(vec![stage])]);
         }
@@ -172,15 +182,24 @@ impl Accounts {
 
     /// Whether registration tokens are in use at all (for the validity endpoint).
     pub fn registration_tokens_in_use(&self) -> Result<bool> {
-        Ok((self.config.allow_registration && self.config.registration_token.is_some())
+        Ok((self.config.allow_registration && self.registration_requires_token())
             || self.first_run_token()?.is_some())
     }
 
+    /// Open registration asks for a token: the configured one, or one an
+    /// admin created.
+    fn registration_requires_token(&self) -> bool {
+        self.config.registration_token.is_some() || self.config.registration_requires_token
+    }
+
     pub fn registration_token_valid(&self, token: &str) -> Result<bool> {
-        if self.config.allow_registration
-            && self.config.registration_token.as_deref().is_some_and(|t| constant_time_eq(t, token))
-        {
-            return Ok(true);
+        if self.config.allow_registration && self.registration_requires_token() {
+            if self.config.registration_token.as_deref().is_some_and(|t| constant_time_eq(t, token)) {
+                return Ok(true);
+            }
+            if self.stored_token_valid(token)? {
+                return Ok(true);
+            }
         }
         Ok(self.first_run_token()?.is_some_and(|t| constant_time_eq(&t, token)))
     }
@@ -229,8 +248,8 @@ impl Accounts {
             admin: first,
             appservice,
             guest,
-            deactivated: false,
             created_ts: now_millis(),
+            ..Account::default()
         };
         let mut batch = self.db.batch();
         batch.put(&self.userid_account, &user_id.to_string(), &Json(account.clone()));

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// `userid_account`: one per user ID ever registered (deactivated ones stay,
 /// so their IDs are never reused).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Account {
     /// argon2id PHC string; none for accounts without a password.
     pub password_hash: Option<String>,
@@ -16,6 +16,9 @@ pub struct Account {
     /// An appservice's bot or ghost (registered by the appservice).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub appservice: bool,
+    /// Synapse's user types (`bot`, `support`), set by admins; none for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_type: Option<String>,
 }
 
 /// `token_session` and `refreshtoken_session`: who a token authenticates.

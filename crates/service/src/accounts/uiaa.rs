@@ -50,6 +50,9 @@ struct Session {
     /// What a completed operation produced (the registered user), so the
     /// same session sent again gets the same result.
     result: Option<String>,
+    /// The registration token this session passed with: a use of it is
+    /// pending until the session registers or expires.
+    registration_token: Option<String>,
 }
 
 #[derive(Default)]
@@ -70,15 +73,15 @@ pub struct UiaaRequest<'a> {
 }
 
 impl UiaaSessions {
-    /// Run one UIA step. `Ok(())` once a flow is complete; otherwise the 401
-    /// response telling the client what is left, with an `errcode` when the
-    /// stage it just tried failed.
+    /// Run one UIA step. The session's ID once a flow is complete; otherwise
+    /// the 401 response telling the client what is left, with an `errcode`
+    /// when the stage it just tried failed.
     pub async fn check(
         &self,
         request: UiaaRequest<'_>,
         auth: Option<&AuthData>,
         verifier: &impl StageVerifier,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let Some(auth) = auth else {
             let session = self.start(&request);
             return Err(self.pending(&request.flows, Vec::new(), session, None));
@@ -99,8 +102,13 @@ impl UiaaSessions {
         {
             return Err(Error::forbidden("The authentication is not for the requesting user"));
         }
-        let completed = match self.run_stage(&request, auth, verifier).await {
-            Ok(stage) => self.complete_stage(&session_id, stage),
+        let completed = match self.run_stage(&request, &session_id, auth, verifier).await {
+            Ok(stage) => {
+                if let AuthData::RegistrationToken(token) = auth {
+                    self.hold_registration_token(&session_id, &token.token);
+                }
+                self.complete_stage(&session_id, stage)
+            }
             Err(failure) => {
                 let completed = self.completed(&session_id);
                 return Err(self.pending(&request.flows, completed, session_id, Some(failure)));
@@ -111,7 +119,7 @@ impl UiaaSessions {
             if request.params.is_none() {
                 self.sessions.lock().expect("uiaa lock").remove(&session_id);
             }
-            return Ok(());
+            return Ok(session_id);
         }
         Err(self.pending(&request.flows, completed, session_id, None))
     }
@@ -119,6 +127,7 @@ impl UiaaSessions {
     async fn run_stage(
         &self,
         request: &UiaaRequest<'_>,
+        session_id: &str,
         auth: &AuthData,
         verifier: &impl StageVerifier,
     ) -> std::result::Result<AuthType, StandardErrorBody> {
@@ -148,7 +157,9 @@ impl UiaaSessions {
                 }
             }
             AuthData::RegistrationToken(token) => {
-                if !verifier.registration_token_valid(&token.token).map_err(internal)? {
+                // The same token sent again in a session holds its use already.
+                let held = self.registration_token(session_id).as_deref() == Some(token.token.as_str());
+                if !held && !verifier.registration_token_valid(&token.token).map_err(internal)? {
                     return Err(StandardErrorBody::new(
                         ErrorKind::Unauthorized,
                         "Invalid registration token".into(),
@@ -170,6 +181,7 @@ impl UiaaSessions {
             created: Instant::now(),
             params: request.params.clone(),
             result: None,
+            registration_token: None,
         };
         sessions.insert(id.clone(), session);
         id
@@ -202,6 +214,30 @@ impl UiaaSessions {
             }
             _ => Err(Error::matrix(400, ErrorKind::Unknown, "Unknown or expired UIA session")),
         }
+    }
+
+    fn hold_registration_token(&self, id: &str, token: &str) {
+        if let Some(session) = self.sessions.lock().expect("uiaa lock").get_mut(id) {
+            session.registration_token = Some(token.to_owned());
+        }
+    }
+
+    /// The registration token a live session passed with.
+    pub fn registration_token(&self, id: &str) -> Option<String> {
+        let sessions = self.sessions.lock().expect("uiaa lock");
+        sessions.get(id).filter(|s| s.created.elapsed() < SESSION_LIFETIME)?.registration_token.clone()
+    }
+
+    /// Uses of `token` held by live sessions that have not registered yet
+    /// (Synapse's `pending`). Sessions live in memory, so a restart frees them.
+    pub fn pending_token_uses(&self, token: &str) -> u64 {
+        let sessions = self.sessions.lock().expect("uiaa lock");
+        let pending = sessions.values().filter(|s| {
+            s.created.elapsed() < SESSION_LIFETIME
+                && s.result.is_none()
+                && s.registration_token.as_deref() == Some(token)
+        });
+        pending.count() as u64
     }
 
     fn complete_stage(&self, id: &str, stage: AuthType) -> Vec<AuthType> {

@@ -1,9 +1,9 @@
-//! `/context`, `/timestamp_to_event` and reporting content.
+//! `/context` and `/timestamp_to_event`.
 
-use estuary_core::{Error, Result, time::now_millis};
-use estuary_storage::{Key, codec::Json};
+use estuary_core::{Error, Result};
+use estuary_storage::Key;
 use ruma::{DeviceId, EventId, OwnedEventId, RoomId, UserId, api::client::filter::RoomEventFilter};
-use serde_json::{Value as JsonValue, json};
+use serde_json::Value as JsonValue;
 
 use super::{Direction, MessagesQuery, Rooms};
 use crate::storage_error::StorageResultExt;
@@ -125,45 +125,5 @@ impl Rooms {
             }
         }
         Err(Error::not_found("No event found in that direction"))
-    }
-
-    /// Store a report of an event (or, without an event, of the room) for the admins.
-    pub fn report(
-        &self,
-        reporter: &UserId,
-        room_id: &RoomId,
-        event_id: Option<&EventId>,
-        reason: Option<String>,
-        score: Option<i64>,
-    ) -> Result<()> {
-        self.require_room(room_id)?;
-        if let Some(event_id) = event_id {
-            let visible = match self.stored(event_id)?.filter(|s| s.room_id == room_id) {
-                Some(stored) => self.can_see_event(Some(reporter), &stored)?,
-                None => false,
-            };
-            if !visible {
-                return Err(Error::not_found("Event not found"));
-            }
-        }
-        let report = json!({
-            "room_id": room_id, "event_id": event_id, "reporter": reporter,
-            "reason": reason, "score": score, "received_ts": now_millis(),
-        });
-        let id = self.short.allocate();
-        self.reportid_report.put(&id, &Json(report)).db()?;
-        tracing::info!(%reporter, %room_id, event_id = ?event_id, "content reported");
-        Ok(())
-    }
-
-    /// Every stored report, oldest first (for admins).
-    pub fn reports(&self) -> Result<Vec<JsonValue>> {
-        Ok(self
-            .reportid_report
-            .scan_raw_prefix(&[], 10_000)
-            .db()?
-            .into_iter()
-            .map(|(_, Json(r))| r)
-            .collect())
     }
 }

@@ -44,6 +44,11 @@ impl Rooms {
         Ok(())
     }
 
+    /// Whether the user was deactivated with `erase`.
+    pub fn is_erased(&self, user: &UserId) -> bool {
+        self.erasures.position(user).is_some()
+    }
+
     /// The event as `viewer` gets it: redacted when its sender was erased
     /// and the viewer's latest join to the room came after the erasure.
     pub(super) fn erased_for(&self, stored: &StoredPdu, viewer: &UserId) -> Result<Option<StoredPdu>> {

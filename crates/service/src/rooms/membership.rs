@@ -21,12 +21,21 @@ impl Rooms {
     /// Rooms where the user has `membership`.
     pub fn rooms_with_membership(&self, user_id: &UserId, membership: &str) -> Result<Vec<OwnedRoomId>> {
         Ok(self
+            .memberships(user_id)?
+            .into_iter()
+            .filter(|(_, m)| m == membership)
+            .map(|(room, _)| room)
+            .collect())
+    }
+
+    /// Every room the user has a membership in, with that membership.
+    pub fn memberships(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, String)>> {
+        Ok(self
             .useridroomid_membership
             .scan_prefix(&(user_id.to_string(),))
             .db()?
             .into_iter()
-            .filter(|(_, m)| m == membership)
-            .filter_map(|((_, room), _)| RoomId::parse(room).ok())
+            .filter_map(|((_, room), m)| Some((RoomId::parse(room).ok()?, m)))
             .collect())
     }
 

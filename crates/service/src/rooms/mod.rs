@@ -26,6 +26,7 @@ mod remote;
 mod remote_join;
 #[cfg(test)]
 mod remote_tests;
+mod reports;
 mod search_index;
 mod short;
 mod space;
@@ -59,6 +60,7 @@ pub(crate) use read::{passes, sender_wanted, type_wanted};
 pub use relations::{RelationsPage, RelationsQuery};
 pub use remote::Received;
 pub use remote_join::{INVITE_STATE, InviteStub};
+pub use reports::{Report, ReportQuery};
 pub use search_index::SEARCH_KEYS;
 pub use staging::FanOut;
 pub use state::StateMap;
@@ -173,7 +175,7 @@ pub struct Rooms {
     push: Arc<crate::push::PushRules>,
     roomidthreadroot_latest: Table<(String, String), u64>,
     roomidts_eventid: Table<(String, u64, u64), String>,
-    reportid_report: Table<u64, Json<serde_json::Value>>,
+    reportid_report: Table<u64, Json<reports::Report>>,
     alias_roomid: Table<String, String>,
     roomidalias_creator: Table<(String, String), String>,
     publicroomid: Table<String, String>,

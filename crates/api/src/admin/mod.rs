@@ -1,0 +1,69 @@
+//! Server admin endpoints: Synapse's admin API at its paths
+//! (`/_synapse/admin`), so existing admin tools work, and Estuary's own
+//! (`/_estuary/admin`). Every endpoint answers server admins only, and every
+//! change an admin makes is logged at info with the admin and the target.
+
+mod devices;
+mod estuary;
+mod extract;
+mod media;
+mod registration_tokens;
+mod reports;
+mod users;
+
+use axum::{
+    Router,
+    routing::{delete, get, post, put},
+};
+
+use crate::AppState;
+
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    user_routes(router)
+        .route("/_synapse/admin/v1/media/{server_name}/{media_id}", delete(media::delete_media))
+        .route("/_synapse/admin/v1/purge_media_cache", post(media::purge_media_cache))
+        .route("/_synapse/admin/v1/registration_tokens", get(registration_tokens::list))
+        .route("/_synapse/admin/v1/registration_tokens/new", post(registration_tokens::create))
+        .route(
+            "/_synapse/admin/v1/registration_tokens/{token}",
+            get(registration_tokens::get)
+                .put(registration_tokens::update)
+                .delete(registration_tokens::delete),
+        )
+        .route("/_synapse/admin/v1/event_reports", get(reports::list))
+        .route("/_synapse/admin/v1/event_reports/{report_id}", get(reports::get).delete(reports::delete))
+        .route("/_estuary/admin/v1/consistency", get(estuary::consistency))
+        .route(
+            "/_estuary/admin/v1/appservices",
+            get(estuary::list_appservices).post(estuary::register_appservice),
+        )
+        .route("/_estuary/admin/v1/appservices/{id}", delete(estuary::remove_appservice))
+}
+
+fn user_routes(router: Router<AppState>) -> Router<AppState> {
+    const V1: &str = "/_synapse/admin/v1";
+    const V2: &str = "/_synapse/admin/v2";
+    router
+        .route(&format!("{V2}/users"), get(users::list_v2))
+        .route("/_synapse/admin/v3/users", get(users::list_v3))
+        .route(&format!("{V2}/users/{{user_id}}"), get(users::get).put(users::put))
+        .route(&format!("{V1}/deactivate/{{user_id}}"), post(users::deactivate))
+        .route(&format!("{V1}/reset_password/{{user_id}}"), post(users::reset_password))
+        .route(&format!("{V1}/whois/{{user_id}}"), get(users::whois))
+        .route(&format!("{V1}/suspend/{{user_id}}"), put(users::suspend))
+        .route(&format!("{V1}/users/{{user_id}}/login"), post(users::login_as))
+        .route(&format!("{V1}/users/{{user_id}}/admin"), get(users::get_admin).put(users::set_admin))
+        .route(
+            &format!("{V1}/users/{{user_id}}/shadow_ban"),
+            post(users::shadow_ban).delete(users::shadow_ban),
+        )
+        .route(&format!("{V1}/users/{{user_id}}/joined_rooms"), get(users::joined_rooms))
+        .route(&format!("{V1}/users/{{user_id}}/memberships"), get(users::memberships))
+        .route(&format!("{V1}/users/{{user_id}}/pushers"), get(users::pushers))
+        .route(&format!("{V2}/users/{{user_id}}/devices"), get(devices::list).post(devices::create))
+        .route(
+            &format!("{V2}/users/{{user_id}}/devices/{{device_id}}"),
+            get(devices::get).put(devices::update).delete(devices::delete),
+        )
+        .route(&format!("{V2}/users/{{user_id}}/delete_devices"), post(devices::delete_many))
+}

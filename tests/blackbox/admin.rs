@@ -1,0 +1,511 @@
+//! Synapse's admin API as admin tools call it: users, devices, account
+//! restrictions, registration tokens and reports, with the shapes Synapse's
+//! documentation gives.
+
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{PASSWORD, TestServer, User, assert_error, encode},
+    rooms::{create_room, send_text},
+};
+
+const ADMIN: &str = "/_synapse/admin";
+
+fn user_path(version: &str, user: &User, rest: &str) -> String {
+    format!("{ADMIN}/{version}/users/{}{rest}", encode(&user.user_id))
+}
+
+/// An admin (the first account) and two other users.
+async fn server_with_users() -> (TestServer, User, User, User) {
+    let server = TestServer::start().await;
+    let admin = server.register("admin").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    (server, admin, alice, bob)
+}
+
+#[tokio::test]
+async fn admin_endpoints_answer_only_server_admins() {
+    let (server, _admin, alice, _) = server_with_users().await;
+    let paths = [
+        format!("{ADMIN}/v2/users"),
+        format!("{ADMIN}/v3/users"),
+        user_path("v2", &alice, ""),
+        user_path("v2", &alice, "/devices"),
+        format!("{ADMIN}/v1/registration_tokens"),
+        format!("{ADMIN}/v1/event_reports"),
+        format!("{ADMIN}/v1/whois/{}", encode(&alice.user_id)),
+    ];
+    for path in &paths {
+        let refused = server.get(path, Some(&alice.token)).await;
+        assert_error(&refused, 403, "M_FORBIDDEN");
+        assert_eq!(refused.1["error"], "You are not a server admin", "{path}");
+        assert_error(&server.get(path, None).await, 401, "M_MISSING_TOKEN");
+    }
+    let deactivate = format!("{ADMIN}/v1/deactivate/{}", encode(&alice.user_id));
+    assert_error(&server.post(&deactivate, Some(&alice.token), json!({})).await, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn users_are_listed_with_synapse_fields_and_paging() {
+    let (server, admin, alice, bob) = server_with_users().await;
+    let (status, page) = server.get(&format!("{ADMIN}/v2/users?from=0&limit=2"), Some(&admin.token)).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["total"], 3);
+    assert_eq!(page["next_token"], "2", "next_token is a string in the user list");
+    let users = page["users"].as_array().unwrap();
+    assert_eq!(users.len(), 2);
+    assert_eq!(users[0]["name"], admin.user_id, "ordered by name");
+    assert_eq!(users[1]["name"], alice.user_id);
+    for field in [
+        "name",
+        "user_type",
+        "is_guest",
+        "admin",
+        "deactivated",
+        "shadow_banned",
+        "displayname",
+        "avatar_url",
+        "creation_ts",
+        "approved",
+        "erased",
+        "last_seen_ts",
+        "locked",
+    ] {
+        assert!(users[0].get(field).is_some(), "{field} missing from {}", users[0]);
+    }
+    assert_eq!(users[0]["admin"], true);
+    assert_eq!(users[1]["admin"], false);
+    assert_eq!(users[1]["displayname"], "alice");
+    assert!(users[0]["creation_ts"].as_u64().unwrap() > 1_000_000_000_000, "the list gives ms");
+
+    let (_, rest) = server.get(&format!("{ADMIN}/v2/users?from=2&limit=2"), Some(&admin.token)).await;
+    assert_eq!(rest["users"][0]["name"], bob.user_id);
+    assert!(rest.get("next_token").is_none(), "the last page has no next_token: {rest}");
+
+    let (_, backwards) =
+        server.get(&format!("{ADMIN}/v2/users?order_by=name&dir=b"), Some(&admin.token)).await;
+    assert_eq!(backwards["users"][0]["name"], bob.user_id);
+    let (_, named) = server.get(&format!("{ADMIN}/v2/users?name=ALI"), Some(&admin.token)).await;
+    assert_eq!(named["total"], 1, "name matches the localpart, case-insensitively: {named}");
+    let (_, admins) = server.get(&format!("{ADMIN}/v2/users?admins=true"), Some(&admin.token)).await;
+    assert_eq!(admins["total"], 1);
+    assert_error(
+        &server.get(&format!("{ADMIN}/v2/users?order_by=id"), Some(&admin.token)).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &server.get(&format!("{ADMIN}/v2/users?limit=x"), Some(&admin.token)).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+
+    // v2 hides deactivated users unless asked; v3 filters only when asked.
+    let path = format!("{ADMIN}/v1/deactivate/{}", encode(&bob.user_id));
+    assert_eq!(server.post(&path, Some(&admin.token), json!({})).await.0, 200);
+    let (_, v2) = server.get(&format!("{ADMIN}/v2/users"), Some(&admin.token)).await;
+    assert_eq!(v2["total"], 2);
+    let (_, v2_all) = server.get(&format!("{ADMIN}/v2/users?deactivated=true"), Some(&admin.token)).await;
+    assert_eq!(v2_all["total"], 3);
+    let (_, v3) = server.get(&format!("{ADMIN}/v3/users"), Some(&admin.token)).await;
+    assert_eq!(v3["total"], 3);
+    let (_, v3_only) = server.get(&format!("{ADMIN}/v3/users?deactivated=true"), Some(&admin.token)).await;
+    assert_eq!(v3_only["total"], 1);
+    assert_eq!(v3_only["users"][0]["name"], bob.user_id);
+}
+
+#[tokio::test]
+async fn admins_create_change_and_deactivate_users() {
+    let (server, admin, alice, _) = server_with_users().await;
+    let carol = format!("{ADMIN}/v2/users/{}", encode("@carol:localhost"));
+    let (status, created) = server
+        .put(
+            &carol,
+            Some(&admin.token),
+            json!({"password": "carol's secret", "displayname": "Carol", "admin": false}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["name"], "@carol:localhost");
+    assert_eq!(created["displayname"], "Carol");
+    assert!(
+        created["creation_ts"].as_u64().unwrap() < 10_000_000_000,
+        "one user's creation_ts is in seconds"
+    );
+    for field in ["threepids", "external_ids", "suspended", "appservice_id", "is_guest", "user_type"] {
+        assert!(created.get(field).is_some(), "{field} missing from {created}");
+    }
+    assert_eq!(server.login("carol", "carol's secret").await.0, 200);
+
+    // Changing: the UIs send the whole record back, extra fields included.
+    let mut record = created.clone();
+    record["displayname"] = json!("Carol C.");
+    record["admin"] = json!(true);
+    record["creation_ts_ms"] = json!(1);
+    let (status, changed) = server.put(&carol, Some(&admin.token), record).await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["displayname"], "Carol C.");
+    assert_eq!(changed["admin"], true);
+    let (_, profile) = server.get("/_matrix/client/v3/profile/@carol:localhost", None).await;
+    assert_eq!(profile["displayname"], "Carol C.");
+
+    let remote = format!("{ADMIN}/v2/users/{}", encode("@x:elsewhere.example"));
+    assert_error(&server.put(&remote, Some(&admin.token), json!({})).await, 400, "M_INVALID_PARAM");
+    assert_error(
+        &server.get(&format!("{ADMIN}/v2/users/{}", encode("@nobody:localhost")), Some(&admin.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &server.get(&format!("{ADMIN}/v2/users/not-a-user"), Some(&admin.token)).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(&server.put(&carol, Some(&admin.token), json!({"admin": "yes"})).await, 400, "M_BAD_JSON");
+    let bad_json = server.raw(reqwest::Method::PUT, &carol, Some(&admin.token), b"{not json".to_vec()).await;
+    assert_error(&bad_json, 400, "M_NOT_JSON");
+    let self_demotion =
+        server.put(&user_path("v2", &admin, ""), Some(&admin.token), json!({"admin": false})).await;
+    assert_error(&self_demotion, 400, "M_INVALID_PARAM");
+
+    // A password reset logs the user out unless told not to.
+    let reset = format!("{ADMIN}/v1/reset_password/{}", encode(&alice.user_id));
+    let (status, _) = server.post(&reset, Some(&admin.token), json!({"new_password": "new secret"})).await;
+    assert_eq!(status, 200);
+    assert_error(
+        &server.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+    assert_eq!(server.login("alice", "new secret").await.0, 200);
+    assert_eq!(server.login("alice", PASSWORD).await.0, 403);
+
+    // Deactivation leaves the user's rooms and ends every session.
+    let (_, session) = server.login("alice", "new secret").await;
+    let alice_token = session["access_token"].as_str().unwrap().to_owned();
+    let alice = User { token: alice_token, ..alice };
+    let room = create_room(&server, &admin, json!({"preset": "public_chat"})).await;
+    let join = format!("/_matrix/client/v3/join/{room}");
+    assert_eq!(server.post(&join, Some(&alice.token), json!({})).await.0, 200);
+    let deactivate = format!("{ADMIN}/v1/deactivate/{}", encode(&alice.user_id));
+    let (status, body) = server.post(&deactivate, Some(&admin.token), json!({"erase": true})).await;
+    assert_eq!((status.as_u16(), &body["id_server_unbind_result"]), (200, &json!("success")), "{body}");
+    let (_, members) =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/joined_members"), Some(&admin.token)).await;
+    assert!(
+        members["joined"].get(&alice.user_id).is_none(),
+        "a deactivated user leaves their rooms: {members}"
+    );
+    assert_eq!(server.login("alice", "new secret").await.0, 403);
+    let (_, record) = server.get(&user_path("v2", &alice, ""), Some(&admin.token)).await;
+    assert_eq!((record["deactivated"].clone(), record["erased"].clone()), (json!(true), json!(true)));
+
+    // Reactivation needs a password.
+    let (status, _) =
+        server.put(&user_path("v2", &alice, ""), Some(&admin.token), json!({"deactivated": false})).await;
+    assert_eq!(status, 400);
+    let reactivate = json!({"deactivated": false, "password": "back again"});
+    let (status, record) = server.put(&user_path("v2", &alice, ""), Some(&admin.token), reactivate).await;
+    assert_eq!((status.as_u16(), record["deactivated"].clone()), (200, json!(false)), "{record}");
+    assert_eq!(server.login("alice", "back again").await.0, 200);
+}
+
+#[tokio::test]
+async fn admins_see_and_manage_a_users_devices_rooms_and_sessions() {
+    let (server, admin, alice, _) = server_with_users().await;
+    let (status, devices) = server.get(&user_path("v2", &alice, "/devices"), Some(&admin.token)).await;
+    assert_eq!(status, 200, "{devices}");
+    assert_eq!(devices["total"], 1);
+    let device = &devices["devices"][0];
+    assert_eq!(device["device_id"], alice.device_id);
+    assert_eq!(device["user_id"], alice.user_id);
+    for field in ["display_name", "last_seen_ip", "last_seen_ts", "last_seen_user_agent"] {
+        assert!(device.get(field).is_some(), "{field} missing from {device}");
+    }
+    let one = user_path("v2", &alice, &format!("/devices/{}", alice.device_id));
+    let (status, _) = server.put(&one, Some(&admin.token), json!({"display_name": "Alice's phone"})).await;
+    assert_eq!(status, 200);
+    let (_, renamed) = server.get(&one, Some(&admin.token)).await;
+    assert_eq!(renamed["display_name"], "Alice's phone");
+    assert_error(
+        &server.get(&user_path("v2", &alice, "/devices/NOPE"), Some(&admin.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    let (status, _) = server
+        .post(&user_path("v2", &alice, "/devices"), Some(&admin.token), json!({"device_id": "SPARE"}))
+        .await;
+    assert_eq!(status, 201);
+    let (_, whois) =
+        server.get(&format!("{ADMIN}/v1/whois/{}", encode(&alice.user_id)), Some(&admin.token)).await;
+    assert_eq!(whois["user_id"], alice.user_id);
+    assert!(whois["devices"][&alice.device_id]["sessions"][0]["connections"].is_array(), "{whois}");
+    let delete = json!({"devices": ["SPARE"]});
+    assert_eq!(
+        server.post(&user_path("v2", &alice, "/delete_devices"), Some(&admin.token), delete).await.0,
+        200
+    );
+    assert_eq!(server.get(&user_path("v2", &alice, "/devices"), Some(&admin.token)).await.1["total"], 1);
+
+    // Rooms and memberships.
+    let room = create_room(&server, &alice, json!({})).await;
+    let (_, joined) = server.get(&user_path("v1", &alice, "/joined_rooms"), Some(&admin.token)).await;
+    assert_eq!(joined, json!({"joined_rooms": [room], "total": 1}));
+    let (_, memberships) = server.get(&user_path("v1", &alice, "/memberships"), Some(&admin.token)).await;
+    assert_eq!(memberships["memberships"][&room], "join");
+    let (_, pushers) = server.get(&user_path("v1", &alice, "/pushers"), Some(&admin.token)).await;
+    assert_eq!(pushers, json!({"pushers": [], "total": 0}));
+
+    // Logging in as the user, for support.
+    let (status, login) =
+        server.post(&user_path("v1", &alice, "/login"), Some(&admin.token), json!({})).await;
+    assert_eq!(status, 200, "{login}");
+    let token = login["access_token"].as_str().unwrap();
+    let (_, whoami) = server.get("/_matrix/client/v3/account/whoami", Some(token)).await;
+    assert_eq!(whoami["user_id"], alice.user_id);
+    assert_error(
+        &server.post(&user_path("v1", &admin, "/login"), Some(&admin.token), json!({})).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+
+    // Deleting the device ends its session.
+    assert_eq!(server.delete(&one, Some(&admin.token)).await.0, 200);
+    assert_error(
+        &server.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+}
+
+#[tokio::test]
+async fn locked_suspended_and_shadow_banned_users() {
+    let (server, admin, alice, bob) = server_with_users().await;
+    let room = create_room(&server, &admin, json!({"preset": "public_chat"})).await;
+    for user in [&alice, &bob] {
+        assert_eq!(
+            server.post(&format!("/_matrix/client/v3/join/{room}"), Some(&user.token), json!({})).await.0,
+            200
+        );
+    }
+
+    // Suspended: reads, leaves and redacts its own events, but sends nothing.
+    let (_, sent) = send_text(&server, &alice, &room, "before", "hello").await;
+    let suspend = format!("{ADMIN}/v1/suspend/{}", encode(&alice.user_id));
+    let (status, body) = server.put(&suspend, Some(&admin.token), json!({"suspend": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body[format!("user_{}_suspended", alice.user_id)], true, "{body}");
+    assert_error(&send_text(&server, &alice, &room, "t1", "hi").await, 403, "M_USER_SUSPENDED");
+    let redact = format!("/_matrix/client/v3/rooms/{room}/redact/{}/r1", sent["event_id"].as_str().unwrap());
+    assert_eq!(server.put(&redact, Some(&alice.token), json!({})).await.0, 200, "own events may be redacted");
+    let displayname = format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id);
+    assert_error(
+        &server.put(&displayname, Some(&alice.token), json!({"displayname": "x"})).await,
+        403,
+        "M_USER_SUSPENDED",
+    );
+    assert_eq!(
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&alice.token)).await.0,
+        200
+    );
+    // The spec's endpoint reads and lifts it.
+    let spec_path = format!("/_matrix/client/v1/admin/suspend/{}", encode(&alice.user_id));
+    assert_eq!(server.get(&spec_path, Some(&admin.token)).await.1, json!({"suspended": true}));
+    assert_error(&server.get(&spec_path, Some(&bob.token)).await, 403, "M_FORBIDDEN");
+    assert_eq!(
+        server.put(&spec_path, Some(&admin.token), json!({"suspended": false})).await.1,
+        json!({"suspended": false})
+    );
+    assert_eq!(send_text(&server, &alice, &room, "t2", "back").await.0, 200);
+
+    // Locked: 401 M_USER_LOCKED with soft_logout on everything but logout;
+    // the session survives the lock.
+    let lock = user_path("v2", &alice, "");
+    assert_eq!(server.put(&lock, Some(&admin.token), json!({"locked": true})).await.1["locked"], true);
+    let refused = server.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
+    assert_error(&refused, 401, "M_USER_LOCKED");
+    assert_eq!(refused.1["soft_logout"], true);
+    let (_, listed) = server.get(&format!("{ADMIN}/v2/users"), Some(&admin.token)).await;
+    assert_eq!(listed["total"], 2, "locked users are listed only with locked=true");
+    let (_, listed) = server.get(&format!("{ADMIN}/v2/users?locked=true"), Some(&admin.token)).await;
+    assert_eq!(listed["total"], 3);
+    let spec_lock = format!("/_matrix/client/v1/admin/lock/{}", encode(&alice.user_id));
+    assert_eq!(server.get(&spec_lock, Some(&admin.token)).await.1, json!({"locked": true}));
+    assert_eq!(server.put(&spec_lock, Some(&admin.token), json!({"locked": false})).await.0, 200);
+    assert_eq!(server.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await.0, 200);
+
+    // Shadow-banned: sending looks accepted, and no one receives it.
+    let ban = user_path("v1", &alice, "/shadow_ban");
+    assert_eq!(server.post(&ban, Some(&admin.token), json!({})).await.0, 200);
+    let (status, ghost) = send_text(&server, &alice, &room, "t3", "nobody sees this").await;
+    assert_eq!(status, 200, "{ghost}");
+    assert!(ghost["event_id"].as_str().unwrap().starts_with('$'));
+    let (_, record) = server.get(&user_path("v2", &alice, ""), Some(&admin.token)).await;
+    assert_eq!(record["shadow_banned"], true);
+    let (_, messages) = server
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"), Some(&bob.token))
+        .await;
+    let bodies: Vec<&Value> =
+        messages["chunk"].as_array().unwrap().iter().map(|e| &e["content"]["body"]).collect();
+    assert!(!bodies.contains(&&json!("nobody sees this")), "{bodies:?}");
+    assert!(bodies.contains(&&json!("back")));
+    assert_eq!(server.delete(&ban, Some(&admin.token)).await.0, 200);
+    assert_eq!(server.get(&user_path("v2", &alice, ""), Some(&admin.token)).await.1["shadow_banned"], false);
+}
+
+#[tokio::test]
+async fn registration_tokens_are_managed_and_consumed() {
+    let server =
+        TestServer::start_with("allow_registration = true\nregistration_requires_token = true\n").await;
+    let admin_token = first_admin(&server).await;
+    let tokens = format!("{ADMIN}/v1/registration_tokens");
+
+    let (status, token) = server
+        .post(&format!("{tokens}/new"), Some(&admin_token), json!({"token": "one-use", "uses_allowed": 1}))
+        .await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(
+        token,
+        json!({"token": "one-use", "uses_allowed": 1, "pending": 0, "completed": 0, "expiry_time": null})
+    );
+    let (_, generated) =
+        server.post(&format!("{tokens}/new"), Some(&admin_token), json!({"length": 10})).await;
+    assert_eq!(generated["token"].as_str().unwrap().len(), 10);
+    assert_eq!(generated["uses_allowed"], Value::Null);
+    let duplicate =
+        server.post(&format!("{tokens}/new"), Some(&admin_token), json!({"token": "one-use"})).await;
+    assert_error(&duplicate, 400, "M_INVALID_PARAM");
+    let bad = server.post(&format!("{tokens}/new"), Some(&admin_token), json!({"token": "no spaces"})).await;
+    assert_error(&bad, 400, "M_INVALID_PARAM");
+    let past = server.post(&format!("{tokens}/new"), Some(&admin_token), json!({"expiry_time": 1000})).await;
+    assert_error(&past, 400, "M_INVALID_PARAM");
+
+    // The validity endpoint and a registration through the token's stage.
+    let validity = "/_matrix/client/v1/register/m.login.registration_token/validity?token=one-use";
+    assert_eq!(server.get(validity, None).await.1, json!({"valid": true}));
+    let register = |username: &str, session: Option<&str>| {
+        let mut auth = json!({"type": "m.login.registration_token", "token": "one-use"});
+        if let Some(session) = session {
+            auth["session"] = json!(session);
+        }
+        json!({"username": username, "password": PASSWORD, "auth": auth})
+    };
+    let (status, first) = server.post("/_matrix/client/v3/register", None, json!({"username": "dave"})).await;
+    assert_eq!(status, 401);
+    let session = first["session"].as_str().unwrap().to_owned();
+    let (status, registered) =
+        server.post("/_matrix/client/v3/register", None, register("dave", Some(&session))).await;
+    assert_eq!(status, 200, "{registered}");
+    let (_, used) = server.get(&format!("{tokens}/one-use"), Some(&admin_token)).await;
+    assert_eq!((used["pending"].clone(), used["completed"].clone()), (json!(0), json!(1)), "{used}");
+    assert_eq!(server.get(validity, None).await.1, json!({"valid": false}));
+    let (status, refused) = server.post("/_matrix/client/v3/register", None, register("erin", None)).await;
+    assert_eq!(status, 401, "a used-up token lets no one else register: {refused}");
+    assert_eq!(refused["errcode"], "M_UNAUTHORIZED");
+
+    // Listing with the `valid` filter, changing and deleting.
+    let (_, valid) = server
+        .get(&format!("{tokens}?valid=true&from=0&limit=500&order_by=id&dir=f"), Some(&admin_token))
+        .await;
+    assert_eq!(valid["registration_tokens"].as_array().unwrap().len(), 1, "{valid}");
+    let (_, used_up) = server.get(&format!("{tokens}?valid=false"), Some(&admin_token)).await;
+    assert_eq!(used_up["registration_tokens"][0]["token"], "one-use");
+    let (status, changed) =
+        server.put(&format!("{tokens}/one-use"), Some(&admin_token), json!({"uses_allowed": null})).await;
+    assert_eq!((status.as_u16(), changed["uses_allowed"].clone()), (200, Value::Null), "{changed}");
+    assert_eq!(server.get(validity, None).await.1, json!({"valid": true}));
+    assert_eq!(server.delete(&format!("{tokens}/one-use"), Some(&admin_token)).await.0, 200);
+    assert_error(&server.get(&format!("{tokens}/one-use"), Some(&admin_token)).await, 404, "M_NOT_FOUND");
+    assert_error(&server.delete(&format!("{tokens}/one-use"), Some(&admin_token)).await, 404, "M_NOT_FOUND");
+    assert_error(
+        &server.put(&format!("{tokens}/one-use"), Some(&admin_token), json!({})).await,
+        404,
+        "M_NOT_FOUND",
+    );
+}
+
+/// With tokens required and no token yet, the first account is registered
+/// with the first-run token the server logs (and becomes the admin).
+async fn first_admin(server: &TestServer) -> String {
+    let log = server.log();
+    let first_run = log
+        .split("registration token: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned);
+    let Some(token) = first_run else {
+        panic!("no first-run token in the log:\n{log}");
+    };
+    let auth = json!({"type": "m.login.registration_token", "token": token});
+    let body = json!({"username": "admin", "password": PASSWORD, "auth": auth});
+    let (status, registered) = server.post("/_matrix/client/v3/register", None, body).await;
+    assert_eq!(status, 200, "{registered}");
+    registered["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn reports_are_listed_shown_and_resolved() {
+    let (server, admin, alice, bob) = server_with_users().await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "name": "Reported room"})).await;
+    assert_eq!(
+        server.post(&format!("/_matrix/client/v3/join/{room}"), Some(&bob.token), json!({})).await.0,
+        200
+    );
+    let (_, sent) = send_text(&server, &alice, &room, "t1", "rude").await;
+    let event_id = sent["event_id"].as_str().unwrap();
+    let report_event = format!("/_matrix/client/v3/rooms/{room}/report/{event_id}");
+    assert_eq!(server.post(&report_event, Some(&bob.token), json!({"reason": "rude"})).await.0, 200);
+    let report_room = format!("/_matrix/client/v3/rooms/{room}/report");
+    assert_eq!(server.post(&report_room, Some(&bob.token), json!({"reason": "whole room"})).await.0, 200);
+    let report_user = format!("/_matrix/client/v3/users/{}/report", encode(&alice.user_id));
+    assert_eq!(server.post(&report_user, Some(&bob.token), json!({"reason": "spam"})).await.0, 200);
+    let unknown = format!("/_matrix/client/v3/users/{}/report", encode("@ghost:localhost"));
+    assert_error(&server.post(&unknown, Some(&bob.token), json!({"reason": "?"})).await, 404, "M_NOT_FOUND");
+
+    let reports = format!("{ADMIN}/v1/event_reports");
+    let (status, listed) =
+        server.get(&format!("{reports}?from=0&limit=2&order_by=received_ts&dir=b"), Some(&admin.token)).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["total"], 3);
+    assert_eq!(listed["next_token"], 2, "next_token is a number in the reports list");
+    let newest = &listed["event_reports"][0];
+    assert_eq!(newest["reason"], "spam", "newest first: {listed}");
+    assert_eq!(newest["sender"], alice.user_id, "a user report names the reported user");
+    let (_, oldest_first) = server.get(&format!("{reports}?dir=f"), Some(&admin.token)).await;
+    let event_report = &oldest_first["event_reports"][0];
+    for field in [
+        "id",
+        "received_ts",
+        "room_id",
+        "name",
+        "event_id",
+        "user_id",
+        "reason",
+        "score",
+        "sender",
+        "canonical_alias",
+    ] {
+        assert!(event_report.get(field).is_some(), "{field} missing from {event_report}");
+    }
+    assert_eq!(event_report["event_id"], event_id);
+    assert_eq!(event_report["user_id"], bob.user_id);
+    assert_eq!(event_report["sender"], alice.user_id);
+    assert_eq!(event_report["name"], "Reported room");
+    let (_, filtered) = server
+        .get(&format!("{reports}?event_sender_user_id={}", encode(&alice.user_id)), Some(&admin.token))
+        .await;
+    assert_eq!(filtered["total"], 2, "the event report and the user report: {filtered}");
+
+    let one = format!("{reports}/{}", event_report["id"]);
+    let (_, shown) = server.get(&one, Some(&admin.token)).await;
+    assert_eq!(shown["event_json"]["content"]["body"], "rude");
+    assert_eq!(shown["event_json"]["event_id"].as_str().unwrap_or(event_id), event_id);
+    assert!(shown["event_json"]["signatures"].is_object(), "the event as a PDU: {shown}");
+    assert_eq!(server.delete(&one, Some(&admin.token)).await.0, 200);
+    assert_error(&server.get(&one, Some(&admin.token)).await, 404, "M_NOT_FOUND");
+    assert_error(&server.delete(&one, Some(&admin.token)).await, 404, "M_NOT_FOUND");
+    assert_error(&server.get(&format!("{reports}/x"), Some(&admin.token)).await, 400, "M_INVALID_PARAM");
+    assert_eq!(server.get(&reports, Some(&admin.token)).await.1["total"], 2);
+}
