@@ -18,6 +18,7 @@ use tokio_rustls::{
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     },
 };
+use tower::ServiceExt;
 
 pub async fn serve(
     config: &Config,
@@ -40,6 +41,7 @@ pub async fn serve(
         }
         _ => {
             tracing::info!("listening on http://{local}");
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
             Ok(())
         }
@@ -107,7 +109,12 @@ async fn serve_tls(
             _ = &mut shutdown => return Ok(()),
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        // The peer's address, as `axum::serve` gives it on plain HTTP.
+        let with_peer = app.clone().map_request(move |mut request: axum::http::Request<_>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            request
+        });
+        let service = TowerToHyperService::new(with_peer);
         tokio::spawn(async move {
             let tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,

@@ -39,11 +39,13 @@ impl TestServer {
     }
 
     /// Start with `config` (which must set `server_name` and `port`) on
-    /// `dir`; address, database and log settings are added.
+    /// `dir`; address, database and log settings are added. Rate limits are
+    /// off unless `config` sets `rc_enabled` (tests register and send fast).
     pub fn start_configured(dir: tempfile::TempDir, config: &str) -> Self {
         let config_path = dir.path().join("estuary.toml");
+        let rate_limits = if config.contains("rc_enabled") { "" } else { "rc_enabled = false\n" };
         let config = format!(
-            "address = \"127.0.0.1\"\ndatabase_path = \"{}\"\nlog = \"info,estuary_api=debug\"\n{config}",
+            "address = \"127.0.0.1\"\ndatabase_path = \"{}\"\nlog = \"info,estuary_api=debug\"\n{rate_limits}{config}",
             dir.path().join("db").display()
         );
         std::fs::write(&config_path, config).expect("write config");

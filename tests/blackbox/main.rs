@@ -21,6 +21,7 @@ mod peek;
 mod process;
 mod push;
 mod pushers;
+mod rate_limits;
 mod register;
 mod relations;
 mod room_features;

@@ -80,6 +80,8 @@ pub struct Ruma<R> {
     pub origin: Option<ruma::OwnedServerName>,
     /// The body as sent, for fields ruma's type drops (custom member content).
     pub raw_body: bytes::Bytes,
+    /// The client's address (per-address rate limits).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl<R> Ruma<R> {
@@ -152,6 +154,7 @@ where
         let expected = R::PATH_BUILDER.all_paths().next().map_or(0, |p| p.matches('{').count());
         path_args.resize(expected.max(path_args.len()), String::new());
         let access_token = access_token(&parts);
+        let client_ip = client_ip(&parts, &state.config);
         let caller =
             authenticate(state, <R::Authentication as Auth>::KIND, access_token.as_deref(), &parts.uri)?;
         let mut bytes = read_body(body, &parts, state.config.max_request_size).await?;
@@ -175,6 +178,7 @@ where
             token_sent: access_token.is_some(),
             raw_query,
             origin,
+            client_ip,
         })
     }
 }
@@ -254,6 +258,19 @@ struct Caller {
     user: Option<OwnedUserId>,
     device: Option<OwnedDeviceId>,
     appservice: Option<Arc<Appservice>>,
+}
+
+/// The client's address: the first `X-Forwarded-For` entry behind a proxy
+/// (`x_forwarded`), else the connection's peer.
+pub fn client_ip(parts: &Parts, config: &estuary_core::Config) -> Option<std::net::IpAddr> {
+    if config.x_forwarded {
+        let forwarded = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        if let Some(ip) = forwarded.and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse().ok()) {
+            return Some(ip);
+        }
+    }
+    let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+    peer.map(|info| info.0.ip())
 }
 
 /// A locked account gets 401 `M_USER_LOCKED` (with `soft_logout`) on

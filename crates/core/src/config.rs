@@ -135,6 +135,90 @@ pub struct Config {
     /// addresses (test networks only: on a public server it would let
     /// anyone make this server probe its own network).
     pub federation_allow_private_addresses: bool,
+    /// Take the client's address from the first `X-Forwarded-For` entry
+    /// (behind a reverse proxy that sets it), for per-address rate limits
+    /// and the last-seen address of devices. Off: the connection's peer.
+    pub x_forwarded: bool,
+    /// Rate limits on. Off: no request is ever refused with 429 (tests,
+    /// benchmarks, conformance runs).
+    pub rc_enabled: bool,
+    /// Events a user sends (messages, state, redactions), per user.
+    pub rc_message: RateLimit,
+    /// Registrations, per client address.
+    pub rc_registration: RateLimit,
+    /// Registration token validity checks, per client address.
+    pub rc_registration_token_validity: RateLimit,
+    /// Login attempts: per client address, per account, and failed ones per account.
+    pub rc_login: LoginRateLimits,
+    /// Joins, per user: to rooms this server is in, and to rooms it must join over federation.
+    pub rc_joins: JoinRateLimits,
+    /// Invites: per room, per invited user and per inviter.
+    pub rc_invites: InviteRateLimits,
+    /// Media uploads, per user.
+    pub rc_media_create: RateLimit,
+}
+
+/// A token bucket: `burst_count` actions at once, refilled at `per_second`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst_count: u32,
+}
+
+impl RateLimit {
+    pub const fn new(per_second: f64, burst_count: u32) -> Self {
+        Self { per_second, burst_count }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginRateLimits {
+    pub address: RateLimit,
+    pub account: RateLimit,
+    pub failed_attempts: RateLimit,
+}
+
+impl Default for LoginRateLimits {
+    fn default() -> Self {
+        Self {
+            address: RateLimit::new(0.003, 5),
+            account: RateLimit::new(0.003, 5),
+            failed_attempts: RateLimit::new(0.17, 3),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JoinRateLimits {
+    pub local: RateLimit,
+    pub remote: RateLimit,
+}
+
+impl Default for JoinRateLimits {
+    fn default() -> Self {
+        Self { local: RateLimit::new(0.1, 10), remote: RateLimit::new(0.01, 10) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InviteRateLimits {
+    pub per_room: RateLimit,
+    pub per_user: RateLimit,
+    pub per_issuer: RateLimit,
+}
+
+impl Default for InviteRateLimits {
+    fn default() -> Self {
+        Self {
+            per_room: RateLimit::new(0.3, 10),
+            per_user: RateLimit::new(0.003, 5),
+            per_issuer: RateLimit::new(0.3, 10),
+        }
+    }
 }
 
 /// One MatrixRTC focus: its type (`livekit`) and service URL.
@@ -199,6 +283,16 @@ impl Default for Config {
             trusted_key_servers: vec!["matrix.org".try_into().expect("valid server name")],
             federation_trusted_ca_paths: Vec::new(),
             federation_allow_private_addresses: false,
+            x_forwarded: false,
+            // Synapse's defaults.
+            rc_enabled: true,
+            rc_message: RateLimit::new(0.2, 10),
+            rc_registration: RateLimit::new(0.17, 3),
+            rc_registration_token_validity: RateLimit::new(0.1, 5),
+            rc_login: LoginRateLimits::default(),
+            rc_joins: JoinRateLimits::default(),
+            rc_invites: InviteRateLimits::default(),
+            rc_media_create: RateLimit::new(10.0, 50),
         }
     }
 }
@@ -261,10 +355,33 @@ impl Config {
         if self.turn_username.is_some() != self.turn_password.is_some() {
             return Err("`turn_username` and `turn_password` must be set together".into());
         }
+        for (name, limit) in self.rate_limits() {
+            if !(limit.per_second > 0.0 && limit.per_second.is_finite()) || limit.burst_count == 0 {
+                return Err(format!("`{name}` needs a per_second above 0 and a burst_count of at least 1"));
+            }
+        }
         if self.max_request_size < 1024 {
             return Err("`max_request_size` must be at least 1024 bytes".into());
         }
         Ok(())
+    }
+
+    /// Every rate limit with its configuration key.
+    pub fn rate_limits(&self) -> [(&'static str, RateLimit); 12] {
+        [
+            ("rc_message", self.rc_message),
+            ("rc_registration", self.rc_registration),
+            ("rc_registration_token_validity", self.rc_registration_token_validity),
+            ("rc_login.address", self.rc_login.address),
+            ("rc_login.account", self.rc_login.account),
+            ("rc_login.failed_attempts", self.rc_login.failed_attempts),
+            ("rc_joins.local", self.rc_joins.local),
+            ("rc_joins.remote", self.rc_joins.remote),
+            ("rc_invites.per_room", self.rc_invites.per_room),
+            ("rc_invites.per_user", self.rc_invites.per_user),
+            ("rc_invites.per_issuer", self.rc_invites.per_issuer),
+            ("rc_media_create", self.rc_media_create),
+        ]
     }
 
     /// The media folder: `media_path`, or `media` beside the database folder.
@@ -405,6 +522,15 @@ impl Config {
             "trusted_key_servers",
             "federation_trusted_ca_paths",
             "federation_allow_private_addresses",
+            "x_forwarded",
+            "rc_enabled",
+            "rc_message",
+            "rc_registration",
+            "rc_registration_token_validity",
+            "rc_login",
+            "rc_joins",
+            "rc_invites",
+            "rc_media_create",
         ]
     }
 }

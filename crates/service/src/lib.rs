@@ -24,6 +24,7 @@ pub mod peek;
 pub mod presence;
 pub mod profile;
 pub mod push;
+pub mod rate_limits;
 pub mod rooms;
 pub mod search;
 mod storage_error;
@@ -69,6 +70,7 @@ pub struct Services {
     pub user_directory: user_directory::UserDirectory,
     pub backup: Arc<backup::Backup>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
+    pub rate_limits: rate_limits::RateLimits,
 }
 
 impl Services {
@@ -230,6 +232,7 @@ impl Services {
             profile,
             rooms,
             filters: filters::Filters::new(&db)?,
+            rate_limits: rate_limits::RateLimits::new(&config, &db)?,
             account_data,
             streams,
             accounts,

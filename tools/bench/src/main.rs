@@ -92,7 +92,7 @@ fn start(binary: &std::path::Path) -> Result<Server> {
     std::fs::write(
         &config,
         format!(
-            "port = 0\nallow_registration = true\nlog = \"warn,estuary=info\"\ndatabase_path = \"{}\"\n",
+            "port = 0\nallow_registration = true\nrc_enabled = false\nlog = \"warn,estuary=info\"\ndatabase_path = \"{}\"\n",
             dir.path().join("db").display()
         ),
     )?;

@@ -60,6 +60,12 @@ fn user_routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{V1}/users/{{user_id}}/joined_rooms"), get(users::joined_rooms))
         .route(&format!("{V1}/users/{{user_id}}/memberships"), get(users::memberships))
         .route(&format!("{V1}/users/{{user_id}}/pushers"), get(users::pushers))
+        .route(
+            &format!("{V1}/users/{{user_id}}/override_ratelimit"),
+            get(users::get_rate_limit_override)
+                .post(users::set_rate_limit_override)
+                .delete(users::delete_rate_limit_override),
+        )
         .route(&format!("{V2}/users/{{user_id}}/devices"), get(devices::list).post(devices::create))
         .route(
             &format!("{V2}/users/{{user_id}}/devices/{{device_id}}"),

@@ -9,7 +9,7 @@ use axum::{
     http::StatusCode,
 };
 use estuary_core::Error;
-use estuary_service::accounts::Account;
+use estuary_service::{accounts::Account, rate_limits::Override};
 use ruma::{UserId, profile::ProfileFieldName};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
@@ -540,4 +540,50 @@ pub async fn pushers(
     let user = local_user(&services, &user)?;
     let pushers = services.push.pushers(&user)?;
     Ok(Json(json!({"total": pushers.len(), "pushers": pushers})))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/override_ratelimit`: `{}` without one.
+pub async fn get_rate_limit_override(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(user): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let user = local_user(&services, &user)?;
+    let custom = services.rate_limits.override_of(&user);
+    Ok(Json(custom.map_or_else(|| json!({}), |o| json!(o))))
+}
+
+#[derive(Deserialize)]
+pub struct RateLimitOverride {
+    #[serde(default)]
+    messages_per_second: u32,
+    #[serde(default)]
+    burst_count: u32,
+}
+
+/// `POST /_synapse/admin/v1/users/{userId}/override_ratelimit`: the user's
+/// own message limit; zeros exempt the user from every limit.
+pub async fn set_rate_limit_override(
+    State(services): State<AppState>,
+    ServerAdmin(admin): ServerAdmin,
+    Path(user): Path<String>,
+    AdminBody(body): AdminBody<RateLimitOverride>,
+) -> ApiResult<Json<JsonValue>> {
+    let user = local_user(&services, &user)?;
+    let custom = Override { messages_per_second: body.messages_per_second, burst_count: body.burst_count };
+    services.rate_limits.set_override(&user, Some(custom))?;
+    tracing::info!(%admin, target = %user, ?custom, "admin overrode a user's rate limit");
+    Ok(Json(json!(custom)))
+}
+
+/// `DELETE /_synapse/admin/v1/users/{userId}/override_ratelimit`.
+pub async fn delete_rate_limit_override(
+    State(services): State<AppState>,
+    ServerAdmin(admin): ServerAdmin,
+    Path(user): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let user = local_user(&services, &user)?;
+    services.rate_limits.set_override(&user, None)?;
+    tracing::info!(%admin, target = %user, "admin removed a user's rate limit override");
+    Ok(Json(json!({})))
 }

@@ -91,6 +91,7 @@ pub async fn upload(
     body: Body,
 ) -> ApiResult<Json<JsonValue>> {
     check_declared_length(&services, &headers)?;
+    super::rate_limit_user(&services, estuary_service::rate_limits::Action::MediaUpload, &user)?;
     let media_id =
         services.media.upload(&user, body.into_data_stream(), content_type(&headers), query.filename).await?;
     Ok(Json(json!({"content_uri": mxc(&services, &media_id)})))
@@ -125,6 +126,7 @@ pub async fn create(
     services: AppState,
     request: Ruma<media::create_mxc_uri::v1::Request>,
 ) -> ApiResult<Json<JsonValue>> {
+    super::rate_limit_user(&services, estuary_service::rate_limits::Action::MediaUpload, request.user()?)?;
     let (media_id, expires) = services.media.create_pending(request.user()?)?;
     Ok(Json(json!({"content_uri": mxc(&services, &media_id), "unused_expires_at": expires})))
 }

@@ -10,6 +10,8 @@ use ruma::{
 };
 
 use super::room::raw;
+use estuary_service::rate_limits::Action;
+
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
 /// A room ID, or the room a local alias names (a bridge may create the
@@ -73,6 +75,9 @@ async fn join(
         if guest && !services.rooms.guests_can_join(room_id)? {
             return Err(guest_refused());
         }
+        if !services.rooms.is_joined(user_id, room_id)? {
+            super::rate_limit_user(services, Action::JoinLocal, user_id)?;
+        }
         services.rooms.join(room_id, user_id, reason, custom).await?;
         services.federation.share_presence_on_join(room_id, user_id);
         super::room::carry_over(services, user_id, room_id);
@@ -100,6 +105,7 @@ async fn join(
     if servers.is_empty() || !services.config.allow_federation {
         return Err(Error::not_found("Unknown room"));
     }
+    super::rate_limit_user(services, Action::JoinRemote, user_id)?;
     services.federation.join_remote(room_id, user_id, &servers, reason).await?;
     if let Err(err) = services.rooms.follow_upgrade(room_id) {
         tracing::warn!(%room_id, "could not move this server's aliases to the upgraded room: {err}");
@@ -153,6 +159,9 @@ pub async fn invite(
     if super::shadow_banned_event_id(&services, sender).is_some() {
         return Ok(invite_user::v3::Response::new());
     }
+    super::rate_limit_user(&services, Action::InviteByUser, sender)?;
+    super::rate_limit_user(&services, Action::InviteOfUser, invitee)?;
+    services.rate_limits.check(Action::InviteToRoom, room_id.as_str())?;
     if invitee.server_name() != services.config.server_name && services.config.allow_federation {
         services.federation.invite_remote(room_id, sender, invitee, reason, false).await?;
     } else {

@@ -31,6 +31,7 @@ mod to_device;
 
 use axum::Router;
 use estuary_core::Error;
+use estuary_service::rate_limits::Action;
 use ruma::UserId;
 
 use crate::{AppState, router::RumaRouter};
@@ -43,6 +44,29 @@ pub(crate) fn require_self(sender: &UserId, user_id: &UserId, what: &str) -> Res
         return Err(Error::forbidden(format!("You cannot access another user's {what}")));
     }
     Ok(())
+}
+
+/// Take one `action` of `user` from its rate limit. Users of an appservice
+/// whose registration says `rate_limited: false` (its bot and ghosts) are exempt.
+pub(crate) fn rate_limit_user(services: &AppState, action: Action, user: &UserId) -> Result<(), Error> {
+    if !services.config.rc_enabled
+        || services.appservices.for_user(user).is_some_and(|a| a.registration.rate_limited == Some(false))
+    {
+        return Ok(());
+    }
+    services.rate_limits.check_user(action, user)
+}
+
+/// Take one `action` of the client's address (requests without a user).
+pub(crate) fn rate_limit_address(
+    services: &AppState,
+    action: Action,
+    address: Option<std::net::IpAddr>,
+) -> Result<(), Error> {
+    match address {
+        Some(address) => services.rate_limits.check(action, &address.to_string()),
+        None => Ok(()),
+    }
 }
 
 /// An action a suspended user may not take (joining, inviting, sending,

@@ -9,6 +9,8 @@ use ruma::api::client::account::{
     register::{self, LoginType, RegistrationKind},
 };
 
+use estuary_service::rate_limits::Action;
+
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
 /// What a registration asks for. A UIA session remembers them from its
@@ -57,6 +59,7 @@ pub async fn register(
             )
             .into());
         }
+        super::rate_limit_address(&services, Action::Registration, request.client_ip)?;
         let user_id = accounts.next_guest_user_id().await?;
         accounts.create_account(&user_id, params.password.take(), true).await?;
         return new_account(&services, user_id, params).await;
@@ -109,6 +112,7 @@ pub async fn register(
     accounts.check_available(&user_id)?;
     services.appservices.check_not_exclusive(&user_id, None)?;
     let session = registration_uia(&services, flows, &params, body.auth.as_ref()).await?;
+    super::rate_limit_address(&services, Action::Registration, request.client_ip)?;
     accounts.create_account(&user_id, params.password.take(), false).await?;
     registered(&services, &session, &user_id).await?;
     new_account(&services, user_id, params).await
@@ -191,6 +195,7 @@ pub async fn token_validity(
     request: Ruma<check_registration_token_validity::v1::Request>,
 ) -> ApiResult<check_registration_token_validity::v1::Response> {
     let accounts = &services.accounts;
+    super::rate_limit_address(&services, Action::RegistrationTokenValidity, request.client_ip)?;
     if !accounts.registration_tokens_in_use()? {
         return Err(Error::forbidden("This server does not use registration tokens").into());
     }

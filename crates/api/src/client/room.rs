@@ -20,6 +20,8 @@ use ruma::{
 };
 use serde_json::{Map, Value as JsonValue, json};
 
+use estuary_service::rate_limits::Action;
+
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
 /// A JSON value as ruma's raw event type.
@@ -132,6 +134,7 @@ pub async fn send_message(
     if let Some(event_id) = super::shadow_banned_event_id(&services, request.user()?) {
         return Ok(Json(json!({"event_id": event_id})));
     }
+    super::rate_limit_user(&services, Action::Message, request.user()?)?;
     if let Some(delay_ms) = requested_delay(&request)? {
         let delay_id = services.delayed.schedule(ScheduleRequest {
             user_id: request.user()?,
@@ -170,6 +173,7 @@ pub async fn send_message_without_txn(
     if let Some(event_id) = super::shadow_banned_event_id(&services, &user) {
         return Ok(Json(json!({"event_id": event_id})));
     }
+    super::rate_limit_user(&services, Action::Message, &user)?;
     let pdu = services.rooms.send(&room_id, &user, PduTemplate::message(event_type, content), None).await?;
     Ok(Json(json!({"event_id": pdu.event_id})))
 }
@@ -192,6 +196,7 @@ pub async fn send_state(
         if let Some(event_id) = super::shadow_banned_event_id(&services, request.user()?) {
             return Ok(Json(json!({"event_id": event_id})));
         }
+        super::rate_limit_user(&services, Action::Message, request.user()?)?;
     }
     if let Some(delay_ms) = requested_delay(&request)? {
         let delay_id = services.delayed.schedule(ScheduleRequest {
@@ -315,6 +320,7 @@ async fn redact_event_as(
     reason: Option<&str>,
     txn: Option<Txn>,
 ) -> Result<ruma::OwnedEventId, Error> {
+    super::rate_limit_user(services, Action::Message, user)?;
     let rooms = &services.rooms;
     let target = rooms.stored(event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
     if target.room_id != room_id {

@@ -16,6 +16,8 @@ use ruma::{
     },
 };
 
+use estuary_service::rate_limits::Action;
+
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
 pub async fn login_types(
@@ -34,13 +36,20 @@ pub async fn login_types(
 pub async fn login(services: AppState, request: Ruma<login::v3::Request>) -> ApiResult<login::v3::Response> {
     let accounts = &services.accounts;
     let appservice = request.require_appservice().cloned();
+    if appservice.is_err() {
+        super::rate_limit_address(&services, Action::LoginByAddress, request.client_ip)?;
+    }
     let body = request.body;
     let user_id = match &body.login_info {
         LoginInfo::Password(password) => {
             #[allow(deprecated)]
             let user_id =
                 password_login_user(&services, password.identifier.as_ref(), password.user.as_deref())?;
+            let limits = &services.rate_limits;
+            limits.check_login_not_blocked(user_id.as_str())?;
+            super::rate_limit_user(&services, Action::LoginByAccount, &user_id)?;
             if !accounts.verify_password(&user_id, &password.password).await? {
+                limits.record_failed_login(user_id.as_str())?;
                 return Err(login_refused(&services, &user_id)?.into());
             }
             user_id
