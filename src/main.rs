@@ -2,6 +2,7 @@
 //! (plain or TLS), signals, and wiring the crates together. No Matrix logic.
 
 mod listener;
+mod metrics;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -86,8 +87,15 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let db = open(&config)?;
     let services = Arc::new(Services::build(config.clone(), db.clone())?);
     services.on_startup().await?;
-    let workers = services.start_workers();
-    let app = estuary_api::app(services);
+    let mut workers = services.start_workers();
+    let mut app = estuary_api::app(services.clone());
+    if config.metrics_enabled {
+        let routes = metrics::routes(services.clone(), metrics::install()?);
+        match config.metrics_port {
+            Some(_) => workers.push(metrics::serve_separately(&config, routes).await?),
+            None => app = routes.merge(app),
+        }
+    }
     let shutdown = shutdown_signal();
     listener::serve(&config, app, shutdown).await?;
     tracing::info!("shutting down");

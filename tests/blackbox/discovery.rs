@@ -25,6 +25,64 @@ async fn health_and_server_version_answer_without_a_token() {
     assert!(version.starts_with("Estuary "), "{body}");
 }
 
+/// The text of `/_synapse/metrics`.
+async fn scrape(server: &TestServer) -> String {
+    let response = server.http().get(format!("{}/_synapse/metrics", server.base)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// The value of the first sample of `metric` whose labels contain `labels`.
+fn sample(text: &str, metric: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(metric) && line.contains(labels))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// Prometheus metrics on the main listener: the names admins' dashboards
+/// read, and counters that move with requests.
+#[tokio::test]
+async fn metrics_name_what_dashboards_read_and_count_requests() {
+    let server = TestServer::start_with("allow_registration = true\nmetrics_enabled = true\n").await;
+    let alice = server.register("alice").await;
+    let room = crate::rooms::create_room(&server, &alice, json!({})).await;
+    crate::rooms::send_text(&server, &alice, &room, "t1", "hello").await;
+    let first = scrape(&server).await;
+    for name in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "synapse_http_server_requests_received_total",
+        "synapse_http_server_response_time_seconds_bucket",
+        "synapse_storage_events_persisted_events_total",
+        "synapse_build_info",
+        "estuary_build_info",
+        "estuary_rocksdb_block_cache_usage_bytes",
+        "estuary_rocksdb_memtable_bytes",
+        "estuary_rocksdb_pending_compaction_bytes",
+        "estuary_rocksdb_sst_file_bytes",
+        "estuary_outgoing_queue_jobs",
+        "estuary_state_cache_bytes",
+        "estuary_rate_limit_rejections_total",
+    ] {
+        assert!(first.lines().any(|l| l.starts_with(name)), "{name} missing from:\n{first}");
+    }
+    let sends = r#"servlet="RoomSendEventRestServlet""#;
+    assert_eq!(sample(&first, "synapse_http_server_requests_received_total", sends), Some(1.0), "{first}");
+    let persisted = sample(&first, "synapse_storage_events_persisted_events_total", "").unwrap();
+    crate::rooms::send_text(&server, &alice, &room, "t2", "again").await;
+    let second = scrape(&server).await;
+    assert_eq!(sample(&second, "synapse_http_server_requests_received_total", sends), Some(2.0));
+    assert_eq!(sample(&second, "synapse_storage_events_persisted_events_total", ""), Some(persisted + 1.0));
+    let timed = sample(&second, "synapse_http_server_response_time_seconds_count", sends).unwrap();
+    assert_eq!(timed, 2.0, "{second}");
+
+    let off = TestServer::start().await;
+    assert_error(&off.get("/_synapse/metrics", None).await, 404, "M_UNRECOGNIZED");
+}
+
 #[tokio::test]
 async fn well_known_client_and_server() {
     let server = TestServer::start_with("well_known_server = \"matrix.example.org:443\"\nwell_known_client = \"https://matrix.example.org\"\n").await;

@@ -86,12 +86,15 @@ impl RumaRouter for Router<AppState> {
         T: IntoResponse + 'static,
     {
         let method = MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
+        let endpoint = middleware::Endpoint::of::<R>();
         for path in R::PATH_BUILDER.all_paths().flat_map(with_empty_state_key) {
             let handler = handler.clone();
             self = self.route(
                 &path,
                 on(method, move |State(state): State<AppState>, request: Ruma<R>| async move {
-                    handler(state, request).await
+                    let mut response = handler(state, request).await.into_response();
+                    response.extensions_mut().insert(endpoint);
+                    response
                 }),
             );
         }

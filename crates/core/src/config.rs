@@ -139,6 +139,15 @@ pub struct Config {
     /// (behind a reverse proxy that sets it), for per-address rate limits
     /// and the last-seen address of devices. Off: the connection's peer.
     pub x_forwarded: bool,
+    /// Serve Prometheus metrics (`process_*`, Synapse's request metrics,
+    /// Estuary's own). Off by default.
+    pub metrics_enabled: bool,
+    /// Address of the metrics listener (with `metrics_port`).
+    pub metrics_address: IpAddr,
+    /// A separate listener for metrics at `/metrics` (and
+    /// `/_synapse/metrics`), on `metrics_address`. Unset: metrics are served
+    /// at `/_synapse/metrics` on the main listener.
+    pub metrics_port: Option<u16>,
     /// Rate limits on. Off: no request is ever refused with 429 (tests,
     /// benchmarks, conformance runs).
     pub rc_enabled: bool,
@@ -284,6 +293,9 @@ impl Default for Config {
             federation_trusted_ca_paths: Vec::new(),
             federation_allow_private_addresses: false,
             x_forwarded: false,
+            metrics_enabled: false,
+            metrics_address: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            metrics_port: None,
             // Synapse's defaults.
             rc_enabled: true,
             rc_message: RateLimit::new(0.2, 10),
@@ -523,6 +535,9 @@ impl Config {
             "federation_trusted_ca_paths",
             "federation_allow_private_addresses",
             "x_forwarded",
+            "metrics_enabled",
+            "metrics_address",
+            "metrics_port",
             "rc_enabled",
             "rc_message",
             "rc_registration",
@@ -586,6 +601,15 @@ mod tests {
         let text = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(text.contains("port"), "{text}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The configuration the Complement image runs with (`complement/`) is
+    /// one Estuary accepts.
+    #[test]
+    fn complement_config_parses() {
+        let config: Config = toml::from_str(include_str!("../../../complement/estuary.toml"))
+            .expect("complement/estuary.toml parses");
+        config.validate().expect("complement/estuary.toml is valid");
     }
 
     /// `conf/estuary.toml` documents every option: it must parse, and every

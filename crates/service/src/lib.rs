@@ -19,6 +19,7 @@ pub mod filters;
 pub mod guests;
 mod locks;
 pub mod media;
+mod monitoring;
 pub mod outgoing;
 pub mod peek;
 pub mod presence;

@@ -107,6 +107,22 @@ const MAX_TXN_PDUS: usize = 50;
 const MAX_TXN_EDUS: usize = 100;
 const MAX_TXN_APPSERVICE: usize = 100;
 
+/// What a destination is, for metrics: `federation`, `appservice` or `push`.
+pub fn destination_kind(destination: &str) -> &'static str {
+    if destination.starts_with(FEDERATION_PREFIX) {
+        "federation"
+    } else if destination.starts_with(APPSERVICE_PREFIX) {
+        "appservice"
+    } else {
+        "push"
+    }
+}
+
+fn count_queued(destination: &str) {
+    metrics::counter!("estuary_outgoing_jobs_queued_total", "kind" => destination_kind(destination))
+        .increment(1);
+}
+
 /// The queue destination of a server.
 pub fn server_destination(server: &ServerName) -> String {
     format!("{FEDERATION_PREFIX}{server}")
@@ -190,6 +206,7 @@ impl Outgoing {
     pub fn enqueue(&self, destination: &str, job: Job) -> Result<()> {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         self.queue.put(&(destination.to_owned(), seq), &Json(job)).db()?;
+        count_queued(destination);
         self.wake.notify_one();
         Ok(())
     }
@@ -200,6 +217,7 @@ impl Outgoing {
     pub fn stage(&self, batch: &mut Batch, destination: &str, job: Job) {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         batch.put(&self.queue, &(destination.to_owned(), seq), &Json(job));
+        count_queued(destination);
     }
 
     /// Start delivering what was staged.
@@ -392,6 +410,8 @@ impl Outgoing {
 
     /// Back off after a failure; returns the new delay.
     fn back_off(&self, destination: &str) -> Duration {
+        metrics::counter!("estuary_outgoing_failures_total", "kind" => destination_kind(destination))
+            .increment(1);
         let (first, max) = if destination.starts_with(APPSERVICE_PREFIX) {
             (FIRST_APPSERVICE_BACKOFF, MAX_APPSERVICE_BACKOFF)
         } else {

@@ -140,6 +140,34 @@ impl Db {
         }
     }
 
+    /// RocksDB's figures for monitoring: memory, compaction debt and size on disk.
+    pub fn statistics(&self) -> DbStatistics {
+        let sum = |property: &str| -> u64 {
+            TABLES
+                .iter()
+                .filter_map(|name| {
+                    self.inner.rocks.property_int_value_cf(self.cf(name), property).ok().flatten()
+                })
+                .sum()
+        };
+        DbStatistics {
+            block_cache_bytes: self.inner.cache.get_usage() as u64,
+            memtable_bytes: sum("rocksdb.cur-size-all-mem-tables"),
+            pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
+            sst_file_bytes: sum("rocksdb.total-sst-files-size"),
+        }
+    }
+
+    /// RocksDB's estimate of a table's number of rows (cheap: no scan).
+    pub fn estimated_rows(&self, table: &'static str) -> u64 {
+        self.inner
+            .rocks
+            .property_int_value_cf(self.cf(table), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     /// Flush memtables to disk (used at shutdown to shorten the next start).
     pub fn flush(&self) -> Result<(), StorageError> {
         for name in TABLES {
@@ -150,6 +178,15 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// RocksDB's figures (`Db::statistics`), in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DbStatistics {
+    pub block_cache_bytes: u64,
+    pub memtable_bytes: u64,
+    pub pending_compaction_bytes: u64,
+    pub sst_file_bytes: u64,
 }
 
 /// Writes to one or more tables, applied atomically by [`Batch::commit`].

@@ -15,5 +15,5 @@ mod db;
 mod table;
 
 pub use codec::{CodecError, Key, Value};
-pub use db::{Batch, Db, MemoryUsage, OpenOptions, StorageError};
+pub use db::{Batch, Db, DbStatistics, MemoryUsage, OpenOptions, StorageError};
 pub use table::Table;

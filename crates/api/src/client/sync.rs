@@ -13,6 +13,7 @@ pub async fn sync(
     request: Ruma<sync_events::v3::Request>,
 ) -> ApiResult<Json<serde_json::Value>> {
     use sync_events::v3::Filter;
+    let _in_flight = InFlight::start();
     let user = request.user()?;
     let body = &request.body;
     let filter = match &body.filter {
@@ -36,4 +37,21 @@ pub async fn sync(
     };
     let response = services.sync.sync(user, request.sender_device.as_deref(), sync_request).await?;
     Ok(Json(response))
+}
+
+/// Counts a `/sync` in `estuary_sync_requests_in_flight` while it runs
+/// (or waits), until it answers or the client goes away.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!("estuary_sync_requests_in_flight").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("estuary_sync_requests_in_flight").decrement(1.0);
+    }
 }

@@ -329,6 +329,7 @@ impl Rooms {
         });
         self.state.settle(&snapshots, committed.is_ok());
         committed?;
+        metrics::counter!("synapse_storage_events_persisted_events_total").increment(staged.len() as u64);
         if sent {
             self.outgoing.wake();
         }
