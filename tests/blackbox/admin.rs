@@ -509,3 +509,121 @@ async fn reports_are_listed_shown_and_resolved() {
     assert_error(&server.get(&format!("{reports}/x"), Some(&admin.token)).await, 400, "M_INVALID_PARAM");
     assert_eq!(server.get(&reports, Some(&admin.token)).await.1["total"], 2);
 }
+
+#[tokio::test]
+async fn rooms_are_listed_shown_blocked_and_administered() {
+    let (server, admin, alice, bob) = server_with_users().await;
+    let named = create_room(&server, &alice, json!({"preset": "public_chat", "visibility": "public", "name": "Zebra talk", "room_alias_name": "zebra"})).await;
+    let private = create_room(&server, &alice, json!({"name": "Aardvark corner", "topic": "Burrows"})).await;
+    assert_eq!(
+        server.post(&format!("/_matrix/client/v3/join/{named}"), Some(&bob.token), json!({})).await.0,
+        200
+    );
+
+    let rooms = format!("{ADMIN}/v1/rooms");
+    let (status, listed) =
+        server.get(&format!("{rooms}?from=0&limit=1&order_by=name&dir=f"), Some(&admin.token)).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["total_rooms"], 2);
+    assert_eq!(listed["offset"], 0);
+    assert_eq!(listed["next_batch"], 1);
+    let first = &listed["rooms"][0];
+    assert_eq!(first["name"], "Aardvark corner", "ordered by name: {listed}");
+    for field in [
+        "room_id",
+        "name",
+        "canonical_alias",
+        "joined_members",
+        "joined_local_members",
+        "version",
+        "creator",
+        "encryption",
+        "federatable",
+        "public",
+        "join_rules",
+        "guest_access",
+        "history_visibility",
+        "state_events",
+        "room_type",
+    ] {
+        assert!(first.get(field).is_some(), "{field} missing from {first}");
+    }
+    assert_eq!(first["creator"], alice.user_id);
+    assert_eq!(first["join_rules"], "invite");
+    let (_, second) = server.get(&format!("{rooms}?from=1&limit=1"), Some(&admin.token)).await;
+    assert_eq!(second["prev_batch"], 0);
+    assert!(second.get("next_batch").is_none());
+    let (_, by_size) = server.get(&format!("{rooms}?order_by=joined_members"), Some(&admin.token)).await;
+    assert_eq!(by_size["rooms"][0]["room_id"], named, "largest first: {by_size}");
+    assert_eq!(by_size["rooms"][0]["joined_members"], 2);
+    assert_eq!(by_size["rooms"][0]["public"], true);
+    assert_eq!(by_size["rooms"][0]["canonical_alias"], "#zebra:localhost");
+    let (_, found) = server.get(&format!("{rooms}?search_term=ZEBRA"), Some(&admin.token)).await;
+    assert_eq!(found["total_rooms"], 1);
+    assert_error(
+        &server.get(&format!("{rooms}?order_by=nonsense"), Some(&admin.token)).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+
+    let one = format!("{rooms}/{private}");
+    let (_, details) = server.get(&one, Some(&admin.token)).await;
+    assert_eq!(
+        (details["topic"].clone(), details["joined_local_devices"].clone()),
+        (json!("Burrows"), json!(1)),
+        "{details}"
+    );
+    assert_eq!(details["tombstoned"], false);
+    let (_, members) = server.get(&format!("{one}/members"), Some(&admin.token)).await;
+    assert_eq!(members, json!({"members": [alice.user_id], "total": 1}));
+    let (_, state) = server.get(&format!("{one}/state"), Some(&admin.token)).await;
+    assert!(state["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{state}");
+    assert_error(
+        &server.get(&format!("{rooms}/!nope:localhost"), Some(&admin.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(&server.get(&format!("{rooms}/nope"), Some(&admin.token)).await, 400, "M_INVALID_PARAM");
+
+    // The admin joins a user to the private room (invited by its admin first)
+    // and makes the admin a room admin there.
+    let join = json!({"user_id": bob.user_id});
+    let (status, joined) = server.post(&format!("{ADMIN}/v1/join/{private}"), Some(&admin.token), join).await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["room_id"], private);
+    let (_, members) = server.get(&format!("{one}/members"), Some(&admin.token)).await;
+    assert_eq!(members["total"], 2);
+    let (status, made) = server
+        .post(&format!("{one}/make_room_admin"), Some(&admin.token), json!({"user_id": bob.user_id}))
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let (_, levels) = server
+        .get(&format!("/_matrix/client/v3/rooms/{private}/state/m.room.power_levels/"), Some(&bob.token))
+        .await;
+    // Room version 12: the creator is above every level, so the new room
+    // admin gets the highest level there is, at least 100.
+    assert_eq!(levels["users"][&bob.user_id], 100, "{levels}");
+
+    // A blocked room cannot be joined by this server's users.
+    let block = format!("{one}/block");
+    assert_eq!(server.get(&block, Some(&admin.token)).await.1, json!({"block": false}));
+    assert_eq!(
+        server.put(&block, Some(&admin.token), json!({"block": true})).await.1,
+        json!({"block": true})
+    );
+    assert_eq!(
+        server.get(&block, Some(&admin.token)).await.1,
+        json!({"block": true, "user_id": admin.user_id})
+    );
+    let carol = server.register("carol").await;
+    let refused =
+        server.post(&format!("/_matrix/client/v3/join/{private}"), Some(&carol.token), json!({})).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+    assert_eq!(server.put(&block, Some(&admin.token), json!({"block": false})).await.0, 200);
+    let unknown_block = format!("{rooms}/!elsewhere:example.org/block");
+    assert_eq!(
+        server.put(&unknown_block, Some(&admin.token), json!({"block": true})).await.0,
+        200,
+        "unknown rooms can be blocked"
+    );
+}

@@ -9,6 +9,7 @@ mod extract;
 mod media;
 mod registration_tokens;
 mod reports;
+mod rooms;
 mod users;
 
 use axum::{
@@ -19,7 +20,7 @@ use axum::{
 use crate::AppState;
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
-    user_routes(router)
+    room_routes(user_routes(router))
         .route("/_synapse/admin/v1/media/{server_name}/{media_id}", delete(media::delete_media))
         .route("/_synapse/admin/v1/purge_media_cache", post(media::purge_media_cache))
         .route("/_synapse/admin/v1/registration_tokens", get(registration_tokens::list))
@@ -72,4 +73,16 @@ fn user_routes(router: Router<AppState>) -> Router<AppState> {
             get(devices::get).put(devices::update).delete(devices::delete),
         )
         .route(&format!("{V2}/users/{{user_id}}/delete_devices"), post(devices::delete_many))
+}
+
+fn room_routes(router: Router<AppState>) -> Router<AppState> {
+    const V1: &str = "/_synapse/admin/v1";
+    router
+        .route(&format!("{V1}/rooms"), get(rooms::list))
+        .route(&format!("{V1}/rooms/{{room_id}}"), get(rooms::get))
+        .route(&format!("{V1}/rooms/{{room_id}}/members"), get(rooms::members))
+        .route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::state))
+        .route(&format!("{V1}/rooms/{{room_id}}/block"), get(rooms::get_block).put(rooms::set_block))
+        .route(&format!("{V1}/rooms/{{room_id}}/make_room_admin"), post(rooms::make_room_admin))
+        .route(&format!("{V1}/join/{{room}}"), post(rooms::join))
 }

@@ -64,6 +64,9 @@ async fn join(
     via: &[ruma::OwnedServerName],
 ) -> Result<(), Error> {
     super::refuse_if_suspended(services, user_id)?;
+    if services.rooms.blocked_by(room_id)?.is_some() {
+        return Err(Error::forbidden("This room has been blocked on this server"));
+    }
     // A room this server left is joined through the servers still in it:
     // its state here stopped when we left.
     let known = services.rooms.room(room_id)?.is_some();

@@ -7,6 +7,7 @@
 //!   events in one batch → (fan out).
 //! - `create`, `membership`, `read`, `directory`: what the client API needs.
 
+mod admin;
 mod append;
 mod appservice_interest;
 mod check;
@@ -193,6 +194,8 @@ pub struct Rooms {
     /// Aliases being written by a request right now (see `claim_alias`).
     aliases_claimed: Mutex<std::collections::HashSet<ruma::OwnedRoomAliasId>>,
     pub(crate) streams: Arc<Streams>,
+    /// Serialises admins' read-modify-writes of `global` rows (blocked rooms).
+    admin_lock: Mutex<()>,
 }
 
 /// The services rooms use.
@@ -237,6 +240,7 @@ impl Rooms {
             roomidthreadroot_latest: db.table("roomidthreadroot_latest").db()?,
             roomidts_eventid: db.table("roomidts_eventid").db()?,
             reportid_report: db.table("reportid_report").db()?,
+            admin_lock: Mutex::new(()),
             alias_roomid: db.table("alias_roomid").db()?,
             roomidalias_creator: db.table("roomidalias_creator").db()?,
             publicroomid: db.table("publicroomid").db()?,

@@ -135,7 +135,7 @@ impl Rooms {
         Ok(event)
     }
 
-    fn stored_client_events(&self, pdus: Vec<estuary_events::Pdu>) -> Result<Vec<JsonValue>> {
+    pub(super) fn stored_client_events(&self, pdus: Vec<estuary_events::Pdu>) -> Result<Vec<JsonValue>> {
         pdus.iter()
             .filter_map(|pdu| self.stored(&pdu.event_id).transpose())
             .map(|stored| self.client_event(&stored?, None))

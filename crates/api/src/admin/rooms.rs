@@ -1,0 +1,279 @@
+//! Rooms in Synapse's admin API: the list, one room, its members and state,
+//! blocking, making a user a room admin and joining a user to a room.
+
+use std::cmp::Ordering;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use estuary_core::Error;
+use ruma::{OwnedRoomId, RoomId, RoomOrAliasId};
+use serde::Deserialize;
+use serde_json::{Value as JsonValue, json};
+
+use super::extract::{AdminBody, AdminQuery, Dir, ServerAdmin, local_user};
+use crate::{AppState, error::ApiResult};
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    from: usize,
+    #[serde(default = "super::extract::default_limit")]
+    limit: usize,
+    order_by: Option<String>,
+    #[serde(default)]
+    dir: Dir,
+    search_term: Option<String>,
+    public_rooms: Option<bool>,
+    empty_rooms: Option<bool>,
+}
+
+/// Orders Synapse lists rooms by, and whether each sorts largest first.
+const ROOM_ORDERS: &[(&str, bool)] = &[
+    ("name", false),
+    ("alphabetical", false),
+    ("size", true),
+    ("canonical_alias", false),
+    ("joined_members", true),
+    ("joined_local_members", true),
+    ("version", true),
+    ("creator", false),
+    ("encryption", false),
+    ("federatable", false),
+    ("public", false),
+    ("join_rules", false),
+    ("guest_access", false),
+    ("history_visibility", false),
+    ("state_events", true),
+];
+
+/// `GET /_synapse/admin/v1/rooms`.
+pub async fn list(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    AdminQuery(query): AdminQuery<ListQuery>,
+) -> ApiResult<Json<JsonValue>> {
+    let order_by = query.order_by.as_deref().unwrap_or("name");
+    let Some(&(_, largest_first)) = ROOM_ORDERS.iter().find(|(name, _)| *name == order_by) else {
+        let names: Vec<_> = ROOM_ORDERS.iter().map(|(name, _)| *name).collect();
+        return Err(
+            Error::invalid_param(format!("Query parameter 'order_by' must be one of {names:?}")).into()
+        );
+    };
+    let column = match order_by {
+        "alphabetical" => "name",
+        "size" => "joined_members",
+        other => other,
+    };
+    if query.search_term.as_deref() == Some("") {
+        return Err(Error::invalid_param("search_term cannot be empty").into());
+    }
+    let mut rooms = Vec::new();
+    for room_id in services.rooms.all_room_ids()? {
+        let view = services.rooms.admin_view(&room_id, false)?;
+        if query.public_rooms.is_some_and(|public| view["public"] != public)
+            || query.empty_rooms.is_some_and(|empty| (view["joined_members"] == 0) != empty)
+            || query.search_term.as_deref().is_some_and(|term| !matches_search(&view, term))
+        {
+            continue;
+        }
+        rooms.push(view);
+    }
+    rooms.sort_by(|a, b| {
+        let order = compare(&a[column], &b[column]);
+        let order = if largest_first { order.reverse() } else { order };
+        let order = if query.dir == Dir::Backwards { order.reverse() } else { order };
+        order.then_with(|| compare(&a["room_id"], &b["room_id"]))
+    });
+    let total = rooms.len();
+    let page: Vec<_> = rooms.into_iter().skip(query.from).take(query.limit).collect();
+    let mut body = json!({"offset": query.from, "total_rooms": total});
+    if query.from + query.limit < total {
+        body["next_batch"] = json!(query.from + query.limit);
+    }
+    if query.from > 0 {
+        body["prev_batch"] = json!(query.from.saturating_sub(query.limit));
+    }
+    body["rooms"] = JsonValue::Array(page);
+    Ok(Json(body))
+}
+
+/// Synapse's search: part of the name or canonical alias (case-insensitive),
+/// or the exact room ID.
+fn matches_search(view: &JsonValue, term: &str) -> bool {
+    let term_lower = term.to_lowercase();
+    let contains = |field: &str| view[field].as_str().is_some_and(|v| v.to_lowercase().contains(&term_lower));
+    view["room_id"] == term || contains("name") || contains("canonical_alias")
+}
+
+/// Null first, then booleans, numbers and strings (strings case-insensitively).
+fn compare(a: &JsonValue, b: &JsonValue) -> Ordering {
+    match (a, b) {
+        (JsonValue::Number(x), JsonValue::Number(y)) => {
+            x.as_f64().unwrap_or_default().total_cmp(&y.as_f64().unwrap_or_default())
+        }
+        (JsonValue::String(x), JsonValue::String(y)) => x.to_lowercase().cmp(&y.to_lowercase()),
+        (JsonValue::Bool(x), JsonValue::Bool(y)) => x.cmp(y),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+fn rank(value: &JsonValue) -> u8 {
+    match value {
+        JsonValue::Null => 0,
+        JsonValue::Bool(_) => 1,
+        JsonValue::Number(_) => 2,
+        _ => 3,
+    }
+}
+
+/// A room ID from a path: 400 when it is not one, 404 when unknown here.
+fn known_room(services: &AppState, raw: &str) -> Result<OwnedRoomId, Error> {
+    let room_id =
+        RoomId::parse(raw).map_err(|_| Error::invalid_param(format!("{raw} is not a legal room ID")))?;
+    services.rooms.room(&room_id)?.ok_or_else(|| Error::not_found("Room not found"))?;
+    Ok(room_id)
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}`.
+pub async fn get(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = known_room(&services, &room_id)?;
+    let mut view = services.rooms.admin_view(&room_id, true)?;
+    let local_devices: usize = services
+        .rooms
+        .members_with_membership(&room_id, "join")?
+        .iter()
+        .filter(|user| services.accounts.is_local(user))
+        .map(|user| services.accounts.devices(user).map(|d| d.len()))
+        .sum::<Result<usize, _>>()?;
+    view["joined_local_devices"] = json!(local_devices);
+    Ok(Json(view))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/members`: who is joined.
+pub async fn members(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = known_room(&services, &room_id)?;
+    let members = services.rooms.members_with_membership(&room_id, "join")?;
+    Ok(Json(json!({"members": members, "total": members.len()})))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/state`.
+pub async fn state(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = known_room(&services, &room_id)?;
+    Ok(Json(json!({"state": services.rooms.admin_state(&room_id)?})))
+}
+
+fn room_id_param(raw: &str) -> Result<OwnedRoomId, Error> {
+    RoomId::parse(raw).map_err(|_| Error::invalid_param(format!("{raw} is not a legal room ID")))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/block`: rooms not known here may be blocked too.
+pub async fn get_block(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = room_id_param(&room_id)?;
+    Ok(Json(match services.rooms.blocked_by(&room_id)? {
+        Some(admin) => json!({"block": true, "user_id": admin}),
+        None => json!({"block": false}),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct Block {
+    block: bool,
+}
+
+/// `PUT /_synapse/admin/v1/rooms/{roomId}/block`: local users cannot join a blocked room.
+pub async fn set_block(
+    State(services): State<AppState>,
+    ServerAdmin(admin): ServerAdmin,
+    Path(room_id): Path<String>,
+    AdminBody(body): AdminBody<Block>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = room_id_param(&room_id)?;
+    services.rooms.set_blocked(&room_id, body.block.then_some(&*admin))?;
+    tracing::info!(%admin, %room_id, block = body.block, "admin changed a room's block");
+    Ok(Json(json!({"block": body.block})))
+}
+
+#[derive(Deserialize)]
+pub struct MakeRoomAdmin {
+    user_id: Option<String>,
+}
+
+/// `POST /_synapse/admin/v1/rooms/{roomIdOrAlias}/make_room_admin`: the
+/// user (the calling admin by default) gets the highest local power level.
+pub async fn make_room_admin(
+    State(services): State<AppState>,
+    ServerAdmin(admin): ServerAdmin,
+    Path(room): Path<String>,
+    AdminBody(body): AdminBody<MakeRoomAdmin>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = resolve_local(&services, &room).await?;
+    let target = match &body.user_id {
+        Some(user) => local_user(&services, user)?,
+        None => admin.clone(),
+    };
+    services.rooms.make_room_admin(&room_id, &target).await?;
+    tracing::info!(%admin, %room_id, target = %target, "admin made a user room admin");
+    Ok(Json(json!({})))
+}
+
+/// A room ID or an alias (of any server) as a room this server is in.
+async fn resolve_local(services: &AppState, raw: &str) -> Result<OwnedRoomId, Error> {
+    let room = <&RoomOrAliasId>::try_from(raw)
+        .map_err(|_| Error::invalid_param(format!("{raw} was not legal room ID or room alias")))?;
+    let room_id = match <&ruma::RoomAliasId>::try_from(room) {
+        Ok(alias) => match services.rooms.resolve_alias(alias)? {
+            Some(room_id) => room_id,
+            None => services.federation.remote_alias(alias).await?.0,
+        },
+        Err(_) => room_id_param(raw)?,
+    };
+    services.rooms.room(&room_id)?.ok_or_else(|| Error::invalid_param("Server not in room"))?;
+    Ok(room_id)
+}
+
+#[derive(Deserialize)]
+pub struct JoinUser {
+    user_id: String,
+}
+
+/// `POST /_synapse/admin/v1/join/{roomIdOrAlias}`: join a local user to a
+/// room this server is in; a room they may not join by themselves is
+/// joined after an invite from its most powerful local member.
+pub async fn join(
+    State(services): State<AppState>,
+    ServerAdmin(admin): ServerAdmin,
+    Path(room): Path<String>,
+    AdminBody(body): AdminBody<JoinUser>,
+) -> ApiResult<Json<JsonValue>> {
+    let user = local_user(&services, &body.user_id)?;
+    let room_id = resolve_local(&services, &room).await?;
+    let rooms = &services.rooms;
+    let public = rooms.admin_view(&room_id, false)?["join_rules"] == "public";
+    if !public && rooms.membership(&user, &room_id)?.as_deref() != Some("invite") {
+        let (inviter, _) = rooms
+            .most_powerful_local_member(&room_id)?
+            .ok_or_else(|| Error::invalid_param("No local user in the room can invite"))?;
+        rooms.invite(&room_id, &inviter, &user, None, false).await?;
+    }
+    rooms.join(&room_id, &user, None, Default::default()).await?;
+    tracing::info!(%admin, %room_id, target = %user, "admin joined a user to a room");
+    Ok(Json(json!({"room_id": room_id})))
+}
