@@ -87,6 +87,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let db = open(&config)?;
     let services = Arc::new(Services::build(config.clone(), db.clone())?);
     services.on_startup().await?;
+    services.resume_room_deletions()?;
     let mut workers = services.start_workers();
     let mut app = estuary_api::app(services.clone());
     if config.metrics_enabled {

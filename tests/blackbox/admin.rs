@@ -627,3 +627,118 @@ async fn rooms_are_listed_shown_blocked_and_administered() {
         "unknown rooms can be blocked"
     );
 }
+
+/// Poll a room deletion until it finishes (bounded).
+async fn deletion_finished(server: &TestServer, admin: &User, delete_id: &str) -> Value {
+    let path = format!("{ADMIN}/v2/rooms/delete_status/{delete_id}");
+    for _ in 0..200 {
+        let (status, task) = server.get(&path, Some(&admin.token)).await;
+        assert_eq!(status, 200, "{task}");
+        if task["status"] == "complete" || task["status"] == "failed" {
+            return task;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the deletion of {delete_id} did not finish");
+}
+
+async fn search_hits(server: &TestServer, user: &User, term: &str) -> usize {
+    let body = json!({"search_categories": {"room_events": {"search_term": term}}});
+    let (status, found) = server.post("/_matrix/client/v3/search", Some(&user.token), body).await;
+    assert_eq!(status, 200, "{found}");
+    found["search_categories"]["room_events"]["results"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn a_deleted_room_loses_its_members_events_and_aliases() {
+    let (server, admin, alice, bob) = server_with_users().await;
+    let body = json!({"preset": "public_chat", "visibility": "public", "room_alias_name": "doomed"});
+    let room = create_room(&server, &alice, body).await;
+    assert_eq!(
+        server.post(&format!("/_matrix/client/v3/join/{room}"), Some(&bob.token), json!({})).await.0,
+        200
+    );
+    for i in 0..5 {
+        send_text(&server, &alice, &room, &format!("t{i}"), &format!("contraband number {i}")).await;
+    }
+    assert_eq!(search_hits(&server, &bob, "contraband").await, 5);
+
+    let delete = json!({"block": true, "new_room_user_id": admin.user_id, "message": "Moved for moderation"});
+    let (status, started) =
+        server.delete_with_body(&format!("{ADMIN}/v2/rooms/{room}"), &admin.token, delete).await;
+    assert_eq!(status, 200, "{started}");
+    let delete_id = started["delete_id"].as_str().unwrap().to_owned();
+    let task = deletion_finished(&server, &admin, &delete_id).await;
+    assert_eq!(task["status"], "complete", "{task}");
+    assert_eq!(task["room_id"], room);
+    let shutdown = &task["shutdown_room"];
+    let mut kicked: Vec<_> =
+        shutdown["kicked_users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    kicked.sort();
+    assert_eq!(kicked, vec![alice.user_id.as_str(), bob.user_id.as_str()], "{task}");
+    assert_eq!(shutdown["failed_to_kick_users"], json!([]));
+    assert_eq!(shutdown["local_aliases"], json!(["#doomed:localhost"]));
+    let new_room = shutdown["new_room_id"].as_str().unwrap();
+
+    // The members are in the new room, which has the alias and the message.
+    let (_, joined) = server.get("/_matrix/client/v3/joined_rooms", Some(&bob.token)).await;
+    assert_eq!(joined["joined_rooms"], json!([new_room]), "{joined}");
+    let (_, alias) = server.get("/_matrix/client/v3/directory/room/%23doomed:localhost", None).await;
+    assert_eq!(alias["room_id"], new_room);
+    let (_, messages) =
+        server.get(&format!("/_matrix/client/v3/rooms/{new_room}/messages?dir=b"), Some(&bob.token)).await;
+    assert!(
+        messages["chunk"].as_array().unwrap().iter().any(|e| e["content"]["body"] == "Moved for moderation")
+    );
+
+    // The old room's events are gone, from history and from search; the
+    // room is blocked and unknown to the admin API.
+    let history =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&alice.token)).await;
+    assert!(history.0 == 403 || history.0 == 404, "{history:?}");
+    assert_eq!(search_hits(&server, &bob, "contraband").await, 0);
+    assert_error(
+        &server.get(&format!("{ADMIN}/v1/rooms/{room}"), Some(&admin.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let refused = server.post(&format!("/_matrix/client/v3/join/{room}"), Some(&bob.token), json!({})).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+    let (_, by_room) =
+        server.get(&format!("{ADMIN}/v2/rooms/{room}/delete_status"), Some(&admin.token)).await;
+    assert_eq!(by_room["results"][0]["delete_id"], delete_id);
+    assert_error(
+        &server.get(&format!("{ADMIN}/v2/rooms/delete_status/nope"), Some(&admin.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let none =
+        server.get(&format!("{ADMIN}/v2/rooms/!never:localhost/delete_status"), Some(&admin.token)).await;
+    assert_error(&none, 404, "M_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_room_deletion_goes_on_after_a_kill() {
+    let (server, admin, alice, _) = server_with_users().await;
+    let room = create_room(&server, &alice, json!({})).await;
+    for i in 0..50 {
+        send_text(&server, &alice, &room, &format!("t{i}"), "to be purged").await;
+    }
+    let (status, started) =
+        server.delete_with_body(&format!("{ADMIN}/v2/rooms/{room}"), &admin.token, json!({})).await;
+    assert_eq!(status, 200, "{started}");
+    let delete_id = started["delete_id"].as_str().unwrap().to_owned();
+    // Killed at once: the deletion was stored before the answer, so the
+    // restarted server finishes it from the step it reached.
+    server.kill_9();
+    let server = TestServer::start_in(server.kill(), "allow_registration = true\n");
+    let task = deletion_finished(&server, &admin, &delete_id).await;
+    assert_eq!(task["status"], "complete", "{task}");
+    assert_error(
+        &server.get(&format!("{ADMIN}/v1/rooms/{room}"), Some(&admin.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let (_, joined) = server.get("/_matrix/client/v3/joined_rooms", Some(&alice.token)).await;
+    assert_eq!(joined["joined_rooms"], json!([]));
+}

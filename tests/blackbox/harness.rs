@@ -161,6 +161,10 @@ impl TestServer {
         self.request(Method::DELETE, path, token, None).await
     }
 
+    pub async fn delete_with_body(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::DELETE, path, Some(token), Some(&body)).await
+    }
+
     /// Send raw bytes with a content type.
     pub async fn raw(
         &self,

@@ -26,6 +26,7 @@ pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod rate_limits;
+pub mod room_deletion;
 pub mod rooms;
 pub mod search;
 mod storage_error;
@@ -72,6 +73,7 @@ pub struct Services {
     pub backup: Arc<backup::Backup>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     pub rate_limits: rate_limits::RateLimits,
+    pub room_deletions: room_deletion::RoomDeletions,
 }
 
 impl Services {
@@ -234,6 +236,7 @@ impl Services {
             rooms,
             filters: filters::Filters::new(&db)?,
             rate_limits: rate_limits::RateLimits::new(&config, &db)?,
+            room_deletions: room_deletion::RoomDeletions::new(&db)?,
             account_data,
             streams,
             accounts,

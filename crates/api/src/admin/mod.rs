@@ -77,9 +77,13 @@ fn user_routes(router: Router<AppState>) -> Router<AppState> {
 
 fn room_routes(router: Router<AppState>) -> Router<AppState> {
     const V1: &str = "/_synapse/admin/v1";
+    const V2: &str = "/_synapse/admin/v2";
     router
         .route(&format!("{V1}/rooms"), get(rooms::list))
-        .route(&format!("{V1}/rooms/{{room_id}}"), get(rooms::get))
+        .route(&format!("{V1}/rooms/{{room_id}}"), get(rooms::get).delete(rooms::delete_now))
+        .route(&format!("{V2}/rooms/{{room_id}}"), delete(rooms::delete))
+        .route(&format!("{V2}/rooms/{{room_id}}/delete_status"), get(rooms::delete_status_of_room))
+        .route(&format!("{V2}/rooms/delete_status/{{delete_id}}"), get(rooms::delete_status))
         .route(&format!("{V1}/rooms/{{room_id}}/members"), get(rooms::members))
         .route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::state))
         .route(&format!("{V1}/rooms/{{room_id}}/block"), get(rooms::get_block).put(rooms::set_block))

@@ -8,6 +8,7 @@ use axum::{
     extract::{Path, State},
 };
 use estuary_core::Error;
+use estuary_service::room_deletion::{Deletion, DeletionRequest, Status};
 use ruma::{OwnedRoomId, RoomId, RoomOrAliasId};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
@@ -276,4 +277,134 @@ pub async fn join(
     rooms.join(&room_id, &user, None, Default::default()).await?;
     tracing::info!(%admin, %room_id, target = %user, "admin joined a user to a room");
     Ok(Json(json!({"room_id": room_id})))
+}
+
+#[derive(Deserialize)]
+pub struct DeleteRoom {
+    #[serde(default)]
+    block: bool,
+    #[serde(default = "yes")]
+    purge: bool,
+    new_room_user_id: Option<String>,
+    room_name: Option<String>,
+    message: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn deletion_request(
+    services: &AppState,
+    admin: &ruma::UserId,
+    room: &str,
+    body: DeleteRoom,
+) -> Result<DeletionRequest, Error> {
+    let new_room_user_id = match &body.new_room_user_id {
+        Some(user) => Some(super::extract::user_id(user)?),
+        None => None,
+    };
+    if let Some(user) = &new_room_user_id
+        && !services.accounts.is_local(user)
+    {
+        return Err(Error::invalid_param(format!("User must be our own: {user}")));
+    }
+    Ok(DeletionRequest {
+        room_id: room_id_param(room)?,
+        requester: admin.to_owned(),
+        block: body.block,
+        purge: body.purge,
+        new_room_user_id,
+        room_name: body.room_name,
+        message: body.message,
+    })
+}
+
+/// `DELETE /_synapse/admin/v2/rooms/{roomId}`: a deletion that runs in the
+/// background; its `delete_id` answers status queries.
+pub async fn delete(
+    State(services): State<AppState>,
+    ServerAdmin(admin): ServerAdmin,
+    Path(room): Path<String>,
+    AdminBody(body): AdminBody<DeleteRoom>,
+) -> ApiResult<Json<JsonValue>> {
+    let request = deletion_request(&services, &admin, &room, body)?;
+    let room_id = request.room_id.clone();
+    let delete_id = services.delete_room(request)?;
+    tracing::info!(%admin, %room_id, delete_id, "admin deletes a room");
+    Ok(Json(json!({"delete_id": delete_id})))
+}
+
+/// How long the synchronous `DELETE /v1/rooms/{roomId}` waits for its deletion.
+const SYNCHRONOUS_DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `DELETE /_synapse/admin/v1/rooms/{roomId}`: the same, answered when done.
+pub async fn delete_now(
+    State(services): State<AppState>,
+    ServerAdmin(admin): ServerAdmin,
+    Path(room): Path<String>,
+    AdminBody(body): AdminBody<DeleteRoom>,
+) -> ApiResult<Json<JsonValue>> {
+    let request = deletion_request(&services, &admin, &room, body)?;
+    let room_id = request.room_id.clone();
+    let delete_id = services.delete_room(request)?;
+    tracing::info!(%admin, %room_id, delete_id, "admin deletes a room");
+    let deadline = tokio::time::Instant::now() + SYNCHRONOUS_DELETE_WAIT;
+    loop {
+        let deletion =
+            services.room_deletions.by_id(&delete_id)?.ok_or_else(|| Error::internal("deletion lost"))?;
+        match deletion.status {
+            Status::Complete => {
+                let result = deletion.shutdown_room.unwrap_or_default();
+                return Ok(Json(json!(result)));
+            }
+            Status::Failed => {
+                return Err(Error::internal(deletion.error.unwrap_or_default()).into());
+            }
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(Error::internal("the deletion goes on in the background; poll its status").into());
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn deletion_view(deletion: &Deletion) -> JsonValue {
+    let mut view = json!({
+        "delete_id": deletion.delete_id,
+        "room_id": deletion.request.room_id,
+        "status": deletion.status,
+        "shutdown_room": deletion.shutdown_room,
+    });
+    if let Some(error) = &deletion.error {
+        view["error"] = json!(error);
+    }
+    view
+}
+
+/// `GET /_synapse/admin/v2/rooms/{roomId}/delete_status`.
+pub async fn delete_status_of_room(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(room): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = room_id_param(&room)?;
+    let deletions = services.room_deletions.of_room(&room_id)?;
+    if deletions.is_empty() {
+        return Err(Error::not_found(format!("No delete task for room_id '{room_id}' found")).into());
+    }
+    Ok(Json(json!({"results": deletions.iter().map(deletion_view).collect::<Vec<_>>()})))
+}
+
+/// `GET /_synapse/admin/v2/rooms/delete_status/{deleteId}`.
+pub async fn delete_status(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(delete_id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let deletion = services
+        .room_deletions
+        .by_id(&delete_id)?
+        .ok_or_else(|| Error::not_found(format!("delete id '{delete_id}' not found")))?;
+    Ok(Json(deletion_view(&deletion)))
 }

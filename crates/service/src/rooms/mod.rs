@@ -21,6 +21,7 @@ mod history_tests;
 mod membership;
 mod notify;
 mod peeks;
+mod purge;
 mod read;
 mod relations;
 mod remote;

@@ -1,0 +1,350 @@
+//! Room deletion by an admin (`DELETE /_synapse/admin/v2/rooms/{roomId}`):
+//! block the room, make every local member leave (optionally into a new
+//! room that says why), move or drop its aliases, then purge it.
+//!
+//! A deletion is a task with a `delete_id`, stored before it starts and
+//! after every step, so it survives a restart and goes on from the step it
+//! was at (`resume_room_deletions`). Each step can run twice safely.
+
+use std::{collections::HashMap, sync::Arc};
+
+use estuary_core::{Error, Result, time::now_millis};
+use estuary_storage::{Table, codec::Json};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId};
+use serde::{Deserialize, Serialize};
+
+use crate::{Services, storage_error::StorageResultExt};
+
+const DELETIONS_KEY: &str = "room_deletions";
+/// Finished deletions are kept this long for status queries (as Synapse: a day).
+const KEEP_FINISHED_MS: u64 = 24 * 3600 * 1000;
+
+const DEFAULT_ROOM_NAME: &str = "Content Violation Notification";
+const DEFAULT_MESSAGE: &str =
+    "Sharing illegal content on this server is not permitted and rooms in violation will be blocked.";
+
+/// What the admin asked for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeletionRequest {
+    pub room_id: OwnedRoomId,
+    pub requester: OwnedUserId,
+    pub block: bool,
+    pub purge: bool,
+    /// A local user who creates a room the members are moved to.
+    pub new_room_user_id: Option<OwnedUserId>,
+    pub room_name: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Scheduled,
+    Active,
+    Complete,
+    Failed,
+}
+
+/// The steps, in order; `step` is the next one to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Block,
+    NewRoom,
+    Leave,
+    Aliases,
+    Purge,
+    Done,
+}
+
+/// Synapse's `shutdown_room` result.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ShutdownResult {
+    pub kicked_users: Vec<OwnedUserId>,
+    pub failed_to_kick_users: Vec<OwnedUserId>,
+    pub local_aliases: Vec<String>,
+    pub new_room_id: Option<OwnedRoomId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Deletion {
+    pub delete_id: String,
+    pub request: DeletionRequest,
+    pub status: Status,
+    pub step: Step,
+    pub shutdown_room: Option<ShutdownResult>,
+    pub error: Option<String>,
+    pub updated_ts: u64,
+}
+
+impl Deletion {
+    fn is_finished(&self) -> bool {
+        matches!(self.status, Status::Complete | Status::Failed)
+    }
+}
+
+/// The stored deletions (one row of `global`: there are few).
+pub struct RoomDeletions {
+    global: Table<String, Json<HashMap<String, Deletion>>>,
+    write: std::sync::Mutex<()>,
+}
+
+impl RoomDeletions {
+    pub fn new(db: &estuary_storage::Db) -> Result<Self> {
+        Ok(Self { global: db.table("global").db()?, write: std::sync::Mutex::new(()) })
+    }
+
+    fn all(&self) -> Result<HashMap<String, Deletion>> {
+        Ok(self.global.get(&DELETIONS_KEY.to_owned()).db()?.map(|Json(all)| all).unwrap_or_default())
+    }
+
+    fn save(&self, deletion: &Deletion) -> Result<()> {
+        let _guard = self.write.lock().map_err(|_| Error::internal("deletions lock poisoned"))?;
+        let mut all = self.all()?;
+        let now = now_millis();
+        all.retain(|_, d| !d.is_finished() || now.saturating_sub(d.updated_ts) < KEEP_FINISHED_MS);
+        all.insert(deletion.delete_id.clone(), deletion.clone());
+        self.global.put(&DELETIONS_KEY.to_owned(), &Json(all)).db()
+    }
+
+    pub fn by_id(&self, delete_id: &str) -> Result<Option<Deletion>> {
+        Ok(self.all()?.remove(delete_id))
+    }
+
+    /// A room's deletions, newest first.
+    pub fn of_room(&self, room_id: &RoomId) -> Result<Vec<Deletion>> {
+        let mut found: Vec<_> = self.all()?.into_values().filter(|d| d.request.room_id == room_id).collect();
+        found.sort_by_key(|d| std::cmp::Reverse(d.updated_ts));
+        Ok(found)
+    }
+
+    fn unfinished(&self) -> Result<Vec<Deletion>> {
+        Ok(self.all()?.into_values().filter(|d| !d.is_finished()).collect())
+    }
+}
+
+impl Services {
+    /// Schedule a room's deletion and start it; a room already being
+    /// deleted answers with that deletion's ID.
+    pub fn delete_room(self: &Arc<Self>, request: DeletionRequest) -> Result<String> {
+        if let Some(running) =
+            self.room_deletions.of_room(&request.room_id)?.into_iter().find(|d| !d.is_finished())
+        {
+            return Ok(running.delete_id);
+        }
+        if let Some(user) = &request.new_room_user_id
+            && (!self.accounts.is_local(user) || !self.accounts.exists(user)?)
+        {
+            return Err(Error::invalid_param(format!("User must be our own: {user}")));
+        }
+        let deletion = Deletion {
+            delete_id: crate::accounts::tokens::random_token(16),
+            request,
+            status: Status::Scheduled,
+            step: Step::Block,
+            shutdown_room: None,
+            error: None,
+            updated_ts: now_millis(),
+        };
+        self.room_deletions.save(&deletion)?;
+        let delete_id = deletion.delete_id.clone();
+        self.spawn_deletion(deletion);
+        Ok(delete_id)
+    }
+
+    /// Go on with deletions a restart interrupted.
+    pub fn resume_room_deletions(self: &Arc<Self>) -> Result<()> {
+        for deletion in self.room_deletions.unfinished()? {
+            tracing::info!(room_id = %deletion.request.room_id, step = ?deletion.step, "resuming a room deletion");
+            self.spawn_deletion(deletion);
+        }
+        Ok(())
+    }
+
+    fn spawn_deletion(self: &Arc<Self>, deletion: Deletion) {
+        let services = self.clone();
+        tokio::spawn(async move {
+            let (room_id, delete_id) = (deletion.request.room_id.clone(), deletion.delete_id.clone());
+            if let Err(err) = services.run_deletion(deletion).await {
+                tracing::warn!(%room_id, delete_id, "room deletion failed: {err}");
+            }
+        });
+    }
+
+    async fn run_deletion(&self, mut deletion: Deletion) -> Result<()> {
+        deletion.status = Status::Active;
+        let mut shutdown = deletion.shutdown_room.clone().unwrap_or_default();
+        while deletion.step != Step::Done {
+            if let Err(err) = self.deletion_step(&deletion.request, deletion.step, &mut shutdown).await {
+                deletion.status = Status::Failed;
+                deletion.error = Some(err.to_string());
+                deletion.updated_ts = now_millis();
+                self.room_deletions.save(&deletion)?;
+                return Err(err);
+            }
+            deletion.step = next(deletion.step);
+            deletion.shutdown_room = Some(shutdown.clone());
+            deletion.updated_ts = now_millis();
+            if deletion.step == Step::Done {
+                deletion.status = Status::Complete;
+            }
+            self.room_deletions.save(&deletion)?;
+        }
+        let request = &deletion.request;
+        tracing::info!(room_id = %request.room_id, requester = %request.requester, "room deleted");
+        Ok(())
+    }
+
+    async fn deletion_step(
+        &self,
+        request: &DeletionRequest,
+        step: Step,
+        shutdown: &mut ShutdownResult,
+    ) -> Result<()> {
+        let room_id = &request.room_id;
+        let known = self.rooms.room(room_id)?.is_some();
+        match step {
+            Step::Block if request.block => self.rooms.set_blocked(room_id, Some(&request.requester)),
+            Step::NewRoom if known && shutdown.new_room_id.is_none() => {
+                if let Some(creator) = &request.new_room_user_id {
+                    shutdown.new_room_id = Some(self.notice_room(creator, request).await?);
+                }
+                Ok(())
+            }
+            Step::Leave if known => self.make_local_members_leave(room_id, shutdown).await,
+            Step::Aliases if known => self.move_aliases(request, shutdown),
+            Step::Purge if request.purge && known => self.rooms.purge_room(room_id).await.map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The room the members of a deleted room are moved to, with the
+    /// admin's message.
+    async fn notice_room(&self, creator: &ruma::UserId, request: &DeletionRequest) -> Result<OwnedRoomId> {
+        let create = crate::rooms::CreateRoom {
+            preset: Some(crate::rooms::Preset::PublicChat),
+            name: Some(request.room_name.clone().unwrap_or_else(|| DEFAULT_ROOM_NAME.to_owned())),
+            // The members moved in may read, not write.
+            power_level_content_override: serde_json::json!({"events_default": 50}).as_object().cloned(),
+            ..Default::default()
+        };
+        let new_room = self.rooms.create_room(creator, create).await?;
+        let body = request.message.clone().unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
+        let content = serde_json::json!({"msgtype": "m.text", "body": body});
+        self.rooms
+            .send(&new_room, creator, estuary_events::PduTemplate::message("m.room.message", content), None)
+            .await?;
+        Ok(new_room)
+    }
+
+    /// Every local member leaves (joined, invited or knocking), and with a
+    /// new room is joined to it.
+    async fn make_local_members_leave(&self, room_id: &RoomId, shutdown: &mut ShutdownResult) -> Result<()> {
+        let mut members = Vec::new();
+        for membership in ["join", "invite", "knock"] {
+            members.extend(self.rooms.members_with_membership(room_id, membership)?);
+        }
+        members.retain(|user| self.accounts.is_local(user));
+        for user in members {
+            match self.rooms.leave(room_id, &user, Some("This room has been deleted".to_owned())).await {
+                Ok(()) => {
+                    if let Some(new_room) = &shutdown.new_room_id
+                        && let Err(err) = self.rooms.join(new_room, &user, None, Default::default()).await
+                    {
+                        tracing::warn!(%user, %new_room, "could not move a member to the new room: {err}");
+                    }
+                    if !shutdown.kicked_users.contains(&user) {
+                        shutdown.kicked_users.push(user);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%user, %room_id, "could not make a member leave a deleted room: {err}");
+                    shutdown.failed_to_kick_users.push(user);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This server's aliases of the room move to the new room (or go), and
+    /// the room leaves the directory.
+    fn move_aliases(&self, request: &DeletionRequest, shutdown: &mut ShutdownResult) -> Result<()> {
+        let room_id = &request.room_id;
+        for alias in self.rooms.room_aliases(room_id)? {
+            self.rooms.delete_alias(&alias, &request.requester, true)?;
+            if let (Some(new_room), Some(owner)) = (&shutdown.new_room_id, &request.new_room_user_id) {
+                self.rooms.put_alias(&alias, new_room, owner)?;
+            }
+            if !shutdown.local_aliases.contains(&alias.to_string()) {
+                shutdown.local_aliases.push(alias.to_string());
+            }
+        }
+        self.rooms.set_public(room_id, false)
+    }
+}
+
+fn next(step: Step) -> Step {
+    match step {
+        Step::Block => Step::NewRoom,
+        Step::NewRoom => Step::Leave,
+        Step::Leave => Step::Aliases,
+        Step::Aliases => Step::Purge,
+        Step::Purge | Step::Done => Step::Done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use estuary_core::{Config, time::now_millis};
+    use estuary_storage::Db;
+    use ruma::UserId;
+
+    use super::{Deletion, DeletionRequest, ShutdownResult, Status, Step};
+    use crate::{Services, rooms::CreateRoom};
+
+    /// A deletion a restart interrupted (stored as active, its next step
+    /// the members' leave) is finished by `resume_room_deletions`.
+    #[tokio::test]
+    async fn an_interrupted_deletion_goes_on_from_its_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &Default::default()).unwrap();
+        let services = Arc::new(Services::build(Arc::new(Config::default()), db).unwrap());
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room_id = services.rooms.create_room(&alice, CreateRoom::default()).await.unwrap();
+        let request = DeletionRequest {
+            room_id: room_id.clone(),
+            requester: UserId::parse("@admin:localhost").unwrap(),
+            block: false,
+            purge: true,
+            new_room_user_id: None,
+            room_name: None,
+            message: None,
+        };
+        let interrupted = Deletion {
+            delete_id: "interrupted".to_owned(),
+            request,
+            status: Status::Active,
+            step: Step::Leave,
+            shutdown_room: Some(ShutdownResult::default()),
+            error: None,
+            updated_ts: now_millis(),
+        };
+        services.room_deletions.save(&interrupted).unwrap();
+        services.resume_room_deletions().unwrap();
+        let mut finished = None;
+        for _ in 0..100 {
+            let deletion = services.room_deletions.by_id("interrupted").unwrap().unwrap();
+            if deletion.status == Status::Complete {
+                finished = Some(deletion);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let finished = finished.expect("the deletion finished");
+        assert_eq!(finished.shutdown_room.unwrap().kicked_users, vec![alice.clone()]);
+        assert!(services.rooms.room(&room_id).unwrap().is_none(), "the room is purged");
+        assert!(services.rooms.memberships(&alice).unwrap().is_empty());
+    }
+}
