@@ -742,3 +742,69 @@ async fn a_room_deletion_goes_on_after_a_kill() {
     let (_, joined) = server.get("/_matrix/client/v3/joined_rooms", Some(&alice.token)).await;
     assert_eq!(joined["joined_rooms"], json!([]));
 }
+
+#[tokio::test]
+async fn server_notices_reach_a_users_notices_room() {
+    let (server, admin, alice, _) = server_with_users().await;
+    let notice =
+        json!({"user_id": alice.user_id, "content": {"msgtype": "m.text", "body": "Maintenance tonight"}});
+    let path = format!("{ADMIN}/v1/send_server_notice");
+    let (status, sent) = server.post(&path, Some(&admin.token), notice.clone()).await;
+    assert_eq!(status, 200, "{sent}");
+    assert!(sent["event_id"].as_str().unwrap().starts_with('$'));
+
+    // Alice is invited to a room named for notices, tagged m.server_notice,
+    // and cannot reject the invite.
+    let (_, sync) = server.get("/_matrix/client/v3/sync", Some(&alice.token)).await;
+    let invites = sync["rooms"]["invite"].as_object().expect("an invite");
+    let (room, invite) = invites.iter().next().unwrap();
+    let state = invite["invite_state"]["events"].as_array().unwrap();
+    assert!(
+        state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Server Notices"),
+        "{invite}"
+    );
+    let (_, tags) = server
+        .get(&format!("/_matrix/client/v3/user/{}/rooms/{room}/tags", alice.user_id), Some(&alice.token))
+        .await;
+    assert!(tags["tags"].get("m.server_notice").is_some(), "{tags}");
+    let reject =
+        server.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&alice.token), json!({})).await;
+    assert_error(&reject, 403, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM");
+
+    // Joined, she reads the notices and cannot post; the next notice goes
+    // to the same room, and a retried PUT sends nothing twice.
+    assert_eq!(
+        server.post(&format!("/_matrix/client/v3/join/{room}"), Some(&alice.token), json!({})).await.0,
+        200
+    );
+    assert_error(&send_text(&server, &alice, room, "t1", "reply").await, 403, "M_FORBIDDEN");
+    let put = format!("{ADMIN}/v1/send_server_notice/txn1");
+    let second = json!({"user_id": alice.user_id, "content": {"msgtype": "m.text", "body": "Done"}});
+    let (_, first_put) = server.put(&put, Some(&admin.token), second.clone()).await;
+    let (_, retried) = server.put(&put, Some(&admin.token), second).await;
+    assert_eq!(first_put["event_id"], retried["event_id"]);
+    let (_, messages) =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&alice.token)).await;
+    let bodies: Vec<_> =
+        messages["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["Done", "Maintenance tonight"], "{messages}");
+
+    // The system user's ID is reserved; unknown and remote users get errors.
+    let taken = server
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "server", "password": PASSWORD, "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+    assert_error(&taken, 400, "M_EXCLUSIVE");
+    let unknown = json!({"user_id": "@ghost:localhost", "content": {"body": "?"}});
+    assert_error(&server.post(&path, Some(&admin.token), unknown).await, 404, "M_NOT_FOUND");
+    let remote = json!({"user_id": "@x:elsewhere.example", "content": {"body": "?"}});
+    assert_error(&server.post(&path, Some(&admin.token), remote).await, 400, "M_INVALID_PARAM");
+    assert_error(
+        &server.post(&path, Some(&admin.token), json!({"user_id": alice.user_id})).await,
+        400,
+        "M_BAD_JSON",
+    );
+}

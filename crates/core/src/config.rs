@@ -139,6 +139,12 @@ pub struct Config {
     /// (behind a reverse proxy that sets it), for per-address rate limits
     /// and the last-seen address of devices. Off: the connection's peer.
     pub x_forwarded: bool,
+    /// Localpart of the system user that sends server notices
+    /// (`/_synapse/admin/v1/send_server_notice`) into each user's notices
+    /// room. Its user ID cannot be registered by anyone.
+    pub server_notices_localpart: String,
+    /// Name of the notices rooms.
+    pub server_notices_room_name: String,
     /// Serve Prometheus metrics (`process_*`, Synapse's request metrics,
     /// Estuary's own). Off by default.
     pub metrics_enabled: bool,
@@ -293,6 +299,8 @@ impl Default for Config {
             federation_trusted_ca_paths: Vec::new(),
             federation_allow_private_addresses: false,
             x_forwarded: false,
+            server_notices_localpart: "server".to_owned(),
+            server_notices_room_name: "Server Notices".to_owned(),
             metrics_enabled: false,
             metrics_address: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             metrics_port: None,
@@ -371,6 +379,11 @@ impl Config {
             if !(limit.per_second > 0.0 && limit.per_second.is_finite()) || limit.burst_count == 0 {
                 return Err(format!("`{name}` needs a per_second above 0 and a burst_count of at least 1"));
             }
+        }
+        if ruma::UserId::parse_with_server_name(self.server_notices_localpart.as_str(), &self.server_name)
+            .is_err()
+        {
+            return Err("`server_notices_localpart` is not a valid user ID localpart".into());
         }
         if self.max_request_size < 1024 {
             return Err("`max_request_size` must be at least 1024 bytes".into());
@@ -535,6 +548,8 @@ impl Config {
             "federation_trusted_ca_paths",
             "federation_allow_private_addresses",
             "x_forwarded",
+            "server_notices_localpart",
+            "server_notices_room_name",
             "metrics_enabled",
             "metrics_address",
             "metrics_port",

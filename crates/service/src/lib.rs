@@ -29,6 +29,7 @@ pub mod rate_limits;
 pub mod room_deletion;
 pub mod rooms;
 pub mod search;
+mod server_notices;
 mod storage_error;
 pub mod streams;
 pub mod sync;

@@ -7,6 +7,7 @@ mod devices;
 mod estuary;
 mod extract;
 mod media;
+mod notices;
 mod registration_tokens;
 mod reports;
 mod rooms;
@@ -31,6 +32,8 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
                 .put(registration_tokens::update)
                 .delete(registration_tokens::delete),
         )
+        .route("/_synapse/admin/v1/send_server_notice", post(notices::send))
+        .route("/_synapse/admin/v1/send_server_notice/{txn_id}", put(notices::send_with_txn))
         .route("/_synapse/admin/v1/event_reports", get(reports::list))
         .route("/_synapse/admin/v1/event_reports/{report_id}", get(reports::get).delete(reports::delete))
         .route("/_estuary/admin/v1/consistency", get(estuary::consistency))

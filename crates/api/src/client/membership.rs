@@ -182,6 +182,7 @@ pub async fn leave(
     request: Ruma<leave_room::v3::Request>,
 ) -> ApiResult<leave_room::v3::Response> {
     let (room_id, user_id) = (&request.body.room_id, request.user()?);
+    services.check_not_rejecting_notices(user_id, room_id)?;
     if services.rooms.pending_out_of_band(user_id, room_id)?.is_some() {
         // Declining an invite to (or retracting a knock on) a room this server is not in.
         services.federation.decline_remote_membership(room_id, user_id, request.body.reason.clone()).await?;

@@ -52,6 +52,17 @@ impl Accounts {
         Ok(account)
     }
 
+    /// The server notices' system user: no password, Synapse's `support` type.
+    pub async fn insert_system_account(&self, user_id: &UserId) -> Result<()> {
+        let _guard = self.registration_lock.lock().await;
+        if self.exists(user_id)? {
+            return Ok(());
+        }
+        let account =
+            Account { user_type: Some("support".to_owned()), created_ts: now_millis(), ..Account::default() };
+        self.userid_account.put(&user_id.to_string(), &Json(account)).db()
+    }
+
     /// Bring a deactivated account back; it needs a password to log in with
     /// (the old one was dropped on deactivation).
     pub async fn reactivate(&self, user_id: &UserId, password: Option<String>) -> Result<()> {

@@ -206,6 +206,9 @@ impl Accounts {
 
     /// Check that a user ID may be registered: valid and not taken.
     pub fn check_available(&self, user_id: &UserId) -> Result<()> {
+        if self.is_local(user_id) && user_id.localpart() == self.config.server_notices_localpart {
+            return Err(Error::matrix(400, ErrorKind::Exclusive, "This user ID is reserved"));
+        }
         if self.exists(user_id)? {
             return Err(Error::matrix(400, ErrorKind::UserInUse, "This user ID is already taken"));
         }
