@@ -808,3 +808,115 @@ async fn server_notices_reach_a_users_notices_room() {
         "M_BAD_JSON",
     );
 }
+
+#[tokio::test]
+async fn admins_quarantine_protect_list_and_delete_media() {
+    let (server, admin, alice, bob) = server_with_users().await;
+    let mut uris = Vec::new();
+    for (i, size) in [10usize, 2000, 30].iter().enumerate() {
+        let (status, uploaded) = crate::media::upload(
+            &server,
+            &alice,
+            vec![b'a' + i as u8; *size],
+            "text/plain",
+            &format!("f{i}.txt"),
+        )
+        .await;
+        assert_eq!(status, 200, "{uploaded}");
+        uris.push(uploaded["content_uri"].as_str().unwrap().to_owned());
+    }
+    crate::media::upload(&server, &bob, b"bob's".to_vec(), "text/plain", "b.txt").await;
+    let id = |uri: &str| uri.rsplit('/').next().unwrap().to_owned();
+    let download = |uri: &str| format!("/_matrix/client/v1/media/download/localhost/{}", id(uri));
+
+    // A user's media, newest first by default, with Synapse's fields.
+    let media = user_path("v1", &alice, "/media");
+    let (status, listed) = server.get(&format!("{media}?limit=2"), Some(&admin.token)).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!((listed["total"].clone(), listed["next_token"].clone()), (json!(3), json!(2)));
+    assert_eq!(listed["media"][0]["media_id"], id(&uris[2]));
+    for field in [
+        "media_id",
+        "media_type",
+        "media_length",
+        "upload_name",
+        "created_ts",
+        "last_access_ts",
+        "quarantined_by",
+        "safe_from_quarantine",
+    ] {
+        assert!(listed["media"][0].get(field).is_some(), "{field} missing from {listed}");
+    }
+    let (_, by_size) = server.get(&format!("{media}?order_by=media_length&dir=b"), Some(&admin.token)).await;
+    assert_eq!(by_size["media"][0]["media_length"], 2000);
+
+    // Quarantined media is served to no one; protected media cannot be quarantined.
+    let quarantine = |uri: &str| format!("{ADMIN}/v1/media/quarantine/localhost/{}", id(uri));
+    assert_eq!(server.post(&quarantine(&uris[0]), Some(&admin.token), json!({})).await.0, 200);
+    assert_eq!(crate::media::download(&server, Some(&bob), &download(&uris[0])).await.status(), 404);
+    let unquarantine = format!("{ADMIN}/v1/media/unquarantine/localhost/{}", id(&uris[0]));
+    assert_eq!(server.post(&unquarantine, Some(&admin.token), json!({})).await.0, 200);
+    assert_eq!(crate::media::download(&server, Some(&bob), &download(&uris[0])).await.status(), 200);
+    let protect = format!("{ADMIN}/v1/media/protect/{}", id(&uris[1]));
+    assert_eq!(server.post(&protect, Some(&admin.token), json!({})).await.0, 200);
+    let (_, counted) = server
+        .post(
+            &format!("{ADMIN}/v1/user/{}/media/quarantine", encode(&alice.user_id)),
+            Some(&admin.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(counted["num_quarantined"], 2, "the protected item stays: {counted}");
+    assert_eq!(crate::media::download(&server, Some(&bob), &download(&uris[1])).await.status(), 200);
+    assert_error(
+        &server
+            .post(&format!("{ADMIN}/v1/media/quarantine/localhost/nope"), Some(&admin.token), json!({}))
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    // A room's media, by the events that name it.
+    let room = create_room(&server, &alice, json!({})).await;
+    let image = json!({"msgtype": "m.image", "body": "pic", "url": uris[1]});
+    server
+        .put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/img"), Some(&alice.token), image)
+        .await;
+    let (_, in_room) = server.get(&format!("{ADMIN}/v1/room/{room}/media"), Some(&admin.token)).await;
+    assert_eq!(in_room["local"], json!([uris[1]]), "{in_room}");
+    assert_eq!(in_room["remote"], json!([]));
+
+    // Statistics, then deletion in bulk (the legacy path too).
+    let (_, stats) = server
+        .get(&format!("{ADMIN}/v1/statistics/users/media?order_by=media_length&dir=b"), Some(&admin.token))
+        .await;
+    assert_eq!(stats["total"], 2, "{stats}");
+    assert_eq!(stats["users"][0]["user_id"], alice.user_id);
+    assert_eq!(stats["users"][0]["media_count"], 3);
+    assert_eq!(stats["users"][0]["media_length"], 2040);
+    let future = 99_999_999_999_999u64;
+    let (status, deleted) = server
+        .post(
+            &format!("{ADMIN}/v1/media/delete?before_ts={future}&size_gt=20"),
+            Some(&admin.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["total"], 1, "only the unprotected item above 20 bytes: {deleted}");
+    assert_eq!(deleted["deleted_media"], json!([id(&uris[2])]));
+    let seconds = server
+        .post(&format!("{ADMIN}/v1/media/delete?before_ts=1700000000"), Some(&admin.token), json!({}))
+        .await;
+    assert_error(&seconds, 400, "M_INVALID_PARAM");
+    let legacy = format!("{ADMIN}/v1/media/localhost/delete?before_ts={future}");
+    assert_eq!(
+        server.post(&legacy, Some(&admin.token), json!({})).await.1["total"],
+        2,
+        "alice's smallest and bob's"
+    );
+    let (_, remaining) = server.get(&media, Some(&admin.token)).await;
+    assert_eq!(remaining["total"], 1, "the protected item: {remaining}");
+    let (_, cleared) = server.delete(&media, Some(&admin.token)).await;
+    assert_eq!(cleared["total"], 1);
+}

@@ -10,7 +10,7 @@ use crate::harness::{TestServer, User, assert_error};
 
 const UPLOAD: &str = "/_matrix/media/v3/upload";
 
-async fn upload(
+pub(crate) async fn upload(
     server: &TestServer,
     user: &User,
     bytes: Vec<u8>,
@@ -34,7 +34,7 @@ fn media_path(content_uri: &str) -> String {
     content_uri.strip_prefix("mxc://").expect("an mxc URI").to_owned()
 }
 
-async fn download(server: &TestServer, user: Option<&User>, path: &str) -> reqwest::Response {
+pub(crate) async fn download(server: &TestServer, user: Option<&User>, path: &str) -> reqwest::Response {
     let mut request = server.http().get(format!("{}{path}", server.base));
     if let Some(user) = user {
         request = request.bearer_auth(&user.token);

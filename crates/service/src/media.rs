@@ -4,6 +4,7 @@
 //! Files go through [`BlobStore`], the one place that knows they live on a
 //! local disk, so an S3-compatible store can replace it later.
 
+pub mod admin;
 mod blobs;
 pub(crate) mod preview;
 mod thumbnail;
@@ -17,6 +18,7 @@ use futures::Stream;
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
+pub use admin::{BulkDelete, media_view};
 pub use blobs::BlobStore;
 pub use thumbnail::{ThumbnailMethod, ThumbnailSpec};
 
@@ -26,7 +28,7 @@ use crate::{accounts::tokens::random_token, storage_error::StorageResultExt};
 const PENDING_LIFETIME_MS: u64 = 24 * 3600 * 1000;
 
 /// `servermediaid_media`: what is known of one media item.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MediaRecord {
     /// Content hash of the file; none while an async upload is pending.
     pub sha256: Option<String>,
@@ -36,6 +38,12 @@ pub struct MediaRecord {
     pub uploader: Option<OwnedUserId>,
     /// Creation time (ms since the epoch).
     pub created_ts: u64,
+    /// The admin who quarantined the item: it is served to no one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined_by: Option<OwnedUserId>,
+    /// Protected by an admin from quarantine (Synapse's `safe_from_quarantine`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected: bool,
 }
 
 /// What a download serves.
@@ -107,6 +115,7 @@ impl Media {
             size,
             uploader: Some(uploader.to_owned()),
             created_ts: now_ms(),
+            ..MediaRecord::default()
         };
         self.records.put(&self.key(&media_id), &Json(record)).db()?;
         Ok(media_id)
@@ -123,6 +132,7 @@ impl Media {
             size: 0,
             uploader: Some(uploader.to_owned()),
             created_ts,
+            ..MediaRecord::default()
         };
         self.records.put(&self.key(&media_id), &Json(record)).db()?;
         Ok((media_id, created_ts + PENDING_LIFETIME_MS))
@@ -231,14 +241,17 @@ impl Media {
             size,
             uploader: None,
             created_ts: now_ms(),
+            ..MediaRecord::default()
         };
         self.records.put(&(server_name.to_owned(), media_id.to_owned()), &Json(record)).db()
     }
 
     /// A local or cached media item's file, for download.
     pub fn file(&self, server_name: &str, media_id: &str) -> Result<MediaFile> {
-        let record =
-            self.record(server_name, media_id)?.ok_or_else(|| Error::not_found("Media not found"))?;
+        let record = self
+            .record(server_name, media_id)?
+            .filter(|record| record.quarantined_by.is_none())
+            .ok_or_else(|| Error::not_found("Media not found"))?;
         let Some(sha256) = &record.sha256 else {
             return Err(Error::matrix(504, ErrorKind::NotYetUploaded, "The media has not been uploaded yet"));
         };

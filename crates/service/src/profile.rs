@@ -76,6 +76,22 @@ impl Profiles {
         self.useridfield_profile.delete(&(user_id.to_string(), field.as_str().to_owned())).db()
     }
 
+    /// Every avatar URL a local profile uses (media an admin's bulk
+    /// deletion keeps with `keep_profiles`).
+    pub fn avatar_urls(&self) -> Result<std::collections::HashSet<String>> {
+        let mut urls = std::collections::HashSet::new();
+        self.useridfield_profile
+            .for_each(&[], |(_, field), Json(value)| {
+                if field == "avatar_url"
+                    && let Some(url) = value.as_str()
+                {
+                    urls.insert(url.to_owned());
+                }
+            })
+            .db()?;
+        Ok(urls)
+    }
+
     /// Remove every field (used when an account is deactivated with erasure).
     pub fn clear(&self, user_id: &UserId) -> Result<()> {
         let mut batch = self.db.batch();

@@ -23,6 +23,21 @@ use crate::AppState;
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     room_routes(user_routes(router))
         .route("/_synapse/admin/v1/media/{server_name}/{media_id}", delete(media::delete_media))
+        .route("/_synapse/admin/v1/media/delete", post(media::delete_older))
+        .route("/_synapse/admin/v1/media/{server_name}/delete", post(media::delete_older))
+        .route("/_synapse/admin/v1/media/quarantine/{server_name}/{media_id}", post(media::quarantine))
+        .route("/_synapse/admin/v1/media/unquarantine/{server_name}/{media_id}", post(media::unquarantine))
+        .route("/_synapse/admin/v1/media/protect/{media_id}", post(media::protect))
+        .route("/_synapse/admin/v1/media/unprotect/{media_id}", post(media::protect))
+        .route("/_synapse/admin/v1/room/{room_id}/media", get(media::room_media))
+        .route("/_synapse/admin/v1/room/{room_id}/media/quarantine", post(media::quarantine_room))
+        .route("/_synapse/admin/v1/quarantine_media/{room_id}", post(media::quarantine_room))
+        .route("/_synapse/admin/v1/user/{user_id}/media/quarantine", post(media::quarantine_user))
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/media",
+            get(media::user_media).delete(media::delete_user_media),
+        )
+        .route("/_synapse/admin/v1/statistics/users/media", get(media::statistics))
         .route("/_synapse/admin/v1/purge_media_cache", post(media::purge_media_cache))
         .route("/_synapse/admin/v1/registration_tokens", get(registration_tokens::list))
         .route("/_synapse/admin/v1/registration_tokens/new", post(registration_tokens::create))

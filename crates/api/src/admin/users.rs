@@ -136,7 +136,7 @@ fn matches_name(user: &UserId, displayname: Option<&str>, part: &str) -> bool {
 }
 
 /// Order of JSON values in a sorted list: null, then booleans, numbers, strings.
-fn compare_json(a: &JsonValue, b: &JsonValue) -> Ordering {
+pub(super) fn compare_json(a: &JsonValue, b: &JsonValue) -> Ordering {
     fn rank(v: &JsonValue) -> u8 {
         match v {
             JsonValue::Null => 0,

@@ -115,6 +115,31 @@ impl Rooms {
         Ok(())
     }
 
+    /// The `mxc://` URIs the room's events name (unencrypted ones: this
+    /// server cannot read the others), this server's first.
+    pub fn media_in_room(&self, room_id: &RoomId) -> Result<(Vec<String>, Vec<String>)> {
+        fn collect(value: &JsonValue, found: &mut Vec<String>) {
+            match value {
+                JsonValue::String(text) if text.starts_with("mxc://") => found.push(text.clone()),
+                JsonValue::Array(items) => items.iter().for_each(|item| collect(item, found)),
+                JsonValue::Object(fields) => fields.values().for_each(|field| collect(field, found)),
+                _ => {}
+            }
+        }
+        self.require_room(room_id)?;
+        let prefix = estuary_storage::Key::encode(&(room_id.to_string(),));
+        let mut found = Vec::new();
+        for (_, event_id) in self.roomidstream_eventid.scan_raw_prefix(&prefix, ROOMS_LISTED).db()? {
+            if let Some(stored) = self.eventid_pdu.get(&event_id).db()?.map(|Json(s)| s) {
+                collect(&serde_json::to_value(stored.json.get("content")).unwrap_or_default(), &mut found);
+            }
+        }
+        found.sort();
+        found.dedup();
+        let local = format!("mxc://{}/", self.config.server_name);
+        Ok(found.into_iter().partition(|uri| uri.starts_with(&local)))
+    }
+
     fn blocked_rooms(&self) -> Result<std::collections::HashMap<OwnedRoomId, OwnedUserId>> {
         let global: estuary_storage::Table<
             String,
