@@ -112,7 +112,13 @@ async fn log_request(request: Request<Body>, next: Next) -> Response {
         Some(Endpoint(name)) => (*name).to_owned(),
         None => matched.unwrap_or_else(|| "unmatched".to_owned()),
     };
-    let labels = [("method", method.to_string()), ("servlet", servlet)];
+    // Any token is a method to HTTP: unknown ones share one label, so
+    // clients cannot grow the metrics without bound.
+    let method_label = match method.as_str() {
+        known @ ("GET" | "PUT" | "POST" | "DELETE" | "OPTIONS" | "HEAD") => known.to_owned(),
+        _ => "OTHER".to_owned(),
+    };
+    let labels = [("method", method_label), ("servlet", servlet)];
     metrics::counter!("synapse_http_server_requests_received_total", &labels).increment(1);
     let code = ("code", response.status().as_u16().to_string());
     let timed = [labels[0].clone(), labels[1].clone(), code];

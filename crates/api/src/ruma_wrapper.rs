@@ -260,12 +260,13 @@ struct Caller {
     appservice: Option<Arc<Appservice>>,
 }
 
-/// The client's address: the first `X-Forwarded-For` entry behind a proxy
-/// (`x_forwarded`), else the connection's peer.
+/// The client's address: the last `X-Forwarded-For` entry behind a proxy
+/// (`x_forwarded`: the one the proxy added; earlier ones are the client's
+/// word), else the connection's peer.
 pub fn client_ip(parts: &Parts, config: &estuary_core::Config) -> Option<std::net::IpAddr> {
     if config.x_forwarded {
         let forwarded = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        if let Some(ip) = forwarded.and_then(|v| v.split(',').next()).and_then(|v| v.trim().parse().ok()) {
+        if let Some(ip) = forwarded.and_then(|v| v.rsplit(',').next()).and_then(|v| v.trim().parse().ok()) {
             return Some(ip);
         }
     }

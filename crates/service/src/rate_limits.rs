@@ -107,12 +107,16 @@ impl Override {
 
 const OVERRIDES_KEY: &str = "ratelimit_overrides";
 
-/// Buckets are forgotten once full again, when a limiter holds more keys than this.
+/// Buckets are forgotten once full again, when a limiter holds more keys
+/// than this; looked at once every `CLEANUP_EVERY` checks (the cleanup walks
+/// every key).
 const KEYS_BEFORE_CLEANUP: usize = 10_000;
+const CLEANUP_EVERY: u64 = 1024;
 
 struct Limiter {
     buckets: DefaultKeyedRateLimiter<String>,
     rejected: AtomicU64,
+    calls: AtomicU64,
 }
 
 pub struct RateLimits {
@@ -149,6 +153,7 @@ impl RateLimits {
                 let limiter = Limiter {
                     buckets: RateLimiter::keyed(quota(action.limit(config))),
                     rejected: AtomicU64::new(0),
+                    calls: AtomicU64::new(0),
                 };
                 (action, limiter)
             })
@@ -173,7 +178,8 @@ impl RateLimits {
         }
         let limiter = &self.limiters[&action];
         let checked = limiter.buckets.check_key(&key.to_owned());
-        if limiter.buckets.len() > KEYS_BEFORE_CLEANUP {
+        let calls = limiter.calls.fetch_add(1, Ordering::Relaxed);
+        if calls.is_multiple_of(CLEANUP_EVERY) && limiter.buckets.len() > KEYS_BEFORE_CLEANUP {
             limiter.buckets.retain_recent();
             limiter.buckets.shrink_to_fit();
         }
@@ -191,8 +197,11 @@ impl RateLimits {
             return Ok(());
         }
         let Some(custom) = self.override_of(user) else { return self.check(action, user.as_str()) };
-        if custom.exempts() || action != Action::Message {
+        if custom.exempts() {
             return Ok(());
+        }
+        if action != Action::Message {
+            return self.check(action, user.as_str());
         }
         let mut buckets =
             self.override_buckets.lock().map_err(|_| Error::internal("rate limit lock poisoned"))?;

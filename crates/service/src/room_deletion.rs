@@ -34,6 +34,9 @@ pub struct DeletionRequest {
     pub new_room_user_id: Option<OwnedUserId>,
     pub room_name: Option<String>,
     pub message: Option<String>,
+    /// Purge even if some local user could not be made to leave.
+    #[serde(default)]
+    pub force_purge: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,12 +102,37 @@ impl RoomDeletions {
     }
 
     fn save(&self, deletion: &Deletion) -> Result<()> {
+        self.save_unless(deletion, |_| None).map(|_| ())
+    }
+
+    /// Store a new deletion, unless the room has one running or complete
+    /// (deleting a room twice gives the first deletion's ID); a failed one
+    /// may be tried again.
+    fn insert_new(&self, deletion: &Deletion) -> Result<Option<String>> {
+        let room_id = deletion.request.room_id.clone();
+        self.save_unless(deletion, |all| {
+            all.values()
+                .find(|d| d.request.room_id == room_id && d.status != Status::Failed)
+                .map(|d| d.delete_id.clone())
+        })
+    }
+
+    /// Save `deletion` unless `existing` (looked at under the lock) names another.
+    fn save_unless(
+        &self,
+        deletion: &Deletion,
+        existing: impl FnOnce(&HashMap<String, Deletion>) -> Option<String>,
+    ) -> Result<Option<String>> {
         let _guard = self.write.lock().map_err(|_| Error::internal("deletions lock poisoned"))?;
         let mut all = self.all()?;
+        if let Some(found) = existing(&all) {
+            return Ok(Some(found));
+        }
         let now = now_millis();
         all.retain(|_, d| !d.is_finished() || now.saturating_sub(d.updated_ts) < KEEP_FINISHED_MS);
         all.insert(deletion.delete_id.clone(), deletion.clone());
-        self.global.put(&DELETIONS_KEY.to_owned(), &Json(all)).db()
+        self.global.put(&DELETIONS_KEY.to_owned(), &Json(all)).db()?;
+        Ok(None)
     }
 
     pub fn by_id(&self, delete_id: &str) -> Result<Option<Deletion>> {
@@ -124,14 +152,9 @@ impl RoomDeletions {
 }
 
 impl Services {
-    /// Schedule a room's deletion and start it; a room already being
-    /// deleted answers with that deletion's ID.
+    /// Schedule a room's deletion and start it; a room already being (or
+    /// already) deleted answers with that deletion's ID.
     pub fn delete_room(self: &Arc<Self>, request: DeletionRequest) -> Result<String> {
-        if let Some(running) =
-            self.room_deletions.of_room(&request.room_id)?.into_iter().find(|d| !d.is_finished())
-        {
-            return Ok(running.delete_id);
-        }
         if let Some(user) = &request.new_room_user_id
             && (!self.accounts.is_local(user) || !self.accounts.exists(user)?)
         {
@@ -146,7 +169,9 @@ impl Services {
             error: None,
             updated_ts: now_millis(),
         };
-        self.room_deletions.save(&deletion)?;
+        if let Some(existing) = self.room_deletions.insert_new(&deletion)? {
+            return Ok(existing);
+        }
         let delete_id = deletion.delete_id.clone();
         self.spawn_deletion(deletion);
         Ok(delete_id)
@@ -173,54 +198,76 @@ impl Services {
 
     async fn run_deletion(&self, mut deletion: Deletion) -> Result<()> {
         deletion.status = Status::Active;
-        let mut shutdown = deletion.shutdown_room.clone().unwrap_or_default();
+        deletion.shutdown_room.get_or_insert_with(ShutdownResult::default);
         while deletion.step != Step::Done {
-            if let Err(err) = self.deletion_step(&deletion.request, deletion.step, &mut shutdown).await {
+            if let Err(err) = self.deletion_step(&mut deletion).await {
                 deletion.status = Status::Failed;
                 deletion.error = Some(err.to_string());
-                deletion.updated_ts = now_millis();
-                self.room_deletions.save(&deletion)?;
+                self.checkpoint(&mut deletion)?;
                 return Err(err);
             }
             deletion.step = next(deletion.step);
-            deletion.shutdown_room = Some(shutdown.clone());
-            deletion.updated_ts = now_millis();
             if deletion.step == Step::Done {
                 deletion.status = Status::Complete;
             }
-            self.room_deletions.save(&deletion)?;
+            self.checkpoint(&mut deletion)?;
         }
         let request = &deletion.request;
         tracing::info!(room_id = %request.room_id, requester = %request.requester, "room deleted");
         Ok(())
     }
 
-    async fn deletion_step(
-        &self,
-        request: &DeletionRequest,
-        step: Step,
-        shutdown: &mut ShutdownResult,
-    ) -> Result<()> {
+    /// Store the deletion's progress, so that a restart goes on from here.
+    fn checkpoint(&self, deletion: &mut Deletion) -> Result<()> {
+        deletion.updated_ts = now_millis();
+        self.room_deletions.save(deletion)
+    }
+
+    async fn deletion_step(&self, deletion: &mut Deletion) -> Result<()> {
+        let request = deletion.request.clone();
         let room_id = &request.room_id;
         let known = self.rooms.room(room_id)?.is_some();
-        match step {
+        let has_new_room = deletion.shutdown_room.as_ref().is_some_and(|s| s.new_room_id.is_some());
+        match deletion.step {
             Step::Block if request.block => self.rooms.set_blocked(room_id, Some(&request.requester)),
-            Step::NewRoom if known && shutdown.new_room_id.is_none() => {
-                if let Some(creator) = &request.new_room_user_id {
-                    shutdown.new_room_id = Some(self.notice_room(creator, request).await?);
-                }
-                Ok(())
+            Step::NewRoom if known && !has_new_room => match &request.new_room_user_id {
+                Some(creator) => self.notice_room(creator, deletion).await,
+                None => Ok(()),
+            },
+            Step::Leave if known => self.make_local_members_leave(deletion).await,
+            Step::Aliases if known => {
+                let shutdown = deletion.shutdown_room.get_or_insert_with(ShutdownResult::default);
+                self.move_aliases(&request, shutdown)
             }
-            Step::Leave if known => self.make_local_members_leave(room_id, shutdown).await,
-            Step::Aliases if known => self.move_aliases(request, shutdown),
-            Step::Purge if request.purge && known => self.rooms.purge_room(room_id).await.map(|_| ()),
+            Step::Purge if request.purge && known => {
+                let remaining = self.local_members(room_id)?;
+                if !remaining.is_empty() && !request.force_purge {
+                    return Err(Error::forbidden(format!(
+                        "Local users are still in the room ({}); purge with force_purge",
+                        remaining.len()
+                    )));
+                }
+                self.rooms.purge_room(room_id).await.map(|_| ())
+            }
             _ => Ok(()),
         }
     }
 
+    /// This server's users in the room: joined, invited or knocking.
+    fn local_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        let mut members = Vec::new();
+        for membership in ["join", "invite", "knock"] {
+            members.extend(self.rooms.members_with_membership(room_id, membership)?);
+        }
+        members.retain(|user| self.accounts.is_local(user));
+        Ok(members)
+    }
+
     /// The room the members of a deleted room are moved to, with the
-    /// admin's message.
-    async fn notice_room(&self, creator: &ruma::UserId, request: &DeletionRequest) -> Result<OwnedRoomId> {
+    /// admin's message; stored as soon as it exists, so that a restart does
+    /// not create a second one.
+    async fn notice_room(&self, creator: &ruma::UserId, deletion: &mut Deletion) -> Result<()> {
+        let request = deletion.request.clone();
         let create = crate::rooms::CreateRoom {
             preset: Some(crate::rooms::Preset::PublicChat),
             name: Some(request.room_name.clone().unwrap_or_else(|| DEFAULT_ROOM_NAME.to_owned())),
@@ -229,24 +276,24 @@ impl Services {
             ..Default::default()
         };
         let new_room = self.rooms.create_room(creator, create).await?;
+        deletion.shutdown_room.get_or_insert_with(ShutdownResult::default).new_room_id =
+            Some(new_room.clone());
+        self.checkpoint(deletion)?;
         let body = request.message.clone().unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
         let content = serde_json::json!({"msgtype": "m.text", "body": body});
-        self.rooms
-            .send(&new_room, creator, estuary_events::PduTemplate::message("m.room.message", content), None)
-            .await?;
-        Ok(new_room)
+        let message = estuary_events::PduTemplate::message("m.room.message", content);
+        self.rooms.send(&new_room, creator, message, None).await?;
+        Ok(())
     }
 
-    /// Every local member leaves (joined, invited or knocking), and with a
-    /// new room is joined to it.
-    async fn make_local_members_leave(&self, room_id: &RoomId, shutdown: &mut ShutdownResult) -> Result<()> {
-        let mut members = Vec::new();
-        for membership in ["join", "invite", "knock"] {
-            members.extend(self.rooms.members_with_membership(room_id, membership)?);
-        }
-        members.retain(|user| self.accounts.is_local(user));
-        for user in members {
-            match self.rooms.leave(room_id, &user, Some("This room has been deleted".to_owned())).await {
+    /// Every local member leaves, and with a new room is joined to it;
+    /// progress is stored after each member.
+    async fn make_local_members_leave(&self, deletion: &mut Deletion) -> Result<()> {
+        let room_id = deletion.request.room_id.clone();
+        for user in self.local_members(&room_id)? {
+            let left = self.rooms.leave(&room_id, &user, Some("This room has been deleted".to_owned())).await;
+            let shutdown = deletion.shutdown_room.get_or_insert_with(ShutdownResult::default);
+            match left {
                 Ok(()) => {
                     if let Some(new_room) = &shutdown.new_room_id
                         && let Err(err) = self.rooms.join(new_room, &user, None, Default::default()).await
@@ -259,9 +306,12 @@ impl Services {
                 }
                 Err(err) => {
                     tracing::warn!(%user, %room_id, "could not make a member leave a deleted room: {err}");
-                    shutdown.failed_to_kick_users.push(user);
+                    if !shutdown.failed_to_kick_users.contains(&user) {
+                        shutdown.failed_to_kick_users.push(user);
+                    }
                 }
             }
+            self.checkpoint(deletion)?;
         }
         Ok(())
     }
@@ -321,6 +371,7 @@ mod tests {
             new_room_user_id: None,
             room_name: None,
             message: None,
+            force_purge: false,
         };
         let interrupted = Deletion {
             delete_id: "interrupted".to_owned(),

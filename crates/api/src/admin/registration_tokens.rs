@@ -56,7 +56,7 @@ pub async fn create(
         expiry_time: body.expiry_time,
     };
     let token = services.accounts.create_registration_token(new).await?;
-    tracing::info!(%admin, token = token.token, "admin created a registration token");
+    tracing::info!(%admin, uses_allowed = ?token.uses_allowed, "admin created a registration token");
     Ok(Json(serde_json::to_value(token).map_err(Error::internal)?))
 }
 
@@ -92,7 +92,7 @@ pub async fn update(
 ) -> ApiResult<Json<JsonValue>> {
     let updated =
         services.accounts.update_registration_token(&token, body.uses_allowed, body.expiry_time).await?;
-    tracing::info!(%admin, token, "admin changed a registration token");
+    tracing::info!(%admin, "admin changed a registration token");
     Ok(Json(serde_json::to_value(updated).map_err(Error::internal)?))
 }
 
@@ -105,6 +105,6 @@ pub async fn delete(
     if !services.accounts.delete_registration_token(&token)? {
         return Err(no_such_token(&token).into());
     }
-    tracing::info!(%admin, token, "admin deleted a registration token");
+    tracing::info!(%admin, "admin deleted a registration token");
     Ok(Json(json!({})))
 }

@@ -288,6 +288,8 @@ pub struct DeleteRoom {
     new_room_user_id: Option<String>,
     room_name: Option<String>,
     message: Option<String>,
+    #[serde(default)]
+    force_purge: bool,
 }
 
 fn yes() -> bool {
@@ -317,6 +319,7 @@ fn deletion_request(
         new_room_user_id,
         room_name: body.room_name,
         message: body.message,
+        force_purge: body.force_purge,
     })
 }
 

@@ -64,9 +64,7 @@ async fn join(
     via: &[ruma::OwnedServerName],
 ) -> Result<(), Error> {
     super::refuse_if_suspended(services, user_id)?;
-    if services.rooms.blocked_by(room_id)?.is_some() {
-        return Err(Error::forbidden("This room has been blocked on this server"));
-    }
+    refuse_if_blocked(services, room_id)?;
     // A room this server left is joined through the servers still in it:
     // its state here stopped when we left.
     let known = services.rooms.room(room_id)?.is_some();
@@ -159,6 +157,7 @@ pub async fn invite(
     let reason = recipient.reason.clone();
     let (room_id, sender, invitee) = (&request.body.room_id, request.user()?, &recipient.user_id);
     super::refuse_if_suspended(&services, sender)?;
+    refuse_if_blocked(&services, room_id)?;
     if super::shadow_banned_event_id(&services, sender).is_some() {
         return Ok(invite_user::v3::Response::new());
     }
@@ -197,6 +196,7 @@ pub async fn kick(
     request: Ruma<kick_user::v3::Request>,
 ) -> ApiResult<kick_user::v3::Response> {
     let body = &request.body;
+    super::refuse_if_suspended(&services, request.user()?)?;
     services.rooms.kick(&body.room_id, request.user()?, &body.user_id, body.reason.clone()).await?;
     Ok(kick_user::v3::Response::new())
 }
@@ -206,6 +206,7 @@ pub async fn ban(
     request: Ruma<ban_user::v3::Request>,
 ) -> ApiResult<ban_user::v3::Response> {
     let body = &request.body;
+    super::refuse_if_suspended(&services, request.user()?)?;
     services
         .rooms
         .set_membership(&body.room_id, request.user()?, &body.user_id, "ban", body.reason.clone())
@@ -218,6 +219,7 @@ pub async fn unban(
     request: Ruma<unban_user::v3::Request>,
 ) -> ApiResult<unban_user::v3::Response> {
     let body = &request.body;
+    super::refuse_if_suspended(&services, request.user()?)?;
     services.rooms.unban(&body.room_id, request.user()?, &body.user_id, body.reason.clone()).await?;
     Ok(unban_user::v3::Response::new())
 }
@@ -273,6 +275,7 @@ pub async fn knock(
     let (room_id, mut via) = resolve_with_servers(&services, &body.room_id_or_alias).await?;
     let (user_id, reason) = (request.user()?, body.reason.clone());
     super::refuse_if_suspended(&services, user_id)?;
+    refuse_if_blocked(&services, &room_id)?;
     if services.rooms.room(&room_id)?.is_some() || !services.config.allow_federation {
         services.rooms.knock(&room_id, user_id, reason).await?;
         return Ok(ruma::api::client::knock::knock_room::v3::Response::new(room_id));
@@ -284,4 +287,12 @@ pub async fn knock(
     via.dedup();
     services.federation.knock_remote(&room_id, user_id, &via, reason).await?;
     Ok(ruma::api::client::knock::knock_room::v3::Response::new(room_id))
+}
+
+/// Nobody of this server joins, knocks on or invites to a room an admin blocked.
+fn refuse_if_blocked(services: &AppState, room_id: &RoomId) -> Result<(), Error> {
+    if services.rooms.blocked_by(room_id)?.is_some() {
+        return Err(Error::forbidden("This room has been blocked on this server"));
+    }
+    Ok(())
 }

@@ -46,12 +46,19 @@ pub(crate) fn require_self(sender: &UserId, user_id: &UserId, what: &str) -> Res
     Ok(())
 }
 
-/// Take one `action` of `user` from its rate limit. Users of an appservice
-/// whose registration says `rate_limited: false` (its bot and ghosts) are exempt.
+/// Take one `action` of `user` from its rate limit. The users an appservice
+/// registered (its bot and ghosts) are exempt when its registration says
+/// `rate_limited: false`; a user who merely matches its namespace is not.
 pub(crate) fn rate_limit_user(services: &AppState, action: Action, user: &UserId) -> Result<(), Error> {
-    if !services.config.rc_enabled
-        || services.appservices.for_user(user).is_some_and(|a| a.registration.rate_limited == Some(false))
-    {
+    if !services.config.rc_enabled {
+        return Ok(());
+    }
+    let exempt = || -> Result<bool, Error> {
+        let unlimited =
+            services.appservices.for_user(user).is_some_and(|a| a.registration.rate_limited == Some(false));
+        Ok(unlimited && services.accounts.account(user)?.is_some_and(|a| a.appservice))
+    };
+    if exempt()? {
         return Ok(());
     }
     services.rate_limits.check_user(action, user)

@@ -101,8 +101,9 @@ pub async fn register(
         }
         let flows = accounts.registration_flows()?;
         let session = registration_uia(&services, flows, &params, body.auth.as_ref()).await?;
+        claim_registration(&services, &session).await?;
         accounts.upgrade_guest(&guest, params.password.take()).await?;
-        registered(&services, &session, &guest).await?;
+        accounts.uiaa.set_result(&session, guest.to_string());
         return logged_in(&services, guest, params);
     }
     // Check the name first so clients learn of a taken name before UIA.
@@ -113,19 +114,20 @@ pub async fn register(
     services.appservices.check_not_exclusive(&user_id, None)?;
     let session = registration_uia(&services, flows, &params, body.auth.as_ref()).await?;
     super::rate_limit_address(&services, Action::Registration, request.client_ip)?;
+    claim_registration(&services, &session).await?;
     accounts.create_account(&user_id, params.password.take(), false).await?;
-    registered(&services, &session, &user_id).await?;
+    accounts.uiaa.set_result(&session, user_id.to_string());
     new_account(&services, user_id, params).await
 }
 
-/// A registration's session is done: it answers the same again, and the
-/// registration token it passed with counts one use.
-async fn registered(services: &AppState, session: &str, user_id: &ruma::UserId) -> Result<(), Error> {
+/// A completed session registers once: it is claimed (a concurrent request
+/// on it is refused) and the registration token it passed with counts one
+/// use. Once done, the same session sent again gets the same account.
+async fn claim_registration(services: &AppState, session: &str) -> Result<(), Error> {
     let accounts = &services.accounts;
-    if let Some(token) = accounts.uiaa.registration_token(session) {
+    if let Some(token) = accounts.uiaa.claim(session)? {
         accounts.use_registration_token(&token).await?;
     }
-    accounts.uiaa.set_result(session, user_id.to_string());
     Ok(())
 }
 

@@ -19,6 +19,8 @@ use ruma::{
 };
 
 use super::room::raw;
+use estuary_service::rate_limits::Action;
+
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
 fn direction(dir: RumaDirection) -> Direction {
@@ -174,6 +176,7 @@ pub async fn report_event(
     request: Ruma<report_content::v3::Request>,
 ) -> ApiResult<report_content::v3::Response> {
     let body = &request.body;
+    super::rate_limit_user(&services, Action::Message, request.user()?)?;
     services.rooms.report(request.user()?, &body.room_id, Some(&body.event_id), body.reason.clone())?;
     Ok(report_content::v3::Response::new())
 }
@@ -183,6 +186,7 @@ pub async fn report_a_room(
     request: Ruma<report_room::v3::Request>,
 ) -> ApiResult<report_room::v3::Response> {
     let body = &request.body;
+    super::rate_limit_user(&services, Action::Message, request.user()?)?;
     services.rooms.report(request.user()?, &body.room_id, None, Some(body.reason.clone()))?;
     Ok(report_room::v3::Response::new())
 }
@@ -194,6 +198,7 @@ pub async fn report_a_user(
     request: Ruma<report_user::v3::Request>,
 ) -> ApiResult<report_user::v3::Response> {
     let body = &request.body;
+    super::rate_limit_user(&services, Action::Message, request.user()?)?;
     if services.accounts.is_local(&body.user_id) && !services.accounts.exists(&body.user_id)? {
         return Err(estuary_core::Error::not_found("The user was not found").into());
     }

@@ -49,6 +49,19 @@ pub async fn create(
 ) -> ApiResult<create_room::v3::Response> {
     let body = &request.body;
     super::refuse_if_suspended(&services, request.user()?)?;
+    if !body.invite.is_empty() && super::shadow_banned_event_id(&services, request.user()?).is_some() {
+        // As Synapse: a room with invites looks created and reaches no one.
+        let fake = format!(
+            "!{}:{}",
+            estuary_service::accounts::tokens::random_token(18),
+            services.config.server_name
+        );
+        let room_id = ruma::OwnedRoomId::try_from(fake).map_err(Error::internal)?;
+        return Ok(create_room::v3::Response::new(room_id));
+    }
+    for _ in &body.invite {
+        super::rate_limit_user(&services, Action::InviteByUser, request.user()?)?;
+    }
     let preset = body.preset.as_ref().map(|p| match p.as_str() {
         "public_chat" => Ok(Preset::PublicChat),
         "trusted_private_chat" => Ok(Preset::TrustedPrivateChat),
@@ -355,6 +368,7 @@ pub async fn upgrade(
 ) -> ApiResult<axum::Json<serde_json::Value>> {
     let room_id =
         ruma::RoomId::parse(room_id).map_err(|e| Error::invalid_param(format!("Invalid room ID: {e}")))?;
+    super::refuse_if_suspended(&services, &user)?;
     let body: serde_json::Value =
         serde_json::from_slice(&body).map_err(|_| Error::not_json("The body is not JSON"))?;
     let version = body["new_version"].as_str().ok_or_else(|| Error::bad_json("Missing `new_version`"))?;

@@ -47,11 +47,13 @@ pub async fn login(services: AppState, request: Ruma<login::v3::Request>) -> Api
                 password_login_user(&services, password.identifier.as_ref(), password.user.as_deref())?;
             let limits = &services.rate_limits;
             limits.check_login_not_blocked(user_id.as_str())?;
-            super::rate_limit_user(&services, Action::LoginByAccount, &user_id)?;
             if !accounts.verify_password(&user_id, &password.password).await? {
                 limits.record_failed_login(user_id.as_str())?;
                 return Err(login_refused(&services, &user_id)?.into());
             }
+            // Counted once the password is right: wrong guesses count as
+            // failed attempts only, so nobody can lock another user out.
+            super::rate_limit_user(&services, Action::LoginByAccount, &user_id)?;
             user_id
         }
         LoginInfo::Token(token) => accounts.consume_login_token(&token.token)?,

@@ -1,7 +1,7 @@
 //! Registration tokens admins create (`m.login.registration_token`), with
 //! how often each may be used and until when.
 
-use estuary_core::{Error, Result, time::now_millis};
+use estuary_core::{Error, Result, error::ErrorKind, time::now_millis};
 use estuary_storage::codec::Json;
 use serde::{Deserialize, Serialize};
 
@@ -157,12 +157,18 @@ impl Accounts {
         Ok(self.registration_token(token)?.is_some_and(|t| t.is_valid()))
     }
 
-    /// A registration that passed with `token` completed: one use more.
-    /// Tokens from the configuration (or the first-run token) have no count.
+    /// A registration that passed with `token` goes ahead: one use more,
+    /// checked again against the limits now (registrations racing for the
+    /// last use get one each). Tokens from the configuration (or the
+    /// first-run token) have no count.
     pub async fn use_registration_token(&self, token: &str) -> Result<()> {
         let _guard = self.registration_lock.lock().await;
         let key = token.to_owned();
         if let Some(Json(mut stored)) = self.registrationtoken_token.get(&key).db()? {
+            let expired = stored.expiry_time.is_some_and(|at| at <= now_millis());
+            if expired || stored.uses_allowed.is_some_and(|allowed| stored.completed >= allowed) {
+                return Err(Error::matrix(401, ErrorKind::Unauthorized, "Invalid registration token"));
+            }
             stored.completed += 1;
             self.registrationtoken_token.put(&key, &Json(stored)).db()?;
         }

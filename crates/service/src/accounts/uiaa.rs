@@ -53,6 +53,8 @@ struct Session {
     /// The registration token this session passed with: a use of it is
     /// pending until the session registers or expires.
     registration_token: Option<String>,
+    /// The operation the session authorised is under way (see `claim`).
+    claimed: bool,
 }
 
 #[derive(Default)]
@@ -182,6 +184,7 @@ impl UiaaSessions {
             params: request.params.clone(),
             result: None,
             registration_token: None,
+            claimed: false,
         };
         sessions.insert(id.clone(), session);
         id
@@ -234,10 +237,23 @@ impl UiaaSessions {
         let sessions = self.sessions.lock().expect("uiaa lock");
         let pending = sessions.values().filter(|s| {
             s.created.elapsed() < SESSION_LIFETIME
-                && s.result.is_none()
+                && !s.claimed
                 && s.registration_token.as_deref() == Some(token)
         });
         pending.count() as u64
+    }
+
+    /// Start the operation a completed session authorised, once: a second
+    /// request on the same session is refused while (or after) the first
+    /// runs. Returns the registration token the session passed with.
+    pub fn claim(&self, id: &str) -> Result<Option<String>> {
+        let mut sessions = self.sessions.lock().expect("uiaa lock");
+        let Some(session) = sessions.get_mut(id) else { return Ok(None) };
+        if session.claimed {
+            return Err(Error::forbidden("This session's registration is already under way"));
+        }
+        session.claimed = true;
+        Ok(session.registration_token.clone())
     }
 
     fn complete_stage(&self, id: &str, stage: AuthType) -> Vec<AuthType> {

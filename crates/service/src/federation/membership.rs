@@ -442,6 +442,9 @@ impl Federation {
         }
         // A room this server is in: its ACL decides who may invite into it.
         self.require_acl(origin, room_id)?;
+        if self.rooms.blocked_by(room_id)?.is_some() {
+            return Err(Error::forbidden("This room has been blocked on this server"));
+        }
         let pdu = self.verified(room_version, event).await?;
         let invitee = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
         let valid = pdu.event_id == event_id

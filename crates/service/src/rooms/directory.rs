@@ -321,6 +321,8 @@ impl Rooms {
         };
         rooms.sort();
         rooms.dedup();
+        // A room purged while a listing row remained is not listed.
+        rooms.retain(|room| self.roomid_room.contains(room).unwrap_or(false));
         Ok(rooms)
     }
 

@@ -71,6 +71,19 @@ impl Rooms {
         Ok(())
     }
 
+    /// Every peek into a room ends (the room is purged).
+    pub(super) fn end_peeks_into(&self, room_id: &RoomId) -> Result<()> {
+        for user in self.peeks.peekers(room_id) {
+            for ((_, device, room), _) in self.peeks.table.scan_prefix(&(user.to_string(),)).db()? {
+                if room == room_id.as_str() {
+                    self.peeks.table.delete(&(user.to_string(), device, room)).db()?;
+                }
+            }
+        }
+        self.peeks.by_room.write().expect("peeks").remove(room_id);
+        Ok(())
+    }
+
     /// A deleted device's peeks end with it.
     pub fn delete_device_peeks(&self, user: &UserId, device: &DeviceId) -> Result<()> {
         for (room_id, _) in self.device_peeks(user, device)? {

@@ -39,6 +39,12 @@ impl Rooms {
         self.delete_prefix(&self.roomidts_eventid, &prefix)?;
         self.delete_prefix(&self.roomidthreadroot_latest, &prefix)?;
         self.delete_prefix(&self.roomidtermstream_count, &prefix)?;
+        self.end_peeks_into(room_id)?;
+        for (key, _) in self.networkroomid.scan_raw_prefix(&[], usize::MAX).db()? {
+            if key.1 == room {
+                self.networkroomid.delete(&key).db()?;
+            }
+        }
         let mut batch = self.db.batch();
         batch.delete(&self.publicroomid, &room);
         batch.delete(&self.openroomid, &room);

@@ -104,7 +104,11 @@ impl Rooms {
             None => true,
         };
         let mut matching = Vec::new();
-        for (id, Json(report)) in self.reportid_report.scan_raw_prefix(&[], REPORTS_SCANNED).db()? {
+        // Scanned in the listing's order, so the bound drops the far end.
+        let newest_first = !query.oldest_first;
+        for (id, Json(report)) in
+            self.reportid_report.scan_from(&[], None, newest_first, REPORTS_SCANNED).db()?
+        {
             if !contains(&query.reporter, Some(report.reporter.as_str()))
                 || !contains(&query.room_id, report.room_id.as_ref().map(|r| r.as_str()))
             {
@@ -117,9 +121,6 @@ impl Rooms {
                 }
             }
             matching.push((id, report));
-        }
-        if !query.oldest_first {
-            matching.reverse();
         }
         let total = matching.len();
         let page = matching.into_iter().skip(query.from).take(query.limit).collect();
