@@ -920,3 +920,174 @@ async fn admins_quarantine_protect_list_and_delete_media() {
     let (_, cleared) = server.delete(&media, Some(&admin.token)).await;
     assert_eq!(cleared["total"], 1);
 }
+
+/// Every field of `row` a page of the admin UI reads.
+#[track_caller]
+fn has_fields(row: &Value, fields: &[&str], page: &str) {
+    for field in fields {
+        assert!(row.get(*field).is_some(), "{page}: `{field}` missing from {row}");
+    }
+}
+
+/// synapse-admin's own requests (method, path, query as the UI sends
+/// them) at login and on its Users, Rooms, Media, Registration tokens and
+/// Reports pages, with every field each page reads.
+#[tokio::test]
+async fn the_synapse_admin_ui_request_sequence_works() {
+    let (server, _, alice, bob) = server_with_users().await;
+    // Login page: three unauthenticated probes, then the login (r0 paths).
+    let (status, version) = server.get(&format!("{ADMIN}/v1/server_version"), None).await;
+    assert_eq!(status, 200);
+    has_fields(&version, &["server_version"], "login");
+    let (_, versions) = server.get("/_matrix/client/versions", None).await;
+    has_fields(&versions, &["versions"], "login");
+    let (_, flows) = server.get("/_matrix/client/r0/login", None).await;
+    assert!(flows["flows"].as_array().unwrap().iter().any(|f| f["type"] == "m.login.password"), "{flows}");
+    let login = json!({
+        "device_id": null, "initial_device_display_name": "Synapse Admin", "type": "m.login.password",
+        "user": "admin", "password": PASSWORD, "identifier": {"type": "m.id.user", "user": "admin"},
+    });
+    let (status, session) = server.post("/_matrix/client/r0/login", None, login).await;
+    assert_eq!(status, 200, "{session}");
+    has_fields(&session, &["home_server", "user_id", "access_token", "device_id"], "login");
+    let token = session["access_token"].as_str().unwrap();
+    let get = |path: String| {
+        let server = &server;
+        async move {
+            let (status, body) = server.get(&path, Some(token)).await;
+            assert_eq!(status, 200, "GET {path}: {body}");
+            body
+        }
+    };
+
+    // Users list and one user's tabs.
+    let room = create_room(&server, &alice, json!({"name": "Shown", "preset": "public_chat"})).await;
+    send_text(&server, &alice, &room, "t1", "hello").await;
+    let report = format!("/_matrix/client/v3/rooms/{room}/report/{}", {
+        let (_, sent) = send_text(&server, &alice, &room, "t2", "rude").await;
+        sent["event_id"].as_str().unwrap().to_owned()
+    });
+    server.post(&format!("/_matrix/client/v3/join/{room}"), Some(&bob.token), json!({})).await;
+    server.post(&report, Some(&bob.token), json!({"reason": "rude", "score": -100})).await;
+    let users = get(format!(
+        "{ADMIN}/v2/users?from=0&limit=10&guests=true&deactivated=false&locked=false&order_by=name&dir=f"
+    ))
+    .await;
+    has_fields(&users, &["users", "total"], "users");
+    for user in users["users"].as_array().unwrap() {
+        has_fields(
+            user,
+            &[
+                "name",
+                "displayname",
+                "avatar_url",
+                "is_guest",
+                "admin",
+                "deactivated",
+                "locked",
+                "erased",
+                "creation_ts",
+            ],
+            "users",
+        );
+    }
+    let alice_id = encode(&alice.user_id);
+    let record = get(format!("{ADMIN}/v2/users/{alice_id}")).await;
+    has_fields(
+        &record,
+        &[
+            "name",
+            "displayname",
+            "admin",
+            "deactivated",
+            "creation_ts",
+            "threepids",
+            "external_ids",
+            "user_type",
+        ],
+        "user",
+    );
+    let devices =
+        get(format!("{ADMIN}/v2/users/{alice_id}/devices?from=0&limit=10&order_by=device_id&dir=f")).await;
+    has_fields(
+        &devices["devices"][0],
+        &["device_id", "display_name", "last_seen_ip", "last_seen_ts"],
+        "devices",
+    );
+    let whois = get(format!("{ADMIN}/v1/whois/{alice_id}")).await;
+    has_fields(
+        &whois["devices"][&alice.device_id]["sessions"][0]["connections"][0],
+        &["ip", "last_seen", "user_agent"],
+        "connections",
+    );
+    let media =
+        get(format!("{ADMIN}/v1/users/{alice_id}/media?from=0&limit=50&order_by=created_ts&dir=b")).await;
+    has_fields(&media, &["media", "total"], "user media");
+    let joined = get(format!("{ADMIN}/v1/users/{alice_id}/joined_rooms")).await;
+    has_fields(&joined, &["joined_rooms", "total"], "user rooms");
+    has_fields(&get(format!("{ADMIN}/v1/rooms/{room}")).await, &["name"], "user rooms");
+    has_fields(&get(format!("{ADMIN}/v1/users/{alice_id}/pushers")).await, &["pushers", "total"], "pushers");
+
+    // Rooms list and a room's page.
+    let rooms = get(format!("{ADMIN}/v1/rooms?from=0&limit=10&order_by=name&dir=f")).await;
+    has_fields(&rooms, &["rooms", "total_rooms"], "rooms");
+    has_fields(
+        &rooms["rooms"][0],
+        &[
+            "room_id",
+            "name",
+            "canonical_alias",
+            "encryption",
+            "joined_members",
+            "joined_local_members",
+            "state_events",
+            "version",
+            "federatable",
+            "public",
+        ],
+        "rooms",
+    );
+    let shown = get(format!("{ADMIN}/v1/rooms/{room}")).await;
+    has_fields(
+        &shown,
+        &["topic", "joined_local_devices", "creator", "join_rules", "guest_access", "history_visibility"],
+        "room",
+    );
+    let members = get(format!("{ADMIN}/v1/rooms/{room}/members")).await;
+    assert_eq!(members["total"], 2);
+    let state = get(format!("{ADMIN}/v1/rooms/{room}/state")).await;
+    has_fields(&state["state"][0], &["type", "origin_server_ts", "content", "sender"], "room state");
+    let extremities = get(format!("{ADMIN}/v1/rooms/{room}/forward_extremities")).await;
+    has_fields(
+        &extremities["results"][0],
+        &["event_id", "state_group", "depth", "received_ts"],
+        "extremities",
+    );
+
+    // Media statistics, registration tokens and reports pages.
+    let stats =
+        get(format!("{ADMIN}/v1/statistics/users/media?from=0&limit=10&order_by=media_length&dir=b")).await;
+    has_fields(&stats, &["users", "total"], "media");
+    let (status, created) = server
+        .post(&format!("{ADMIN}/v1/registration_tokens/new"), Some(token), json!({"uses_allowed": 3}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let tokens =
+        get(format!("{ADMIN}/v1/registration_tokens?from=0&limit=500&valid=true&order_by=id&dir=f")).await;
+    has_fields(
+        &tokens["registration_tokens"][0],
+        &["token", "uses_allowed", "pending", "completed", "expiry_time"],
+        "tokens",
+    );
+    let reports = get(format!("{ADMIN}/v1/event_reports?from=0&limit=10&order_by=received_ts&dir=b")).await;
+    has_fields(&reports, &["event_reports", "total"], "reports");
+    let listed = &reports["event_reports"][0];
+    has_fields(listed, &["id", "received_ts", "user_id", "score", "name"], "reports");
+    let shown = get(format!("{ADMIN}/v1/event_reports/{}", listed["id"])).await;
+    has_fields(
+        &shown,
+        &["reason", "canonical_alias", "room_id", "sender", "event_id", "event_json"],
+        "report",
+    );
+    has_fields(&shown["event_json"], &["origin_server_ts", "type", "content"], "report event");
+}

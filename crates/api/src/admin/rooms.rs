@@ -55,6 +55,10 @@ pub async fn list(
     ServerAdmin(_): ServerAdmin,
     AdminQuery(query): AdminQuery<ListQuery>,
 ) -> ApiResult<Json<JsonValue>> {
+    super::users::blocking(move || list_rooms(&services, &query)).await
+}
+
+fn list_rooms(services: &AppState, query: &ListQuery) -> Result<JsonValue, Error> {
     let order_by = query.order_by.as_deref().unwrap_or("name");
     let Some(&(_, largest_first)) = ROOM_ORDERS.iter().find(|(name, _)| *name == order_by) else {
         let names: Vec<_> = ROOM_ORDERS.iter().map(|(name, _)| *name).collect();
@@ -68,7 +72,7 @@ pub async fn list(
         other => other,
     };
     if query.search_term.as_deref() == Some("") {
-        return Err(Error::invalid_param("search_term cannot be empty").into());
+        return Err(Error::invalid_param("search_term cannot be empty"));
     }
     let mut rooms = Vec::new();
     for room_id in services.rooms.all_room_ids()? {
@@ -97,7 +101,7 @@ pub async fn list(
         body["prev_batch"] = json!(query.from.saturating_sub(query.limit));
     }
     body["rooms"] = JsonValue::Array(page);
-    Ok(Json(body))
+    Ok(body)
 }
 
 /// Synapse's search: part of the name or canonical alias (case-insensitive),
@@ -165,6 +169,17 @@ pub async fn members(
     let room_id = known_room(&services, &room_id)?;
     let members = services.rooms.members_with_membership(&room_id, "join")?;
     Ok(Json(json!({"members": members, "total": members.len()})))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/forward_extremities`.
+pub async fn forward_extremities(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = known_room(&services, &room_id)?;
+    let results = services.rooms.forward_extremities(&room_id)?;
+    Ok(Json(json!({"count": results.len(), "results": results})))
 }
 
 /// `GET /_synapse/admin/v1/rooms/{roomId}/state`.

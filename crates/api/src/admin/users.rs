@@ -63,7 +63,7 @@ pub async fn list_v2(
     ServerAdmin(_): ServerAdmin,
     AdminQuery(query): AdminQuery<ListQuery>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(list(&services, query, ListVersion::V2)?))
+    blocking(move || list(&services, query, ListVersion::V2)).await
 }
 
 /// `GET /_synapse/admin/v3/users`.
@@ -72,7 +72,16 @@ pub async fn list_v3(
     ServerAdmin(_): ServerAdmin,
     AdminQuery(query): AdminQuery<ListQuery>,
 ) -> ApiResult<Json<JsonValue>> {
-    Ok(Json(list(&services, query, ListVersion::V3)?))
+    blocking(move || list(&services, query, ListVersion::V3)).await
+}
+
+/// A listing reads every account (or room): on the blocking pool, not an
+/// async worker.
+pub(super) async fn blocking(
+    listing: impl FnOnce() -> Result<JsonValue, Error> + Send + 'static,
+) -> ApiResult<Json<JsonValue>> {
+    let listed = tokio::task::spawn_blocking(listing).await.map_err(Error::internal)??;
+    Ok(Json(listed))
 }
 
 fn list(services: &AppState, query: ListQuery, version: ListVersion) -> Result<JsonValue, Error> {

@@ -140,6 +140,22 @@ impl Rooms {
         Ok(found.into_iter().partition(|uri| uri.starts_with(&local)))
     }
 
+    /// The room's forward extremities, as Synapse's admin API lists them.
+    pub fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<JsonValue>> {
+        let room = self.require_room(room_id)?;
+        let mut results = Vec::new();
+        for event_id in &room.extremities {
+            let Some(stored) = self.stored(event_id)? else { continue };
+            results.push(json!({
+                "event_id": event_id,
+                "state_group": stored.state_after,
+                "depth": stored.json.get("depth").and_then(|d| d.as_integer()).map(i64::from),
+                "received_ts": stored.json.get("origin_server_ts").and_then(|t| t.as_integer()).map(i64::from),
+            }));
+        }
+        Ok(results)
+    }
+
     fn blocked_rooms(&self) -> Result<std::collections::HashMap<OwnedRoomId, OwnedUserId>> {
         let global: estuary_storage::Table<
             String,
