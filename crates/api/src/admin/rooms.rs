@@ -62,9 +62,7 @@ fn list_rooms(services: &AppState, query: &ListQuery) -> Result<JsonValue, Error
     let order_by = query.order_by.as_deref().unwrap_or("name");
     let Some(&(_, largest_first)) = ROOM_ORDERS.iter().find(|(name, _)| *name == order_by) else {
         let names: Vec<_> = ROOM_ORDERS.iter().map(|(name, _)| *name).collect();
-        return Err(
-            Error::invalid_param(format!("Query parameter 'order_by' must be one of {names:?}")).into()
-        );
+        return Err(Error::invalid_param(format!("Query parameter 'order_by' must be one of {names:?}")));
     };
     let column = match order_by {
         "alphabetical" => "name",
