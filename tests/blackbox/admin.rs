@@ -578,6 +578,21 @@ async fn rooms_are_listed_shown_blocked_and_administered() {
     assert_eq!(members, json!({"members": [alice.user_id], "total": 1}));
     let (_, state) = server.get(&format!("{one}/state"), Some(&admin.token)).await;
     assert!(state["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{state}");
+    // The admin reads a room it is not in, whatever its history visibility.
+    send_text(&server, &alice, &private, "secret", "between us").await;
+    let (status, page) = server.get(&format!("{one}/messages?dir=b&limit=1"), Some(&admin.token)).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["chunk"][0]["content"]["body"], "between us");
+    assert!(page["start"].is_string() && page["end"].is_string(), "{page}");
+    let filtered =
+        format!("{one}/messages?dir=f&limit=50&filter={}", encode(r#"{"types":["m.room.create"]}"#));
+    let (_, page) = server.get(&filtered, Some(&admin.token)).await;
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 1, "{page}");
+    assert_error(
+        &server.get(&format!("{one}/messages?filter=nope"), Some(&admin.token)).await,
+        400,
+        "M_INVALID_PARAM",
+    );
     assert_error(
         &server.get(&format!("{rooms}/!nope:localhost"), Some(&admin.token)).await,
         404,

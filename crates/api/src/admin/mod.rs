@@ -104,6 +104,7 @@ fn room_routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{V2}/rooms/delete_status/{{delete_id}}"), get(rooms::delete_status))
         .route(&format!("{V1}/rooms/{{room_id}}/members"), get(rooms::members))
         .route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::state))
+        .route(&format!("{V1}/rooms/{{room_id}}/messages"), get(rooms::messages))
         .route(&format!("{V1}/rooms/{{room_id}}/forward_extremities"), get(rooms::forward_extremities))
         .route(&format!("{V1}/rooms/{{room_id}}/block"), get(rooms::get_block).put(rooms::set_block))
         .route(&format!("{V1}/rooms/{{room_id}}/make_room_admin"), post(rooms::make_room_admin))

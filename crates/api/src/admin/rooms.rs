@@ -8,7 +8,10 @@ use axum::{
     extract::{Path, State},
 };
 use estuary_core::Error;
-use estuary_service::room_deletion::{Deletion, DeletionRequest, Status};
+use estuary_service::{
+    room_deletion::{Deletion, DeletionRequest, Status},
+    rooms::{Direction, MessagesQuery},
+};
 use ruma::{OwnedRoomId, RoomId, RoomOrAliasId};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
@@ -423,4 +426,49 @@ pub async fn delete_status(
         .by_id(&delete_id)?
         .ok_or_else(|| Error::not_found(format!("delete id '{delete_id}' not found")))?;
     Ok(Json(deletion_view(&deletion)))
+}
+
+#[derive(Deserialize)]
+pub struct MessagesParams {
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(default = "ten")]
+    limit: usize,
+    #[serde(default)]
+    dir: Dir,
+    filter: Option<String>,
+}
+
+fn ten() -> usize {
+    10
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/messages`: the room's history
+/// whatever its visibility, paged as the client `/messages` is.
+pub async fn messages(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(room_id): Path<String>,
+    AdminQuery(params): AdminQuery<MessagesParams>,
+) -> ApiResult<Json<JsonValue>> {
+    let room_id = known_room(&services, &room_id)?;
+    let filter = match &params.filter {
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| Error::invalid_param(format!("Invalid filter: {e}")))?
+        }
+        None => Default::default(),
+    };
+    let query = MessagesQuery {
+        from: params.from,
+        to: params.to,
+        dir: if params.dir == Dir::Backwards { Direction::Backward } else { Direction::Forward },
+        limit: params.limit,
+        filter,
+    };
+    let page = services.rooms.messages_as_admin(&room_id, query)?;
+    let mut body = json!({"chunk": page.chunk, "start": page.start});
+    if let Some(end) = page.end {
+        body["end"] = json!(end);
+    }
+    Ok(Json(body))
 }
