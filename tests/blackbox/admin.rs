@@ -678,6 +678,8 @@ async fn a_deleted_room_loses_its_members_events_and_aliases() {
     }
     assert_eq!(search_hits(&server, &bob, "contraband").await, 5);
 
+    let (_, before) = server.get("/_matrix/client/v3/sync", Some(&bob.token)).await;
+    let since = before["next_batch"].as_str().unwrap().to_owned();
     let delete = json!({"block": true, "new_room_user_id": admin.user_id, "message": "Moved for moderation"});
     let (status, started) =
         server.delete_with_body(&format!("{ADMIN}/v2/rooms/{room}"), &admin.token, delete).await;
@@ -705,6 +707,13 @@ async fn a_deleted_room_loses_its_members_events_and_aliases() {
     assert!(
         messages["chunk"].as_array().unwrap().iter().any(|e| e["content"]["body"] == "Moved for moderation")
     );
+
+    // A client that syncs after the purge learns it left the old room.
+    let (_, later) = server.get(&format!("/_matrix/client/v3/sync?since={since}"), Some(&bob.token)).await;
+    let left = &later["rooms"]["leave"][&room]["timeline"]["events"];
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{later}");
+    assert_eq!(left[0]["content"]["membership"], "leave");
+    assert!(later["rooms"]["join"].get(new_room).is_some(), "{later}");
 
     // The old room's events are gone, from history and from search; the
     // room is blocked and unknown to the admin API.
@@ -1105,4 +1114,56 @@ async fn the_synapse_admin_ui_request_sequence_works() {
         "report",
     );
     has_fields(&shown["event_json"], &["origin_server_ts", "type", "content"], "report event");
+}
+
+#[tokio::test]
+async fn a_rooms_history_is_purged_up_to_a_point() {
+    let (server, admin, alice, _) = server_with_users().await;
+    let room = create_room(&server, &alice, json!({"name": "Long history"})).await;
+    let mut sent = Vec::new();
+    for i in 0..4 {
+        let (_, event) = send_text(&server, &alice, &room, &format!("t{i}"), &format!("old {i}")).await;
+        sent.push(event["event_id"].as_str().unwrap().to_owned());
+    }
+    let purge = format!("{ADMIN}/v1/purge_history/{room}");
+    assert_error(&server.post(&purge, Some(&admin.token), json!({})).await, 400, "M_BAD_JSON");
+    let body = json!({"delete_local_events": true, "purge_up_to_event_id": sent[2]});
+    let (status, started) = server.post(&purge, Some(&admin.token), body).await;
+    assert_eq!(status, 200, "{started}");
+    let status_path = format!("{ADMIN}/v1/purge_history_status/{}", started["purge_id"].as_str().unwrap());
+    let mut done = Value::Null;
+    for _ in 0..100 {
+        done = server.get(&status_path, Some(&admin.token)).await.1;
+        if done["status"] != "active" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(done["status"], "complete", "{done}");
+
+    // The two oldest messages are gone; later ones and the room's state stay.
+    let (_, page) = server
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&alice.token))
+        .await;
+    let bodies: Vec<_> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["old 3", "old 2"], "{page}");
+    let (_, name) =
+        server.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"), Some(&alice.token)).await;
+    assert_eq!(name["name"], "Long history");
+    assert_error(
+        &server.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", sent[0]), Some(&alice.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_eq!(send_text(&server, &alice, &room, "t9", "still works").await.0, 200);
+
+    // Local events stay unless asked; a point in time with no event before it is 404.
+    let by_ts = json!({"purge_up_to_ts": 1000});
+    assert_error(&server.post(&purge, Some(&admin.token), by_ts).await, 404, "M_NOT_FOUND");
+    assert_error(
+        &server.get(&format!("{ADMIN}/v1/purge_history_status/nope"), Some(&admin.token)).await,
+        404,
+        "M_NOT_FOUND",
+    );
 }

@@ -86,15 +86,22 @@ impl Deletion {
     }
 }
 
-/// The stored deletions (one row of `global`: there are few).
+/// The stored deletions (one row of `global`: there are few), and the
+/// history purges under way or done since the start (in memory, as on
+/// Synapse: a purge interrupted by a restart is simply asked for again).
 pub struct RoomDeletions {
     global: Table<String, Json<HashMap<String, Deletion>>>,
     write: std::sync::Mutex<()>,
+    history_purges: std::sync::Mutex<HashMap<String, (Status, Option<String>)>>,
 }
 
 impl RoomDeletions {
     pub fn new(db: &estuary_storage::Db) -> Result<Self> {
-        Ok(Self { global: db.table("global").db()?, write: std::sync::Mutex::new(()) })
+        Ok(Self {
+            global: db.table("global").db()?,
+            write: std::sync::Mutex::new(()),
+            history_purges: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     fn all(&self) -> Result<HashMap<String, Deletion>> {
@@ -146,6 +153,17 @@ impl RoomDeletions {
         Ok(found)
     }
 
+    /// A history purge's status and, when it failed, why.
+    pub fn history_purge(&self, purge_id: &str) -> Option<(Status, Option<String>)> {
+        self.history_purges.lock().ok()?.get(purge_id).cloned()
+    }
+
+    fn set_history_purge(&self, purge_id: &str, status: Status, error: Option<String>) {
+        if let Ok(mut purges) = self.history_purges.lock() {
+            purges.insert(purge_id.to_owned(), (status, error));
+        }
+    }
+
     fn unfinished(&self) -> Result<Vec<Deletion>> {
         Ok(self.all()?.into_values().filter(|d| !d.is_finished()).collect())
     }
@@ -175,6 +193,28 @@ impl Services {
         let delete_id = deletion.delete_id.clone();
         self.spawn_deletion(deletion);
         Ok(delete_id)
+    }
+
+    /// Purge a room's history before a point, in the background; the
+    /// purge's ID answers status queries.
+    pub fn purge_room_history(
+        self: &Arc<Self>,
+        room_id: OwnedRoomId,
+        purge: crate::rooms::HistoryPurge,
+    ) -> String {
+        let purge_id = crate::accounts::tokens::random_token(16);
+        self.room_deletions.set_history_purge(&purge_id, Status::Active, None);
+        let (services, id) = (self.clone(), purge_id.clone());
+        tokio::spawn(async move {
+            match services.rooms.purge_history(&room_id, purge).await {
+                Ok(_) => services.room_deletions.set_history_purge(&id, Status::Complete, None),
+                Err(err) => {
+                    tracing::warn!(%room_id, "purging the room's history failed: {err}");
+                    services.room_deletions.set_history_purge(&id, Status::Failed, Some(err.to_string()));
+                }
+            }
+        });
+        purge_id
     }
 
     /// Go on with deletions a restart interrupted.

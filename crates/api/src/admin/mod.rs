@@ -109,4 +109,7 @@ fn room_routes(router: Router<AppState>) -> Router<AppState> {
         .route(&format!("{V1}/rooms/{{room_id}}/block"), get(rooms::get_block).put(rooms::set_block))
         .route(&format!("{V1}/rooms/{{room_id}}/make_room_admin"), post(rooms::make_room_admin))
         .route(&format!("{V1}/join/{{room}}"), post(rooms::join))
+        .route(&format!("{V1}/purge_history/{{room_id}}"), post(rooms::purge_history))
+        .route(&format!("{V1}/purge_history/{{room_id}}/{{event_id}}"), post(rooms::purge_history))
+        .route(&format!("{V1}/purge_history_status/{{purge_id}}"), get(rooms::purge_history_status))
 }

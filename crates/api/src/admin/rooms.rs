@@ -10,7 +10,7 @@ use axum::{
 use estuary_core::Error;
 use estuary_service::{
     room_deletion::{Deletion, DeletionRequest, Status},
-    rooms::{Direction, MessagesQuery},
+    rooms::{Direction, HistoryPurge, MessagesQuery},
 };
 use ruma::{OwnedRoomId, RoomId, RoomOrAliasId};
 use serde::Deserialize;
@@ -469,6 +469,59 @@ pub async fn messages(
     let mut body = json!({"chunk": page.chunk, "start": page.start});
     if let Some(end) = page.end {
         body["end"] = json!(end);
+    }
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+pub struct PurgeHistory {
+    #[serde(default)]
+    delete_local_events: bool,
+    purge_up_to_event_id: Option<ruma::OwnedEventId>,
+    purge_up_to_ts: Option<u64>,
+}
+
+/// `POST /_synapse/admin/v1/purge_history/{roomId}[/{eventId}]`: the room's
+/// messages before a point go (state events stay); the answer's
+/// `purge_id` answers `GET /v1/purge_history_status/{purgeId}`.
+pub async fn purge_history(
+    State(services): State<AppState>,
+    ServerAdmin(admin): ServerAdmin,
+    Path(params): Path<Vec<(String, String)>>,
+    AdminBody(body): AdminBody<PurgeHistory>,
+) -> ApiResult<Json<JsonValue>> {
+    let param = |name: &str| params.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+    let room_id = known_room(&services, &param("room_id").unwrap_or_default())?;
+    let event_id = match param("event_id") {
+        Some(id) => Some(ruma::EventId::parse(&id).map_err(|_| Error::invalid_param("Invalid event ID"))?),
+        None => body.purge_up_to_event_id,
+    };
+    let before = match (event_id, body.purge_up_to_ts) {
+        (Some(event_id), _) => services.rooms.purge_point_at_event(&room_id, &event_id)?,
+        (None, Some(ts)) => services.rooms.purge_point_at_ts(&room_id, ts)?,
+        (None, None) => {
+            return Err(Error::bad_json("must specify purge_up_to_event_id or purge_up_to_ts").into());
+        }
+    };
+    let purge = HistoryPurge { before, delete_local_events: body.delete_local_events };
+    let purge_id = services.purge_room_history(room_id.clone(), purge);
+    tracing::info!(%admin, %room_id, before, purge_id, "admin purges a room's history");
+    Ok(Json(json!({"purge_id": purge_id})))
+}
+
+/// `GET /_synapse/admin/v1/purge_history_status/{purgeId}`.
+pub async fn purge_history_status(
+    State(services): State<AppState>,
+    ServerAdmin(_): ServerAdmin,
+    Path(purge_id): Path<String>,
+) -> ApiResult<Json<JsonValue>> {
+    let (status, error) = services
+        .room_deletions
+        .history_purge(&purge_id)
+        .ok_or_else(|| Error::not_found("purge id not found"))?;
+    let mut body = json!({"status": status});
+    if let Some(error) = error {
+        body["error"] = json!(error);
     }
     Ok(Json(body))
 }

@@ -57,6 +57,7 @@ pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::{PublicRoomsPage, RoomList};
 pub use history::{BackfillPoint, PrevWithState, StateAt};
 pub use notify::NotificationRow;
+pub use purge::HistoryPurge;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{passes, sender_wanted, type_wanted};
 pub use relations::{RelationsPage, RelationsQuery};
