@@ -436,6 +436,9 @@ mod tests {
         let finished = finished.expect("the deletion finished");
         assert_eq!(finished.shutdown_room.unwrap().kicked_users, vec![alice.clone()]);
         assert!(services.rooms.room(&room_id).unwrap().is_none(), "the room is purged");
-        assert!(services.rooms.memberships(&alice).unwrap().is_empty());
+        // Only alice's leave stays, for her clients' next sync.
+        assert_eq!(services.rooms.memberships(&alice).unwrap(), vec![(room_id.clone(), "leave".to_owned())]);
+        let stub = services.rooms.out_of_band_membership(&alice, &room_id).unwrap().expect("the leave is kept");
+        assert!(services.rooms.stored(&stub.event_id).unwrap().is_some());
     }
 }
