@@ -438,7 +438,8 @@ mod tests {
         assert!(services.rooms.room(&room_id).unwrap().is_none(), "the room is purged");
         // Only alice's leave stays, for her clients' next sync.
         assert_eq!(services.rooms.memberships(&alice).unwrap(), vec![(room_id.clone(), "leave".to_owned())]);
-        let stub = services.rooms.out_of_band_membership(&alice, &room_id).unwrap().expect("the leave is kept");
+        let stub =
+            services.rooms.out_of_band_membership(&alice, &room_id).unwrap().expect("the leave is kept");
         assert!(services.rooms.stored(&stub.event_id).unwrap().is_some());
     }
 }

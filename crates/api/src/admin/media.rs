@@ -10,7 +10,10 @@ use serde_json::{Value as JsonValue, json};
 
 use estuary_service::media::{BulkDelete, media_view};
 
-use super::extract::{AdminQuery, Dir, ServerAdmin, local_user};
+use super::{
+    extract::{AdminQuery, Dir, ServerAdmin, local_user},
+    listing::{page_body, sort_rows},
+};
 use crate::{AppState, error::ApiResult};
 
 /// `DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}`.
@@ -204,11 +207,7 @@ fn user_media_page(
     };
     let mut media: Vec<JsonValue> =
         services.media.uploads_of(user)?.iter().map(|(id, record)| media_view(id, record)).collect();
-    media.sort_by(|a, b| {
-        let order = super::users::compare_json(&a[order_by], &b[order_by]);
-        let order = if backwards { order.reverse() } else { order };
-        order.then_with(|| super::users::compare_json(&a["media_id"], &b["media_id"]))
-    });
+    sort_rows(&mut media, order_by, backwards, "media_id");
     let total = media.len();
     Ok((media.into_iter().skip(query.from).take(query.limit).collect(), total))
 }
@@ -293,17 +292,7 @@ pub async fn statistics(
             json!({"user_id": user, "displayname": displayname, "media_count": count, "media_length": bytes}),
         );
     }
-    users.sort_by(|a, b| {
-        let order = super::users::compare_json(&a[order_by], &b[order_by]);
-        let order = if query.dir == Dir::Backwards { order.reverse() } else { order };
-        order.then_with(|| super::users::compare_json(&a["user_id"], &b["user_id"]))
-    });
-    let total = users.len();
-    let page: Vec<_> = users.into_iter().skip(query.from).take(query.limit).collect();
-    let mut body = json!({"total": total});
-    if query.from + page.len() < total {
-        body["next_token"] = json!(query.from + page.len());
-    }
-    body["users"] = JsonValue::Array(page);
+    sort_rows(&mut users, order_by, query.dir == Dir::Backwards, "user_id");
+    let body = page_body("users", users, query.from, query.limit, false);
     Ok(Json(body))
 }

@@ -6,6 +6,7 @@
 mod devices;
 mod estuary;
 mod extract;
+mod listing;
 mod media;
 mod notices;
 mod registration_tokens;

@@ -58,7 +58,7 @@ pub async fn list(
     ServerAdmin(_): ServerAdmin,
     AdminQuery(query): AdminQuery<ListQuery>,
 ) -> ApiResult<Json<JsonValue>> {
-    super::users::blocking(move || list_rooms(&services, &query)).await
+    super::listing::blocking(move || list_rooms(&services, &query)).await
 }
 
 fn list_rooms(services: &AppState, query: &ListQuery) -> Result<JsonValue, Error> {

@@ -1,8 +1,6 @@
 //! Users in Synapse's admin API: the list, one user's record (read, create,
 //! change), deactivation, passwords, flags and a user's rooms.
 
-use std::cmp::Ordering;
-
 use axum::{
     Json,
     extract::{Path, State},
@@ -14,7 +12,10 @@ use ruma::{UserId, profile::ProfileFieldName};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
-use super::extract::{AdminBody, AdminQuery, Dir, ServerAdmin, local_user, present, user_id};
+use super::{
+    extract::{AdminBody, AdminQuery, Dir, ServerAdmin, local_user, present, user_id},
+    listing::{blocking, page_body, sort_rows},
+};
 use crate::{AppState, error::ApiResult};
 
 #[derive(Deserialize)]
@@ -75,15 +76,6 @@ pub async fn list_v3(
     blocking(move || list(&services, query, ListVersion::V3)).await
 }
 
-/// A listing reads every account (or room): on the blocking pool, not an
-/// async worker.
-pub(super) async fn blocking(
-    listing: impl FnOnce() -> Result<JsonValue, Error> + Send + 'static,
-) -> ApiResult<Json<JsonValue>> {
-    let listed = tokio::task::spawn_blocking(listing).await.map_err(Error::internal)??;
-    Ok(Json(listed))
-}
-
 fn list(services: &AppState, query: ListQuery, version: ListVersion) -> Result<JsonValue, Error> {
     let order_by = query.order_by.as_deref().unwrap_or("name");
     if !USER_ORDERS.contains(&order_by) {
@@ -121,18 +113,8 @@ fn list(services: &AppState, query: ListQuery, version: ListVersion) -> Result<J
         }
         rows.push(row);
     }
-    rows.sort_by(|a, b| {
-        let order = compare_json(&a[order_by], &b[order_by]);
-        let order = if query.dir == Dir::Backwards { order.reverse() } else { order };
-        order.then_with(|| compare_json(&a["name"], &b["name"]))
-    });
-    let total = rows.len();
-    let page: Vec<_> = rows.into_iter().skip(query.from).take(query.limit).collect();
-    let mut body = json!({"total": total});
-    if query.from + page.len() < total {
-        body["next_token"] = json!((query.from + page.len()).to_string());
-    }
-    body["users"] = JsonValue::Array(page);
+    sort_rows(&mut rows, order_by, query.dir == Dir::Backwards, "name");
+    let body = page_body("users", rows, query.from, query.limit, true);
     Ok(body)
 }
 
@@ -142,26 +124,6 @@ fn matches_name(user: &UserId, displayname: Option<&str>, part: &str) -> bool {
     let part = part.to_lowercase();
     user.localpart().to_lowercase().contains(&part)
         || displayname.is_some_and(|name| name.to_lowercase().contains(&part))
-}
-
-/// Order of JSON values in a sorted list: null, then booleans, numbers, strings.
-pub(super) fn compare_json(a: &JsonValue, b: &JsonValue) -> Ordering {
-    fn rank(v: &JsonValue) -> u8 {
-        match v {
-            JsonValue::Null => 0,
-            JsonValue::Bool(_) => 1,
-            JsonValue::Number(_) => 2,
-            _ => 3,
-        }
-    }
-    match (a, b) {
-        (JsonValue::Bool(x), JsonValue::Bool(y)) => x.cmp(y),
-        (JsonValue::Number(x), JsonValue::Number(y)) => {
-            x.as_f64().unwrap_or_default().total_cmp(&y.as_f64().unwrap_or_default())
-        }
-        (JsonValue::String(x), JsonValue::String(y)) => x.cmp(y),
-        _ => rank(a).cmp(&rank(b)),
-    }
 }
 
 /// A user as Synapse's admin API shows it. The list gives `creation_ts` in
