@@ -1167,3 +1167,43 @@ async fn a_rooms_history_is_purged_up_to_a_point() {
         "M_NOT_FOUND",
     );
 }
+
+/// The HMAC `register_new_matrix_user` sends.
+fn registration_mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    let message = format!("{nonce}\0{user}\0{password}\0{}", if admin { "admin" } else { "notadmin" });
+    ring::hmac::sign(&key, message.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn shared_secret_registration_creates_admins() {
+    let server =
+        TestServer::start_with("allow_registration = true\nregistration_shared_secret = \"s3cret\"\n").await;
+    let path = format!("{ADMIN}/v1/register");
+    let (status, issued) = server.get(&path, None).await;
+    assert_eq!(status, 200, "{issued}");
+    let nonce = issued["nonce"].as_str().unwrap().to_owned();
+    let mac = registration_mac("s3cret", &nonce, "root", "pw", true);
+    let body = json!({"nonce": nonce, "username": "root", "password": "pw", "admin": true, "mac": mac});
+    let (status, created) = server.post(&path, None, body.clone()).await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["user_id"], "@root:localhost");
+    let token = created["access_token"].as_str().unwrap();
+    assert_eq!(
+        server.get(&format!("{ADMIN}/v2/users"), Some(token)).await.0,
+        200,
+        "the new account is an admin"
+    );
+    let later = server.register("later").await;
+    assert_error(&server.get(&format!("{ADMIN}/v2/users"), Some(&later.token)).await, 403, "M_FORBIDDEN");
+
+    // A nonce serves once; a wrong secret's MAC is refused.
+    assert_error(&server.post(&path, None, body).await, 400, "M_INVALID_PARAM");
+    let nonce = server.get(&path, None).await.1["nonce"].as_str().unwrap().to_owned();
+    let forged = registration_mac("guess", &nonce, "eve", "pw", true);
+    let forged = json!({"nonce": nonce, "username": "eve", "password": "pw", "admin": true, "mac": forged});
+    assert_error(&server.post(&path, None, forged).await, 403, "M_FORBIDDEN");
+
+    let off = TestServer::start().await;
+    assert_error(&off.get(&path, None).await, 400, "M_INVALID_PARAM");
+}

@@ -38,6 +38,10 @@ pub struct Config {
     pub allow_registration: bool,
     /// When set, registration also requires this token (`m.login.registration_token`).
     pub registration_token: Option<String>,
+    /// A secret that lets a holder create accounts (admins too) through
+    /// `/_synapse/admin/v1/register`, as Synapse's `register_new_matrix_user`
+    /// and test harnesses do. Unset: that endpoint is off.
+    pub registration_shared_secret: Option<String>,
     /// Registration requires a registration token that admins create with
     /// the admin API (`/_synapse/admin/v1/registration_tokens`).
     pub registration_requires_token: bool,
@@ -265,6 +269,7 @@ impl Default for Config {
             allow_registration: false,
             registration_token: None,
             registration_requires_token: false,
+            registration_shared_secret: None,
             allow_guest_access: false,
             max_request_size: 20 * 1024 * 1024,
             refreshable_access_token_lifetime: 300,
@@ -364,6 +369,9 @@ impl Config {
         }
         if self.tls_certificate_path.is_some() != self.tls_private_key_path.is_some() {
             return Err("`tls_certificate_path` and `tls_private_key_path` must be set together".into());
+        }
+        if self.registration_shared_secret.as_deref() == Some("") {
+            return Err("`registration_shared_secret` must not be empty".into());
         }
         if self.registration_token.as_deref() == Some("") {
             return Err("`registration_token` must not be empty".into());
@@ -514,6 +522,7 @@ impl Config {
             "allow_registration",
             "registration_token",
             "registration_requires_token",
+            "registration_shared_secret",
             "allow_guest_access",
             "max_request_size",
             "refreshable_access_token_lifetime",

@@ -9,6 +9,7 @@ mod extract;
 mod listing;
 mod media;
 mod notices;
+mod register;
 mod registration_tokens;
 mod reports;
 mod rooms;
@@ -48,6 +49,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
                 .put(registration_tokens::update)
                 .delete(registration_tokens::delete),
         )
+        .route("/_synapse/admin/v1/register", get(register::nonce).post(register::register))
         .route("/_synapse/admin/v1/send_server_notice", post(notices::send))
         .route("/_synapse/admin/v1/send_server_notice/{txn_id}", put(notices::send_with_txn))
         .route("/_synapse/admin/v1/event_reports", get(reports::list))

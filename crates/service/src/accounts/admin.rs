@@ -31,8 +31,9 @@ impl Accounts {
         Ok(account)
     }
 
-    /// An account an admin creates (`PUT /_synapse/admin/v2/users/{userId}`):
-    /// never the first-run admin, never a guest.
+    /// An account an admin creates (`PUT /_synapse/admin/v2/users/{userId}`,
+    /// shared-secret registration): never a guest. It counts as the first
+    /// account, so no later registration becomes an admin by being first.
     pub async fn create_account_as_admin(
         &self,
         user_id: &UserId,
@@ -48,7 +49,10 @@ impl Accounts {
         self.check_available(user_id)?;
         let account =
             Account { password_hash, admin, user_type, created_ts: now_millis(), ..Account::default() };
-        self.userid_account.put(&user_id.to_string(), &Json(account.clone())).db()?;
+        let mut batch = self.db.batch();
+        batch.put(&self.userid_account, &user_id.to_string(), &Json(account.clone()));
+        self.mark_first_account_into(&mut batch);
+        batch.commit().db()?;
         Ok(account)
     }
 

@@ -6,6 +6,7 @@ mod password;
 pub mod records;
 pub mod registration_tokens;
 pub mod restrictions;
+pub mod shared_secret;
 pub mod tokens;
 pub mod uiaa;
 pub mod username;
@@ -60,6 +61,8 @@ pub struct Accounts {
     registration_lock: tokio::sync::Mutex<()>,
     pub uiaa: UiaaSessions,
     pub restrictions: restrictions::AccountRestrictions,
+    /// Nonces of shared-secret registration, with when they were issued.
+    registration_nonces: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Accounts {
@@ -78,6 +81,7 @@ impl Accounts {
             registration_lock: tokio::sync::Mutex::new(()),
             uiaa: UiaaSessions::default(),
             restrictions: restrictions::AccountRestrictions::new(db)?,
+            registration_nonces: Default::default(),
         };
         accounts.mark_first_account_of_older_databases()?;
         Ok(accounts)
@@ -94,6 +98,12 @@ impl Accounts {
             self.global.put(&FIRST_ACCOUNT_KEY.to_owned(), &String::new()).db()?;
         }
         Ok(())
+    }
+
+    /// The server has its first account: the first-run token is used up.
+    fn mark_first_account_into(&self, batch: &mut estuary_storage::Batch) {
+        batch.put(&self.global, &FIRST_ACCOUNT_KEY.to_owned(), &String::new());
+        batch.delete(&self.global, &FIRST_RUN_TOKEN_KEY.to_owned());
     }
 
     fn has_first_account(&self) -> Result<bool> {
@@ -257,8 +267,7 @@ impl Accounts {
         let mut batch = self.db.batch();
         batch.put(&self.userid_account, &user_id.to_string(), &Json(account.clone()));
         if first {
-            batch.put(&self.global, &FIRST_ACCOUNT_KEY.to_owned(), &String::new());
-            batch.delete(&self.global, &FIRST_RUN_TOKEN_KEY.to_owned());
+            self.mark_first_account_into(&mut batch);
         }
         batch.commit().db()?;
         tracing::info!(%user_id, admin = account.admin, guest, "registered account");
