@@ -9,8 +9,8 @@ use serde_json::{Value as JsonValue, json};
 use crate::error::ApiResult;
 
 /// Order of JSON values in a sorted list: null, then booleans, numbers,
-/// strings.
-pub fn compare_json(a: &JsonValue, b: &JsonValue) -> Ordering {
+/// strings (with `fold_case`, compared case-insensitively).
+fn compare_json(a: &JsonValue, b: &JsonValue, fold_case: bool) -> Ordering {
     fn rank(v: &JsonValue) -> u8 {
         match v {
             JsonValue::Null => 0,
@@ -24,6 +24,7 @@ pub fn compare_json(a: &JsonValue, b: &JsonValue) -> Ordering {
         (JsonValue::Number(x), JsonValue::Number(y)) => {
             x.as_f64().unwrap_or_default().total_cmp(&y.as_f64().unwrap_or_default())
         }
+        (JsonValue::String(x), JsonValue::String(y)) if fold_case => x.to_lowercase().cmp(&y.to_lowercase()),
         (JsonValue::String(x), JsonValue::String(y)) => x.cmp(y),
         _ => rank(a).cmp(&rank(b)),
     }
@@ -31,10 +32,19 @@ pub fn compare_json(a: &JsonValue, b: &JsonValue) -> Ordering {
 
 /// Sort rows by `column` (largest first with `backwards`), ties by `tiebreak`.
 pub fn sort_rows(rows: &mut [JsonValue], column: &str, backwards: bool, tiebreak: &str) {
+    sort_with(rows, column, backwards, tiebreak, false);
+}
+
+/// `sort_rows`, strings compared case-insensitively (the room list's names).
+pub fn sort_rows_folding_case(rows: &mut [JsonValue], column: &str, backwards: bool, tiebreak: &str) {
+    sort_with(rows, column, backwards, tiebreak, true);
+}
+
+fn sort_with(rows: &mut [JsonValue], column: &str, backwards: bool, tiebreak: &str, fold_case: bool) {
     rows.sort_by(|a, b| {
-        let order = compare_json(&a[column], &b[column]);
+        let order = compare_json(&a[column], &b[column], fold_case);
         let order = if backwards { order.reverse() } else { order };
-        order.then_with(|| compare_json(&a[tiebreak], &b[tiebreak]))
+        order.then_with(|| compare_json(&a[tiebreak], &b[tiebreak], fold_case))
     });
 }
 

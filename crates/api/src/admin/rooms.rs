@@ -1,8 +1,6 @@
 //! Rooms in Synapse's admin API: the list, one room, its members and state,
 //! blocking, making a user a room admin and joining a user to a room.
 
-use std::cmp::Ordering;
-
 use axum::{
     Json,
     extract::{Path, State},
@@ -16,7 +14,10 @@ use ruma::{OwnedRoomId, RoomId, RoomOrAliasId};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
-use super::extract::{AdminBody, AdminQuery, Dir, ServerAdmin, local_user};
+use super::{
+    extract::{AdminBody, AdminQuery, Dir, ServerAdmin, local_user},
+    listing::sort_rows_folding_case,
+};
 use crate::{AppState, error::ApiResult};
 
 #[derive(Deserialize)]
@@ -86,12 +87,9 @@ fn list_rooms(services: &AppState, query: &ListQuery) -> Result<JsonValue, Error
         }
         rooms.push(view);
     }
-    rooms.sort_by(|a, b| {
-        let order = compare(&a[column], &b[column]);
-        let order = if largest_first { order.reverse() } else { order };
-        let order = if query.dir == Dir::Backwards { order.reverse() } else { order };
-        order.then_with(|| compare(&a["room_id"], &b["room_id"]))
-    });
+    // `dir=b` turns the order's natural direction round.
+    let backwards = largest_first != (query.dir == Dir::Backwards);
+    sort_rows_folding_case(&mut rooms, column, backwards, "room_id");
     let total = rooms.len();
     let page: Vec<_> = rooms.into_iter().skip(query.from).take(query.limit).collect();
     let mut body = json!({"offset": query.from, "total_rooms": total});
@@ -113,31 +111,9 @@ fn matches_search(view: &JsonValue, term: &str) -> bool {
     view["room_id"] == term || contains("name") || contains("canonical_alias")
 }
 
-/// Null first, then booleans, numbers and strings (strings case-insensitively).
-fn compare(a: &JsonValue, b: &JsonValue) -> Ordering {
-    match (a, b) {
-        (JsonValue::Number(x), JsonValue::Number(y)) => {
-            x.as_f64().unwrap_or_default().total_cmp(&y.as_f64().unwrap_or_default())
-        }
-        (JsonValue::String(x), JsonValue::String(y)) => x.to_lowercase().cmp(&y.to_lowercase()),
-        (JsonValue::Bool(x), JsonValue::Bool(y)) => x.cmp(y),
-        _ => rank(a).cmp(&rank(b)),
-    }
-}
-
-fn rank(value: &JsonValue) -> u8 {
-    match value {
-        JsonValue::Null => 0,
-        JsonValue::Bool(_) => 1,
-        JsonValue::Number(_) => 2,
-        _ => 3,
-    }
-}
-
 /// A room ID from a path: 400 when it is not one, 404 when unknown here.
 fn known_room(services: &AppState, raw: &str) -> Result<OwnedRoomId, Error> {
-    let room_id =
-        RoomId::parse(raw).map_err(|_| Error::invalid_param(format!("{raw} is not a legal room ID")))?;
+    let room_id = room_id_param(raw)?;
     services.rooms.room(&room_id)?.ok_or_else(|| Error::not_found("Room not found"))?;
     Ok(room_id)
 }
@@ -312,22 +288,19 @@ fn yes() -> bool {
     true
 }
 
-fn deletion_request(
+/// Start (or find) the room's deletion; its `delete_id`. The service checks
+/// that `new_room_user_id` is one of this server's users.
+fn start_deletion(
     services: &AppState,
     admin: &ruma::UserId,
     room: &str,
     body: DeleteRoom,
-) -> Result<DeletionRequest, Error> {
+) -> Result<String, Error> {
     let new_room_user_id = match &body.new_room_user_id {
         Some(user) => Some(super::extract::user_id(user)?),
         None => None,
     };
-    if let Some(user) = &new_room_user_id
-        && !services.accounts.is_local(user)
-    {
-        return Err(Error::invalid_param(format!("User must be our own: {user}")));
-    }
-    Ok(DeletionRequest {
+    let request = DeletionRequest {
         room_id: room_id_param(room)?,
         requester: admin.to_owned(),
         block: body.block,
@@ -336,7 +309,11 @@ fn deletion_request(
         room_name: body.room_name,
         message: body.message,
         force_purge: body.force_purge,
-    })
+    };
+    let room_id = request.room_id.clone();
+    let delete_id = services.delete_room(request)?;
+    tracing::info!(%admin, %room_id, delete_id, "admin deletes a room");
+    Ok(delete_id)
 }
 
 /// `DELETE /_synapse/admin/v2/rooms/{roomId}`: a deletion that runs in the
@@ -347,10 +324,7 @@ pub async fn delete(
     Path(room): Path<String>,
     AdminBody(body): AdminBody<DeleteRoom>,
 ) -> ApiResult<Json<JsonValue>> {
-    let request = deletion_request(&services, &admin, &room, body)?;
-    let room_id = request.room_id.clone();
-    let delete_id = services.delete_room(request)?;
-    tracing::info!(%admin, %room_id, delete_id, "admin deletes a room");
+    let delete_id = start_deletion(&services, &admin, &room, body)?;
     Ok(Json(json!({"delete_id": delete_id})))
 }
 
@@ -364,10 +338,7 @@ pub async fn delete_now(
     Path(room): Path<String>,
     AdminBody(body): AdminBody<DeleteRoom>,
 ) -> ApiResult<Json<JsonValue>> {
-    let request = deletion_request(&services, &admin, &room, body)?;
-    let room_id = request.room_id.clone();
-    let delete_id = services.delete_room(request)?;
-    tracing::info!(%admin, %room_id, delete_id, "admin deletes a room");
+    let delete_id = start_deletion(&services, &admin, &room, body)?;
     let deadline = tokio::time::Instant::now() + SYNCHRONOUS_DELETE_WAIT;
     loop {
         let deletion =
