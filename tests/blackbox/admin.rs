@@ -838,6 +838,9 @@ async fn admins_quarantine_protect_list_and_delete_media() {
     let (server, admin, alice, bob) = server_with_users().await;
     let mut uris = Vec::new();
     for (i, size) in [10usize, 2000, 30].iter().enumerate() {
+        // Apart in time: "newest first" would otherwise fall back to the
+        // (random) media IDs for uploads within one millisecond.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
         let (status, uploaded) = crate::media::upload(
             &server,
             &alice,
