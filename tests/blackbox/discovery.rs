@@ -92,6 +92,10 @@ async fn well_known_client_and_server() {
     let (status, body) = server.get("/.well-known/matrix/server", None).await;
     assert_eq!(status, 200);
     assert_eq!(body["m.server"], "matrix.example.org:443");
+    // Login hands a configured client URL on.
+    server.register("wellknown").await;
+    let (_, login) = server.login("wellknown", crate::harness::PASSWORD).await;
+    assert_eq!(login["well_known"]["m.homeserver"]["base_url"], "https://matrix.example.org", "{login}");
 
     let plain = TestServer::start().await;
     let (_, body) = plain.get("/.well-known/matrix/client", None).await;

@@ -246,3 +246,68 @@ async fn coturn_accepts_issued_turn_credentials_and_refuses_expired_ones() {
         coturn.log().contains(&format!("user <{username}>: incoming packet message processed, error 401"))
     );
 }
+
+/// The matrix-rust-sdk program (`tests/interop/rust-sdk`, built by `.ci/run`).
+fn rust_sdk() -> Option<PathBuf> {
+    installed("INTEROP_RUST_SDK")
+}
+
+/// Element X's sync, with the real matrix-rust-sdk: `SyncService` and
+/// `RoomListService` over simplified sliding sync log in, list rooms as they
+/// are created, renamed, joined and left, in recency order, get a message
+/// within a second, exchange megolm messages both ways, and carry on after
+/// the server restarts (on the same port, its connections lost).
+#[tokio::test]
+async fn matrix_rust_sdk_syncs_like_element_x() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let Some(program) = rust_sdk() else { return };
+    let config = "allow_registration = true\n";
+    let server = TestServer::start_with(config).await;
+    let port = server.base.rsplit(':').next().expect("port").trim_end_matches('/').to_owned();
+    let mut child = tokio::process::Command::new(program)
+        .arg(&server.base)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the matrix-rust-sdk program");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    let mut output = String::new();
+    let mut server = Some(server);
+    let run = async {
+        while let Some(line) = lines.next_line().await.expect("program output") {
+            output.push_str(&line);
+            output.push('\n');
+            if line.trim() == "restart-now" {
+                let dir = server.take().expect("one restart").kill();
+                let config = format!("server_name = \"localhost\"\nport = {port}\n{config}");
+                server = Some(TestServer::start_configured(dir, &config));
+                stdin.write_all(b"restarted\n").await.expect("tell the program");
+                stdin.flush().await.expect("flush");
+            }
+        }
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(240), run).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let errors = errors.await.unwrap_or_default();
+    let log = server.as_ref().map(TestServer::log).unwrap_or_default();
+    assert!(finished.is_ok(), "the program timed out:\n{output}\n{errors}\nserver log:\n{log}");
+    let succeeded = matches!(status, Ok(Ok(status)) if status.success());
+    assert!(
+        succeeded && output.contains("interop ok"),
+        "the program failed:\n{output}\n{errors}\nserver log:\n{log}"
+    );
+}

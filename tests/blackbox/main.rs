@@ -27,5 +27,6 @@ mod relations;
 mod room_features;
 mod rooms;
 mod search;
+mod sliding_sync;
 mod sync;
 mod user_data;

@@ -32,6 +32,7 @@ pub struct Devices {
     to_device: Arc<ToDevice>,
     push: Arc<PushRules>,
     rooms: Arc<crate::rooms::Rooms>,
+    sliding_connections: Arc<crate::sync::connections::Connections>,
     dehydrated: Table<String, Json<(String, JsonValue)>>,
 }
 
@@ -43,13 +44,14 @@ impl Devices {
         to_device: Arc<ToDevice>,
         push: Arc<PushRules>,
         rooms: Arc<crate::rooms::Rooms>,
+        sliding_connections: Arc<crate::sync::connections::Connections>,
     ) -> Result<Self> {
         let dehydrated = db.table("userid_dehydrateddevice").db()?;
-        Ok(Self { accounts, e2ee, to_device, push, rooms, dehydrated })
+        Ok(Self { accounts, e2ee, to_device, push, rooms, sliding_connections, dehydrated })
     }
 
-    /// Delete devices with their sessions, keys, pending messages and the
-    /// pushers and peeks they created.
+    /// Delete devices with their sessions, keys, pending messages, the
+    /// pushers and peeks they created and their sliding sync connections.
     /// Unknown IDs are skipped, so this also cleans up after an account
     /// operation that already ended the sessions.
     pub fn delete(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
@@ -59,6 +61,7 @@ impl Devices {
             self.e2ee.delete_device_keys(user_id, device_id)?;
             self.to_device.purge_device(user_id, device_id)?;
             self.rooms.delete_device_peeks(user_id, device_id)?;
+            self.sliding_connections.forget_device(&(user_id.to_owned(), device_id.clone()));
             if self.dehydrated_device_id(user_id)?.as_deref() == Some(device_id.as_str()) {
                 self.dehydrated.delete(&user_id.to_string()).db()?;
             }

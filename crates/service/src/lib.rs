@@ -173,7 +173,9 @@ impl Services {
                 presence: presence.clone(),
             },
         ));
+        let sliding_connections = Arc::new(sync::connections::Connections::new());
         let sync = sync::Sync::new(sync::SyncSources {
+            connections: sliding_connections.clone(),
             rooms: rooms.clone(),
             account_data: account_data.clone(),
             ephemeral: ephemeral.clone(),
@@ -190,6 +192,7 @@ impl Services {
             to_device.clone(),
             push.clone(),
             rooms.clone(),
+            sliding_connections,
         )?;
         let peek = Arc::new(peek::Peek::new(peek::PeekSources {
             rooms: rooms.clone(),

@@ -137,7 +137,27 @@ impl ToDevice {
         since: Option<u64>,
         to: u64,
     ) -> Result<Vec<JsonValue>> {
-        Ok(self.drain(user, device, since, to)?.0)
+        Ok(self.drain(user, device, since, to, PER_SYNC)?.0)
+    }
+
+    /// Sliding sync's `to_device`: drop what is before `since` (the client
+    /// has it) and return up to `limit` messages up to `to`, with the
+    /// `since` that acknowledges them (the position after the last one sent,
+    /// or after `to` when all were).
+    pub fn take_batch(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        since: Option<u64>,
+        to: u64,
+        limit: usize,
+    ) -> Result<(Vec<JsonValue>, u64)> {
+        let (events, last) = self.drain(user, device, since, to, limit)?;
+        let next = match last {
+            Some(last) if events.len() == limit => last + 1,
+            _ => to + 1,
+        };
+        Ok((events, next))
     }
 
     /// Messages of a device after position `after`, oldest first, at most
@@ -149,17 +169,18 @@ impl ToDevice {
         device: &DeviceId,
         after: Option<u64>,
     ) -> Result<(Vec<JsonValue>, Option<u64>)> {
-        self.drain(user, device, after.map(|a| a + 1), u64::MAX)
+        self.drain(user, device, after.map(|a| a + 1), u64::MAX, PER_SYNC)
     }
 
     /// Delete messages before `acknowledged_below` and return up to
-    /// `PER_SYNC` of the rest at positions up to `to`, with the last position.
+    /// `limit` of the rest at positions up to `to`, with the last position.
     fn drain(
         &self,
         user: &UserId,
         device: &DeviceId,
         acknowledged_below: Option<u64>,
         to: u64,
+        limit: usize,
     ) -> Result<(Vec<JsonValue>, Option<u64>)> {
         let prefix = (user.to_string(), device.to_string()).encode();
         let mut batch = self.db.batch();
@@ -170,7 +191,7 @@ impl ToDevice {
         {
             if acknowledged_below.is_some_and(|below| position < below) {
                 batch.delete(&self.queue, &(u, d, position));
-            } else if position <= to && pending.len() < PER_SYNC {
+            } else if position <= to && pending.len() < limit {
                 pending.push(json!({"type": kind, "sender": sender, "content": content}));
                 last = Some(position);
             } else {

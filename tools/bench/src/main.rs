@@ -18,9 +18,12 @@
 //!
 //! - appservice: delivery to an appservice (see `appservice.rs`).
 //!
+//! - sliding: simplified sliding sync as Element X uses it (see `sliding.rs`).
+//!
 //! Also reports the server's peak resident memory (VmHWM).
 
 mod appservice;
+mod sliding;
 
 use std::{
     process::{Child, Command, Stdio},
@@ -67,8 +70,11 @@ struct Args {
     /// Rooms each room-setup run creates (at 8 and at 32 concurrent clients).
     #[arg(long, default_value_t = 400)]
     room_setups: usize,
+    /// Rooms of the user whose room list the sliding sync benchmark loads.
+    #[arg(long, default_value_t = 1000)]
+    sliding_rooms: usize,
     /// Which benchmarks to run, comma-separated.
-    #[arg(long, default_value = "rooms,send,messages,search,delivery,sync,media,appservice")]
+    #[arg(long, default_value = "rooms,send,messages,search,delivery,sync,sliding,media,appservice")]
     only: String,
 }
 
@@ -587,6 +593,9 @@ async fn main() -> Result<()> {
     }
     if run("sync") {
         initial_sync_benchmark(&client, &args).await?;
+    }
+    if run("sliding") {
+        sliding::sliding_benchmark(&client, &args, pid).await?;
     }
     if let Some(kib) = pid.and_then(peak_memory_kib) {
         println!("server peak memory (VmHWM): {:.1} MiB", kib as f64 / 1024.0);

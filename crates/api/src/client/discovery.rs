@@ -53,6 +53,8 @@ const UNSTABLE_FEATURES: &[&str] = &[
     "org.matrix.msc3814",
     // Delayed events.
     "org.matrix.msc4140",
+    // Simplified sliding sync (MSC4186): Element X syncs only with it.
+    "org.matrix.simplified_msc3575",
 ];
 
 pub async fn versions(

@@ -158,6 +158,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(account_data::get_room)
         // Sync
         .ruma_custom(sync::sync)
+        .ruma_custom(sync::sliding_sync)
         .ruma(to_device::send)
         // End-to-end encryption keys
         .ruma_custom(keys::upload)

@@ -131,9 +131,14 @@ fn login_response(user_id: OwnedUserId, tokens: IssuedTokens, services: &AppStat
     {
         response.home_server = Some(services.config.server_name.clone());
     }
-    response.well_known = Some(login::v3::DiscoveryInfo::new(login::v3::HomeserverInfo::new(
-        services.config.client_base_url(),
-    )));
+    // Clients move to this URL after logging in (matrix-rust-sdk does), so
+    // it is sent only when the admin set it: the default guess
+    // (server name and listening port) is wrong behind a proxy or on port 0.
+    response.well_known = services
+        .config
+        .well_known_client
+        .clone()
+        .map(|url| login::v3::DiscoveryInfo::new(login::v3::HomeserverInfo::new(url)));
     response
 }
 

@@ -39,6 +39,20 @@ pub async fn sync(
     Ok(Json(response))
 }
 
+/// Simplified sliding sync (MSC4186), the sync of Element X and
+/// matrix-rust-sdk. An appservice acting as a user has no device, so no
+/// connection to keep: it uses `/sync`.
+pub async fn sliding_sync(
+    services: AppState,
+    request: Ruma<sync_events::v5::Request>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let _in_flight = InFlight::start();
+    let user = request.user()?.to_owned();
+    let device = request.device()?.to_owned();
+    let response = services.sync.sliding_sync(&user, &device, request.body).await?;
+    Ok(Json(response))
+}
+
 /// Counts a `/sync` in `estuary_sync_requests_in_flight` while it runs
 /// (or waits), until it answers or the client goes away.
 struct InFlight;

@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use estuary_core::{Error, Result};
 use estuary_storage::{Key, codec::Json};
-use ruma::{EventId, OwnedRoomId, RoomId, UserId};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 
 use super::{Rooms, StoredPdu, state::StateMap};
 use crate::storage_error::StorageResultExt;
@@ -25,6 +25,27 @@ impl Rooms {
             }
         }
         Ok(rooms)
+    }
+
+    /// Every event at positions `from..=to`, oldest first, with its room.
+    pub(crate) fn stream_event_ids(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, OwnedRoomId, OwnedEventId)>> {
+        let start = from.encode();
+        let mut events = Vec::new();
+        for (position, Json((room, event_id))) in
+            self.stream_roomideventid.scan_from(&[], Some(&start), false, usize::MAX).db()?
+        {
+            if position > to {
+                break;
+            }
+            if let (Ok(room), Ok(event_id)) = (RoomId::parse(room), EventId::parse(event_id)) {
+                events.push((position, room, event_id));
+            }
+        }
+        Ok(events)
     }
 
     /// Events of every room at positions `from..=to`, oldest first, at most
@@ -142,6 +163,33 @@ impl Rooms {
             .and_then(|u| u.as_object())
             .and_then(|u| membership(u.get("prev_content")));
         Ok((now != before).then_some(stored.stream))
+    }
+
+    /// Events of a snapshot that differ from `base` (all of them without
+    /// one) and whose (type, state key) `wanted` accepts, oldest first.
+    pub(crate) fn state_matching(
+        &self,
+        state: &StateMap,
+        base: Option<&StateMap>,
+        wanted: impl Fn(&str, &str) -> bool,
+    ) -> Result<Vec<StoredPdu>> {
+        let mut out = Vec::new();
+        for (key, short) in state {
+            if base.is_some_and(|b| b.get(key) == Some(short)) {
+                continue;
+            }
+            let Some((kind, state_key)) = self.short.state_key_of(*key)? else { continue };
+            if !wanted(&kind, &state_key) {
+                continue;
+            }
+            if let Some(id) = self.short.event_id(*short)?
+                && let Some(stored) = self.stored(&id)?
+            {
+                out.push(stored);
+            }
+        }
+        out.sort_by_key(|s| s.stream);
+        Ok(out)
     }
 
     /// Events of a snapshot that differ from `base` (all of them without one).

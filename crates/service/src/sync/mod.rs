@@ -20,6 +20,14 @@ use ruma::{
 };
 use serde_json::{Map, Value as JsonValue, json};
 
+mod bump;
+pub mod connections;
+mod sliding;
+mod sliding_extensions;
+mod sliding_room;
+
+pub use sliding::unknown_pos;
+
 use crate::{
     account_data::AccountData,
     e2ee::E2ee,
@@ -46,6 +54,9 @@ pub struct SyncRequest {
 type SentMembers = HashMap<(OwnedUserId, Option<OwnedDeviceId>), HashMap<String, HashSet<String>>>;
 
 pub struct Sync {
+    /// Sliding sync connections (also dropped with their device).
+    connections: Arc<connections::Connections>,
+    bumps: bump::BumpStamps,
     e2ee: Arc<E2ee>,
     to_device: Arc<ToDevice>,
     sent_members: Mutex<SentMembers>,
@@ -84,11 +95,14 @@ pub struct SyncSources {
     pub presence: Arc<Presence>,
     pub to_device: Arc<ToDevice>,
     pub e2ee: Arc<E2ee>,
+    pub connections: Arc<connections::Connections>,
 }
 
 impl Sync {
     pub fn new(sources: SyncSources) -> Self {
         Self {
+            connections: sources.connections,
+            bumps: bump::BumpStamps::default(),
             e2ee: sources.e2ee,
             to_device: sources.to_device,
             sent_members: Mutex::new(HashMap::new()),
@@ -235,14 +249,7 @@ impl Sync {
             None => Vec::new(),
         };
         let presence = self.presence_events(w, &joined_users)?;
-        let mut account_data: Vec<JsonValue> = self.account_data_events(w, None)?;
-        let filter = &w.filter.account_data;
-        if w.since.is_none()
-            && type_wanted(&filter.types, &filter.not_types, "m.push_rules")
-            && !account_data.iter().any(|e| e["type"] == "m.push_rules")
-        {
-            account_data.push(json!({"type": "m.push_rules", "content": self.push.content(w.user)?}));
-        }
+        let account_data = self.global_account_data(w)?;
         Ok(json!({
             "next_batch": format!("s{}", w.to + 1),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock, "peek": peek},
@@ -331,6 +338,20 @@ impl Sync {
         Ok(events)
     }
 
+    /// The user's global account data changed in the window (all of it
+    /// initially, with the push rules even if never stored).
+    fn global_account_data(&self, w: &Window<'_>) -> Result<Vec<JsonValue>> {
+        let mut account_data: Vec<JsonValue> = self.account_data_events(w, None)?;
+        let filter = &w.filter.account_data;
+        if w.since.is_none()
+            && type_wanted(&filter.types, &filter.not_types, "m.push_rules")
+            && !account_data.iter().any(|e| e["type"] == "m.push_rules")
+        {
+            account_data.push(json!({"type": "m.push_rules", "content": self.push.content(w.user)?}));
+        }
+        Ok(account_data)
+    }
+
     fn account_data_events(&self, w: &Window<'_>, room: Option<&RoomId>) -> Result<Vec<JsonValue>> {
         let want = room.map(|r| r.to_string()).unwrap_or_default();
         let (types, not_types) = match room {
@@ -361,54 +382,7 @@ impl Sync {
         let timeline_filter: &RoomEventFilter = &w.filter.room.timeline;
         let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).min(500);
         let from = if from_start { 0 } else { w.since.unwrap_or(0) };
-        let mut timeline = Vec::new();
-        let mut limited = false;
-        let mut upper = w.to;
-        // Read only when an event is hidden: the room's current state, if the user is joined.
-        let mut current_state: Option<Option<Arc<StateMap>>> = None;
-        // Bounded: at most 50 pages of candidates; a longer gap counts as limited.
-        let mut page_size = limit + 1;
-        for page in 0..50 {
-            // Start with just enough events; grow the pages when a filter drops many.
-            let (candidates, more) = self.rooms.room_events_between(room_id, from, upper, page_size)?;
-            page_size = (page_size * 2).min(200);
-            for stored in &candidates {
-                upper = stored.stream.saturating_sub(1);
-                // A joined member always sees the room's current state, also
-                // where history visibility hides the moment it was set.
-                if !self.rooms.can_see_event(Some(w.user), stored)? {
-                    if current_state.is_none() {
-                        current_state = Some(self.joined_current_state(w.user, room_id)?);
-                    }
-                    let current = current_state.as_ref().and_then(|s| s.as_deref());
-                    if !current.is_some_and(|state| self.rooms.is_in_state(state, stored).unwrap_or(false)) {
-                        continue;
-                    }
-                }
-                let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
-                if event.get("state_key").is_none()
-                    && event["sender"].as_str().is_some_and(|s| w.ignored.contains(s))
-                {
-                    continue;
-                }
-                if !passes(timeline_filter, &event) {
-                    continue;
-                }
-                if timeline.len() == limit {
-                    limited = true;
-                    break;
-                }
-                self.rooms.bundle_aggregations(w.user, &mut event)?;
-                timeline.push((stored.clone(), event));
-            }
-            if limited || !more || candidates.is_empty() || upper < from {
-                break;
-            }
-            if page == 49 {
-                limited = true;
-            }
-        }
-        timeline.reverse();
+        let (timeline, mut limited) = self.timeline(w, room_id, from, limit)?;
         if from_start && w.since.is_some() && !limited {
             // A room new to the client in an incremental sync: its timeline
             // does not continue anything the client has, unless it starts
@@ -481,6 +455,68 @@ impl Sync {
         Ok(Some(entry))
     }
 
+    /// The room's latest events in `from..=w.to` that the user may see and
+    /// the timeline filter passes, oldest first, at most `limit`, with their
+    /// bundled aggregations; and whether older ones were left out.
+    fn timeline(
+        &self,
+        w: &Window<'_>,
+        room_id: &RoomId,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<(StoredPdu, JsonValue)>, bool)> {
+        let timeline_filter: &RoomEventFilter = &w.filter.room.timeline;
+        let mut timeline = Vec::new();
+        let mut limited = false;
+        let mut upper = w.to;
+        // Read only when an event is hidden: the room's current state, if the user is joined.
+        let mut current_state: Option<Option<Arc<StateMap>>> = None;
+        // Bounded: at most 50 pages of candidates; a longer gap counts as limited.
+        let mut page_size = limit + 1;
+        for page in 0..50 {
+            // Start with just enough events; grow the pages when a filter drops many.
+            let (candidates, more) = self.rooms.room_events_between(room_id, from, upper, page_size)?;
+            page_size = (page_size * 2).min(200);
+            for stored in &candidates {
+                upper = stored.stream.saturating_sub(1);
+                // A joined member always sees the room's current state, also
+                // where history visibility hides the moment it was set.
+                if !self.rooms.can_see_event(Some(w.user), stored)? {
+                    if current_state.is_none() {
+                        current_state = Some(self.joined_current_state(w.user, room_id)?);
+                    }
+                    let current = current_state.as_ref().and_then(|s| s.as_deref());
+                    if !current.is_some_and(|state| self.rooms.is_in_state(state, stored).unwrap_or(false)) {
+                        continue;
+                    }
+                }
+                let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
+                if event.get("state_key").is_none()
+                    && event["sender"].as_str().is_some_and(|s| w.ignored.contains(s))
+                {
+                    continue;
+                }
+                if !passes(timeline_filter, &event) {
+                    continue;
+                }
+                if timeline.len() == limit {
+                    limited = true;
+                    break;
+                }
+                self.rooms.bundle_aggregations(w.user, &mut event)?;
+                timeline.push((stored.clone(), event));
+            }
+            if limited || !more || candidates.is_empty() || upper < from {
+                break;
+            }
+            if page == 49 {
+                limited = true;
+            }
+        }
+        timeline.reverse();
+        Ok((timeline, limited))
+    }
+
     /// With lazy loading, a full state (initial sync, a newly joined room)
     /// holds only the members of the timeline's senders and the user; an
     /// incremental one keeps every membership change of the gap, as the
@@ -505,8 +541,6 @@ impl Sync {
         if full {
             self.trim_lazy_members(w, &mut events, timeline_senders);
         }
-        let in_timeline: BTreeSet<&str> =
-            timeline.iter().filter_map(|(_, e)| e["event_id"].as_str()).collect();
         let device_key = (w.user.to_owned(), w.device.map(|d| d.to_owned()));
         let mut sent = self.sent_members.lock().expect("sent members");
         if w.since.is_none() {
@@ -517,30 +551,53 @@ impl Sync {
         }
         let already = sent.entry(device_key).or_default();
         let known_here = already.entry(room_id.to_string()).or_default();
-        for stored in &events {
-            known_here.insert(stored.event_id.to_string());
+        self.add_sender_members(start_state, timeline, &mut events, known_here, redundant)?;
+        Ok(events)
+    }
+
+    /// Add to `events` the member events (in `state`) of the timeline's
+    /// senders that the client lacks: not among `events` or the timeline,
+    /// and unless `redundant`, not in `known` (the member events it was sent
+    /// before). Everything the client now has is added to `known`.
+    fn add_sender_members(
+        &self,
+        state: &StateMap,
+        timeline: &[(StoredPdu, JsonValue)],
+        events: &mut Vec<StoredPdu>,
+        known: &mut HashSet<String>,
+        redundant: bool,
+    ) -> Result<()> {
+        let in_timeline: BTreeSet<&str> =
+            timeline.iter().filter_map(|(_, e)| e["event_id"].as_str()).collect();
+        // Only member events are looked up here, so only they are kept.
+        let is_member = |e: &JsonValue| e["type"] == "m.room.member";
+        for stored in
+            events.iter().filter(|s| s.json.get("type").and_then(|t| t.as_str()) == Some("m.room.member"))
+        {
+            known.insert(stored.event_id.to_string());
         }
-        for id in &in_timeline {
-            known_here.insert((*id).to_owned());
+        for (_, event) in timeline.iter().filter(|(_, e)| is_member(e)) {
+            if let Some(id) = event["event_id"].as_str() {
+                known.insert(id.to_owned());
+            }
         }
         let senders: BTreeSet<&str> = timeline.iter().filter_map(|(_, e)| e["sender"].as_str()).collect();
         for sender in senders {
-            let Some(pdu) = self.rooms.state_pdu(start_state, &StateEventType::RoomMember, sender)? else {
+            let Some(pdu) = self.rooms.state_pdu(state, &StateEventType::RoomMember, sender)? else {
                 continue;
             };
-            let known = events.iter().any(|s| s.event_id == pdu.event_id);
-            // Without `include_redundant_members`, each device gets a member event once.
-            let sent_before = !redundant && known_here.contains(pdu.event_id.as_str());
-            if !known
+            let have = events.iter().any(|s| s.event_id == pdu.event_id);
+            let sent_before = !redundant && known.contains(pdu.event_id.as_str());
+            if !have
                 && !sent_before
                 && !in_timeline.contains(pdu.event_id.as_str())
                 && let Some(stored) = self.rooms.stored(&pdu.event_id)?
             {
-                known_here.insert(stored.event_id.to_string());
+                known.insert(stored.event_id.to_string());
                 events.push(stored);
             }
         }
-        Ok(events)
+        Ok(())
     }
 
     /// With lazy loading, drop the member events of anyone but the user and

@@ -1,0 +1,164 @@
+//! Room recency for sliding sync (`bump_stamp`): the stream position of a
+//! room's last event of a type that moves it up a room list, or of the
+//! user's own last membership change there, whichever is later.
+//!
+//! Kept in memory and brought up to date from the server's event stream
+//! before each use (each new event is read once, whoever syncs); a room or
+//! membership not seen since startup is found by reading back from the end.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use estuary_core::Result;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::StateEventType};
+
+use crate::rooms::{Rooms, StoredPdu};
+
+/// Event types that bump a room (as Synapse's defaults; redactions,
+/// reactions, receipts and other members' changes do not).
+const BUMPING_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "org.matrix.msc3381.poll.start",
+    "m.beacon",
+    "org.matrix.msc3672.beacon",
+    "m.beacon_info",
+    "org.matrix.msc3672.beacon_info",
+];
+
+/// Entries kept before the maps are cleared (they refill on demand).
+const MAX_ENTRIES: usize = 200_000;
+/// Pages of events read back when looking for a room's last bumping one.
+const BACK_SCAN_PAGES: [usize; 4] = [4, 16, 64, 416];
+
+#[derive(Default)]
+struct Stamps {
+    /// The stream position up to which `rooms` and `members` are current.
+    checked_to: Option<u64>,
+    rooms: HashMap<OwnedRoomId, u64>,
+    members: HashMap<(OwnedUserId, OwnedRoomId), u64>,
+}
+
+#[derive(Default)]
+pub struct BumpStamps {
+    stamps: Mutex<Stamps>,
+}
+
+pub fn is_bumping(kind: &str) -> bool {
+    BUMPING_TYPES.contains(&kind)
+}
+
+impl BumpStamps {
+    /// The `bump_stamp` of each joined room of `user` (up to position `to`).
+    pub fn joined(&self, rooms: &Rooms, user: &UserId, joined: &[OwnedRoomId], to: u64) -> Result<Vec<u64>> {
+        let mut stamps = self.stamps.lock().expect("bump stamps");
+        self.catch_up(&mut stamps, rooms, to)?;
+        // What is missing is read back from where the maps are current.
+        let upper = stamps.checked_to.unwrap_or(to).max(to);
+        let mut out = Vec::with_capacity(joined.len());
+        for room_id in joined {
+            let room = match stamps.rooms.get(room_id) {
+                Some(stamp) => *stamp,
+                None => {
+                    let stamp = last_bumping_event(rooms, room_id, upper)?;
+                    stamps.rooms.insert(room_id.clone(), stamp);
+                    stamp
+                }
+            };
+            let key = (user.to_owned(), room_id.clone());
+            let membership = match stamps.members.get(&key) {
+                Some(stamp) => *stamp,
+                None => {
+                    let stamp = own_membership_position(rooms, user, room_id)?.unwrap_or(0);
+                    stamps.members.insert(key, stamp);
+                    stamp
+                }
+            };
+            out.push(room.max(membership));
+        }
+        Ok(out)
+    }
+
+    /// Read the events after `checked_to` (up to `to`) into the maps.
+    fn catch_up(&self, stamps: &mut Stamps, rooms: &Rooms, to: u64) -> Result<()> {
+        let Some(checked_to) = stamps.checked_to else {
+            // Nothing known yet: everything is read back on demand.
+            stamps.checked_to = Some(to);
+            return Ok(());
+        };
+        if checked_to >= to {
+            return Ok(());
+        }
+        if stamps.rooms.len() + stamps.members.len() > MAX_ENTRIES {
+            stamps.rooms.clear();
+            stamps.members.clear();
+        }
+        for (position, room_id, event_id) in rooms.stream_event_ids(checked_to + 1, to)? {
+            let Some(stored) = rooms.stored(&event_id)? else { continue };
+            if stored.rejected {
+                continue;
+            }
+            let kind = stored.json.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+            if is_bumping(kind) {
+                stamps.rooms.insert(room_id.clone(), position);
+            }
+            if kind == "m.room.member"
+                && changes_membership(&stored)
+                && let Some(user) = stored.json.get("state_key").and_then(|k| k.as_str())
+                && let Ok(user) = UserId::parse(user)
+            {
+                stamps.members.insert((user, room_id), position);
+            }
+        }
+        stamps.checked_to = Some(to);
+        Ok(())
+    }
+}
+
+/// The position of the room's last bumping event at or before `to`; when
+/// none is among the last events, the oldest of those read.
+fn last_bumping_event(rooms: &Rooms, room_id: &RoomId, to: u64) -> Result<u64> {
+    let mut upper = to;
+    let mut oldest = 0;
+    // Small pages first: the last event is usually a message.
+    for size in BACK_SCAN_PAGES {
+        let (events, more) = rooms.room_events_between(room_id, 0, upper, size)?;
+        for event in &events {
+            if !event.rejected && event.json.get("type").and_then(|t| t.as_str()).is_some_and(is_bumping) {
+                return Ok(event.stream);
+            }
+            oldest = event.stream;
+        }
+        if !more || oldest == 0 {
+            break;
+        }
+        upper = oldest - 1;
+    }
+    Ok(oldest)
+}
+
+/// The position of the user's current member event in the room.
+pub fn own_membership_position(rooms: &Rooms, user: &UserId, room_id: &RoomId) -> Result<Option<u64>> {
+    if let Some(position) = rooms.membership_change_position(user, room_id)? {
+        return Ok(Some(position));
+    }
+    // A profile change after the join: its position is as good a bound.
+    let Some(room) = rooms.room(room_id)? else { return Ok(None) };
+    let state = rooms.current_state(&room)?;
+    let Some(id) = rooms.state_event_id(&state, &StateEventType::RoomMember, user.as_str())? else {
+        return Ok(None);
+    };
+    Ok(rooms.stored(&id)?.map(|s| s.stream))
+}
+
+/// Whether a member event changes the membership (not just a profile).
+fn changes_membership(stored: &StoredPdu) -> bool {
+    fn membership(v: Option<&ruma::CanonicalJsonValue>) -> Option<&str> {
+        v.and_then(|c| c.as_object()).and_then(|c| c.get("membership")).and_then(|m| m.as_str())
+    }
+    let before = stored.json.get("unsigned").and_then(|u| u.as_object()).and_then(|u| u.get("prev_content"));
+    membership(stored.json.get("content")) != membership(before)
+}

@@ -1,0 +1,180 @@
+//! Sliding sync connection state: per (user, device, `conn_id`), what the
+//! client already has, kept for the last two positions it was given.
+//!
+//! A request names the position it continues from (`pos`). Its answer is
+//! computed from the state stored for that position and stored under a new
+//! one; every other position of the connection is then dropped, so a client
+//! that sends the same `pos` again (a retry, or a request it cancelled) gets
+//! an equivalent answer and the stored state does not grow. State lives in
+//! memory: after a restart every `pos` is unknown and clients start over.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId};
+
+/// Connections one device may keep; the least recently used goes first.
+const CONNECTIONS_PER_DEVICE: usize = 8;
+/// Devices with connections; beyond it the least recently used device's go.
+const DEVICES: usize = 20_000;
+
+/// What one connection has sent, as of one position.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionState {
+    /// The stream position the answer was read at (0: nothing sent yet).
+    pub stream: u64,
+    pub rooms: HashMap<OwnedRoomId, RoomSent>,
+    /// Each list's `count` as last sent.
+    pub list_counts: BTreeMap<String, u64>,
+}
+
+/// What the client has of one room.
+#[derive(Clone, Debug, Default)]
+pub struct RoomSent {
+    /// The stream position up to which its timeline and state were sent.
+    pub sent_to: u64,
+    /// The user's membership then (a leave is shown once, then dropped).
+    pub membership: String,
+    /// The room's `required_state` and `timeline_limit`, hashed: a new
+    /// configuration sends the room again from scratch.
+    pub config: u64,
+    /// Notification and highlight counts as last sent.
+    pub unread: (u64, u64),
+    /// Member events sent for `$LAZY` (event IDs), so each goes once.
+    pub lazy_members: HashSet<String>,
+}
+
+#[derive(Default)]
+struct Connection {
+    /// Position → state; at most the one a request came from and its answer.
+    states: Vec<(u64, Arc<ConnectionState>)>,
+    last_used: u64,
+}
+
+type DeviceKey = (OwnedUserId, OwnedDeviceId);
+
+#[derive(Default)]
+pub struct Connections {
+    devices: Mutex<HashMap<DeviceKey, HashMap<String, Connection>>>,
+    /// Positions are unique across connections; also the LRU clock.
+    next_position: AtomicU64,
+}
+
+impl Connections {
+    pub fn new() -> Self {
+        // Positions start at a random point, so a `pos` from before a
+        // restart is unknown rather than, by chance, another's.
+        Self { devices: Mutex::default(), next_position: AtomicU64::new(rand::random::<u32>() as u64 + 1) }
+    }
+
+    /// The state stored for `pos` (`None` without one: a new connection,
+    /// whose older states are dropped). `Err(())`: the position is unknown.
+    pub fn resume(
+        &self,
+        key: &DeviceKey,
+        conn_id: &str,
+        pos: Option<&str>,
+    ) -> Result<Arc<ConnectionState>, ()> {
+        let mut devices = self.devices.lock().expect("sliding sync connections");
+        let Some(pos) = pos else {
+            if let Some(connections) = devices.get_mut(key) {
+                connections.remove(conn_id);
+            }
+            return Ok(Arc::default());
+        };
+        let position: u64 = pos.parse().map_err(|_| ())?;
+        let connection = devices.get_mut(key).and_then(|c| c.get_mut(conn_id)).ok_or(())?;
+        connection.last_used = self.next_position.load(Ordering::Relaxed);
+        connection.states.iter().find(|(p, _)| *p == position).map(|(_, s)| s.clone()).ok_or(())
+    }
+
+    /// Store the answer to a request that came from `from` (`None`: a new
+    /// connection) and return its position. Only `from` and the answer stay.
+    pub fn store(&self, key: &DeviceKey, conn_id: &str, from: Option<&str>, state: ConnectionState) -> u64 {
+        let position = self.next_position.fetch_add(1, Ordering::Relaxed);
+        let from: Option<u64> = from.and_then(|p| p.parse().ok());
+        let mut devices = self.devices.lock().expect("sliding sync connections");
+        if !devices.contains_key(key) && devices.len() >= DEVICES {
+            evict_least_recent(&mut devices, |c| c.values().map(|c| c.last_used).max().unwrap_or(0));
+        }
+        let connections = devices.entry(key.clone()).or_default();
+        if !connections.contains_key(conn_id) && connections.len() >= CONNECTIONS_PER_DEVICE {
+            evict_least_recent(connections, |c| c.last_used);
+        }
+        let connection = connections.entry(conn_id.to_owned()).or_default();
+        connection.states.retain(|(p, _)| Some(*p) == from);
+        connection.states.push((position, Arc::new(state)));
+        connection.last_used = position;
+        position
+    }
+
+    /// Drop every connection of a deleted device.
+    pub fn forget_device(&self, key: &DeviceKey) {
+        self.devices.lock().expect("sliding sync connections").remove(key);
+    }
+
+    /// Connections held (for the memory figures).
+    pub fn len(&self) -> usize {
+        self.devices.lock().expect("sliding sync connections").values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn evict_least_recent<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, age: impl Fn(&V) -> u64) {
+    if let Some(oldest) = map.iter().min_by_key(|(_, v)| age(v)).map(|(k, _)| k.clone()) {
+        map.remove(&oldest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> DeviceKey {
+        (ruma::owned_user_id!("@alice:localhost"), "DEV".into())
+    }
+
+    #[test]
+    fn a_position_can_be_replayed_and_state_stays_bounded() {
+        let connections = Connections::new();
+        let first =
+            connections.store(&key(), "main", None, ConnectionState { stream: 5, ..Default::default() });
+        let first = first.to_string();
+        // The same position twice: both answers come from it; only it and the latest answer stay.
+        for stream in [7, 8] {
+            let base = connections.resume(&key(), "main", Some(&first)).expect("known position");
+            assert_eq!(base.stream, 5);
+            connections.store(&key(), "main", Some(&first), ConnectionState { stream, ..Default::default() });
+        }
+        let devices = connections.devices.lock().unwrap();
+        assert_eq!(devices[&key()]["main"].states.len(), 2);
+    }
+
+    #[test]
+    fn unknown_positions_and_deleted_devices_are_refused() {
+        let connections = Connections::new();
+        assert!(connections.resume(&key(), "main", Some("12")).is_err());
+        assert!(connections.resume(&key(), "main", Some("not a number")).is_err());
+        let pos = connections.store(&key(), "main", None, ConnectionState::default()).to_string();
+        assert!(connections.resume(&key(), "other", Some(&pos)).is_err(), "positions belong to a connection");
+        connections.forget_device(&key());
+        assert!(connections.resume(&key(), "main", Some(&pos)).is_err());
+    }
+
+    #[test]
+    fn a_device_keeps_a_bounded_number_of_connections() {
+        let connections = Connections::new();
+        for i in 0..(CONNECTIONS_PER_DEVICE + 3) {
+            connections.store(&key(), &format!("conn{i}"), None, ConnectionState::default());
+        }
+        assert_eq!(connections.len(), CONNECTIONS_PER_DEVICE);
+    }
+}
