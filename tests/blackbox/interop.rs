@@ -310,4 +310,6 @@ async fn matrix_rust_sdk_syncs_like_element_x() {
         succeeded && output.contains("interop ok"),
         "the program failed:\n{output}\n{errors}\nserver log:\n{log}"
     );
+    // Each step the program proved, with its figures (shown with --nocapture).
+    eprintln!("{output}");
 }

@@ -823,3 +823,28 @@ async fn context_lazy_loads_members() {
         .collect();
     assert_eq!(members, ["@alice:localhost"], "{body}");
 }
+
+/// More to-device messages than one sync carries: the sync ends at the last
+/// one it carries, and the next sync delivers the rest (none is lost).
+#[tokio::test]
+async fn to_device_messages_beyond_one_sync_are_not_lost() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let since = sync(&server, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+    for n in 0..150 {
+        let path = format!("/_matrix/client/v3/sendToDevice/m.test/t{n}");
+        let body = json!({"messages": {"@bob:localhost": {bob.device_id.clone(): {"n": n}}}});
+        assert_eq!(server.put(&path, Some(&alice.token), body).await.0, 200);
+    }
+    let mut received = Vec::new();
+    let mut since = since;
+    for _ in 0..5 {
+        let body = sync(&server, &bob, &format!("?since={since}&timeout=0")).await;
+        let events = body["to_device"]["events"].as_array().unwrap();
+        assert!(events.len() <= 100, "one sync carries at most 100");
+        received.extend(events.iter().map(|e| e["content"]["n"].as_u64().unwrap()));
+        since = body["next_batch"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(received, (0..150).collect::<Vec<u64>>(), "every message once, in order");
+}

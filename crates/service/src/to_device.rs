@@ -140,6 +140,20 @@ impl ToDevice {
         Ok(self.drain(user, device, since, to, PER_SYNC)?.0)
     }
 
+    /// Where a `/sync` reading up to `to` must end so that its to-device
+    /// messages are all in its answer: at the last message of a full page
+    /// when more are pending (the next sync acknowledges only what was
+    /// sent, and goes on from there); `to` otherwise.
+    pub fn sync_end(&self, user: &UserId, device: &DeviceId, since: Option<u64>, to: u64) -> Result<u64> {
+        let prefix = (user.to_string(), device.to_string()).encode();
+        let start = (user.to_string(), device.to_string(), since.unwrap_or(0)).encode();
+        let pending = self.queue.scan_from(&prefix, Some(&start), false, PER_SYNC + 1).db()?;
+        match pending.get(PER_SYNC) {
+            Some(((_, _, position), _)) if *position <= to => Ok(pending[PER_SYNC - 1].0.2),
+            _ => Ok(to),
+        }
+    }
+
     /// Sliding sync's `to_device`: drop what is before `since` (the client
     /// has it) and return up to `limit` messages up to `to`, with the
     /// `since` that acknowledges them (the position after the last one sent,

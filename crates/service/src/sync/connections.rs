@@ -39,14 +39,15 @@ pub struct RoomSent {
     /// The stream position up to which its timeline and state were sent.
     pub sent_to: u64,
     /// The user's membership then (a leave is shown once, then dropped).
-    pub membership: String,
+    pub membership: &'static str,
     /// The room's `required_state` and `timeline_limit`, hashed: a new
     /// configuration sends the room again from scratch.
     pub config: u64,
     /// Notification and highlight counts as last sent.
     pub unread: (u64, u64),
-    /// Member events sent for `$LAZY` (event IDs), so each goes once.
-    pub lazy_members: HashSet<String>,
+    /// Member events sent for `$LAZY` (event IDs), so each goes once;
+    /// shared between positions until it changes.
+    pub lazy_members: Arc<HashSet<String>>,
 }
 
 #[derive(Default)]

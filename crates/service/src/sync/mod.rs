@@ -68,6 +68,16 @@ pub struct Sync {
     streams: Arc<Streams>,
 }
 
+/// How lazy members are chosen.
+#[derive(Clone, Copy)]
+struct LazyMembers {
+    /// `include_redundant_members`: send a member event again each time.
+    redundant: bool,
+    /// A member event in the timeline is not repeated as state (`/sync`);
+    /// sliding sync clients read state only from `required_state`.
+    skip_in_timeline: bool,
+}
+
 /// Default timeline length when the filter does not set one.
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 use crate::rooms::INVITE_STATE;
@@ -130,11 +140,15 @@ impl Sync {
             let notified = waiter.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let to = match device {
+                Some(device) => self.to_device.sync_end(user, device, since, self.streams.current())?,
+                None => self.streams.current(),
+            };
             let window = Window {
                 user,
                 device,
                 since,
-                to: self.streams.current(),
+                to,
                 filter: &request.filter,
                 full_state: request.full_state,
                 use_state_after: request.use_state_after,
@@ -551,24 +565,28 @@ impl Sync {
         }
         let already = sent.entry(device_key).or_default();
         let known_here = already.entry(room_id.to_string()).or_default();
-        self.add_sender_members(start_state, timeline, &mut events, known_here, redundant)?;
+        let rules = LazyMembers { redundant, skip_in_timeline: true };
+        self.add_sender_members(start_state, timeline, &mut events, known_here, rules)?;
         Ok(events)
     }
 
     /// Add to `events` the member events (in `state`) of the timeline's
-    /// senders that the client lacks: not among `events` or the timeline,
-    /// and unless `redundant`, not in `known` (the member events it was sent
-    /// before). Everything the client now has is added to `known`.
+    /// senders that the client lacks: not among `events`, nor (as `rules`
+    /// say) in the timeline or, unless redundant ones are wanted, in `known`
+    /// (the member events it was sent before). Everything the client now
+    /// has is added to `known`.
     fn add_sender_members(
         &self,
         state: &StateMap,
         timeline: &[(StoredPdu, JsonValue)],
         events: &mut Vec<StoredPdu>,
         known: &mut HashSet<String>,
-        redundant: bool,
+        rules: LazyMembers,
     ) -> Result<()> {
-        let in_timeline: BTreeSet<&str> =
-            timeline.iter().filter_map(|(_, e)| e["event_id"].as_str()).collect();
+        let in_timeline: BTreeSet<&str> = match rules.skip_in_timeline {
+            true => timeline.iter().filter_map(|(_, e)| e["event_id"].as_str()).collect(),
+            false => BTreeSet::new(),
+        };
         // Only member events are looked up here, so only they are kept.
         let is_member = |e: &JsonValue| e["type"] == "m.room.member";
         for stored in
@@ -576,7 +594,7 @@ impl Sync {
         {
             known.insert(stored.event_id.to_string());
         }
-        for (_, event) in timeline.iter().filter(|(_, e)| is_member(e)) {
+        for (_, event) in timeline.iter().filter(|(_, e)| rules.skip_in_timeline && is_member(e)) {
             if let Some(id) = event["event_id"].as_str() {
                 known.insert(id.to_owned());
             }
@@ -587,7 +605,7 @@ impl Sync {
                 continue;
             };
             let have = events.iter().any(|s| s.event_id == pdu.event_id);
-            let sent_before = !redundant && known.contains(pdu.event_id.as_str());
+            let sent_before = !rules.redundant && known.contains(pdu.event_id.as_str());
             if !have
                 && !sent_before
                 && !in_timeline.contains(pdu.event_id.as_str())

@@ -121,6 +121,9 @@ pub(super) struct Answer<'a> {
     pub device: &'a DeviceId,
     pub base: &'a ConnectionState,
     pub request: &'a v5::Request,
+    /// Rooms with events, receipts or typing after the connection's last
+    /// answer (empty on a new connection, where every room is new).
+    pub changed: HashSet<OwnedRoomId>,
 }
 
 pub fn unknown_pos() -> Error {
@@ -163,7 +166,8 @@ impl Sync {
                 use_state_after: false,
                 ignored: self.ignored_users(user)?,
             };
-            let answer = Answer { w, device, base: &base, request: &request };
+            let changed = self.rooms_changed_after(&w)?;
+            let answer = Answer { w, device, base: &base, request: &request, changed };
             let (mut response, state, updates) = self.sliding_answer(&answer)?;
             if updates || tokio::time::Instant::now() >= deadline {
                 let position = self.connections.store(&key, &conn_id, pos, state);
@@ -230,6 +234,14 @@ impl Sync {
         let (extensions, extension_updates) = self.sliding_extensions(a, &rooms, &scope)?;
         let updates = !rooms.is_empty() || a.base.list_counts != state.list_counts || extension_updates;
         Ok((json!({"lists": lists, "rooms": rooms, "extensions": extensions}), state, updates))
+    }
+
+    /// Rooms with events, receipts or typing in the window.
+    fn rooms_changed_after(&self, w: &Window<'_>) -> Result<HashSet<OwnedRoomId>> {
+        let Some(since) = w.since else { return Ok(HashSet::new()) };
+        let mut changed: HashSet<OwnedRoomId> = self.rooms.rooms_changed(since, w.to)?.into_iter().collect();
+        changed.extend(self.ephemeral.rooms_changed(since, w.to)?);
+        Ok(changed)
     }
 
     /// The rooms the user's lists are drawn from, newest `bump_stamp` first:

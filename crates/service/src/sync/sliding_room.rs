@@ -37,13 +37,25 @@ impl Sync {
                     && matches!(entry.membership.as_str(), "join" | "invite"))
         });
         let membership_changed = sent.is_some_and(|s| s.membership != entry.membership);
+        if let Some(sent) = sent
+            && !initial
+            && !membership_changed
+            && sent.sent_to >= a.base.stream
+            && !a.changed.contains(room_id)
+        {
+            // Nothing happened in the room since the client's copy: the
+            // cheap answer for most rooms of a long list.
+            let record = RoomSent { sent_to: a.w.to, ..sent.clone() };
+            state.rooms.insert(room_id.clone(), record);
+            return Ok(None);
+        }
         if entry.membership == "invite" {
             if !initial {
                 return Ok(None);
             }
             state
                 .rooms
-                .insert(room_id.clone(), sent_record(a.w.to, entry, fingerprint, (0, 0), HashSet::new()));
+                .insert(room_id.clone(), sent_record(a.w.to, entry, fingerprint, (0, 0), Arc::default()));
             return Ok(Some(self.invited_room(user, room_id, entry, is_dm)?));
         }
         let from = sent.filter(|_| !initial).map_or(0, |s| s.sent_to + 1);
@@ -66,8 +78,10 @@ impl Sync {
             state_events.push(member);
         }
         let mut lazy = sent.filter(|_| !initial).map(|s| s.lazy_members.clone()).unwrap_or_default();
-        if required.lazy_members {
-            self.add_sender_members(&now, &timeline, &mut state_events, &mut lazy, false)?;
+        if required.lazy_members && !timeline.is_empty() {
+            let lazy = Arc::make_mut(&mut lazy);
+            let rules = super::LazyMembers { redundant: false, skip_in_timeline: false };
+            self.add_sender_members(&now, &timeline, &mut state_events, lazy, rules)?;
         }
         let (unread, _) = self.unread(&a.w, room_id)?;
         let counts = (
@@ -206,9 +220,15 @@ fn sent_record(
     entry: &ListEntry,
     config: u64,
     unread: (u64, u64),
-    lazy_members: HashSet<String>,
+    lazy_members: Arc<HashSet<String>>,
 ) -> RoomSent {
-    RoomSent { sent_to, membership: entry.membership.clone(), config, unread, lazy_members }
+    let membership = match entry.membership.as_str() {
+        "join" => "join",
+        "invite" => "invite",
+        "ban" => "ban",
+        _ => "leave",
+    };
+    RoomSent { sent_to, membership, config, unread, lazy_members }
 }
 
 /// Whether a stored event is of `kind`.
