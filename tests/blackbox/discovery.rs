@@ -85,7 +85,7 @@ async fn metrics_name_what_dashboards_read_and_count_requests() {
 
 #[tokio::test]
 async fn well_known_client_and_server() {
-    let server = TestServer::start_with("well_known_server = \"matrix.example.org:443\"\nwell_known_client = \"https://matrix.example.org\"\n").await;
+    let server = TestServer::start_with("allow_registration = true\nwell_known_server = \"matrix.example.org:443\"\nwell_known_client = \"https://matrix.example.org\"\n").await;
     let (status, body) = server.get("/.well-known/matrix/client", None).await;
     assert_eq!(status, 200);
     assert_eq!(body["m.homeserver"]["base_url"], "https://matrix.example.org");
@@ -168,7 +168,8 @@ async fn unstable_features_list_exactly_what_is_implemented() {
             "org.matrix.e2e_cross_signing",
             "org.matrix.msc3440.stable",
             "org.matrix.msc3814",
-            "org.matrix.msc4140"
+            "org.matrix.msc4140",
+            "org.matrix.simplified_msc3575"
         ],
         "{body}"
     );

@@ -73,25 +73,21 @@ impl Connections {
         Self { devices: Mutex::default(), next_position: AtomicU64::new(rand::random::<u32>() as u64 + 1) }
     }
 
-    /// The state stored for `pos` (`None` without one: a new connection,
-    /// whose older states are dropped). `Err(())`: the position is unknown.
-    pub fn resume(
-        &self,
-        key: &DeviceKey,
-        conn_id: &str,
-        pos: Option<&str>,
-    ) -> Result<Arc<ConnectionState>, ()> {
+    /// The state stored for `pos` (an empty one without `pos`: a new
+    /// connection, whose older states are dropped); `None` when the
+    /// position is unknown.
+    pub fn resume(&self, key: &DeviceKey, conn_id: &str, pos: Option<&str>) -> Option<Arc<ConnectionState>> {
         let mut devices = self.devices.lock().expect("sliding sync connections");
         let Some(pos) = pos else {
             if let Some(connections) = devices.get_mut(key) {
                 connections.remove(conn_id);
             }
-            return Ok(Arc::default());
+            return Some(Arc::default());
         };
-        let position: u64 = pos.parse().map_err(|_| ())?;
-        let connection = devices.get_mut(key).and_then(|c| c.get_mut(conn_id)).ok_or(())?;
+        let position: u64 = pos.parse().ok()?;
+        let connection = devices.get_mut(key).and_then(|c| c.get_mut(conn_id))?;
         connection.last_used = self.next_position.load(Ordering::Relaxed);
-        connection.states.iter().find(|(p, _)| *p == position).map(|(_, s)| s.clone()).ok_or(())
+        connection.states.iter().find(|(p, _)| *p == position).map(|(_, s)| s.clone())
     }
 
     /// Store the answer to a request that came from `from` (`None`: a new
@@ -162,12 +158,15 @@ mod tests {
     #[test]
     fn unknown_positions_and_deleted_devices_are_refused() {
         let connections = Connections::new();
-        assert!(connections.resume(&key(), "main", Some("12")).is_err());
-        assert!(connections.resume(&key(), "main", Some("not a number")).is_err());
+        assert!(connections.resume(&key(), "main", Some("12")).is_none());
+        assert!(connections.resume(&key(), "main", Some("not a number")).is_none());
         let pos = connections.store(&key(), "main", None, ConnectionState::default()).to_string();
-        assert!(connections.resume(&key(), "other", Some(&pos)).is_err(), "positions belong to a connection");
+        assert!(
+            connections.resume(&key(), "other", Some(&pos)).is_none(),
+            "positions belong to a connection"
+        );
         connections.forget_device(&key());
-        assert!(connections.resume(&key(), "main", Some(&pos)).is_err());
+        assert!(connections.resume(&key(), "main", Some(&pos)).is_none());
     }
 
     #[test]

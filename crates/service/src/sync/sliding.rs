@@ -141,7 +141,7 @@ impl Sync {
         let key = (user.to_owned(), device.to_owned());
         let conn_id = request.conn_id.clone().unwrap_or_default();
         let pos = request.pos.as_deref();
-        let base = self.connections.resume(&key, &conn_id, pos).map_err(|()| unknown_pos())?;
+        let base = self.connections.resume(&key, &conn_id, pos).ok_or_else(unknown_pos)?;
         self.presence.touch(user, request.set_presence.as_str())?;
         // A new connection answers at once; so does `timeout=0`.
         let timeout = match pos {
