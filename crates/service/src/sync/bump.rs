@@ -39,7 +39,8 @@ struct Stamps {
     /// The stream position up to which `rooms` and `members` are current.
     checked_to: Option<u64>,
     rooms: HashMap<OwnedRoomId, u64>,
-    members: HashMap<(OwnedUserId, OwnedRoomId), u64>,
+    /// Per user, per room: their last membership change.
+    members: HashMap<OwnedUserId, HashMap<OwnedRoomId, u64>>,
 }
 
 #[derive(Default)]
@@ -68,12 +69,11 @@ impl BumpStamps {
                     stamp
                 }
             };
-            let key = (user.to_owned(), room_id.clone());
-            let membership = match stamps.members.get(&key) {
+            let membership = match stamps.members.get(user).and_then(|rooms| rooms.get(&**room_id)) {
                 Some(stamp) => *stamp,
                 None => {
                     let stamp = own_membership_position(rooms, user, room_id)?.unwrap_or(0);
-                    stamps.members.insert(key, stamp);
+                    stamps.members.entry(user.to_owned()).or_default().insert(room_id.clone(), stamp);
                     stamp
                 }
             };
@@ -92,7 +92,7 @@ impl BumpStamps {
         if checked_to >= to {
             return Ok(());
         }
-        if stamps.rooms.len() + stamps.members.len() > MAX_ENTRIES {
+        if stamps.rooms.len() + stamps.members.values().map(HashMap::len).sum::<usize>() > MAX_ENTRIES {
             stamps.rooms.clear();
             stamps.members.clear();
         }
@@ -110,7 +110,7 @@ impl BumpStamps {
                 && let Some(user) = stored.json.get("state_key").and_then(|k| k.as_str())
                 && let Ok(user) = UserId::parse(user)
             {
-                stamps.members.insert((user, room_id), position);
+                stamps.members.entry(user).or_default().insert(room_id, position);
             }
         }
         stamps.checked_to = Some(to);

@@ -9,14 +9,15 @@
 //! users, bundled aggregations), lazy members, unread counts and summary.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::{Hash, Hasher},
+    sync::Arc,
     time::Duration,
 };
 
 use estuary_core::{Error, Result, error::ErrorKind};
 use ruma::{
-    DeviceId, OwnedRoomId, RoomId, UserId,
+    DeviceId, OwnedRoomId, RoomId, UInt, UserId,
     api::client::{
         filter::FilterDefinition,
         sync::sync_events::v5::{self, request},
@@ -42,23 +43,43 @@ pub(super) struct ListEntry {
 }
 
 /// What the lists and subscriptions that include a room ask of it, merged.
-#[derive(Default, Clone)]
+/// A list's configuration is built once and shared by its rooms.
 pub(super) struct RoomConfig {
     required_state: BTreeSet<(String, String)>,
     pub(super) timeline_limit: usize,
+    /// A hash of both: a room whose configuration changes starts over.
+    pub(super) fingerprint: u64,
 }
 
 impl RoomConfig {
-    fn merge(&mut self, required_state: &[(StateEventType, String)], timeline_limit: usize) {
-        self.required_state.extend(required_state.iter().map(|(t, k)| (t.to_string(), k.clone())));
-        self.timeline_limit = self.timeline_limit.max(timeline_limit.min(MAX_TIMELINE_LIMIT));
+    fn new(required_state: &[(StateEventType, String)], timeline_limit: UInt) -> Self {
+        let required_state = required_state.iter().map(|(t, k)| (t.to_string(), k.clone())).collect();
+        let timeline_limit = (u64::from(timeline_limit) as usize).min(MAX_TIMELINE_LIMIT);
+        Self::hashed(required_state, timeline_limit)
     }
 
-    pub(super) fn fingerprint(&self) -> u64 {
+    fn hashed(required_state: BTreeSet<(String, String)>, timeline_limit: usize) -> Self {
         let mut hasher = std::hash::DefaultHasher::new();
-        self.required_state.hash(&mut hasher);
-        self.timeline_limit.hash(&mut hasher);
-        hasher.finish()
+        required_state.hash(&mut hasher);
+        timeline_limit.hash(&mut hasher);
+        Self { required_state, timeline_limit, fingerprint: hasher.finish() }
+    }
+
+    /// The union of two configurations (the longer timeline).
+    fn merged(&self, other: &RoomConfig) -> Self {
+        let required_state = self.required_state.union(&other.required_state).cloned().collect();
+        Self::hashed(required_state, self.timeline_limit.max(other.timeline_limit))
+    }
+}
+
+/// Add `config` for the room at `index` of the list entries.
+fn want(wanted: &mut BTreeMap<usize, Arc<RoomConfig>>, index: usize, config: &Arc<RoomConfig>) {
+    match wanted.get_mut(&index) {
+        None => {
+            wanted.insert(index, config.clone());
+        }
+        Some(existing) if Arc::ptr_eq(existing, config) => {}
+        Some(existing) => *existing = Arc::new(existing.merged(config)),
     }
 }
 
@@ -190,45 +211,49 @@ impl Sync {
         let user = a.w.user;
         let entries = self.list_entries(a)?;
         let dm_rooms = self.dm_rooms(user)?;
-        let mut wanted: BTreeMap<OwnedRoomId, RoomConfig> = BTreeMap::new();
+        // Rooms wanted, by their index in `entries`.
+        let mut wanted: BTreeMap<usize, Arc<RoomConfig>> = BTreeMap::new();
         let mut scope = Scope { list_rooms: BTreeMap::new(), subscribed: BTreeSet::new() };
         let mut lists = Map::new();
         let mut list_counts = BTreeMap::new();
         for (name, list) in &a.request.lists {
             let mut matching = Vec::new();
-            for entry in &entries {
+            for (index, entry) in entries.iter().enumerate() {
                 if self.passes_list_filters(user, list.filters.as_ref(), entry, &dm_rooms)? {
-                    matching.push(entry);
+                    matching.push(index);
                 }
             }
+            let details = &list.room_details;
+            let config = Arc::new(RoomConfig::new(&details.required_state, details.timeline_limit));
             let in_ranges = scope.list_rooms.entry(name.clone()).or_default();
             for (start, end) in &list.ranges {
                 let (start, end) = (u64::from(*start) as usize, u64::from(*end) as usize);
-                for entry in matching.iter().skip(start).take((end + 1).saturating_sub(start)) {
-                    let details = &list.room_details;
-                    let limit = u64::from(details.timeline_limit) as usize;
-                    wanted.entry(entry.room_id.clone()).or_default().merge(&details.required_state, limit);
-                    in_ranges.push(entry.room_id.clone());
+                for index in matching.iter().skip(start).take((end + 1).saturating_sub(start)) {
+                    want(&mut wanted, *index, &config);
+                    in_ranges.push(entries[*index].room_id.clone());
                 }
             }
             lists.insert(name.clone(), json!({"count": matching.len()}));
             list_counts.insert(name.clone(), matching.len() as u64);
         }
+        let by_room: HashMap<&RoomId, usize> =
+            entries.iter().enumerate().map(|(index, e)| (&*e.room_id, index)).collect();
         for (room_id, subscription) in &a.request.room_subscriptions {
             // Only rooms the user is in, was invited to or may still see.
-            if entries.iter().any(|e| &e.room_id == room_id) {
-                let limit = u64::from(subscription.timeline_limit) as usize;
-                wanted.entry(room_id.clone()).or_default().merge(&subscription.required_state, limit);
+            if let Some(index) = by_room.get(&**room_id) {
+                let config =
+                    Arc::new(RoomConfig::new(&subscription.required_state, subscription.timeline_limit));
+                want(&mut wanted, *index, &config);
                 scope.subscribed.insert(room_id.clone());
             }
         }
         let mut state = ConnectionState { stream: a.w.to, rooms: a.base.rooms.clone(), list_counts };
         let mut rooms = Map::new();
-        for (room_id, config) in &wanted {
-            let Some(entry) = entries.iter().find(|e| &e.room_id == room_id) else { continue };
+        for (index, config) in &wanted {
+            let entry = &entries[*index];
             let is_dm = self.is_dm(user, entry, &dm_rooms)?;
             if let Some(room) = self.sliding_room(a, &mut state, entry, config, is_dm)? {
-                rooms.insert(room_id.to_string(), room);
+                rooms.insert(entry.room_id.to_string(), room);
             }
         }
         let (extensions, extension_updates) = self.sliding_extensions(a, &rooms, &scope)?;

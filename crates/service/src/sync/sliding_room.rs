@@ -27,7 +27,7 @@ impl Sync {
         is_dm: bool,
     ) -> Result<Option<JsonValue>> {
         let (user, room_id) = (a.w.user, &entry.room_id);
-        let fingerprint = config.fingerprint();
+        let fingerprint = config.fingerprint;
         let sent = a.base.rooms.get(room_id);
         // A new configuration, or a membership that needs the room afresh
         // (an invite accepted, a room rejoined), starts the room over.
