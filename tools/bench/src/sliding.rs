@@ -108,6 +108,20 @@ pub async fn sliding_benchmark(client: &Client, args: &Args, pid: Option<u32>) -
     }
     summary(&format!("sliding first room list (0-19 of {rooms} rooms)"), first);
 
+    // The same user's initial `/sync` (one event per room, lazy members), for comparison.
+    let filter = r#"{"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true}}}"#;
+    let path = format!(
+        "/_matrix/client/v3/sync?filter={}",
+        filter.replace('{', "%7B").replace('}', "%7D").replace('"', "%22")
+    );
+    let mut syncs = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        client.call(reqwest::Method::GET, &path, Some(&token), None).await?;
+        syncs.push(t.elapsed());
+    }
+    summary(&format!("/sync initial for the same user ({rooms} rooms, timeline 1, lazy members)"), syncs);
+
     let mut steps = Vec::new();
     let mut pos = String::new();
     for i in 0..5 {
