@@ -745,7 +745,7 @@ async fn sliding_leaves_kicks_and_bans() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let stay = create_room(&server, &alice, json!({"name": "Stay"})).await;
-    let left = create_room(&server, &alice, json!({"name": "Left"})).await;
+    let left = create_room(&server, &alice, json!({"preset": "public_chat", "name": "Left"})).await;
     let kicked = create_room(&server, &bob, json!({"preset": "public_chat", "name": "Kicked"})).await;
     let banned = create_room(&server, &bob, json!({"preset": "public_chat", "name": "Banned"})).await;
     join(&server, &alice, &kicked).await;
@@ -785,12 +785,20 @@ async fn sliding_leaves_kicks_and_bans() {
     assert_eq!(own_membership(&removed["rooms"][&kicked], &alice), Some("leave"), "{removed}");
     assert_eq!(own_membership(&removed["rooms"][&banned], &alice), Some("ban"), "{removed}");
     assert_eq!(count(&removed, "all"), 3, "{removed}");
-    let later = sliding(&server, &alice, Some(&pos(&removed)), Some(0), body).await;
+    let later = sliding(&server, &alice, Some(&pos(&removed)), Some(0), body.clone()).await;
     assert_eq!(count(&later, "all"), 3, "kicked and banned rooms stay listed: {later}");
     assert_eq!(room_ids(&later), Vec::<String>::new(), "{later}");
     let fresh = sliding(&server, &alice, None, None, one_list("fresh", 9, json!([]), 1)).await;
     assert_eq!(count(&fresh, "all"), 3, "{fresh}");
     assert_eq!(room_ids(&fresh), sorted(vec![stay, kicked, banned]), "{fresh}");
+
+    // Rejoining the room she left, she gets it whole again.
+    join(&server, &alice, &left).await;
+    let rejoined = sliding(&server, &alice, Some(&pos(&later)), Some(0), body).await;
+    assert_eq!(count(&rejoined, "all"), 4, "{rejoined}");
+    let room = &rejoined["rooms"][&left];
+    assert_eq!(room["initial"], true, "a rejoined room starts over: {rejoined}");
+    assert_eq!(own_membership(room, &alice), Some("join"), "{rejoined}");
 }
 
 /// A subscribed room outside every range is sent with the subscription's
