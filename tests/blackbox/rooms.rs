@@ -297,7 +297,12 @@ async fn power_levels_and_state_validation() {
 }
 
 async fn timeline_bodies(server: &TestServer, user: &User, room: &str) -> Vec<String> {
-    let (status, page) = server.get(&room_path(room, "messages?dir=b&limit=100"), Some(&user.token)).await;
+    message_bodies(server, user, room, "dir=b&limit=100").await
+}
+
+/// The message bodies of a `/messages` page (`query` its parameters).
+pub async fn message_bodies(server: &TestServer, user: &User, room: &str, query: &str) -> Vec<String> {
+    let (status, page) = server.get(&room_path(room, &format!("messages?{query}")), Some(&user.token)).await;
     assert_eq!(status, 200, "{page}");
     page["chunk"]
         .as_array()

@@ -876,15 +876,8 @@ async fn sliding_changed_config_resends_the_room() {
 
 /// Message bodies of `/messages` backwards from `from`, newest first.
 async fn page_back(server: &TestServer, user: &User, room: &str, from: &str, limit: u32) -> Vec<String> {
-    let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit={limit}&from={}", encode(from));
-    let (status, page) = server.get(&path, Some(&user.token)).await;
-    assert_eq!(status, 200, "{page}");
-    page["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
-        .collect()
+    crate::rooms::message_bodies(server, user, room, &format!("dir=b&limit={limit}&from={}", encode(from)))
+        .await
 }
 
 /// `timeline_limit`, `limited` and `prev_batch`, a token `/messages`

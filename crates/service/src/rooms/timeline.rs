@@ -173,31 +173,31 @@ impl Rooms {
         base: Option<&StateMap>,
         wanted: impl Fn(&str, &str) -> bool,
     ) -> Result<Vec<StoredPdu>> {
-        let mut out = Vec::new();
-        for (key, short) in state {
-            if base.is_some_and(|b| b.get(key) == Some(short)) {
-                continue;
-            }
-            let Some((kind, state_key)) = self.short.state_key_of(*key)? else { continue };
-            if !wanted(&kind, &state_key) {
-                continue;
-            }
-            if let Some(id) = self.short.event_id(*short)?
-                && let Some(stored) = self.stored(&id)?
-            {
-                out.push(stored);
-            }
-        }
-        out.sort_by_key(|s| s.stream);
-        Ok(out)
+        self.changed_state(state, base, Some(&wanted))
     }
 
     /// Events of a snapshot that differ from `base` (all of them without one).
     pub(crate) fn state_delta(&self, state: &StateMap, base: Option<&StateMap>) -> Result<Vec<StoredPdu>> {
+        self.changed_state(state, base, None)
+    }
+
+    fn changed_state(
+        &self,
+        state: &StateMap,
+        base: Option<&StateMap>,
+        wanted: Option<StateKeyTest<'_>>,
+    ) -> Result<Vec<StoredPdu>> {
         let mut out = Vec::new();
         for (key, short) in state {
             if base.is_some_and(|b| b.get(key) == Some(short)) {
                 continue;
+            }
+            // The key is read only to be tested.
+            if let Some(wanted) = wanted {
+                let Some((kind, state_key)) = self.short.state_key_of(*key)? else { continue };
+                if !wanted(&kind, &state_key) {
+                    continue;
+                }
             }
             if let Some(id) = self.short.event_id(*short)?
                 && let Some(stored) = self.stored(&id)?
@@ -209,6 +209,9 @@ impl Rooms {
         Ok(out)
     }
 }
+
+/// A test on a state event's (type, state key).
+type StateKeyTest<'a> = &'a dyn Fn(&str, &str) -> bool;
 
 /// A user whose membership of a room changed in a sync window.
 pub struct MemberChange {
