@@ -32,7 +32,7 @@ const BUMPING_TYPES: &[&str] = &[
 /// Entries kept before the maps are cleared (they refill on demand).
 const MAX_ENTRIES: usize = 200_000;
 /// Pages of events read back when looking for a room's last bumping one.
-const BACK_SCAN_PAGES: [usize; 4] = [4, 16, 64, 416];
+const BACK_SCAN_PAGES: [usize; 4] = [1, 8, 64, 416];
 
 #[derive(Default)]
 struct Stamps {
