@@ -1146,3 +1146,82 @@ async fn sliding_extension_receipts_and_typing() {
     assert_eq!(event["type"], "m.typing", "{typed}");
     assert_eq!(event["content"]["user_ids"], json!(["@bob:localhost"]), "{typed}");
 }
+
+/// The bump stamps of the user's rooms on a new connection, by room.
+async fn stamps(server: &TestServer, user: &User) -> std::collections::BTreeMap<String, u64> {
+    let all = sliding(server, user, None, None, one_list("stamps", 99, json!([]), 0)).await;
+    let rooms = all["rooms"].as_object().unwrap();
+    rooms.iter().map(|(id, room)| (id.clone(), room["bump_stamp"].as_u64().unwrap())).collect()
+}
+
+/// A profile change writes a member event into every room without moving
+/// any: after a restart (recency read back from storage) the stamps are
+/// those from before, not the profile change's.
+#[tokio::test]
+async fn sliding_recency_survives_a_profile_change_and_a_restart() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    for name in ["One", "Two", "Three"] {
+        create_room(&server, &alice, json!({"name": name})).await;
+    }
+    let before = stamps(&server, &alice).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    let profile = json!({"displayname": "Alice Renamed"});
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", alice.user_id);
+    assert_eq!(server.put(&path, Some(&alice.token), profile).await.0, 200);
+    assert_eq!(stamps(&server, &alice).await, before, "a profile change bumps nothing");
+    let dir = server.kill();
+    let server = TestServer::start_in(dir, "allow_registration = true\n");
+    assert_eq!(stamps(&server, &alice).await, before, "the same recency after a restart");
+}
+
+/// Kicked from a world-readable room, the user's timeline ends at the kick.
+#[tokio::test]
+async fn sliding_timeline_of_a_kicked_user_ends_at_the_kick() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(
+        &server,
+        &bob,
+        json!({"preset": "public_chat", "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+               "content": {"history_visibility": "world_readable"}}]}),
+    )
+    .await;
+    join(&server, &alice, &room).await;
+    send_text(&server, &bob, &room, "b1", "before the kick").await;
+    post_ok(
+        &server,
+        &bob,
+        &format!("/_matrix/client/v3/rooms/{room}/kick"),
+        json!({"user_id": alice.user_id}),
+    )
+    .await;
+    send_text(&server, &bob, &room, "b2", "after the kick").await;
+    let body = sliding(&server, &alice, None, None, one_list("main", 9, json!([]), 10)).await;
+    let timeline = body["rooms"][&room]["timeline"].as_array().unwrap();
+    assert_eq!(bodies(&body["rooms"][&room]), ["before the kick"], "{body}");
+    assert_eq!(timeline.last().unwrap()["content"]["membership"], "leave", "ends at the kick: {body}");
+    // Later messages are not news for her.
+    send_text(&server, &bob, &room, "b3", "later still").await;
+    let next = sliding(&server, &alice, Some(&pos(&body)), Some(0), one_list("main", 9, json!([]), 10)).await;
+    assert!(next["rooms"].get(&room).is_none(), "{next}");
+}
+
+/// Oversized requests are refused before any work.
+#[tokio::test]
+async fn sliding_request_size_is_bounded() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let lists: serde_json::Map<String, Value> =
+        (0..101).map(|i| (format!("l{i}"), json!({"ranges": [[0, 1]], "timeline_limit": 1}))).collect();
+    let result = sliding_status(&server, &alice, None, None, json!({"lists": lists})).await;
+    assert_error(&result, 400, "M_INVALID_PARAM");
+    let ranges: Vec<Value> = (0..101).map(|_| json!([0, 1_000_000_000_000u64])).collect();
+    let body = json!({"lists": {"all": {"ranges": ranges, "timeline_limit": 1}}});
+    assert_error(&sliding_status(&server, &alice, None, None, body).await, 400, "M_INVALID_PARAM");
+    // Huge, overlapping ranges within the limits are fine.
+    let body =
+        json!({"lists": {"all": {"ranges": [[0, 1_000_000_000_000u64], [0, 5]], "timeline_limit": 1}}});
+    assert_eq!(sliding_status(&server, &alice, None, None, body).await.0, 200);
+}

@@ -848,3 +848,20 @@ async fn to_device_messages_beyond_one_sync_are_not_lost() {
     }
     assert_eq!(received, (0..150).collect::<Vec<u64>>(), "every message once, in order");
 }
+
+/// Device lists name only users the syncing user shares (or shared) a room
+/// with: others joining rooms elsewhere on the server are not reported.
+#[tokio::test]
+async fn device_lists_leave_out_strangers() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let since = sync(&server, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    let room = create_room(&server, &bob, json!({"preset": "public_chat"})).await;
+    let (status, _) =
+        server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&carol.token), json!({})).await;
+    assert_eq!(status, 200);
+    let body = sync(&server, &alice, &format!("?since={since}&timeout=0")).await;
+    assert_eq!(body["device_lists"]["changed"], json!([]), "{body}");
+}

@@ -336,12 +336,14 @@ impl Rooms {
         if staged.iter().any(|event| event.pdu.kind == TimelineEventType::RoomMember) {
             self.forget_appservice_interest(&room_id);
         }
-        self.wake_room(&room_id, staged.iter().map(|event| &event.pdu))?;
+        // Notifications first, then the wake-up: a sync woken by the event
+        // must find its unread counts already written.
         for event in &staged {
             if let Err(err) = self.notify_members(&event.stored).await {
                 tracing::warn!(event_id = %event.pdu.event_id, "push rule evaluation failed: {err}");
             }
         }
+        self.wake_room(&room_id, staged.iter().map(|event| &event.pdu))?;
         Ok(())
     }
 

@@ -118,8 +118,8 @@ impl BumpStamps {
     }
 }
 
-/// The position of the room's last bumping event at or before `to`; when
-/// none is among the last events, the oldest of those read.
+/// The position of the room's last bumping event at or before `to`; 0
+/// when none is among its last events (the user's membership then decides).
 fn last_bumping_event(rooms: &Rooms, room_id: &RoomId, to: u64) -> Result<u64> {
     let mut upper = to;
     let mut oldest = 0;
@@ -137,21 +137,36 @@ fn last_bumping_event(rooms: &Rooms, room_id: &RoomId, to: u64) -> Result<u64> {
         }
         upper = oldest - 1;
     }
-    Ok(oldest)
+    Ok(0)
 }
 
-/// The position of the user's current member event in the room.
+/// The position of the user's last membership change in the room: their
+/// current member event, or, when that only changed their profile, the
+/// event it replaced, back to the change (a bounded walk).
 pub fn own_membership_position(rooms: &Rooms, user: &UserId, room_id: &RoomId) -> Result<Option<u64>> {
     if let Some(position) = rooms.membership_change_position(user, room_id)? {
         return Ok(Some(position));
     }
-    // A profile change after the join: its position is as good a bound.
     let Some(room) = rooms.room(room_id)? else { return Ok(None) };
     let state = rooms.current_state(&room)?;
-    let Some(id) = rooms.state_event_id(&state, &StateEventType::RoomMember, user.as_str())? else {
+    let Some(mut id) = rooms.state_event_id(&state, &StateEventType::RoomMember, user.as_str())? else {
         return Ok(None);
     };
-    Ok(rooms.stored(&id)?.map(|s| s.stream))
+    let mut position = None;
+    for _ in 0..50 {
+        let Some(stored) = rooms.stored(&id)? else { break };
+        position = Some(stored.stream);
+        if changes_membership(&stored) {
+            break;
+        }
+        let replaces =
+            stored.json.get("unsigned").and_then(|u| u.as_object()).and_then(|u| u.get("replaces_state"));
+        match replaces.and_then(|r| r.as_str()).and_then(|r| ruma::EventId::parse(r).ok()) {
+            Some(previous) => id = previous,
+            None => break,
+        }
+    }
+    Ok(position)
 }
 
 /// Whether a member event changes the membership (not just a profile).

@@ -3,9 +3,10 @@
 //!
 //! A request names the position it continues from (`pos`). Its answer is
 //! computed from the state stored for that position and stored under a new
-//! one; every other position of the connection is then dropped, so a client
-//! that sends the same `pos` again (a retry, or a request it cancelled) gets
-//! an equivalent answer and the stored state does not grow. State lives in
+//! one. Using a position drops the older ones (the client has moved on), so
+//! a client that sends the same `pos` again (a retry, or a request it
+//! cancelled, perhaps still running) gets an equivalent answer, every
+//! answer handed out stays usable, and at most `POSITIONS` are kept. State lives in
 //! memory: after a restart every `pos` is unknown and clients start over.
 
 use std::{
@@ -18,6 +19,8 @@ use std::{
 
 use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId};
 
+/// Positions one connection keeps (the one in use and answers from it).
+const POSITIONS: usize = 4;
 /// Connections one device may keep; the least recently used goes first.
 const CONNECTIONS_PER_DEVICE: usize = 8;
 /// Devices with connections; beyond it the least recently used device's go.
@@ -87,14 +90,14 @@ impl Connections {
         let position: u64 = pos.parse().ok()?;
         let connection = devices.get_mut(key).and_then(|c| c.get_mut(conn_id))?;
         connection.last_used = self.next_position.load(Ordering::Relaxed);
-        connection.states.iter().find(|(p, _)| *p == position).map(|(_, s)| s.clone())
+        let state = connection.states.iter().find(|(p, _)| *p == position).map(|(_, s)| s.clone())?;
+        connection.states.retain(|(p, _)| *p >= position);
+        Some(state)
     }
 
-    /// Store the answer to a request that came from `from` (`None`: a new
-    /// connection) and return its position. Only `from` and the answer stay.
-    pub fn store(&self, key: &DeviceKey, conn_id: &str, from: Option<&str>, state: ConnectionState) -> u64 {
+    /// Store the answer to a request and return its position.
+    pub fn store(&self, key: &DeviceKey, conn_id: &str, state: ConnectionState) -> u64 {
         let position = self.next_position.fetch_add(1, Ordering::Relaxed);
-        let from: Option<u64> = from.and_then(|p| p.parse().ok());
         let mut devices = self.devices.lock().expect("sliding sync connections");
         if !devices.contains_key(key) && devices.len() >= DEVICES {
             evict_least_recent(&mut devices, |c| c.values().map(|c| c.last_used).max().unwrap_or(0));
@@ -104,7 +107,10 @@ impl Connections {
             evict_least_recent(connections, |c| c.last_used);
         }
         let connection = connections.entry(conn_id.to_owned()).or_default();
-        connection.states.retain(|(p, _)| Some(*p) == from);
+        if connection.states.len() >= POSITIONS {
+            // The first is the position in use; the oldest answer from it goes.
+            connection.states.remove(1);
+        }
         connection.states.push((position, Arc::new(state)));
         connection.last_used = position;
         position
@@ -142,17 +148,21 @@ mod tests {
     #[test]
     fn a_position_can_be_replayed_and_state_stays_bounded() {
         let connections = Connections::new();
-        let first =
-            connections.store(&key(), "main", None, ConnectionState { stream: 5, ..Default::default() });
+        let first = connections.store(&key(), "main", ConnectionState { stream: 5, ..Default::default() });
         let first = first.to_string();
-        // The same position twice: both answers come from it; only it and the latest answer stay.
-        for stream in [7, 8] {
+        // The same position again and again: every answer comes from it, the
+        // answers handed out stay usable, and the state stays bounded.
+        let mut answers = Vec::new();
+        for stream in 6..20 {
             let base = connections.resume(&key(), "main", Some(&first)).expect("known position");
             assert_eq!(base.stream, 5);
-            connections.store(&key(), "main", Some(&first), ConnectionState { stream, ..Default::default() });
+            answers.push(connections.store(&key(), "main", ConnectionState { stream, ..Default::default() }));
         }
-        let devices = connections.devices.lock().unwrap();
-        assert_eq!(devices[&key()]["main"].states.len(), 2);
+        assert!(connections.devices.lock().unwrap()[&key()]["main"].states.len() <= POSITIONS);
+        let last = answers.last().unwrap().to_string();
+        assert_eq!(connections.resume(&key(), "main", Some(&last)).expect("the last answer").stream, 19);
+        // Using it drops the older positions.
+        assert!(connections.resume(&key(), "main", Some(&first)).is_none());
     }
 
     #[test]
@@ -160,7 +170,7 @@ mod tests {
         let connections = Connections::new();
         assert!(connections.resume(&key(), "main", Some("12")).is_none());
         assert!(connections.resume(&key(), "main", Some("not a number")).is_none());
-        let pos = connections.store(&key(), "main", None, ConnectionState::default()).to_string();
+        let pos = connections.store(&key(), "main", ConnectionState::default()).to_string();
         assert!(
             connections.resume(&key(), "other", Some(&pos)).is_none(),
             "positions belong to a connection"
@@ -173,7 +183,7 @@ mod tests {
     fn a_device_keeps_a_bounded_number_of_connections() {
         let connections = Connections::new();
         for i in 0..(CONNECTIONS_PER_DEVICE + 3) {
-            connections.store(&key(), &format!("conn{i}"), None, ConnectionState::default());
+            connections.store(&key(), &format!("conn{i}"), ConnectionState::default());
         }
         assert_eq!(connections.len(), CONNECTIONS_PER_DEVICE);
     }

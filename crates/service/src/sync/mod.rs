@@ -295,6 +295,11 @@ impl Sync {
     ) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
         let (mut joined, mut parted) = (BTreeSet::new(), BTreeSet::new());
         for room_id in rooms {
+            // Only rooms the user is or was in: who comes and goes elsewhere
+            // on the server is not theirs to learn.
+            if self.rooms.membership(user, room_id)?.is_none() {
+                continue;
+            }
             for change in self.rooms.member_changes(room_id, since, to)? {
                 let affected = if change.user_id == user {
                     self.rooms.members_with_membership(room_id, "join")?
@@ -396,7 +401,7 @@ impl Sync {
         let timeline_filter: &RoomEventFilter = &w.filter.room.timeline;
         let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).min(500);
         let from = if from_start { 0 } else { w.since.unwrap_or(0) };
-        let (timeline, mut limited) = self.timeline(w, room_id, from, limit)?;
+        let (timeline, mut limited) = self.timeline(w, room_id, from, w.to, limit)?;
         if from_start && w.since.is_some() && !limited {
             // A room new to the client in an incremental sync: its timeline
             // does not continue anything the client has, unless it starts
@@ -469,7 +474,7 @@ impl Sync {
         Ok(Some(entry))
     }
 
-    /// The room's latest events in `from..=w.to` that the user may see and
+    /// The room's latest events in `from..=to` that the user may see and
     /// the timeline filter passes, oldest first, at most `limit`, with their
     /// bundled aggregations; and whether older ones were left out.
     fn timeline(
@@ -477,12 +482,13 @@ impl Sync {
         w: &Window<'_>,
         room_id: &RoomId,
         from: u64,
+        to: u64,
         limit: usize,
     ) -> Result<(Vec<(StoredPdu, JsonValue)>, bool)> {
         let timeline_filter: &RoomEventFilter = &w.filter.room.timeline;
         let mut timeline = Vec::new();
         let mut limited = false;
-        let mut upper = w.to;
+        let mut upper = to;
         // Read only when an event is hidden: the room's current state, if the user is joined.
         let mut current_state: Option<Option<Arc<StateMap>>> = None;
         // Bounded: at most 50 pages of candidates; a longer gap counts as limited.

@@ -159,6 +159,7 @@ impl Sync {
         device: &DeviceId,
         request: v5::Request,
     ) -> Result<JsonValue> {
+        check_bounds(&request)?;
         let key = (user.to_owned(), device.to_owned());
         let conn_id = request.conn_id.clone().unwrap_or_default();
         let pos = request.pos.as_deref();
@@ -191,7 +192,7 @@ impl Sync {
             let answer = Answer { w, device, base: &base, request: &request, changed };
             let (mut response, state, updates) = self.sliding_answer(&answer)?;
             if updates || tokio::time::Instant::now() >= deadline {
-                let position = self.connections.store(&key, &conn_id, pos, state);
+                let position = self.connections.store(&key, &conn_id, state);
                 response["pos"] = position.to_string().into();
                 if let Some(txn_id) = &request.txn_id {
                     response["txn_id"] = txn_id.as_str().into();
@@ -209,7 +210,11 @@ impl Sync {
     /// anything new.
     fn sliding_answer(&self, a: &Answer<'_>) -> Result<(JsonValue, ConnectionState, bool)> {
         let user = a.w.user;
-        let entries = self.list_entries(a)?;
+        // A connection of extensions only (Element X's encryption sync) needs no rooms.
+        let entries = match a.request.lists.is_empty() && a.request.room_subscriptions.is_empty() {
+            true => Vec::new(),
+            false => self.list_entries(a)?,
+        };
         let dm_rooms = self.dm_rooms(user)?;
         // Rooms wanted, by their index in `entries`.
         let mut wanted: BTreeMap<usize, Arc<RoomConfig>> = BTreeMap::new();
@@ -225,14 +230,18 @@ impl Sync {
             }
             let details = &list.room_details;
             let config = Arc::new(RoomConfig::new(&details.required_state, details.timeline_limit));
-            let in_ranges = scope.list_rooms.entry(name.clone()).or_default();
+            // Overlapping ranges name a room once.
+            let mut in_ranges: BTreeSet<usize> = BTreeSet::new();
             for (start, end) in &list.ranges {
-                let (start, end) = (u64::from(*start) as usize, u64::from(*end) as usize);
-                for index in matching.iter().skip(start).take((end + 1).saturating_sub(start)) {
-                    want(&mut wanted, *index, &config);
-                    in_ranges.push(entries[*index].room_id.clone());
-                }
+                let start = usize::try_from(u64::from(*start)).unwrap_or(usize::MAX);
+                let end = usize::try_from(u64::from(*end)).unwrap_or(usize::MAX).min(matching.len());
+                in_ranges.extend(matching.iter().skip(start).take((end + 1).saturating_sub(start)).copied());
             }
+            for index in &in_ranges {
+                want(&mut wanted, *index, &config);
+            }
+            let rooms_in_ranges = in_ranges.iter().map(|i| entries[*i].room_id.clone()).collect();
+            scope.list_rooms.insert(name.clone(), rooms_in_ranges);
             lists.insert(name.clone(), json!({"count": matching.len()}));
             list_counts.insert(name.clone(), matching.len() as u64);
         }
@@ -401,4 +410,32 @@ impl Sync {
         let state = self.rooms.current_state(&room)?;
         Ok(self.rooms.state_pdu(&state, &StateEventType::from(kind), "")?.map(|p| p.content_value()))
     }
+}
+
+/// Limits on one request's size, so that its work stays bounded.
+const MAX_LISTS: usize = 100;
+const MAX_RANGES: usize = 100;
+const MAX_SUBSCRIPTIONS: usize = 1000;
+const MAX_REQUIRED_STATE: usize = 1000;
+
+fn check_bounds(request: &v5::Request) -> Result<()> {
+    let too_many = |what: &str, limit: usize| Err(Error::invalid_param(format!("At most {limit} {what}")));
+    if request.lists.len() > MAX_LISTS {
+        return too_many("lists", MAX_LISTS);
+    }
+    if request.room_subscriptions.len() > MAX_SUBSCRIPTIONS {
+        return too_many("room subscriptions", MAX_SUBSCRIPTIONS);
+    }
+    for list in request.lists.values() {
+        if list.ranges.len() > MAX_RANGES {
+            return too_many("ranges per list", MAX_RANGES);
+        }
+        if list.room_details.required_state.len() > MAX_REQUIRED_STATE {
+            return too_many("required_state entries", MAX_REQUIRED_STATE);
+        }
+    }
+    if request.room_subscriptions.values().any(|s| s.required_state.len() > MAX_REQUIRED_STATE) {
+        return too_many("required_state entries", MAX_REQUIRED_STATE);
+    }
+    Ok(())
 }

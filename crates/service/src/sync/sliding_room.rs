@@ -58,8 +58,34 @@ impl Sync {
                 .insert(room_id.clone(), sent_record(a.w.to, entry, fingerprint, (0, 0), Arc::default()));
             return Ok(Some(self.invited_room(user, room_id, entry, is_dm)?));
         }
+        let left = entry.membership != "join";
+        if left && !initial && !membership_changed {
+            // Out of the room (left, kicked, banned) and already told:
+            // nothing after that is the user's to see.
+            if let Some(sent) = sent {
+                state.rooms.insert(room_id.clone(), RoomSent { sent_to: a.w.to, ..sent.clone() });
+            }
+            return Ok(None);
+        }
+        let own_member = match left {
+            true => self.own_member_event(user, room_id)?,
+            false => None,
+        };
+        if left && self.rooms.room(room_id)?.is_none() {
+            // A refused invite to a room this server is not in: the leave alone.
+            state
+                .rooms
+                .insert(room_id.clone(), sent_record(a.w.to, entry, fingerprint, (0, 0), Arc::default()));
+            let leave =
+                own_member.iter().map(|m| self.rooms.client_event(m, None)).collect::<Result<Vec<_>>>()?;
+            return Ok(Some(
+                json!({"required_state": leave, "timeline": [], "bump_stamp": entry.bump_stamp}),
+            ));
+        }
+        // Out of the room, the timeline ends at the user's own leave.
+        let to = own_member.as_ref().map_or(a.w.to, |m| m.stream.min(a.w.to));
         let from = sent.filter(|_| !initial).map_or(0, |s| s.sent_to + 1);
-        let (timeline, limited) = self.timeline(&a.w, room_id, from, config.timeline_limit)?;
+        let (timeline, limited) = self.timeline(&a.w, room_id, from, to, config.timeline_limit)?;
         let now = self.visible_state(user, entry, a.w.to)?;
         let required = RequiredState::new(config, user);
         let base_state = match sent.filter(|_| !initial) {
