@@ -29,6 +29,8 @@ const BUMPING_TYPES: &[&str] = &[
     "org.matrix.msc3672.beacon_info",
 ];
 
+/// Positions read forward at most; beyond, the maps start over.
+const MAX_CATCH_UP: u64 = 20_000;
 /// Entries kept before the maps are cleared (they refill on demand).
 const MAX_ENTRIES: usize = 200_000;
 /// Pages of events read back when looking for a room's last bumping one.
@@ -92,9 +94,14 @@ impl BumpStamps {
         if checked_to >= to {
             return Ok(());
         }
-        if stamps.rooms.len() + stamps.members.values().map(HashMap::len).sum::<usize>() > MAX_ENTRIES {
+        let entries = stamps.rooms.len() + stamps.members.values().map(HashMap::len).sum::<usize>();
+        if entries > MAX_ENTRIES || to - checked_to > MAX_CATCH_UP {
+            // Too much to hold, or to read under the lock after a long quiet
+            // spell: start over, reading rooms back as they are asked for.
             stamps.rooms.clear();
             stamps.members.clear();
+            stamps.checked_to = Some(to);
+            return Ok(());
         }
         for (position, room_id, event_id) in rooms.stream_event_ids(checked_to + 1, to)? {
             let Some(stored) = rooms.stored(&event_id)? else { continue };
