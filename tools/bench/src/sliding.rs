@@ -151,18 +151,22 @@ pub async fn sliding_benchmark(client: &Client, args: &Args, pid: Option<u32>) -
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut wakes = Vec::new();
+    let (mut wakes, mut after_stored) = (Vec::new(), Vec::new());
     for n in 0..args.deliveries.min(300) {
         // Let the watcher settle into its next long-poll first.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let sent = Instant::now();
         client.send(&token, &room_ids[n % rooms], &format!("wake{n}")).await?;
+        let stored = Instant::now();
         let arrived =
             tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?.context("watcher ended")?;
         wakes.push(arrived.saturating_duration_since(sent));
+        // The message exists once its send is answered (the wake-up may even come first).
+        after_stored.push(arrived.saturating_duration_since(stored));
     }
     watcher.abort();
     summary("sliding long-poll wake-up (send → answer)", wakes);
+    summary("sliding long-poll wake-up (send answered → answer)", after_stored);
 
     if let Some(pid) = pid {
         connection_memory(client, pid, rooms).await?;
