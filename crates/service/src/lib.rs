@@ -173,7 +173,7 @@ impl Services {
                 presence: presence.clone(),
             },
         ));
-        let sliding_connections = Arc::new(sync::connections::Connections::new());
+        let sliding_connections = Arc::new(sync::connections::Connections::default());
         let sync = sync::Sync::new(sync::SyncSources {
             connections: sliding_connections.clone(),
             rooms: rooms.clone(),

@@ -67,6 +67,7 @@ pub use reports::{Report, ReportQuery};
 pub use search_index::SEARCH_KEYS;
 pub use staging::FanOut;
 pub use state::StateMap;
+pub(crate) use timeline::changes_membership;
 
 use crate::{profile::Profiles, storage_error::StorageResultExt, streams::Streams};
 

@@ -27,21 +27,24 @@ impl Rooms {
         Ok(rooms)
     }
 
-    /// Every event at positions `from..=to`, oldest first, with its room.
+    /// Events at positions `from..=to`, oldest first, at most `limit`, with
+    /// their rooms.
     pub(crate) fn stream_event_ids(
         &self,
         from: u64,
         to: u64,
+        limit: usize,
     ) -> Result<Vec<(u64, OwnedRoomId, OwnedEventId)>> {
         let start = from.encode();
         let mut events = Vec::new();
         for (position, Json((room, event_id))) in
-            self.stream_roomideventid.scan_from(&[], Some(&start), false, usize::MAX).db()?
+            self.stream_roomideventid.scan_from(&[], Some(&start), false, limit).db()?
         {
             if position > to {
                 break;
             }
-            if let (Ok(room), Ok(event_id)) = (RoomId::parse(room), EventId::parse(event_id)) {
+            let event_id = EventId::parse(&event_id).map_err(Error::internal)?;
+            if let Ok(room) = RoomId::parse(room) {
                 events.push((position, room, event_id));
             }
         }
@@ -51,15 +54,8 @@ impl Rooms {
     /// Events of every room at positions `from..=to`, oldest first, at most
     /// `limit` (the legacy event stream reads the server's whole stream).
     pub(crate) fn stream_events(&self, from: u64, to: u64, limit: usize) -> Result<Vec<StoredPdu>> {
-        let start = from.encode();
         let mut events = Vec::new();
-        for (position, Json((_, event_id))) in
-            self.stream_roomideventid.scan_from(&[], Some(&start), false, limit).db()?
-        {
-            if position > to {
-                break;
-            }
-            let event_id = EventId::parse(&event_id).map_err(Error::internal)?;
+        for (_, _, event_id) in self.stream_event_ids(from, to, limit)? {
             if let Some(stored) = self.stored(&event_id)? {
                 events.push(stored);
             }
@@ -142,27 +138,28 @@ impl Rooms {
         if let Some(stub) = self.out_of_band_membership(user_id, room_id)? {
             return Ok(self.stored(&stub.event_id)?.map(|stored| stored.stream));
         }
+        let member = self.room_member_event(user_id, room_id)?;
+        Ok(member.filter(changes_membership).map(|stored| stored.stream))
+    }
+
+    /// The user's current member event in the room: the stub of an invite
+    /// to (or leave of) a room this server is not in, or the one in the
+    /// room's current state.
+    pub(crate) fn own_member_event(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<StoredPdu>> {
+        match self.out_of_band_membership(user_id, room_id)? {
+            Some(stub) => self.stored(&stub.event_id),
+            None => self.room_member_event(user_id, room_id),
+        }
+    }
+
+    /// The user's member event in the room's current state.
+    fn room_member_event(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<StoredPdu>> {
         let Some(room) = self.room(room_id)? else { return Ok(None) };
         let state = self.state.load(room.state)?;
-        let Some(id) =
-            self.state_event_id(&state, &ruma::events::StateEventType::RoomMember, user_id.as_str())?
-        else {
-            return Ok(None);
-        };
-        let Some(stored) = self.stored(&id)? else { return Ok(None) };
-        let membership = |v: Option<&ruma::CanonicalJsonValue>| {
-            v.and_then(|c| c.as_object())
-                .and_then(|c| c.get("membership"))
-                .and_then(|m| m.as_str())
-                .map(str::to_owned)
-        };
-        let now = membership(stored.json.get("content"));
-        let before = stored
-            .json
-            .get("unsigned")
-            .and_then(|u| u.as_object())
-            .and_then(|u| membership(u.get("prev_content")));
-        Ok((now != before).then_some(stored.stream))
+        match self.state_event_id(&state, &ruma::events::StateEventType::RoomMember, user_id.as_str())? {
+            Some(id) => self.stored(&id),
+            None => Ok(None),
+        }
     }
 
     /// Events of a snapshot that differ from `base` (all of them without
@@ -208,6 +205,16 @@ impl Rooms {
         out.sort_by_key(|s| s.stream);
         Ok(out)
     }
+}
+
+/// Whether a member event changes the membership (not just a profile):
+/// its `membership` differs from the one it replaced.
+pub(crate) fn changes_membership(stored: &StoredPdu) -> bool {
+    fn membership(v: Option<&ruma::CanonicalJsonValue>) -> Option<&str> {
+        v.and_then(|c| c.as_object()).and_then(|c| c.get("membership")).and_then(|m| m.as_str())
+    }
+    let before = stored.json.get("unsigned").and_then(|u| u.as_object()).and_then(|u| u.get("prev_content"));
+    membership(stored.json.get("content")) != membership(before)
 }
 
 /// A test on a state event's (type, state key).

@@ -9,9 +9,9 @@
 use std::{collections::HashMap, sync::Mutex};
 
 use estuary_core::Result;
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::StateEventType};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-use crate::rooms::{Rooms, StoredPdu};
+use crate::rooms::{Rooms, StoredPdu, changes_membership};
 
 /// Event types that bump a room (as Synapse's defaults; redactions,
 /// reactions, receipts and other members' changes do not).
@@ -103,7 +103,7 @@ impl BumpStamps {
             stamps.checked_to = Some(to);
             return Ok(());
         }
-        for (position, room_id, event_id) in rooms.stream_event_ids(checked_to + 1, to)? {
+        for (position, room_id, event_id) in rooms.stream_event_ids(checked_to + 1, to, usize::MAX)? {
             let Some(stored) = rooms.stored(&event_id)? else { continue };
             if stored.rejected {
                 continue;
@@ -151,36 +151,26 @@ fn last_bumping_event(rooms: &Rooms, room_id: &RoomId, to: u64) -> Result<u64> {
 /// current member event, or, when that only changed their profile, the
 /// event it replaced, back to the change (a bounded walk).
 pub fn own_membership_position(rooms: &Rooms, user: &UserId, room_id: &RoomId) -> Result<Option<u64>> {
-    if let Some(position) = rooms.membership_change_position(user, room_id)? {
-        return Ok(Some(position));
+    match rooms.own_member_event(user, room_id)? {
+        Some(member) => membership_position(rooms, member).map(Some),
+        None => Ok(None),
     }
-    let Some(room) = rooms.room(room_id)? else { return Ok(None) };
-    let state = rooms.current_state(&room)?;
-    let Some(mut id) = rooms.state_event_id(&state, &StateEventType::RoomMember, user.as_str())? else {
-        return Ok(None);
-    };
-    let mut position = None;
+}
+
+/// The position of the membership change behind a member event.
+pub fn membership_position(rooms: &Rooms, mut member: StoredPdu) -> Result<u64> {
     for _ in 0..50 {
-        let Some(stored) = rooms.stored(&id)? else { break };
-        position = Some(stored.stream);
-        if changes_membership(&stored) {
+        if changes_membership(&member) {
             break;
         }
         let replaces =
-            stored.json.get("unsigned").and_then(|u| u.as_object()).and_then(|u| u.get("replaces_state"));
-        match replaces.and_then(|r| r.as_str()).and_then(|r| ruma::EventId::parse(r).ok()) {
-            Some(previous) => id = previous,
-            None => break,
-        }
+            member.json.get("unsigned").and_then(|u| u.as_object()).and_then(|u| u.get("replaces_state"));
+        let Some(previous) = replaces.and_then(|r| r.as_str()).and_then(|r| ruma::EventId::parse(r).ok())
+        else {
+            break;
+        };
+        let Some(previous) = rooms.stored(&previous)? else { break };
+        member = previous;
     }
-    Ok(position)
-}
-
-/// Whether a member event changes the membership (not just a profile).
-fn changes_membership(stored: &StoredPdu) -> bool {
-    fn membership(v: Option<&ruma::CanonicalJsonValue>) -> Option<&str> {
-        v.and_then(|c| c.as_object()).and_then(|c| c.get("membership")).and_then(|m| m.as_str())
-    }
-    let before = stored.json.get("unsigned").and_then(|u| u.as_object()).and_then(|u| u.get("prev_content"));
-    membership(stored.json.get("content")) != membership(before)
+    Ok(member.stream)
 }

@@ -62,20 +62,21 @@ struct Connection {
 
 type DeviceKey = (OwnedUserId, OwnedDeviceId);
 
-#[derive(Default)]
 pub struct Connections {
     devices: Mutex<HashMap<DeviceKey, HashMap<String, Connection>>>,
     /// Positions are unique across connections; also the LRU clock.
     next_position: AtomicU64,
 }
 
-impl Connections {
-    pub fn new() -> Self {
+impl Default for Connections {
+    fn default() -> Self {
         // Positions start at a random point, so a `pos` from before a
         // restart is unknown rather than, by chance, another's.
         Self { devices: Mutex::default(), next_position: AtomicU64::new(rand::random::<u32>() as u64 + 1) }
     }
+}
 
+impl Connections {
     /// The state stored for `pos` (an empty one without `pos`: a new
     /// connection, whose older states are dropped); `None` when the
     /// position is unknown.
@@ -121,13 +122,10 @@ impl Connections {
         self.devices.lock().expect("sliding sync connections").remove(key);
     }
 
-    /// Connections held (for the memory figures).
-    pub fn len(&self) -> usize {
+    /// Connections held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.devices.lock().expect("sliding sync connections").values().map(HashMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -147,7 +145,7 @@ mod tests {
 
     #[test]
     fn a_position_can_be_replayed_and_state_stays_bounded() {
-        let connections = Connections::new();
+        let connections = Connections::default();
         let first = connections.store(&key(), "main", ConnectionState { stream: 5, ..Default::default() });
         let first = first.to_string();
         // The same position again and again: every answer comes from it, the
@@ -167,7 +165,7 @@ mod tests {
 
     #[test]
     fn unknown_positions_and_deleted_devices_are_refused() {
-        let connections = Connections::new();
+        let connections = Connections::default();
         assert!(connections.resume(&key(), "main", Some("12")).is_none());
         assert!(connections.resume(&key(), "main", Some("not a number")).is_none());
         let pos = connections.store(&key(), "main", ConnectionState::default()).to_string();
@@ -181,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_device_keeps_a_bounded_number_of_connections() {
-        let connections = Connections::new();
+        let connections = Connections::default();
         for i in 0..(CONNECTIONS_PER_DEVICE + 3) {
             connections.store(&key(), &format!("conn{i}"), ConnectionState::default());
         }

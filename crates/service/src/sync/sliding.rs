@@ -28,7 +28,7 @@ use ruma::{
 use serde_json::{Map, Value as JsonValue, json};
 
 use super::{
-    Sync, Window, bump::own_membership_position, connections::ConnectionState, sliding_extensions::Scope,
+    Sync, Window, bump::membership_position, connections::ConnectionState, sliding_extensions::Scope,
 };
 use crate::rooms::StoredPdu;
 
@@ -46,40 +46,48 @@ pub(super) struct ListEntry {
 /// A list's configuration is built once and shared by its rooms.
 pub(super) struct RoomConfig {
     required_state: BTreeSet<(String, String)>,
+    /// `required_state` as a test, for the syncing user.
+    pub(super) required: RequiredState,
     pub(super) timeline_limit: usize,
     /// A hash of both: a room whose configuration changes starts over.
     pub(super) fingerprint: u64,
 }
 
 impl RoomConfig {
-    fn new(required_state: &[(StateEventType, String)], timeline_limit: UInt) -> Self {
+    fn new(user: &UserId, required_state: &[(StateEventType, String)], timeline_limit: UInt) -> Self {
         let required_state = required_state.iter().map(|(t, k)| (t.to_string(), k.clone())).collect();
         let timeline_limit = (u64::from(timeline_limit) as usize).min(MAX_TIMELINE_LIMIT);
-        Self::hashed(required_state, timeline_limit)
+        Self::hashed(user, required_state, timeline_limit)
     }
 
-    fn hashed(required_state: BTreeSet<(String, String)>, timeline_limit: usize) -> Self {
+    fn hashed(user: &UserId, required_state: BTreeSet<(String, String)>, timeline_limit: usize) -> Self {
         let mut hasher = std::hash::DefaultHasher::new();
         required_state.hash(&mut hasher);
         timeline_limit.hash(&mut hasher);
-        Self { required_state, timeline_limit, fingerprint: hasher.finish() }
+        let required = RequiredState::new(&required_state, user);
+        Self { required_state, required, timeline_limit, fingerprint: hasher.finish() }
     }
 
     /// The union of two configurations (the longer timeline).
-    fn merged(&self, other: &RoomConfig) -> Self {
+    fn merged(&self, user: &UserId, other: &RoomConfig) -> Self {
         let required_state = self.required_state.union(&other.required_state).cloned().collect();
-        Self::hashed(required_state, self.timeline_limit.max(other.timeline_limit))
+        Self::hashed(user, required_state, self.timeline_limit.max(other.timeline_limit))
     }
 }
 
 /// Add `config` for the room at `index` of the list entries.
-fn want(wanted: &mut BTreeMap<usize, Arc<RoomConfig>>, index: usize, config: &Arc<RoomConfig>) {
+fn want(
+    wanted: &mut BTreeMap<usize, Arc<RoomConfig>>,
+    user: &UserId,
+    index: usize,
+    config: &Arc<RoomConfig>,
+) {
     match wanted.get_mut(&index) {
         None => {
             wanted.insert(index, config.clone());
         }
         Some(existing) if Arc::ptr_eq(existing, config) => {}
-        Some(existing) => *existing = Arc::new(existing.merged(config)),
+        Some(existing) => *existing = Arc::new(existing.merged(user, config)),
     }
 }
 
@@ -94,7 +102,7 @@ pub(super) struct RequiredState {
 }
 
 impl RequiredState {
-    pub(super) fn new(config: &RoomConfig, user: &UserId) -> Self {
+    fn new(required_state: &BTreeSet<(String, String)>, user: &UserId) -> Self {
         let mut wanted = Self {
             pairs: HashSet::new(),
             any_key: HashSet::new(),
@@ -102,7 +110,7 @@ impl RequiredState {
             everything: false,
             lazy_members: false,
         };
-        for (kind, key) in &config.required_state {
+        for (kind, key) in required_state {
             match (kind.as_str(), key.as_str()) {
                 ("*", "*") => wanted.everything = true,
                 ("m.room.member", "$LAZY") => wanted.lazy_members = true,
@@ -142,9 +150,18 @@ pub(super) struct Answer<'a> {
     pub device: &'a DeviceId,
     pub base: &'a ConnectionState,
     pub request: &'a v5::Request,
-    /// Rooms with events, receipts or typing after the connection's last
-    /// answer (empty on a new connection, where every room is new).
-    pub changed: HashSet<OwnedRoomId>,
+    /// Rooms with events after the connection's last answer, and rooms
+    /// with receipts or typing (both empty on a new connection, where
+    /// every room is new).
+    pub changed_events: HashSet<OwnedRoomId>,
+    pub changed_ephemeral: HashSet<OwnedRoomId>,
+}
+
+impl Answer<'_> {
+    /// Whether anything happened in the room after the last answer.
+    pub fn changed(&self, room_id: &RoomId) -> bool {
+        self.changed_events.contains(room_id) || self.changed_ephemeral.contains(room_id)
+    }
 }
 
 pub fn unknown_pos() -> Error {
@@ -188,8 +205,9 @@ impl Sync {
                 use_state_after: false,
                 ignored: self.ignored_users(user)?,
             };
-            let changed = self.rooms_changed_after(&w)?;
-            let answer = Answer { w, device, base: &base, request: &request, changed };
+            let (changed_events, changed_ephemeral) = self.rooms_changed_after(&w)?;
+            let answer =
+                Answer { w, device, base: &base, request: &request, changed_events, changed_ephemeral };
             let (mut response, state, updates) = self.sliding_answer(&answer)?;
             if updates || tokio::time::Instant::now() >= deadline {
                 let position = self.connections.store(&key, &conn_id, state);
@@ -229,7 +247,7 @@ impl Sync {
                 }
             }
             let details = &list.room_details;
-            let config = Arc::new(RoomConfig::new(&details.required_state, details.timeline_limit));
+            let config = Arc::new(RoomConfig::new(user, &details.required_state, details.timeline_limit));
             // Overlapping ranges name a room once.
             let mut in_ranges: BTreeSet<usize> = BTreeSet::new();
             for (start, end) in &list.ranges {
@@ -238,7 +256,7 @@ impl Sync {
                 in_ranges.extend(matching.iter().skip(start).take((end + 1).saturating_sub(start)).copied());
             }
             for index in &in_ranges {
-                want(&mut wanted, *index, &config);
+                want(&mut wanted, user, *index, &config);
             }
             let rooms_in_ranges = in_ranges.iter().map(|i| entries[*i].room_id.clone()).collect();
             scope.list_rooms.insert(name.clone(), rooms_in_ranges);
@@ -250,9 +268,12 @@ impl Sync {
         for (room_id, subscription) in &a.request.room_subscriptions {
             // Only rooms the user is in, was invited to or may still see.
             if let Some(index) = by_room.get(&**room_id) {
-                let config =
-                    Arc::new(RoomConfig::new(&subscription.required_state, subscription.timeline_limit));
-                want(&mut wanted, *index, &config);
+                let config = Arc::new(RoomConfig::new(
+                    user,
+                    &subscription.required_state,
+                    subscription.timeline_limit,
+                ));
+                want(&mut wanted, user, *index, &config);
                 scope.subscribed.insert(room_id.clone());
             }
         }
@@ -270,12 +291,12 @@ impl Sync {
         Ok((json!({"lists": lists, "rooms": rooms, "extensions": extensions}), state, updates))
     }
 
-    /// Rooms with events, receipts or typing in the window.
-    fn rooms_changed_after(&self, w: &Window<'_>) -> Result<HashSet<OwnedRoomId>> {
-        let Some(since) = w.since else { return Ok(HashSet::new()) };
-        let mut changed: HashSet<OwnedRoomId> = self.rooms.rooms_changed(since, w.to)?.into_iter().collect();
-        changed.extend(self.ephemeral.rooms_changed(since, w.to)?);
-        Ok(changed)
+    /// Rooms with events, and rooms with receipts or typing, in the window.
+    fn rooms_changed_after(&self, w: &Window<'_>) -> Result<(HashSet<OwnedRoomId>, HashSet<OwnedRoomId>)> {
+        let Some(since) = w.since else { return Ok(Default::default()) };
+        let events = self.rooms.rooms_changed(since, w.to)?.into_iter().collect();
+        let ephemeral = self.ephemeral.rooms_changed(since, w.to)?.into_iter().collect();
+        Ok((events, ephemeral))
     }
 
     /// The rooms the user's lists are drawn from, newest `bump_stamp` first:
@@ -301,41 +322,24 @@ impl Sync {
             if self.rooms.is_forgotten(user, &room_id)? {
                 continue;
             }
+            // Read once: whether a leave was a kick, and the recency.
+            let member = self.rooms.own_member_event(user, &room_id)?;
             let shown = match membership.as_str() {
                 "invite" => !self.invited_by_ignored(&a.w, &room_id)?,
                 "leave" => {
                     a.base.rooms.get(&room_id).is_some_and(|sent| sent.membership != "leave")
-                        || self.was_kicked(user, &room_id)?
+                        || member.as_ref().is_some_and(|m| is_kick(m, user))
                 }
                 _ => true,
             };
             if shown {
-                let bump_stamp = own_membership_position(&self.rooms, user, &room_id)?.unwrap_or(0);
+                let bump_stamp =
+                    member.map(|m| membership_position(&self.rooms, m)).transpose()?.unwrap_or(0);
                 entries.push(ListEntry { room_id, membership, bump_stamp });
             }
         }
         entries.sort_by(|a, b| b.bump_stamp.cmp(&a.bump_stamp).then_with(|| a.room_id.cmp(&b.room_id)));
         Ok(entries)
-    }
-
-    /// Whether the user's leave was someone else's doing (a kick).
-    fn was_kicked(&self, user: &UserId, room_id: &RoomId) -> Result<bool> {
-        let Some(member) = self.own_member_event(user, room_id)? else { return Ok(false) };
-        Ok(member.json.get("sender").and_then(|s| s.as_str()) != Some(user.as_str()))
-    }
-
-    /// The user's current member event in the room (or the stub of an
-    /// invite to, or leave of, a room this server is not in).
-    pub(super) fn own_member_event(&self, user: &UserId, room_id: &RoomId) -> Result<Option<StoredPdu>> {
-        if let Some(stub) = self.rooms.out_of_band_membership(user, room_id)? {
-            return self.rooms.stored(&stub.event_id);
-        }
-        let Some(room) = self.rooms.room(room_id)? else { return Ok(None) };
-        let state = self.rooms.current_state(&room)?;
-        match self.rooms.state_event_id(&state, &StateEventType::RoomMember, user.as_str())? {
-            Some(id) => self.rooms.stored(&id),
-            None => Ok(None),
-        }
     }
 
     /// Rooms named in the user's `m.direct` account data.
@@ -389,7 +393,7 @@ impl Sync {
         if entry.membership != "invite" {
             return Ok(false);
         }
-        let invite = self.own_member_event(user, &entry.room_id)?;
+        let invite = self.rooms.own_member_event(user, &entry.room_id)?;
         Ok(invite.is_some_and(|m| {
             m.json.get("content").and_then(|c| c.as_object()).and_then(|c| c.get("is_direct"))
                 == Some(&ruma::CanonicalJsonValue::Bool(true))
@@ -438,4 +442,9 @@ fn check_bounds(request: &v5::Request) -> Result<()> {
         return too_many("required_state entries", MAX_REQUIRED_STATE);
     }
     Ok(())
+}
+
+/// Whether a leave was someone else's doing (a kick).
+fn is_kick(member: &StoredPdu, user: &UserId) -> bool {
+    member.json.get("sender").and_then(|s| s.as_str()) != Some(user.as_str())
 }

@@ -88,13 +88,10 @@ impl Sync {
             out.insert("account_data".into(), json!({"global": global, "rooms": per_room}));
         }
         if ext.receipts.enabled == Some(true) || ext.typing.enabled == Some(true) {
-            let changed: HashSet<OwnedRoomId> = match a.w.since {
-                Some(since) => self.ephemeral.rooms_changed(since, a.w.to)?.into_iter().collect(),
-                None => HashSet::new(),
-            };
+            let changed = &a.changed_ephemeral;
             if ext.receipts.enabled == Some(true) {
                 let in_scope = scope.rooms(ext.receipts.lists.as_ref(), ext.receipts.rooms.as_ref());
-                let receipts = self.receipts_extension(a, rooms, &in_scope, &changed)?;
+                let receipts = self.receipts_extension(a, rooms, &in_scope, changed)?;
                 updates |= !receipts.is_empty();
                 out.insert("receipts".into(), json!({"rooms": receipts}));
             }

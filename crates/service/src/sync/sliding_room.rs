@@ -11,7 +11,7 @@ use serde_json::{Map, Value as JsonValue, json};
 use super::{
     Sync,
     connections::{ConnectionState, RoomSent},
-    sliding::{Answer, ListEntry, RequiredState, RoomConfig},
+    sliding::{Answer, ListEntry, RoomConfig},
 };
 use crate::rooms::{StateMap, StoredPdu};
 
@@ -41,7 +41,7 @@ impl Sync {
             && !initial
             && !membership_changed
             && sent.sent_to >= a.base.stream
-            && !a.changed.contains(room_id)
+            && !a.changed(room_id)
         {
             // Nothing happened in the room since the client's copy: the
             // cheap answer for most rooms of a long list.
@@ -67,10 +67,12 @@ impl Sync {
             }
             return Ok(None);
         }
-        let own_member = match left {
-            true => self.own_member_event(user, room_id)?,
+        let own_member = match left || membership_changed {
+            true => self.rooms.own_member_event(user, room_id)?,
             false => None,
         };
+        // Out of the room, what the user sees ends at their own leave.
+        let left_at = own_member.as_ref().filter(|_| left);
         if left && self.rooms.room(room_id)?.is_none() {
             // A refused invite to a room this server is not in: the leave alone.
             state
@@ -82,12 +84,11 @@ impl Sync {
                 json!({"required_state": leave, "timeline": [], "bump_stamp": entry.bump_stamp}),
             ));
         }
-        // Out of the room, the timeline ends at the user's own leave.
-        let to = own_member.as_ref().map_or(a.w.to, |m| m.stream.min(a.w.to));
+        let to = left_at.map_or(a.w.to, |m| m.stream.min(a.w.to));
         let from = sent.filter(|_| !initial).map_or(0, |s| s.sent_to + 1);
         let (timeline, limited) = self.timeline(&a.w, room_id, from, to, config.timeline_limit)?;
-        let now = self.visible_state(user, entry, a.w.to)?;
-        let required = RequiredState::new(config, user);
+        let now = self.visible_state(room_id, left_at, a.w.to)?;
+        let required = &config.required;
         let base_state = match sent.filter(|_| !initial) {
             Some(sent) => self.rooms.state_at_position(room_id, sent.sent_to)?,
             None => None,
@@ -97,11 +98,11 @@ impl Sync {
             false => self.rooms.state_matching(&now, base_state.as_deref(), |k, s| required.wants(k, s))?,
         };
         if membership_changed
-            && let Some(member) = self.own_member_event(user, room_id)?
+            && let Some(member) = &own_member
             && !state_events.iter().any(|s| s.event_id == member.event_id)
         {
             // The client learns its new membership from its own member event.
-            state_events.push(member);
+            state_events.push(member.clone());
         }
         let mut lazy = sent.filter(|_| !initial).map(|s| s.lazy_members.clone()).unwrap_or_default();
         if required.lazy_members && !timeline.is_empty() {
@@ -218,14 +219,11 @@ impl Sync {
         Ok(())
     }
 
-    /// The room's state as the user may see it: now, if joined; as of their
-    /// leave (or ban) otherwise.
-    fn visible_state(&self, user: &UserId, entry: &ListEntry, to: u64) -> Result<Arc<StateMap>> {
-        let room_id = &entry.room_id;
-        if entry.membership != "join"
-            && let Some(member) = self.own_member_event(user, room_id)?
+    /// The room's state as the user may see it: as of their leave (or ban)
+    /// when `left_at` is it, else now.
+    fn visible_state(&self, room_id: &RoomId, left_at: Option<&StoredPdu>, to: u64) -> Result<Arc<StateMap>> {
+        if let Some(member) = left_at
             && !member.rejected
-            && self.rooms.room(room_id)?.is_some()
         {
             return self.rooms.load_state(member.state_after);
         }
