@@ -301,7 +301,7 @@ impl DelayedEvents {
             if stored.stream <= event.scheduled_at {
                 return Ok(false);
             }
-            let sender = stored.json.get("sender").and_then(|s| s.as_str()).unwrap_or_default();
+            let sender = stored.sender().unwrap_or_default();
             if sender != event.user_id.as_str() {
                 return Ok(true);
             }

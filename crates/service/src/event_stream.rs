@@ -95,7 +95,7 @@ impl EventStream {
                     joined
                 }
             };
-            let about_user = stored.json.get("state_key").and_then(|k| k.as_str()) == Some(user.as_str());
+            let about_user = stored.state_key() == Some(user.as_str());
             if (joined || about_user) && self.s.rooms.can_see_event(Some(user), stored)? {
                 chunk.push(legacy(self.s.rooms.client_event(stored, Some((user, None)))?));
             }

@@ -134,8 +134,15 @@ impl<T: Serialize + DeserializeOwned> Value for Json<T> {
         serde_json::to_vec(&self.0).expect("values serialise to JSON")
     }
     fn decode_value(bytes: &[u8]) -> Result<Self, CodecError> {
-        serde_json::from_slice(bytes).map(Json).map_err(|e| CodecError::new("JSON value", e))
+        decode_json(bytes).map(Json)
     }
+}
+
+/// A stored JSON value read as `T`, which may be a partial view of the
+/// stored record (fields it names, `IgnoredAny` for the rest): cheaper where
+/// a hot read needs a few fields of many rows.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    serde_json::from_slice(bytes).map_err(|e| CodecError::new("JSON value", e))
 }
 
 #[cfg(test)]

@@ -20,9 +20,12 @@
 //!
 //! - sliding: simplified sliding sync as Element X uses it (see `sliding.rs`).
 //!
+//! - compare (`--target`): several homeservers side by side (see `compare.rs`).
+//!
 //! Also reports the server's peak resident memory (VmHWM).
 
 mod appservice;
+mod compare;
 mod sliding;
 
 use std::{
@@ -38,7 +41,7 @@ use serde_json::{Value, json};
 #[command(about = "Benchmark a real Estuary over HTTP")]
 struct Args {
     /// The estuary binary to start (or give `--url` for a running server).
-    #[arg(long, required_unless_present = "url")]
+    #[arg(long, required_unless_present_any = ["url", "target"])]
     server: Option<std::path::PathBuf>,
     /// Drive a homeserver that is already running (any implementation, with
     /// open registration) instead of starting one.
@@ -73,6 +76,16 @@ struct Args {
     /// Rooms of the user whose room list the sliding sync benchmark loads.
     #[arg(long, default_value_t = 1000)]
     sliding_rooms: usize,
+    /// Compare homeservers instead: `NAME=URL[,pid=PID][,data=DIR]`, once per
+    /// server (with `--server`, the Estuary started comes first).
+    #[arg(long)]
+    target: Vec<String>,
+    /// With `--target`: rooms of the user in the large initial sync.
+    #[arg(long, default_value_t = 1000)]
+    compare_rooms: usize,
+    /// With `--target`: which comparisons to run, comma-separated.
+    #[arg(long, default_value = "send,delivery,sync,pagination,sync-large")]
+    scenarios: String,
     /// Which benchmarks to run, comma-separated.
     #[arg(long, default_value = "rooms,send,messages,search,delivery,sync,sliding,media,appservice")]
     only: String,
@@ -81,7 +94,7 @@ struct Args {
 struct Server {
     child: Child,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -119,7 +132,7 @@ fn start(binary: &std::path::Path) -> Result<Server> {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(60)).context("server did not start")?;
-    Ok(Server { child, base: format!("http://{addr}"), _dir: dir })
+    Ok(Server { child, base: format!("http://{addr}"), dir })
 }
 
 fn peak_memory_kib(pid: u32) -> Option<u64> {
@@ -127,6 +140,7 @@ fn peak_memory_kib(pid: u32) -> Option<u64> {
     status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+#[derive(Clone)]
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -553,13 +567,30 @@ async fn room_setup_benchmark(client: &Client, args: &Args, concurrency: usize) 
 async fn main() -> Result<()> {
     let args = Args::parse();
     let server = args.server.as_deref().filter(|_| args.url.is_none()).map(start).transpose()?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    if !args.target.is_empty() {
+        let mut targets = Vec::new();
+        if let Some(server) = &server {
+            let client = Client { http: http.clone(), base: server.base.clone() };
+            let data = Some(server.dir.path().join("db"));
+            targets.push(compare::Target {
+                name: "estuary".into(),
+                client,
+                pid: Some(server.child.id()),
+                data,
+            });
+        }
+        for spec in &args.target {
+            targets.push(compare::parse_target(spec, &http)?);
+        }
+        return compare::compare(&targets, &args).await;
+    }
     let base = match (&server, &args.url) {
         (Some(server), _) => server.base.clone(),
         (None, Some(url)) => url.trim_end_matches('/').to_owned(),
-        (None, None) => bail!("give --server or --url"),
+        (None, None) => bail!("give --server, --url or --target"),
     };
     let pid = server.as_ref().map(|s| s.child.id()).or(args.pid);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let client = Client { http, base };
     let run = |name: &str| args.only.split(',').any(|b| b.trim() == name);
     if run("appservice") {

@@ -271,7 +271,7 @@ impl Rooms {
         let stored = StoredPdu {
             event_id: pdu.event_id.clone(),
             room_id: pdu.room_id.clone(),
-            json: pdu.json.clone(),
+            json: pdu.json.clone().into(),
             stream: 0,
             // 0 is the empty snapshot: what a room's first event sees.
             state_before: state_before_id.unwrap_or(0),
@@ -506,7 +506,7 @@ impl Rooms {
         self.unindex_relation(&target, batch)?;
         self.unindex_search(&target, batch)?;
         let redacted = target_pdu.redact(version, redaction).map_err(Error::internal)?;
-        target.json = redacted.json;
+        target.json = redacted.json.into();
         batch.put(&self.eventid_pdu, &target_id.to_string(), &Json(target));
         Ok(())
     }

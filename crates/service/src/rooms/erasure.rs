@@ -52,7 +52,7 @@ impl Rooms {
     /// The event as `viewer` gets it: redacted when its sender was erased
     /// and the viewer's latest join to the room came after the erasure.
     pub(super) fn erased_for(&self, stored: &StoredPdu, viewer: &UserId) -> Result<Option<StoredPdu>> {
-        let sender = stored.json.get("sender").and_then(|s| s.as_str()).and_then(|s| UserId::parse(s).ok());
+        let sender = stored.sender().and_then(|s| UserId::parse(s).ok());
         let Some(erased_at) = sender.and_then(|s| self.erasures.position(&s)) else { return Ok(None) };
         let joined_at =
             self.useridroomid_joinstream.get(&(viewer.to_string(), stored.room_id.to_string())).db()?;
@@ -61,8 +61,8 @@ impl Rooms {
         }
         let version = self.require_room(&stored.room_id)?.room_version;
         let rules = version.rules().ok_or_else(|| Error::internal("unknown room version"))?;
-        let json = ruma::canonical_json::redact(stored.json.clone(), &rules.redaction, None)
+        let json = ruma::canonical_json::redact((*stored.json).clone(), &rules.redaction, None)
             .map_err(Error::internal)?;
-        Ok(Some(StoredPdu { json, ..stored.clone() }))
+        Ok(Some(StoredPdu { json: json.into(), ..stored.clone() }))
     }
 }

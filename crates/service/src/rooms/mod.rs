@@ -20,6 +20,7 @@ mod history;
 mod history_tests;
 mod membership;
 mod notify;
+mod pdu_json;
 mod peeks;
 mod purge;
 mod read;
@@ -44,8 +45,7 @@ use estuary_core::{Config, Error, Result};
 use estuary_events::{Pdu, ServerSigningKey};
 use estuary_storage::{Db, Table, codec::Json};
 use ruma::{
-    CanonicalJsonObject, EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
-    events::StateEventType,
+    EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, events::StateEventType,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
@@ -57,6 +57,7 @@ pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::{PublicRoomsPage, RoomList};
 pub use history::{BackfillPoint, PrevWithState, StateAt};
 pub use notify::NotificationRow;
+pub use pdu_json::PduJson;
 pub use purge::HistoryPurge;
 pub use read::{Direction, MessagesPage, MessagesQuery, parse_token};
 pub(crate) use read::{passes, sender_wanted, type_wanted};
@@ -76,8 +77,8 @@ use crate::{profile::Profiles, storage_error::StorageResultExt, streams::Streams
 pub struct StoredPdu {
     pub event_id: OwnedEventId,
     pub room_id: OwnedRoomId,
-    /// The signed PDU (after redaction, if it was redacted).
-    pub json: CanonicalJsonObject,
+    /// The signed PDU (after redaction, if it was redacted), parsed on demand.
+    pub json: PduJson,
     /// Global stream position (orders all events of this server).
     pub stream: u64,
     pub state_before: u64,
@@ -102,10 +103,21 @@ impl StoredPdu {
     /// the stored JSON: only the fields clients see are copied, and no `Pdu`
     /// is built (reads of many events, like sync, spend their time here).
     pub fn client_json(&self) -> serde_json::Value {
+        let fields = self.json.client();
         let mut event = serde_json::Map::new();
-        for key in ["type", "content", "sender", "origin_server_ts", "state_key", "unsigned", "redacts"] {
-            if let Some(value) = self.json.get(key) {
-                event.insert(key.into(), value.clone().into());
+        let text = |s: &Option<String>| s.as_deref().map(serde_json::Value::from);
+        let present = [
+            ("type", text(&fields.kind)),
+            ("content", fields.content.clone()),
+            ("sender", text(&fields.sender)),
+            ("origin_server_ts", fields.origin_server_ts.clone()),
+            ("state_key", text(&fields.state_key)),
+            ("unsigned", fields.unsigned.clone()),
+            ("redacts", fields.redacts.clone()),
+        ];
+        for (key, value) in present {
+            if let Some(value) = value {
+                event.insert(key.into(), value);
             }
         }
         // From room version 11 `redacts` is in the content; clients still read it at the top.
@@ -127,8 +139,21 @@ impl StoredPdu {
         serde_json::Value::Object(event)
     }
 
+    /// The event's type, read without parsing the whole PDU.
+    pub fn kind(&self) -> Option<&str> {
+        self.json.client().kind.as_deref()
+    }
+
+    pub fn state_key(&self) -> Option<&str> {
+        self.json.client().state_key.as_deref()
+    }
+
+    pub fn sender(&self) -> Option<&str> {
+        self.json.client().sender.as_deref()
+    }
+
     pub fn pdu(&self) -> Result<Pdu> {
-        Pdu::from_json(self.event_id.clone(), Some(self.room_id.clone()), self.json.clone())
+        Pdu::from_json(self.event_id.clone(), Some(self.room_id.clone()), (*self.json).clone())
             .map_err(|e| Error::internal(format!("stored event {} is corrupt: {e}", self.event_id)))
     }
 }
@@ -304,10 +329,7 @@ impl Rooms {
     /// Whether the event is the one a state snapshot holds for its
     /// (type, state key).
     pub fn is_in_state(&self, state: &state::StateMap, stored: &StoredPdu) -> Result<bool> {
-        let (Some(kind), Some(state_key)) = (
-            stored.json.get("type").and_then(|t| t.as_str()),
-            stored.json.get("state_key").and_then(|k| k.as_str()),
-        ) else {
+        let (Some(kind), Some(state_key)) = (stored.kind(), stored.state_key()) else {
             return Ok(false);
         };
         let id = self.state_event_id(state, &StateEventType::from(kind), state_key)?;

@@ -9,6 +9,7 @@ use ruma::{
     push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
     serde::Raw,
 };
+use serde::de::IgnoredAny;
 use serde_json::json;
 
 use super::{Rooms, StoredPdu};
@@ -187,11 +188,24 @@ impl Rooms {
         room_id: &ruma::RoomId,
         after: u64,
     ) -> Result<Vec<(Option<String>, bool)>> {
-        Ok(self
-            .notifications_after(user, room_id, after, 10_000)?
-            .into_iter()
-            .map(|Json((_, _, highlight, thread, _))| (thread, highlight))
-            .collect())
+        // Every sync counts these for every room: only the two fields
+        // counted are decoded, not the row's IDs and actions.
+        type Counted = (IgnoredAny, IgnoredAny, bool, Option<String>, IgnoredAny);
+        let prefix = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string()));
+        let from = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string(), after + 1));
+        let mut counts = Vec::new();
+        self.useridroomidstream_notification
+            .visit_from(&prefix, Some(&from), false, 10_000, |_, value| {
+                let (_, _, highlight, thread, _) = estuary_storage::codec::decode_json::<Counted>(value)
+                    .map_err(|source| estuary_storage::StorageError::Codec {
+                        table: "useridroomidstream_notification",
+                        source,
+                    })?;
+                counts.push((thread, highlight));
+                Ok(())
+            })
+            .db()?;
+        Ok(counts)
     }
 
     /// Up to `limit` of the user's notification rows in a room after stream position `after`.

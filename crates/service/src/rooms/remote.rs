@@ -213,7 +213,7 @@ impl Rooms {
         let stored = StoredPdu {
             event_id: pdu.event_id.clone(),
             room_id: pdu.room_id.clone(),
-            json: pdu.json.clone(),
+            json: pdu.json.clone().into(),
             stream: 0,
             state_before: before_id,
             state_after: after_id,

@@ -122,7 +122,7 @@ impl Rooms {
         let stored = StoredPdu {
             event_id: pdu.event_id.clone(),
             room_id: pdu.room_id.clone(),
-            json: pdu.json.clone(),
+            json: pdu.json.clone().into(),
             stream: 0,
             state_before: 0,
             state_after: 0,
@@ -198,7 +198,7 @@ impl Rooms {
         let mut stored = StoredPdu {
             event_id: event.event_id.clone(),
             room_id: room_id.clone(),
-            json: event.json.clone(),
+            json: event.json.clone().into(),
             stream: 0,
             state_before: 0,
             state_after: 0,

@@ -175,8 +175,6 @@ impl Rooms {
             return Ok(Some(user_id.to_string()));
         }
         let Some(event_id) = &report.event_id else { return Ok(None) };
-        Ok(self
-            .stored(event_id)?
-            .and_then(|s| s.json.get("sender").and_then(|v| v.as_str()).map(str::to_owned)))
+        Ok(self.stored(event_id)?.and_then(|s| s.sender().map(str::to_owned)))
     }
 }

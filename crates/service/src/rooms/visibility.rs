@@ -36,8 +36,8 @@ impl Rooms {
             return Ok(true);
         }
         let before = self.state.load(event.state_before)?;
-        let kind = event.json.get("type").and_then(|t| t.as_str());
-        let state_key = event.json.get("state_key").and_then(|k| k.as_str());
+        let kind = event.kind();
+        let state_key = event.state_key();
         // A change of history visibility is seen by whoever may see events
         // under either the old or the new setting (the spec's boundary rule).
         let mut settings = vec![self.history_visibility(&before)?];

@@ -336,7 +336,7 @@ impl Search {
                 .iter()
                 .chain(&events_after)
                 .filter_map(|e| e["sender"].as_str().map(str::to_owned))
-                .chain(stored.json.get("sender").and_then(|s| s.as_str()).map(str::to_owned))
+                .chain(stored.sender().map(str::to_owned))
                 .collect();
             let room = self.rooms.require_room(&stored.room_id)?;
             let state = self.rooms.current_state(&room)?;

@@ -108,13 +108,13 @@ impl BumpStamps {
             if stored.rejected {
                 continue;
             }
-            let kind = stored.json.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+            let kind = stored.kind().unwrap_or_default();
             if is_bumping(kind) {
                 stamps.rooms.insert(room_id.clone(), position);
             }
             if kind == "m.room.member"
                 && changes_membership(&stored)
-                && let Some(user) = stored.json.get("state_key").and_then(|k| k.as_str())
+                && let Some(user) = stored.state_key()
                 && let Ok(user) = UserId::parse(user)
             {
                 stamps.members.entry(user).or_default().insert(room_id, position);
@@ -134,7 +134,7 @@ fn last_bumping_event(rooms: &Rooms, room_id: &RoomId, to: u64) -> Result<u64> {
     for size in BACK_SCAN_PAGES {
         let (events, more) = rooms.room_events_between(room_id, 0, upper, size)?;
         for event in &events {
-            if !event.rejected && event.json.get("type").and_then(|t| t.as_str()).is_some_and(is_bumping) {
+            if !event.rejected && event.kind().is_some_and(is_bumping) {
                 return Ok(event.stream);
             }
             oldest = event.stream;

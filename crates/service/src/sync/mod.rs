@@ -264,16 +264,17 @@ impl Sync {
         };
         let presence = self.presence_events(w, &joined_users)?;
         let account_data = self.global_account_data(w)?;
-        Ok(json!({
-            "next_batch": format!("s{}", w.to + 1),
-            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock, "peek": peek},
-            "account_data": {"events": account_data},
-            "presence": {"events": presence},
-            "to_device": {"events": to_device},
-            "device_lists": {"changed": device_changes, "left": device_left},
-            "device_one_time_keys_count": otk_counts,
-            "device_unused_fallback_key_types": fallback_types,
-        }))
+        let rooms = [("join", join), ("invite", invite), ("leave", leave), ("knock", knock), ("peek", peek)];
+        Ok(object([
+            ("next_batch", format!("s{}", w.to + 1).into()),
+            ("rooms", object(rooms.map(|(k, v)| (k, JsonValue::Object(v))))),
+            ("account_data", events(account_data)),
+            ("presence", events(presence)),
+            ("to_device", events(to_device)),
+            ("device_lists", json!({"changed": device_changes, "left": device_left})),
+            ("device_one_time_keys_count", otk_counts),
+            ("device_unused_fallback_key_types", fallback_types),
+        ]))
     }
 
     /// `/keys/changes`: the device-list changes between two sync positions.
@@ -446,30 +447,35 @@ impl Sync {
         let state = self.state_json(w, &state_events)?;
         let prev_batch = timeline.first().map_or(from, |(s, _)| s.stream);
         let (unread, unread_threads) = self.unread(w, room_id)?;
-        let mut entry = json!({
-            "timeline": {
-                "events": timeline.iter().map(|(s, e)| in_format(w, s, e.clone())).collect::<Vec<_>>(),
-                "limited": limited,
-                "prev_batch": format!("s{prev_batch}"),
-            },
-            "account_data": {"events": account_data},
-            "ephemeral": {"events": ephemeral},
-            "unread_notifications": unread,
-            "unread_thread_notifications": unread_threads,
-            "summary": self.summary(w.user, room_id)?,
-        });
-        if w.use_state_after {
-            let end_state = match timeline.last() {
-                Some((last, _)) => self.rooms.load_state(last.state_after)?,
-                None => start_state.clone(),
-            };
+        // `state_after` needs the timeline's last event, which the entry takes.
+        let end_state = match (w.use_state_after, timeline.last()) {
+            (false, _) => None,
+            (true, Some((last, _))) => Some(self.rooms.load_state(last.state_after)?),
+            (true, None) => Some(start_state.clone()),
+        };
+        let mut entry = object([
+            (
+                "timeline",
+                object([
+                    ("events", timeline.into_iter().map(|(s, e)| in_format(w, &s, e)).collect()),
+                    ("limited", limited.into()),
+                    ("prev_batch", format!("s{prev_batch}").into()),
+                ]),
+            ),
+            ("account_data", events(account_data)),
+            ("ephemeral", events(ephemeral)),
+            ("unread_notifications", unread),
+            ("unread_thread_notifications", unread_threads),
+            ("summary", self.summary(w.user, room_id)?),
+        ]);
+        if let Some(end_state) = end_state {
             let mut after = self.rooms.state_delta(&end_state, if full { None } else { base.as_deref() })?;
             if full {
                 self.trim_lazy_members(w, &mut after, &senders);
             }
-            entry["state_after"] = json!({"events": self.state_json(w, &after)?});
+            entry["state_after"] = events(self.state_json(w, &after)?);
         } else {
-            entry["state"] = json!({"events": state});
+            entry["state"] = events(state);
         }
         Ok(Some(entry))
     }
@@ -595,9 +601,7 @@ impl Sync {
         };
         // Only member events are looked up here, so only they are kept.
         let is_member = |e: &JsonValue| e["type"] == "m.room.member";
-        for stored in
-            events.iter().filter(|s| s.json.get("type").and_then(|t| t.as_str()) == Some("m.room.member"))
-        {
+        for stored in events.iter().filter(|s| s.kind() == Some("m.room.member")) {
             known.insert(stored.event_id.to_string());
         }
         for (_, event) in timeline.iter().filter(|(_, e)| rules.skip_in_timeline && is_member(e)) {
@@ -631,8 +635,8 @@ impl Sync {
             return;
         }
         events.retain(|stored| {
-            let is_member = stored.json.get("type").and_then(|t| t.as_str()) == Some("m.room.member");
-            let key = stored.json.get("state_key").and_then(|k| k.as_str()).unwrap_or_default();
+            let is_member = stored.kind() == Some("m.room.member");
+            let key = stored.state_key().unwrap_or_default();
             !is_member || key == w.user.as_str() || senders.contains(key)
         });
     }
@@ -803,6 +807,18 @@ impl Sync {
         }
         Ok(events)
     }
+}
+
+/// A JSON object of `fields`, moved in: `json!` would deep-copy each
+/// interpolated value (it goes through `to_value`), and a sync answer is
+/// mostly such values.
+pub(crate) fn object<const N: usize>(fields: [(&str, JsonValue); N]) -> JsonValue {
+    JsonValue::Object(fields.into_iter().map(|(key, value)| (key.to_owned(), value)).collect())
+}
+
+/// `{"events": [...]}`, moved in.
+pub(crate) fn events(events: Vec<JsonValue>) -> JsonValue {
+    object([("events", JsonValue::Array(events))])
 }
 
 /// An event in the filter's `event_format`: as clients see it, or as the

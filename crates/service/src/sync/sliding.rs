@@ -28,7 +28,7 @@ use ruma::{
 use serde_json::{Map, Value as JsonValue, json};
 
 use super::{
-    Sync, Window, bump::membership_position, connections::ConnectionState, sliding_extensions::Scope,
+    Sync, Window, bump::membership_position, connections::ConnectionState, object, sliding_extensions::Scope,
 };
 use crate::rooms::StoredPdu;
 
@@ -288,7 +288,12 @@ impl Sync {
         }
         let (extensions, extension_updates) = self.sliding_extensions(a, &rooms, &scope)?;
         let updates = !rooms.is_empty() || a.base.list_counts != state.list_counts || extension_updates;
-        Ok((json!({"lists": lists, "rooms": rooms, "extensions": extensions}), state, updates))
+        let answer = object([
+            ("lists", JsonValue::Object(lists)),
+            ("rooms", JsonValue::Object(rooms)),
+            ("extensions", extensions),
+        ]);
+        Ok((answer, state, updates))
     }
 
     /// Rooms with events, and rooms with receipts or typing, in the window.
@@ -446,5 +451,5 @@ fn check_bounds(request: &v5::Request) -> Result<()> {
 
 /// Whether a leave was someone else's doing (a kick).
 fn is_kick(member: &StoredPdu, user: &UserId) -> bool {
-    member.json.get("sender").and_then(|s| s.as_str()) != Some(user.as_str())
+    member.sender() != Some(user.as_str())
 }

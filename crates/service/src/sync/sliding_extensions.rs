@@ -7,7 +7,7 @@ use estuary_core::Result;
 use ruma::{OwnedRoomId, RoomId, api::client::sync::sync_events::v5::request::ExtensionRoomConfig};
 use serde_json::{Map, Value as JsonValue, json};
 
-use super::{Sync, sliding::Answer};
+use super::{Sync, object, sliding::Answer};
 
 /// The rooms an answer covers: each list's rooms (within its ranges) and
 /// the room subscriptions.
@@ -64,7 +64,10 @@ impl Sync {
             let limit = ext.to_device.limit.map_or(100, |l| (u64::from(l) as usize).clamp(1, 1000));
             let (events, next_batch) = self.to_device.take_batch(a.w.user, a.device, since, a.w.to, limit)?;
             updates |= !events.is_empty();
-            out.insert("to_device".into(), json!({"next_batch": next_batch.to_string(), "events": events}));
+            out.insert(
+                "to_device".into(),
+                object([("next_batch", next_batch.to_string().into()), ("events", events.into())]),
+            );
         }
         if ext.e2ee.enabled == Some(true) {
             let (changed, left) = match a.w.since {
@@ -85,7 +88,10 @@ impl Sync {
             let in_scope = scope.rooms(ext.account_data.lists.as_ref(), ext.account_data.rooms.as_ref());
             let (global, per_room) = self.account_data_extension(a, rooms, &in_scope)?;
             updates |= !global.is_empty() || !per_room.is_empty();
-            out.insert("account_data".into(), json!({"global": global, "rooms": per_room}));
+            out.insert(
+                "account_data".into(),
+                object([("global", global.into()), ("rooms", per_room.into())]),
+            );
         }
         if ext.receipts.enabled == Some(true) || ext.typing.enabled == Some(true) {
             let changed = &a.changed_ephemeral;
@@ -93,7 +99,7 @@ impl Sync {
                 let in_scope = scope.rooms(ext.receipts.lists.as_ref(), ext.receipts.rooms.as_ref());
                 let receipts = self.receipts_extension(a, rooms, &in_scope, changed)?;
                 updates |= !receipts.is_empty();
-                out.insert("receipts".into(), json!({"rooms": receipts}));
+                out.insert("receipts".into(), object([("rooms", receipts.into())]));
             }
             if ext.typing.enabled == Some(true) {
                 let in_scope = scope.rooms(ext.typing.lists.as_ref(), ext.typing.rooms.as_ref());
@@ -108,7 +114,7 @@ impl Sync {
                     }
                 }
                 updates |= !typing.is_empty();
-                out.insert("typing".into(), json!({"rooms": typing}));
+                out.insert("typing".into(), object([("rooms", typing.into())]));
             }
         }
         Ok((JsonValue::Object(out), updates))

@@ -257,5 +257,5 @@ fn sent_record(
 
 /// Whether a stored event is of `kind`.
 fn is_kind(stored: &StoredPdu, kind: &str) -> bool {
-    stored.json.get("type").and_then(|t| t.as_str()) == Some(kind)
+    stored.kind() == Some(kind)
 }

@@ -1,0 +1,134 @@
+//! The signed JSON of a stored PDU, kept as the text it is stored as and
+//! parsed on demand.
+//!
+//! Reads of many events (sync, `/messages`, context) need only what clients
+//! see of each: its type, state key, sender, content, timestamp and unsigned
+//! data. Building the whole canonical object for them (hashes, signatures,
+//! `auth_events`, `prev_events`) and then copying the client's fields out was
+//! most of their time, so the text is parsed twice lazily instead: into the
+//! client's fields alone ([`PduJson::client`]), or into the whole object
+//! (deref) where federation, redaction or auth need it.
+
+use std::{ops::Deref, sync::OnceLock};
+
+use ruma::CanonicalJsonObject;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Value as JsonValue, value::RawValue};
+
+/// The fields of an event that clients see, read from the stored text;
+/// everything else in it is skipped unparsed.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ClientFields {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub state_key: Option<String>,
+    pub sender: Option<String>,
+    pub content: Option<JsonValue>,
+    pub origin_server_ts: Option<JsonValue>,
+    pub unsigned: Option<JsonValue>,
+    pub redacts: Option<JsonValue>,
+}
+
+#[derive(Clone)]
+pub struct PduJson {
+    raw: Box<RawValue>,
+    object: OnceLock<CanonicalJsonObject>,
+    client: OnceLock<ClientFields>,
+}
+
+impl PduJson {
+    /// What clients see of the event (parsed once, on first use).
+    pub fn client(&self) -> &ClientFields {
+        self.client.get_or_init(|| match serde_json::from_str(self.raw.get()) {
+            Ok(fields) => fields,
+            Err(e) => {
+                tracing::error!("a stored event's JSON does not parse: {e}");
+                ClientFields::default()
+            }
+        })
+    }
+}
+
+impl From<CanonicalJsonObject> for PduJson {
+    fn from(object: CanonicalJsonObject) -> Self {
+        // Canonical JSON objects always serialise.
+        let raw = serde_json::value::to_raw_value(&object).expect("a canonical JSON object serialises");
+        Self { raw, object: OnceLock::from(object), client: OnceLock::new() }
+    }
+}
+
+/// The whole canonical object, parsed on first use.
+impl Deref for PduJson {
+    type Target = CanonicalJsonObject;
+
+    fn deref(&self) -> &CanonicalJsonObject {
+        self.object.get_or_init(|| match serde_json::from_str(self.raw.get()) {
+            Ok(object) => object,
+            Err(e) => {
+                tracing::error!("a stored event's JSON does not parse: {e}");
+                CanonicalJsonObject::new()
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for PduJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.raw.get())
+    }
+}
+
+/// Stored as the JSON object it always was: the text written back verbatim.
+impl Serialize for PduJson {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PduJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        if !raw.get().starts_with('{') {
+            return Err(serde::de::Error::custom("a PDU is a JSON object"));
+        }
+        Ok(Self { raw, object: OnceLock::new(), client: OnceLock::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CanonicalJsonObject {
+        let json = serde_json::json!({
+            "type": "m.room.member", "state_key": "@a:x", "sender": "@a:x",
+            "content": {"membership": "join"}, "origin_server_ts": 5,
+            "hashes": {"sha256": "abc"}, "signatures": {"x": {"ed25519:1": "sig"}},
+            "auth_events": ["$a"], "prev_events": ["$b"], "depth": 3,
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn round_trips_the_stored_text_unchanged() {
+        let stored = serde_json::to_string(&PduJson::from(sample())).unwrap();
+        let read: PduJson = serde_json::from_str(&stored).unwrap();
+        assert_eq!(serde_json::to_string(&read).unwrap(), stored);
+        assert_eq!(*read, sample());
+    }
+
+    #[test]
+    fn client_fields_come_from_the_text() {
+        let read: PduJson = serde_json::from_str(&serde_json::to_string(&sample()).unwrap()).unwrap();
+        let client = read.client();
+        assert_eq!(client.kind.as_deref(), Some("m.room.member"));
+        assert_eq!(client.state_key.as_deref(), Some("@a:x"));
+        assert_eq!(client.content.as_ref().unwrap()["membership"], "join");
+        assert!(client.redacts.is_none());
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_object() {
+        assert!(serde_json::from_str::<PduJson>("[1]").is_err());
+    }
+}

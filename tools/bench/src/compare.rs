@@ -1,0 +1,389 @@
+//! compare: one run that puts several homeservers side by side on the
+//! figures of issue 20, interleaved scenario by scenario (every server runs
+//! a scenario before the next scenario starts, so a slow minute of the
+//! machine hurts all of them alike).
+//!
+//! Targets are `--target NAME=URL[,pid=PID][,data=DIR]`: any homeserver with
+//! open registration (`m.login.dummy`) and no rate limits. With `--server`,
+//! the Estuary the benchmark starts comes first, as `estuary`. The PID gives
+//! server CPU per operation (`/proc/PID/stat`) and memory; DIR gives disk.
+//! The benchmark's own CPU per operation is reported too, to show the load
+//! generator is not the bottleneck.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use crate::{Args, Client, percentile};
+
+pub struct Target {
+    pub name: String,
+    pub client: Client,
+    pub pid: Option<u32>,
+    pub data: Option<PathBuf>,
+}
+
+/// Parses `NAME=URL[,pid=PID][,data=DIR]`.
+pub fn parse_target(spec: &str, http: &reqwest::Client) -> Result<Target> {
+    let (name, rest) = spec.split_once('=').context("--target NAME=URL[,pid=PID][,data=DIR]")?;
+    let mut parts = rest.split(',');
+    let url = parts.next().context("target URL")?.trim_end_matches('/').to_owned();
+    let (mut pid, mut data) = (None, None);
+    for part in parts {
+        match part.split_once('=') {
+            Some(("pid", value)) => pid = Some(value.parse().context("target pid")?),
+            Some(("data", value)) => data = Some(PathBuf::from(value)),
+            _ => bail!("unknown target option {part:?}"),
+        }
+    }
+    Ok(Target { name: name.to_owned(), client: Client { http: http.clone(), base: url }, pid, data })
+}
+
+/// CPU seconds (user + system) a process has used: `pid` or `"self"`.
+/// `/proc` counts in USER_HZ, which is 100 on Linux.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The CPU a server and this benchmark use over a scenario.
+struct CpuMeter {
+    server: Option<(String, f64)>,
+    own: f64,
+}
+
+impl CpuMeter {
+    fn start(pid: Option<u32>) -> Self {
+        let server = pid.and_then(|p| Some((p.to_string(), cpu_seconds(&p.to_string())?)));
+        Self { server, own: cpu_seconds("self").unwrap_or(0.0) }
+    }
+
+    /// (server, benchmark) milliseconds of CPU per operation.
+    fn per_op(&self, ops: usize) -> (Option<f64>, f64) {
+        let ops = ops.max(1) as f64;
+        let server =
+            self.server.as_ref().and_then(|(pid, before)| Some((cpu_seconds(pid)? - before) * 1000.0 / ops));
+        let own = (cpu_seconds("self").unwrap_or(self.own) - self.own) * 1000.0 / ops;
+        (server, own)
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()?)
+}
+
+/// Bytes allocated on disk under `dir` (what `du` counts).
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => disk_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Figures of one run: figure → target → value. Figures keep their order.
+#[derive(Default)]
+struct Table {
+    order: Vec<String>,
+    values: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+impl Table {
+    fn put(&mut self, figure: &str, target: &str, value: Option<f64>) {
+        let Some(value) = value else { return };
+        if !self.values.contains_key(figure) {
+            self.order.push(figure.to_owned());
+        }
+        self.values.entry(figure.to_owned()).or_default().insert(target.to_owned(), value);
+        println!("  {target}: {figure} = {value:.2}");
+    }
+
+    /// A markdown table, with each peer's ratio to the first target
+    /// (above 1: the first target's figure is that many times better).
+    fn print(&self, targets: &[Target]) {
+        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        let mut header = format!("| figure | {} |", names.join(" | "));
+        let mut rule = format!("| --- |{}", " --- |".repeat(names.len()));
+        for peer in &names[1..] {
+            header.push_str(&format!(" {peer} ÷ {} |", names[0]));
+            rule.push_str(" --- |");
+        }
+        println!("\n{header}\n{rule}");
+        for figure in &self.order {
+            let row = &self.values[figure];
+            let cell = |name: &str| row.get(name).map_or("–".to_owned(), |v| format!("{v:.2}"));
+            let mut line =
+                format!("| {figure} | {} |", names.iter().map(|n| cell(n)).collect::<Vec<_>>().join(" | "));
+            let higher_is_better = figure.contains("/s");
+            for peer in &names[1..] {
+                let ratio = match (row.get(*peer), row.get(names[0])) {
+                    (Some(p), Some(f)) if *p > 0.0 && *f > 0.0 => {
+                        format!("{:.2}", if higher_is_better { f / p } else { p / f })
+                    }
+                    _ => "–".to_owned(),
+                };
+                line.push_str(&format!(" {ratio} |"));
+            }
+            println!("{line}");
+        }
+    }
+}
+
+/// A registered user: access token and user ID.
+struct User {
+    token: String,
+    id: String,
+}
+
+async fn register(client: &Client, name: &str) -> Result<User> {
+    let body = json!({"username": name, "password": "bench-password", "auth": {"type": "m.login.dummy"}});
+    let response =
+        client.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(body)).await?;
+    Ok(User {
+        token: response["access_token"].as_str().context("access_token")?.to_owned(),
+        id: response["user_id"].as_str().context("user_id")?.to_owned(),
+    })
+}
+
+async fn join(client: &Client, room: &str, owner: &User, member: &User) -> Result<()> {
+    let path = format!("/_matrix/client/v3/rooms/{room}/invite");
+    client
+        .call(reqwest::Method::POST, &path, Some(&owner.token), Some(json!({"user_id": member.id})))
+        .await?;
+    let path = format!("/_matrix/client/v3/rooms/{room}/join");
+    client.call(reqwest::Method::POST, &path, Some(&member.token), Some(json!({}))).await?;
+    Ok(())
+}
+
+async fn timed_get(client: &Client, path: &str, token: &str) -> Result<(Duration, usize, serde_json::Value)> {
+    let started = Instant::now();
+    let response = client.http.get(format!("{}{path}", client.base)).bearer_auth(token).send().await?;
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    let elapsed = started.elapsed();
+    if !status.is_success() {
+        bail!("{path}: {status}");
+    }
+    Ok((elapsed, bytes.len(), serde_json::from_slice(&bytes)?))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Senders, each in its own room, send at once: rate, latency, CPU per message.
+async fn send(target: &Target, tag: &str, args: &Args, table: &mut Table) -> Result<()> {
+    let mut users = Vec::new();
+    for i in 0..args.clients {
+        let user = register(&target.client, &format!("{tag}s{i}")).await?;
+        let room = target.client.create_room(&user.token).await?;
+        users.push((user.token, room));
+    }
+    let cpu = CpuMeter::start(target.pid);
+    let started = Instant::now();
+    let tasks = users.into_iter().enumerate().map(|(i, (token, room))| {
+        let client = target.client.clone();
+        let count = args.messages_per_client;
+        tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            for n in 0..count {
+                let t = Instant::now();
+                client.send(&token, &room, &format!("c{i}m{n}")).await?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        })
+    });
+    let mut all = Vec::new();
+    for result in futures::future::join_all(tasks).await {
+        all.extend(result??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (server, own) = cpu.per_op(all.len());
+    all.sort();
+    let name = &target.name;
+    table.put(
+        &format!("send rate, {} senders (messages/s)", args.clients),
+        name,
+        Some(all.len() as f64 / elapsed),
+    );
+    table.put("send p50 (ms)", name, Some(percentile(&all, 0.5)));
+    table.put("send p99 (ms)", name, Some(percentile(&all, 0.99)));
+    table.put("server CPU per message sent (ms)", name, server);
+    table.put("benchmark's own CPU per message sent (ms)", name, Some(own));
+    Ok(())
+}
+
+/// Send → arrival in another user's waiting `/sync`, one message at a time.
+async fn delivery(target: &Target, tag: &str, args: &Args, table: &mut Table) -> Result<()> {
+    let client = &target.client;
+    let sender = register(client, &format!("{tag}courier")).await?;
+    let receiver = register(client, &format!("{tag}recipient")).await?;
+    let room = client.create_room(&sender.token).await?;
+    join(client, &room, &sender, &receiver).await?;
+    let (_, _, initial) = timed_get(client, "/_matrix/client/v3/sync", &receiver.token).await?;
+    let mut since = initial["next_batch"].as_str().context("next_batch")?.to_owned();
+    let mut latencies = Vec::new();
+    for n in 0..args.deliveries {
+        let path = format!("/_matrix/client/v3/sync?since={since}&timeout=10000");
+        let watcher = {
+            let (client, token) = (client.clone(), receiver.token.clone());
+            tokio::spawn(async move { timed_get(&client, &path, &token).await })
+        };
+        // Let the long-poll reach the server and wait there.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let started = Instant::now();
+        client.send(&sender.token, &room, &format!("d{n}")).await?;
+        let (_, _, body) = watcher.await??;
+        latencies.push(started.elapsed());
+        since = body["next_batch"].as_str().context("next_batch")?.to_owned();
+        if body["rooms"]["join"][&room]["timeline"]["events"].as_array().is_none_or(|e| e.is_empty()) {
+            bail!("{}: the waiting sync woke without the message", target.name);
+        }
+    }
+    latencies.sort();
+    table.put("delivery to a waiting /sync p50 (ms)", &target.name, Some(percentile(&latencies, 0.5)));
+    table.put("delivery to a waiting /sync p99 (ms)", &target.name, Some(percentile(&latencies, 0.99)));
+    Ok(())
+}
+
+/// Initial sync of a user in `rooms` rooms of `messages` messages each, with
+/// `members` members in each room.
+async fn initial_sync(
+    target: &Target,
+    tag: &str,
+    (rooms, messages, members): (usize, usize, usize),
+    table: &mut Table,
+) -> Result<()> {
+    let client = &target.client;
+    let owner = register(client, &format!("{tag}r{rooms}owner")).await?;
+    let mut others = Vec::new();
+    for i in 1..members {
+        others.push(register(client, &format!("{tag}r{rooms}m{i}")).await?);
+    }
+    for r in 0..rooms {
+        let room = client.create_room(&owner.token).await?;
+        for member in &others {
+            join(client, &room, &owner, member).await?;
+        }
+        for m in 0..messages {
+            let sender = if others.is_empty() { &owner } else { &others[m % others.len()] };
+            client.send(&sender.token, &room, &format!("r{r}m{m}")).await?;
+        }
+    }
+    let runs = if rooms > 100 { 5 } else { 20 };
+    let cpu = CpuMeter::start(target.pid);
+    let (mut latencies, mut size) = (Vec::new(), 0);
+    for _ in 0..runs {
+        let (elapsed, bytes, body) = timed_get(client, "/_matrix/client/v3/sync", &owner.token).await?;
+        let joined = body["rooms"]["join"].as_object().map_or(0, |r| r.len());
+        if joined != rooms {
+            bail!("{}: initial sync returned {joined} of {rooms} rooms", target.name);
+        }
+        latencies.push(elapsed);
+        size = bytes;
+    }
+    let (server, _) = cpu.per_op(runs);
+    latencies.sort();
+    let what = format!("initial sync, {rooms} rooms × {messages} messages, {members} members");
+    table.put(&format!("{what}, p50 (ms)"), &target.name, Some(percentile(&latencies, 0.5)));
+    table.put(&format!("{what}, server CPU (ms)"), &target.name, server);
+    table.put(&format!("{what}, response (KB)"), &target.name, Some(size as f64 / 1000.0));
+    Ok(())
+}
+
+/// 1,000 events paged back in pages of 100, five times; the median walk.
+async fn pagination(target: &Target, tag: &str, table: &mut Table) -> Result<()> {
+    let client = &target.client;
+    let user = register(client, &format!("{tag}historian")).await?;
+    let room = client.create_room(&user.token).await?;
+    let senders = (0..4).map(|w| (user.token.clone(), room.clone(), format!("p{w}-"))).collect();
+    crate::send_concurrently(client, senders, 300).await?;
+    let cpu = CpuMeter::start(target.pid);
+    let mut walks = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut from: Option<String> = None;
+        let mut events = 0;
+        while events < 1000 {
+            let path = match &from {
+                Some(token) => {
+                    format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100&from={token}")
+                }
+                None => format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"),
+            };
+            let (_, _, page) = timed_get(client, &path, &user.token).await?;
+            let chunk = page["chunk"].as_array().map_or(0, |c| c.len());
+            if chunk == 0 {
+                bail!("{}: pagination ended after {events} events", target.name);
+            }
+            events += chunk;
+            from = Some(page["end"].as_str().context("end")?.to_owned());
+        }
+        walks.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (server, _) = cpu.per_op(5);
+    table.put("paginating 1,000 events back, pages of 100 (ms)", &target.name, Some(median(walks)));
+    table.put("paginating 1,000 events back, server CPU (ms)", &target.name, server);
+    Ok(())
+}
+
+fn resources(target: &Target, table: &mut Table) {
+    if let Some(pid) = target.pid {
+        table.put(
+            "resident memory after the run (MB)",
+            &target.name,
+            status_kib(pid, "VmRSS:").map(|k| k / 1024.0),
+        );
+        table.put("peak resident memory (MB)", &target.name, status_kib(pid, "VmHWM:").map(|k| k / 1024.0));
+    }
+    if let Some(data) = &target.data {
+        table.put("disk after the run (MB)", &target.name, Some(disk_bytes(data) as f64 / 1e6));
+    }
+}
+
+pub async fn compare(targets: &[Target], args: &Args) -> Result<()> {
+    // User names unique to this run, so a peer's database can be reused.
+    let tag = format!(
+        "b{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() % 1_000_000
+    );
+    let mut table = Table::default();
+    for scenario in args.scenarios.split(',').map(str::trim) {
+        println!("{scenario}:");
+        for target in targets {
+            let outcome = match scenario {
+                "send" => send(target, &tag, args, &mut table).await,
+                "delivery" => delivery(target, &tag, args, &mut table).await,
+                "sync" => initial_sync(target, &tag, (20, 50, 6), &mut table).await,
+                "pagination" => pagination(target, &tag, &mut table).await,
+                "sync-large" => initial_sync(target, &tag, (args.compare_rooms, 1, 1), &mut table).await,
+                other => bail!("unknown scenario {other:?}"),
+            };
+            // One server failing a scenario must not hide the others' figures.
+            if let Err(error) = outcome {
+                println!("  {}: {scenario} failed: {error:#}", target.name);
+            }
+        }
+    }
+    for target in targets {
+        resources(target, &mut table);
+    }
+    table.print(targets);
+    Ok(())
+}
