@@ -78,7 +78,7 @@ impl CpuMeter {
 fn status_kib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
-    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()?)
+    line.split_whitespace().nth(1)?.parse::<f64>().ok()
 }
 
 /// Bytes allocated on disk under `dir` (what `du` counts).

@@ -210,11 +210,8 @@ impl Rooms {
 /// Whether a member event changes the membership (not just a profile):
 /// its `membership` differs from the one it replaced.
 pub(crate) fn changes_membership(stored: &StoredPdu) -> bool {
-    fn membership(v: Option<&ruma::CanonicalJsonValue>) -> Option<&str> {
-        v.and_then(|c| c.as_object()).and_then(|c| c.get("membership")).and_then(|m| m.as_str())
-    }
-    let before = stored.json.get("unsigned").and_then(|u| u.as_object()).and_then(|u| u.get("prev_content"));
-    membership(stored.json.get("content")) != membership(before)
+    let content = stored.json.client().content.as_ref();
+    content.and_then(|c| c["membership"].as_str()) != previous_membership(stored)
 }
 
 /// A test on a state event's (type, state key).
@@ -265,7 +262,7 @@ impl Rooms {
                 && was.as_ref().is_none_or(|p| p.content_value()["membership"] != "invite");
             // Left and joined again within the window: as good as new (their
             // devices may have changed meanwhile, unannounced).
-            let rejoined = is_joined && was_joined && previous_membership(&stored.json) != Some("join");
+            let rejoined = is_joined && was_joined && previous_membership(&stored) != Some("join");
             if was_joined != is_joined || rejoined || is_invited {
                 changes.push(MemberChange { user_id, is_joined, is_invited });
             }
@@ -275,7 +272,6 @@ impl Rooms {
 }
 
 /// The membership a member event replaced, from its `unsigned.prev_content`.
-fn previous_membership(json: &ruma::CanonicalJsonObject) -> Option<&str> {
-    let unsigned = json.get("unsigned")?.as_object()?;
-    unsigned.get("prev_content")?.as_object()?.get("membership")?.as_str()
+fn previous_membership(stored: &StoredPdu) -> Option<&str> {
+    stored.json.client().unsigned.as_ref()?.get("prev_content")?.get("membership")?.as_str()
 }

@@ -196,10 +196,13 @@ impl Sync {
                 continue;
             }
             let Some(membership) = self.rooms.membership(w.user, room_id)? else { continue };
-            let changed_here = self
-                .rooms
-                .membership_change_position(w.user, room_id)?
-                .is_some_and(|p| p >= from && p <= w.to);
+            // An initial sync shows every room from its start whatever its
+            // last membership change.
+            let changed_here = w.since.is_none()
+                || self
+                    .rooms
+                    .membership_change_position(w.user, room_id)?
+                    .is_some_and(|p| p >= from && p <= w.to);
             match membership.as_str() {
                 "join" => {
                     let entry = self.joined_room(w, room_id, changed_here, changed_here)?;
@@ -465,9 +468,12 @@ impl Sync {
             ("account_data", events(account_data)),
             ("ephemeral", events(ephemeral)),
             ("unread_notifications", unread),
-            ("unread_thread_notifications", unread_threads),
             ("summary", self.summary(w.user, room_id)?),
         ]);
+        // Only for a filter that asks for counts by thread.
+        if w.filter.room.timeline.unread_thread_notifications {
+            entry["unread_thread_notifications"] = unread_threads;
+        }
         if let Some(end_state) = end_state {
             let mut after = self.rooms.state_delta(&end_state, if full { None } else { base.as_deref() })?;
             if full {
@@ -823,8 +829,13 @@ pub(crate) fn events(events: Vec<JsonValue>) -> JsonValue {
 
 /// An event in the filter's `event_format`: as clients see it, or as the
 /// PDU servers exchange (with its ID, and the client form's `unsigned`).
-fn in_format(w: &Window<'_>, stored: &StoredPdu, client: JsonValue) -> JsonValue {
+fn in_format(w: &Window<'_>, stored: &StoredPdu, mut client: JsonValue) -> JsonValue {
     if w.filter.event_format != ruma::api::client::filter::EventFormat::Federation {
+        // Sync's events are `ClientEventWithoutRoomID`: the room is the key
+        // they are listed under.
+        if let Some(event) = client.as_object_mut() {
+            event.remove("room_id");
+        }
         return client;
     }
     let mut pdu = serde_json::to_value(&stored.json).unwrap_or_default();
