@@ -387,3 +387,52 @@ pub async fn compare(targets: &[Target], args: &Args) -> Result<()> {
     table.print(targets);
     Ok(())
 }
+
+/// A steady load for `minutes`: senders into their rooms at about `rate`
+/// messages a second, a waiting `/sync` following them, and every second an
+/// initial sync and a page of history; resident memory each minute.
+pub async fn soak(target: &Target, minutes: u64, rate: u64) -> Result<()> {
+    let client = &target.client;
+    let tag = format!(
+        "k{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() % 1_000_000
+    );
+    let reader = register(client, &format!("{tag}reader")).await?;
+    let mut senders = Vec::new();
+    for i in 0..10 {
+        let user = register(client, &format!("{tag}s{i}")).await?;
+        let room = client.create_room(&user.token).await?;
+        join(client, &room, &user, &reader).await?;
+        senders.push((user, room));
+    }
+    let (_, _, initial) = timed_get(client, "/_matrix/client/v3/sync", &reader.token).await?;
+    let mut since = initial["next_batch"].as_str().context("next_batch")?.to_owned();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut next_minute = 0;
+    println!("minute | messages sent | resident memory (MB)");
+    while started.elapsed() < Duration::from_secs(minutes * 60) {
+        let second = Instant::now();
+        for n in 0..rate {
+            let (user, room) = &senders[(n % 10) as usize];
+            client.send(&user.token, room, &format!("soak{sent}")).await?;
+            sent += 1;
+        }
+        let path = format!("/_matrix/client/v3/sync?since={since}&timeout=0");
+        let (_, _, body) = timed_get(client, &path, &reader.token).await?;
+        since = body["next_batch"].as_str().context("next_batch")?.to_owned();
+        timed_get(client, "/_matrix/client/v3/sync", &senders[0].0.token).await?;
+        let room = &senders[(sent / rate % 10) as usize].1;
+        let page = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100");
+        timed_get(client, &page, &reader.token).await?;
+        if started.elapsed() >= Duration::from_secs(next_minute * 60) {
+            let rss = target.pid.and_then(|pid| status_kib(pid, "VmRSS:")).map_or(0.0, |k| k / 1024.0);
+            println!("{next_minute} | {sent} | {rss:.1}");
+            next_minute += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(second.elapsed())).await;
+    }
+    let rss = target.pid.and_then(|pid| status_kib(pid, "VmRSS:")).map_or(0.0, |k| k / 1024.0);
+    println!("{minutes} (end) | {sent} | {rss:.1}");
+    Ok(())
+}

@@ -83,6 +83,13 @@ struct Args {
     /// With `--target`: rooms of the user in the large initial sync.
     #[arg(long, default_value_t = 1000)]
     compare_rooms: usize,
+    /// With `--target`: instead of comparing, hold a steady load on the
+    /// first target for this many minutes and report its memory each minute.
+    #[arg(long)]
+    soak_minutes: Option<u64>,
+    /// With `--soak-minutes`: messages sent a second.
+    #[arg(long, default_value_t = 100)]
+    soak_rate: u64,
     /// With `--target`: which comparisons to run, comma-separated.
     #[arg(long, default_value = "send,delivery,sync,pagination,sync-large")]
     scenarios: String,
@@ -582,6 +589,9 @@ async fn main() -> Result<()> {
         }
         for spec in &args.target {
             targets.push(compare::parse_target(spec, &http)?);
+        }
+        if let Some(minutes) = args.soak_minutes {
+            return compare::soak(&targets[0], minutes, args.soak_rate).await;
         }
         return compare::compare(&targets, &args).await;
     }
