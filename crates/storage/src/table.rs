@@ -112,7 +112,14 @@ impl<K: Key, V: Value> Table<K, V> {
             (None, true) => end_of_prefix.clone().unwrap_or_default(),
         };
         // A raw iterator: keys and values are borrowed, not boxed per row.
-        let mut iter = self.db.rocks().raw_iterator_cf(self.db.cf(self.name));
+        // Bounded to the prefix, so RocksDB skips files and blocks outside it
+        // and stops at its end instead of reading the next key beyond.
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(prefix.to_vec());
+        if let Some(end) = &end_of_prefix {
+            options.set_iterate_upper_bound(end.clone());
+        }
+        let mut iter = self.db.rocks().raw_iterator_cf_opt(self.db.cf(self.name), options);
         match (backwards, from, &end_of_prefix) {
             (true, None, None) => iter.seek_to_last(),
             (true, _, _) => iter.seek_for_prev(&start),

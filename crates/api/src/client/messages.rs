@@ -3,13 +3,14 @@
 use estuary_service::rooms::{Direction, MessagesQuery};
 use ruma::api::{Direction as RumaDirection, client::message::get_message_events};
 
-use super::room::raw;
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
+use axum::Json;
+use serde_json::Value as JsonValue;
 
 pub async fn messages(
     services: AppState,
     request: Ruma<get_message_events::v3::Request>,
-) -> ApiResult<get_message_events::v3::Response> {
+) -> ApiResult<Json<JsonValue>> {
     let body = &request.body;
     let query = MessagesQuery {
         from: body.from.clone(),
@@ -30,10 +31,16 @@ pub async fn messages(
     {
         page = services.rooms.messages(user, device, room_id, query)?;
     }
-    let mut response = get_message_events::v3::Response::new();
-    response.start = page.start;
-    response.end = page.end;
-    response.chunk = page.chunk.iter().map(raw).collect();
-    response.state = page.state.iter().map(raw).collect();
-    Ok(response)
+    // The events are moved into the answer and serialised once (ruma's
+    // response type would serialise each to a `Raw` first).
+    let mut response = serde_json::Map::new();
+    response.insert("start".into(), page.start.into());
+    if let Some(end) = page.end {
+        response.insert("end".into(), end.into());
+    }
+    response.insert("chunk".into(), JsonValue::Array(page.chunk));
+    if !page.state.is_empty() {
+        response.insert("state".into(), JsonValue::Array(page.state));
+    }
+    Ok(Json(JsonValue::Object(response)))
 }

@@ -278,7 +278,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(room::redact)
         .ruma_raw::<ruma::api::client::room::upgrade_room::v3::Request, _, _>(room::upgrade)
         .ruma(room::hierarchy)
-        .ruma(messages::messages)
+        .ruma_custom(messages::messages)
         .ruma(relations::all)
         .ruma(relations::by_rel_type)
         .ruma(relations::by_rel_and_event_type)

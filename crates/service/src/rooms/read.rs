@@ -262,9 +262,14 @@ impl Rooms {
         let mut chunk = Vec::new();
         let mut cursor = start;
         let mut exhausted = false;
+        let joined_since = match reader {
+            Some((viewer, _)) => self.joined_since(viewer, room_id)?,
+            None => None,
+        };
         // Bounded: at most 20 batches of candidates per page.
         for _ in 0..20 {
-            let rows = self.timeline_rows(room_id, cursor, backwards, limit * 2)?;
+            // A few more than the page, for events the viewer may not see.
+            let rows = self.timeline_rows(room_id, cursor, backwards, limit - chunk.len() + 8)?;
             if rows.is_empty() {
                 exhausted = true;
                 break;
@@ -284,7 +289,7 @@ impl Rooms {
                     continue;
                 };
                 if let Some((viewer, _)) = reader
-                    && !self.can_see_event(Some(viewer), &stored)?
+                    && !self.can_see_room_event(Some(viewer), joined_since, &stored)?
                 {
                     continue;
                 }

@@ -29,10 +29,32 @@ impl Rooms {
     /// Whether `viewer` may see `event`, per the history visibility in force
     /// when it was sent and the viewer's membership then (and now, for `shared`).
     pub fn can_see_event(&self, viewer: Option<&UserId>, event: &StoredPdu) -> Result<bool> {
+        let joined_since = match viewer {
+            Some(viewer) => self.joined_since(viewer, &event.room_id)?,
+            None => None,
+        };
+        self.can_see_room_event(viewer, joined_since, event)
+    }
+
+    /// Where the viewer is currently joined to the room: the position of
+    /// their latest join. Readers of many events of one room read it once.
+    pub fn joined_since(&self, viewer: &UserId, room_id: &RoomId) -> Result<Option<u64>> {
+        let key = (viewer.to_string(), room_id.to_string());
+        match self.useridroomid_joinstream.get(&key).db()? {
+            Some(joined) if self.is_joined(viewer, room_id)? => Ok(Some(joined)),
+            _ => Ok(None),
+        }
+    }
+
+    /// `can_see_event`, with the viewer's `joined_since` for the event's room.
+    pub fn can_see_room_event(
+        &self,
+        viewer: Option<&UserId>,
+        joined_since: Option<u64>,
+        event: &StoredPdu,
+    ) -> Result<bool> {
         // Fast path: a member who is still joined sees everything since their latest join.
-        if let Some(viewer) = viewer
-            && self.joined_at_or_before(viewer, event)?
-        {
+        if joined_since.is_some_and(|joined| joined <= event.stream) {
             return Ok(true);
         }
         let before = self.state.load(event.state_before)?;
@@ -101,16 +123,6 @@ impl Rooms {
             }
         }
         Ok(false)
-    }
-
-    /// Currently joined, with the latest join at or before the event: the
-    /// viewer's membership at the event was `join`.
-    fn joined_at_or_before(&self, viewer: &UserId, event: &StoredPdu) -> Result<bool> {
-        let key = (viewer.to_string(), event.room_id.to_string());
-        match self.useridroomid_joinstream.get(&key).db()? {
-            Some(joined) if joined <= event.stream => self.is_joined(viewer, &event.room_id),
-            _ => Ok(false),
-        }
     }
 
     fn joined_after(&self, viewer: &UserId, event: &StoredPdu) -> Result<bool> {

@@ -505,6 +505,7 @@ impl Sync {
         let mut current_state: Option<Option<Arc<StateMap>>> = None;
         // Bounded: at most 50 pages of candidates; a longer gap counts as limited.
         let mut page_size = limit + 1;
+        let joined_since = self.rooms.joined_since(w.user, room_id)?;
         for page in 0..50 {
             // Start with just enough events; grow the pages when a filter drops many.
             let (candidates, more) = self.rooms.room_events_between(room_id, from, upper, page_size)?;
@@ -513,7 +514,7 @@ impl Sync {
                 upper = stored.stream.saturating_sub(1);
                 // A joined member always sees the room's current state, also
                 // where history visibility hides the moment it was set.
-                if !self.rooms.can_see_event(Some(w.user), stored)? {
+                if !self.rooms.can_see_room_event(Some(w.user), joined_since, stored)? {
                     if current_state.is_none() {
                         current_state = Some(self.joined_current_state(w.user, room_id)?);
                     }
