@@ -130,7 +130,7 @@ impl Table {
             let cell = |name: &str| row.get(name).map_or("–".to_owned(), |v| format!("{v:.2}"));
             let mut line =
                 format!("| {figure} | {} |", names.iter().map(|n| cell(n)).collect::<Vec<_>>().join(" | "));
-            let higher_is_better = figure.contains("/s");
+            let higher_is_better = figure.contains("(messages/s)");
             for peer in &names[1..] {
                 let ratio = match (row.get(*peer), row.get(names[0])) {
                     (Some(p), Some(f)) if *p > 0.0 && *f > 0.0 => {
@@ -341,7 +341,12 @@ async fn initial_sync(
     }
     let server = (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64);
     latencies.sort();
-    let what = format!("initial sync, {rooms} rooms × {messages} messages, {members} members");
+    let plural = |n: usize, word: &str| if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") };
+    let what = format!(
+        "initial sync, {rooms} rooms × {}, {}",
+        plural(messages, "message"),
+        plural(members, "member")
+    );
     table.put(&format!("{what}, p50 (ms)"), &target.name, Some(percentile(&latencies, 0.5)));
     table.put(&format!("{what}, server CPU (ms)"), &target.name, server);
     table.put(&format!("{what}, response (KB)"), &target.name, Some(size as f64 / 1000.0));
