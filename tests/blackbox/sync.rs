@@ -865,3 +865,39 @@ async fn device_lists_leave_out_strangers() {
     let body = sync(&server, &alice, &format!("?since={since}&timeout=0")).await;
     assert_eq!(body["device_lists"]["changed"], json!([]), "{body}");
 }
+
+/// Sync's events are `ClientEventWithoutRoomID` (the room is their key),
+/// and per-thread counts come only when the filter asks for them.
+#[tokio::test]
+async fn sync_events_carry_no_room_id_and_thread_counts_only_on_request() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "name": "Ids"})).await;
+    let (status, body) =
+        server.post(&format!("/_matrix/client/v3/join/{room}"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    send_text(&server, &alice, &room, "1", "hello").await;
+
+    let initial = sync(&server, &bob, "").await;
+    let joined = &initial["rooms"]["join"][&room];
+    let timeline = joined["timeline"]["events"].as_array().unwrap();
+    assert!(!timeline.is_empty());
+    for event in timeline.iter().chain(joined["state"]["events"].as_array().unwrap()) {
+        assert!(event.get("room_id").is_none(), "room_id in a sync event: {event}");
+        assert!(event["event_id"].is_string() && event["sender"].is_string(), "{event}");
+    }
+    assert_eq!(joined["unread_notifications"]["notification_count"], 1);
+    assert!(joined.get("unread_thread_notifications").is_none(), "not asked for: {joined}");
+
+    // {"room":{"timeline":{"unread_thread_notifications":true}}}
+    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22unread_thread_notifications%22%3Atrue%7D%7D%7D";
+    let asked = sync(&server, &bob, &format!("?filter={filter}")).await;
+    assert_eq!(asked["rooms"]["join"][&room]["unread_thread_notifications"], json!({}));
+
+    // Other endpoints still name the room in each event.
+    let (_, page) = server
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5"), Some(&bob.token))
+        .await;
+    assert_eq!(page["chunk"][0]["room_id"], room.as_str(), "{page}");
+}

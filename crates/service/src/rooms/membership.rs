@@ -51,6 +51,23 @@ impl Rooms {
             .collect())
     }
 
+    /// The room's joined and its invited members, from one read of its
+    /// membership index (every sync's room summary needs both).
+    pub fn joined_and_invited(&self, room_id: &RoomId) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+        let (mut joined, mut invited) = (Vec::new(), Vec::new());
+        for ((_, user), membership) in
+            self.roomiduserid_membership.scan_prefix(&(room_id.to_string(),)).db()?
+        {
+            let list = match membership.as_str() {
+                "join" => &mut joined,
+                "invite" => &mut invited,
+                _ => continue,
+            };
+            list.extend(UserId::parse(user).ok());
+        }
+        Ok((joined, invited))
+    }
+
     /// A user's member event content in one of the rooms they are joined to
     /// (their display name and avatar as other servers' users are known).
     pub fn joined_member_content(&self, user_id: &UserId) -> Result<Option<JsonValue>> {

@@ -103,17 +103,16 @@ impl StoredPdu {
     /// the stored JSON: only the fields clients see are copied, and no `Pdu`
     /// is built (reads of many events, like sync, spend their time here).
     pub fn client_json(&self) -> serde_json::Value {
-        let fields = self.json.client();
+        let fields = self.json.client_owned();
         let mut event = serde_json::Map::new();
-        let text = |s: &Option<String>| s.as_deref().map(serde_json::Value::from);
         let present = [
-            ("type", text(&fields.kind)),
-            ("content", fields.content.clone()),
-            ("sender", text(&fields.sender)),
-            ("origin_server_ts", fields.origin_server_ts.clone()),
-            ("state_key", text(&fields.state_key)),
-            ("unsigned", fields.unsigned.clone()),
-            ("redacts", fields.redacts.clone()),
+            ("type", fields.kind.map(serde_json::Value::from)),
+            ("content", fields.content),
+            ("sender", fields.sender.map(serde_json::Value::from)),
+            ("origin_server_ts", fields.origin_server_ts),
+            ("state_key", fields.state_key.map(serde_json::Value::from)),
+            ("unsigned", fields.unsigned),
+            ("redacts", fields.redacts),
         ];
         for (key, value) in present {
             if let Some(value) = value {

@@ -39,13 +39,26 @@ pub struct PduJson {
 impl PduJson {
     /// What clients see of the event (parsed once, on first use).
     pub fn client(&self) -> &ClientFields {
-        self.client.get_or_init(|| match serde_json::from_str(self.raw.get()) {
+        self.client.get_or_init(|| self.parse_client())
+    }
+
+    /// What clients see of the event, as values of the caller's own: parsed
+    /// afresh unless already parsed, which costs less than a deep copy.
+    pub fn client_owned(&self) -> ClientFields {
+        match self.client.get() {
+            Some(fields) => fields.clone(),
+            None => self.parse_client(),
+        }
+    }
+
+    fn parse_client(&self) -> ClientFields {
+        match serde_json::from_str(self.raw.get()) {
             Ok(fields) => fields,
             Err(e) => {
                 tracing::error!("a stored event's JSON does not parse: {e}");
                 ClientFields::default()
             }
-        })
+        }
     }
 }
 

@@ -772,8 +772,7 @@ impl Sync {
     /// Member counts, and heroes (up to five other members, by user ID) for
     /// a room with neither a name nor a canonical alias to show.
     fn summary(&self, user: &UserId, room_id: &RoomId) -> Result<JsonValue> {
-        let joined = self.rooms.members_with_membership(room_id, "join")?;
-        let invited = self.rooms.members_with_membership(room_id, "invite")?;
+        let (joined, invited) = self.rooms.joined_and_invited(room_id)?;
         let counts = (joined.len(), invited.len());
         let mut summary = json!({"m.joined_member_count": counts.0, "m.invited_member_count": counts.1});
         if !self.rooms.is_named(room_id)? {
