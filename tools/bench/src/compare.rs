@@ -219,23 +219,7 @@ async fn send(target: &Target, tag: &str, args: &Args, table: &mut Table) -> Res
     }
     let cpu = CpuMeter::start(target.pid);
     let started = Instant::now();
-    let tasks = users.into_iter().enumerate().map(|(i, (token, room))| {
-        let client = target.client.clone();
-        let count = args.messages_per_client;
-        tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(count);
-            for n in 0..count {
-                let t = Instant::now();
-                client.send(&token, &room, &format!("c{i}m{n}")).await?;
-                latencies.push(t.elapsed());
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        })
-    });
-    let mut all = Vec::new();
-    for result in futures::future::join_all(tasks).await {
-        all.extend(result??);
-    }
+    let mut all = crate::timed_sends(&target.client, users, args.messages_per_client).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let (server, own) = cpu.per_op(all.len());
     all.sort();

@@ -256,17 +256,11 @@ async fn send_concurrently(
     Ok(())
 }
 
-async fn send_benchmark(client: &Client, args: &Args) -> Result<()> {
-    let mut users = Vec::new();
-    for i in 0..args.clients {
-        let token = client.register(&format!("sender{i}")).await?;
-        let room = client.create_room(&token).await?;
-        users.push((token, room));
-    }
-    let started = Instant::now();
+/// Each (token, room) sends `count` messages in order, all senders at
+/// once; every send's latency.
+async fn timed_sends(client: &Client, users: Vec<(String, String)>, count: usize) -> Result<Vec<Duration>> {
     let tasks = users.into_iter().enumerate().map(|(i, (token, room))| {
-        let client = Client { http: client.http.clone(), base: client.base.clone() };
-        let count = args.messages_per_client;
+        let client = client.clone();
         tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(count);
             for n in 0..count {
@@ -281,6 +275,18 @@ async fn send_benchmark(client: &Client, args: &Args) -> Result<()> {
     for result in futures::future::join_all(tasks).await {
         all.extend(result??);
     }
+    Ok(all)
+}
+
+async fn send_benchmark(client: &Client, args: &Args) -> Result<()> {
+    let mut users = Vec::new();
+    for i in 0..args.clients {
+        let token = client.register(&format!("sender{i}")).await?;
+        let room = client.create_room(&token).await?;
+        users.push((token, room));
+    }
+    let started = Instant::now();
+    let all = timed_sends(client, users, args.messages_per_client).await?;
     let elapsed = started.elapsed();
     println!(
         "send: {} messages by {} clients into {} rooms in {:.2} s = {:.0} messages/s",
