@@ -44,9 +44,22 @@ pub fn parse_target(spec: &str, http: &reqwest::Client) -> Result<Target> {
     Ok(Target { name: name.to_owned(), client: Client { http: http.clone(), base: url }, pid, data })
 }
 
-/// CPU seconds (user + system) a process has used: `pid` or `"self"`.
-/// `/proc` counts in USER_HZ, which is 100 on Linux.
+/// CPU seconds a process has used: `pid` or `"self"`. The sum of its
+/// threads' run time (`schedstat`, in nanoseconds), or, where that is not
+/// available, user + system time from `stat` (in USER_HZ, 100 on Linux:
+/// too coarse for one sync).
 fn cpu_seconds(pid: &str) -> Option<f64> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let nanos: Option<u64> = threads
+        .flatten()
+        .map(|task| {
+            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            schedstat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    if let Some(nanos) = nanos {
+        return Some(nanos as f64 / 1e9);
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
