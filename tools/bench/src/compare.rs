@@ -88,10 +88,9 @@ impl CpuMeter {
     }
 }
 
-fn status_kib(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse::<f64>().ok()
+/// A `/proc/PID/status` figure in MB.
+fn status_mb(pid: u32, field: &str) -> Option<f64> {
+    crate::current_memory_kib(pid, field).map(|kib| kib as f64 / 1024.0)
 }
 
 /// Bytes allocated on disk under `dir`, or by a file (what `du` counts).
@@ -165,13 +164,8 @@ struct User {
 }
 
 async fn register(client: &Client, name: &str) -> Result<User> {
-    let body = json!({"username": name, "password": "bench-password", "auth": {"type": "m.login.dummy"}});
-    let response =
-        client.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(body)).await?;
-    Ok(User {
-        token: response["access_token"].as_str().context("access_token")?.to_owned(),
-        id: response["user_id"].as_str().context("user_id")?.to_owned(),
-    })
+    let (token, id) = client.register_user(name).await?;
+    Ok(User { token, id })
 }
 
 /// A new device of `user_id` (registered with the benchmark's password).
@@ -186,13 +180,7 @@ async fn login(client: &Client, user_id: &str) -> Result<String> {
 }
 
 async fn join(client: &Client, room: &str, owner: &User, member: &User) -> Result<()> {
-    let path = format!("/_matrix/client/v3/rooms/{room}/invite");
-    client
-        .call(reqwest::Method::POST, &path, Some(&owner.token), Some(json!({"user_id": member.id})))
-        .await?;
-    let path = format!("/_matrix/client/v3/rooms/{room}/join");
-    client.call(reqwest::Method::POST, &path, Some(&member.token), Some(json!({}))).await?;
-    Ok(())
+    client.invite_and_join(room, &owner.token, &member.id, &member.token).await
 }
 
 async fn timed_get(client: &Client, path: &str, token: &str) -> Result<(Duration, usize, serde_json::Value)> {
@@ -394,12 +382,8 @@ async fn pagination(target: &Target, tag: &str, table: &mut Table) -> Result<()>
 
 fn resources(target: &Target, table: &mut Table) {
     if let Some(pid) = target.pid {
-        table.put(
-            "resident memory after the run (MB)",
-            &target.name,
-            status_kib(pid, "VmRSS:").map(|k| k / 1024.0),
-        );
-        table.put("peak resident memory (MB)", &target.name, status_kib(pid, "VmHWM:").map(|k| k / 1024.0));
+        table.put("resident memory after the run (MB)", &target.name, status_mb(pid, "VmRSS:"));
+        table.put("peak resident memory (MB)", &target.name, status_mb(pid, "VmHWM:"));
     }
     if let Some(data) = &target.data {
         table.put("disk after the run (MB)", &target.name, Some(disk_bytes(data) as f64 / 1e6));
@@ -475,13 +459,13 @@ pub async fn soak(target: &Target, minutes: u64, rate: u64) -> Result<()> {
         let page = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100");
         timed_get(client, &page, &reader.token).await?;
         if started.elapsed() >= Duration::from_secs(next_minute * 60) {
-            let rss = target.pid.and_then(|pid| status_kib(pid, "VmRSS:")).map_or(0.0, |k| k / 1024.0);
+            let rss = target.pid.and_then(|pid| status_mb(pid, "VmRSS:")).unwrap_or(0.0);
             println!("{next_minute} | {sent} | {rss:.1}");
             next_minute += 1;
         }
         tokio::time::sleep(Duration::from_secs(1).saturating_sub(second.elapsed())).await;
     }
-    let rss = target.pid.and_then(|pid| status_kib(pid, "VmRSS:")).map_or(0.0, |k| k / 1024.0);
+    let rss = target.pid.and_then(|pid| status_mb(pid, "VmRSS:")).unwrap_or(0.0);
     println!("{minutes} (end) | {sent} | {rss:.1}");
     Ok(())
 }

@@ -143,8 +143,7 @@ fn start(binary: &std::path::Path) -> Result<Server> {
 }
 
 fn peak_memory_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    current_memory_kib(pid, "VmHWM:")
 }
 
 #[derive(Clone)]
@@ -178,10 +177,17 @@ impl Client {
     }
 
     async fn register(&self, name: &str) -> Result<String> {
+        Ok(self.register_user(name).await?.0)
+    }
+
+    /// A new account (password `bench-password`): its access token and user ID.
+    async fn register_user(&self, name: &str) -> Result<(String, String)> {
         let body = json!({"username": name, "password": "bench-password", "auth": {"type": "m.login.dummy"}});
         let response =
             self.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(body)).await?;
-        Ok(response["access_token"].as_str().context("token")?.to_owned())
+        let field =
+            |key: &str| Ok::<_, anyhow::Error>(response[key].as_str().context(key.to_owned())?.to_owned());
+        Ok((field("access_token")?, field("user_id")?))
     }
 
     async fn create_room(&self, token: &str) -> Result<String> {
