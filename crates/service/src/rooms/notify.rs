@@ -191,8 +191,7 @@ impl Rooms {
         // Every sync counts these for every room: only the two fields
         // counted are decoded, not the row's IDs and actions.
         type Counted = (IgnoredAny, IgnoredAny, bool, Option<String>, IgnoredAny);
-        let prefix = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string()));
-        let from = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string(), after + 1));
+        let (prefix, from) = notification_range(user, room_id, after);
         let mut counts = Vec::new();
         self.useridroomidstream_notification
             .visit_from(&prefix, Some(&from), false, 10_000, |_, value| {
@@ -216,8 +215,7 @@ impl Rooms {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Json<NotificationRow>>> {
-        let prefix = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string()));
-        let from = estuary_storage::Key::encode(&(user.to_string(), room_id.to_string(), after + 1));
+        let (prefix, from) = notification_range(user, room_id, after);
         let rows = self.useridroomidstream_notification.scan_from(&prefix, Some(&from), false, limit).db()?;
         Ok(rows.into_iter().map(|(_, row)| row).collect())
     }
@@ -257,4 +255,14 @@ fn invited_user(pdu: &estuary_events::Pdu) -> Option<ruma::OwnedUserId> {
     }
     let invitee = UserId::parse(pdu.state_key.as_deref()?).ok()?;
     (pdu.content_value()["membership"] == "invite" && invitee != pdu.sender).then_some(invitee)
+}
+
+/// The keys of `useridroomidstream_notification` for the user's rows in a
+/// room after stream position `after`: the room's prefix and the first key.
+fn notification_range(user: &UserId, room_id: &ruma::RoomId, after: u64) -> (Vec<u8>, Vec<u8>) {
+    let (user, room) = (user.to_string(), room_id.to_string());
+    (
+        estuary_storage::Key::encode(&(user.clone(), room.clone())),
+        estuary_storage::Key::encode(&(user, room, after + 1)),
+    )
 }

@@ -39,7 +39,7 @@ pub struct PduJson {
 impl PduJson {
     /// What clients see of the event (parsed once, on first use).
     pub fn client(&self) -> &ClientFields {
-        self.client.get_or_init(|| self.parse_client())
+        self.client.get_or_init(|| self.parse())
     }
 
     /// What clients see of the event, as values of the caller's own: parsed
@@ -47,18 +47,17 @@ impl PduJson {
     pub fn client_owned(&self) -> ClientFields {
         match self.client.get() {
             Some(fields) => fields.clone(),
-            None => self.parse_client(),
+            None => self.parse(),
         }
     }
 
-    fn parse_client(&self) -> ClientFields {
-        match serde_json::from_str(self.raw.get()) {
-            Ok(fields) => fields,
-            Err(e) => {
-                tracing::error!("a stored event's JSON does not parse: {e}");
-                ClientFields::default()
-            }
-        }
+    /// The stored text read as `T`; a corrupt row (never written by this
+    /// server) reads as empty, logged, rather than failing every reader.
+    fn parse<T: serde::de::DeserializeOwned + Default>(&self) -> T {
+        serde_json::from_str(self.raw.get()).unwrap_or_else(|e| {
+            tracing::error!("a stored event's JSON does not parse: {e}");
+            T::default()
+        })
     }
 }
 
@@ -75,13 +74,7 @@ impl Deref for PduJson {
     type Target = CanonicalJsonObject;
 
     fn deref(&self) -> &CanonicalJsonObject {
-        self.object.get_or_init(|| match serde_json::from_str(self.raw.get()) {
-            Ok(object) => object,
-            Err(e) => {
-                tracing::error!("a stored event's JSON does not parse: {e}");
-                CanonicalJsonObject::new()
-            }
-        })
+        self.object.get_or_init(|| self.parse())
     }
 }
 
