@@ -43,7 +43,7 @@ impl PushRules {
         Ok(Self {
             account_data,
             cache: Default::default(),
-            max_cached: (config.memory_budget().other_caches / RULESET_BYTES).max(16),
+            max_cached: (config.memory_budget().other_caches / 2 / RULESET_BYTES).max(16),
             pushers: db.table("useridappidpushkey_pusher").db()?,
             outgoing,
         })

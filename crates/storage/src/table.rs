@@ -40,6 +40,24 @@ impl<K: Key, V: Value> Table<K, V> {
             .map_err(|source| StorageError::Codec { table: self.name, source })
     }
 
+    /// The rows of several keys, in the keys' order (`None` where a key has
+    /// none): one call, which RocksDB serves in a batch, instead of a lookup each.
+    pub fn multi_get<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Result<Vec<Option<V>>, StorageError>
+    where
+        K: 'k,
+    {
+        let encoded: Vec<Vec<u8>> = keys.into_iter().map(Key::encode).collect();
+        let rows = self.db.rocks().batched_multi_get_cf(self.db.cf(self.name), &encoded, false);
+        rows.into_iter()
+            .map(|row| {
+                let row = row.map_err(|e| self.rocks_err(e))?;
+                row.map(|bytes| V::decode_value(&bytes))
+                    .transpose()
+                    .map_err(|source| StorageError::Codec { table: self.name, source })
+            })
+            .collect()
+    }
+
     pub fn contains(&self, key: &K) -> Result<bool, StorageError> {
         Ok(self
             .db
@@ -199,6 +217,9 @@ mod tests {
         assert_eq!(t.get(&("@a:x".into(), "D2".into())).unwrap(), Some(Json(2)));
         let rows = t.scan_prefix(&("@a:x".to_owned(),)).unwrap();
         assert_eq!(rows.len(), 2);
+        let keys =
+            [("@ab:x".into(), "D3".into()), ("@a:x".into(), "D9".into()), ("@a:x".into(), "D1".into())];
+        assert_eq!(t.multi_get(&keys).unwrap(), [Some(Json(3)), None, Some(Json(1))], "in the keys' order");
         t.delete(&("@a:x".into(), "D1".into())).unwrap();
         assert_eq!(t.scan_prefix(&("@a:x".to_owned(),)).unwrap().len(), 1);
     }

@@ -36,6 +36,7 @@ mod space;
 mod staging;
 pub mod state;
 mod timeline;
+mod unread;
 mod upgrade;
 mod visibility;
 
@@ -200,6 +201,8 @@ pub struct Rooms {
     eventidstream_relation: Table<(String, u64), Json<relations::RelationRow>>,
     useridroomidstream_notification: Table<(String, String, u64), Json<notify::NotificationRow>>,
     useridstream_notification: Table<(String, u64), Json<notify::NotificationRow>>,
+    /// Unread counts between syncs (see `unread.rs`).
+    unread: unread::UnreadCache,
     push: Arc<crate::push::PushRules>,
     roomidthreadroot_latest: Table<(String, String), u64>,
     roomidts_eventid: Table<(String, u64, u64), String>,
@@ -268,6 +271,8 @@ impl Rooms {
             roomidts_eventid: db.table("roomidts_eventid").db()?,
             reportid_report: db.table("reportid_report").db()?,
             admin_lock: Mutex::new(()),
+            // Half of the other caches' share; push rules have the other half.
+            unread: unread::UnreadCache::new(config.memory_budget().other_caches / 2),
             alias_roomid: db.table("alias_roomid").db()?,
             roomidalias_creator: db.table("roomidalias_creator").db()?,
             publicroomid: db.table("publicroomid").db()?,
@@ -318,6 +323,13 @@ impl Rooms {
 
     pub fn stored(&self, event_id: &EventId) -> Result<Option<StoredPdu>> {
         Ok(self.eventid_pdu.get(&event_id.to_string()).db()?.map(|Json(p)| p))
+    }
+
+    /// Several stored events in one batched read, in the IDs' order; an ID
+    /// with no stored event is left out.
+    pub(crate) fn stored_many(&self, event_ids: &[String]) -> Result<Vec<StoredPdu>> {
+        let rows = self.eventid_pdu.multi_get(event_ids).db()?;
+        Ok(rows.into_iter().flatten().map(|Json(p)| p).collect())
     }
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {

@@ -12,7 +12,9 @@ use ruma::{
 use serde::de::IgnoredAny;
 use serde_json::json;
 
-use super::{Rooms, StoredPdu};
+use std::sync::Arc;
+
+use super::{Rooms, StoredPdu, unread::UnreadCounts};
 use crate::storage_error::StorageResultExt;
 
 /// A notification row: (room ID, event ID, highlight, thread root, actions).
@@ -88,6 +90,8 @@ impl Rooms {
         }
         if !batch.is_empty() {
             batch.commit().db()?;
+            let counted = notified.iter().filter(|m| members.contains(*m));
+            self.unread.changed(counted.map(|m| (&**m, &*pdu.room_id)));
             self.streams.notify(notified.iter().map(|u| &**u));
         }
         Ok(())
@@ -181,18 +185,22 @@ impl Rooms {
         Ok(position)
     }
 
-    /// Notifications in a room after stream position `after`: (count, highlights) overall and per thread.
+    /// Notifications in a room after stream position `after`: (count,
+    /// highlights) per thread root, `None` for the main timeline.
     pub fn unread_counts(
         &self,
         user: &UserId,
         room_id: &ruma::RoomId,
         after: u64,
-    ) -> Result<Vec<(Option<String>, bool)>> {
-        // Every sync counts these for every room: only the two fields
-        // counted are decoded, not the row's IDs and actions.
+    ) -> Result<Arc<UnreadCounts>> {
+        self.unread.get_or_count(user, room_id, after, || self.count_unread(user, room_id, after))
+    }
+
+    fn count_unread(&self, user: &UserId, room_id: &ruma::RoomId, after: u64) -> Result<UnreadCounts> {
+        // Only the two fields counted are decoded, not the row's IDs and actions.
         type Counted = (IgnoredAny, IgnoredAny, bool, Option<String>, IgnoredAny);
         let (prefix, from) = notification_range(user, room_id, after);
-        let mut counts = Vec::new();
+        let mut counts = UnreadCounts::new();
         self.useridroomidstream_notification
             .visit_from(&prefix, Some(&from), false, 10_000, |_, value| {
                 let (_, _, highlight, thread, _) = estuary_storage::codec::decode_json::<Counted>(value)
@@ -200,7 +208,9 @@ impl Rooms {
                         table: "useridroomidstream_notification",
                         source,
                     })?;
-                counts.push((thread, highlight));
+                let entry = counts.entry(thread).or_default();
+                entry.0 += 1;
+                entry.1 += u64::from(highlight);
                 Ok(())
             })
             .db()?;

@@ -133,7 +133,11 @@ impl Rooms {
         batch.delete(&self.useridroomid_invite, &key);
         batch.delete(&self.useridroomid_forgotten, &key);
         batch.commit().db()?;
-        self.delete_prefix(&self.useridroomidstream_notification, &Key::encode(&key))
+        self.delete_prefix(&self.useridroomidstream_notification, &Key::encode(&key))?;
+        if let (Ok(user), Ok(room_id)) = (UserId::parse(user), RoomId::parse(room)) {
+            self.unread.changed([(&*user, &*room_id)]);
+        }
+        Ok(())
     }
 
     fn delete_prefix<K: Key, V: Value>(&self, table: &Table<K, V>, prefix: &[u8]) -> Result<()> {

@@ -80,6 +80,12 @@ impl ShortIds {
         Ok(self.short_eventid.get(&short).db()?.and_then(|id| EventId::parse(id).ok()))
     }
 
+    /// The event IDs of several short IDs in one batched read, in their
+    /// order; a short ID with no event is left out.
+    pub fn event_ids(&self, shorts: &[u64]) -> Result<Vec<String>> {
+        Ok(self.short_eventid.multi_get(shorts).db()?.into_iter().flatten().collect())
+    }
+
     /// The (event type, state key) a state key short ID stands for.
     pub fn state_key_of(&self, short: u64) -> Result<Option<(String, String)>> {
         if let Some(key) = self.new_statekeys.lock().expect("state key cache").get(&short) {

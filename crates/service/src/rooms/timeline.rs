@@ -99,20 +99,14 @@ impl Rooms {
         let start = (room_id.to_string(), if newest_first { to } else { from }).encode();
         let rows =
             self.roomidstream_eventid.scan_from(&prefix, Some(&start), newest_first, limit + 1).db()?;
-        let mut events = Vec::new();
-        for ((_, position), event_id) in rows {
-            if !(from..=to).contains(&position) {
-                break;
-            }
-            if events.len() == limit {
-                return Ok((events, true));
-            }
-            let event_id = EventId::parse(&event_id).map_err(Error::internal)?;
-            if let Some(stored) = self.stored(&event_id)? {
-                events.push(stored);
-            }
-        }
-        Ok((events, false))
+        let mut event_ids: Vec<String> = rows
+            .into_iter()
+            .take_while(|((_, position), _)| (from..=to).contains(position))
+            .map(|(_, id)| id)
+            .collect();
+        let more = event_ids.len() > limit;
+        event_ids.truncate(limit);
+        Ok((self.stored_many(&event_ids)?, more))
     }
 
     /// The room's state after its last event at or before `position`.
@@ -184,7 +178,7 @@ impl Rooms {
         base: Option<&StateMap>,
         wanted: Option<StateKeyTest<'_>>,
     ) -> Result<Vec<StoredPdu>> {
-        let mut out = Vec::new();
+        let mut shorts = Vec::new();
         for (key, short) in state {
             if base.is_some_and(|b| b.get(key) == Some(short)) {
                 continue;
@@ -196,12 +190,9 @@ impl Rooms {
                     continue;
                 }
             }
-            if let Some(id) = self.short.event_id(*short)?
-                && let Some(stored) = self.stored(&id)?
-            {
-                out.push(stored);
-            }
+            shorts.push(*short);
         }
+        let mut out = self.stored_many(&self.short.event_ids(&shorts)?)?;
         out.sort_by_key(|s| s.stream);
         Ok(out)
     }

@@ -78,6 +78,14 @@ struct LazyMembers {
     skip_in_timeline: bool,
 }
 
+/// Where a room goes in the response: `rooms.join`, `invite`, `leave` or `knock`.
+enum Section {
+    Join,
+    Invite,
+    Leave,
+    Knock,
+}
+
 /// Default timeline length when the filter does not set one.
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 use crate::rooms::INVITE_STATE;
@@ -188,62 +196,24 @@ impl Sync {
                 .collect(),
         };
         let room_filter = &w.filter.room;
+        let wanted: Vec<&OwnedRoomId> = candidates
+            .iter()
+            .filter(|room_id| {
+                !room_filter.not_rooms.contains(*room_id)
+                    && room_filter.rooms.as_ref().is_none_or(|only| only.contains(*room_id))
+            })
+            .collect();
+        let entries: Vec<_> = wanted.iter().map(|room_id| self.room_entry(w, room_id, from)).collect();
         let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
-        for room_id in candidates.iter() {
-            let excluded = room_filter.not_rooms.contains(room_id)
-                || room_filter.rooms.as_ref().is_some_and(|only| !only.contains(room_id));
-            if excluded || self.rooms.is_forgotten(w.user, room_id)? {
-                continue;
-            }
-            let Some(membership) = self.rooms.membership(w.user, room_id)? else { continue };
-            // An initial sync shows every room from its start whatever its
-            // last membership change.
-            let changed_here = w.since.is_none()
-                || self
-                    .rooms
-                    .membership_change_position(w.user, room_id)?
-                    .is_some_and(|p| p >= from && p <= w.to);
-            match membership.as_str() {
-                "join" => {
-                    let entry = self.joined_room(w, room_id, changed_here, changed_here)?;
-                    if let Some(entry) = entry {
-                        join.insert(room_id.to_string(), entry);
-                    }
-                }
-                "invite"
-                    if (w.since.is_none() || changed_here) && !self.invited_by_ignored(w, room_id)? =>
-                {
-                    invite.insert(
-                        room_id.to_string(),
-                        json!({"invite_state": {"events": self.stripped_state(w.user, room_id)?}}),
-                    );
-                }
-                "knock" if w.since.is_none() || changed_here => {
-                    knock.insert(
-                        room_id.to_string(),
-                        json!({"knock_state": {"events": self.stripped_state(w.user, room_id)?}}),
-                    );
-                }
-                "leave" | "ban"
-                    if (w.since.is_some() && changed_here)
-                        || (w.since.is_none() && room_filter.include_leave) =>
-                {
-                    if let Some(entry) = self.declined_invite(w, room_id)? {
-                        leave.insert(room_id.to_string(), entry);
-                        continue;
-                    }
-                    // A room joined and left within the window is new to the
-                    // client: it gets the room's state as on a join.
-                    let new_to_client = match w.since {
-                        None => true,
-                        Some(since) => !self.was_joined_at(w.user, room_id, since)?,
-                    };
-                    if let Some(entry) = self.joined_room(w, room_id, true, new_to_client)? {
-                        leave.insert(room_id.to_string(), entry);
-                    }
-                }
-                _ => {}
-            }
+        for (room_id, entry) in wanted.into_iter().zip(entries) {
+            let Some((section, entry)) = entry? else { continue };
+            let section = match section {
+                Section::Join => &mut join,
+                Section::Invite => &mut invite,
+                Section::Leave => &mut leave,
+                Section::Knock => &mut knock,
+            };
+            section.insert(room_id.to_string(), entry);
         }
         let peek = self.peeked_rooms(w, &candidates)?;
         let (otk_counts, fallback_types) = match w.device {
@@ -278,6 +248,55 @@ impl Sync {
             ("device_one_time_keys_count", otk_counts),
             ("device_unused_fallback_key_types", fallback_types),
         ]))
+    }
+
+    /// A room's entry in the response, and the section it belongs to; none
+    /// when the user forgot it, or nothing in it is new to the client.
+    fn room_entry(
+        &self,
+        w: &Window<'_>,
+        room_id: &RoomId,
+        from: u64,
+    ) -> Result<Option<(Section, JsonValue)>> {
+        if self.rooms.is_forgotten(w.user, room_id)? {
+            return Ok(None);
+        }
+        let Some(membership) = self.rooms.membership(w.user, room_id)? else { return Ok(None) };
+        // An initial sync shows every room from its start whatever its
+        // last membership change.
+        let changed_here = w.since.is_none()
+            || self
+                .rooms
+                .membership_change_position(w.user, room_id)?
+                .is_some_and(|p| p >= from && p <= w.to);
+        let entry = match membership.as_str() {
+            "join" => self.joined_room(w, room_id, changed_here, changed_here)?.map(|e| (Section::Join, e)),
+            "invite" if (w.since.is_none() || changed_here) && !self.invited_by_ignored(w, room_id)? => {
+                let state = self.stripped_state(w.user, room_id)?;
+                Some((Section::Invite, json!({"invite_state": {"events": state}})))
+            }
+            "knock" if w.since.is_none() || changed_here => {
+                let state = self.stripped_state(w.user, room_id)?;
+                Some((Section::Knock, json!({"knock_state": {"events": state}})))
+            }
+            "leave" | "ban"
+                if (w.since.is_some() && changed_here)
+                    || (w.since.is_none() && w.filter.room.include_leave) =>
+            {
+                if let Some(entry) = self.declined_invite(w, room_id)? {
+                    return Ok(Some((Section::Leave, entry)));
+                }
+                // A room joined and left within the window is new to the
+                // client: it gets the room's state as on a join.
+                let new_to_client = match w.since {
+                    None => true,
+                    Some(since) => !self.was_joined_at(w.user, room_id, since)?,
+                };
+                self.joined_room(w, room_id, true, new_to_client)?.map(|e| (Section::Leave, e))
+            }
+            _ => None,
+        };
+        Ok(entry)
     }
 
     /// `/keys/changes`: the device-list changes between two sync positions.
@@ -667,22 +686,15 @@ impl Sync {
         let split = w.filter.room.timeline.unread_thread_notifications;
         let mut main = (0u64, 0u64);
         let mut threads: Map<String, JsonValue> = Map::new();
-        for (thread, highlight) in self.rooms.unread_counts(w.user, room_id, read)? {
-            match thread.filter(|_| split) {
+        for (thread, (notifications, highlights)) in self.rooms.unread_counts(w.user, room_id, read)?.iter() {
+            match thread.as_ref().filter(|_| split) {
                 Some(root) => {
-                    let entry = threads
-                        .entry(root)
-                        .or_insert_with(|| json!({"notification_count": 0, "highlight_count": 0}));
-                    entry["notification_count"] =
-                        (entry["notification_count"].as_u64().unwrap_or(0) + 1).into();
-                    if highlight {
-                        entry["highlight_count"] =
-                            (entry["highlight_count"].as_u64().unwrap_or(0) + 1).into();
-                    }
+                    let counts = json!({"notification_count": notifications, "highlight_count": highlights});
+                    threads.insert(root.clone(), counts);
                 }
                 None => {
-                    main.0 += 1;
-                    main.1 += u64::from(highlight);
+                    main.0 += notifications;
+                    main.1 += highlights;
                 }
             }
         }
