@@ -529,20 +529,21 @@ impl Sync {
             // Start with just enough events; grow the pages when a filter drops many.
             let (candidates, more) = self.rooms.room_events_between(room_id, from, upper, page_size)?;
             page_size = (page_size * 2).min(200);
-            for stored in &candidates {
+            let read = candidates.len();
+            for stored in candidates {
                 upper = stored.stream.saturating_sub(1);
                 // A joined member always sees the room's current state, also
                 // where history visibility hides the moment it was set.
-                if !self.rooms.can_see_room_event(Some(w.user), joined_since, stored)? {
+                if !self.rooms.can_see_room_event(Some(w.user), joined_since, &stored)? {
                     if current_state.is_none() {
                         current_state = Some(self.joined_current_state(w.user, room_id)?);
                     }
                     let current = current_state.as_ref().and_then(|s| s.as_deref());
-                    if !current.is_some_and(|state| self.rooms.is_in_state(state, stored).unwrap_or(false)) {
+                    if !current.is_some_and(|state| self.rooms.is_in_state(state, &stored).unwrap_or(false)) {
                         continue;
                     }
                 }
-                let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
+                let mut event = self.rooms.client_event(&stored, Some((w.user, w.device)))?;
                 if event.get("state_key").is_none()
                     && event["sender"].as_str().is_some_and(|s| w.ignored.contains(s))
                 {
@@ -556,9 +557,9 @@ impl Sync {
                     break;
                 }
                 self.rooms.bundle_aggregations(w.user, &mut event)?;
-                timeline.push((stored.clone(), event));
+                timeline.push((stored, event));
             }
-            if limited || !more || candidates.is_empty() || upper < from {
+            if limited || !more || read == 0 || upper < from {
                 break;
             }
             if page == 49 {
