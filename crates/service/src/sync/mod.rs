@@ -196,17 +196,14 @@ impl Sync {
                 .collect(),
         };
         let room_filter = &w.filter.room;
-        let wanted: Vec<&OwnedRoomId> = candidates
-            .iter()
-            .filter(|room_id| {
-                !room_filter.not_rooms.contains(*room_id)
-                    && room_filter.rooms.as_ref().is_none_or(|only| only.contains(*room_id))
-            })
-            .collect();
-        let entries: Vec<_> = wanted.iter().map(|room_id| self.room_entry(w, room_id, from)).collect();
         let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
-        for (room_id, entry) in wanted.into_iter().zip(entries) {
-            let Some((section, entry)) = entry? else { continue };
+        for room_id in candidates.iter() {
+            let excluded = room_filter.not_rooms.contains(room_id)
+                || room_filter.rooms.as_ref().is_some_and(|only| !only.contains(room_id));
+            if excluded {
+                continue;
+            }
+            let Some((section, entry)) = self.room_entry(w, room_id, from)? else { continue };
             let section = match section {
                 Section::Join => &mut join,
                 Section::Invite => &mut invite,
