@@ -35,7 +35,13 @@ impl<K: Key, V: Value> Table<K, V> {
             .rocks()
             .get_pinned_cf(self.db.cf(self.name), key.encode())
             .map_err(|e| self.rocks_err(e))?;
-        raw.map(|bytes| V::decode_value(&bytes))
+        self.decode_row(raw.as_deref())
+    }
+
+    /// A row's value as read (`None`: no row), decoded.
+    fn decode_row(&self, bytes: Option<&[u8]>) -> Result<Option<V>, StorageError> {
+        bytes
+            .map(V::decode_value)
             .transpose()
             .map_err(|source| StorageError::Codec { table: self.name, source })
     }
@@ -48,14 +54,7 @@ impl<K: Key, V: Value> Table<K, V> {
     {
         let encoded: Vec<Vec<u8>> = keys.into_iter().map(Key::encode).collect();
         let rows = self.db.rocks().batched_multi_get_cf(self.db.cf(self.name), &encoded, false);
-        rows.into_iter()
-            .map(|row| {
-                let row = row.map_err(|e| self.rocks_err(e))?;
-                row.map(|bytes| V::decode_value(&bytes))
-                    .transpose()
-                    .map_err(|source| StorageError::Codec { table: self.name, source })
-            })
-            .collect()
+        rows.into_iter().map(|row| self.decode_row(row.map_err(|e| self.rocks_err(e))?.as_deref())).collect()
     }
 
     pub fn contains(&self, key: &K) -> Result<bool, StorageError> {

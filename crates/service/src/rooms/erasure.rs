@@ -30,6 +30,10 @@ impl Erasures {
         Ok(Self { table, erased: std::sync::RwLock::new(erased) })
     }
 
+    fn none(&self) -> bool {
+        self.erased.read().expect("erasures").is_empty()
+    }
+
     fn position(&self, user: &UserId) -> Option<u64> {
         self.erased.read().expect("erasures").get(user).copied()
     }
@@ -53,7 +57,7 @@ impl Rooms {
     /// and the viewer's latest join to the room came after the erasure.
     pub(super) fn erased_for(&self, stored: &StoredPdu, viewer: &UserId) -> Result<Option<StoredPdu>> {
         // Almost always nobody is erased: then the sender is not even read.
-        if self.erasures.erased.read().expect("erasures").is_empty() {
+        if self.erasures.none() {
             return Ok(None);
         }
         let sender = stored.sender().and_then(|s| UserId::parse(s).ok());

@@ -52,6 +52,8 @@ impl Rooms {
             .map(str::to_owned);
         let mut batch = self.db.batch();
         let mut notified = Vec::new();
+        // Those whose unread counts in the room the batch changes.
+        let mut counted = Vec::new();
         for member in &recipients {
             let display_name = self
                 .profiles
@@ -84,14 +86,14 @@ impl Rooms {
                     &(member.to_string(), pdu.room_id.to_string(), stored.stream),
                     &Json(row.clone()),
                 );
+                counted.push(member);
             }
             batch.put(&self.useridstream_notification, &(member.to_string(), stored.stream), &Json(row));
             notified.push(member.clone());
         }
         if !batch.is_empty() {
             batch.commit().db()?;
-            let counted = notified.iter().filter(|m| members.contains(*m));
-            self.unread.changed(counted.map(|m| (&**m, &*pdu.room_id)));
+            self.unread.changed(counted.into_iter().map(|m| (&**m, &*pdu.room_id)));
             self.streams.notify(notified.iter().map(|u| &**u));
         }
         Ok(())
