@@ -97,7 +97,8 @@ impl EventStream {
             };
             let about_user = stored.state_key() == Some(user.as_str());
             if (joined || about_user) && self.s.rooms.can_see_event(Some(user), stored)? {
-                chunk.push(legacy(self.s.rooms.client_event(stored, Some((user, None)))?));
+                chunk
+                    .push(legacy(self.s.rooms.client_event(stored.clone(), Some((user, None)))?.into_json()));
             }
         }
         // The rest of the stream up to where the events stopped.

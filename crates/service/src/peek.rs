@@ -81,13 +81,17 @@ impl Peek {
         let state: Vec<JsonValue> = match left_at {
             Some(position) => {
                 let at_leave = self.rooms.state_at_position(room_id, position)?.unwrap_or_default();
-                self.rooms.state_delta(&at_leave, None)?.iter().map(|s| s.client_json()).collect()
+                let delta = self.rooms.state_delta(&at_leave, None)?;
+                delta
+                    .into_iter()
+                    .map(|s| Ok(self.rooms.client_event(s, None)?.into_json()))
+                    .collect::<Result<_>>()?
             }
             None => self.rooms.room_state(viewer, room_id)?,
         };
         let mut response = json!({
             "room_id": room_id,
-            "messages": {"chunk": chunk.into_iter().map(legacy).collect::<Vec<_>>(), "start": start, "end": end},
+            "messages": {"chunk": chunk.into_iter().map(|e| legacy(e.into_json())).collect::<Vec<_>>(), "start": start, "end": end},
             "state": state.into_iter().map(legacy).collect::<Vec<_>>(),
             "account_data": self.room_account_data(viewer, room_id)?,
             "visibility": if self.rooms.is_public(room_id)? { "public" } else { "private" },
@@ -180,7 +184,7 @@ impl Peek {
         let mut chunk = Vec::new();
         for stored in &candidates {
             if self.rooms.can_see_event(Some(viewer), stored)? {
-                chunk.push(legacy(self.rooms.client_event(stored, None)?));
+                chunk.push(legacy(self.rooms.client_event(stored.clone(), None)?.into_json()));
             }
         }
         // Then what else changed in the room up to there: typing, receipts,

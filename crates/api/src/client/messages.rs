@@ -1,16 +1,16 @@
 //! `/rooms/{roomId}/messages`.
 
-use estuary_service::rooms::{Direction, MessagesQuery};
+use estuary_service::rooms::{ClientEvent, Direction, MessagesQuery};
 use ruma::api::{Direction as RumaDirection, client::message::get_message_events};
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 use axum::Json;
-use serde_json::Value as JsonValue;
+use serde::Serialize;
 
 pub async fn messages(
     services: AppState,
     request: Ruma<get_message_events::v3::Request>,
-) -> ApiResult<Json<JsonValue>> {
+) -> ApiResult<Json<MessagesResponse>> {
     let body = &request.body;
     let query = MessagesQuery {
         from: body.from.clone(),
@@ -31,16 +31,17 @@ pub async fn messages(
     {
         page = services.rooms.messages(user, device, room_id, query)?;
     }
-    // The events are moved into the answer and serialised once (ruma's
-    // response type would serialise each to a `Raw` first).
-    let mut response = serde_json::Map::new();
-    response.insert("start".into(), page.start.into());
-    if let Some(end) = page.end {
-        response.insert("end".into(), end.into());
-    }
-    response.insert("chunk".into(), JsonValue::Array(page.chunk));
-    if !page.state.is_empty() {
-        response.insert("state".into(), JsonValue::Array(page.state));
-    }
-    Ok(Json(JsonValue::Object(response)))
+    // The events are moved into the answer and written once, from their
+    // stored text (ruma's response type would serialise each to a `Raw` first).
+    Ok(Json(MessagesResponse { start: page.start, end: page.end, chunk: page.chunk, state: page.state }))
+}
+
+#[derive(Serialize)]
+pub struct MessagesResponse {
+    start: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<String>,
+    chunk: Vec<ClientEvent>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    state: Vec<ClientEvent>,
 }

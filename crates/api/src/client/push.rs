@@ -204,11 +204,11 @@ pub async fn notifications(
         let read = services.ephemeral.read_position(user, &room)? >= stream;
         notifications.push(json!({
             "actions": actions,
-            "event": services.rooms.client_event(&stored, None)?,
+            "ts": stored.pdu()?.origin_server_ts,
+            "event": services.rooms.client_event(stored, None)?,
             "read": read,
             "room_id": room_id,
             "profile_tag": null,
-            "ts": stored.pdu()?.origin_server_ts,
         }));
     }
     let mut response = json!({"notifications": notifications});

@@ -24,8 +24,9 @@ use estuary_service::rate_limits::Action;
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 
-/// A JSON value as ruma's raw event type.
-pub(super) fn raw<T>(value: &JsonValue) -> Raw<T> {
+/// A JSON value (or a served event) as ruma's raw event type.
+pub(super) fn raw<T, V: serde::Serialize + ?Sized>(value: &V) -> Raw<T> {
+    // Both have string keys only, so they always serialise.
     Raw::from_json(serde_json::value::to_raw_value(value).expect("JSON values serialise"))
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use estuary_service::sync::SyncRequest;
+use estuary_service::sync::{SyncRequest, SyncResponse};
 use ruma::api::client::{filter::FilterDefinition, sync::sync_events};
 
 use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
@@ -11,7 +11,7 @@ use crate::{AppState, error::ApiResult, ruma_wrapper::Ruma};
 pub async fn sync(
     services: AppState,
     request: Ruma<sync_events::v3::Request>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<SyncResponse>> {
     use sync_events::v3::Filter;
     let _in_flight = InFlight::start();
     let user = request.user()?;

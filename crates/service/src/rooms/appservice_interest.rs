@@ -13,12 +13,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use estuary_core::Result;
+use estuary_core::{Result, time::now_millis};
 use estuary_events::Pdu;
 use estuary_storage::Batch;
 use ruma::{OwnedRoomId, RoomId, UserId, events::TimelineEventType};
 
-use super::{Rooms, StoredPdu, staging::Staged};
+use super::{ClientEvent, Rooms, StoredPdu, staging::Staged};
 use crate::{
     appservices::{Appservice, Registry},
     outgoing::Job,
@@ -124,7 +124,9 @@ impl Rooms {
                 {
                     continue;
                 }
-                let as_event = client_event.get_or_insert_with(|| event.stored.client_json()).clone();
+                let as_event = client_event
+                    .get_or_insert_with(|| ClientEvent::new(event.stored.clone(), now_millis()).into_json())
+                    .clone();
                 self.outgoing.stage(batch, &appservice.destination(), Job::AppserviceEvent { as_event });
                 queued = true;
             }
@@ -142,7 +144,7 @@ impl Rooms {
         batch: &mut Batch,
     ) -> Result<bool> {
         let pdu = invite.pdu()?;
-        let mut as_event = invite.client_json();
+        let mut as_event = ClientEvent::new(invite.clone(), now_millis()).into_json();
         as_event["unsigned"]["invite_room_state"] = serde_json::Value::from(stripped.to_vec());
         let mut queued = false;
         for appservice in self.appservices.registry().all.iter().filter(|a| a.registration.url.is_some()) {

@@ -3,18 +3,17 @@
 use estuary_core::{Error, Result};
 use estuary_storage::Key;
 use ruma::{DeviceId, EventId, OwnedEventId, RoomId, UserId, api::client::filter::RoomEventFilter};
-use serde_json::Value as JsonValue;
 
-use super::{Direction, MessagesQuery, Rooms};
+use super::{ClientEvent, Direction, MessagesQuery, Rooms};
 use crate::storage_error::StorageResultExt;
 
 pub struct Context {
     pub start: Option<String>,
     pub end: Option<String>,
-    pub events_before: Vec<JsonValue>,
-    pub event: JsonValue,
-    pub events_after: Vec<JsonValue>,
-    pub state: Vec<JsonValue>,
+    pub events_before: Vec<ClientEvent>,
+    pub event: ClientEvent,
+    pub events_after: Vec<ClientEvent>,
+    pub state: Vec<ClientEvent>,
 }
 
 impl Rooms {
@@ -57,14 +56,14 @@ impl Rooms {
         };
         let before = page(Direction::Backward, stored.stream, before_limit)?;
         let after = page(Direction::Forward, stored.stream + 1, after_limit)?;
-        let mut event = self.client_event(&stored, Some((viewer, device)))?;
+        let mut event = self.client_event(stored.clone(), Some((viewer, device)))?;
         self.bundle_aggregations(viewer, &mut event)?;
         // With lazy loading, only the members who sent the returned events.
         let lazy = !matches!(filter.lazy_load_options, ruma::api::client::filter::LazyLoadOptions::Disabled);
         let senders: std::collections::BTreeSet<&str> = (before.chunk.iter())
             .chain([&event])
             .chain(after.chunk.iter())
-            .filter_map(|e| e["sender"].as_str())
+            .filter_map(ClientEvent::sender)
             .collect();
         let state = self.state.load(stored.state_after)?;
         let state = self
@@ -75,7 +74,7 @@ impl Rooms {
                 !lazy || !member || pdu.state_key.as_deref().is_some_and(|k| senders.contains(k))
             })
             .filter_map(|pdu| self.stored(&pdu.event_id).transpose())
-            .map(|s| self.client_event(&s?, None))
+            .map(|s| self.client_event(s?, None))
             .collect::<Result<_>>()?;
         Ok(Context {
             start: Some(before.end.unwrap_or_else(|| format!("s{}", stored.stream))),

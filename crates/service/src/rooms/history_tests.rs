@@ -37,7 +37,7 @@ fn page(
     let alice = UserId::parse("@alice:localhost").unwrap();
     let query = MessagesQuery { from, to: None, dir, limit: 3, filter: RoomEventFilter::default() };
     let page = services.rooms.messages(&alice, None, room_id, query).unwrap();
-    (page.chunk, page.end)
+    (page.chunk.into_iter().map(super::ClientEvent::into_json).collect(), page.end)
 }
 
 fn bodies(events: &[JsonValue]) -> Vec<String> {

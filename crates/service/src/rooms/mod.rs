@@ -11,6 +11,7 @@ mod admin;
 mod append;
 mod appservice_interest;
 mod check;
+mod client_event;
 mod context;
 mod create;
 mod directory;
@@ -53,6 +54,7 @@ use serde_json::{Value as JsonValue, json};
 
 pub use append::{Txn, unsupported_version};
 pub use check::ConsistencyReport;
+pub use client_event::ClientEvent;
 pub use context::Context;
 pub use create::{CreateRoom, Preset, supported_room_version};
 pub use directory::{PublicRoomsPage, RoomList};
@@ -100,45 +102,6 @@ pub struct StoredPdu {
 }
 
 impl StoredPdu {
-    /// The event as clients see it (the "ClientEvent" format), straight from
-    /// the stored JSON: only the fields clients see are copied, and no `Pdu`
-    /// is built (reads of many events, like sync, spend their time here).
-    pub fn client_json(&self) -> serde_json::Value {
-        let fields = self.json.client_owned();
-        let mut event = serde_json::Map::new();
-        let present = [
-            ("type", fields.kind.map(serde_json::Value::from)),
-            ("content", fields.content),
-            ("sender", fields.sender.map(serde_json::Value::from)),
-            ("origin_server_ts", fields.origin_server_ts),
-            ("state_key", fields.state_key.map(serde_json::Value::from)),
-            ("unsigned", fields.unsigned),
-            ("redacts", fields.redacts),
-        ];
-        for (key, value) in present {
-            if let Some(value) = value {
-                event.insert(key.into(), value);
-            }
-        }
-        // From room version 11 `redacts` is in the content; clients still read it at the top.
-        if !event.contains_key("redacts")
-            && let Some(redacts) = event.get("content").and_then(|c| c.get("redacts")).cloned()
-            && redacts.is_string()
-        {
-            event.insert("redacts".into(), redacts);
-        }
-        // Synapse also names the redaction in `unsigned.redacted_by`, and
-        // clients and SyTest read it there.
-        if let Some(unsigned) = event.get_mut("unsigned").and_then(|u| u.as_object_mut())
-            && let Some(by) = unsigned.get("redacted_because").and_then(|b| b.get("event_id")).cloned()
-        {
-            unsigned.insert("redacted_by".into(), by);
-        }
-        event.insert("event_id".into(), self.event_id.as_str().into());
-        event.insert("room_id".into(), self.room_id.as_str().into());
-        serde_json::Value::Object(event)
-    }
-
     /// The event's type, read without parsing the whole PDU.
     pub fn kind(&self) -> Option<&str> {
         self.json.client().kind.as_deref()

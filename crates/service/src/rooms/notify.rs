@@ -14,7 +14,7 @@ use serde_json::json;
 
 use std::sync::Arc;
 
-use super::{Rooms, StoredPdu, unread::UnreadCounts};
+use super::{ClientEvent, Rooms, StoredPdu, unread::UnreadCounts};
 use crate::storage_error::StorageResultExt;
 
 /// A notification row: (room ID, event ID, highlight, thread root, actions).
@@ -42,14 +42,9 @@ impl Rooms {
         let state = self.state.load(stored.state_after)?;
         let member_count = UInt::new(members.len() as u64).unwrap_or_default();
         let power = PushConditionPowerLevelsCtx::from(self.power_levels(&state, &room.room_version)?);
-        let event_json = self.client_event(stored, None)?;
-        let raw: Raw<serde_json::Value> = Raw::from_json(serde_json::value::to_raw_value(&event_json)?);
-        let thread = event_json["content"]["m.relates_to"]
-            .as_object()
-            .filter(|r| r.get("rel_type").and_then(|t| t.as_str()) == Some("m.thread"))
-            .and_then(|r| r.get("event_id"))
-            .and_then(|e| e.as_str())
-            .map(str::to_owned);
+        let event = self.client_event(stored.clone(), None)?;
+        let raw: Raw<serde_json::Value> = Raw::from_json(serde_json::value::to_raw_value(&event)?);
+        let thread = stored.json.client().content_as::<InThread>().and_then(|c| c.relates_to?.thread_root());
         let mut batch = self.db.batch();
         let mut notified = Vec::new();
         // Those whose unread counts in the room the batch changes.
@@ -70,7 +65,7 @@ impl Rooms {
                 continue;
             }
             let highlight = actions.iter().any(Action::is_highlight);
-            self.push_to_gateways(member, &event_json, &pdu.room_id, actions, highlight)?;
+            self.push_to_gateways(member, &event, &pdu.room_id, actions, highlight)?;
             let row: NotificationRow = (
                 pdu.room_id.to_string(),
                 pdu.event_id.to_string(),
@@ -103,7 +98,7 @@ impl Rooms {
     fn push_to_gateways(
         &self,
         member: &UserId,
-        event: &serde_json::Value,
+        event: &ClientEvent,
         room_id: &ruma::RoomId,
         actions: &[Action],
         highlight: bool,
@@ -124,7 +119,7 @@ impl Rooms {
         let unread = self.rooms_with_unread(member, Some(room_id))? + 1;
         let summary = self.room_summary(room_id)?;
         let room_alias = summary["canonical_alias"].as_str().map(str::to_owned);
-        let sender = event["sender"].as_str().and_then(|s| UserId::parse(s).ok());
+        let sender = event.sender().and_then(|s| UserId::parse(s).ok()).map(ruma::OwnedUserId::from);
         let sender_display_name = sender.and_then(|s| {
             self.profiles
                 .get_field(&s, &ProfileFieldName::DisplayName)
@@ -140,7 +135,7 @@ impl Rooms {
             room_name: summary["name"].as_str().map(str::to_owned).or_else(|| room_alias.clone()),
             room_alias,
         };
-        self.push.push(member, event, &notification)
+        self.push.push(member, &serde_json::to_value(event)?, &notification)
     }
 
     /// How many of the user's joined rooms, other than `except`, have unread
@@ -277,4 +272,23 @@ fn notification_range(user: &UserId, room_id: &ruma::RoomId, after: u64) -> (Vec
         estuary_storage::Key::encode(&(user.clone(), room.clone())),
         estuary_storage::Key::encode(&(user, room, after + 1)),
     )
+}
+
+/// What of an event's content says it is in a thread.
+#[derive(serde::Deserialize)]
+struct InThread {
+    #[serde(rename = "m.relates_to")]
+    relates_to: Option<RelatesTo>,
+}
+
+#[derive(serde::Deserialize)]
+struct RelatesTo {
+    rel_type: Option<String>,
+    event_id: Option<String>,
+}
+
+impl RelatesTo {
+    fn thread_root(self) -> Option<String> {
+        self.event_id.filter(|_| self.rel_type.as_deref() == Some("m.thread"))
+    }
 }

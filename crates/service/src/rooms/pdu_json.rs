@@ -16,17 +16,52 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Value as JsonValue, value::RawValue};
 
 /// The fields of an event that clients see, read from the stored text;
-/// everything else in it is skipped unparsed.
+/// everything else in it is skipped unparsed. The content and unsigned data
+/// stay JSON text: they are copied into responses as they are, and only
+/// the few fields the server itself reads are parsed out of them.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ClientFields {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub state_key: Option<String>,
     pub sender: Option<String>,
-    pub content: Option<JsonValue>,
+    pub content: Option<Box<RawValue>>,
     pub origin_server_ts: Option<JsonValue>,
-    pub unsigned: Option<JsonValue>,
+    pub unsigned: Option<Box<RawValue>>,
     pub redacts: Option<JsonValue>,
+}
+
+impl ClientFields {
+    /// The content read as `T` (a struct of the fields wanted); none when
+    /// there is no content or it does not fit.
+    pub fn content_as<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
+        serde_json::from_str(self.content.as_ref()?.get()).ok()
+    }
+
+    /// The content as a JSON value, for the rare reader of arbitrary fields.
+    pub fn content_value(&self) -> JsonValue {
+        self.content_as().unwrap_or_default()
+    }
+
+    /// A member event's `membership`.
+    pub fn membership(&self) -> Option<String> {
+        self.content_as::<Membership>()?.membership
+    }
+
+    /// The membership a member event replaced, from `unsigned.prev_content`.
+    pub fn previous_membership(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Unsigned {
+            prev_content: Option<Membership>,
+        }
+        let unsigned: Unsigned = serde_json::from_str(self.unsigned.as_ref()?.get()).ok()?;
+        unsigned.prev_content?.membership
+    }
+}
+
+#[derive(Deserialize)]
+struct Membership {
+    membership: Option<String>,
 }
 
 #[derive(Clone)]
@@ -40,15 +75,6 @@ impl PduJson {
     /// What clients see of the event (parsed once, on first use).
     pub fn client(&self) -> &ClientFields {
         self.client.get_or_init(|| self.parse())
-    }
-
-    /// What clients see of the event, as values of the caller's own: parsed
-    /// afresh unless already parsed, which costs less than a deep copy.
-    pub fn client_owned(&self) -> ClientFields {
-        match self.client.get() {
-            Some(fields) => fields.clone(),
-            None => self.parse(),
-        }
     }
 
     /// The stored text read as `T`; a corrupt row (never written by this
@@ -129,7 +155,8 @@ mod tests {
         let client = read.client();
         assert_eq!(client.kind.as_deref(), Some("m.room.member"));
         assert_eq!(client.state_key.as_deref(), Some("@a:x"));
-        assert_eq!(client.content.as_ref().unwrap()["membership"], "join");
+        assert_eq!(client.membership().as_deref(), Some("join"));
+        assert_eq!(client.content_value(), serde_json::json!({"membership": "join"}));
         assert!(client.redacts.is_none());
     }
 

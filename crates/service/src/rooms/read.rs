@@ -8,7 +8,7 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, json};
 
-use super::{Rooms, StoredPdu, history};
+use super::{ClientEvent, Rooms, StoredPdu, history};
 use crate::storage_error::StorageResultExt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,10 +27,10 @@ pub struct MessagesQuery {
 }
 
 pub struct MessagesPage {
-    pub chunk: Vec<JsonValue>,
+    pub chunk: Vec<ClientEvent>,
     pub start: String,
     pub end: Option<String>,
-    pub state: Vec<JsonValue>,
+    pub state: Vec<ClientEvent>,
 }
 
 /// Pagination tokens are stream positions: `s<N>` is the point just before
@@ -71,48 +71,46 @@ pub(crate) fn sender_wanted(
         && senders.as_ref().is_none_or(|s| s.iter().any(|u| u.as_str() == sender))
 }
 
-pub(crate) fn passes(filter: &RoomEventFilter, event: &JsonValue) -> bool {
-    let kind = event["type"].as_str().unwrap_or_default();
-    let sender = event["sender"].as_str().unwrap_or_default();
+pub(crate) fn passes(filter: &RoomEventFilter, event: &ClientEvent) -> bool {
+    let kind = event.kind().unwrap_or_default();
+    let sender = event.sender().unwrap_or_default();
     if !type_wanted(&filter.types, &filter.not_types, kind)
         || !sender_wanted(&filter.senders, &filter.not_senders, sender)
     {
         return false;
     }
-    let has_url = event["content"]["url"].is_string();
+    // The content is read only for a filter on URLs.
+    let has_url = || event.stored().json.client().content_value()["url"].is_string();
     match filter.url_filter {
-        Some(UrlFilter::EventsWithUrl) => has_url,
-        Some(UrlFilter::EventsWithoutUrl) => !has_url,
+        Some(UrlFilter::EventsWithUrl) => has_url(),
+        Some(UrlFilter::EventsWithoutUrl) => !has_url(),
         _ => true,
     }
 }
 
 impl Rooms {
     /// An event as a client sees it: `age`, and the transaction ID for the
-    /// device that sent it.
+    /// device that sent it; as an erased sender's events look to `viewer`.
     pub fn client_event(
         &self,
-        stored: &StoredPdu,
+        stored: StoredPdu,
         viewer: Option<(&UserId, Option<&DeviceId>)>,
-    ) -> Result<JsonValue> {
-        let erased = match viewer {
-            Some((user, _)) => self.erased_for(stored, user)?,
-            None => None,
+    ) -> Result<ClientEvent> {
+        let stored = match viewer {
+            Some((user, _)) => self.erased_for(&stored, user)?.unwrap_or(stored),
+            None => stored,
         };
-        let stored = erased.as_ref().unwrap_or(stored);
-        let mut event = stored.client_json();
-        let sent_at = event["origin_server_ts"].as_u64().unwrap_or(0);
-        let sender_is_viewer = viewer.is_some_and(|(user, _)| event["sender"] == user.as_str());
-        let unsigned = event.as_object_mut().expect("object").entry("unsigned").or_insert_with(|| json!({}));
-        if !unsigned.is_object() {
-            *unsigned = json!({});
-        }
-        unsigned["age"] = now_millis().saturating_sub(sent_at).into();
-        if let (Some((device, txn_id)), Some((_, Some(viewer_device)))) = (&stored.txn, viewer)
-            && sender_is_viewer
-            && device.as_str() == viewer_device.as_str()
-        {
-            unsigned["transaction_id"] = txn_id.clone().into();
+        let txn_id = match (&stored.txn, viewer) {
+            (Some((device, txn_id)), Some((user, Some(viewer_device))))
+                if stored.sender() == Some(user.as_str()) && device.as_str() == viewer_device.as_str() =>
+            {
+                Some(txn_id.clone())
+            }
+            _ => None,
+        };
+        let mut event = ClientEvent::new(stored, now_millis());
+        if let Some(txn_id) = txn_id {
+            event.set_unsigned("transaction_id", txn_id.into());
         }
         Ok(event)
     }
@@ -130,15 +128,15 @@ impl Rooms {
         if stored.room_id != room_id || stored.rejected || !self.can_see_event(Some(viewer), &stored)? {
             return Err(not_found());
         }
-        let mut event = self.client_event(&stored, Some((viewer, device)))?;
+        let mut event = self.client_event(stored, Some((viewer, device)))?;
         self.bundle_aggregations(viewer, &mut event)?;
-        Ok(event)
+        Ok(event.into_json())
     }
 
     pub(super) fn stored_client_events(&self, pdus: Vec<estuary_events::Pdu>) -> Result<Vec<JsonValue>> {
         pdus.iter()
             .filter_map(|pdu| self.stored(&pdu.event_id).transpose())
-            .map(|stored| self.client_event(&stored?, None))
+            .map(|stored| Ok(self.client_event(stored?, None)?.into_json()))
             .collect()
     }
 
@@ -161,7 +159,7 @@ impl Rooms {
             .state_pdu(&state, event_type, state_key)?
             .ok_or_else(|| Error::not_found("No such state event"))?;
         let stored = self.stored(&pdu.event_id)?.ok_or_else(|| Error::internal("state event not stored"))?;
-        self.client_event(&stored, None)
+        Ok(self.client_event(stored, None)?.into_json())
     }
 
     /// Member events of the visible state (or the state at token `at`), filtered.
@@ -293,7 +291,7 @@ impl Rooms {
                 {
                     continue;
                 }
-                let mut event = self.client_event(&stored, reader)?;
+                let mut event = self.client_event(stored, reader)?;
                 if passes(&query.filter, &event) {
                     if let Some((viewer, _)) = reader {
                         self.bundle_aggregations(viewer, &mut event)?;
@@ -322,13 +320,13 @@ impl Rooms {
         viewer: &UserId,
         room_id: &RoomId,
         filter: &RoomEventFilter,
-        chunk: &[JsonValue],
-    ) -> Result<Vec<JsonValue>> {
+        chunk: &[ClientEvent],
+    ) -> Result<Vec<ClientEvent>> {
         if matches!(filter.lazy_load_options, LazyLoadOptions::Disabled) {
             return Ok(Vec::new());
         }
         let state = self.visible_state(viewer, room_id)?;
-        let mut senders: Vec<&str> = chunk.iter().filter_map(|e| e["sender"].as_str()).collect();
+        let mut senders: Vec<&str> = chunk.iter().filter_map(ClientEvent::sender).collect();
         senders.sort_unstable();
         senders.dedup();
         let mut members = Vec::new();
@@ -336,7 +334,7 @@ impl Rooms {
             if let Some(pdu) = self.state_pdu(&state, &StateEventType::RoomMember, sender)?
                 && let Some(stored) = self.stored(&pdu.event_id)?
             {
-                members.push(self.client_event(&stored, None)?);
+                members.push(self.client_event(stored, None)?);
             }
         }
         Ok(members)

@@ -8,7 +8,7 @@ use ruma::{EventId, OwnedEventId, RoomId, UserId};
 use serde_json::{Value as JsonValue, json};
 
 use super::{
-    Rooms, StoredPdu,
+    ClientEvent, Rooms, StoredPdu,
     read::{Direction, parse_token},
 };
 use crate::storage_error::StorageResultExt;
@@ -133,7 +133,7 @@ impl Rooms {
                 continue;
             };
             if self.can_see_event(Some(viewer), &stored)? {
-                chunk.push(self.client_event(&stored, Some((viewer, None)))?);
+                chunk.push(self.client_event(stored, Some((viewer, None)))?.into_json());
                 last = Some(stream);
             }
         }
@@ -145,15 +145,12 @@ impl Rooms {
     }
 
     /// Add `unsigned.m.relations` (threads, references, the latest edit) to a served event.
-    pub fn bundle_aggregations(&self, viewer: &UserId, event: &mut JsonValue) -> Result<()> {
-        let Some(event_id) = event["event_id"].as_str().and_then(|id| EventId::parse(id).ok()) else {
-            return Ok(());
-        };
-        let children = self.children(&event_id)?;
+    pub fn bundle_aggregations(&self, viewer: &UserId, event: &mut ClientEvent) -> Result<()> {
+        let children = self.children(event.event_id())?;
         if children.is_empty() {
             return Ok(());
         }
-        let sender = event["sender"].as_str().unwrap_or_default().to_owned();
+        let sender = event.sender().unwrap_or_default().to_owned();
         let mut relations = serde_json::Map::new();
         let threads: Vec<_> = children.iter().filter(|(_, r)| r.0 == "m.thread").collect();
         if let Some((_, latest)) = threads.last() {
@@ -175,12 +172,11 @@ impl Rooms {
         if !references.is_empty() {
             relations.insert("m.reference".into(), json!({"chunk": references}));
         }
-        let mut latest_edit: Option<JsonValue> = None;
+        let mut latest_edit: Option<ClientEvent> = None;
         for (_, row) in children.iter().filter(|(_, r)| r.0 == "m.replace" && r.3 == sender) {
             if let Some(edit) = self.visible_client_event(viewer, &row.2)? {
                 let newer = latest_edit.as_ref().is_none_or(|cur| {
-                    (edit["origin_server_ts"].as_u64(), edit["event_id"].as_str())
-                        > (cur["origin_server_ts"].as_u64(), cur["event_id"].as_str())
+                    (edit.origin_server_ts(), edit.event_id()) > (cur.origin_server_ts(), cur.event_id())
                 });
                 if newer {
                     latest_edit = Some(edit);
@@ -188,21 +184,19 @@ impl Rooms {
             }
         }
         if let Some(edit) = latest_edit {
-            relations.insert("m.replace".into(), edit);
+            relations.insert("m.replace".into(), edit.into_json());
         }
         if !relations.is_empty() {
-            let unsigned =
-                event.as_object_mut().expect("object").entry("unsigned").or_insert_with(|| json!({}));
-            unsigned["m.relations"] = JsonValue::Object(relations);
+            event.set_unsigned("m.relations", JsonValue::Object(relations));
         }
         Ok(())
     }
 
-    fn visible_client_event(&self, viewer: &UserId, event_id: &str) -> Result<Option<JsonValue>> {
+    fn visible_client_event(&self, viewer: &UserId, event_id: &str) -> Result<Option<ClientEvent>> {
         let Ok(id) = EventId::parse(event_id) else { return Ok(None) };
         match self.stored(&id)? {
             Some(stored) if self.can_see_event(Some(viewer), &stored)? => {
-                Ok(Some(self.client_event(&stored, Some((viewer, None)))?))
+                Ok(Some(self.client_event(stored, Some((viewer, None)))?))
             }
             _ => Ok(None),
         }
@@ -237,10 +231,11 @@ impl Rooms {
             }
             let Some(mut event) = self.visible_client_event(viewer, &root)? else { continue };
             self.bundle_aggregations(viewer, &mut event)?;
-            let participated =
-                event["unsigned"]["m.relations"]["m.thread"]["current_user_participated"] == true;
+            let participated = event
+                .unsigned("m.relations")
+                .is_some_and(|r| r["m.thread"]["current_user_participated"] == true);
             if !participated_only || participated {
-                chunk.push(event);
+                chunk.push(event.into_json());
             }
         }
         Ok((chunk, next))

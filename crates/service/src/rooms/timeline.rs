@@ -201,8 +201,8 @@ impl Rooms {
 /// Whether a member event changes the membership (not just a profile):
 /// its `membership` differs from the one it replaced.
 pub(crate) fn changes_membership(stored: &StoredPdu) -> bool {
-    let content = stored.json.client().content.as_ref();
-    content.and_then(|c| c["membership"].as_str()) != previous_membership(stored)
+    let fields = stored.json.client();
+    fields.membership() != fields.previous_membership()
 }
 
 /// A test on a state event's (type, state key).
@@ -253,16 +253,13 @@ impl Rooms {
                 && was.as_ref().is_none_or(|p| p.content_value()["membership"] != "invite");
             // Left and joined again within the window: as good as new (their
             // devices may have changed meanwhile, unannounced).
-            let rejoined = is_joined && was_joined && previous_membership(&stored) != Some("join");
+            let rejoined = is_joined
+                && was_joined
+                && stored.json.client().previous_membership().as_deref() != Some("join");
             if was_joined != is_joined || rejoined || is_invited {
                 changes.push(MemberChange { user_id, is_joined, is_invited });
             }
         }
         Ok(changes)
     }
-}
-
-/// The membership a member event replaced, from its `unsigned.prev_content`.
-fn previous_membership(stored: &StoredPdu) -> Option<&str> {
-    stored.json.client().unsigned.as_ref()?.get("prev_content")?.get("membership")?.as_str()
 }

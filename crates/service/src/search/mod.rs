@@ -13,7 +13,7 @@ use estuary_core::{Error, Result};
 use ruma::{OwnedRoomId, RoomId, UserId, api::client::filter::RoomEventFilter, events::StateEventType};
 use serde_json::{Value as JsonValue, json};
 
-use crate::rooms::{Direction, MessagesQuery, Rooms, SEARCH_KEYS, StoredPdu, passes};
+use crate::rooms::{ClientEvent, Direction, MessagesQuery, Rooms, SEARCH_KEYS, StoredPdu, passes};
 use tokenize::Tokenizer;
 
 /// Postings read per (room, field, term): bounds a search over very common
@@ -95,13 +95,13 @@ impl Search {
             if !self.rooms.can_see_event(Some(user), &stored)? {
                 continue;
             }
-            let event = self.rooms.client_event(&stored, None)?;
+            let event = self.rooms.client_event(stored.clone(), None)?;
             if !passes(&request.filter, &event) {
                 continue;
             }
             count += 1;
             if count > skip && results.len() < limit {
-                results.push((hit, stored, event));
+                results.push((hit, stored, event.into_json()));
             }
         }
         let count = count + (hits.len() - checked);
@@ -321,7 +321,7 @@ impl Search {
                 filter: Default::default(),
             };
             let page = self.rooms.messages(user, None, &stored.room_id, query)?;
-            Ok((page.chunk, page.end))
+            Ok((page.chunk.into_iter().map(ClientEvent::into_json).collect::<Vec<_>>(), page.end))
         };
         let (events_before, start) = page(Direction::Backward, stored.stream, before.min(50))?;
         let (events_after, end) = page(Direction::Forward, stored.stream + 1, after.min(50))?;

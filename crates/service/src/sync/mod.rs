@@ -7,7 +7,7 @@
 //! touching only rooms that changed.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -22,10 +22,13 @@ use serde_json::{Map, Value as JsonValue, json};
 
 mod bump;
 pub mod connections;
+mod response;
 mod sliding;
 mod sliding_extensions;
 mod sliding_room;
 
+pub use response::SyncResponse;
+use response::{DeviceLists, RoomEntry, RoomUpdates, SyncEvent, SyncRooms, Timeline};
 pub use sliding::unknown_pos;
 
 use crate::{
@@ -34,7 +37,7 @@ use crate::{
     ephemeral::Ephemeral,
     presence::Presence,
     push::PushRules,
-    rooms::{Rooms, StateMap, StoredPdu, parse_token, passes, sender_wanted, type_wanted},
+    rooms::{ClientEvent, Rooms, StateMap, StoredPdu, parse_token, passes, sender_wanted, type_wanted},
     streams::Streams,
     to_device::ToDevice,
 };
@@ -138,7 +141,7 @@ impl Sync {
         user: &UserId,
         device: Option<&DeviceId>,
         request: SyncRequest,
-    ) -> Result<JsonValue> {
+    ) -> Result<SyncResponse> {
         let since = request.since.as_deref().map(parse_token).transpose()?;
         self.presence.touch(user, &request.set_presence)?;
         let deadline = tokio::time::Instant::now() + request.timeout.min(Duration::from_secs(300));
@@ -163,7 +166,7 @@ impl Sync {
                 ignored: self.ignored_users(user)?,
             };
             let response = self.build(&window)?;
-            if since.is_none() || request.full_state || !is_empty(&response) {
+            if since.is_none() || request.full_state || !response.is_empty() {
                 return Ok(response);
             }
             tokio::select! {
@@ -173,7 +176,7 @@ impl Sync {
         }
     }
 
-    fn build(&self, w: &Window<'_>) -> Result<JsonValue> {
+    fn build(&self, w: &Window<'_>) -> Result<SyncResponse> {
         let from = w.since.unwrap_or(0);
         let candidates: BTreeSet<_> = match w.since {
             Some(since) if !w.full_state => {
@@ -196,7 +199,7 @@ impl Sync {
                 .collect(),
         };
         let room_filter = &w.filter.room;
-        let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
+        let mut rooms = SyncRooms::default();
         for room_id in candidates.iter() {
             let excluded = room_filter.not_rooms.contains(room_id)
                 || room_filter.rooms.as_ref().is_some_and(|only| !only.contains(room_id));
@@ -205,14 +208,14 @@ impl Sync {
             }
             let Some((section, entry)) = self.room_entry(w, room_id, from)? else { continue };
             let section = match section {
-                Section::Join => &mut join,
-                Section::Invite => &mut invite,
-                Section::Leave => &mut leave,
-                Section::Knock => &mut knock,
+                Section::Join => &mut rooms.join,
+                Section::Invite => &mut rooms.invite,
+                Section::Leave => &mut rooms.leave,
+                Section::Knock => &mut rooms.knock,
             };
             section.insert(room_id.to_string(), entry);
         }
-        let peek = self.peeked_rooms(w, &candidates)?;
+        rooms.peek = self.peeked_rooms(w, &candidates)?;
         let (otk_counts, fallback_types) = match w.device {
             Some(device) => (
                 json!(self.e2ee.one_time_key_counts(w.user, device)?),
@@ -234,17 +237,16 @@ impl Sync {
         };
         let presence = self.presence_events(w, &joined_users)?;
         let account_data = self.global_account_data(w)?;
-        let rooms = [("join", join), ("invite", invite), ("leave", leave), ("knock", knock), ("peek", peek)];
-        Ok(object([
-            ("next_batch", format!("s{}", w.to + 1).into()),
-            ("rooms", object(rooms.map(|(k, v)| (k, JsonValue::Object(v))))),
-            ("account_data", events(account_data)),
-            ("presence", events(presence)),
-            ("to_device", events(to_device)),
-            ("device_lists", json!({"changed": device_changes, "left": device_left})),
-            ("device_one_time_keys_count", otk_counts),
-            ("device_unused_fallback_key_types", fallback_types),
-        ]))
+        Ok(SyncResponse {
+            next_batch: format!("s{}", w.to + 1),
+            rooms,
+            account_data: account_data.into(),
+            presence: presence.into(),
+            to_device: to_device.into(),
+            device_lists: DeviceLists { changed: device_changes, left: device_left },
+            device_one_time_keys_count: otk_counts,
+            device_unused_fallback_key_types: fallback_types,
+        })
     }
 
     /// A room's entry in the response, and the section it belongs to; none
@@ -254,7 +256,7 @@ impl Sync {
         w: &Window<'_>,
         room_id: &RoomId,
         from: u64,
-    ) -> Result<Option<(Section, JsonValue)>> {
+    ) -> Result<Option<(Section, RoomEntry)>> {
         if self.rooms.is_forgotten(w.user, room_id)? {
             return Ok(None);
         }
@@ -267,21 +269,23 @@ impl Sync {
                 .membership_change_position(w.user, room_id)?
                 .is_some_and(|p| p >= from && p <= w.to);
         let entry = match membership.as_str() {
-            "join" => self.joined_room(w, room_id, changed_here, changed_here)?.map(|e| (Section::Join, e)),
+            "join" => {
+                self.joined_room(w, room_id, changed_here, changed_here)?.map(|e| (Section::Join, e.into()))
+            }
             "invite" if (w.since.is_none() || changed_here) && !self.invited_by_ignored(w, room_id)? => {
                 let state = self.stripped_state(w.user, room_id)?;
-                Some((Section::Invite, json!({"invite_state": {"events": state}})))
+                Some((Section::Invite, RoomEntry::Json(json!({"invite_state": {"events": state}}))))
             }
             "knock" if w.since.is_none() || changed_here => {
                 let state = self.stripped_state(w.user, room_id)?;
-                Some((Section::Knock, json!({"knock_state": {"events": state}})))
+                Some((Section::Knock, RoomEntry::Json(json!({"knock_state": {"events": state}}))))
             }
             "leave" | "ban"
                 if (w.since.is_some() && changed_here)
                     || (w.since.is_none() && w.filter.room.include_leave) =>
             {
                 if let Some(entry) = self.declined_invite(w, room_id)? {
-                    return Ok(Some((Section::Leave, entry)));
+                    return Ok(Some((Section::Leave, RoomEntry::Json(entry))));
                 }
                 // A room joined and left within the window is new to the
                 // client: it gets the room's state as on a join.
@@ -289,7 +293,7 @@ impl Sync {
                     None => true,
                     Some(since) => !self.was_joined_at(w.user, room_id, since)?,
                 };
-                self.joined_room(w, room_id, true, new_to_client)?.map(|e| (Section::Leave, e))
+                self.joined_room(w, room_id, true, new_to_client)?.map(|e| (Section::Leave, e.into()))
             }
             _ => None,
         };
@@ -417,7 +421,7 @@ impl Sync {
         room_id: &RoomId,
         membership_changed: bool,
         from_start: bool,
-    ) -> Result<Option<JsonValue>> {
+    ) -> Result<Option<RoomUpdates>> {
         let timeline_filter: &RoomEventFilter = &w.filter.room.timeline;
         let limit = timeline_filter.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| u64::from(l) as usize).min(500);
         let from = if from_start { 0 } else { w.since.unwrap_or(0) };
@@ -426,7 +430,7 @@ impl Sync {
             // A room new to the client in an incremental sync: its timeline
             // does not continue anything the client has, unless it starts
             // at the room's creation.
-            limited = timeline.first().is_some_and(|(_, e)| e["type"] != "m.room.create");
+            limited = timeline.first().is_some_and(|e| e.kind() != Some("m.room.create"));
         }
         let account_data = self.account_data_events(w, Some(room_id))?;
         let since_for_ephemeral = if w.full_state { None } else { w.since };
@@ -449,7 +453,7 @@ impl Sync {
         }
         let room = self.rooms.require_room(room_id)?;
         let start_state: Arc<StateMap> = match timeline.first() {
-            Some((first, _)) => self.rooms.load_state(first.state_before)?,
+            Some(first) => self.rooms.load_state(first.stored().state_before)?,
             None => self.rooms.state_at_position(room_id, w.to)?.unwrap_or(self.rooms.current_state(&room)?),
         };
         let full = w.since.is_none() || from_start || w.full_state;
@@ -460,44 +464,44 @@ impl Sync {
         let state_events =
             if full || limited { self.rooms.state_delta(&start_state, base.as_deref())? } else { Vec::new() };
         let senders: BTreeSet<String> =
-            timeline.iter().filter_map(|(_, e)| e["sender"].as_str().map(str::to_owned)).collect();
+            timeline.iter().filter_map(|e| e.sender().map(str::to_owned)).collect();
         let state_events =
             self.with_lazy_members(w, room_id, state_events, &start_state, &timeline, &senders, full)?;
-        let state = self.state_json(w, &state_events)?;
-        let prev_batch = timeline.first().map_or(from, |(s, _)| s.stream);
+        let prev_batch = timeline.first().map_or(from, |e| e.stored().stream);
         let (unread, unread_threads) = self.unread(w, room_id)?;
         // `state_after` needs the timeline's last event, which the entry takes.
         let end_state = match (w.use_state_after, timeline.last()) {
             (false, _) => None,
-            (true, Some((last, _))) => Some(self.rooms.load_state(last.state_after)?),
+            (true, Some(last)) => Some(self.rooms.load_state(last.stored().state_after)?),
             (true, None) => Some(start_state.clone()),
         };
-        let mut entry = object([
-            (
-                "timeline",
-                object([
-                    ("events", timeline.into_iter().map(|(s, e)| in_format(w, &s, e)).collect()),
-                    ("limited", limited.into()),
-                    ("prev_batch", format!("s{prev_batch}").into()),
-                ]),
-            ),
-            ("account_data", events(account_data)),
-            ("ephemeral", events(ephemeral)),
-            ("unread_notifications", unread),
-            ("summary", self.summary(w.user, room_id)?),
-        ]);
-        // Only for a filter that asks for counts by thread.
-        if w.filter.room.timeline.unread_thread_notifications {
-            entry["unread_thread_notifications"] = unread_threads;
-        }
+        let mut entry = RoomUpdates {
+            timeline: Timeline {
+                events: timeline.into_iter().map(|e| in_format(w, e)).collect(),
+                limited,
+                prev_batch: format!("s{prev_batch}"),
+            },
+            state: None,
+            state_after: None,
+            account_data: account_data.into(),
+            ephemeral: ephemeral.into(),
+            unread_notifications: unread,
+            unread_thread_notifications: w
+                .filter
+                .room
+                .timeline
+                .unread_thread_notifications
+                .then_some(unread_threads),
+            summary: self.summary(w.user, room_id)?,
+        };
         if let Some(end_state) = end_state {
             let mut after = self.rooms.state_delta(&end_state, if full { None } else { base.as_deref() })?;
             if full {
                 self.trim_lazy_members(w, &mut after, &senders);
             }
-            entry["state_after"] = events(self.state_json(w, &after)?);
+            entry.state_after = Some(self.state_json(w, after)?.into());
         } else {
-            entry["state"] = events(state);
+            entry.state = Some(self.state_json(w, state_events)?.into());
         }
         Ok(Some(entry))
     }
@@ -512,7 +516,7 @@ impl Sync {
         from: u64,
         to: u64,
         limit: usize,
-    ) -> Result<(Vec<(StoredPdu, JsonValue)>, bool)> {
+    ) -> Result<(Vec<ClientEvent>, bool)> {
         let timeline_filter: &RoomEventFilter = &w.filter.room.timeline;
         let mut timeline = Vec::new();
         let mut limited = false;
@@ -540,12 +544,10 @@ impl Sync {
                         continue;
                     }
                 }
-                let mut event = self.rooms.client_event(&stored, Some((w.user, w.device)))?;
-                if event.get("state_key").is_none()
-                    && event["sender"].as_str().is_some_and(|s| w.ignored.contains(s))
-                {
+                if stored.state_key().is_none() && stored.sender().is_some_and(|s| w.ignored.contains(s)) {
                     continue;
                 }
+                let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
                 if !passes(timeline_filter, &event) {
                     continue;
                 }
@@ -554,7 +556,7 @@ impl Sync {
                     break;
                 }
                 self.rooms.bundle_aggregations(w.user, &mut event)?;
-                timeline.push((stored, event));
+                timeline.push(event);
             }
             if limited || !more || read == 0 || upper < from {
                 break;
@@ -580,7 +582,7 @@ impl Sync {
         room_id: &RoomId,
         mut events: Vec<StoredPdu>,
         start_state: &StateMap,
-        timeline: &[(StoredPdu, JsonValue)],
+        timeline: &[ClientEvent],
         timeline_senders: &BTreeSet<String>,
         full: bool,
     ) -> Result<Vec<StoredPdu>> {
@@ -614,26 +616,24 @@ impl Sync {
     fn add_sender_members(
         &self,
         state: &StateMap,
-        timeline: &[(StoredPdu, JsonValue)],
+        timeline: &[ClientEvent],
         events: &mut Vec<StoredPdu>,
         known: &mut HashSet<String>,
         rules: LazyMembers,
     ) -> Result<()> {
         let in_timeline: BTreeSet<&str> = match rules.skip_in_timeline {
-            true => timeline.iter().filter_map(|(_, e)| e["event_id"].as_str()).collect(),
+            true => timeline.iter().map(|e| e.event_id().as_str()).collect(),
             false => BTreeSet::new(),
         };
         // Only member events are looked up here, so only they are kept.
-        let is_member = |e: &JsonValue| e["type"] == "m.room.member";
+        let is_member = |e: &ClientEvent| e.kind() == Some("m.room.member");
         for stored in events.iter().filter(|s| s.kind() == Some("m.room.member")) {
             known.insert(stored.event_id.to_string());
         }
-        for (_, event) in timeline.iter().filter(|(_, e)| rules.skip_in_timeline && is_member(e)) {
-            if let Some(id) = event["event_id"].as_str() {
-                known.insert(id.to_owned());
-            }
+        for event in timeline.iter().filter(|e| rules.skip_in_timeline && is_member(e)) {
+            known.insert(event.event_id().to_string());
         }
-        let senders: BTreeSet<&str> = timeline.iter().filter_map(|(_, e)| e["sender"].as_str()).collect();
+        let senders: BTreeSet<&str> = timeline.iter().filter_map(ClientEvent::sender).collect();
         for sender in senders {
             let Some(pdu) = self.rooms.state_pdu(state, &StateEventType::RoomMember, sender)? else {
                 continue;
@@ -666,12 +666,12 @@ impl Sync {
     }
 
     /// State events through the state filter, in the filter's format.
-    fn state_json(&self, w: &Window<'_>, events: &[StoredPdu]) -> Result<Vec<JsonValue>> {
+    fn state_json(&self, w: &Window<'_>, events: Vec<StoredPdu>) -> Result<Vec<SyncEvent>> {
         let mut out = Vec::new();
         for stored in events {
             let event = self.rooms.client_event(stored, None)?;
             if passes(&w.filter.room.state, &event) {
-                out.push(in_format(w, stored, event));
+                out.push(in_format(w, event));
             }
         }
         Ok(out)
@@ -706,8 +706,8 @@ impl Sync {
         &self,
         w: &Window<'_>,
         candidates: &BTreeSet<OwnedRoomId>,
-    ) -> Result<Map<String, JsonValue>> {
-        let mut peek = Map::new();
+    ) -> Result<BTreeMap<String, RoomEntry>> {
+        let mut peek = BTreeMap::new();
         let Some(device) = w.device else { return Ok(peek) };
         for (room_id, started) in self.rooms.device_peeks(w.user, device)? {
             if self.rooms.membership(w.user, &room_id)?.as_deref() == Some("join") {
@@ -718,7 +718,7 @@ impl Sync {
                 continue;
             }
             if let Some(entry) = self.joined_room(w, &room_id, new_peek, new_peek)? {
-                peek.insert(room_id.to_string(), entry);
+                peek.insert(room_id.to_string(), entry.into());
             }
         }
         Ok(peek)
@@ -728,9 +728,10 @@ impl Sync {
     fn declined_invite(&self, w: &Window<'_>, room_id: &RoomId) -> Result<Option<JsonValue>> {
         let Some(stub) = self.rooms.out_of_band_membership(w.user, room_id)? else { return Ok(None) };
         let Some(stored) = self.rooms.stored(&stub.event_id)? else { return Ok(None) };
-        let event = in_format(w, &stored, self.rooms.client_event(&stored, Some((w.user, w.device)))?);
+        let prev_batch = format!("s{}", stored.stream);
+        let event = in_format(w, self.rooms.client_event(stored, Some((w.user, w.device)))?);
         Ok(Some(json!({
-            "timeline": {"events": [event], "limited": false, "prev_batch": format!("s{}", stored.stream)},
+            "timeline": {"events": [event], "limited": false, "prev_batch": prev_batch},
             "state": {"events": []},
             "account_data": {"events": []},
         })))
@@ -832,41 +833,20 @@ pub(crate) fn object<const N: usize>(fields: [(&str, JsonValue); N]) -> JsonValu
     JsonValue::Object(fields.into_iter().map(|(key, value)| (key.to_owned(), value)).collect())
 }
 
-/// `{"events": [...]}`, moved in.
-pub(crate) fn events(events: Vec<JsonValue>) -> JsonValue {
-    object([("events", JsonValue::Array(events))])
-}
-
 /// An event in the filter's `event_format`: as clients see it, or as the
 /// PDU servers exchange (with its ID, and the client form's `unsigned`).
-fn in_format(w: &Window<'_>, stored: &StoredPdu, mut client: JsonValue) -> JsonValue {
+fn in_format(w: &Window<'_>, client: ClientEvent) -> SyncEvent {
     if w.filter.event_format != ruma::api::client::filter::EventFormat::Federation {
         // Sync's events are `ClientEventWithoutRoomID`: the room is the key
         // they are listed under.
-        if let Some(event) = client.as_object_mut() {
-            event.remove("room_id");
-        }
-        return client;
+        return SyncEvent::Client(client.without_room_id());
     }
+    let stored = client.stored();
     let mut pdu = serde_json::to_value(&stored.json).unwrap_or_default();
     pdu["event_id"] = stored.event_id.as_str().into();
     pdu["room_id"] = stored.room_id.as_str().into();
-    if let Some(unsigned) = client.get("unsigned") {
-        pdu["unsigned"] = unsigned.clone();
-    }
-    pdu
-}
-
-fn is_empty(response: &JsonValue) -> bool {
-    let rooms = &response["rooms"];
-    ["join", "invite", "leave", "knock", "peek"]
-        .iter()
-        .all(|k| rooms[k].as_object().is_none_or(|m| m.is_empty()))
-        && response["account_data"]["events"].as_array().is_none_or(|e| e.is_empty())
-        && response["presence"]["events"].as_array().is_none_or(|e| e.is_empty())
-        && response["to_device"]["events"].as_array().is_none_or(|e| e.is_empty())
-        && response["device_lists"]["changed"].as_array().is_none_or(|e| e.is_empty())
-        && response["device_lists"]["left"].as_array().is_none_or(|e| e.is_empty())
+    pdu["unsigned"] = client.into_json()["unsigned"].take();
+    SyncEvent::Federation(pdu)
 }
 
 /// A filter ID or inline definition, resolved.

@@ -13,7 +13,7 @@ use super::{
     connections::{ConnectionState, RoomSent},
     sliding::{Answer, ListEntry, RoomConfig},
 };
-use crate::rooms::{StateMap, StoredPdu};
+use crate::rooms::{ClientEvent, StateMap, StoredPdu};
 
 impl Sync {
     /// The room's entry in the answer, or `None` when the client is up to
@@ -78,8 +78,10 @@ impl Sync {
             state
                 .rooms
                 .insert(room_id.clone(), sent_record(a.w.to, entry, fingerprint, (0, 0), Arc::default()));
-            let leave =
-                own_member.iter().map(|m| self.rooms.client_event(m, None)).collect::<Result<Vec<_>>>()?;
+            let leave = own_member
+                .iter()
+                .map(|m| self.rooms.client_event(m.clone(), None))
+                .collect::<Result<Vec<_>>>()?;
             return Ok(Some(
                 json!({"required_state": leave, "timeline": [], "bump_stamp": entry.bump_stamp}),
             ));
@@ -128,12 +130,15 @@ impl Sync {
             room.insert("is_dm".into(), is_dm.into());
         }
         let live_after = a.base.stream;
-        let num_live =
-            if live_after == 0 { 0 } else { timeline.iter().filter(|(s, _)| s.stream > live_after).count() };
+        let num_live = if live_after == 0 {
+            0
+        } else {
+            timeline.iter().filter(|e| e.stored().stream > live_after).count()
+        };
         let changed = |kind: &str| {
             initial
                 || state_events.iter().any(|s| is_kind(s, kind))
-                || timeline.iter().any(|(_, e)| e["type"] == kind && e.get("state_key").is_some())
+                || timeline.iter().any(|e| e.kind() == Some(kind) && e.state_key().is_some())
         };
         if changed("m.room.member") || membership_changed {
             self.add_member_summary(&mut room, user, room_id, &now)?;
@@ -150,13 +155,15 @@ impl Sync {
                 room.insert("avatar".into(), if url.is_string() { url } else { JsonValue::Null });
             }
         }
-        let required_state: Vec<JsonValue> =
-            state_events.iter().map(|s| self.rooms.client_event(s, None)).collect::<Result<_>>()?;
+        let required_state: Vec<JsonValue> = state_events
+            .iter()
+            .map(|s| Ok(self.rooms.client_event(s.clone(), None)?.into_json()))
+            .collect::<Result<_>>()?;
         room.insert("required_state".into(), required_state.into());
-        if let Some((first, _)) = timeline.first() {
-            room.insert("prev_batch".into(), format!("s{}", first.stream).into());
+        if let Some(first) = timeline.first() {
+            room.insert("prev_batch".into(), format!("s{}", first.stored().stream).into());
         }
-        let events: Vec<JsonValue> = timeline.into_iter().map(|(_, e)| e).collect();
+        let events: Vec<JsonValue> = timeline.into_iter().map(ClientEvent::into_json).collect();
         room.insert("timeline".into(), events.into());
         room.insert("limited".into(), limited.into());
         room.insert("num_live".into(), num_live.into());
