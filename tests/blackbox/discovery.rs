@@ -65,6 +65,7 @@ async fn metrics_name_what_dashboards_read_and_count_requests() {
         "estuary_rocksdb_sst_file_bytes",
         "estuary_outgoing_queue_jobs",
         "estuary_state_cache_bytes",
+        "estuary_event_cache_bytes",
         "estuary_rate_limit_rejections_total",
     ] {
         assert!(first.lines().any(|l| l.starts_with(name)), "{name} missing from:\n{first}");

@@ -493,6 +493,8 @@ pub struct MemoryBudget {
     pub memtables: usize,
     /// Estuary's cache of room state snapshots.
     pub state_cache: usize,
+    /// Estuary's cache of recently read events.
+    pub event_cache: usize,
     /// Estuary's smaller caches (push rules, URL previews, …).
     pub other_caches: usize,
 }
@@ -503,9 +505,10 @@ impl Config {
     pub fn memory_budget(&self) -> MemoryBudget {
         let total = (self.memory_budget_mb as usize) << 20;
         MemoryBudget {
-            block_cache: total / 100 * 45,
+            block_cache: total / 100 * 35,
             memtables: total / 100 * 25,
             state_cache: total / 100 * 20,
+            event_cache: total / 100 * 10,
             other_caches: total / 100 * 10,
         }
     }

@@ -274,6 +274,7 @@ impl Services {
                 tick.tick().await;
                 let rocks = db.memory_usage();
                 let (snapshots, snapshot_bytes) = rooms.state_cache_usage();
+                let (cached_events, cached_event_bytes) = rooms.event_cache_usage();
                 tracing::debug!(
                     block_cache = rocks.block_cache,
                     block_cache_pinned = rocks.block_cache_pinned,
@@ -283,6 +284,9 @@ impl Services {
                     snapshots,
                     snapshot_bytes,
                     snapshot_budget = budget.state_cache,
+                    cached_events,
+                    cached_event_bytes,
+                    event_cache_budget = budget.event_cache,
                     push_rulesets = push.cached_count(),
                     "memory"
                 );

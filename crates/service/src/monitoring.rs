@@ -19,6 +19,9 @@ impl Services {
         let (snapshots, snapshot_bytes) = self.rooms.state_cache_usage();
         gauge!("estuary_state_cache_entries").set(snapshots as f64);
         gauge!("estuary_state_cache_bytes").set(snapshot_bytes as f64);
+        let (events, event_bytes) = self.rooms.event_cache_usage();
+        gauge!("estuary_event_cache_entries").set(events as f64);
+        gauge!("estuary_event_cache_bytes").set(event_bytes as f64);
         gauge!("estuary_push_rule_cache_entries").set(self.push.cached_count() as f64);
         for (limit, rejected) in self.rate_limits.rejections() {
             counter!("estuary_rate_limit_rejections_total", "limit" => limit).absolute(rejected);

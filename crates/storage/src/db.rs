@@ -128,7 +128,7 @@ impl Db {
 
     /// Start a batch of writes that become visible together or not at all.
     pub fn batch(&self) -> Batch {
-        Batch { db: self.clone(), inner: WriteBatch::default(), tables: Vec::new() }
+        Batch { db: self.clone(), inner: WriteBatch::default(), tables: Vec::new(), after_commit: Vec::new() }
     }
 
     /// RocksDB's memory now: block cache (and what is pinned in it) and memtables.
@@ -194,6 +194,8 @@ pub struct Batch {
     db: Db,
     inner: WriteBatch,
     tables: Vec<&'static str>,
+    /// Run once the writes are applied (caches forgetting what they change).
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl Batch {
@@ -217,6 +219,11 @@ impl Batch {
         self.inner.is_empty()
     }
 
+    /// Run `hook` after the batch is committed; never if it is not.
+    pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(hook));
+    }
+
     /// Apply every write of the batch atomically (and durably, see [`OpenOptions`]).
     pub fn commit(self) -> Result<(), StorageError> {
         let table = self.tables.first().copied().unwrap_or("batch");
@@ -224,7 +231,11 @@ impl Batch {
             .inner
             .rocks
             .write_opt(self.inner, &self.db.inner.write_options)
-            .map_err(|source| StorageError::Rocks { table, source })
+            .map_err(|source| StorageError::Rocks { table, source })?;
+        for hook in self.after_commit {
+            hook();
+        }
+        Ok(())
     }
 }
 

@@ -252,8 +252,12 @@ mod tests {
             let mut batch = db.batch();
             batch.put(&a, &"k".into(), &"v".into());
             batch.put(&b, &"u".into(), &7);
+            let committed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = committed.clone();
+            batch.after_commit(move || seen.store(true, std::sync::atomic::Ordering::SeqCst));
             assert!(a.get(&"k".into()).unwrap().is_none(), "nothing visible before commit");
             batch.commit().unwrap();
+            assert!(committed.load(std::sync::atomic::Ordering::SeqCst), "hooks run after the commit");
         }
         let db = open(&dir);
         assert_eq!(db.table::<String, u64>("userid_account").unwrap().get(&"u".into()).unwrap(), Some(7));

@@ -361,7 +361,7 @@ impl Rooms {
                 // The first staged is the oldest: the highest order.
                 let order = oldest + (staged.len() - newer) as u64;
                 let event_id = event.pdu.event_id.to_string();
-                batch.put(&self.eventid_pdu, &event_id, &Json(event.stored.clone()));
+                self.put_stored(&mut batch, event.stored.clone());
                 batch.put(&self.roomidbackfill_eventid, &(room_key.clone(), order), &event_id);
             }
         }
@@ -419,7 +419,7 @@ impl Rooms {
     fn stage_stream_rows(&self, event: &Staged, stream: u64, batch: &mut estuary_storage::Batch) {
         let (pdu, room_key) = (&event.pdu, event.pdu.room_id.to_string());
         let event_id = pdu.event_id.to_string();
-        batch.put(&self.eventid_pdu, &event_id, &Json(event.stored.clone()));
+        self.put_stored(batch, event.stored.clone());
         batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &event_id);
         batch.put(&self.stream_roomideventid, &stream, &Json((room_key.clone(), event_id.clone())));
         self.index_relation(pdu, stream, batch);
@@ -507,7 +507,7 @@ impl Rooms {
         self.unindex_search(&target, batch)?;
         let redacted = target_pdu.redact(version, redaction).map_err(Error::internal)?;
         target.json = redacted.json.into();
-        batch.put(&self.eventid_pdu, &target_id.to_string(), &Json(target));
+        self.put_stored(batch, target);
         Ok(())
     }
 

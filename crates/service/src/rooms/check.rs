@@ -286,7 +286,9 @@ mod tests {
         record.state = foreign.state;
         rooms.roomid_room.put(&second.to_string(), &estuary_storage::codec::Json(record)).unwrap();
         let lost = rooms.require_room(&first).unwrap().extremities[0].to_string();
-        rooms.eventid_pdu.delete(&lost).unwrap();
+        let mut batch = rooms.db.batch();
+        rooms.delete_stored(&mut batch, &lost);
+        batch.commit().unwrap();
 
         let report = rooms.check_consistency().unwrap();
         let problems = report.problems.join("\n");

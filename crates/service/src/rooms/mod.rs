@@ -16,6 +16,7 @@ mod context;
 mod create;
 mod directory;
 mod erasure;
+mod event_cache;
 mod history;
 #[cfg(test)]
 mod history_tests;
@@ -45,7 +46,7 @@ use std::sync::{Arc, Mutex};
 
 use estuary_core::{Config, Error, Result};
 use estuary_events::{Pdu, ServerSigningKey};
-use estuary_storage::{Db, Table, codec::Json};
+use estuary_storage::{Batch, Db, Table, codec::Json};
 use ruma::{
     EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, events::StateEventType,
 };
@@ -166,6 +167,8 @@ pub struct Rooms {
     useridstream_notification: Table<(String, u64), Json<notify::NotificationRow>>,
     /// Unread counts between syncs (see `unread.rs`).
     unread: unread::UnreadCache,
+    /// Recently read stored events.
+    events: event_cache::EventCache,
     push: Arc<crate::push::PushRules>,
     roomidthreadroot_latest: Table<(String, String), u64>,
     roomidts_eventid: Table<(String, u64, u64), String>,
@@ -236,6 +239,7 @@ impl Rooms {
             admin_lock: Mutex::new(()),
             // Half of the other caches' share; push rules have the other half.
             unread: unread::UnreadCache::new(config.memory_budget().other_caches / 2),
+            events: event_cache::EventCache::new(config.memory_budget().event_cache),
             alias_roomid: db.table("alias_roomid").db()?,
             roomidalias_creator: db.table("roomidalias_creator").db()?,
             publicroomid: db.table("publicroomid").db()?,
@@ -285,14 +289,50 @@ impl Rooms {
     }
 
     pub fn stored(&self, event_id: &EventId) -> Result<Option<StoredPdu>> {
-        Ok(self.eventid_pdu.get(&event_id.to_string()).db()?.map(|Json(p)| p))
+        if let Some(cached) = self.events.get(event_id.as_str()) {
+            return Ok(Some(cached));
+        }
+        let epoch = self.events.epoch();
+        let read = self.eventid_pdu.get(&event_id.to_string()).db()?.map(|Json(p)| p);
+        self.events.keep(epoch, read.as_slice());
+        Ok(read)
     }
 
     /// Several stored events in one batched read, in the IDs' order; an ID
     /// with no stored event is left out.
     pub(crate) fn stored_many(&self, event_ids: &[String]) -> Result<Vec<StoredPdu>> {
-        let rows = self.eventid_pdu.multi_get(event_ids).db()?;
-        Ok(rows.into_iter().flatten().map(|Json(p)| p).collect())
+        let mut found = self.events.get_many(event_ids);
+        let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+        if !missing.is_empty() {
+            let epoch = self.events.epoch();
+            let rows = self.eventid_pdu.multi_get(missing.iter().map(|&i| &event_ids[i])).db()?;
+            let read: Vec<(usize, StoredPdu)> =
+                missing.into_iter().zip(rows).filter_map(|(i, row)| Some((i, row?.0))).collect();
+            let events: Vec<StoredPdu> = read.iter().map(|(_, stored)| stored.clone()).collect();
+            self.events.keep(epoch, &events);
+            for (i, stored) in read {
+                found[i] = Some(stored);
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Write a stored event (new, or rewritten by a redaction) in `batch`.
+    pub(crate) fn put_stored(&self, batch: &mut Batch, stored: StoredPdu) {
+        let event_id = stored.event_id.to_string();
+        batch.put(&self.eventid_pdu, &event_id, &Json(stored));
+        self.events.forget_on_commit(batch, event_id);
+    }
+
+    /// Delete a stored event in `batch`.
+    pub(crate) fn delete_stored(&self, batch: &mut Batch, event_id: &str) {
+        batch.delete(&self.eventid_pdu, &event_id.to_owned());
+        self.events.forget_on_commit(batch, event_id.to_owned());
+    }
+
+    /// Events held by the event cache, and their bytes.
+    pub fn event_cache_usage(&self) -> (usize, usize) {
+        self.events.usage()
     }
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {

@@ -9,7 +9,10 @@
 //! client's fields alone ([`PduJson::client`]), or into the whole object
 //! (deref) where federation, redaction or auth need it.
 
-use std::{ops::Deref, sync::OnceLock};
+use std::{
+    ops::Deref,
+    sync::{Arc, OnceLock},
+};
 
 use ruma::CanonicalJsonObject;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -64,26 +67,46 @@ struct Membership {
     membership: Option<String>,
 }
 
-#[derive(Clone)]
+/// Clones share the text and the client's fields (the event cache hands
+/// out clones); each clone parses the whole object on its own first use.
 pub struct PduJson {
-    raw: Box<RawValue>,
+    text: Arc<Text>,
     object: OnceLock<CanonicalJsonObject>,
+}
+
+struct Text {
+    raw: Box<RawValue>,
     client: OnceLock<ClientFields>,
 }
 
 impl PduJson {
     /// What clients see of the event (parsed once, on first use).
     pub fn client(&self) -> &ClientFields {
-        self.client.get_or_init(|| self.parse())
+        self.text.client.get_or_init(|| self.parse())
     }
 
     /// The stored text read as `T`; a corrupt row (never written by this
     /// server) reads as empty, logged, rather than failing every reader.
     fn parse<T: serde::de::DeserializeOwned + Default>(&self) -> T {
-        serde_json::from_str(self.raw.get()).unwrap_or_else(|e| {
+        serde_json::from_str(self.text.raw.get()).unwrap_or_else(|e| {
             tracing::error!("a stored event's JSON does not parse: {e}");
             T::default()
         })
+    }
+
+    fn from_raw(raw: Box<RawValue>, object: OnceLock<CanonicalJsonObject>) -> Self {
+        Self { text: Arc::new(Text { raw, client: OnceLock::new() }), object }
+    }
+
+    /// The length of the stored text, in bytes.
+    pub fn text_len(&self) -> usize {
+        self.text.raw.get().len()
+    }
+}
+
+impl Clone for PduJson {
+    fn clone(&self) -> Self {
+        Self { text: self.text.clone(), object: self.object.clone() }
     }
 }
 
@@ -91,7 +114,7 @@ impl From<CanonicalJsonObject> for PduJson {
     fn from(object: CanonicalJsonObject) -> Self {
         // Canonical JSON objects always serialise.
         let raw = serde_json::value::to_raw_value(&object).expect("a canonical JSON object serialises");
-        Self { raw, object: OnceLock::from(object), client: OnceLock::new() }
+        Self::from_raw(raw, OnceLock::from(object))
     }
 }
 
@@ -106,14 +129,14 @@ impl Deref for PduJson {
 
 impl std::fmt::Debug for PduJson {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.raw.get())
+        f.write_str(self.text.raw.get())
     }
 }
 
 /// Stored as the JSON object it always was: the text written back verbatim.
 impl Serialize for PduJson {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.raw.serialize(serializer)
+        self.text.raw.serialize(serializer)
     }
 }
 
@@ -123,7 +146,7 @@ impl<'de> Deserialize<'de> for PduJson {
         if !raw.get().starts_with('{') {
             return Err(serde::de::Error::custom("a PDU is a JSON object"));
         }
-        Ok(Self { raw, object: OnceLock::new(), client: OnceLock::new() })
+        Ok(Self::from_raw(raw, OnceLock::new()))
     }
 }
 

@@ -115,7 +115,7 @@ impl Rooms {
                 for (relation, _) in self.eventidstream_relation.scan_prefix(&(event_id.clone(),)).db()? {
                     batch.delete(&self.eventidstream_relation, &relation);
                 }
-                batch.delete(&self.eventid_pdu, event_id);
+                self.delete_stored(&mut batch, event_id);
                 batch.delete(timeline, key);
             }
             batch.commit().db()?;
@@ -230,7 +230,7 @@ impl Rooms {
                 for (relation, _) in self.eventidstream_relation.scan_prefix(&(event_id.clone(),)).db()? {
                     batch.delete(&self.eventidstream_relation, &relation);
                 }
-                batch.delete(&self.eventid_pdu, &event_id);
+                self.delete_stored(&mut batch, &event_id);
                 batch.delete(timeline, &(key.clone(), position));
                 deleted += 1;
                 if deleted % PURGE_BATCH as u64 == 0 {

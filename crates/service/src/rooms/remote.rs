@@ -21,8 +21,6 @@ use ruma::{
 };
 use serde_json::json;
 
-use estuary_storage::codec::Json;
-
 use super::{
     RoomRecord, Rooms, StoredPdu,
     append::unsupported_version,
@@ -221,7 +219,7 @@ impl Rooms {
             rejected,
             state_from_peer: unlisted == Unlisted::BeforeGap,
         };
-        staging.batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored));
+        self.put_stored(&mut staging.batch, stored);
         staging.note_event(short, pdu);
         staging.unlisted.insert(pdu.event_id.clone(), (after_id, rejected));
         Ok(())

@@ -130,7 +130,7 @@ impl Rooms {
             rejected: false,
             state_from_peer: false,
         };
-        staging.batch.put(&self.eventid_pdu, &pdu.event_id.to_string(), &Json(stored));
+        self.put_stored(&mut staging.batch, stored);
         staging.note_event(short, pdu);
         Ok(())
     }
@@ -212,7 +212,7 @@ impl Rooms {
         };
         self.streams.commit_many(batch, 1, |stream, batch| {
             stored.stream = stream;
-            batch.put(&self.eventid_pdu, &event_id, &Json(stored.clone()));
+            self.put_stored(batch, stored.clone());
             batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &event_id);
             batch.put(&self.stream_roomideventid, &stream, &Json((room_key.clone(), event_id.clone())));
         })?;
