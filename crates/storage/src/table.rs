@@ -164,6 +164,41 @@ impl<K: Key, V: Value> Table<K, V> {
         iter.status().map_err(|e| self.rocks_err(e))
     }
 
+    /// The rows under each of several raw prefixes (at most `limit` each),
+    /// in the prefixes' order: one iterator seeking from prefix to prefix,
+    /// where a scan each would build an iterator each.
+    pub fn scan_prefixes(
+        &self,
+        prefixes: &[Vec<u8>],
+        limit: usize,
+    ) -> Result<Vec<Vec<(K, V)>>, StorageError> {
+        let codec = |source| StorageError::Codec { table: self.name, source };
+        let mut found: Vec<Vec<(K, V)>> = prefixes.iter().map(|_| Vec::new()).collect();
+        let mut order: Vec<usize> = (0..prefixes.len()).collect();
+        order.sort_by(|&a, &b| prefixes[a].cmp(&prefixes[b]));
+        let (Some(&first), Some(&last)) = (order.first(), order.last()) else { return Ok(found) };
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(prefixes[first].clone());
+        if let Some(end) = prefix_successor(&prefixes[last]) {
+            options.set_iterate_upper_bound(end);
+        }
+        let mut iter = self.db.rocks().raw_iterator_cf_opt(self.db.cf(self.name), options);
+        for i in order {
+            let (prefix, rows) = (&prefixes[i], &mut found[i]);
+            iter.seek(prefix);
+            while rows.len() < limit {
+                let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                rows.push((K::decode(key).map_err(codec)?, V::decode_value(value).map_err(codec)?));
+                iter.next();
+            }
+        }
+        iter.status().map_err(|e| self.rocks_err(e))?;
+        Ok(found)
+    }
+
     /// Every row under a raw `prefix`, decoded and handed to `visit` one at a
     /// time in key order, without collecting: for walks over whole tables.
     pub fn for_each(&self, prefix: &[u8], mut visit: impl FnMut(K, V)) -> Result<(), StorageError> {
@@ -240,6 +275,14 @@ mod tests {
         assert_eq!(values(t.scan_from(&prefix, Some(&from), true, 10).unwrap()), ["!a2", "!a1"]);
         assert_eq!(values(t.scan_from(&prefix, Some(&from), false, 10).unwrap()), ["!a2", "!a3"]);
         assert_eq!(t.last().unwrap().unwrap().1, "!b1");
+        let prefixes = [("!b".to_owned(),).encode(), ("!c".to_owned(),).encode(), prefix];
+        let found = t.scan_prefixes(&prefixes, 2).unwrap();
+        let found: Vec<Vec<String>> = found.into_iter().map(values).collect();
+        assert_eq!(
+            found,
+            [vec!["!b1"], vec![], vec!["!a1", "!a2"]],
+            "in the prefixes' order, at most 2 each"
+        );
     }
 
     #[test]

@@ -291,11 +291,8 @@ impl Rooms {
                 {
                     continue;
                 }
-                let mut event = self.client_event(stored, reader)?;
+                let event = self.client_event(stored, reader)?;
                 if passes(&query.filter, &event) {
-                    if let Some((viewer, _)) = reader {
-                        self.bundle_aggregations(viewer, &mut event)?;
-                    }
                     chunk.push(event);
                     if chunk.len() >= limit {
                         break;
@@ -307,7 +304,10 @@ impl Rooms {
             }
         }
         let state = match reader {
-            Some((viewer, _)) => self.lazy_members(viewer, room_id, &query.filter, &chunk)?,
+            Some((viewer, _)) => {
+                self.bundle_aggregations_all(viewer, &mut chunk)?;
+                self.lazy_members(viewer, room_id, &query.filter, &chunk)?
+            }
             None => Vec::new(),
         };
         let end = (!exhausted || !chunk.is_empty()).then(|| history::token_of_point(cursor));

@@ -67,13 +67,16 @@ impl Rooms {
     }
 
     fn children(&self, parent: &EventId) -> Result<Vec<(u64, RelationRow)>> {
-        let prefix = (parent.to_string(),).encode();
-        Ok(self
-            .eventidstream_relation
-            .scan_raw_prefix(&prefix, MAX_GATHERED)
-            .db()?
+        Ok(self.children_of_each(&[parent])?.pop().unwrap_or_default())
+    }
+
+    /// The children of each parent, in the parents' order, read in one pass.
+    fn children_of_each(&self, parents: &[&EventId]) -> Result<Vec<Vec<(u64, RelationRow)>>> {
+        let prefixes: Vec<Vec<u8>> = parents.iter().map(|p| (p.to_string(),).encode()).collect();
+        let found = self.eventidstream_relation.scan_prefixes(&prefixes, MAX_GATHERED).db()?;
+        Ok(found
             .into_iter()
-            .map(|((_, stream), Json(row))| (stream, row))
+            .map(|rows| rows.into_iter().map(|((_, stream), Json(row))| (stream, row)).collect())
             .collect())
     }
 
@@ -146,10 +149,28 @@ impl Rooms {
 
     /// Add `unsigned.m.relations` (threads, references, the latest edit) to a served event.
     pub fn bundle_aggregations(&self, viewer: &UserId, event: &mut ClientEvent) -> Result<()> {
-        let children = self.children(event.event_id())?;
-        if children.is_empty() {
-            return Ok(());
+        self.bundle_aggregations_all(viewer, std::slice::from_mut(event))
+    }
+
+    /// [`Self::bundle_aggregations`] for a page of events, their relations
+    /// read in one pass.
+    pub fn bundle_aggregations_all(&self, viewer: &UserId, events: &mut [ClientEvent]) -> Result<()> {
+        let parents: Vec<&EventId> = events.iter().map(ClientEvent::event_id).collect();
+        let children = self.children_of_each(&parents)?;
+        for (event, children) in events.iter_mut().zip(children) {
+            if !children.is_empty() {
+                self.bundle(viewer, event, children)?;
+            }
         }
+        Ok(())
+    }
+
+    fn bundle(
+        &self,
+        viewer: &UserId,
+        event: &mut ClientEvent,
+        children: Vec<(u64, RelationRow)>,
+    ) -> Result<()> {
         let sender = event.sender().unwrap_or_default().to_owned();
         let mut relations = serde_json::Map::new();
         let threads: Vec<_> = children.iter().filter(|(_, r)| r.0 == "m.thread").collect();

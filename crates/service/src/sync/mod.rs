@@ -547,7 +547,7 @@ impl Sync {
                 if stored.state_key().is_none() && stored.sender().is_some_and(|s| w.ignored.contains(s)) {
                     continue;
                 }
-                let mut event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
+                let event = self.rooms.client_event(stored, Some((w.user, w.device)))?;
                 if !passes(timeline_filter, &event) {
                     continue;
                 }
@@ -555,7 +555,6 @@ impl Sync {
                     limited = true;
                     break;
                 }
-                self.rooms.bundle_aggregations(w.user, &mut event)?;
                 timeline.push(event);
             }
             if limited || !more || read == 0 || upper < from {
@@ -566,6 +565,7 @@ impl Sync {
             }
         }
         timeline.reverse();
+        self.rooms.bundle_aggregations_all(w.user, &mut timeline)?;
         Ok((timeline, limited))
     }
 
