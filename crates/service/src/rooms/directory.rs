@@ -249,9 +249,9 @@ impl Rooms {
         let room = self.require_room(room_id)?;
         let state = self.state.load(room.state)?;
         let has = |kind: StateEventType, field: &str| -> Result<bool> {
-            Ok(self
-                .state_pdu(&state, &kind, "")?
-                .is_some_and(|p| p.content_value()[field].as_str().is_some_and(|v| !v.is_empty())))
+            let Some(id) = self.state_event_id(&state, &kind, "")? else { return Ok(false) };
+            let content = self.stored(&id)?.map(|s| s.json.client().content_value()).unwrap_or_default();
+            Ok(content[field].as_str().is_some_and(|v| !v.is_empty()))
         };
         Ok(has(StateEventType::RoomName, "name")? || has(StateEventType::RoomCanonicalAlias, "alias")?)
     }

@@ -51,21 +51,22 @@ impl Rooms {
             .collect())
     }
 
-    /// The room's joined and its invited members, from one read of its
-    /// membership index (every sync's room summary needs both).
-    pub fn joined_and_invited(&self, room_id: &RoomId) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
-        let (mut joined, mut invited) = (Vec::new(), Vec::new());
+    /// The room's joined, invited and departed members, from one read of
+    /// its membership index (every sync's room summary needs them).
+    pub fn joined_invited_and_left(&self, room_id: &RoomId) -> Result<[Vec<OwnedUserId>; 3]> {
+        let [mut joined, mut invited, mut left] = [Vec::new(), Vec::new(), Vec::new()];
         for ((_, user), membership) in
             self.roomiduserid_membership.scan_prefix(&(room_id.to_string(),)).db()?
         {
             let list = match membership.as_str() {
                 "join" => &mut joined,
                 "invite" => &mut invited,
+                "leave" => &mut left,
                 _ => continue,
             };
             list.extend(UserId::parse(user).ok());
         }
-        Ok((joined, invited))
+        Ok([joined, invited, left])
     }
 
     /// A user's member event content in one of the rooms they are joined to

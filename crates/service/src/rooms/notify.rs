@@ -119,7 +119,7 @@ impl Rooms {
         let unread = self.rooms_with_unread(member, Some(room_id))? + 1;
         let summary = self.room_summary(room_id)?;
         let room_alias = summary["canonical_alias"].as_str().map(str::to_owned);
-        let sender = event.sender().and_then(|s| UserId::parse(s).ok()).map(ruma::OwnedUserId::from);
+        let sender = event.sender().and_then(|s| UserId::parse(s).ok());
         let sender_display_name = sender.and_then(|s| {
             self.profiles
                 .get_field(&s, &ProfileFieldName::DisplayName)

@@ -783,7 +783,7 @@ impl Sync {
     /// Member counts, and heroes (up to five other members, by user ID) for
     /// a room with neither a name nor a canonical alias to show.
     fn summary(&self, user: &UserId, room_id: &RoomId) -> Result<JsonValue> {
-        let (joined, invited) = self.rooms.joined_and_invited(room_id)?;
+        let [joined, invited, left] = self.rooms.joined_invited_and_left(room_id)?;
         let counts = (joined.len(), invited.len());
         let mut summary = json!({"m.joined_member_count": counts.0, "m.invited_member_count": counts.1});
         if !self.rooms.is_named(room_id)? {
@@ -791,7 +791,7 @@ impl Sync {
             let mut heroes: Vec<_> = others(joined).chain(others(invited)).collect();
             if heroes.is_empty() {
                 // Everyone else left: the room is named after those who did.
-                heroes = others(self.rooms.members_with_membership(room_id, "leave")?).collect();
+                heroes = others(left).collect();
             }
             heroes.sort();
             heroes.truncate(5);
