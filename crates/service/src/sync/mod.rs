@@ -104,6 +104,10 @@ struct Window<'a> {
     use_state_after: bool,
     /// The user's `m.ignored_user_list`: their messages and invites are left out.
     ignored: BTreeSet<String>,
+    /// The user's account data changed in the window (all of it without
+    /// `since` or with `full_state`): (room ID or "", type, content). Read
+    /// once, not once per room.
+    account_data: Vec<(String, String, Box<serde_json::value::RawValue>)>,
 }
 
 /// The services sync reads from.
@@ -164,6 +168,10 @@ impl Sync {
                 full_state: request.full_state,
                 use_state_after: request.use_state_after,
                 ignored: self.ignored_users(user)?,
+                account_data: {
+                    let from = if request.full_state { 0 } else { since.unwrap_or(0) };
+                    self.account_data.changes(user, from, to)?
+                },
             };
             let response = self.build(&window)?;
             if since.is_none() || request.full_state || !response.is_empty() {
@@ -182,12 +190,7 @@ impl Sync {
             Some(since) if !w.full_state => {
                 let mut rooms = self.rooms.rooms_changed(since, w.to)?;
                 rooms.extend(self.ephemeral.rooms_changed(since, w.to)?);
-                rooms.extend(
-                    self.account_data
-                        .changes(w.user, since, w.to)?
-                        .into_iter()
-                        .filter_map(|(r, _, _)| RoomId::parse(r).ok()),
-                );
+                rooms.extend(w.account_data.iter().filter_map(|(r, _, _)| RoomId::parse(r).ok()));
                 rooms
             }
             _ => ["join", "invite", "leave", "ban", "knock"]
@@ -401,11 +404,9 @@ impl Sync {
             Some(_) => (&w.filter.room.account_data.types, &w.filter.room.account_data.not_types),
             None => (&w.filter.account_data.types, &w.filter.account_data.not_types),
         };
-        let from = if w.full_state { 0 } else { w.since.unwrap_or(0) };
-        Ok(self
+        Ok(w
             .account_data
-            .changes(w.user, from, w.to)?
-            .into_iter()
+            .iter()
             .filter(|(r, kind, _)| *r == want && type_wanted(types, not_types, kind))
             .map(|(_, kind, content)| {
                 json!({"type": kind, "content": serde_json::from_str::<JsonValue>(content.get()).unwrap_or_default()})

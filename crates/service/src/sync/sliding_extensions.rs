@@ -130,10 +130,6 @@ impl Sync {
         in_scope: &BTreeSet<OwnedRoomId>,
     ) -> Result<(Vec<JsonValue>, Map<String, JsonValue>)> {
         let global = self.global_account_data(&a.w)?;
-        let changes = match a.w.since {
-            Some(since) => self.account_data.changes(a.w.user, since, a.w.to)?,
-            None => Vec::new(),
-        };
         let event = |kind: &str, content: &serde_json::value::RawValue| json!({"type": kind, "content": serde_json::from_str::<JsonValue>(content.get()).unwrap_or_default()});
         let mut per_room = Map::new();
         for room_id in in_scope {
@@ -141,7 +137,7 @@ impl Sync {
                 let all = self.account_data.of_user(a.w.user, Some(room_id))?;
                 all.iter().map(|(_, kind, content)| event(kind, content)).collect()
             } else {
-                let here = changes.iter().filter(|(room, ..)| room == room_id.as_str());
+                let here = a.w.account_data.iter().filter(|(room, ..)| room == room_id.as_str());
                 here.map(|(_, kind, content)| event(kind, content)).collect()
             };
             if !events.is_empty() {
