@@ -13,12 +13,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use estuary_core::{Result, time::now_millis};
+use estuary_core::Result;
 use estuary_events::Pdu;
 use estuary_storage::Batch;
 use ruma::{OwnedRoomId, RoomId, UserId, events::TimelineEventType};
 
-use super::{ClientEvent, Rooms, StoredPdu, staging::Staged};
+use super::{Rooms, StoredPdu, staging::Staged};
 use crate::{
     appservices::{Appservice, Registry},
     outgoing::Job,
@@ -117,17 +117,17 @@ impl Rooms {
         let in_room = self.appservices_in_room(room_id)?;
         let mut queued = false;
         for event in staged {
-            let mut client_event = None;
-            for appservice in registry.all.iter().filter(|a| a.registration.url.is_some()) {
-                if !in_room.iter().any(|a| a.id() == appservice.id())
-                    && !self.involves(appservice, &event.pdu)
-                {
-                    continue;
-                }
-                let as_event = client_event
-                    .get_or_insert_with(|| ClientEvent::new(event.stored.clone(), now_millis()).into_json())
-                    .clone();
-                self.outgoing.stage(batch, &appservice.destination(), Job::AppserviceEvent { as_event });
+            let interested: Vec<_> = (registry.all.iter())
+                .filter(|a| a.registration.url.is_some())
+                .filter(|a| in_room.iter().any(|r| r.id() == a.id()) || self.involves(a, &event.pdu))
+                .collect();
+            if interested.is_empty() {
+                continue;
+            }
+            let as_event = self.client_event(event.stored.clone(), None)?.into_json();
+            for appservice in interested {
+                let job = Job::AppserviceEvent { as_event: as_event.clone() };
+                self.outgoing.stage(batch, &appservice.destination(), job);
                 queued = true;
             }
         }
@@ -144,7 +144,7 @@ impl Rooms {
         batch: &mut Batch,
     ) -> Result<bool> {
         let pdu = invite.pdu()?;
-        let mut as_event = ClientEvent::new(invite.clone(), now_millis()).into_json();
+        let mut as_event = self.client_event(invite.clone(), None)?.into_json();
         as_event["unsigned"]["invite_room_state"] = serde_json::Value::from(stripped.to_vec());
         let mut queued = false;
         for appservice in self.appservices.registry().all.iter().filter(|a| a.registration.url.is_some()) {

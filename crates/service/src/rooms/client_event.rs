@@ -10,7 +10,7 @@
 
 use ruma::EventId;
 use serde::{Serialize, Serializer, ser::SerializeMap};
-use serde_json::{Map, Value as JsonValue, value::RawValue};
+use serde_json::{Map, Value as JsonValue};
 
 use super::StoredPdu;
 
@@ -71,11 +71,6 @@ impl ClientEvent {
 
     pub fn origin_server_ts(&self) -> Option<u64> {
         self.stored.json.client().origin_server_ts.as_ref().and_then(JsonValue::as_u64)
-    }
-
-    /// The content, as stored.
-    pub fn content(&self) -> Option<&RawValue> {
-        self.stored.json.client().content.as_deref()
     }
 
     pub fn unsigned(&self, key: &str) -> Option<&JsonValue> {

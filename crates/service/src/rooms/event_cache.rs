@@ -52,10 +52,6 @@ impl EventCache {
         self.lock().epoch
     }
 
-    pub fn get(&self, event_id: &str) -> Option<StoredPdu> {
-        self.lock().events.get(event_id).cloned()
-    }
-
     /// Several events, in the IDs' order (`None` where one is not cached).
     pub fn get_many(&self, event_ids: &[String]) -> Vec<Option<StoredPdu>> {
         let inner = self.lock();
@@ -65,7 +61,7 @@ impl EventCache {
     /// Keep events read from the database since `epoch`, unless a write was
     /// committed meanwhile. Their client fields are parsed first, once for
     /// every later reader.
-    pub fn keep(&self, epoch: u64, read: &[StoredPdu]) {
+    pub fn keep(&self, epoch: u64, read: &[&StoredPdu]) {
         for stored in read {
             stored.json.client();
         }
@@ -82,7 +78,7 @@ impl EventCache {
                     return;
                 }
             }
-            if let Some(old) = inner.events.insert(stored.event_id.to_string(), stored.clone()) {
+            if let Some(old) = inner.events.insert(stored.event_id.to_string(), (*stored).clone()) {
                 inner.bytes -= cost(&old);
             }
             inner.bytes += bytes;
@@ -122,6 +118,10 @@ mod tests {
         .unwrap()
     }
 
+    fn get(cache: &EventCache, event_id: &str) -> Option<StoredPdu> {
+        cache.get_many(&[event_id.to_owned()]).pop().flatten()
+    }
+
     fn db() -> (tempfile::TempDir, estuary_storage::Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = estuary_storage::Db::open(dir.path(), &Default::default()).unwrap();
@@ -133,13 +133,13 @@ mod tests {
         let (_dir, db) = db();
         let cache = EventCache::new(1 << 20);
         let epoch = cache.epoch();
-        cache.keep(epoch, &[stored("$a", "one")]);
-        assert_eq!(cache.get("$a").unwrap().json.client().content_value()["body"], "one");
+        cache.keep(epoch, &[&stored("$a", "one")]);
+        assert_eq!(get(&cache, "$a").unwrap().json.client().content_value()["body"], "one");
         let mut batch = db.batch();
         cache.forget_on_commit(&mut batch, "$a".into());
-        assert!(cache.get("$a").is_some(), "kept until the write is committed");
+        assert!(get(&cache, "$a").is_some(), "kept until the write is committed");
         batch.commit().unwrap();
-        assert!(cache.get("$a").is_none());
+        assert!(get(&cache, "$a").is_none());
         assert_eq!(cache.usage(), (0, 0));
     }
 
@@ -151,15 +151,15 @@ mod tests {
         let mut batch = db.batch();
         cache.forget_on_commit(&mut batch, "$a".into());
         batch.commit().unwrap();
-        cache.keep(epoch, &[stored("$a", "old")]);
-        assert!(cache.get("$a").is_none());
+        cache.keep(epoch, &[&stored("$a", "old")]);
+        assert!(get(&cache, "$a").is_none());
     }
 
     #[test]
     fn stays_within_its_bound() {
         let cache = EventCache::new(2_000);
         for n in 0..50 {
-            cache.keep(cache.epoch(), &[stored(&format!("$e{n}"), "some text")]);
+            cache.keep(cache.epoch(), &[&stored(&format!("$e{n}"), "some text")]);
             assert!(cache.usage().1 <= 2_000);
         }
         assert!(cache.usage().0 > 0);

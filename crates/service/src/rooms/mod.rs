@@ -289,30 +289,22 @@ impl Rooms {
     }
 
     pub fn stored(&self, event_id: &EventId) -> Result<Option<StoredPdu>> {
-        if let Some(cached) = self.events.get(event_id.as_str()) {
-            return Ok(Some(cached));
-        }
-        let epoch = self.events.epoch();
-        let read = self.eventid_pdu.get(&event_id.to_string()).db()?.map(|Json(p)| p);
-        self.events.keep(epoch, read.as_slice());
-        Ok(read)
+        Ok(self.stored_many(&[event_id.to_string()])?.pop())
     }
 
-    /// Several stored events in one batched read, in the IDs' order; an ID
-    /// with no stored event is left out.
+    /// Several stored events, from the event cache or in one batched read,
+    /// in the IDs' order; an ID with no stored event is left out.
     pub(crate) fn stored_many(&self, event_ids: &[String]) -> Result<Vec<StoredPdu>> {
         let mut found = self.events.get_many(event_ids);
         let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
         if !missing.is_empty() {
             let epoch = self.events.epoch();
             let rows = self.eventid_pdu.multi_get(missing.iter().map(|&i| &event_ids[i])).db()?;
-            let read: Vec<(usize, StoredPdu)> =
-                missing.into_iter().zip(rows).filter_map(|(i, row)| Some((i, row?.0))).collect();
-            let events: Vec<StoredPdu> = read.iter().map(|(_, stored)| stored.clone()).collect();
-            self.events.keep(epoch, &events);
-            for (i, stored) in read {
-                found[i] = Some(stored);
+            for (&i, row) in missing.iter().zip(rows) {
+                found[i] = row.map(|Json(stored)| stored);
             }
+            let read: Vec<&StoredPdu> = missing.iter().filter_map(|&i| found[i].as_ref()).collect();
+            self.events.keep(epoch, &read);
         }
         Ok(found.into_iter().flatten().collect())
     }

@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -104,11 +104,13 @@ struct Window<'a> {
     use_state_after: bool,
     /// The user's `m.ignored_user_list`: their messages and invites are left out.
     ignored: BTreeSet<String>,
-    /// The user's account data changed in the window (all of it without
-    /// `since` or with `full_state`): (room ID or "", type, content). Read
-    /// once, not once per room.
-    account_data: Vec<(String, String, Box<serde_json::value::RawValue>)>,
+    /// The user's account data changed in the window: read once, when
+    /// first needed (see `Sync::account_data_changes`), not once per room.
+    account_data: OnceLock<Vec<AccountDataChange>>,
 }
+
+/// (room ID or "" for global, type, content).
+type AccountDataChange = (String, String, Box<serde_json::value::RawValue>);
 
 /// The services sync reads from.
 pub struct SyncSources {
@@ -168,10 +170,7 @@ impl Sync {
                 full_state: request.full_state,
                 use_state_after: request.use_state_after,
                 ignored: self.ignored_users(user)?,
-                account_data: {
-                    let from = if request.full_state { 0 } else { since.unwrap_or(0) };
-                    self.account_data.changes(user, from, to)?
-                },
+                account_data: OnceLock::new(),
             };
             let response = self.build(&window)?;
             if since.is_none() || request.full_state || !response.is_empty() {
@@ -190,7 +189,8 @@ impl Sync {
             Some(since) if !w.full_state => {
                 let mut rooms = self.rooms.rooms_changed(since, w.to)?;
                 rooms.extend(self.ephemeral.rooms_changed(since, w.to)?);
-                rooms.extend(w.account_data.iter().filter_map(|(r, _, _)| RoomId::parse(r).ok()));
+                let account_data = self.account_data_changes(w)?;
+                rooms.extend(account_data.iter().filter_map(|(r, _, _)| RoomId::parse(r).ok()));
                 rooms
             }
             _ => ["join", "invite", "leave", "ban", "knock"]
@@ -398,14 +398,25 @@ impl Sync {
         Ok(account_data)
     }
 
+    /// The user's account data changed in the window (all of it without
+    /// `since` or with `full_state`).
+    fn account_data_changes<'w>(&self, w: &'w Window<'_>) -> Result<&'w [AccountDataChange]> {
+        if let Some(changes) = w.account_data.get() {
+            return Ok(changes);
+        }
+        let from = if w.full_state { 0 } else { w.since.unwrap_or(0) };
+        let changes = self.account_data.changes(w.user, from, w.to)?;
+        Ok(w.account_data.get_or_init(|| changes))
+    }
+
     fn account_data_events(&self, w: &Window<'_>, room: Option<&RoomId>) -> Result<Vec<JsonValue>> {
         let want = room.map(|r| r.to_string()).unwrap_or_default();
         let (types, not_types) = match room {
             Some(_) => (&w.filter.room.account_data.types, &w.filter.room.account_data.not_types),
             None => (&w.filter.account_data.types, &w.filter.account_data.not_types),
         };
-        Ok(w
-            .account_data
+        Ok(self
+            .account_data_changes(w)?
             .iter()
             .filter(|(r, kind, _)| *r == want && type_wanted(types, not_types, kind))
             .map(|(_, kind, content)| {

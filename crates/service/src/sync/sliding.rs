@@ -195,17 +195,16 @@ impl Sync {
             let notified = waiter.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (since, to) = ((base.stream > 0).then_some(base.stream + 1), self.streams.current());
             let w = Window {
                 user,
                 device: Some(device),
-                since,
-                to,
+                since: (base.stream > 0).then_some(base.stream + 1),
+                to: self.streams.current(),
                 filter: &filter,
                 full_state: false,
                 use_state_after: false,
                 ignored: self.ignored_users(user)?,
-                account_data: self.account_data.changes(user, since.unwrap_or(0), to)?,
+                account_data: Default::default(),
             };
             let (changed_events, changed_ephemeral) = self.rooms_changed_after(&w)?;
             let answer =

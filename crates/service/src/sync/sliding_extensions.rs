@@ -137,7 +137,8 @@ impl Sync {
                 let all = self.account_data.of_user(a.w.user, Some(room_id))?;
                 all.iter().map(|(_, kind, content)| event(kind, content)).collect()
             } else {
-                let here = a.w.account_data.iter().filter(|(room, ..)| room == room_id.as_str());
+                let changes = self.account_data_changes(&a.w)?;
+                let here = changes.iter().filter(|(room, ..)| room == room_id.as_str());
                 here.map(|(_, kind, content)| event(kind, content)).collect()
             };
             if !events.is_empty() {
