@@ -42,6 +42,47 @@ fn return_freed_memory() {
     }
 }
 
+/// Keep transparent huge pages off for this process. The heap is small and
+/// mostly partly used: on a system that backs every anonymous mapping with
+/// huge pages (`/sys/kernel/mm/transparent_hugepage/enabled` = `always`),
+/// each 2 MiB page is resident as soon as one byte of it is touched, which
+/// cost 5 MB of resident memory under the benchmark (docs/performance.md).
+/// The `no_thp` build of mimalloc stops it asking for them where the system
+/// leaves huge pages to `madvise`.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory
+    // map; it takes no pointers.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// Positions in mimalloc.h's `mi_option_e` (v2), which libmimalloc-sys does
+/// not name (a test checks their defaults).
+const MI_ABANDONED_PAGE_PURGE: libmimalloc_sys::mi_option_t = 12;
+const MI_ARENA_PURGE_MULT: libmimalloc_sys::mi_option_t = 24;
+
+/// mimalloc's purging, tuned before the server allocates much. Whole freed
+/// segments go back to the system at once, not 100 ms later at the freeing
+/// thread's next allocation: a password hash's 19 MiB of argon2 memory, freed
+/// on a blocking-pool thread that then idled, stayed resident for good (20 MB
+/// after a single registration; docs/performance.md). Freed small pages keep
+/// their short delay, which the send path's speed depends on.
+fn tune_allocator() {
+    use libmimalloc_sys::{mi_option_get, mi_option_set};
+    // SAFETY: setting options only writes mimalloc's option table.
+    unsafe {
+        // Only where the enum is as expected (the multiplier's default is 10).
+        if mi_option_get(MI_ARENA_PURGE_MULT) == 10 {
+            mi_option_set(MI_ARENA_PURGE_MULT, 0);
+            // Blocking-pool threads come and go: purge what an exiting one
+            // leaves rather than keep it for a thread that may never come.
+            mi_option_set(MI_ABANDONED_PAGE_PURGE, 1);
+        }
+    }
+}
+
 /// Estuary, a Matrix homeserver.
 ///
 /// With no arguments it runs on an embedded default configuration: server
@@ -71,6 +112,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
+    tune_allocator();
     let args = Args::parse();
     let config = match Config::load(args.config.as_deref(), std::env::vars()) {
         Ok(config) => Arc::new(config),
@@ -212,6 +255,23 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
                 tracing::warn!("cannot install signal handlers; stop with SIGKILL");
                 std::future::pending::<()>().await
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libmimalloc_sys::{mi_option_get, mi_option_max_segment_reclaim};
+
+    /// If mimalloc's option enum moved, `tune_allocator` would set the wrong
+    /// options: the positions it uses must hold their documented defaults.
+    #[test]
+    fn mimalloc_option_positions() {
+        // SAFETY: reading options only reads mimalloc's option table.
+        unsafe {
+            assert_eq!(mi_option_get(mi_option_max_segment_reclaim), 10);
+            assert_eq!(mi_option_get(super::MI_ABANDONED_PAGE_PURGE), 0);
+            assert_eq!(mi_option_get(super::MI_ARENA_PURGE_MULT), 10);
         }
     }
 }
