@@ -901,3 +901,39 @@ async fn sync_events_carry_no_room_id_and_thread_counts_only_on_request() {
         .await;
     assert_eq!(page["chunk"][0]["room_id"], room.as_str(), "{page}");
 }
+
+/// A state event in the timeline says what it replaced (`replaces_state`,
+/// `prev_content`, `prev_sender`) so a client can describe the change; in
+/// the `state` section, the state a room starts from, only `replaces_state`
+/// comes, as from Synapse.
+#[tokio::test]
+async fn replaced_content_only_in_the_timeline() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let member = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", alice.user_id);
+    let (status, body) =
+        server.put(&member, Some(&alice.token), json!({"membership": "join", "displayname": "Alice"})).await;
+    assert_eq!(status, 200, "{body}");
+    send_text(&server, &alice, &room, "1", "after the rename").await;
+
+    let filter = r#"{"room":{"timeline":{"limit":1}}}"#;
+    let initial = sync(&server, &alice, &format!("?filter={}", crate::harness::encode(filter))).await;
+    let state = initial["rooms"]["join"][&room]["state"]["events"].as_array().unwrap();
+    let renamed = state.iter().find(|e| e["type"] == "m.room.member").expect("member event in state");
+    assert_eq!(renamed["content"]["displayname"], "Alice");
+    assert!(renamed["unsigned"]["replaces_state"].is_string(), "{renamed}");
+    assert!(renamed["unsigned"].get("prev_content").is_none(), "{renamed}");
+    assert!(renamed["unsigned"].get("prev_sender").is_none(), "{renamed}");
+
+    let since = initial["next_batch"].as_str().unwrap();
+    let (status, body) =
+        server.put(&member, Some(&alice.token), json!({"membership": "join", "displayname": "Alicia"})).await;
+    assert_eq!(status, 200, "{body}");
+    let incremental = sync(&server, &alice, &format!("?since={since}")).await;
+    let events = incremental["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    let change = events.iter().find(|e| e["type"] == "m.room.member").expect("rename in the timeline");
+    assert_eq!(change["unsigned"]["prev_content"]["displayname"], "Alice");
+    assert_eq!(change["unsigned"]["prev_sender"], alice.user_id.as_str());
+    assert_eq!(change["unsigned"]["replaces_state"], renamed["event_id"]);
+}

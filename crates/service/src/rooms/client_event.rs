@@ -81,6 +81,17 @@ impl ClientEvent {
         self.unsigned.insert(key.to_owned(), value);
     }
 
+    /// Without the replaced state's content and sender (`prev_content`,
+    /// `prev_sender`): clients read them to describe a change in the
+    /// timeline, not in the state a room starts from, and for member events
+    /// they were a sixth of an initial sync. Synapse leaves them out there
+    /// too; `replaces_state` stays.
+    pub fn without_replaced_content(mut self) -> Self {
+        self.unsigned.remove("prev_content");
+        self.unsigned.remove("prev_sender");
+        self
+    }
+
     /// Without `room_id`, as sync lists events under their room.
     pub fn without_room_id(mut self) -> Self {
         self.with_room_id = false;

@@ -681,7 +681,7 @@ impl Sync {
     fn state_json(&self, w: &Window<'_>, events: Vec<StoredPdu>) -> Result<Vec<SyncEvent>> {
         let mut out = Vec::new();
         for stored in events {
-            let event = self.rooms.client_event(stored, None)?;
+            let event = self.rooms.client_event(stored, None)?.without_replaced_content();
             if passes(&w.filter.room.state, &event) {
                 out.push(in_format(w, event));
             }

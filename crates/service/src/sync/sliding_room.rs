@@ -157,7 +157,7 @@ impl Sync {
         }
         let required_state: Vec<JsonValue> = state_events
             .iter()
-            .map(|s| Ok(self.rooms.client_event(s.clone(), None)?.into_json()))
+            .map(|s| Ok(self.rooms.client_event(s.clone(), None)?.without_replaced_content().into_json()))
             .collect::<Result<_>>()?;
         room.insert("required_state".into(), required_state.into());
         if let Some(first) = timeline.first() {
