@@ -42,13 +42,13 @@ fn return_freed_memory() {
     }
 }
 
-/// Keep transparent huge pages off for this process. The heap is small and
-/// mostly partly used: on a system that backs every anonymous mapping with
-/// huge pages (`/sys/kernel/mm/transparent_hugepage/enabled` = `always`),
-/// each 2 MiB page is resident as soon as one byte of it is touched, which
-/// cost 5 MB of resident memory under the benchmark (docs/performance.md).
-/// The `no_thp` build of mimalloc stops it asking for them where the system
-/// leaves huge pages to `madvise`.
+/// Keep transparent huge pages off for this process. Its heap is small and
+/// partly used, and a huge page is resident as a whole once one byte of its
+/// 2 MiB is touched: mimalloc asked for them on its heap, which made 14 MB
+/// of the 17 MB resident at start, and 5 MB more after the benchmark
+/// (docs/performance.md). The `no_thp` build of mimalloc no longer asks;
+/// this covers systems that give every mapping huge pages
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` = `always`).
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory
@@ -163,7 +163,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let mut workers = services.start_workers();
     // Opening the database leaves freed garbage on this thread (RocksDB parses
     // its options file and builds, then drops, a default 32 MB block cache):
-    // give it back before serving, 2 MB of the resident set.
+    // give it back before serving (1 MB of the resident set).
     // SAFETY: mi_collect only walks and trims the calling thread's own heap.
     unsafe { libmimalloc_sys::mi_collect(true) };
     let mut app = estuary_api::app(services.clone());
