@@ -37,9 +37,14 @@ fn return_freed_memory() {
         due
     });
     if due {
-        // SAFETY: mi_collect only walks and trims the calling thread's own heap.
-        unsafe { libmimalloc_sys::mi_collect(true) };
+        collect_thread_heap();
     }
+}
+
+/// Hand the calling thread's freed pages back to the system now.
+fn collect_thread_heap() {
+    // SAFETY: mi_collect only walks and trims the calling thread's own heap.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 /// Keep transparent huge pages off for this process. Its heap is small and
@@ -164,8 +169,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     // Opening the database leaves freed garbage on this thread (RocksDB parses
     // its options file and builds, then drops, a default 32 MB block cache):
     // give it back before serving (1 MB of the resident set).
-    // SAFETY: mi_collect only walks and trims the calling thread's own heap.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    collect_thread_heap();
     let mut app = estuary_api::app(services.clone());
     if config.metrics_enabled {
         let routes = metrics::routes(services.clone(), metrics::install()?);
