@@ -63,6 +63,7 @@ async fn metrics_name_what_dashboards_read_and_count_requests() {
         "estuary_rocksdb_memtable_bytes",
         "estuary_rocksdb_pending_compaction_bytes",
         "estuary_rocksdb_sst_file_bytes",
+        "estuary_rocksdb_table_readers_bytes",
         "estuary_outgoing_queue_jobs",
         "estuary_state_cache_bytes",
         "estuary_event_cache_bytes",

@@ -15,6 +15,7 @@ impl Services {
         gauge!("estuary_rocksdb_memtable_bytes").set(rocks.memtable_bytes as f64);
         gauge!("estuary_rocksdb_pending_compaction_bytes").set(rocks.pending_compaction_bytes as f64);
         gauge!("estuary_rocksdb_sst_file_bytes").set(rocks.sst_file_bytes as f64);
+        gauge!("estuary_rocksdb_table_readers_bytes").set(rocks.table_reader_bytes as f64);
         gauge!("estuary_outgoing_queue_jobs").set(self.db.estimated_rows("destinationseq_job") as f64);
         let (snapshots, snapshot_bytes) = self.rooms.state_cache_usage();
         gauge!("estuary_state_cache_entries").set(snapshots as f64);

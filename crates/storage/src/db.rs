@@ -155,6 +155,7 @@ impl Db {
             memtable_bytes: sum("rocksdb.cur-size-all-mem-tables"),
             pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
             sst_file_bytes: sum("rocksdb.total-sst-files-size"),
+            table_reader_bytes: sum("rocksdb.estimate-table-readers-mem"),
         }
     }
 
@@ -187,6 +188,8 @@ pub struct DbStatistics {
     pub memtable_bytes: u64,
     pub pending_compaction_bytes: u64,
     pub sst_file_bytes: u64,
+    /// What the open SST files hold outside the block cache (their readers).
+    pub table_reader_bytes: u64,
 }
 
 /// Writes to one or more tables, applied atomically by [`Batch::commit`].
