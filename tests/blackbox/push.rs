@@ -110,6 +110,8 @@ async fn notification_counts_for_dms_mentions_and_receipts() {
     .await;
     server.post(&format!("/_matrix/client/v3/rooms/{dm}/join"), Some(&bob.token), json!({})).await;
     send_text(&server, &alice, &dm, "1", "hello bob").await;
+    // Counted once here; later messages add to what the server keeps.
+    assert_eq!(counts(&server, &bob, &dm).await, (1, 0));
     send_text(&server, &alice, &dm, "2", "are you there").await;
     assert_eq!(counts(&server, &bob, &dm).await, (2, 0), "one-to-one messages notify");
     assert_eq!(counts(&server, &alice, &dm).await, (0, 0), "own messages do not");
@@ -119,6 +121,7 @@ async fn notification_counts_for_dms_mentions_and_receipts() {
         server.post(&format!("/_matrix/client/v3/rooms/{group}/join"), Some(&user.token), json!({})).await;
     }
     send_text(&server, &alice, &group, "g1", "general chatter").await;
+    assert_eq!(counts(&server, &bob, &group).await, (1, 0));
     let mention =
         json!({"msgtype": "m.text", "body": "bob: look", "m.mentions": {"user_ids": ["@bob:localhost"]}});
     let (_, mentioned) = server

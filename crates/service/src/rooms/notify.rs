@@ -14,7 +14,10 @@ use serde_json::json;
 
 use std::sync::Arc;
 
-use super::{ClientEvent, Rooms, StoredPdu, unread::UnreadCounts};
+use super::{
+    ClientEvent, Rooms, StoredPdu,
+    unread::{NewRow, UnreadCounts},
+};
 use crate::storage_error::StorageResultExt;
 
 /// A notification row: (room ID, event ID, highlight, thread root, actions).
@@ -81,14 +84,21 @@ impl Rooms {
                     &(member.to_string(), pdu.room_id.to_string(), stored.stream),
                     &Json(row.clone()),
                 );
-                counted.push(member);
+                counted.push((&**member, highlight));
             }
             batch.put(&self.useridstream_notification, &(member.to_string(), stored.stream), &Json(row));
             notified.push(member.clone());
         }
         if !batch.is_empty() {
+            let write = self.unread.begin_write();
             batch.commit().db()?;
-            self.unread.changed(counted.into_iter().map(|m| (&**m, &*pdu.room_id)));
+            write.finish(counted.into_iter().map(|(user, highlight)| NewRow {
+                user,
+                room_id: &pdu.room_id,
+                stream: stored.stream,
+                thread: thread.clone(),
+                highlight,
+            }));
             self.streams.notify(notified.iter().map(|u| &**u));
         }
         Ok(())
