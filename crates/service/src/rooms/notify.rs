@@ -84,7 +84,13 @@ impl Rooms {
                     &(member.to_string(), pdu.room_id.to_string(), stored.stream),
                     &Json(row.clone()),
                 );
-                counted.push((&**member, highlight));
+                counted.push(NewRow {
+                    user: member,
+                    room_id: &pdu.room_id,
+                    stream: stored.stream,
+                    thread: thread.clone(),
+                    highlight,
+                });
             }
             batch.put(&self.useridstream_notification, &(member.to_string(), stored.stream), &Json(row));
             notified.push(member.clone());
@@ -92,13 +98,7 @@ impl Rooms {
         if !batch.is_empty() {
             let write = self.unread.begin_write();
             batch.commit().db()?;
-            write.finish(counted.into_iter().map(|(user, highlight)| NewRow {
-                user,
-                room_id: &pdu.room_id,
-                stream: stored.stream,
-                thread: thread.clone(),
-                highlight,
-            }));
+            write.finish(counted);
             self.streams.notify(notified.iter().map(|u| &**u));
         }
         Ok(())

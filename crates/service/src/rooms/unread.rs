@@ -33,7 +33,7 @@ type Entries = HashMap<(OwnedUserId, OwnedRoomId), (u64, Arc<UnreadCounts>)>;
 #[derive(Default)]
 struct State {
     entries: Entries,
-    /// Moves at every write's start and end.
+    /// Moves when a write of new rows starts and ends, and after a deletion.
     epoch: u64,
     /// Writers of new rows between `begin_write` and `finish`.
     writing: u64,
