@@ -122,6 +122,50 @@ async fn relations_threads_and_bundled_aggregations() {
     assert_error(&server.get(&base, Some(&stranger.token)).await, 404, "M_NOT_FOUND");
 }
 
+/// `/threads` pages newest first by latest reply; `participated` fills a
+/// page past roots the viewer took no part in, and its token goes on from
+/// the first root left out.
+#[tokio::test]
+async fn threads_pages_by_latest_reply_and_participation() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    server.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bob.token), json!({})).await;
+    let text = |body: &str| json!({"msgtype": "m.text", "body": body});
+    let mut roots = Vec::new();
+    for n in 0..5 {
+        roots.push(send(&server, &alice, &room, &format!("root{n}"), "m.room.message", text("root")).await);
+    }
+    // Replies in the order 3, 0, 4, 1, 2: bob takes part in threads 0 and 1.
+    for (n, replier) in [(3, &alice), (0, &bob), (4, &alice), (1, &bob), (2, &alice)] {
+        let content = json!({"msgtype": "m.text", "body": "reply",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": roots[n]}});
+        send(&server, replier, &room, &format!("reply{n}"), "m.room.message", content).await;
+    }
+    let base = format!("/_matrix/client/v1/rooms/{room}/threads");
+    let (status, first) = server.get(&format!("{base}?limit=2"), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(ids(&first["chunk"]), [roots[2].as_str(), roots[1].as_str()]);
+    let next = first["next_batch"].as_str().expect("more threads");
+    let (_, second) = server.get(&format!("{base}?limit=2&from={next}"), Some(&bob.token)).await;
+    assert_eq!(ids(&second["chunk"]), [roots[4].as_str(), roots[0].as_str()]);
+    let next = second["next_batch"].as_str().expect("one more thread");
+    let (_, last) = server.get(&format!("{base}?limit=2&from={next}"), Some(&bob.token)).await;
+    assert_eq!(ids(&last["chunk"]), [roots[3].as_str()]);
+    assert!(last.get("next_batch").is_none_or(Value::is_null), "{last}");
+
+    let mine = format!("{base}?include=participated&limit=2");
+    let (_, page) = server.get(&mine, Some(&bob.token)).await;
+    assert_eq!(ids(&page["chunk"]), [roots[1].as_str(), roots[0].as_str()], "{page}");
+    for event in page["chunk"].as_array().unwrap() {
+        assert_eq!(event["unsigned"]["m.relations"]["m.thread"]["count"], 1, "{event}");
+    }
+    let next = page["next_batch"].as_str().expect("thread 3 is left");
+    let (_, rest) = server.get(&format!("{mine}&from={next}"), Some(&bob.token)).await;
+    assert_eq!(rest["chunk"], json!([]), "{rest}");
+}
+
 #[tokio::test]
 async fn context_timestamps_and_reports() {
     let server = TestServer::start().await;

@@ -123,6 +123,9 @@ pub const TABLES: &[&str] = &[
     "eventidstream_relation",
     // (room ID, thread root event ID) → stream position of the thread's latest event.
     "roomidthreadroot_latest",
+    // (room ID, stream position of a thread's latest event) → thread root
+    // event ID: `/threads` newest first without reading every root.
+    "roomidthreadlatest_root",
     // (room ID, origin_server_ts, stream) → event ID, for /timestamp_to_event.
     "roomidts_eventid",
     // Report ID (stream-ordered) → the report (room, event, reporter, reason, score).

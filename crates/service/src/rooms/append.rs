@@ -319,12 +319,19 @@ impl Rooms {
         let mut batch = batch;
         let sent = self.stage_fan_out(&room_id, &staged, &mut batch)?
             | self.stage_appservice_fan_out(&room_id, &staged, &mut batch)?;
+        // Read before the commit: the closure runs under the stream lock.
+        let relations =
+            staged.iter().map(|event| self.new_relation(&event.pdu)).collect::<Result<Vec<_>>>()?;
         let committed = self.streams.commit_many(batch, staged.len(), |first, batch| {
             batch.put(&self.roomid_room, &room_key, &Json(room));
-            for (offset, event) in staged.iter_mut().enumerate() {
+            let mut threads_moved = std::collections::HashMap::new();
+            for (offset, (event, relation)) in staged.iter_mut().zip(&relations).enumerate() {
                 let stream = first + offset as u64;
                 event.stored.stream = stream;
                 self.stage_stream_rows(event, stream, batch);
+                if let Some(relation) = relation {
+                    self.index_relation(&event.pdu, stream, relation, &mut threads_moved, batch);
+                }
             }
         });
         self.state.settle(&snapshots, committed.is_ok());
@@ -422,7 +429,6 @@ impl Rooms {
         self.put_stored(batch, event.stored.clone());
         batch.put(&self.roomidstream_eventid, &(room_key.clone(), stream), &event_id);
         batch.put(&self.stream_roomideventid, &stream, &Json((room_key.clone(), event_id.clone())));
-        self.index_relation(pdu, stream, batch);
         self.index_search(pdu, stream, batch);
         let ts = u64::from(pdu.origin_server_ts.0);
         batch.put(&self.roomidts_eventid, &(room_key.clone(), ts, stream), &event_id);

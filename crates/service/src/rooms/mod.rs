@@ -171,6 +171,7 @@ pub struct Rooms {
     events: event_cache::EventCache,
     push: Arc<crate::push::PushRules>,
     roomidthreadroot_latest: Table<(String, String), u64>,
+    roomidthreadlatest_root: Table<(String, u64), String>,
     roomidts_eventid: Table<(String, u64, u64), String>,
     reportid_report: Table<u64, Json<reports::Report>>,
     alias_roomid: Table<String, String>,
@@ -209,7 +210,7 @@ impl Rooms {
         let RoomsDeps { profiles, streams, push, key, outgoing, appservices } = deps;
         let stream_roomideventid: Table<u64, Json<(String, String)>> =
             db.table("stream_roomideventid").db()?;
-        Ok(Self {
+        let rooms = Self {
             key,
             outgoing,
             appservices,
@@ -234,6 +235,7 @@ impl Rooms {
             useridstream_notification: db.table("useridstream_notification").db()?,
             push,
             roomidthreadroot_latest: db.table("roomidthreadroot_latest").db()?,
+            roomidthreadlatest_root: db.table("roomidthreadlatest_root").db()?,
             roomidts_eventid: db.table("roomidts_eventid").db()?,
             reportid_report: db.table("reportid_report").db()?,
             admin_lock: Mutex::new(()),
@@ -255,7 +257,9 @@ impl Rooms {
             streams,
             config,
             db: db.clone(),
-        })
+        };
+        rooms.index_threads_by_latest()?;
+        Ok(rooms)
     }
 
     /// The highest stream position stored in the room tables.

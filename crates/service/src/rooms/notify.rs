@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::{
     ClientEvent, Rooms, StoredPdu,
+    relations::RelatesTo,
     unread::{NewRow, UnreadCounts},
 };
 use crate::storage_error::StorageResultExt;
@@ -47,7 +48,7 @@ impl Rooms {
         let power = PushConditionPowerLevelsCtx::from(self.power_levels(&state, &room.room_version)?);
         let event = self.client_event(stored.clone(), None)?;
         let raw: Raw<serde_json::Value> = Raw::from_json(serde_json::value::to_raw_value(&event)?);
-        let thread = stored.json.client().content_as::<InThread>().and_then(|c| c.relates_to?.thread_root());
+        let thread = stored.json.client().content_as::<RelatesTo>().and_then(|r| r.thread_root());
         let mut batch = self.db.batch();
         let mut notified = Vec::new();
         // Those whose unread counts in the room the batch changes.
@@ -282,23 +283,4 @@ fn notification_range(user: &UserId, room_id: &ruma::RoomId, after: u64) -> (Vec
         estuary_storage::Key::encode(&(user.clone(), room.clone())),
         estuary_storage::Key::encode(&(user, room, after + 1)),
     )
-}
-
-/// What of an event's content says it is in a thread.
-#[derive(serde::Deserialize)]
-struct InThread {
-    #[serde(rename = "m.relates_to")]
-    relates_to: Option<RelatesTo>,
-}
-
-#[derive(serde::Deserialize)]
-struct RelatesTo {
-    rel_type: Option<String>,
-    event_id: Option<String>,
-}
-
-impl RelatesTo {
-    fn thread_root(self) -> Option<String> {
-        self.event_id.filter(|_| self.rel_type.as_deref() == Some("m.thread"))
-    }
 }

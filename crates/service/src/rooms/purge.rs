@@ -43,6 +43,7 @@ impl Rooms {
         self.delete_prefix(&self.roomidalias_creator, &prefix)?;
         self.delete_prefix(&self.roomidts_eventid, &prefix)?;
         self.delete_prefix(&self.roomidthreadroot_latest, &prefix)?;
+        self.delete_prefix(&self.roomidthreadlatest_root, &prefix)?;
         self.delete_prefix(&self.roomidtermstream_count, &prefix)?;
         self.end_peeks_into(room_id)?;
         for (key, _) in self.networkroomid.scan_raw_prefix(&[], usize::MAX).db()? {

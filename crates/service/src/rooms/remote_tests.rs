@@ -190,6 +190,30 @@ async fn a_remote_join_and_message_enter_the_room() {
     assert!(rooms.check_consistency().unwrap().is_clean());
 }
 
+/// Two replies to one thread in one transaction (one commit): the thread is
+/// listed once, at the second reply, and the ordered index keeps one entry.
+#[tokio::test]
+async fn two_thread_replies_in_one_transaction_leave_one_index_entry() {
+    let (_dir, services, room_id, alice) = setup().await;
+    let (rooms, remote) = (&services.rooms, Remote::new());
+    bob_joins(rooms, &remote, &room_id).await;
+    let root = rooms.send(&room_id, &alice, text("root"), None).await.unwrap().event_id;
+    let reply = |body: &str| {
+        PduTemplate::message(
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        )
+    };
+    let first = remote.event(rooms, &room_id, BOB, reply("one"), &extremities(rooms, &room_id));
+    let second = remote.event(rooms, &room_id, BOB, reply("two"), std::slice::from_ref(&first.event_id));
+    let outcomes = rooms.receive(&room_id, vec![first, second], FanOut::None).await.unwrap();
+    assert!(outcomes.iter().all(|(_, received)| *received == Received::Accepted), "{outcomes:?}");
+    let index = rooms.roomidthreadlatest_root.scan_prefix(&(room_id.to_string(),)).unwrap();
+    assert_eq!(index.len(), 1, "{index:?}");
+    let latest = rooms.roomidthreadroot_latest.get(&(room_id.to_string(), root.to_string())).unwrap();
+    assert_eq!(Some(index[0].0.1), latest);
+}
+
 /// Events the rules refuse are kept as rejected: outside the timeline and
 /// every state, no state served at them, never an auth event; an event
 /// after one of them is placed with the state before it.
