@@ -18,11 +18,10 @@ use estuary_storage::{Db, OpenOptions};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Give the system back what this worker thread freed, when it goes idle
-/// (at most every 100 ms). mimalloc returns a thread's freed pages only when
-/// that thread next calls it, so a worker idle after a large answer kept
-/// them: one initial sync over 1,000 rooms left 34 MB resident for good.
-/// Purging on every free instead (`MIMALLOC_PURGE_DELAY=0`) cost a seventh
-/// of the send rate (docs/performance.md).
+/// (at most every 100 ms). mimalloc frees a thread's emptied pages, and the
+/// blocks other threads freed into them, only when that thread next calls
+/// it, so a worker idle after a large answer kept them: one initial sync
+/// over 1,000 rooms left 34 MB resident for good (docs/performance.md).
 fn return_freed_memory() {
     use std::{cell::Cell, time::Instant};
     thread_local! {
@@ -66,14 +65,17 @@ fn disable_transparent_huge_pages() {
 /// Positions in mimalloc.h's `mi_option_e` (v2), which libmimalloc-sys does
 /// not name (a test checks their defaults).
 const MI_ABANDONED_PAGE_PURGE: libmimalloc_sys::mi_option_t = 12;
+const MI_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const MI_ARENA_PURGE_MULT: libmimalloc_sys::mi_option_t = 24;
 
-/// mimalloc's purging, tuned before the server allocates much. Whole freed
-/// segments go back to the system at once, not 100 ms later at the freeing
-/// thread's next allocation: a password hash's 19 MiB of argon2 memory, freed
-/// on a blocking-pool thread that then idled, stayed resident for good (20 MB
-/// after a single registration; docs/performance.md). Freed small pages keep
-/// their short delay, which the send path's speed depends on.
+/// mimalloc's purging, tuned before the server allocates much: freed memory
+/// goes back to the system at once, not at the freeing thread's next call
+/// after a delay. Threads that idle for long kept what they freed last: a
+/// password hash's 19 MiB of argon2 memory on a blocking-pool thread (20 MB
+/// after a single registration), and RocksDB's compaction thread the
+/// index and filter it built for its last output file, which grow with the
+/// database (the one-hour soak rose 7 MB, and is flat without the delay;
+/// docs/performance.md). `MIMALLOC_PURGE_DELAY` still overrides it.
 fn tune_allocator() {
     use libmimalloc_sys::{mi_option_get, mi_option_set};
     // SAFETY: setting options only writes mimalloc's option table.
@@ -84,6 +86,10 @@ fn tune_allocator() {
             // Blocking-pool threads come and go: purge what an exiting one
             // leaves rather than keep it for a thread that may never come.
             mi_option_set(MI_ABANDONED_PAGE_PURGE, 1);
+        }
+        // Unless set in the environment (its default is 10 ms).
+        if mi_option_get(MI_PURGE_DELAY) == 10 {
+            mi_option_set(MI_PURGE_DELAY, 0);
         }
     }
 }
@@ -281,6 +287,7 @@ mod tests {
             assert_eq!(mi_option_get(mi_option_max_segment_reclaim), 10);
             assert_eq!(mi_option_get(super::MI_ABANDONED_PAGE_PURGE), 0);
             assert_eq!(mi_option_get(super::MI_ARENA_PURGE_MULT), 10);
+            assert_eq!(mi_option_get(super::MI_PURGE_DELAY), 10);
         }
     }
 }

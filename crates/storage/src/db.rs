@@ -3,7 +3,7 @@
 use std::{path::Path, sync::Arc};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Env, Options, WriteBatch,
     WriteBufferManager, WriteOptions,
 };
 
@@ -56,6 +56,18 @@ pub struct MemoryUsage {
     pub memtables: usize,
 }
 
+/// RocksDB's default environment with its compaction threads at the lowest
+/// CPU and I/O priority. On a small machine a compaction after a burst of
+/// writes otherwise takes a core from the requests for seconds; flushes (the
+/// high-priority pool) keep their priority, so memtables still drain and
+/// writes do not stall.
+fn background_env() -> Result<Env, rocksdb::Error> {
+    let mut env = Env::new()?;
+    env.lower_thread_pool_cpu_priority();
+    env.lower_thread_pool_io_priority();
+    Ok(env)
+}
+
 /// A handle to the open database. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -89,6 +101,9 @@ impl Db {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_max_background_jobs(2);
+        db_options.set_env(
+            &background_env().map_err(|source| StorageError::Open { path: display.clone(), source })?,
+        );
         db_options.set_keep_log_file_num(4);
         // All memtables together stay under this, whatever the number of tables.
         let write_buffers = WriteBufferManager::new_write_buffer_manager(options.memtable_bytes, false);
