@@ -8,7 +8,9 @@
 //! the Estuary the benchmark starts comes first, as `estuary`. The PID gives
 //! server CPU per operation (`/proc/PID/stat`) and memory; DIR gives disk.
 //! The benchmark's own CPU per operation is reported too, to show the load
-//! generator is not the bottleneck.
+//! generator is not the bottleneck. Before each server's turn, the run
+//! waits until every server with a PID is idle, so work one server left
+//! behind (a compaction, a queue) is not measured against the next.
 
 use std::{
     collections::BTreeMap,
@@ -85,6 +87,29 @@ impl CpuMeter {
             self.server.as_ref().and_then(|(pid, before)| Some((cpu_seconds(pid)? - before) * 1000.0 / ops));
         let own = (cpu_seconds("self").unwrap_or(self.own) - self.own) * 1000.0 / ops;
         (server, own)
+    }
+}
+
+/// Wait (at most 30 s) until every target with a PID uses under 5% of a
+/// core over half a second: what one server's scenario left running (a
+/// compaction, background jobs) must not land in the next one's figures.
+async fn settle(targets: &[Target]) {
+    const WINDOW: Duration = Duration::from_millis(500);
+    let pids: Vec<String> = targets.iter().filter_map(|t| t.pid).map(|p| p.to_string()).collect();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let before: Vec<Option<f64>> = pids.iter().map(|p| cpu_seconds(p)).collect();
+        tokio::time::sleep(WINDOW).await;
+        let busy = pids.iter().zip(&before).any(|(pid, before)| match (before, cpu_seconds(pid)) {
+            (Some(before), Some(after)) => after - before > 0.05 * WINDOW.as_secs_f64(),
+            _ => false,
+        });
+        if !busy {
+            break;
+        }
+    }
+    if started.elapsed() > Duration::from_secs(2) {
+        println!("  (waited {:.1} s for the servers to go idle)", started.elapsed().as_secs_f64());
     }
 }
 
@@ -246,7 +271,8 @@ async fn delivery(target: &Target, tag: &str, args: &Args, table: &mut Table) ->
     join(client, &room, &sender, &receiver).await?;
     let (_, _, initial) = timed_get(client, "/_matrix/client/v3/sync", &receiver.token).await?;
     let mut since = initial["next_batch"].as_str().context("next_batch")?.to_owned();
-    let mut latencies = Vec::new();
+    // (send → arrival, the send alone, sync requests needed, message number)
+    let mut deliveries = Vec::new();
     for n in 0..args.deliveries {
         let text = format!("benchmark message d{n}");
         let watcher = {
@@ -256,13 +282,13 @@ async fn delivery(target: &Target, tag: &str, args: &Args, table: &mut Table) ->
                 // A server may wake the sync for something else first (its
                 // own bookkeeping): sync again until the message is there.
                 let mut since = since;
-                for _ in 0..20 {
+                for syncs in 1..=20 {
                     let path = format!("/_matrix/client/v3/sync?since={since}&timeout=10000");
                     let (_, _, body) = timed_get(&client, &path, &token).await?;
                     since = body["next_batch"].as_str().context("next_batch")?.to_owned();
                     let events = body["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned();
                     if events.into_iter().flatten().any(|e| e["content"]["body"] == text.as_str()) {
-                        return Ok::<_, anyhow::Error>((Instant::now(), since));
+                        return Ok::<_, anyhow::Error>((Instant::now(), since, syncs));
                     }
                 }
                 bail!("the message never reached the waiting sync")
@@ -272,11 +298,26 @@ async fn delivery(target: &Target, tag: &str, args: &Args, table: &mut Table) ->
         tokio::time::sleep(Duration::from_millis(2)).await;
         let started = Instant::now();
         client.send(&sender.token, &room, &format!("d{n}")).await?;
-        let (arrived, next) = watcher.await??;
-        latencies.push(arrived - started);
+        let sent = started.elapsed();
+        let (arrived, next, syncs) = watcher.await??;
+        deliveries.push((arrived - started, sent, syncs, n));
         since = next;
     }
-    latencies.sort();
+    // Where the slowest deliveries lost their time: in the send, or between
+    // the send's answer and the sync's.
+    deliveries.sort();
+    for (total, sent, syncs, n) in deliveries.iter().rev().take(5) {
+        let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "  {}: slow delivery #{n}: {:.2} ms, of which the send {:.2} ms; {syncs} sync request(s)",
+            target.name,
+            ms(total),
+            ms(sent)
+        );
+    }
+    let resynced = deliveries.iter().filter(|(_, _, syncs, _)| *syncs > 1).count();
+    println!("  {}: deliveries that needed more than one sync request: {resynced}", target.name);
+    let latencies: Vec<Duration> = deliveries.iter().map(|(total, ..)| *total).collect();
     table.put("delivery to a waiting /sync p50 (ms)", &target.name, Some(percentile(&latencies, 0.5)));
     table.put("delivery to a waiting /sync p99 (ms)", &target.name, Some(percentile(&latencies, 0.99)));
     Ok(())
@@ -400,6 +441,7 @@ pub async fn compare(targets: &[Target], args: &Args) -> Result<()> {
     for scenario in args.scenarios.split(',').map(str::trim) {
         println!("{scenario}:");
         for target in targets {
+            settle(targets).await;
             let outcome = match scenario {
                 "send" => send(target, &tag, args, &mut table).await,
                 "delivery" => delivery(target, &tag, args, &mut table).await,
