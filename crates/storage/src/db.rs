@@ -3,8 +3,8 @@
 use std::{path::Path, sync::Arc};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Env, Options, WriteBatch,
-    WriteBufferManager, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Env, InfoLogger, LogLevel, Options,
+    WriteBatch, WriteBufferManager, WriteOptions,
 };
 
 use crate::{Key, Table, Value, catalog::TABLES, codec::CodecError};
@@ -33,11 +33,16 @@ pub struct OpenOptions {
     pub cache_bytes: usize,
     /// All memtables together, in bytes (one write-buffer manager).
     pub memtable_bytes: usize,
+    /// Called on RocksDB's own thread when it has finished a flush or a
+    /// compaction, with what the job built (the new file's index and filter)
+    /// already freed: the binary hands that thread's freed memory back to the
+    /// system there, since the thread may then idle for minutes.
+    pub after_background_job: Option<fn()>,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        Self { sync_writes: false, cache_bytes: 8 << 20, memtable_bytes: 8 << 20 }
+        Self { sync_writes: false, cache_bytes: 8 << 20, memtable_bytes: 8 << 20, after_background_job: None }
     }
 }
 
@@ -66,6 +71,36 @@ fn background_env() -> Result<Env, rocksdb::Error> {
     env.lower_thread_pool_cpu_priority();
     env.lower_thread_pool_io_priority();
     Ok(env)
+}
+
+/// RocksDB's log, into the server's: errors and warnings as such, the rest
+/// (the options at open, every job, statistics) at trace level, not in a
+/// LOG file of its own. RocksDB writes the event ending a flush or a
+/// compaction from the thread that ran it, once the job's memory is freed,
+/// which is where `after_background_job` runs.
+fn info_logger(after_background_job: Option<fn()>) -> InfoLogger {
+    InfoLogger::new_callback_logger(LogLevel::Info, move |level, message| {
+        let message = message.trim_end();
+        match level {
+            LogLevel::Fatal | LogLevel::Error => tracing::error!(target: "rocksdb", "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "rocksdb", "{message}"),
+            _ => tracing::trace!(target: "rocksdb", "{message}"),
+        }
+        if let Some(hook) = after_background_job
+            && ends_background_job(message)
+        {
+            hook();
+        }
+    })
+}
+
+/// Whether a RocksDB log line is the event that ends a flush or a compaction
+/// (its event log: `EVENT_LOG_v1 {"time_micros": …, "job": 7, "event":
+/// "flush_finished", …}`).
+fn ends_background_job(message: &str) -> bool {
+    message.contains("EVENT_LOG_v1")
+        && (message.contains(r#""event": "flush_finished""#)
+            || message.contains(r#""event": "compaction_finished""#))
 }
 
 /// A handle to the open database. Cheap to clone.
@@ -104,7 +139,7 @@ impl Db {
         db_options.set_env(
             &background_env().map_err(|source| StorageError::Open { path: display.clone(), source })?,
         );
-        db_options.set_keep_log_file_num(4);
+        db_options.set_info_logger(info_logger(options.after_background_job));
         // All memtables together stay under this, whatever the number of tables.
         let write_buffers = WriteBufferManager::new_write_buffer_manager(options.memtable_bytes, false);
         db_options.set_write_buffer_manager(&write_buffers);
@@ -260,5 +295,61 @@ impl Batch {
 impl Db {
     pub(crate) fn write_options(&self) -> &WriteOptions {
         &self.inner.write_options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::{Db, OpenOptions, ends_background_job};
+
+    /// The names of the threads `after_background_job` ran on.
+    static JOB_THREADS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn record_job_thread() {
+        let name = std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default();
+        JOB_THREADS.lock().unwrap().push(name.trim().to_owned());
+    }
+
+    /// Waits (at most 10 s) until the hook has run on a thread named `name`.
+    fn wait_for_job_on(name: &str) {
+        for _ in 0..1000 {
+            if JOB_THREADS.lock().unwrap().iter().any(|thread| thread == name) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no job ended on {name}: {:?}", JOB_THREADS.lock().unwrap());
+    }
+
+    #[test]
+    fn flushes_and_compactions_call_the_hook_on_their_own_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = OpenOptions { after_background_job: Some(record_job_thread), ..Default::default() };
+        let db = Db::open(dir.path(), &options).unwrap();
+        let table = db.table::<String, String>("global").unwrap();
+        // Two overlapping files, so that compacting them is a real merge.
+        for round in 0..2 {
+            for n in 0..100 {
+                table.put(&format!("key{n}"), &format!("value{round}")).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        wait_for_job_on("rocksdb:high");
+        db.rocks().compact_range_cf(db.cf("global"), None::<&[u8]>, None::<&[u8]>);
+        wait_for_job_on("rocksdb:low");
+        assert_eq!(table.get(&"key7".to_owned()).unwrap().as_deref(), Some("value1"));
+    }
+
+    #[test]
+    fn only_the_events_ending_a_job_end_one() {
+        let line =
+            |event: &str| format!(r#"EVENT_LOG_v1 {{"time_micros": 1, "job": 3, "event": "{event}"}}"#);
+        assert!(ends_background_job(&line("flush_finished")));
+        assert!(ends_background_job(&line("compaction_finished")));
+        assert!(!ends_background_job(&line("flush_started")));
+        assert!(!ends_background_job(&line("table_file_creation")));
+        assert!(!ends_background_job(r#"[default] "event": "flush_finished" quoted elsewhere"#));
     }
 }
