@@ -77,8 +77,8 @@ const MI_ARENA_PURGE_MULT: libmimalloc_sys::mi_option_t = 24;
 /// database (the one-hour soak rose 7 MB, and is flat without the delay;
 /// docs/performance.md). RocksDB's threads also collect after each job
 /// (`after_background_job`), which keeps the soak nearly flat even with the
-/// delay; without it, memory after the benchmark is lower still, at no cost
-/// measured in time. `MIMALLOC_PURGE_DELAY` still overrides it.
+/// delay; without the delay, memory after the benchmark is lower still, at
+/// no cost measured in time. `MIMALLOC_PURGE_DELAY` still overrides it.
 fn tune_allocator() {
     use libmimalloc_sys::{mi_option_get, mi_option_set};
     // SAFETY: setting options only writes mimalloc's option table.
